@@ -1,0 +1,186 @@
+"""The HTTP front: a Starlette app speaking the S3 PutObject subset.
+
+Errors become S3 XML in exactly one place, ``render_s3_error``. Every response carries
+``x-amz-request-id``. The lifespan owns the pipeline: on shutdown (after uvicorn stopped
+accepting and in-flight requests finished) open batches are sealed and uploaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+from xml.sax.saxutils import escape
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from s3batchd.config import Settings
+from s3batchd.constants import HEADER_PREFIX
+from s3batchd.errors import InternalError, NotImplementedS3, S3Error, SpoolError
+from s3batchd.index import WriterId
+from s3batchd.pipeline import Pipeline
+from s3batchd.records import ObjectRecord, SpoolEntry
+from s3batchd.s3api import build_record, parse_put, parse_target, read_body
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+logger = logging.getLogger(__name__)
+
+_METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"]
+
+
+class RequestIdMiddleware:
+    """Gives every request an id and every response ``x-amz-request-id``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = secrets.token_hex(8).upper()
+        scope.setdefault("state", {})["request_id"] = request_id
+        extra = [(b"x-amz-request-id", request_id.encode()), (b"server", b"s3batchd")]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def request_headers(scope: Scope) -> dict[str, str]:
+    """Lower-cased header names to values; repeated headers joined with commas."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]},{value}" if name in headers else value
+    return headers
+
+
+async def s3_endpoint(request: Request) -> Response:
+    """Every S3 request; only PutObject is served, the rest is NotImplemented."""
+    try:
+        return await _serve(request)
+    except S3Error:
+        raise
+    except Exception as exc:
+        # Never a traceback on the wire: log it, answer InternalError (clients retry it).
+        logger.exception("unexpected error serving %s %s", request.method, request.url.path)
+        raise InternalError() from exc
+
+
+async def _serve(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    headers = request_headers(request.scope)
+    target = parse_target(request.scope, headers, settings.server.virtual_host_domains)
+    if request.method != "PUT":
+        raise NotImplementedS3(f"{request.method} is not implemented by s3batchd yet.")
+    put = parse_put(target, headers, max_bytes=settings.limits.max_object_bytes)
+    body, digests = await read_body(
+        put,
+        request.receive,
+        max_bytes=settings.limits.max_object_bytes,
+        memory_limit=settings.limits.memory_buffer_bytes,
+        spill_dir=settings.spool.dir / "tmp",
+    )
+    request.state.body_consumed = True
+    try:
+        record = build_record(put, digests, body.size)
+        pipeline: Pipeline = request.app.state.pipeline
+        entry = await pipeline.batcher.add(target.bucket, record, body)
+    except SpoolError as exc:
+        logger.error("spool failure for s3://%s/%s: %s", target.bucket, target.key, exc)  # noqa: TRY400  the cause is in the message
+        raise InternalError("The object could not be stored; please retry.") from exc
+    finally:
+        body.close()
+    return Response(status_code=200, headers=put_response_headers(record, entry))
+
+
+def put_response_headers(record: ObjectRecord, entry: SpoolEntry) -> dict[str, str]:
+    """ETag, checksum echo and the ``x-s3batchd-*`` location of a stored object."""
+    headers = {
+        "ETag": record.etag,
+        f"{HEADER_PREFIX}tar": f"s3://{entry.bucket}/{entry.tar_key}",
+        f"{HEADER_PREFIX}offset": str(entry.offset),
+        f"{HEADER_PREFIX}length": str(entry.length),
+    }
+    if entry.byte_range is not None:
+        headers[f"{HEADER_PREFIX}range"] = entry.byte_range
+    for algorithm, value in record.checksums.items():
+        headers[f"x-amz-checksum-{algorithm}"] = value
+    if record.checksums:
+        headers["x-amz-checksum-type"] = "FULL_OBJECT"
+    return headers
+
+
+def error_xml(exc: S3Error, *, resource: str, request_id: str) -> bytes:
+    """The S3 XML body of an error."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{exc.code}</Code><Message>{escape(exc.message)}</Message>"
+        f"<Resource>{escape(resource)}</Resource><RequestId>{request_id}</RequestId></Error>"
+    ).encode()
+
+
+async def render_s3_error(request: Request, exc: Exception) -> Response:
+    """The one place where errors become wire responses."""
+    if not isinstance(exc, S3Error):  # pragma: no cover - only registered for S3Error
+        raise exc
+    request_id = request.scope.get("state", {}).get("request_id", "")
+    headers = {"Content-Type": "application/xml", **exc.headers}
+    if _body_unread(request):
+        # uvicorn would read the unsent body of an Expect: 100-continue request as the next
+        # request on this connection (notes/wire.md §8): close it instead.
+        headers["Connection"] = "close"
+    logger.debug("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.code)
+    body = (
+        b""
+        if request.method == "HEAD"
+        else error_xml(exc, resource=request.url.path, request_id=request_id)
+    )
+    return Response(body, status_code=exc.status_code, headers=headers)
+
+
+def _body_unread(request: Request) -> bool:
+    if getattr(request.state, "body_consumed", False):
+        return False
+    headers = request.headers
+    has_body = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
+    return has_body
+
+
+def create_app(
+    settings: Settings, *, client: S3Client | None = None, writer: WriterId | None = None
+) -> Starlette:
+    """The ASGI app of one daemon process."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pipeline = Pipeline(settings, client=client, writer=writer)
+        await pipeline.start()
+        app.state.pipeline = pipeline
+        try:
+            yield
+        finally:
+            await pipeline.close()
+
+    app = Starlette(
+        routes=[Route("/{path:path}", s3_endpoint, methods=_METHODS)],
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={S3Error: render_s3_error},
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    return app

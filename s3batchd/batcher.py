@@ -1,0 +1,213 @@
+"""The record accumulator: one open batch per bucket, sealed on linger, records or bytes.
+
+``add()`` appends a record to its bucket's open tar and returns once the record is durable
+(group commit) under the configured durability. A batch owns its clock: a ``call_later``
+timer seals it ``linger_ms`` after its first record; a record that would push the tar past
+``max_bytes`` seals the batch first and starts the next one (records never split), and an
+append that reaches ``max_records`` or ``max_bytes`` seals at once. Sealed batches go to a
+sink (the uploader).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from s3batchd.body import BodyBuffer
+from s3batchd.commit import GroupCommitter
+from s3batchd.concurrency import run_sync
+from s3batchd.config import BatchConfig, Durability
+from s3batchd.constants import KB, TAR_END
+from s3batchd.errors import S3BatchdError, SlowDown, SpoolError
+from s3batchd.index import WriterId, new_batch_id
+from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
+from s3batchd.spool import SpoolFile
+
+logger = logging.getLogger(__name__)
+
+#: Bodies up to this size held in memory are appended on the event loop (a page-cache copy
+#: of a few KiB is cheaper than a thread hand-off); larger ones are appended in a thread.
+INLINE_APPEND_BYTES = 256 * KB
+
+
+class BatchSink(Protocol):
+    """Where sealed batches go (the uploader, or a fake in tests)."""
+
+    async def submit(self, batch: SealedBatch) -> None:
+        """Take ownership of a sealed batch."""
+
+
+@dataclass(eq=False)
+class _OpenBatch:
+    spool: SpoolFile
+    committer: GroupCommitter
+    created: float = field(default_factory=time.monotonic)
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class _Bucket:
+    name: str
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    current: _OpenBatch | None = None
+
+
+class Batcher:
+    """Accumulates records into per-bucket tar batches."""
+
+    def __init__(
+        self,
+        *,
+        spool_dir: Path,
+        durability: Durability,
+        config: BatchConfig,
+        prefix: str,
+        writer: WriterId,
+        sink: BatchSink,
+    ) -> None:
+        self._spool_dir = spool_dir
+        self._durability = durability
+        self._config = config
+        self._prefix = prefix
+        self._writer = writer
+        self._sink = sink
+        self._buckets: dict[str, _Bucket] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._seq = 0
+        self._closed = False
+        self.sealed_by_reason: dict[str, int] = {}
+
+    async def add(self, bucket: str, record: ObjectRecord, body: BodyBuffer) -> SpoolEntry:
+        """Append a record and wait until it is durable; returns where it landed."""
+        if self._closed:
+            raise SlowDown("The daemon is shutting down.", headers={"Retry-After": "1"})
+        state = self._buckets.setdefault(bucket, _Bucket(bucket))
+        async with state.lock:
+            batch = await self._batch_for(state, record.size)
+            entry = await self._append(batch, record, body)
+            reason = self._full_reason(batch)
+            if reason is not None:
+                await self._seal(state, reason)
+        if self._durability == "fsync":
+            await batch.committer.wait_durable(entry.end)
+        return entry
+
+    async def _batch_for(self, state: _Bucket, size: int) -> _OpenBatch:
+        batch = state.current
+        if batch is not None and batch.spool.size_with(size) > self._config.max_bytes:
+            await self._seal(state, "bytes")  # the record starts the next batch, never splits
+            batch = None
+        if batch is None:
+            batch = await self._open(state)
+        return batch
+
+    async def _open(self, state: _Bucket) -> _OpenBatch:
+        self._seq += 1
+        batch_id = new_batch_id(self._writer, self._seq)
+        spool = await run_sync(
+            SpoolFile.create,
+            self._spool_dir / state.name,
+            bucket=state.name,
+            batch_id=batch_id,
+            prefix=self._prefix,
+        )
+        batch = _OpenBatch(spool=spool, committer=GroupCommitter(spool.sync))
+        loop = asyncio.get_running_loop()
+        batch.timer = loop.call_later(self._config.linger_ms / 1000, self._linger, state, batch)
+        state.current = batch
+        return batch
+
+    async def _append(
+        self, batch: _OpenBatch, record: ObjectRecord, body: BodyBuffer
+    ) -> SpoolEntry:
+        if body.in_memory and record.size <= INLINE_APPEND_BYTES:
+            entry = batch.spool.append(record, body)
+        else:
+            entry = await run_sync(batch.spool.append, record, body)
+        batch.committer.written = batch.spool.position
+        return entry
+
+    def _full_reason(self, batch: _OpenBatch) -> str | None:
+        if batch.spool.records >= self._config.max_records:
+            return "records"
+        if batch.spool.position + len(TAR_END) >= self._config.max_bytes:
+            return "bytes"
+        return None
+
+    def _linger(self, state: _Bucket, batch: _OpenBatch) -> None:
+        batch.timer = None
+        self._spawn(self._seal_if_current(state, batch, "linger"))
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("sealing a batch failed", exc_info=task.exception())
+
+    async def _seal_if_current(self, state: _Bucket, batch: _OpenBatch, reason: str) -> None:
+        async with state.lock:
+            if state.current is batch:
+                await self._seal(state, reason)
+
+    async def _seal(self, state: _Bucket, reason: str) -> None:
+        """Seal the bucket's open batch (the caller holds ``state.lock``)."""
+        batch = state.current
+        if batch is None:
+            return
+        state.current = None
+        if batch.timer is not None:
+            batch.timer.cancel()
+        spool = batch.spool
+        try:
+            spool.write_end()
+            batch.committer.written = spool.position
+            await batch.committer.wait_durable(spool.position)
+            sealed = await run_sync(spool.finish, reason)
+        except (S3BatchdError, OSError):
+            # The file stays as <id>.open; start-up recovery keeps its durable members.
+            logger.exception("cannot seal %s; left for recovery at the next start", spool.path)
+            await run_sync(spool.close)
+            raise
+        self.sealed_by_reason[reason] = self.sealed_by_reason.get(reason, 0) + 1
+        age_ms = (time.monotonic() - batch.created) * 1000
+        logger.info(
+            "sealed batch %s (%s): %d records, %d bytes, %.0f ms old",
+            sealed.batch_id,
+            reason,
+            sealed.records,
+            sealed.size,
+            age_ms,
+        )
+        await self._sink.submit(sealed)
+
+    async def flush(self, reason: str = "flush") -> None:
+        """Seal every open batch now."""
+        for state in list(self._buckets.values()):
+            async with state.lock:
+                try:
+                    await self._seal(state, reason)
+                except SpoolError:
+                    continue  # logged in _seal; other buckets still get sealed
+
+    async def close(self) -> None:
+        """Refuse new records, seal what is open (reason ``shutdown``). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.flush("shutdown")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def open_batches(self) -> int:
+        """Batches currently accepting records."""
+        return sum(1 for state in self._buckets.values() if state.current is not None)

@@ -1,0 +1,140 @@
+"""Command line: ``s3batchd serve``, ``s3batchd check-config`` and ``s3batchd dev``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+import uvicorn
+
+from s3batchd import __version__
+from s3batchd.app import create_app
+from s3batchd.config import Settings, is_loopback, load_settings
+from s3batchd.errors import ConfigError
+from s3batchd.logs import setup_logging
+
+#: Exit status when shutdown left sealed batches in the spool (uploaded at the next start).
+EXIT_BATCHES_KEPT = 3
+
+_CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="S3BATCHD_CONFIG",
+    help="TOML settings file (env: S3BATCHD_CONFIG). S3BATCHD_<SECTION>__<KEY> overrides it.",
+)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="s3batchd")
+def main() -> None:
+    """s3batchd: batch small S3 PutObjects into tar files with a JSON index."""
+
+
+def _load(config_path: Path | None) -> Settings:
+    try:
+        settings = load_settings(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not is_loopback(settings.server.host):
+        raise click.ClickException(
+            f"refusing to listen on {settings.server.host}: without authentication s3batchd "
+            "accepts anyone's writes, so it only listens on loopback (127.0.0.1, ::1, localhost)"
+        )
+    return settings
+
+
+@main.command()
+@_CONFIG_OPTION
+def serve(config_path: Path | None) -> None:
+    """Run the daemon until SIGTERM or SIGINT, then seal and upload open batches."""
+    settings = _load(config_path)
+    setup_logging(settings.log)
+    sys.exit(run(settings))
+
+
+@main.command("check-config")
+@_CONFIG_OPTION
+def check_config(config_path: Path | None) -> None:
+    """Validate the settings and print them as the daemon would use them."""
+    settings = _load(config_path)
+    click.echo(settings.model_dump_json(indent=2))
+
+
+def run(settings: Settings) -> int:
+    """Serve until a signal; the exit status says whether every batch was uploaded."""
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_keep_alive=int(settings.server.keep_alive_s),
+        timeout_graceful_shutdown=max(1, int(settings.shutdown.drain_timeout_s)),
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        return 1
+    pipeline = getattr(app.state, "pipeline", None)
+    if pipeline is not None and pipeline.drained is False:
+        return EXIT_BATCHES_KEPT
+    return 0
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".local"),
+    show_default=True,
+    help="Where SeaweedFS data and the spool live.",
+)
+@click.option("--port", type=int, default=9000, show_default=True, help="Daemon port.")
+@click.option("--bucket", default="demo", show_default=True, help="Bucket created at start.")
+def dev(data_dir: Path, port: int, bucket: str) -> None:
+    """Run a local SeaweedFS and the daemon in front of it (what `make run` does)."""
+    from s3batchd.seaweed import start_local_s3
+
+    s3 = start_local_s3(data_dir / "seaweedfs", buckets=(bucket,))
+    os.environ["AWS_ACCESS_KEY_ID"] = s3.access_key
+    os.environ["AWS_SECRET_ACCESS_KEY"] = s3.secret_key
+    try:
+        settings = Settings(
+            server={"port": port},  # type: ignore[arg-type]
+            spool={"dir": data_dir / "spool"},  # type: ignore[arg-type]
+            upstream={"endpoint_url": s3.endpoint_url},  # type: ignore[arg-type]
+        )
+        setup_logging(settings.log)
+        click.echo(_dev_banner(port, bucket, s3.endpoint_url))
+        status = run(settings)
+    finally:
+        s3.stop()
+    sys.exit(status)
+
+
+def _dev_banner(port: int, bucket: str, upstream: str) -> str:
+    endpoint = f"http://127.0.0.1:{port}"
+    return f"""
+s3batchd listening on {endpoint}  ->  local SeaweedFS S3 at {upstream} (bucket '{bucket}')
+
+boto3:
+    import boto3
+    s3 = boto3.client("s3", endpoint_url="{endpoint}", region_name="us-east-1",
+                      aws_access_key_id="any", aws_secret_access_key="any")
+    r = s3.put_object(Bucket="{bucket}", Key="hello.txt", Body=b"hello")
+    print(r["ResponseMetadata"]["HTTPHeaders"]["x-s3batchd-range"])
+
+aws-cli:
+    AWS_ACCESS_KEY_ID=any AWS_SECRET_ACCESS_KEY=any aws --endpoint-url {endpoint} \\
+        s3api put-object --bucket {bucket} --key hello.txt --body README.md
+
+Batches appear in the bucket after batch.linger_ms; list them with:
+    AWS_ACCESS_KEY_ID=s3batchd AWS_SECRET_ACCESS_KEY=s3batchd-local-secret \\
+        aws --endpoint-url {upstream} s3 ls --recursive s3://{bucket}/
+"""

@@ -1,0 +1,149 @@
+"""The exception tree of s3batchd.
+
+```
+S3BatchdError                      root of everything the daemon raises on purpose
+├── ConfigError                    settings missing or invalid (refused at start)
+├── SpoolError                     the local spool cannot take or keep data
+│   └── SpoolFailedError           a write or fdatasync failed: the file acknowledges nothing more
+├── UploadError(retriable)         an upstream S3 call failed; ``retriable`` says whether to retry
+│   └── ConflictError              the key exists upstream and holds another object
+└── S3Error(code, status_code)     answered to the client as S3 XML (rendered in app.py only)
+    ├── AccessDenied, InvalidBucketName, KeyTooLongError, InvalidArgument, InvalidRequest
+    ├── MissingContentLength, IncompleteBody, EntityTooLarge, MetadataTooLarge
+    ├── InvalidDigest, BadDigest, XAmzContentSHA256Mismatch
+    ├── NotImplementedS3, MethodNotAllowed
+    ├── SlowDown (503, Retry-After)
+    └── InternalError (500)
+```
+"""
+
+from __future__ import annotations
+
+
+class S3BatchdError(Exception):
+    """Root of all s3batchd errors."""
+
+
+class ConfigError(S3BatchdError):
+    """Settings are missing or invalid."""
+
+
+class SpoolError(S3BatchdError):
+    """The spool cannot accept or keep data."""
+
+
+class SpoolFailedError(SpoolError):
+    """A write or fdatasync failed; the spool file acknowledges nothing more."""
+
+
+class UploadError(S3BatchdError):
+    """An upstream S3 call failed."""
+
+    def __init__(self, message: str, *, retriable: bool, code: str = "") -> None:
+        super().__init__(message)
+        self.retriable = retriable
+        self.code = code
+
+
+class ConflictError(UploadError):
+    """The batch key exists upstream but holds a different object."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=False, code="PreconditionFailed")
+
+
+class S3Error(S3BatchdError):
+    """An error answered to the client as S3 XML."""
+
+    code = "InternalError"
+    status_code = 500
+    default_message = "We encountered an internal error. Please try again."
+
+    def __init__(
+        self, message: str | None = None, *, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message or self.default_message)
+        self.message = message or self.default_message
+        self.headers = headers or {}
+
+
+class AccessDenied(S3Error):
+    code, status_code, default_message = "AccessDenied", 403, "Access Denied"
+
+
+class InvalidBucketName(S3Error):
+    code, status_code, default_message = (
+        "InvalidBucketName",
+        400,
+        "The specified bucket is not valid.",
+    )
+
+
+class KeyTooLongError(S3Error):
+    code, status_code, default_message = "KeyTooLongError", 400, "Your key is too long"
+
+
+class InvalidArgument(S3Error):
+    code, status_code, default_message = "InvalidArgument", 400, "Invalid Argument"
+
+
+class InvalidRequest(S3Error):
+    code, status_code, default_message = "InvalidRequest", 400, "Invalid Request"
+
+
+class MissingContentLength(S3Error):
+    code, status_code = "MissingContentLength", 411
+    default_message = "You must provide the Content-Length HTTP header."
+
+
+class IncompleteBody(S3Error):
+    code, status_code = "IncompleteBody", 400
+    default_message = (
+        "You did not provide the number of bytes specified by the Content-Length HTTP header."
+    )
+
+
+class EntityTooLarge(S3Error):
+    code, status_code = "EntityTooLarge", 400
+    default_message = "Your proposed upload exceeds the maximum allowed object size."
+
+
+class MetadataTooLarge(S3Error):
+    code, status_code = "MetadataTooLarge", 400
+    default_message = "Your metadata headers exceed the maximum allowed metadata size."
+
+
+class InvalidDigest(S3Error):
+    code, status_code = "InvalidDigest", 400
+    default_message = "The Content-MD5 or checksum value you specified is not valid."
+
+
+class BadDigest(S3Error):
+    code, status_code = "BadDigest", 400
+    default_message = "The Content-MD5 or checksum you specified did not match what we received."
+
+
+class XAmzContentSHA256Mismatch(S3Error):
+    code, status_code = "XAmzContentSHA256Mismatch", 400
+    default_message = "The provided 'x-amz-content-sha256' header does not match what was computed."
+
+
+class NotImplementedS3(S3Error):
+    code, status_code = "NotImplemented", 501
+    default_message = (
+        "A header or operation you provided implies functionality that is not implemented."
+    )
+
+
+class MethodNotAllowed(S3Error):
+    code, status_code = "MethodNotAllowed", 405
+    default_message = "The specified method is not allowed against this resource."
+
+
+class SlowDown(S3Error):
+    code, status_code = "SlowDown", 503
+    default_message = "Please reduce your request rate."
+
+
+class InternalError(S3Error):
+    """500, retried by every client."""

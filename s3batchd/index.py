@@ -1,0 +1,120 @@
+"""Batch naming (writer id, batch id, upstream keys) and the JSON index written beside each tar."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from s3batchd.constants import INDEX_FORMAT, INDEX_VERSION
+from s3batchd.records import ObjectRecord
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
+_BATCH_ID = re.compile(
+    r"^(?P<date>\d{8})T(?P<time>\d{9})Z-(?P<writer>[A-Za-z0-9.-]+)-(?P<seq>\d+)$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WriterId:
+    """Who wrote a batch: host (or pod) name plus a random id per process start."""
+
+    host: str
+    instance: str
+
+    @classmethod
+    def generate(cls, host: str | None = None) -> WriterId:
+        """A fresh writer id for this process."""
+        name = _UNSAFE.sub("-", host or socket.gethostname()).strip("-.")[:63] or "host"
+        return cls(host=name, instance=secrets.token_hex(4))
+
+    def __str__(self) -> str:
+        return f"{self.host}-{self.instance}"
+
+
+def new_batch_id(writer: WriterId, seq: int, now: float | None = None) -> str:
+    """A batch id unique across writers: UTC time, writer id and sequence number."""
+    moment = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
+    stamp = moment.strftime("%Y%m%dT%H%M%S") + f"{moment.microsecond // 1000:03d}"
+    return f"{stamp}Z-{writer}-{seq:06d}"
+
+
+def is_batch_id(text: str) -> bool:
+    """Whether ``text`` has the shape of a batch id (used when scanning the spool)."""
+    return _BATCH_ID.match(text) is not None
+
+
+def batch_created(batch_id: str) -> datetime:
+    """The creation time encoded in a batch id."""
+    match = _BATCH_ID.match(batch_id)
+    if match is None:
+        raise ValueError(f"not a batch id: {batch_id!r}")
+    stamp = match["date"] + match["time"]
+    return datetime.strptime(stamp, "%Y%m%d%H%M%S%f").replace(tzinfo=UTC)
+
+
+def tar_key(prefix: str, batch_id: str) -> str:
+    """Upstream key of a batch's tar: ``<prefix>YYYY/MM/DD/<batch id>.tar``."""
+    return f"{_stem(prefix, batch_id)}.tar"
+
+
+def index_key(prefix: str, batch_id: str) -> str:
+    """Upstream key of a batch's index, beside its tar."""
+    return f"{_stem(prefix, batch_id)}.index.json"
+
+
+def _stem(prefix: str, batch_id: str) -> str:
+    day = batch_id[:8]
+    return f"{prefix}{day[:4]}/{day[4:6]}/{day[6:8]}/{batch_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One object of a batch as listed in the index."""
+
+    record: ObjectRecord
+    member: str
+    offset: int
+
+
+def render_index(
+    *,
+    bucket: str,
+    batch_id: str,
+    tar_key: str,
+    tar_size: int,
+    entries: list[IndexEntry],
+) -> bytes:
+    """The index JSON of one batch (deterministic: a retry writes the same bytes)."""
+    writer = batch_id.split("Z-", 1)[1].rsplit("-", 1)[0]
+    document = {
+        "format": INDEX_FORMAT,
+        "version": INDEX_VERSION,
+        "batch_id": batch_id,
+        "created_at": batch_created(batch_id).isoformat().replace("+00:00", "Z"),
+        "writer": writer,
+        "tar": {"bucket": bucket, "key": tar_key, "size": tar_size},
+        "objects": [_object(entry) for entry in entries],
+    }
+    return json.dumps(document, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+
+
+def _object(entry: IndexEntry) -> dict[str, object]:
+    record = entry.record
+    last_modified = datetime.fromtimestamp(record.mtime, tz=UTC)
+    return {
+        "key": record.key,
+        "member": entry.member,
+        "offset": entry.offset,
+        "length": record.size,
+        "etag": record.etag,
+        "content_type": record.content_type,
+        "metadata": record.metadata,
+        "headers": record.headers,
+        "checksums": record.checksums,
+        "last_modified": last_modified.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }

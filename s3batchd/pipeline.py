@@ -1,0 +1,67 @@
+"""The write pipeline behind the HTTP front: recovery, batcher and uploader, started and
+closed together (the app's lifespan owns one)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from s3batchd.batcher import Batcher
+from s3batchd.concurrency import run_sync
+from s3batchd.config import Settings
+from s3batchd.index import WriterId
+from s3batchd.spool import check_writable, recover
+from s3batchd.uploader import Uploader
+from s3batchd.upstream import make_client
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+logger = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """Batcher + uploader for one daemon process."""
+
+    def __init__(
+        self, settings: Settings, *, client: S3Client | None = None, writer: WriterId | None = None
+    ) -> None:
+        self.settings = settings
+        self.writer = writer or WriterId.generate()
+        self.client = client or make_client(settings.upstream, settings.upload)
+        self.uploader = Uploader(self.client, config=settings.upload)
+        self.batcher = Batcher(
+            spool_dir=settings.spool.dir,
+            durability=settings.spool.durability,
+            config=settings.batch,
+            prefix=settings.upstream.prefix,
+            writer=self.writer,
+            sink=self.uploader,
+        )
+        self.drained: bool | None = None
+
+    async def start(self) -> None:
+        """Check the spool, start uploading, and queue what an earlier run left behind."""
+        spool_dir = self.settings.spool.dir
+        await run_sync(check_writable, spool_dir)
+        await self.uploader.start()
+        leftovers = await run_sync(recover, spool_dir, prefix=self.settings.upstream.prefix)
+        for batch in leftovers:
+            await self.uploader.submit(batch)
+        logger.info(
+            "s3batchd started: writer %s, spool %s (durability %s), %d batches recovered",
+            self.writer,
+            spool_dir,
+            self.settings.spool.durability,
+            len(leftovers),
+        )
+
+    async def close(self) -> bool:
+        """Seal open batches and upload within the drain timeout; True if nothing was left."""
+        logger.info("shutdown: sealing open batches")
+        await self.batcher.close()
+        timeout = self.settings.shutdown.drain_timeout_s
+        logger.info("shutdown: uploading %d batches (up to %.0f s)", self.uploader.pending, timeout)
+        self.drained = await self.uploader.close(timeout)
+        logger.info("shutdown: done (%s)", "all uploaded" if self.drained else "batches kept")
+        return self.drained

@@ -1,0 +1,70 @@
+"""Value objects passed between the front, the spool, the batcher and the uploader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRecord:
+    """One object as the client sent it, decoded and verified."""
+
+    key: str
+    """The exact S3 key (percent-decoded once, never normalised)."""
+    size: int
+    """Decoded payload length in bytes."""
+    md5_hex: str
+    """Hex MD5 of the payload; the ETag is this value in double quotes."""
+    content_type: str = "binary/octet-stream"
+    metadata: dict[str, str] = field(default_factory=dict)
+    """``x-amz-meta-*`` values by lower-cased name (without the prefix)."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Other stored headers (Cache-Control, Content-Disposition, ...) by lower-cased name."""
+    checksums: dict[str, str] = field(default_factory=dict)
+    """Verified ``x-amz-checksum-*`` values by lower-cased algorithm name (base64)."""
+    mtime: float = 0.0
+    """When the object was received (Unix time)."""
+
+    @property
+    def etag(self) -> str:
+        """The S3 ETag of a single-part object: the quoted hex MD5."""
+        return f'"{self.md5_hex}"'
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    """Where one record landed in a batch."""
+
+    bucket: str
+    tar_key: str
+    """Upstream key of the batch's tar."""
+    member: str
+    """Tar member name."""
+    offset: int
+    """Offset of the object's data (not its header) inside the tar."""
+    length: int
+    end: int
+    """Spool file position after the member (its padding included)."""
+
+    @property
+    def byte_range(self) -> str | None:
+        """``bytes=first-last`` for a ranged GET, or None for an empty object."""
+        if self.length == 0:
+            return None
+        return f"bytes={self.offset}-{self.offset + self.length - 1}"
+
+
+@dataclass(frozen=True, slots=True)
+class SealedBatch:
+    """A closed tar waiting for upload."""
+
+    bucket: str
+    batch_id: str
+    path: Path
+    tar_key: str
+    index_key: str
+    size: int
+    records: int
+    reason: str
+    """Why it was sealed: linger, records, bytes, shutdown or recovered."""

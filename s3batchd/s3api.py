@@ -1,0 +1,336 @@
+"""The S3 PutObject subset: addressing, header rules, body decoding and verification.
+
+``parse_target`` finds the bucket and key (path-style or virtual-hosted), ``PutRequest``
+holds what the headers say, ``receive_object`` reads and verifies the body. Everything that
+is wrong raises an ``S3Error``; app.py renders it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote_to_bytes
+
+from starlette.types import Receive, Scope
+
+from s3batchd.awschunked import AwsChunkedDecoder
+from s3batchd.body import BodyBuffer
+from s3batchd.checksums import (
+    ALGORITHMS,
+    Hasher,
+    b64,
+    decode_checksum,
+    decode_content_md5,
+    new_hasher,
+)
+from s3batchd.constants import MAX_KEY_BYTES, MAX_USER_METADATA_BYTES
+from s3batchd.errors import (
+    BadDigest,
+    EntityTooLarge,
+    IncompleteBody,
+    InvalidArgument,
+    InvalidBucketName,
+    InvalidRequest,
+    KeyTooLongError,
+    MetadataTooLarge,
+    MissingContentLength,
+    NotImplementedS3,
+    XAmzContentSHA256Mismatch,
+)
+from s3batchd.records import ObjectRecord
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IPV4 = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+#: Headers stored with the object (besides Content-Type and x-amz-meta-*).
+STORED_HEADERS = (
+    "cache-control",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "expires",
+    "x-amz-tagging",
+    "x-amz-storage-class",
+    "x-amz-website-redirect-location",
+)
+#: Query parameters that do not change what a PUT means (SDKs add x-id=PutObject).
+_IGNORED_QUERY = frozenset({"x-id"})
+DEFAULT_CONTENT_TYPE = "binary/octet-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a request addresses."""
+
+    bucket: str
+    key: str
+    """Empty for bucket-level requests."""
+    query: dict[str, str]
+
+
+def parse_target(scope: Scope, headers: dict[str, str], domains: tuple[str, ...]) -> Target:
+    """Bucket and key of a request, path-style or ``<bucket>.<domain>`` virtual-hosted."""
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+    raw_path = raw_path.split(b"?", 1)[0]
+    path = _decode_path(raw_path)
+    query = dict(
+        parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    )
+    bucket = _virtual_bucket(headers.get("host", ""), domains)
+    if bucket is None:
+        bucket, _, key = path.lstrip("/").partition("/")
+    else:
+        key = path[1:] if path.startswith("/") else path
+    return Target(bucket=bucket, key=key, query=query)
+
+
+def _decode_path(raw_path: bytes) -> str:
+    try:
+        return unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument("Object keys must be valid UTF-8.") from exc
+
+
+def _virtual_bucket(host: str, domains: tuple[str, ...]) -> str | None:
+    name = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else ""
+    for domain in domains:
+        if name.endswith("." + domain):
+            return name[: -len(domain) - 1]
+    return None
+
+
+def check_bucket(bucket: str) -> None:
+    """S3 bucket naming rules (3-63 chars of a-z 0-9 . -, not an IP address)."""
+    if not _BUCKET.match(bucket) or ".." in bucket or _IPV4.match(bucket):
+        raise InvalidBucketName(f"The specified bucket is not valid: {bucket!r}")
+
+
+def check_key(key: str) -> None:
+    """S3 key rules: 1 to 1,024 bytes of UTF-8."""
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise KeyTooLongError()
+
+
+@dataclass(slots=True)
+class PutRequest:
+    """What a PutObject's headers ask for."""
+
+    target: Target
+    content_type: str
+    metadata: dict[str, str]
+    stored_headers: dict[str, str]
+    aws_chunked: bool
+    declared_size: int | None
+    """Decoded size when the headers state it (Content-Length or x-amz-decoded-content-length)."""
+    content_md5: bytes | None = None
+    checksums: dict[str, bytes] = field(default_factory=dict)
+    """Expected raw digests by algorithm, from headers."""
+    trailer_names: tuple[str, ...] = ()
+    payload_sha256: str | None = None
+
+
+def parse_put(target: Target, headers: dict[str, str], *, max_bytes: int) -> PutRequest:
+    """Validate a PutObject's headers; raises before any body byte is read."""
+    check_bucket(target.bucket)
+    if not target.key:
+        raise NotImplementedS3("Bucket-level PUT operations are not implemented by s3batchd.")
+    check_key(target.key)
+    unsupported = sorted(set(target.query) - _IGNORED_QUERY)
+    if unsupported:
+        raise NotImplementedS3(f"PUT with ?{unsupported[0]} is not implemented by s3batchd.")
+    _reject_unsupported_headers(headers)
+    aws_chunked = _is_aws_chunked(headers)
+    declared = _declared_size(headers, aws_chunked=aws_chunked)
+    if declared is not None and declared > max_bytes:
+        raise EntityTooLarge(f"Your proposed upload is {declared} bytes; the limit is {max_bytes}.")
+    request = PutRequest(
+        target=target,
+        content_type=headers.get("content-type") or DEFAULT_CONTENT_TYPE,
+        metadata=_metadata(headers),
+        stored_headers=_stored_headers(headers),
+        aws_chunked=aws_chunked,
+        declared_size=declared,
+    )
+    _parse_digests(request, headers)
+    return request
+
+
+def _reject_unsupported_headers(headers: dict[str, str]) -> None:
+    for name in ("x-amz-server-side-encryption-customer-algorithm", "if-match"):
+        if name in headers:
+            raise NotImplementedS3(f"The {name} header is not supported for batched objects.")
+    for name in ("x-amz-object-lock-mode", "x-amz-object-lock-retain-until-date"):
+        if name in headers:
+            raise NotImplementedS3(f"The {name} header is not supported for batched objects.")
+
+
+def _is_aws_chunked(headers: dict[str, str]) -> bool:
+    sha = headers.get("x-amz-content-sha256", "")
+    encodings = [part.strip().lower() for part in headers.get("content-encoding", "").split(",")]
+    if sha.startswith("STREAMING-AWS4-ECDSA"):
+        raise NotImplementedS3("SigV4a streaming payloads are not supported.")
+    return sha.startswith("STREAMING-") or "aws-chunked" in encodings
+
+
+def _declared_size(headers: dict[str, str], *, aws_chunked: bool) -> int | None:
+    length = headers.get("content-length")
+    chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+    if length is None and not chunked:
+        raise MissingContentLength()
+    source = headers.get("x-amz-decoded-content-length") if aws_chunked else length
+    if source is None:
+        return None
+    try:
+        value = int(source)
+    except ValueError as exc:
+        raise InvalidArgument(f"Invalid size: {source!r}") from exc
+    if value < 0:
+        raise InvalidArgument(f"Invalid size: {source!r}")
+    return value
+
+
+def _metadata(headers: dict[str, str]) -> dict[str, str]:
+    meta = {name[11:]: value for name, value in headers.items() if name.startswith("x-amz-meta-")}
+    if sum(len(name) + len(value) for name, value in meta.items()) > MAX_USER_METADATA_BYTES:
+        raise MetadataTooLarge()
+    return meta
+
+
+def _stored_headers(headers: dict[str, str]) -> dict[str, str]:
+    stored = {name: headers[name] for name in STORED_HEADERS if name in headers}
+    if "content-encoding" in stored:
+        tokens = [t.strip() for t in stored["content-encoding"].split(",")]
+        remaining = [t for t in tokens if t and t.lower() != "aws-chunked"]
+        if remaining:
+            stored["content-encoding"] = ",".join(remaining)
+        else:
+            del stored["content-encoding"]
+    return stored
+
+
+def _parse_digests(request: PutRequest, headers: dict[str, str]) -> None:
+    if "content-md5" in headers:
+        request.content_md5 = decode_content_md5(headers["content-md5"])
+    for algorithm in ALGORITHMS:
+        value = headers.get(f"x-amz-checksum-{algorithm}")
+        if value is not None:
+            request.checksums[algorithm] = decode_checksum(algorithm, value)
+    sdk_algorithm = headers.get("x-amz-sdk-checksum-algorithm", "").lower()
+    if sdk_algorithm and sdk_algorithm not in ALGORITHMS:
+        raise InvalidRequest(f"Unsupported checksum algorithm: {sdk_algorithm}")
+    trailer = headers.get("x-amz-trailer", "")
+    names = tuple(name.strip().lower() for name in trailer.split(",") if name.strip())
+    for name in names:
+        if not name.startswith("x-amz-checksum-") or name[15:] not in ALGORITHMS:
+            raise InvalidRequest(f"Unsupported trailer: {name}")
+    if names and not request.aws_chunked:
+        raise InvalidRequest("x-amz-trailer requires an aws-chunked body.")
+    request.trailer_names = names
+    sha = headers.get("x-amz-content-sha256", "")
+    if _SHA256_HEX.match(sha):
+        request.payload_sha256 = sha
+
+
+class Digests:
+    """Every digest computed while the body streams in."""
+
+    def __init__(self, request: PutRequest) -> None:
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        algorithms = set(request.checksums) | {name[15:] for name in request.trailer_names}
+        self.hashers: dict[str, Hasher] = {name: new_hasher(name) for name in algorithms}
+        self.sha256 = hashlib.sha256() if request.payload_sha256 else None
+
+    def update(self, data: bytes | memoryview) -> None:
+        """Feed a decoded payload piece to every digest."""
+        self.md5.update(data)
+        for hasher in self.hashers.values():
+            hasher.update(data)
+        if self.sha256 is not None:
+            self.sha256.update(data)
+
+
+async def read_body(
+    request: PutRequest, receive: Receive, *, max_bytes: int, memory_limit: int, spill_dir: Path
+) -> tuple[BodyBuffer, Digests]:
+    """Read and decode the whole body; the caller closes the buffer."""
+    body = BodyBuffer(memory_limit=memory_limit, spill_dir=spill_dir)
+    try:
+        digests = await _read(request, receive, body, max_bytes=max_bytes)
+    except BaseException:
+        body.close()
+        raise
+    return body, digests
+
+
+def build_record(request: PutRequest, digests: Digests, size: int) -> ObjectRecord:
+    """Verify sizes and digests of a received body and describe the object."""
+    checksums = _verify(request, digests, size)
+    return ObjectRecord(
+        key=request.target.key,
+        size=size,
+        md5_hex=digests.md5.hexdigest(),
+        content_type=request.content_type,
+        metadata=request.metadata,
+        headers=request.stored_headers,
+        checksums=checksums,
+        mtime=time.time(),
+    )
+
+
+class ClientDisconnectedError(IncompleteBody):
+    """The client went away before sending the whole body."""
+
+
+async def _read(
+    request: PutRequest, receive: Receive, body: BodyBuffer, *, max_bytes: int
+) -> Digests:
+    digests = Digests(request)
+    decoder = AwsChunkedDecoder() if request.aws_chunked else None
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnectedError()
+        chunk: bytes = message.get("body", b"")
+        pieces = decoder.feed(chunk) if decoder is not None else [chunk]
+        for piece in pieces:
+            if body.size + len(piece) > max_bytes:
+                raise EntityTooLarge(f"Your upload exceeds the limit of {max_bytes} bytes.")
+            digests.update(piece)
+            body.write(bytes(piece))
+        if not message.get("more_body", False):
+            break
+    if decoder is not None:
+        decoder.finish()
+        request.checksums.update(_trailer_checksums(request, decoder.trailers))
+    return digests
+
+
+def _trailer_checksums(request: PutRequest, trailers: dict[str, str]) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    for name in request.trailer_names:
+        if name not in trailers:
+            raise IncompleteBody(f"The declared trailer {name} was not sent.")
+        found[name[15:]] = decode_checksum(name[15:], trailers[name])
+    return found
+
+
+def _verify(request: PutRequest, digests: Digests, size: int) -> dict[str, str]:
+    if request.declared_size is not None and size != request.declared_size:
+        raise IncompleteBody(f"Received {size} bytes, expected {request.declared_size}.")
+    if request.content_md5 is not None and digests.md5.digest() != request.content_md5:
+        raise BadDigest("The Content-MD5 you specified did not match what we received.")
+    if digests.sha256 is not None and digests.sha256.hexdigest() != request.payload_sha256:
+        raise XAmzContentSHA256Mismatch()
+    verified: dict[str, str] = {}
+    for algorithm, expected in request.checksums.items():
+        actual = digests.hashers[algorithm].digest()
+        if actual != expected:
+            raise BadDigest(
+                f"The x-amz-checksum-{algorithm} you specified did not match the calculated "
+                f"checksum ({b64(actual)})."
+            )
+        verified[algorithm] = b64(expected)
+    return verified

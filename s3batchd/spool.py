@@ -1,0 +1,314 @@
+"""The local tar spool: synchronous, append-only tar files, one open file per bucket.
+
+Layout under ``spool.dir``::
+
+    <bucket>/<batch id>.open   a batch being written (tar members, no end marker yet)
+    <bucket>/<batch id>.tar    a sealed batch waiting for upload (fsync'd, end marker written)
+    quarantine/                files recovery could not read, kept for an operator
+    tmp/                       large request bodies while they are being received
+
+Methods here block; the batcher calls them inline for small appends and through a thread
+otherwise. One SpoolFile is only ever used by one task at a time (the batcher's bucket lock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from s3batchd.body import BodyBuffer, write_all
+from s3batchd.constants import TAR_END
+from s3batchd.errors import SpoolError, SpoolFailedError
+from s3batchd.index import IndexEntry, index_key, is_batch_id, tar_key
+from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
+from s3batchd.tarmember import decode_record, encode_header, member_name, padded
+
+logger = logging.getLogger(__name__)
+
+OPEN_SUFFIX = ".open"
+SEALED_SUFFIX = ".tar"
+_PADDING = b"\0" * 512
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a file creation, rename or removal in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SpoolFile:
+    """One open batch: an append-only tar file."""
+
+    def __init__(self, *, path: Path, bucket: str, batch_id: str, prefix: str, fd: int) -> None:
+        self.path = path
+        self.bucket = bucket
+        self.batch_id = batch_id
+        self.tar_key = tar_key(prefix, batch_id)
+        self.index_key = index_key(prefix, batch_id)
+        self.prefix = prefix
+        self.position = 0
+        """Bytes written (and not rolled back) so far."""
+        self.records = 0
+        self.failed = False
+        self._fd = fd
+
+    @classmethod
+    def create(cls, directory: Path, *, bucket: str, batch_id: str, prefix: str) -> SpoolFile:
+        """Create ``<directory>/<batch_id>.open`` and make its existence durable."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / (batch_id + OPEN_SUFFIX)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        fsync_dir(directory)
+        return cls(path=path, bucket=bucket, batch_id=batch_id, prefix=prefix, fd=fd)
+
+    def append(self, record: ObjectRecord, body: BodyBuffer) -> SpoolEntry:
+        """Write one member; on failure roll the file back to where it was and raise SpoolError."""
+        if self.failed:
+            raise SpoolFailedError(f"{self.path} failed earlier and takes no more writes")
+        name = member_name(record.key, self.records)
+        header = encode_header(record, name)
+        start = self.position
+        try:
+            write_all(self._fd, header)
+            body.write_to(self._fd)
+            pad = padded(record.size) - record.size
+            if pad:
+                write_all(self._fd, _PADDING[:pad])
+        except OSError as exc:
+            self._roll_back(start)
+            raise SpoolError(f"cannot append to {self.path}: {exc}") from exc
+        self.position = start + len(header) + padded(record.size)
+        self.records += 1
+        return SpoolEntry(
+            bucket=self.bucket,
+            tar_key=self.tar_key,
+            member=name,
+            offset=start + len(header),
+            length=record.size,
+            end=self.position,
+        )
+
+    def _roll_back(self, start: int) -> None:
+        try:
+            os.ftruncate(self._fd, start)
+            os.lseek(self._fd, start, os.SEEK_SET)
+        except OSError:
+            self.failed = True
+            logger.exception("cannot roll back %s; it takes no more writes", self.path)
+
+    def size_with(self, record_size: int, header_estimate: int = 1536) -> int:
+        """Tar size if a record of ``record_size`` bytes were added (header estimated)."""
+        return self.position + header_estimate + padded(record_size) + len(TAR_END)
+
+    def sync(self) -> None:
+        """fdatasync the file. A failure is fatal for this file (fsyncgate)."""
+        if self.failed:
+            raise SpoolFailedError(f"{self.path} failed earlier")
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            self.failed = True
+            raise SpoolFailedError(f"fdatasync of {self.path} failed: {exc}") from exc
+
+    def write_end(self) -> None:
+        """Append the end-of-archive marker (two zero blocks); the file takes no more members."""
+        try:
+            write_all(self._fd, TAR_END)
+        except OSError as exc:
+            self._roll_back(self.position)
+            raise SpoolError(f"cannot seal {self.path}: {exc}") from exc
+        self.position += len(TAR_END)
+
+    def finish(self, reason: str) -> SealedBatch:
+        """Close a file whose end marker is written and synced, and rename it to ``.tar``."""
+        self.close()
+        sealed_path = self.path.with_suffix(SEALED_SUFFIX)
+        self.path.rename(sealed_path)
+        fsync_dir(sealed_path.parent)
+        return _sealed(
+            sealed_path,
+            self.bucket,
+            self.batch_id,
+            self.prefix,
+            self.position,
+            self.records,
+            reason,
+        )
+
+    def close(self) -> None:
+        """Close the file descriptor (idempotent)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """The complete members found at the start of a tar file."""
+
+    entries: list[IndexEntry]
+    end: int
+    """Offset just after the last complete member."""
+
+
+def scan(path: Path, *, verify: bool = False) -> Scan:
+    """Read the members of a (possibly torn) spool tar.
+
+    Stops at the end marker, at the first incomplete or unreadable member, and, with
+    ``verify``, at the first member whose data does not match its recorded MD5.
+    """
+    entries: list[IndexEntry] = []
+    end = 0
+    with path.open("rb") as raw:
+        file_size = os.fstat(raw.fileno()).st_size
+        try:
+            archive = tarfile.open(fileobj=raw, mode="r:")  # noqa: SIM115  closed below
+        except tarfile.ReadError:
+            return Scan(entries, 0)
+        try:
+            for info in _members(archive):
+                record = decode_record(info)
+                data_end = info.offset_data + info.size
+                if record is None or data_end > file_size:
+                    break
+                if verify and not _md5_matches(raw, info.offset_data, record):
+                    break
+                entries.append(IndexEntry(record=record, member=info.name, offset=info.offset_data))
+                end = info.offset_data + padded(info.size)
+        finally:
+            archive.close()
+    return Scan(entries, min(end, file_size))
+
+
+def _members(archive: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    found: list[tarfile.TarInfo] = []
+    while True:
+        try:
+            info = archive.next()
+        except (tarfile.TarError, UnicodeDecodeError, ValueError):
+            return found
+        if info is None:
+            return found
+        found.append(info)
+
+
+def _md5_matches(stream: BinaryIO, offset: int, record: ObjectRecord) -> bool:
+    stream.seek(offset)
+    digest = hashlib.md5(usedforsecurity=False)
+    remaining = record.size
+    while remaining:
+        chunk = stream.read(min(remaining, 1 << 20))
+        if not chunk:
+            return False
+        digest.update(chunk)
+        remaining -= len(chunk)
+    return digest.hexdigest() == record.md5_hex
+
+
+def recover(spool_dir: Path, *, prefix: str) -> list[SealedBatch]:
+    """Make every batch left by an earlier run uploadable.
+
+    Sealed tars are returned as they are. An open file keeps its longest prefix of complete,
+    verified members, is truncated after them and sealed; a file with no readable member is
+    removed if empty and moved to ``quarantine/`` otherwise.
+    """
+    batches: list[SealedBatch] = []
+    if not spool_dir.is_dir():
+        return batches
+    for bucket_dir in sorted(p for p in spool_dir.iterdir() if p.is_dir()):
+        if bucket_dir.name in ("tmp", "quarantine"):
+            continue
+        for path in sorted(bucket_dir.iterdir()):
+            batch = _recover_file(path, bucket_dir.name, spool_dir, prefix)
+            if batch is not None:
+                batches.append(batch)
+    return batches
+
+
+def _recover_file(path: Path, bucket: str, spool_dir: Path, prefix: str) -> SealedBatch | None:
+    batch_id = path.name.removesuffix(OPEN_SUFFIX).removesuffix(SEALED_SUFFIX)
+    if not is_batch_id(batch_id) or path.suffix not in (OPEN_SUFFIX, SEALED_SUFFIX):
+        logger.warning("ignoring unexpected file in the spool: %s", path)
+        return None
+    result = scan(path, verify=path.suffix == OPEN_SUFFIX)
+    if not result.entries:
+        _discard(path, spool_dir)
+        return None
+    if path.suffix == SEALED_SUFFIX:
+        size = path.stat().st_size
+        return _sealed(path, bucket, batch_id, prefix, size, len(result.entries), "recovered")
+    return _reseal(path, bucket, batch_id, prefix, result)
+
+
+def _reseal(path: Path, bucket: str, batch_id: str, prefix: str, result: Scan) -> SealedBatch:
+    size = path.stat().st_size
+    if size != result.end:
+        logger.warning("truncating torn tail of %s: %d -> %d bytes", path, size, result.end)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.ftruncate(fd, result.end)
+        os.lseek(fd, result.end, os.SEEK_SET)
+        write_all(fd, TAR_END)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    sealed_path = path.with_suffix(SEALED_SUFFIX)
+    path.rename(sealed_path)
+    fsync_dir(sealed_path.parent)
+    total = result.end + len(TAR_END)
+    logger.info("recovered %s with %d records", sealed_path, len(result.entries))
+    return _sealed(sealed_path, bucket, batch_id, prefix, total, len(result.entries), "recovered")
+
+
+def _sealed(
+    path: Path, bucket: str, batch_id: str, prefix: str, size: int, records: int, reason: str
+) -> SealedBatch:
+    return SealedBatch(
+        bucket=bucket,
+        batch_id=batch_id,
+        path=path,
+        tar_key=tar_key(prefix, batch_id),
+        index_key=index_key(prefix, batch_id),
+        size=size,
+        records=records,
+        reason=reason,
+    )
+
+
+def _discard(path: Path, spool_dir: Path) -> None:
+    if path.stat().st_size == 0:
+        path.unlink()
+        return
+    quarantine = spool_dir / "quarantine"
+    quarantine.mkdir(exist_ok=True)
+    target = quarantine / f"{path.parent.name}--{path.name}"
+    path.rename(target)
+    logger.error("no readable member in %s; moved to %s", path, target)
+
+
+def remove(batch: SealedBatch) -> None:
+    """Delete an uploaded batch's local file durably."""
+    try:
+        batch.path.unlink()
+    except FileNotFoundError:
+        return
+    fsync_dir(batch.path.parent)
+
+
+def check_writable(spool_dir: Path) -> None:
+    """Create the spool directory and prove a file can be written and synced there."""
+    try:
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        probe = spool_dir / ".probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise SpoolError(f"spool directory {spool_dir} is not writable: {exc}") from exc

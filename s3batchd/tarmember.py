@@ -1,0 +1,104 @@
+"""Tar member encoding: safe member names, PAX headers carrying S3 attributes, and parsing back.
+
+A member is ``<PAX extended header><ustar header><data><zero padding to 512>``. The S3 key,
+ETag, Content-Type, user metadata, stored headers and checksums travel in PAX records under
+the ``S3BATCHD.`` namespace, so a tar is self-describing: the index can be rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Mapping
+
+from s3batchd.constants import PAX_PREFIX, TAR_BLOCK
+from s3batchd.records import ObjectRecord
+
+#: Keys under this prefix always get a synthetic member name, so a synthetic name can never
+#: collide with a key stored under its own name in the same tar.
+SYNTHETIC_DIR = ".s3batchd"
+_MAX_COMPONENT_BYTES = 255
+
+_KEY = PAX_PREFIX + "key"
+_ETAG = PAX_PREFIX + "md5"
+_CONTENT_TYPE = PAX_PREFIX + "content-type"
+_MTIME = PAX_PREFIX + "mtime"
+_SIZE = PAX_PREFIX + "size"
+_META = PAX_PREFIX + "meta."
+_HEADER = PAX_PREFIX + "header."
+_CHECKSUM = PAX_PREFIX + "checksum."
+
+
+def padded(size: int) -> int:
+    """``size`` rounded up to a whole number of tar blocks."""
+    return -(-size // TAR_BLOCK) * TAR_BLOCK
+
+
+def is_safe_path(key: str) -> bool:
+    """Whether ``key`` can be a member path that no extractor resolves outside its target.
+
+    Safe: relative, ``/``-separated non-empty components, none of them ``.`` or ``..``, no
+    control characters or backslashes, each component at most 255 bytes (NAME_MAX).
+    """
+    if not key or key.startswith(SYNTHETIC_DIR + "/") or key == SYNTHETIC_DIR:
+        return False
+    if any(ord(ch) < 0x20 or ch in "\x7f\\" for ch in key):
+        return False
+    for part in key.split("/"):
+        if part in ("", ".", "..") or len(part.encode("utf-8")) > _MAX_COMPONENT_BYTES:
+            return False
+    return True
+
+
+def member_name(key: str, seq: int) -> str:
+    """The member path for ``key``: the key itself when safe, else a synthetic name."""
+    return key if is_safe_path(key) else f"{SYNTHETIC_DIR}/{seq:012d}"
+
+
+def encode_header(record: ObjectRecord, name: str) -> bytes:
+    """The PAX + ustar header bytes of one regular-file member."""
+    info = tarfile.TarInfo(name)
+    info.size = record.size
+    info.mtime = int(record.mtime)
+    info.mode = 0o644
+    info.type = tarfile.REGTYPE
+    info.pax_headers = _pax_records(record)
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _pax_records(record: ObjectRecord) -> dict[str, str]:
+    pax = {
+        _KEY: record.key,
+        _ETAG: record.md5_hex,
+        _SIZE: str(record.size),
+        _CONTENT_TYPE: record.content_type,
+        _MTIME: repr(record.mtime),
+    }
+    pax.update(_prefixed(_META, record.metadata))
+    pax.update(_prefixed(_HEADER, record.headers))
+    pax.update(_prefixed(_CHECKSUM, record.checksums))
+    return pax
+
+
+def _prefixed(prefix: str, values: Mapping[str, str]) -> dict[str, str]:
+    return {prefix + name: value for name, value in values.items()}
+
+
+def decode_record(info: tarfile.TarInfo) -> ObjectRecord | None:
+    """The record a member carries, or None when it is not an s3batchd member."""
+    pax = info.pax_headers
+    if _KEY not in pax or _ETAG not in pax or not info.isreg():
+        return None
+    return ObjectRecord(
+        key=pax[_KEY],
+        size=info.size,
+        md5_hex=pax[_ETAG],
+        content_type=pax.get(_CONTENT_TYPE, "binary/octet-stream"),
+        metadata=_unprefixed(_META, pax),
+        headers=_unprefixed(_HEADER, pax),
+        checksums=_unprefixed(_CHECKSUM, pax),
+        mtime=float(pax.get(_MTIME, info.mtime)),
+    )
+
+
+def _unprefixed(prefix: str, pax: Mapping[str, str]) -> dict[str, str]:
+    return {name[len(prefix) :]: value for name, value in pax.items() if name.startswith(prefix)}

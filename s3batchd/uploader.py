@@ -1,0 +1,389 @@
+"""Upload sealed batches: the tar (PutObject or multipart), then its index, then delete locally.
+
+Each step is idempotent: keys are deterministic and written with ``If-None-Match: *``; a 412
+means an earlier attempt succeeded but its answer was lost, so the object is checked (HEAD) to
+be this batch and the upload moves on. Failures are retried with capped exponential backoff
+and full jitter, without a limit while data is pending: nothing sealed is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from s3batchd.concurrency import run_in
+from s3batchd.config import UploadConfig
+from s3batchd.constants import MAX_PART_BYTES, MAX_PARTS, MIN_PART_BYTES
+from s3batchd.errors import ConflictError, UploadError
+from s3batchd.index import render_index
+from s3batchd.records import SealedBatch
+from s3batchd.spool import remove, scan
+from s3batchd.upstream import classify, status_of
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+
+logger = logging.getLogger(__name__)
+
+TAR_CONTENT_TYPE = "application/x-tar"
+INDEX_CONTENT_TYPE = "application/json"
+META_BATCH_ID = "s3batchd-batch-id"
+
+
+def needs_multipart(size: int, config: UploadConfig) -> bool:
+    """Whether a tar of ``size`` bytes is uploaded in parts."""
+    return size >= config.multipart_threshold_bytes
+
+
+def part_size(size: int, config: UploadConfig) -> int:
+    """Part size for a ``size``-byte upload: the configured size, clamped to S3's rules and
+    doubled until the part count fits in 10,000."""
+    chunk = min(max(config.part_size_bytes, MIN_PART_BYTES), MAX_PART_BYTES)
+    while -(-size // chunk) > MAX_PARTS:
+        chunk *= 2
+    return min(chunk, MAX_PART_BYTES)
+
+
+def backoff_s(attempt: int, config: UploadConfig, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
+    ceiling = min(config.retry_max_ms, config.retry_base_ms * 2 ** min(attempt, 30))
+    return rng.uniform(0, ceiling) / 1000
+
+
+class BatchUpload:
+    """The blocking upload steps of one batch (run in the uploader's thread pool)."""
+
+    def __init__(self, client: S3Client, config: UploadConfig, stats: UploadStats) -> None:
+        self._client = client
+        self._config = config
+        self._stats = stats
+
+    def tar(self, batch: SealedBatch) -> None:
+        """Upload the tar under its key, unless an earlier attempt already did."""
+        if needs_multipart(batch.size, self._config):
+            self._multipart(batch)
+        else:
+            self._single(batch)
+
+    def _single(self, batch: SealedBatch) -> None:
+        with batch.path.open("rb") as body:
+            try:
+                self._call(
+                    "PutObject",
+                    lambda: self._client.put_object(
+                        Bucket=batch.bucket,
+                        Key=batch.tar_key,
+                        Body=body,
+                        ContentLength=batch.size,
+                        ContentType=TAR_CONTENT_TYPE,
+                        Metadata={META_BATCH_ID: batch.batch_id},
+                        IfNoneMatch="*",
+                    ),
+                )
+            except ClientError as exc:
+                self._settle_conflict(exc, batch)
+
+    def _multipart(self, batch: SealedBatch) -> None:
+        created = self._call(
+            "CreateMultipartUpload",
+            lambda: self._client.create_multipart_upload(
+                Bucket=batch.bucket,
+                Key=batch.tar_key,
+                ContentType=TAR_CONTENT_TYPE,
+                Metadata={META_BATCH_ID: batch.batch_id},
+                ChecksumAlgorithm="CRC32",
+            ),
+        )
+        upload_id = created["UploadId"]
+        try:
+            parts = self._parts(batch, upload_id)
+            self._call(
+                "CompleteMultipartUpload",
+                lambda: self._client.complete_multipart_upload(
+                    Bucket=batch.bucket,
+                    Key=batch.tar_key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                    IfNoneMatch="*",
+                ),
+            )
+        except ClientError as exc:
+            self._abort(batch, upload_id)
+            self._settle_conflict(exc, batch)
+        except BaseException:
+            self._abort(batch, upload_id)
+            raise
+
+    def _parts(self, batch: SealedBatch, upload_id: str) -> list[CompletedPartTypeDef]:
+        chunk = part_size(batch.size, self._config)
+        offsets = range(0, batch.size, chunk)
+        fd = os.open(batch.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with ThreadPoolExecutor(self._config.part_concurrency, "s3batchd-part") as pool:
+
+                def one(number: int) -> CompletedPartTypeDef:
+                    data = os.pread(fd, chunk, offsets[number - 1])
+                    return self._part(batch, upload_id, number, data)
+
+                return list(pool.map(one, range(1, len(offsets) + 1)))
+        finally:
+            os.close(fd)
+
+    def _part(
+        self, batch: SealedBatch, upload_id: str, number: int, data: bytes
+    ) -> CompletedPartTypeDef:
+        answer = self._call(
+            "UploadPart",
+            lambda: self._client.upload_part(
+                Bucket=batch.bucket,
+                Key=batch.tar_key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumAlgorithm="CRC32",
+            ),
+        )
+        part: CompletedPartTypeDef = {"ETag": answer["ETag"], "PartNumber": number}
+        if "ChecksumCRC32" in answer:
+            part["ChecksumCRC32"] = answer["ChecksumCRC32"]
+        return part
+
+    def _abort(self, batch: SealedBatch, upload_id: str) -> None:
+        try:
+            self._call(
+                "AbortMultipartUpload",
+                lambda: self._client.abort_multipart_upload(
+                    Bucket=batch.bucket, Key=batch.tar_key, UploadId=upload_id
+                ),
+            )
+        except ClientError:
+            logger.warning("could not abort multipart upload %s of %s", upload_id, batch.tar_key)
+
+    def _settle_conflict(self, exc: ClientError, batch: SealedBatch) -> None:
+        """A 412 is success if the object under the key is this batch; anything else raises."""
+        if status_of(exc) != 412:
+            raise exc
+        head = self._call(
+            "HeadObject", lambda: self._client.head_object(Bucket=batch.bucket, Key=batch.tar_key)
+        )
+        ours = head.get("Metadata", {}).get(META_BATCH_ID) == batch.batch_id
+        if not ours or head["ContentLength"] != batch.size:
+            raise ConflictError(f"s3://{batch.bucket}/{batch.tar_key} holds another object")
+        logger.info("tar %s was already uploaded by an earlier attempt", batch.tar_key)
+
+    def index(self, batch: SealedBatch) -> None:
+        """Write the index JSON beside the tar (the batch's commit marker)."""
+        entries = scan(batch.path).entries
+        body = render_index(
+            bucket=batch.bucket,
+            batch_id=batch.batch_id,
+            tar_key=batch.tar_key,
+            tar_size=batch.size,
+            entries=entries,
+        )
+        try:
+            self._call(
+                "PutObject",
+                lambda: self._client.put_object(
+                    Bucket=batch.bucket,
+                    Key=batch.index_key,
+                    Body=body,
+                    ContentType=INDEX_CONTENT_TYPE,
+                    Metadata={META_BATCH_ID: batch.batch_id},
+                    IfNoneMatch="*",
+                ),
+            )
+        except ClientError as exc:
+            if status_of(exc) != 412:
+                raise
+            head = self._call(
+                "HeadObject",
+                lambda: self._client.head_object(Bucket=batch.bucket, Key=batch.index_key),
+            )
+            expected = '"' + hashlib.md5(body, usedforsecurity=False).hexdigest() + '"'
+            if head.get("ETag") != expected:
+                raise ConflictError(f"s3://{batch.bucket}/{batch.index_key} differs") from exc
+
+    def _call(self, operation: str, call: Callable[[], Any]) -> Any:
+        try:
+            result = call()
+        except ClientError as exc:
+            self._stats.count(operation, f"http_{status_of(exc)}")
+            raise
+        except Exception:
+            self._stats.count(operation, "error")
+            raise
+        self._stats.count(operation, "ok")
+        return result
+
+
+class UploadStats:
+    """Counters shared by the upload threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.batches = 0
+        self.records = 0
+        self.bytes = 0
+        self.retries = 0
+
+    def count(self, operation: str, outcome: str) -> None:
+        """One upstream request issued."""
+        with self._lock:
+            self.requests[operation, outcome] += 1
+
+    def batch_done(self, batch: SealedBatch) -> None:
+        """A batch and its index are in the bucket."""
+        with self._lock:
+            self.batches += 1
+            self.records += batch.records
+            self.bytes += batch.size
+
+    def total_requests(self) -> int:
+        """All upstream requests issued so far."""
+        with self._lock:
+            return sum(self.requests.values())
+
+
+class Uploader:
+    """Supervised background workers that upload sealed batches until they succeed."""
+
+    def __init__(self, client: S3Client, *, config: UploadConfig, seed: int | None = None) -> None:
+        self._config = config
+        self._queue: asyncio.Queue[SealedBatch] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(config.concurrency, "s3batchd-upload")
+        self.stats = UploadStats()
+        self._steps = BatchUpload(client, config, self.stats)
+        self._workers: list[asyncio.Task[None]] = []
+        self._rng = random.Random(seed)  # noqa: S311  jitter, not a secret
+        self._tars_done: set[str] = set()
+        self._pending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.last_error: str | None = None
+        self.died: BaseException | None = None
+
+    async def start(self) -> None:
+        """Start the upload workers (idempotent)."""
+        if self._workers:
+            return
+        for number in range(self._config.concurrency):
+            task = asyncio.get_running_loop().create_task(
+                self._work(), name=f"s3batchd-uploader-{number}"
+            )
+            task.add_done_callback(self._worker_done)
+            self._workers.append(task)
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            # Batches stay on disk and are retried at the next start; readiness reports this.
+            self.died = exc
+            logger.error("upload worker died; sealed batches stay in the spool", exc_info=exc)
+
+    async def submit(self, batch: SealedBatch) -> None:
+        """Queue a sealed batch for upload."""
+        self._pending += 1
+        self._idle.clear()
+        self._queue.put_nowait(batch)
+
+    @property
+    def pending(self) -> int:
+        """Batches queued or being uploaded."""
+        return self._pending
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            try:
+                await self._upload(batch)
+            finally:
+                self._pending -= 1
+                if self._pending == 0:
+                    self._idle.set()
+
+    async def _upload(self, batch: SealedBatch) -> None:
+        attempt = 0
+        started = time.monotonic()
+        while True:
+            try:
+                await run_in(self._executor, lambda: self._upload_once(batch))
+            except UploadError as exc:
+                self._note_failure(batch, exc, attempt)
+            except Exception as exc:  # noqa: BLE001  any failure is retried, never dropped
+                self._note_failure(batch, classify(exc, f"upload {batch.batch_id}"), attempt)
+            else:
+                self.last_error = None
+                logger.info(
+                    "uploaded batch %s to s3://%s/%s (%d records, %d bytes, %.2f s)",
+                    batch.batch_id,
+                    batch.bucket,
+                    batch.tar_key,
+                    batch.records,
+                    batch.size,
+                    time.monotonic() - started,
+                )
+                return
+            await asyncio.sleep(backoff_s(attempt, self._config, self._rng))
+            attempt += 1
+
+    def _note_failure(self, batch: SealedBatch, exc: UploadError, attempt: int) -> None:
+        self.stats.retries += 1
+        self.last_error = str(exc)
+        log = logger.warning if exc.retriable else logger.error
+        log("upload of %s failed (attempt %d), will retry: %s", batch.batch_id, attempt + 1, exc)
+
+    def _upload_once(self, batch: SealedBatch) -> None:
+        if batch.batch_id not in self._tars_done:
+            try:
+                self._steps.tar(batch)
+            except ClientError as exc:
+                raise classify(exc, f"upload tar {batch.tar_key}") from exc
+            self._tars_done.add(batch.batch_id)
+        try:
+            self._steps.index(batch)
+        except ClientError as exc:
+            raise classify(exc, f"upload index {batch.index_key}") from exc
+        remove(batch)
+        self._tars_done.discard(batch.batch_id)
+        with self.stats._lock:
+            self.stats.batches += 1
+            self.stats.records += batch.records
+            self.stats.bytes += batch.size
+
+    async def drain(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109  a deadline is the API
+        """Wait until every submitted batch is uploaded; False if ``timeout`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, timeout: float = 0) -> bool:  # noqa: ASYNC109  a deadline is the API
+        """Drain for up to ``timeout`` seconds, then stop the workers. True if all uploaded."""
+        drained = await self.drain(timeout)
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+        self._executor.shutdown(wait=drained, cancel_futures=True)
+        if not drained:
+            logger.warning(
+                "%d batches not uploaded before shutdown; kept in the spool", self._pending
+            )
+        return drained

@@ -1,0 +1,74 @@
+"""The boto3 client for the real bucket, and how its failures are classified."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectionError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from s3batchd.config import UploadConfig, UpstreamConfig
+from s3batchd.errors import UploadError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+RETRIABLE_CODES = frozenset(
+    {
+        "SlowDown",
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "OperationAborted",
+    }
+)
+
+
+def make_client(upstream: UpstreamConfig, upload: UploadConfig) -> S3Client:
+    """One client shared by every upload thread (clients are thread-safe, sessions are not)."""
+    config = Config(
+        region_name=upstream.region,
+        connect_timeout=upstream.connect_timeout_s,
+        read_timeout=upstream.read_timeout_s,
+        retries={"mode": "standard", "max_attempts": 3},
+        max_pool_connections=upload.concurrency * upload.part_concurrency + 4,
+        s3={"addressing_style": upstream.addressing_style},
+    )
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=upstream.endpoint_url or None, config=config)
+
+
+def status_of(exc: ClientError) -> int:
+    """HTTP status of a boto3 ClientError (0 when unknown)."""
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def code_of(exc: ClientError) -> str:
+    """S3 error code of a boto3 ClientError."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def classify(exc: Exception, action: str) -> UploadError:
+    """Wrap a boto3 failure in an UploadError that says whether a retry can help."""
+    if isinstance(exc, UploadError):
+        return exc
+    if isinstance(exc, ClientError):
+        code, status = code_of(exc), status_of(exc)
+        retriable = status >= 500 or status == 429 or code in RETRIABLE_CODES
+        return UploadError(f"{action}: {code or status}: {exc}", retriable=retriable, code=code)
+    transient = (ConnectionError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError)
+    if isinstance(exc, transient | BotoCoreError | OSError):
+        return UploadError(f"{action}: {exc}", retriable=True, code=type(exc).__name__)
+    return UploadError(f"{action}: unexpected {type(exc).__name__}: {exc}", retriable=True)
