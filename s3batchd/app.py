@@ -12,6 +12,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 from xml.sax.saxutils import escape
 
 from starlette.applications import Starlette
@@ -38,7 +39,8 @@ _METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"]
 
 
 class RequestIdMiddleware:
-    """Gives every request an id and every response ``x-amz-request-id``."""
+    """Gives every request an id and every response ``x-amz-request-id``; accepts the
+    absolute-form request target (``PUT http://host/key``) that HTTP/1.1 servers must take."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -47,6 +49,8 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if not scope["path"].startswith("/"):
+            _to_origin_form(scope)
         request_id = secrets.token_hex(8).upper()
         scope.setdefault("state", {})["request_id"] = request_id
         extra = [(b"x-amz-request-id", request_id.encode()), (b"server", b"s3batchd")]
@@ -57,6 +61,14 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+def _to_origin_form(scope: Scope) -> None:
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    _, _, rest = raw.partition(b"://")
+    _, slash, path = rest.partition(b"/")
+    scope["raw_path"] = slash + path or b"/"
+    scope["path"] = unquote(scope["raw_path"].decode("latin-1"))
 
 
 def request_headers(scope: Scope) -> dict[str, str]:

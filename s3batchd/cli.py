@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -78,6 +79,11 @@ def run(settings: Settings) -> int:
         lifespan="on",
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once it is done; with these handlers
+    # that is a no-op, so the exit status below can say whether every batch was uploaded.
+    received: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
     server.run()
     if not server.started:
         return 1
@@ -105,10 +111,12 @@ def dev(data_dir: Path, port: int, bucket: str) -> None:
     os.environ["AWS_ACCESS_KEY_ID"] = s3.access_key
     os.environ["AWS_SECRET_ACCESS_KEY"] = s3.secret_key
     try:
-        settings = Settings(
-            server={"port": port},  # type: ignore[arg-type]
-            spool={"dir": data_dir / "spool"},  # type: ignore[arg-type]
-            upstream={"endpoint_url": s3.endpoint_url},  # type: ignore[arg-type]
+        settings = Settings.model_validate(
+            {
+                "server": {"port": port},
+                "spool": {"dir": data_dir / "spool"},
+                "upstream": {"endpoint_url": s3.endpoint_url},
+            }
         )
         setup_logging(settings.log)
         click.echo(_dev_banner(port, bucket, s3.endpoint_url))

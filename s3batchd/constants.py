@@ -23,8 +23,10 @@ TAR_END = b"\0" * (2 * TAR_BLOCK)
 
 #: Prefix of the response headers that tell a client where its object lives.
 HEADER_PREFIX = "x-s3batchd-"
-#: Namespace of the PAX records that carry an object's S3 attributes inside the tar.
-PAX_PREFIX = "S3BATCHD."
+#: Namespace of the PAX records that carry an object's S3 attributes inside the tar: user
+#: extended attributes in the form GNU tar, bsdtar and Python tarfile all read without warnings
+#: (``tar --xattrs -x`` even restores them as ``user.s3batchd.*`` xattrs).
+PAX_PREFIX = "SCHILY.xattr.user.s3batchd."
 
 INDEX_FORMAT = "s3batchd.index"
 INDEX_VERSION = 1

@@ -56,8 +56,34 @@ STORED_HEADERS = (
     "x-amz-storage-class",
     "x-amz-website-redirect-location",
 )
-#: Query parameters that do not change what a PUT means (SDKs add x-id=PutObject).
-_IGNORED_QUERY = frozenset({"x-id"})
+#: Sub-resources that make a PUT something other than PutObject. Other query parameters
+#: (``x-id=PutObject``, presigned-URL auth parameters) do not change what a PUT means.
+SUBRESOURCES = frozenset(
+    {
+        "acl",
+        "attributes",
+        "cors",
+        "encryption",
+        "legal-hold",
+        "lifecycle",
+        "logging",
+        "notification",
+        "object-lock",
+        "partNumber",
+        "policy",
+        "replication",
+        "restore",
+        "retention",
+        "select",
+        "tagging",
+        "torrent",
+        "uploadId",
+        "uploads",
+        "versionId",
+        "versioning",
+        "website",
+    }
+)
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
 
 
@@ -138,7 +164,7 @@ def parse_put(target: Target, headers: dict[str, str], *, max_bytes: int) -> Put
     if not target.key:
         raise NotImplementedS3("Bucket-level PUT operations are not implemented by s3batchd.")
     check_key(target.key)
-    unsupported = sorted(set(target.query) - _IGNORED_QUERY)
+    unsupported = sorted(SUBRESOURCES.intersection(target.query))
     if unsupported:
         raise NotImplementedS3(f"PUT with ?{unsupported[0]} is not implemented by s3batchd.")
     _reject_unsupported_headers(headers)

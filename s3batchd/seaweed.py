@@ -137,6 +137,7 @@ def start_local_s3(
         "-webdav=false",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
+        "-s3.autoCreateBucket=false",  # behave like S3: NoSuchBucket for unknown buckets
     ]
     if buckets:
         args.append("-bucket=" + ",".join(buckets))

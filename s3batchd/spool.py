@@ -156,7 +156,8 @@ class Scan:
 
     entries: list[IndexEntry]
     end: int
-    """Offset just after the last complete member."""
+    """Offset just after the last complete member, its zero padding included (beyond the file
+    size when a crash cut the padding short: resealing fills it in)."""
 
 
 def scan(path: Path, *, verify: bool = False) -> Scan:
@@ -185,7 +186,7 @@ def scan(path: Path, *, verify: bool = False) -> Scan:
                 end = info.offset_data + padded(info.size)
         finally:
             archive.close()
-    return Scan(entries, min(end, file_size))
+    return Scan(entries, end)
 
 
 def _members(archive: tarfile.TarFile) -> list[tarfile.TarInfo]:
@@ -254,7 +255,7 @@ def _reseal(path: Path, bucket: str, batch_id: str, prefix: str, result: Scan) -
         logger.warning("truncating torn tail of %s: %d -> %d bytes", path, size, result.end)
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        os.ftruncate(fd, result.end)
+        os.ftruncate(fd, result.end)  # also zero-fills padding a crash cut short
         os.lseek(fd, result.end, os.SEEK_SET)
         write_all(fd, TAR_END)
         os.fdatasync(fd)

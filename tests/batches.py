@@ -1,0 +1,66 @@
+"""Reading what s3batchd wrote to the bucket, the way a consumer would."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+@dataclass(frozen=True)
+class Location:
+    """The x-s3batchd-* headers of one PUT response."""
+
+    bucket: str
+    tar_key: str
+    offset: int
+    length: int
+    range: str | None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> Location:
+        """Parse the response headers (lower-case names, as botocore gives them)."""
+        bucket, _, key = headers["x-s3batchd-tar"].removeprefix("s3://").partition("/")
+        return cls(
+            bucket=bucket,
+            tar_key=key,
+            offset=int(headers["x-s3batchd-offset"]),
+            length=int(headers["x-s3batchd-length"]),
+            range=headers.get("x-s3batchd-range"),
+        )
+
+
+def fetch(s3: S3Client, location: Location) -> bytes:
+    """One ranged GET of the tar, exactly as the response told the client to do it."""
+    if location.range is None:
+        assert location.length == 0
+        return b""
+    answer = s3.get_object(Bucket=location.bucket, Key=location.tar_key, Range=location.range)
+    return answer["Body"].read()
+
+
+def keys(s3: S3Client, bucket: str) -> list[str]:
+    """Every key in the bucket."""
+    found: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        found.extend(item["Key"] for item in page.get("Contents", []))
+    return found
+
+
+def indexes(s3: S3Client, bucket: str) -> list[dict[str, Any]]:
+    """Every index document in the bucket."""
+    documents = []
+    for key in keys(s3, bucket):
+        if key.endswith(".index.json"):
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            documents.append(json.loads(body))
+    return documents
+
+
+def indexed_objects(s3: S3Client, bucket: str) -> int:
+    """Objects listed across all indexes of the bucket."""
+    return sum(len(document["objects"]) for document in indexes(s3, bucket))

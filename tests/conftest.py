@@ -1,0 +1,161 @@
+"""Fixtures: a real SeaweedFS (``weed mini``) per session, a bucket per test, and s3batchd
+itself served by uvicorn in a thread (or as a subprocess where signals matter)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import boto3
+import pytest
+import uvicorn
+from botocore.config import Config
+
+from s3batchd.app import create_app
+from s3batchd.config import Settings
+from s3batchd.pipeline import Pipeline
+from s3batchd.seaweed import LocalS3, free_ports, start_local_s3
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+ChecksumMode = Literal["when_supported", "when_required"]
+CHECKSUM_MODES: tuple[ChecksumMode, ...] = ("when_supported", "when_required")
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No AWS_* or S3BATCHD_* from the developer's shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "S3BATCHD_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
+    """A real S3 server on 127.0.0.1 for the whole session, stopped by PID."""
+    server = start_local_s3(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: LocalS3) -> S3Client:
+    """A boto3 client talking to SeaweedFS directly."""
+    return s3_server.client()
+
+
+@pytest.fixture
+def bucket(s3: S3Client) -> str:
+    """A fresh, empty bucket."""
+    name = f"t-{secrets.token_hex(6)}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def make_settings(tmp_path: Path, s3_server: LocalS3, **sections: dict[str, Any]) -> Settings:
+    """Settings for a daemon in ``tmp_path`` pointed at ``s3_server`` (sections override)."""
+    base: dict[str, dict[str, Any]] = {
+        "server": {"port": free_ports(1)[0]},
+        "spool": {"dir": tmp_path / "spool"},
+        "batch": {"linger_ms": 300},
+        "upstream": {"endpoint_url": s3_server.endpoint_url},
+        "upload": {"retry_base_ms": 50, "retry_max_ms": 500},
+        "shutdown": {"drain_timeout_s": 10},
+    }
+    for section, values in sections.items():
+        base[section] = {**base.get(section, {}), **values}
+    return Settings.model_validate(base)
+
+
+@dataclass
+class Daemon:
+    """A running s3batchd (uvicorn in a thread)."""
+
+    settings: Settings
+    server: uvicorn.Server
+    thread: threading.Thread
+    pipeline: Pipeline
+
+    @property
+    def url(self) -> str:
+        """Endpoint URL for clients."""
+        return f"http://127.0.0.1:{self.settings.server.port}"
+
+    def client(self, checksums: ChecksumMode = "when_supported", **config: Any) -> S3Client:
+        """A boto3 client pointed at the daemon, as an application would configure it."""
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="app-key",
+            aws_secret_access_key="app-secret",
+            config=Config(request_checksum_calculation=checksums, **config),
+        )
+
+    def stop(self) -> None:
+        """Stop like SIGTERM would: stop accepting, finish requests, seal and upload."""
+        self.server.should_exit = True
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "daemon did not stop"
+
+
+DaemonFactory = Callable[..., Daemon]
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path, s3_server: LocalS3) -> Iterator[DaemonFactory]:
+    """Start s3batchd in a thread; sections override the test settings."""
+    started: list[Daemon] = []
+
+    def start(**sections: dict[str, Any]) -> Daemon:
+        settings = make_settings(tmp_path, s3_server, **sections)
+        app = create_app(settings, client=s3_server.client())
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=settings.server.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive(), "daemon failed to start"
+            assert time.monotonic() < deadline, "daemon did not start in 30 s"
+            time.sleep(0.02)
+        daemon = Daemon(settings, server, thread, app.state.pipeline)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.thread.is_alive():
+            daemon.stop()
+
+
+@pytest.fixture
+def daemon(start_daemon: DaemonFactory) -> Daemon:
+    """A daemon with the default test settings."""
+    return start_daemon()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30, interval: float = 0.1) -> None:
+    """Poll until ``predicate()`` is true (bounded in time)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(interval)

@@ -1,0 +1,130 @@
+"""s3batchd as a real process (``s3batchd serve --config``), for signal and crash tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+
+from s3batchd.seaweed import LocalS3, free_ports
+from tests.conftest import ChecksumMode
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+def _toml(sections: dict[str, dict[str, Any]]) -> str:
+    lines: list[str] = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            rendered = (
+                f'"{value}"'
+                if isinstance(value, str | Path)
+                else repr(value).lower()
+                if isinstance(value, bool)
+                else repr(value)
+            )
+            lines.append(f"{key} = {rendered}")
+    text = "\n".join(lines) + "\n"
+    tomllib.loads(text)  # the file must be valid TOML
+    return text
+
+
+class DaemonProcess:
+    """Runs ``s3batchd serve`` against ``s3_server`` with a config file in ``directory``."""
+
+    def __init__(self, directory: Path, s3_server: LocalS3, **sections: dict[str, Any]) -> None:
+        self.port = free_ports(1)[0]
+        base: dict[str, dict[str, Any]] = {
+            "server": {"port": self.port},
+            "spool": {"dir": str(directory / "spool")},
+            "batch": {"linger_ms": 300},
+            "upstream": {"endpoint_url": s3_server.endpoint_url},
+            "upload": {"retry_base_ms": 50, "retry_max_ms": 500},
+            "shutdown": {"drain_timeout_s": 20},
+        }
+        for section, values in sections.items():
+            base[section] = {**base.get(section, {}), **values}
+        self.config_path = directory / "s3batchd.toml"
+        self.config_path.write_text(_toml(base))
+        self.log_path = directory / "s3batchd.log"
+        self._env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": s3_server.access_key,
+            "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Endpoint URL of the daemon."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> DaemonProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def start(self, timeout: float = 30) -> None:
+        """Start the process and wait until it answers HTTP."""
+        executable = str(Path(sys.executable).parent / "s3batchd")
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [executable, "serve", "--config", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._env,
+            )
+        deadline = time.monotonic() + timeout
+        while "Application startup complete" not in self.log():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"s3batchd exited {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"s3batchd did not start:\n{self.log()}")
+            time.sleep(0.05)
+
+    def client(self, checksums: ChecksumMode = "when_supported") -> S3Client:
+        """A boto3 client pointed at the daemon."""
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="app-key",
+            aws_secret_access_key="app-secret",
+            config=Config(request_checksum_calculation=checksums, retries={"max_attempts": 1}),
+        )
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL and wait."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def log(self) -> str:
+        """Everything the process logged so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
