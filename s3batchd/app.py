@@ -29,6 +29,7 @@ from s3batchd.index import WriterId
 from s3batchd.pipeline import Pipeline
 from s3batchd.records import ObjectRecord, SpoolEntry
 from s3batchd.s3api import build_record, parse_put, parse_target, read_body
+from s3batchd.spool import TMP_DIR
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -105,7 +106,7 @@ async def _serve(request: Request) -> Response:
         request.receive,
         max_bytes=settings.limits.max_object_bytes,
         memory_limit=settings.limits.memory_buffer_bytes,
-        spill_dir=settings.spool.dir / "tmp",
+        spill_dir=settings.spool.dir / TMP_DIR,
     )
     request.state.body_consumed = True
     try:

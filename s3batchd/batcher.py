@@ -87,7 +87,7 @@ class Batcher:
             raise SlowDown("The daemon is shutting down.", headers={"Retry-After": "1"})
         state = self._buckets.setdefault(bucket, _Bucket(bucket))
         async with state.lock:
-            batch = await self._batch_for(state, record.size)
+            batch = await self._batch_for(state, record)
             entry = await self._append(batch, record, body)
             reason = self._full_reason(batch)
             if reason is not None:
@@ -96,9 +96,9 @@ class Batcher:
             await batch.committer.wait_durable(entry.end)
         return entry
 
-    async def _batch_for(self, state: _Bucket, size: int) -> _OpenBatch:
+    async def _batch_for(self, state: _Bucket, record: ObjectRecord) -> _OpenBatch:
         batch = state.current
-        if batch is not None and batch.spool.size_with(size) > self._config.max_bytes:
+        if batch is not None and batch.spool.size_with(record) > self._config.max_bytes:
             await self._seal(state, "bytes")  # the record starts the next batch, never splits
             batch = None
         if batch is None:
@@ -166,6 +166,9 @@ class Batcher:
         if batch.timer is not None:
             batch.timer.cancel()
         spool = batch.spool
+        if spool.records == 0:  # every append failed and was rolled back: nothing to upload
+            await run_sync(spool.discard)
+            return
         try:
             spool.write_end()
             batch.committer.written = spool.position

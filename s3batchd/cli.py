@@ -39,12 +39,16 @@ def _load(config_path: Path | None) -> Settings:
         settings = load_settings(config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    _refuse_exposure(settings)
+    return settings
+
+
+def _refuse_exposure(settings: Settings) -> None:
     if not is_loopback(settings.server.host):
         raise click.ClickException(
             f"refusing to listen on {settings.server.host}: without authentication s3batchd "
             "accepts anyone's writes, so it only listens on loopback (127.0.0.1, ::1, localhost)"
         )
-    return settings
 
 
 @main.command()
@@ -74,7 +78,7 @@ def run(settings: Settings) -> int:
         log_config=None,
         access_log=False,
         server_header=False,
-        timeout_keep_alive=int(settings.server.keep_alive_s),
+        timeout_keep_alive=settings.server.keep_alive_s,
         timeout_graceful_shutdown=max(1, int(settings.shutdown.drain_timeout_s)),
         lifespan="on",
     )
@@ -118,6 +122,7 @@ def dev(data_dir: Path, port: int, bucket: str) -> None:
                 "upstream": {"endpoint_url": s3.endpoint_url},
             }
         )
+        _refuse_exposure(settings)
         setup_logging(settings.log)
         click.echo(_dev_banner(port, bucket, s3.endpoint_url))
         status = run(settings)

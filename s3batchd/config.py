@@ -39,9 +39,7 @@ class ServerConfig(Section):
     """TCP port; 0 picks a free one (printed at start)."""
     virtual_host_domains: tuple[str, ...] = ("localhost",)
     """Host names under which ``<bucket>.<domain>`` selects a bucket (virtual-hosted style)."""
-    max_concurrent_requests: int = Field(default=1024, gt=0)
-    """Requests served at once; more wait in the kernel's accept queue."""
-    keep_alive_s: float = Field(default=5.0, gt=0)
+    keep_alive_s: int = Field(default=5, gt=0)
     """Idle time before a keep-alive connection is closed."""
 
     @field_validator("virtual_host_domains")
@@ -196,6 +194,8 @@ def load_settings(path: Path | None = None) -> Settings:
         raise ConfigError(_describe(exc)) from exc
     except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
         raise ConfigError(f"{path}: {exc}") from exc
+    except OSError as exc:  # e.g. a root-owned 0600 file and an unprivileged daemon
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
 
 
 def _describe(exc: ValidationError) -> str:

@@ -95,7 +95,7 @@ def render_index(
         "format": INDEX_FORMAT,
         "version": INDEX_VERSION,
         "batch_id": batch_id,
-        "created_at": batch_created(batch_id).isoformat().replace("+00:00", "Z"),
+        "created_at": _iso(batch_created(batch_id)),
         "writer": writer,
         "tar": {"bucket": bucket, "key": tar_key, "size": tar_size},
         "objects": [_object(entry) for entry in entries],
@@ -105,7 +105,6 @@ def render_index(
 
 def _object(entry: IndexEntry) -> dict[str, object]:
     record = entry.record
-    last_modified = datetime.fromtimestamp(record.mtime, tz=UTC)
     return {
         "key": record.key,
         "member": entry.member,
@@ -116,5 +115,10 @@ def _object(entry: IndexEntry) -> dict[str, object]:
         "metadata": record.metadata,
         "headers": record.headers,
         "checksums": record.checksums,
-        "last_modified": last_modified.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "last_modified": _iso(datetime.fromtimestamp(record.mtime, tz=UTC)),
     }
+
+
+def _iso(moment: datetime) -> str:
+    """UTC time as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

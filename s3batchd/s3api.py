@@ -187,7 +187,13 @@ def parse_put(target: Target, headers: dict[str, str], *, max_bytes: int) -> Put
 def _reject_unsupported_headers(headers: dict[str, str]) -> None:
     # A batched object cannot be conditionally written (the daemon does not know what the
     # bucket holds under the key) nor encrypted with a customer key: refuse rather than ignore.
-    for name in ("x-amz-server-side-encryption-customer-algorithm", "if-match", "if-none-match"):
+    unsupported = (
+        "x-amz-server-side-encryption-customer-algorithm",
+        "if-match",
+        "if-none-match",
+        "x-amz-copy-source",  # CopyObject
+    )
+    for name in unsupported:
         if name in headers:
             raise NotImplementedS3(f"The {name} header is not supported for batched objects.")
     for name in ("x-amz-object-lock-mode", "x-amz-object-lock-retain-until-date"):

@@ -8,6 +8,7 @@ and is stopped by PID.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -49,6 +50,8 @@ class LocalS3:
     secret_key: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    ports: list[int]
+    """Every port it listens on (pass them back to restart it on the same data)."""
 
     @property
     def pid(self) -> int:
@@ -86,17 +89,25 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports that were free on 127.0.0.1 a moment ago."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    """``count`` distinct ports that were free on 127.0.0.1 a moment ago.
+
+    Drawn from 20000-44999, below the kernel's ephemeral range (so an outgoing connection
+    does not take one in the meantime) and low enough that ``weed`` may add its gRPC offset
+    of 10,000 to any of them.
+    """
+    rng = random.SystemRandom()
+    found: list[int] = []
+    while len(found) < count:
+        port = rng.randrange(20000, 45000)
+        if port in found:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+    return found
 
 
 def weed_binary() -> str:
@@ -116,14 +127,12 @@ def start_local_s3(
     access_key: str = "s3batchd",
     secret_key: str = "s3batchd-local-secret",  # noqa: S107  a local development server
     buckets: tuple[str, ...] = (),
-    s3_port: int | None = None,
+    ports: list[int] | None = None,
     timeout: float = 60,
 ) -> LocalS3:
     """Start ``weed mini`` on 127.0.0.1 and wait until it answers S3 requests."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    ports = free_ports(len(_PORT_FLAGS))
-    if s3_port is not None:
-        ports[_PORT_FLAGS.index("s3.port")] = s3_port
+    ports = list(ports) if ports is not None else free_ports(len(_PORT_FLAGS))
     flags = [f"-{flag}={port}" for flag, port in zip(_PORT_FLAGS, ports, strict=True)]
     args = [
         weed_binary(),
@@ -148,7 +157,7 @@ def start_local_s3(
             args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     endpoint = f"http://127.0.0.1:{ports[_PORT_FLAGS.index('s3.port')]}"
-    server = LocalS3(endpoint, access_key, secret_key, process, log_path)
+    server = LocalS3(endpoint, access_key, secret_key, process, log_path, ports)
     try:
         _wait_ready(server, buckets, timeout)
     except BaseException:

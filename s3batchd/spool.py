@@ -4,8 +4,10 @@ Layout under ``spool.dir``::
 
     <bucket>/<batch id>.open   a batch being written (tar members, no end marker yet)
     <bucket>/<batch id>.tar    a sealed batch waiting for upload (fsync'd, end marker written)
-    quarantine/                files recovery could not read, kept for an operator
-    tmp/                       large request bodies while they are being received
+    _quarantine/               files recovery could not read, kept for an operator
+    _tmp/                      large request bodies while they are being received
+
+Internal directories start with ``_``, which no bucket name can.
 
 Methods here block; the batcher calls them inline for small appends and through a thread
 otherwise. One SpoolFile is only ever used by one task at a time (the batcher's bucket lock).
@@ -31,6 +33,8 @@ from s3batchd.tarmember import decode_record, encode_header, member_name, padded
 logger = logging.getLogger(__name__)
 
 OPEN_SUFFIX = ".open"
+TMP_DIR = "_tmp"
+QUARANTINE_DIR = "_quarantine"
 SEALED_SUFFIX = ".tar"
 _PADDING = b"\0" * 512
 
@@ -104,9 +108,14 @@ class SpoolFile:
             self.failed = True
             logger.exception("cannot roll back %s; it takes no more writes", self.path)
 
-    def size_with(self, record_size: int, header_estimate: int = 1536) -> int:
-        """Tar size if a record of ``record_size`` bytes were added (header estimated)."""
-        return self.position + header_estimate + padded(record_size) + len(TAR_END)
+    def size_with(self, record: ObjectRecord) -> int:
+        """Tar size, end marker included, if ``record`` were appended next.
+
+        The header is encoded for real: PAX records (long keys, metadata) can make it several
+        blocks long, and an estimate would let a batch grow past ``max_bytes``.
+        """
+        header = encode_header(record, member_name(record.key, self.records))
+        return self.position + len(header) + padded(record.size) + len(TAR_END)
 
     def sync(self) -> None:
         """fdatasync the file. A failure is fatal for this file (fsyncgate)."""
@@ -142,6 +151,12 @@ class SpoolFile:
             self.records,
             reason,
         )
+
+    def discard(self) -> None:
+        """Close and delete a file that holds no record."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+        fsync_dir(self.path.parent)
 
     def close(self) -> None:
         """Close the file descriptor (idempotent)."""
@@ -219,13 +234,13 @@ def recover(spool_dir: Path, *, prefix: str) -> list[SealedBatch]:
 
     Sealed tars are returned as they are. An open file keeps its longest prefix of complete,
     verified members, is truncated after them and sealed; a file with no readable member is
-    removed if empty and moved to ``quarantine/`` otherwise.
+    removed if empty and moved to ``_quarantine/`` otherwise.
     """
     batches: list[SealedBatch] = []
     if not spool_dir.is_dir():
         return batches
     for bucket_dir in sorted(p for p in spool_dir.iterdir() if p.is_dir()):
-        if bucket_dir.name in ("tmp", "quarantine"):
+        if bucket_dir.name.startswith("_"):
             continue
         for path in sorted(bucket_dir.iterdir()):
             batch = _recover_file(path, bucket_dir.name, spool_dir, prefix)
@@ -288,7 +303,7 @@ def _discard(path: Path, spool_dir: Path) -> None:
     if path.stat().st_size == 0:
         path.unlink()
         return
-    quarantine = spool_dir / "quarantine"
+    quarantine = spool_dir / QUARANTINE_DIR
     quarantine.mkdir(exist_ok=True)
     target = quarantine / f"{path.parent.name}--{path.name}"
     path.rename(target)

@@ -377,13 +377,12 @@ class Uploader:
     async def close(self, timeout: float = 0) -> bool:  # noqa: ASYNC109  a deadline is the API
         """Drain for up to ``timeout`` seconds, then stop the workers. True if all uploaded."""
         drained = await self.drain(timeout)
+        left = self._pending
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
         self._executor.shutdown(wait=drained, cancel_futures=True)
         if not drained:
-            logger.warning(
-                "%d batches not uploaded before shutdown; kept in the spool", self._pending
-            )
+            logger.warning("%d batches not uploaded before shutdown; kept in the spool", left)
         return drained

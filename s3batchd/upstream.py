@@ -68,7 +68,14 @@ def classify(exc: Exception, action: str) -> UploadError:
         code, status = code_of(exc), status_of(exc)
         retriable = status >= 500 or status == 429 or code in RETRIABLE_CODES
         return UploadError(f"{action}: {code or status}: {exc}", retriable=retriable, code=code)
-    transient = (ConnectionError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError)
-    if isinstance(exc, transient | BotoCoreError | OSError):
+    transient = (
+        ConnectionError,
+        ConnectionClosedError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+        BotoCoreError,
+        OSError,
+    )
+    if isinstance(exc, transient):
         return UploadError(f"{action}: {exc}", retriable=True, code=type(exc).__name__)
     return UploadError(f"{action}: unexpected {type(exc).__name__}: {exc}", retriable=True)

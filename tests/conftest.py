@@ -112,13 +112,18 @@ DaemonFactory = Callable[..., Daemon]
 
 
 @pytest.fixture
-def start_daemon(tmp_path: Path, s3_server: LocalS3) -> Iterator[DaemonFactory]:
-    """Start s3batchd in a thread; sections override the test settings."""
+def start_daemon(
+    tmp_path: Path, s3_server: LocalS3, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[DaemonFactory]:
+    """Start s3batchd in a thread; sections override the test settings. Its upstream
+    credentials come from the standard AWS chain (here: the environment), as in production."""
     started: list[Daemon] = []
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
 
     def start(**sections: dict[str, Any]) -> Daemon:
         settings = make_settings(tmp_path, s3_server, **sections)
-        app = create_app(settings, client=s3_server.client())
+        app = create_app(settings)
         config = uvicorn.Config(
             app,
             host="127.0.0.1",

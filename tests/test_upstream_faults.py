@@ -1,0 +1,137 @@
+"""A failing, flaky or unreachable bucket: acknowledged objects still arrive, exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from s3batchd.seaweed import LocalS3, start_local_s3
+from tests.batches import Location, fetch, indexed_objects, indexes, keys
+from tests.conftest import DaemonFactory, wait_for
+from tests.faultproxy import FaultProxy
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+def _port(server: LocalS3) -> int:
+    return int(server.endpoint_url.rsplit(":", 1)[1])
+
+
+@pytest.fixture
+def proxy(s3_server: LocalS3) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the session's SeaweedFS."""
+    fault_proxy = FaultProxy(_port(s3_server)).start()
+    yield fault_proxy
+    fault_proxy.stop()
+
+
+def put_many(daemon_client: Any, bucket: str, count: int, tag: str) -> dict[str, Location]:
+    found = {}
+    for number in range(count):
+        key = f"{tag}/{number}"
+        answer = daemon_client.put_object(Bucket=bucket, Key=key, Body=key.encode() * 50)
+        found[key] = Location.from_headers(answer["ResponseMetadata"]["HTTPHeaders"])
+    return found
+
+
+def assert_exactly_once(s3: S3Client, bucket: str, locations: dict[str, Location]) -> None:
+    """Every acknowledged object readable by its range; one index per tar; no duplicates."""
+    for key, location in locations.items():
+        assert fetch(s3, location) == key.encode() * 50, key
+    documents = indexes(s3, bucket)
+    listed = Counter(obj["key"] for doc in documents for obj in doc["objects"])
+    assert listed == Counter(list(locations))
+    names = keys(s3, bucket)
+    tars = {k.removesuffix(".tar") for k in names if k.endswith(".tar")}
+    index_stems = {k.removesuffix(".index.json") for k in names if k.endswith(".index.json")}
+    assert tars == index_stems  # no tar without its index, no index without its tar
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        {"name": "error", "status": 503, "code": "SlowDown", "faults": 4},
+        {"name": "error", "status": 500, "code": "InternalError", "faults": 4},
+        {"name": "reset", "faults": 4},
+        {"name": "drop_response", "faults": 2, "only_method": "PUT"},
+    ],
+    ids=["slowdown", "internal-error", "reset", "ambiguous-success"],
+)
+def test_upstream_faults_are_retried_without_loss_or_duplicates(
+    start_daemon: DaemonFactory,
+    proxy: FaultProxy,
+    s3: S3Client,
+    bucket: str,
+    mode: dict[str, Any],
+) -> None:
+    proxy.set(**mode)
+    daemon = start_daemon(
+        upstream={"endpoint_url": proxy.url, "read_timeout_s": 2},
+        batch={"linger_ms": 200, "max_records": 10},
+    )
+    locations = put_many(daemon.client(), bucket, 30, mode["name"])
+    wait_for(lambda: indexed_objects(s3, bucket) == 30)
+    assert proxy.decisions[mode["name"]] == mode["faults"]
+    assert_exactly_once(s3, bucket, locations)
+    wait_for(lambda: daemon.pipeline.uploader.pending == 0)
+    assert not any((daemon.settings.spool.dir / bucket).iterdir())
+
+
+def test_blackholed_upstream_does_not_block_ingest(
+    start_daemon: DaemonFactory, proxy: FaultProxy, s3: S3Client, bucket: str
+) -> None:
+    proxy.set("blackhole")
+    daemon = start_daemon(
+        upstream={"endpoint_url": proxy.url, "read_timeout_s": 1, "connect_timeout_s": 1},
+        batch={"linger_ms": 100},
+    )
+    client = daemon.client()
+    started = time.monotonic()
+    locations = put_many(client, bucket, 20, "first")
+    time.sleep(1.5)
+    locations |= put_many(client, bucket, 20, "second")  # still acknowledged at once
+    assert time.monotonic() - started < 10
+    assert proxy.decisions["blackhole"] >= 1
+    assert indexed_objects(s3, bucket) == 0
+    proxy.set("pass")
+    wait_for(lambda: indexed_objects(s3, bucket) == 40, timeout=60)
+    assert_exactly_once(s3, bucket, locations)
+
+
+def test_upstream_stopped_and_killed_mid_load(start_daemon: DaemonFactory, tmp_path: Path) -> None:
+    """SIGSTOP (a server that accepts and never answers), then SIGKILL and a restart."""
+    server = start_local_s3(tmp_path / "own-seaweed", buckets=("chaos",))
+    try:
+        daemon = start_daemon(
+            upstream={
+                "endpoint_url": server.endpoint_url,
+                "read_timeout_s": 1,
+                "connect_timeout_s": 1,
+            },
+            batch={"linger_ms": 100},
+        )
+        client = daemon.client()
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            locations = put_many(client, "chaos", 15, "stopped")
+            time.sleep(1)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        server.process.kill()
+        server.process.wait(10)
+        locations |= put_many(client, "chaos", 15, "killed")
+        time.sleep(1)
+        server = start_local_s3(tmp_path / "own-seaweed", buckets=("chaos",), ports=server.ports)
+        s3 = server.client()
+        wait_for(lambda: indexed_objects(s3, "chaos") == 30, timeout=90)
+        assert_exactly_once(s3, "chaos", locations)
+    finally:
+        server.stop()
