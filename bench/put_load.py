@@ -38,7 +38,7 @@ def main() -> None:
     port = free_ports(1)[0]
     config = work / "s3batchd.toml"
     config.write_text(
-        f'[server]\nport = {port}\n[spool]\ndir = "{work / "spool"}"\n'
+        f'[server]\nport = {port}\nadmin_port = 0\n[spool]\ndir = "{work / "spool"}"\n'
         f'durability = "{args.durability}"\n[batch]\nlinger_ms = {args.linger_ms}\n'
         f'[upstream]\nendpoint_url = "{s3.endpoint_url}"\n'
     )

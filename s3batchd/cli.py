@@ -8,13 +8,12 @@ import sys
 from pathlib import Path
 
 import click
-import uvicorn
 
 from s3batchd import __version__
-from s3batchd.app import create_app
 from s3batchd.config import Settings, is_loopback, load_settings
 from s3batchd.errors import ConfigError
 from s3batchd.logs import setup_logging
+from s3batchd.server import build_server
 
 #: Exit status when shutdown left sealed batches in the spool (uploaded at the next start).
 EXIT_BATCHES_KEPT = 3
@@ -70,25 +69,17 @@ def check_config(config_path: Path | None) -> None:
 
 def run(settings: Settings) -> int:
     """Serve until a signal; the exit status says whether every batch was uploaded."""
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_keep_alive=settings.server.keep_alive_s,
-        timeout_graceful_shutdown=max(1, int(settings.shutdown.drain_timeout_s)),
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
+    server, sockets, app = build_server(settings)
     # uvicorn re-raises the signal that stopped it once it is done; with these handlers
     # that is a no-op, so the exit status below can say whether every batch was uploaded.
     received: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: received.append(signum))
-    server.run()
+    try:
+        server.run(sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
     if not server.started:
         return 1
     pipeline = getattr(app.state, "pipeline", None)

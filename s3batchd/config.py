@@ -40,6 +40,12 @@ class ServerConfig(Section):
     virtual_host_domains: tuple[str, ...] = ("localhost",)
     """Host names under which ``<bucket>.<domain>`` selects a bucket (virtual-hosted style)."""
     keep_alive_s: int = Field(default=5, gt=0)
+    """Seconds an idle keep-alive connection stays open."""
+    admin_host: str = "127.0.0.1"
+    """Address of the admin listener (/healthz, /readyz, /metrics). It serves no data, so it
+    may listen on the pod IP (``0.0.0.0``) for kubelet probes while the S3 port stays local."""
+    admin_port: int = Field(default=9100, ge=0, le=65535)
+    """Port of the admin listener; 0 turns it off."""
     """Idle time before a keep-alive connection is closed."""
 
     @field_validator("virtual_host_domains")

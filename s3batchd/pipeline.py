@@ -4,11 +4,13 @@ closed together (the app's lifespan owns one)."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from s3batchd.batcher import Batcher
 from s3batchd.concurrency import run_sync
 from s3batchd.config import Settings
+from s3batchd.errors import SpoolError
 from s3batchd.index import WriterId
 from s3batchd.spool import check_writable, recover
 from s3batchd.uploader import Uploader
@@ -39,6 +41,8 @@ class Pipeline:
             sink=self.uploader,
         )
         self.drained: bool | None = None
+        self.draining = False
+        self._deadline: float | None = None
 
     async def start(self) -> None:
         """Check the spool, start uploading, and queue what an earlier run left behind."""
@@ -56,12 +60,41 @@ class Pipeline:
             len(leftovers),
         )
 
-    async def close(self) -> bool:
-        """Seal open batches and upload within the drain timeout; True if nothing was left."""
+    async def drain(self) -> bool:
+        """Fail readiness, refuse new PUTs, seal open batches and upload them within
+        ``shutdown.drain_timeout_s``; True if nothing is left in the spool."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.settings.shutdown.drain_timeout_s
+        self.draining = True
         logger.info("shutdown: sealing open batches")
         await self.batcher.close()
-        timeout = self.settings.shutdown.drain_timeout_s
-        logger.info("shutdown: uploading %d batches (up to %.0f s)", self.uploader.pending, timeout)
-        self.drained = await self.uploader.close(timeout)
+        remaining = max(0.0, self._deadline - time.monotonic())
+        logger.info(
+            "shutdown: uploading %d batches (up to %.0f s)", self.uploader.pending, remaining
+        )
+        self.drained = await self.uploader.drain(remaining)
+        return self.drained
+
+    async def close(self) -> bool:
+        """Drain (if not done yet, within what is left of the timeout), then stop uploading.
+        True if nothing was left in the spool."""
+        await self.drain()
+        remaining = max(0.0, (self._deadline or 0) - time.monotonic())
+        self.drained = await self.uploader.close(remaining)
         logger.info("shutdown: done (%s)", "all uploaded" if self.drained else "batches kept")
         return self.drained
+
+    async def not_ready_reasons(self) -> list[str]:
+        """Why the daemon should not get traffic now (empty when ready)."""
+        reasons = []
+        if self.draining:
+            reasons.append("draining")
+        try:
+            await run_sync(check_writable, self.settings.spool.dir)
+        except SpoolError as exc:
+            reasons.append(str(exc))
+        if self.uploader.died is not None:
+            reasons.append(f"upload worker died: {self.uploader.died}")
+        elif self.uploader.pending and self.uploader.last_error:
+            reasons.append(f"upstream failing: {self.uploader.last_error}")
+        return reasons

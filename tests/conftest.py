@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
 import pytest
-import uvicorn
 from botocore.config import Config
 
-from s3batchd.app import create_app
 from s3batchd.config import Settings
 from s3batchd.pipeline import Pipeline
 from s3batchd.seaweed import LocalS3, free_ports, start_local_s3
+from s3batchd.server import DrainingServer, build_server
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -64,7 +63,7 @@ def bucket(s3: S3Client) -> str:
 def make_settings(tmp_path: Path, s3_server: LocalS3, **sections: dict[str, Any]) -> Settings:
     """Settings for a daemon in ``tmp_path`` pointed at ``s3_server`` (sections override)."""
     base: dict[str, dict[str, Any]] = {
-        "server": {"port": free_ports(1)[0]},
+        "server": dict(zip(("port", "admin_port"), free_ports(2), strict=True)),
         "spool": {"dir": tmp_path / "spool"},
         "batch": {"linger_ms": 300},
         "upstream": {"endpoint_url": s3_server.endpoint_url},
@@ -81,7 +80,7 @@ class Daemon:
     """A running s3batchd (uvicorn in a thread)."""
 
     settings: Settings
-    server: uvicorn.Server
+    server: DrainingServer
     thread: threading.Thread
     pipeline: Pipeline
 
@@ -89,6 +88,11 @@ class Daemon:
     def url(self) -> str:
         """Endpoint URL for clients."""
         return f"http://127.0.0.1:{self.settings.server.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """Base URL of /healthz, /readyz and /metrics."""
+        return f"http://127.0.0.1:{self.settings.server.admin_port}"
 
     def client(self, checksums: ChecksumMode = "when_supported", **config: Any) -> S3Client:
         """A boto3 client pointed at the daemon, as an application would configure it."""
@@ -123,18 +127,8 @@ def start_daemon(
 
     def start(**sections: dict[str, Any]) -> Daemon:
         settings = make_settings(tmp_path, s3_server, **sections)
-        app = create_app(settings)
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=settings.server.port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=10,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
+        server, sockets, app = build_server(settings)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
         thread.start()
         deadline = time.monotonic() + 30
         while not server.started:

@@ -44,9 +44,9 @@ class DaemonProcess:
     """Runs ``s3batchd serve`` against ``s3_server`` with a config file in ``directory``."""
 
     def __init__(self, directory: Path, s3_server: LocalS3, **sections: dict[str, Any]) -> None:
-        self.port = free_ports(1)[0]
+        self.port, self.admin_port = free_ports(2)
         base: dict[str, dict[str, Any]] = {
-            "server": {"port": self.port},
+            "server": {"port": self.port, "admin_port": self.admin_port},
             "spool": {"dir": str(directory / "spool")},
             "batch": {"linger_ms": 300},
             "upstream": {"endpoint_url": s3_server.endpoint_url},

@@ -1,0 +1,56 @@
+"""The admin listener: ``/healthz``, ``/readyz`` (and later ``/metrics``) on their own port.
+
+A separate port means these paths can never collide with a bucket named ``healthz``, and it
+may listen on the pod IP for kubelet probes while the S3 port stays on loopback.
+"""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from s3batchd.pipeline import Pipeline
+
+
+def _pipeline(request: Request) -> Pipeline | None:
+    return getattr(request.app.state, "pipeline", None)
+
+
+async def healthz(request: Request) -> JSONResponse:
+    """The process is alive and its event loop answers."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """Ready to take PUTs: started, not draining, spool writable, under quota, upstream OK."""
+    pipeline = _pipeline(request)
+    reasons = ["starting"] if pipeline is None else await pipeline.not_ready_reasons()
+    if reasons:
+        return JSONResponse({"status": "not ready", "reasons": reasons}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+def create_admin_app(state_from: Starlette) -> Starlette:
+    """Admin routes sharing the state (the pipeline) of the S3 app."""
+    app = Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
+    app.state = state_from.state
+    return app
+
+
+class PortRouter:
+    """Sends requests that arrived on the admin port to the admin app, all else to S3."""
+
+    def __init__(self, s3: ASGIApp, admin: ASGIApp, *, admin_port: int) -> None:
+        self.s3 = s3
+        self.admin = admin
+        self.admin_port = admin_port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if scope["type"] == "http" and server is not None and server[1] == self.admin_port:
+            await self.admin(scope, receive, send)
+        else:
+            await self.s3(scope, receive, send)

@@ -1,0 +1,81 @@
+"""Running the app under uvicorn: two listeners (S3 and admin) and a draining shutdown.
+
+Shutdown order on SIGTERM/SIGINT (notes/reliability.md §1.8): readiness fails and new PUTs get
+``503 SlowDown`` at once; open batches are sealed and uploaded within
+``shutdown.drain_timeout_s``; then uvicorn stops accepting, finishes requests in progress and
+runs the lifespan exit (which uploads whatever the drain left, within the remaining time). A
+second signal stops at once; what is not uploaded stays in the spool for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from types import FrameType
+
+import uvicorn
+from starlette.applications import Starlette
+
+from s3batchd.admin import PortRouter, create_admin_app
+from s3batchd.app import create_app
+from s3batchd.config import Settings
+from s3batchd.pipeline import Pipeline
+
+logger = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server whose first signal drains the pipeline before stopping."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self._app = app
+        self._drain: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """First signal: drain, then exit. Second signal: exit now."""
+        pipeline = getattr(self._app.state, "pipeline", None)
+        if self._drain is not None or pipeline is None or not self.started:
+            super().handle_exit(sig, frame)
+            return
+        logger.info("signal %d: draining (new PUTs get 503 SlowDown)", sig)
+        self._drain = asyncio.get_event_loop().create_task(self._drain_then_exit(pipeline))
+
+    async def _drain_then_exit(self, pipeline: Pipeline) -> None:
+        try:
+            await pipeline.drain()
+        finally:
+            self.should_exit = True
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def build_server(settings: Settings) -> tuple[DrainingServer, list[socket.socket], Starlette]:
+    """The server, its bound sockets (S3 first, then admin) and the S3 app."""
+    app = create_app(settings)
+    sockets = [_bind(settings.server.host, settings.server.port)]
+    asgi = app
+    if settings.server.admin_port:
+        admin = create_admin_app(app)
+        sockets.append(_bind(settings.server.admin_host, settings.server.admin_port))
+        asgi = PortRouter(app, admin, admin_port=settings.server.admin_port)  # type: ignore[assignment]
+    config = uvicorn.Config(
+        asgi,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_keep_alive=settings.server.keep_alive_s,
+        timeout_graceful_shutdown=max(1, int(settings.shutdown.drain_timeout_s)),
+        lifespan="on",
+    )
+    return DrainingServer(config, app), sockets, app
