@@ -7,6 +7,7 @@ accepting and in-flight requests finished) open batches are sealed and uploaded.
 
 from __future__ import annotations
 
+import errno
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -22,9 +23,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from s3batchd.config import Settings
+from s3batchd.config import DURABILITY_ORDER, Durability, Settings
 from s3batchd.constants import HEADER_PREFIX
-from s3batchd.errors import InternalError, NotImplementedS3, S3Error, SpoolError
+from s3batchd.errors import (
+    InternalError,
+    InvalidArgument,
+    NotImplementedS3,
+    S3Error,
+    SlowDown,
+    SpoolError,
+)
 from s3batchd.index import WriterId
 from s3batchd.pipeline import Pipeline
 from s3batchd.records import ObjectRecord, SpoolEntry
@@ -101,6 +109,11 @@ async def _serve(request: Request) -> Response:
     if request.method != "PUT":
         raise NotImplementedS3(f"{request.method} is not implemented by s3batchd yet.")
     put = parse_put(target, headers, max_bytes=settings.limits.max_object_bytes)
+    durability = requested_durability(headers, settings.spool.durability)
+    pipeline: Pipeline = request.app.state.pipeline
+    if pipeline.over_quota(put.declared_size or 0):
+        # Backpressure instead of loss: every S3 client retries 503 SlowDown.
+        raise SlowDown("The local spool is full; uploads are catching up.", headers=RETRY_SOON)
     body, digests = await read_body(
         put,
         request.receive,
@@ -111,14 +124,33 @@ async def _serve(request: Request) -> Response:
     request.state.body_consumed = True
     try:
         record = build_record(put, digests, body.size)
-        pipeline: Pipeline = request.app.state.pipeline
-        entry = await pipeline.batcher.add(target.bucket, record, body)
+        entry = await pipeline.batcher.add(target.bucket, record, body, durability=durability)
     except SpoolError as exc:
         logger.error("spool failure for s3://%s/%s: %s", target.bucket, target.key, exc)  # noqa: TRY400  the cause is in the message
+        if isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.ENOSPC:
+            raise SlowDown("The local spool's disk is full.", headers=RETRY_SOON) from exc
         raise InternalError("The object could not be stored; please retry.") from exc
     finally:
         body.close()
     return Response(status_code=200, headers=put_response_headers(record, entry))
+
+
+RETRY_SOON = {"Retry-After": "1"}
+
+
+def requested_durability(headers: dict[str, str], default: Durability) -> Durability:
+    """The stronger of the configured level and ``x-s3batchd-durability`` (none, fsync,
+    upload); a weaker request than the configured level is ignored."""
+    value = headers.get(f"{HEADER_PREFIX}durability")
+    if value is None:
+        return default
+    value = value.strip().lower()
+    if value not in DURABILITY_ORDER:
+        raise InvalidArgument(
+            f"{HEADER_PREFIX}durability must be one of {', '.join(DURABILITY_ORDER)}."
+        )
+    asked = DURABILITY_ORDER[DURABILITY_ORDER.index(value)]  # the Literal, for the type checker
+    return max(asked, default, key=DURABILITY_ORDER.index)
 
 
 def put_response_headers(record: ObjectRecord, entry: SpoolEntry) -> dict[str, str]:

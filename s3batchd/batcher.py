@@ -22,7 +22,7 @@ from s3batchd.commit import GroupCommitter
 from s3batchd.concurrency import run_sync
 from s3batchd.config import BatchConfig, Durability
 from s3batchd.constants import KB, TAR_END
-from s3batchd.errors import S3BatchdError, SlowDown, SpoolError
+from s3batchd.errors import InternalError, S3BatchdError, SlowDown, SpoolError, SpoolFailedError
 from s3batchd.index import WriterId, new_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
 from s3batchd.spool import SpoolFile
@@ -45,6 +45,8 @@ class BatchSink(Protocol):
 class _OpenBatch:
     spool: SpoolFile
     committer: GroupCommitter
+    uploaded: asyncio.Future[None]
+    """Resolved when the batch and its index are in the bucket (durability ``upload``)."""
     created: float = field(default_factory=time.monotonic)
     timer: asyncio.TimerHandle | None = None
 
@@ -79,12 +81,22 @@ class Batcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = 0
         self._closed = False
+        self._uploaded: dict[str, asyncio.Future[None]] = {}
         self.sealed_by_reason: dict[str, int] = {}
 
-    async def add(self, bucket: str, record: ObjectRecord, body: BodyBuffer) -> SpoolEntry:
-        """Append a record and wait until it is durable; returns where it landed."""
+    async def add(
+        self,
+        bucket: str,
+        record: ObjectRecord,
+        body: BodyBuffer,
+        *,
+        durability: Durability | None = None,
+    ) -> SpoolEntry:
+        """Append a record and wait until it is as durable as asked (default: the configured
+        level); returns where it landed."""
         if self._closed:
             raise SlowDown("The daemon is shutting down.", headers={"Retry-After": "1"})
+        level = durability or self._durability
         state = self._buckets.setdefault(bucket, _Bucket(bucket))
         async with state.lock:
             batch = await self._batch_for(state, record)
@@ -92,9 +104,65 @@ class Batcher:
             reason = self._full_reason(batch)
             if reason is not None:
                 await self._seal(state, reason)
-        if self._durability == "fsync":
-            await batch.committer.wait_durable(entry.end)
+        if level != "none":
+            try:
+                await batch.committer.wait_durable(entry.end)
+            except SpoolFailedError:
+                await self._abandon(state, batch)
+                raise
+        if level == "upload":
+            await asyncio.shield(batch.uploaded)
         return entry
+
+    def mark_uploaded(self, batch_id: str) -> None:
+        """The uploader's report that a batch and its index are in the bucket."""
+        future = self._uploaded.pop(batch_id, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def fail_upload_waiters(self, exc: BaseException) -> None:
+        """Shutdown: batches still waiting for upload will not be uploaded by this process."""
+        for batch_id in list(self._uploaded):
+            self._fail_upload_waiters(batch_id, exc)
+
+    def _fail_upload_waiters(self, batch_id: str, exc: BaseException) -> None:
+        future = self._uploaded.pop(batch_id, None)
+        if future is not None and not future.done():
+            future.set_exception(exc)
+            future.exception()  # retrieved here: nobody may be waiting
+
+    async def _abandon(self, state: _Bucket, batch: _OpenBatch) -> None:
+        """A sync failed: the file takes nothing more. Keep what was durable before the
+        failure (truncate, seal, upload) and let every unacknowledged writer fail."""
+        async with state.lock:
+            if state.current is batch:
+                state.current = None
+                if batch.timer is not None:
+                    batch.timer.cancel()
+            else:
+                return  # sealing or another writer of the same batch handles it
+        await self._keep_durable(batch)
+
+    async def _keep_durable(self, batch: _OpenBatch) -> None:
+        spool = batch.spool
+        try:
+            sealed = await run_sync(spool.reseal_durable, batch.committer.durable, "failed")
+        except (S3BatchdError, OSError):
+            # The file stays as <id>.open; start-up recovery keeps its complete members.
+            logger.exception("cannot reseal %s; left for recovery at the next start", spool.path)
+            await run_sync(spool.close)
+            self._fail_upload_waiters(spool.batch_id, InternalError("The batch was not stored."))
+            return
+        if sealed is None:
+            self._fail_upload_waiters(spool.batch_id, InternalError("The batch was not stored."))
+            return
+        logger.error("spool %s failed; kept its %d durable records", spool.path, sealed.records)
+        await self._sink.submit(sealed)
+
+    @property
+    def open_bytes(self) -> int:
+        """Bytes in the open batches."""
+        return sum(s.current.spool.position for s in self._buckets.values() if s.current)
 
     async def _batch_for(self, state: _Bucket, record: ObjectRecord) -> _OpenBatch:
         batch = state.current
@@ -115,7 +183,12 @@ class Batcher:
             batch_id=batch_id,
             prefix=self._prefix,
         )
-        batch = _OpenBatch(spool=spool, committer=GroupCommitter(spool.sync))
+        batch = _OpenBatch(
+            spool=spool,
+            committer=GroupCommitter(spool.sync),
+            uploaded=asyncio.get_running_loop().create_future(),
+        )
+        self._uploaded[batch_id] = batch.uploaded
         loop = asyncio.get_running_loop()
         batch.timer = loop.call_later(self._config.linger_ms / 1000, self._linger, state, batch)
         state.current = batch
@@ -167,6 +240,7 @@ class Batcher:
             batch.timer.cancel()
         spool = batch.spool
         if spool.records == 0:  # every append failed and was rolled back: nothing to upload
+            self._uploaded.pop(spool.batch_id, None)
             await run_sync(spool.discard)
             return
         try:
@@ -175,9 +249,8 @@ class Batcher:
             await batch.committer.wait_durable(spool.position)
             sealed = await run_sync(spool.finish, reason)
         except (S3BatchdError, OSError):
-            # The file stays as <id>.open; start-up recovery keeps its durable members.
-            logger.exception("cannot seal %s; left for recovery at the next start", spool.path)
-            await run_sync(spool.close)
+            logger.exception("cannot seal %s", spool.path)
+            await self._keep_durable(batch)
             raise
         self.sealed_by_reason[reason] = self.sealed_by_reason.get(reason, 0) + 1
         age_ms = (time.monotonic() - batch.created) * 1000

@@ -21,7 +21,9 @@ from pydantic_settings import (
 from s3batchd.constants import GB, MAX_PART_BYTES, MB, MIN_PART_BYTES
 from s3batchd.errors import ConfigError
 
-Durability = Literal["fsync", "none"]
+Durability = Literal["none", "fsync", "upload"]
+#: Durability levels from weakest to strongest.
+DURABILITY_ORDER: tuple[Durability, ...] = ("none", "fsync", "upload")
 
 
 class Section(BaseModel):
@@ -60,7 +62,10 @@ class SpoolConfig(Section):
     dir: Path = Path("./spool")
     """Directory holding one sub-directory of tar batches per target bucket."""
     durability: Durability = "fsync"
-    """``fsync``: a PUT is answered after fdatasync (group commit). ``none``: page cache only."""
+    """``fsync``: a PUT is answered after fdatasync (group commit). ``none``: page cache only.
+    ``upload``: answered once the object's batch and index are in the bucket."""
+    max_bytes: int = Field(default=4 * GB, ge=1 * MB)
+    """Quota of the spool (open and sealed batches); above it PUTs get 503 SlowDown."""
 
 
 class BatchConfig(Section):

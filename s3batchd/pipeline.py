@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from s3batchd.batcher import Batcher
 from s3batchd.concurrency import run_sync
 from s3batchd.config import Settings
-from s3batchd.errors import SpoolError
+from s3batchd.errors import InternalError, SpoolError
 from s3batchd.index import WriterId
 from s3batchd.spool import check_writable, recover
 from s3batchd.uploader import Uploader
@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 logger = logging.getLogger(__name__)
+
+#: Readiness fails once the spool holds this share of ``spool.max_bytes``, before PUTs are
+#: refused, so an orchestrator can steer traffic away first.
+QUOTA_HIGH_WATER = 0.9
 
 
 class Pipeline:
@@ -40,6 +44,7 @@ class Pipeline:
             writer=self.writer,
             sink=self.uploader,
         )
+        self.uploader.on_uploaded = lambda batch: self.batcher.mark_uploaded(batch.batch_id)
         self.drained: bool | None = None
         self.draining = False
         self._deadline: float | None = None
@@ -81,14 +86,28 @@ class Pipeline:
         await self.drain()
         remaining = max(0.0, (self._deadline or 0) - time.monotonic())
         self.drained = await self.uploader.close(remaining)
+        self.batcher.fail_upload_waiters(
+            InternalError("The object's batch was not uploaded before shutdown; retry.")
+        )
         logger.info("shutdown: done (%s)", "all uploaded" if self.drained else "batches kept")
         return self.drained
+
+    @property
+    def spool_bytes(self) -> int:
+        """Bytes in the spool: open batches and sealed batches waiting for upload."""
+        return self.batcher.open_bytes + self.uploader.pending_bytes
+
+    def over_quota(self, incoming: int = 0) -> bool:
+        """Whether ``incoming`` more bytes would take the spool past ``spool.max_bytes``."""
+        return self.spool_bytes + incoming > self.settings.spool.max_bytes
 
     async def not_ready_reasons(self) -> list[str]:
         """Why the daemon should not get traffic now (empty when ready)."""
         reasons = []
         if self.draining:
             reasons.append("draining")
+        if self.spool_bytes >= QUOTA_HIGH_WATER * self.settings.spool.max_bytes:
+            reasons.append(f"spool over quota ({self.spool_bytes} bytes)")
         try:
             await run_sync(check_writable, self.settings.spool.dir)
         except SpoolError as exc:

@@ -4,6 +4,7 @@ Layout under ``spool.dir``::
 
     <bucket>/<batch id>.open   a batch being written (tar members, no end marker yet)
     <bucket>/<batch id>.tar    a sealed batch waiting for upload (fsync'd, end marker written)
+    <bucket>/<batch id>.upload-id  the id of its multipart upload while one is open
     _quarantine/               files recovery could not read, kept for an operator
     _tmp/                      large request bodies while they are being received
 
@@ -15,6 +16,7 @@ otherwise. One SpoolFile is only ever used by one task at a time (the batcher's 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import os
@@ -33,6 +35,7 @@ from s3batchd.tarmember import decode_record, encode_header, member_name, padded
 logger = logging.getLogger(__name__)
 
 OPEN_SUFFIX = ".open"
+UPLOAD_ID_SUFFIX = ".upload-id"
 TMP_DIR = "_tmp"
 QUARANTINE_DIR = "_quarantine"
 SEALED_SUFFIX = ".tar"
@@ -62,6 +65,7 @@ class SpoolFile:
         """Bytes written (and not rolled back) so far."""
         self.records = 0
         self.failed = False
+        self._ends: list[int] = []
         self._fd = fd
 
     @classmethod
@@ -91,6 +95,7 @@ class SpoolFile:
             raise SpoolError(f"cannot append to {self.path}: {exc}") from exc
         self.position = start + len(header) + padded(record.size)
         self.records += 1
+        self._ends.append(self.position)
         return SpoolEntry(
             bucket=self.bucket,
             tar_key=self.tar_key,
@@ -151,6 +156,22 @@ class SpoolFile:
             self.records,
             reason,
         )
+
+    def reseal_durable(self, durable: int, reason: str) -> SealedBatch | None:
+        """After a failure: keep the members that ended at or before ``durable`` (they were
+        synced), seal them, and return the batch; None (file removed) when none was."""
+        self.failed = True
+        records = bisect.bisect_right(self._ends, durable)
+        if records == 0:
+            self.discard()
+            return None
+        end = self._ends[records - 1]
+        os.ftruncate(self._fd, end)
+        os.lseek(self._fd, end, os.SEEK_SET)
+        write_all(self._fd, TAR_END)
+        os.fdatasync(self._fd)
+        self.position, self.records = end + len(TAR_END), records
+        return self.finish(reason)
 
     def discard(self) -> None:
         """Close and delete a file that holds no record."""
@@ -251,6 +272,8 @@ def recover(spool_dir: Path, *, prefix: str) -> list[SealedBatch]:
 
 def _recover_file(path: Path, bucket: str, spool_dir: Path, prefix: str) -> SealedBatch | None:
     batch_id = path.name.removesuffix(OPEN_SUFFIX).removesuffix(SEALED_SUFFIX)
+    if path.suffix == UPLOAD_ID_SUFFIX:
+        return None  # read by the uploader before it uploads the batch again
     if not is_batch_id(batch_id) or path.suffix not in (OPEN_SUFFIX, SEALED_SUFFIX):
         logger.warning("ignoring unexpected file in the spool: %s", path)
         return None
@@ -312,11 +335,32 @@ def _discard(path: Path, spool_dir: Path) -> None:
 
 def remove(batch: SealedBatch) -> None:
     """Delete an uploaded batch's local file durably."""
+    remove_durably(batch.path)
+
+
+def upload_id_path(batch: SealedBatch) -> Path:
+    """Where the id of the batch's multipart upload is kept while the upload is open."""
+    return batch.path.with_suffix(UPLOAD_ID_SUFFIX)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Create ``path`` with ``data``, fsync it and its directory."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
     try:
-        batch.path.unlink()
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(path.parent)
+
+
+def remove_durably(path: Path) -> None:
+    """Delete ``path`` (if present) and fsync its directory."""
+    try:
+        path.unlink()
     except FileNotFoundError:
         return
-    fsync_dir(batch.path.parent)
+    fsync_dir(path.parent)
 
 
 def check_writable(spool_dir: Path) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from s3batchd.concurrency import run_in
 from s3batchd.config import UploadConfig
@@ -28,7 +28,7 @@ from s3batchd.constants import MAX_PART_BYTES, MAX_PARTS, MIN_PART_BYTES
 from s3batchd.errors import ConflictError, UploadError
 from s3batchd.index import render_index
 from s3batchd.records import SealedBatch
-from s3batchd.spool import remove, scan
+from s3batchd.spool import remove, remove_durably, scan, upload_id_path, write_durably
 from s3batchd.upstream import classify, status_of
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ class BatchUpload:
                 self._settle_conflict(exc, batch)
 
     def _multipart(self, batch: SealedBatch) -> None:
+        self._abort_leftover(batch)
         created = self._call(
             "CreateMultipartUpload",
             lambda: self._client.create_multipart_upload(
@@ -107,6 +108,9 @@ class BatchUpload:
             ),
         )
         upload_id = created["UploadId"]
+        # Kept durably until completed or aborted, so a crash leaves no orphaned upload.
+        sidecar = upload_id_path(batch)
+        write_durably(sidecar, upload_id.encode())
         try:
             parts = self._parts(batch, upload_id)
             self._call(
@@ -125,6 +129,16 @@ class BatchUpload:
         except BaseException:
             self._abort(batch, upload_id)
             raise
+        remove_durably(sidecar)
+
+    def _abort_leftover(self, batch: SealedBatch) -> None:
+        """Abort the multipart upload an earlier attempt or process left behind, if any."""
+        sidecar = upload_id_path(batch)
+        if not sidecar.exists():
+            return
+        upload_id = sidecar.read_text().strip()
+        logger.info("aborting multipart upload %s left by an earlier attempt", upload_id)
+        self._abort(batch, upload_id)
 
     def _parts(self, batch: SealedBatch, upload_id: str) -> list[CompletedPartTypeDef]:
         chunk = part_size(batch.size, self._config)
@@ -161,6 +175,7 @@ class BatchUpload:
         return part
 
     def _abort(self, batch: SealedBatch, upload_id: str) -> None:
+        """Abort an upload; forget its id once S3 no longer has it (aborted or completed)."""
         try:
             self._call(
                 "AbortMultipartUpload",
@@ -168,8 +183,14 @@ class BatchUpload:
                     Bucket=batch.bucket, Key=batch.tar_key, UploadId=upload_id
                 ),
             )
-        except ClientError:
-            logger.warning("could not abort multipart upload %s of %s", upload_id, batch.tar_key)
+        except ClientError as exc:
+            if status_of(exc) != 404:  # NoSuchUpload: already completed or aborted
+                logger.warning("could not abort multipart upload %s: %s", upload_id, exc)
+                return
+        except (BotoCoreError, OSError) as exc:
+            logger.warning("could not abort multipart upload %s: %s", upload_id, exc)
+            return
+        remove_durably(upload_id_path(batch))
 
     def _settle_conflict(self, exc: ClientError, batch: SealedBatch) -> None:
         """A 412 is success if the object under the key is this batch; anything else raises."""
@@ -271,6 +292,9 @@ class Uploader:
         self._rng = random.Random(seed)  # noqa: S311  jitter, not a secret
         self._tars_done: set[str] = set()
         self._pending = 0
+        self.pending_bytes = 0
+        """Bytes of sealed batches on disk waiting for upload (part of the spool quota)."""
+        self.on_uploaded: Callable[[SealedBatch], None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self.last_error: str | None = None
@@ -299,6 +323,7 @@ class Uploader:
     async def submit(self, batch: SealedBatch) -> None:
         """Queue a sealed batch for upload."""
         self._pending += 1
+        self.pending_bytes += batch.size
         self._idle.clear()
         self._queue.put_nowait(batch)
 
@@ -314,6 +339,7 @@ class Uploader:
                 await self._upload(batch)
             finally:
                 self._pending -= 1
+                self.pending_bytes -= batch.size
                 if self._pending == 0:
                     self._idle.set()
 
@@ -329,6 +355,8 @@ class Uploader:
                 self._note_failure(batch, classify(exc, f"upload {batch.batch_id}"), attempt)
             else:
                 self.last_error = None
+                if self.on_uploaded is not None:
+                    self.on_uploaded(batch)
                 logger.info(
                     "uploaded batch %s to s3://%s/%s (%d records, %d bytes, %.2f s)",
                     batch.batch_id,

@@ -43,7 +43,16 @@ def _toml(sections: dict[str, dict[str, Any]]) -> str:
 class DaemonProcess:
     """Runs ``s3batchd serve`` against ``s3_server`` with a config file in ``directory``."""
 
-    def __init__(self, directory: Path, s3_server: LocalS3, **sections: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        s3_server: LocalS3,
+        *,
+        wrapper: tuple[str, ...] = (),
+        **sections: dict[str, Any],
+    ) -> None:
+        self.wrapper = wrapper
+        """Command prefix the daemon is started through (e.g. a private mount namespace)."""
         self.port, self.admin_port = free_ports(2)
         base: dict[str, dict[str, Any]] = {
             "server": {"port": self.port, "admin_port": self.admin_port},
@@ -85,17 +94,18 @@ class DaemonProcess:
             self.process.wait(10)
 
     def start(self, timeout: float = 30) -> None:
-        """Start the process and wait until it answers HTTP."""
+        """Start the process (through ``wrapper``, if given) and wait until it serves."""
         executable = str(Path(sys.executable).parent / "s3batchd")
+        seen = len(self.log())
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [executable, "serve", "--config", str(self.config_path)],
+                [*self.wrapper, executable, "serve", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self._env,
             )
         deadline = time.monotonic() + timeout
-        while "Application startup complete" not in self.log():
+        while "Application startup complete" not in self.log()[seen:]:
             if self.process.poll() is not None:
                 raise RuntimeError(f"s3batchd exited {self.process.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:
@@ -110,7 +120,9 @@ class DaemonProcess:
             region_name="us-east-1",
             aws_access_key_id="app-key",
             aws_secret_access_key="app-secret",
-            config=Config(request_checksum_calculation=checksums, retries={"max_attempts": 1}),
+            config=Config(
+                request_checksum_calculation=checksums, retries={"total_max_attempts": 1}
+            ),
         )
 
     def terminate(self, timeout: float = 60) -> int:

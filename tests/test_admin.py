@@ -34,8 +34,10 @@ def test_health_and_readiness(daemon: Daemon) -> None:
     assert get_json(daemon.admin_url + "/readyz") == (200, {"status": "ready"})
 
 
-def test_admin_paths_never_collide_with_buckets(daemon: Daemon, bucket: str) -> None:
+def test_admin_paths_never_collide_with_buckets(daemon: Daemon, s3: S3Client) -> None:
     # On the S3 port, /healthz is a bucket like any other.
+    if "healthz" not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket="healthz")
     answer = daemon.client().put_object(Bucket="healthz", Key="k", Body=b"x")
     assert answer["ResponseMetadata"]["HTTPHeaders"]["x-s3batchd-tar"].startswith("s3://healthz/")
     status, _ = get_json(daemon.admin_url + "/healthz")

@@ -123,7 +123,7 @@ def test_sdk_sees_s3_errors(
     start_daemon: DaemonFactory, bucket: str, call: object, status: int, code: str
 ) -> None:
     daemon = start_daemon(limits={"max_object_bytes": 1024})
-    client = daemon.client(retries={"max_attempts": 1})
+    client = daemon.client(retries={"total_max_attempts": 1})
     with pytest.raises(ClientError) as caught:
         call(client, bucket)  # type: ignore[operator]
     assert _error(caught.value) == (status, code)
