@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck unit format bench clean
+.PHONY: install run test lint typecheck format crash-test clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ typecheck: $(STAMP)
 
 test: lint typecheck  ## everything CI runs: format, lint, types, the whole test suite
 	$(BIN)/pytest
+
+crash-test: $(STAMP)  ## the long kill -9 test (40 rounds; CI runs 3 inside `make test`)
+	$(BIN)/pytest tests/test_crash.py -s --crash-rounds 40
 
 format: $(STAMP)
 	$(BIN)/ruff format .

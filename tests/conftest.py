@@ -28,6 +28,11 @@ ChecksumMode = Literal["when_supported", "when_required"]
 CHECKSUM_MODES: tuple[ChecksumMode, ...] = ("when_supported", "when_required")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--crash-rounds N``: kill -9 rounds of the crash test (``make crash-test`` runs more)."""
+    parser.addoption("--crash-rounds", type=int, default=3, help="kill -9 rounds in test_crash")
+
+
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """No AWS_* or S3BATCHD_* from the developer's shell leaks into a test."""

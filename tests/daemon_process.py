@@ -73,6 +73,8 @@ class DaemonProcess:
             "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self.bucket = ""
+        """The bucket a test's load goes to (for helpers that drive the daemon)."""
 
     @property
     def url(self) -> str:
@@ -89,6 +91,10 @@ class DaemonProcess:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Kill the process if it still runs."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
