@@ -1,4 +1,4 @@
-"""The admin listener: ``/healthz``, ``/readyz`` (and later ``/metrics``) on their own port.
+"""The admin listener: ``/healthz``, ``/readyz`` and ``/metrics`` on their own port.
 
 A separate port means these paths can never collide with a bucket named ``healthz``, and it
 may listen on the pod IP for kubelet probes while the S3 port stays on loopback.
@@ -6,9 +6,10 @@ may listen on the pod IP for kubelet probes while the S3 port stays on loopback.
 
 from __future__ import annotations
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -33,9 +34,16 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
 def create_admin_app(state_from: Starlette) -> Starlette:
-    """Admin routes sharing the state (the pipeline) of the S3 app."""
-    app = Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
+    """Admin routes sharing the state (the pipeline, the metrics) of the S3 app."""
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
+    app = Starlette(routes=routes)
     app.state = state_from.state
     return app
 

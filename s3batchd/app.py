@@ -34,6 +34,7 @@ from s3batchd.errors import (
     SpoolError,
 )
 from s3batchd.index import WriterId
+from s3batchd.metrics import Metrics, MetricsMiddleware
 from s3batchd.pipeline import Pipeline
 from s3batchd.records import ObjectRecord, SpoolEntry
 from s3batchd.s3api import build_record, parse_put, parse_target, read_body
@@ -122,6 +123,7 @@ async def _serve(request: Request) -> Response:
         spill_dir=settings.spool.dir / TMP_DIR,
     )
     request.state.body_consumed = True
+    request.app.state.metrics.received_bytes.inc(body.size)
     try:
         record = build_record(put, digests, body.size)
         entry = await pipeline.batcher.add(target.bucket, record, body, durability=durability)
@@ -210,10 +212,13 @@ def create_app(
     settings: Settings, *, client: S3Client | None = None, writer: WriterId | None = None
 ) -> Starlette:
     """The ASGI app of one daemon process."""
+    metrics = Metrics(put_price_per_1000_usd=settings.metrics.put_price_per_1000_usd)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pipeline = Pipeline(settings, client=client, writer=writer)
+        pipeline.metrics = metrics
+        metrics.watch(pipeline)
         await pipeline.start()
         app.state.pipeline = pipeline
         try:
@@ -223,9 +228,13 @@ def create_app(
 
     app = Starlette(
         routes=[Route("/{path:path}", s3_endpoint, methods=_METHODS)],
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(MetricsMiddleware, metrics=metrics),
+        ],
         exception_handlers={S3Error: render_s3_error},
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     return app

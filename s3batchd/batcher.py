@@ -160,6 +160,11 @@ class Batcher:
         await self._sink.submit(sealed)
 
     @property
+    def open_batch_ids(self) -> list[str]:
+        """Ids of the batches accepting records."""
+        return [s.current.spool.batch_id for s in self._buckets.values() if s.current]
+
+    @property
     def open_bytes(self) -> int:
         """Bytes in the open batches."""
         return sum(s.current.spool.position for s in self._buckets.values() if s.current)

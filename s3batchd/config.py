@@ -133,6 +133,13 @@ class ShutdownConfig(Section):
     """Time to upload the sealed batches before exit; what is left stays in the spool."""
 
 
+class MetricsConfig(Section):
+    """Prometheus metrics on the admin listener."""
+
+    put_price_per_1000_usd: float = Field(default=0.005, ge=0)
+    """Price of 1,000 PUT-class requests (AWS S3 Standard), for the estimated savings."""
+
+
 class LogConfig(Section):
     """Logging."""
 
@@ -157,6 +164,7 @@ class Settings(BaseSettings):
     upload: UploadConfig = UploadConfig()
     limits: LimitsConfig = LimitsConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
+    metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
 
     @classmethod

@@ -12,12 +12,15 @@ from s3batchd.concurrency import run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import InternalError, SpoolError
 from s3batchd.index import WriterId
+from s3batchd.records import SealedBatch
 from s3batchd.spool import check_writable, recover
 from s3batchd.uploader import Uploader
 from s3batchd.upstream import make_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from s3batchd.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +47,18 @@ class Pipeline:
             writer=self.writer,
             sink=self.uploader,
         )
-        self.uploader.on_uploaded = lambda batch: self.batcher.mark_uploaded(batch.batch_id)
+        self.uploader.on_uploaded = self._uploaded
+        self.metrics: Metrics | None = None
         self.drained: bool | None = None
         self.draining = False
         self._deadline: float | None = None
+
+    def _uploaded(self, batch: SealedBatch, seconds: float) -> None:
+        self.batcher.mark_uploaded(batch.batch_id)
+        if self.metrics is not None:
+            self.metrics.upload_latency.observe(seconds)
+            self.metrics.batch_records.observe(batch.records)
+            self.metrics.batch_bytes.observe(batch.size)
 
     async def start(self) -> None:
         """Check the spool, start uploading, and queue what an earlier run left behind."""

@@ -294,7 +294,9 @@ class Uploader:
         self._pending = 0
         self.pending_bytes = 0
         """Bytes of sealed batches on disk waiting for upload (part of the spool quota)."""
-        self.on_uploaded: Callable[[SealedBatch], None] | None = None
+        self.on_uploaded: Callable[[SealedBatch, float], None] | None = None
+        """Called with each uploaded batch and the seconds its upload took."""
+        self._queued: dict[str, SealedBatch] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self.last_error: str | None = None
@@ -324,8 +326,14 @@ class Uploader:
         """Queue a sealed batch for upload."""
         self._pending += 1
         self.pending_bytes += batch.size
+        self._queued[batch.batch_id] = batch
         self._idle.clear()
         self._queue.put_nowait(batch)
+
+    @property
+    def pending_batch_ids(self) -> list[str]:
+        """Ids of the batches queued or being uploaded."""
+        return list(self._queued)
 
     @property
     def pending(self) -> int:
@@ -340,6 +348,7 @@ class Uploader:
             finally:
                 self._pending -= 1
                 self.pending_bytes -= batch.size
+                self._queued.pop(batch.batch_id, None)
                 if self._pending == 0:
                     self._idle.set()
 
@@ -356,7 +365,7 @@ class Uploader:
             else:
                 self.last_error = None
                 if self.on_uploaded is not None:
-                    self.on_uploaded(batch)
+                    self.on_uploaded(batch, time.monotonic() - started)
                 logger.info(
                     "uploaded batch %s to s3://%s/%s (%d records, %d bytes, %.2f s)",
                     batch.batch_id,
