@@ -15,9 +15,11 @@ import os
 import random
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -40,6 +42,16 @@ logger = logging.getLogger(__name__)
 TAR_CONTENT_TYPE = "application/x-tar"
 INDEX_CONTENT_TYPE = "application/json"
 META_BATCH_ID = "s3batchd-batch-id"
+META_TAR_CRC32 = "s3batchd-tar-crc32"
+
+
+def file_crc32(path: Path) -> str:
+    """CRC32 of a whole file, as 8 hex digits (kept in the tar's metadata)."""
+    value = 0
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            value = zlib.crc32(chunk, value)
+    return f"{value:08x}"
 
 
 def needs_multipart(size: int, config: UploadConfig) -> bool:
@@ -72,12 +84,13 @@ class BatchUpload:
 
     def tar(self, batch: SealedBatch) -> None:
         """Upload the tar under its key, unless an earlier attempt already did."""
+        metadata = {META_BATCH_ID: batch.batch_id, META_TAR_CRC32: file_crc32(batch.path)}
         if needs_multipart(batch.size, self._config):
-            self._multipart(batch)
+            self._multipart(batch, metadata)
         else:
-            self._single(batch)
+            self._single(batch, metadata)
 
-    def _single(self, batch: SealedBatch) -> None:
+    def _single(self, batch: SealedBatch, metadata: dict[str, str]) -> None:
         with batch.path.open("rb") as body:
             try:
                 self._call(
@@ -88,14 +101,14 @@ class BatchUpload:
                         Body=body,
                         ContentLength=batch.size,
                         ContentType=TAR_CONTENT_TYPE,
-                        Metadata={META_BATCH_ID: batch.batch_id},
+                        Metadata=metadata,
                         IfNoneMatch="*",
                     ),
                 )
             except ClientError as exc:
-                self._settle_conflict(exc, batch)
+                self._settle_conflict(exc, batch, metadata)
 
-    def _multipart(self, batch: SealedBatch) -> None:
+    def _multipart(self, batch: SealedBatch, metadata: dict[str, str]) -> None:
         self._abort_leftover(batch)
         created = self._call(
             "CreateMultipartUpload",
@@ -103,7 +116,7 @@ class BatchUpload:
                 Bucket=batch.bucket,
                 Key=batch.tar_key,
                 ContentType=TAR_CONTENT_TYPE,
-                Metadata={META_BATCH_ID: batch.batch_id},
+                Metadata=metadata,
                 ChecksumAlgorithm="CRC32",
             ),
         )
@@ -125,7 +138,7 @@ class BatchUpload:
             )
         except ClientError as exc:
             self._abort(batch, upload_id)
-            self._settle_conflict(exc, batch)
+            self._settle_conflict(exc, batch, metadata)
         except BaseException:
             self._abort(batch, upload_id)
             raise
@@ -192,14 +205,17 @@ class BatchUpload:
             return
         remove_durably(upload_id_path(batch))
 
-    def _settle_conflict(self, exc: ClientError, batch: SealedBatch) -> None:
-        """A 412 is success if the object under the key is this batch; anything else raises."""
+    def _settle_conflict(
+        self, exc: ClientError, batch: SealedBatch, metadata: dict[str, str]
+    ) -> None:
+        """A 412 is success if the object under the key is this batch (same batch id, size and
+        CRC32 in its metadata); anything else raises."""
         if status_of(exc) != 412:
             raise exc
         head = self._call(
             "HeadObject", lambda: self._client.head_object(Bucket=batch.bucket, Key=batch.tar_key)
         )
-        ours = head.get("Metadata", {}).get(META_BATCH_ID) == batch.batch_id
+        ours = head.get("Metadata", {}) == metadata
         if not ours or head["ContentLength"] != batch.size:
             raise ConflictError(f"s3://{batch.bucket}/{batch.tar_key} holds another object")
         logger.info("tar %s was already uploaded by an earlier attempt", batch.tar_key)
