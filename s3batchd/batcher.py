@@ -160,6 +160,11 @@ class Batcher:
         await self._sink.submit(sealed)
 
     @property
+    def buckets(self) -> list[str]:
+        """Buckets that received records."""
+        return list(self._buckets)
+
+    @property
     def open_batch_ids(self) -> list[str]:
         """Ids of the batches accepting records."""
         return [s.current.spool.batch_id for s in self._buckets.values() if s.current]

@@ -14,6 +14,9 @@ from s3batchd.config import Settings, is_loopback, load_settings
 from s3batchd.errors import ConfigError
 from s3batchd.logs import setup_logging
 from s3batchd.server import build_server
+from s3batchd.status import fetch as fetch_status
+from s3batchd.status import render as render_status
+from s3batchd.upstream import make_client, probe
 
 #: Exit status when shutdown left sealed batches in the spool (uploaded at the next start).
 EXIT_BATCHES_KEPT = 3
@@ -61,10 +64,47 @@ def serve(config_path: Path | None) -> None:
 
 @main.command("check-config")
 @_CONFIG_OPTION
-def check_config(config_path: Path | None) -> None:
-    """Validate the settings and print them as the daemon would use them."""
+@click.option(
+    "--bucket",
+    "buckets",
+    multiple=True,
+    help="Bucket to test the upstream connection with (default: upstream.probe_buckets).",
+)
+@click.option("--offline", is_flag=True, help="Only validate; do not contact the upstream.")
+def check_config(config_path: Path | None, buckets: tuple[str, ...], offline: bool) -> None:
+    """Validate the settings, print them, and test the upstream connection and credentials."""
     settings = _load(config_path)
     click.echo(settings.model_dump_json(indent=2))
+    if offline:
+        return
+    targets = buckets or settings.upstream.probe_buckets
+    if not targets:
+        click.echo("upstream: not tested (pass --bucket or set upstream.probe_buckets)", err=True)
+        return
+    client = make_client(settings.upstream, settings.upload)
+    problems = [p for p in (probe(client, b, settings.upstream.prefix) for b in targets) if p]
+    for problem in problems:
+        click.echo(f"upstream: {problem}", err=True)
+    if problems:
+        sys.exit(2)
+    click.echo(f"upstream: ok ({', '.join(targets)})", err=True)
+
+
+@main.command()
+@_CONFIG_OPTION
+@click.option("--url", help="Admin URL of the daemon (default: from server.admin_host/port).")
+def status(config_path: Path | None, url: str | None) -> None:
+    """Print a summary of a running daemon: readiness, spool, batches, uploads, savings."""
+    settings = _load(config_path)
+    host = settings.server.admin_host
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    base = url or f"http://{host}:{settings.server.admin_port}"
+    try:
+        ready, samples = fetch_status(base)
+    except OSError as exc:
+        raise click.ClickException(f"no daemon answering at {base}: {exc}") from exc
+    click.echo(render_status(ready, samples))
 
 
 def run(settings: Settings) -> int:

@@ -90,6 +90,11 @@ class UpstreamConfig(Section):
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=60.0, gt=0)
+    probe_interval_s: float = Field(default=15.0, ge=0)
+    """How often /readyz's upstream check runs (a GET of a missing key in each bucket the
+    daemon writes to, plus probe_buckets); 0 turns it off. One GET-class request per bucket."""
+    probe_buckets: tuple[str, ...] = ()
+    """Buckets to check before the daemon has written to any (and by ``check-config``)."""
 
     @field_validator("prefix")
     @classmethod

@@ -3,19 +3,22 @@ closed together (the app's lifespan owns one)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING
 
 from s3batchd.batcher import Batcher
-from s3batchd.concurrency import run_sync
+from s3batchd.concurrency import run_in, run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import InternalError, SpoolError
 from s3batchd.index import WriterId
 from s3batchd.records import SealedBatch
 from s3batchd.spool import check_writable, recover
 from s3batchd.uploader import Uploader
-from s3batchd.upstream import make_client
+from s3batchd.upstream import make_client, probe
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -48,10 +51,15 @@ class Pipeline:
             sink=self.uploader,
         )
         self.uploader.on_uploaded = self._uploaded
+        self._buckets_seen: set[str] = set(settings.upstream.probe_buckets)
         self.metrics: Metrics | None = None
         self.drained: bool | None = None
         self.draining = False
         self._deadline: float | None = None
+        self.upstream_problem: str | None = None
+        """What the last upstream probe found wrong (None: reachable, or not probed)."""
+        self._prober: asyncio.Task[None] | None = None
+        self._probe_executor = ThreadPoolExecutor(1, "s3batchd-probe")
 
     def _uploaded(self, batch: SealedBatch, seconds: float) -> None:
         self.batcher.mark_uploaded(batch.batch_id)
@@ -68,6 +76,10 @@ class Pipeline:
         leftovers = await run_sync(recover, spool_dir, prefix=self.settings.upstream.prefix)
         for batch in leftovers:
             await self.uploader.submit(batch)
+            self._buckets_seen.add(batch.bucket)
+        if self.settings.upstream.probe_interval_s > 0:
+            self._prober = asyncio.get_running_loop().create_task(self._probe_forever())
+            self._prober.add_done_callback(self._prober_done)
         logger.info(
             "s3batchd started: writer %s, spool %s (durability %s), %d batches recovered",
             self.writer,
@@ -91,10 +103,41 @@ class Pipeline:
         self.drained = await self.uploader.drain(remaining)
         return self.drained
 
+    def buckets(self) -> list[str]:
+        """Buckets this daemon writes to (and the configured probe buckets)."""
+        return sorted(self._buckets_seen | set(self.batcher.buckets))
+
+    async def probe_upstream(self) -> str | None:
+        """Check every known bucket once; remember and return what is wrong (None if fine)."""
+        upstream = self.settings.upstream
+        problems = []
+        for bucket in self.buckets():
+            problem = await run_in(
+                self._probe_executor, partial(probe, self.client, bucket, upstream.prefix)
+            )
+            if problem is not None:
+                problems.append(problem)
+        self.upstream_problem = "; ".join(problems) or None
+        return self.upstream_problem
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await self.probe_upstream()
+            await asyncio.sleep(self.settings.upstream.probe_interval_s)
+
+    def _prober_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.upstream_problem = f"upstream probe stopped: {task.exception()}"
+            logger.error("upstream probe stopped", exc_info=task.exception())
+
     async def close(self) -> bool:
         """Drain (if not done yet, within what is left of the timeout), then stop uploading.
         True if nothing was left in the spool."""
         await self.drain()
+        if self._prober is not None:
+            self._prober.cancel()
+            await asyncio.gather(self._prober, return_exceptions=True)
+        self._probe_executor.shutdown(wait=False, cancel_futures=True)
         remaining = max(0.0, (self._deadline or 0) - time.monotonic())
         self.drained = await self.uploader.close(remaining)
         self.batcher.fail_upload_waiters(
@@ -127,4 +170,6 @@ class Pipeline:
             reasons.append(f"upload worker died: {self.uploader.died}")
         elif self.uploader.pending and self.uploader.last_error:
             reasons.append(f"upstream failing: {self.uploader.last_error}")
+        if self.upstream_problem is not None:
+            reasons.append(f"upstream unreachable: {self.upstream_problem}")
         return reasons

@@ -50,6 +50,22 @@ def make_client(upstream: UpstreamConfig, upload: UploadConfig) -> S3Client:
     return session.client("s3", endpoint_url=upstream.endpoint_url or None, config=config)
 
 
+def probe(client: S3Client, bucket: str, prefix: str) -> str | None:
+    """One cheap authenticated request to ``bucket``; None if S3 answered as expected, else
+    what is wrong. A GET of a key that does not exist needs only s3:GetObject: NoSuchKey (or
+    AccessDenied without s3:ListBucket) proves the endpoint, the bucket and the credentials."""
+    try:
+        client.get_object(Bucket=bucket, Key=f"{prefix}.s3batchd-probe")
+    except ClientError as exc:
+        code = code_of(exc)
+        if code in ("NoSuchKey", "AccessDenied", "404", "403"):
+            return None
+        return f"s3://{bucket}: {code or status_of(exc)}: {exc}"
+    except (BotoCoreError, OSError) as exc:
+        return f"s3://{bucket}: unreachable: {exc}"
+    return None
+
+
 def status_of(exc: ClientError) -> int:
     """HTTP status of a boto3 ClientError (0 when unknown)."""
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))

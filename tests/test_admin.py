@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from botocore.exceptions import ClientError
 
-from s3batchd.seaweed import LocalS3
+from s3batchd.seaweed import LocalS3, start_local_s3
 from tests.batches import indexed_objects
 from tests.conftest import Daemon, DaemonFactory, wait_for
 from tests.daemon_process import DaemonProcess
@@ -102,3 +104,30 @@ def test_sigterm_drains_and_refuses_new_puts(
             assert "batches not uploaded before shutdown" in process.log()
     finally:
         proxy.stop()
+
+
+def test_readiness_flips_when_the_upstream_stops(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    server = start_local_s3(tmp_path / "own-seaweed", buckets=("probed",))
+    try:
+        daemon = start_daemon(
+            upstream={
+                "endpoint_url": server.endpoint_url,
+                "probe_interval_s": 0.2,
+                "probe_buckets": ["probed"],
+                "read_timeout_s": 1,
+                "connect_timeout_s": 1,
+            }
+        )
+        ready = daemon.admin_url + "/readyz"
+        wait_for(lambda: get_json(ready)[0] == 200)
+        os.kill(server.pid, signal.SIGSTOP)  # accepts connections, never answers
+        try:
+            wait_for(lambda: get_json(ready)[0] == 503, timeout=20)
+            assert "upstream unreachable: s3://probed" in get_json(ready)[1]["reasons"][0]
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        wait_for(lambda: get_json(ready)[0] == 200, timeout=20)
+    finally:
+        server.stop()

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from click.testing import CliRunner
 
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
 from s3batchd.cli import main
+from s3batchd.seaweed import LocalS3
+from tests.batches import indexed_objects
+from tests.conftest import Daemon, wait_for
 
 
 def run(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -16,11 +23,17 @@ def run(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def run_split(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, args, env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
 def test_check_config_reads_file_and_env(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('[server]\nport = 9100\n[batch]\nlinger_ms = 50\n[upstream]\nprefix = "p"\n')
-    status, output = run(
-        ["check-config"], env={"S3BATCHD_CONFIG": str(config), "S3BATCHD_SERVER__PORT": "9001"}
+    status, output, _ = run_split(
+        ["check-config", "--offline"],
+        env={"S3BATCHD_CONFIG": str(config), "S3BATCHD_SERVER__PORT": "9001"},
     )
     assert status == 0, output
     settings = json.loads(output)
@@ -56,3 +69,39 @@ def test_non_loopback_without_auth_is_refused() -> None:
     status, output = run(["check-config"], env={"S3BATCHD_SERVER__HOST": "0.0.0.0"})
     assert status != 0
     assert "refusing to listen on 0.0.0.0" in output
+
+
+def test_check_config_tests_the_upstream(s3_server: LocalS3, bucket: str) -> None:
+    env = {
+        "S3BATCHD_UPSTREAM__ENDPOINT_URL": s3_server.endpoint_url,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+    }
+    status, _, err = run_split(["check-config", "--bucket", bucket], env=env)
+    assert (status, err.strip()) == (0, f"upstream: ok ({bucket})")
+    status, _, err = run_split(["check-config", "--bucket", "no-such-bucket-here"], env=env)
+    assert status == 2
+    assert "NoSuchBucket" in err
+    wrong = {**env, "AWS_SECRET_ACCESS_KEY": "wrong"}
+    status, _, err = run_split(["check-config", "--bucket", bucket], env=wrong)
+    assert status == 2
+    assert "SignatureDoesNotMatch" in err
+
+
+def test_status_summarises_a_running_daemon(daemon: Daemon, s3: S3Client, bucket: str) -> None:
+    client = daemon.client()
+    for number in range(3):
+        client.put_object(Bucket=bucket, Key=f"s/{number}", Body=b"status")
+    wait_for(lambda: indexed_objects(s3, bucket) == 3)
+    wait_for(lambda: daemon.pipeline.uploader.stats.batches == 1)
+    status, output = run(["status", "--url", daemon.admin_url])
+    assert status == 0, output
+    assert "state:     ready" in output
+    assert "uploaded 1 with 3 objects" in output
+    assert "PUT requests avoided" in output
+
+
+def test_status_without_a_daemon_is_a_clear_error() -> None:
+    status, output = run(["status", "--url", "http://127.0.0.1:9"])
+    assert status == 1
+    assert "no daemon answering at http://127.0.0.1:9" in output

@@ -1,0 +1,69 @@
+"""``s3batchd status``: a human summary of a running daemon, read from its admin listener."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections import defaultdict
+
+from prometheus_client.parser import text_string_to_metric_families
+
+Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
+
+
+def fetch(base_url: str, timeout: float = 5) -> tuple[dict[str, object], Samples]:
+    """The daemon's readiness answer and its metric samples."""
+    try:
+        with urllib.request.urlopen(base_url + "/readyz", timeout=timeout) as answer:  # noqa: S310
+            ready = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:  # 503: not ready, with reasons
+        ready = json.loads(exc.read())
+    with urllib.request.urlopen(base_url + "/metrics", timeout=timeout) as answer:  # noqa: S310
+        text = answer.read().decode()
+    samples: Samples = defaultdict(dict)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name][tuple(sorted(sample.labels.items()))] = sample.value
+    return ready, samples
+
+
+def _total(samples: Samples, name: str) -> float:
+    return sum(samples.get(name, {}).values())
+
+
+def _size(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"  # pragma: no cover
+
+
+def render(ready: dict[str, object], samples: Samples) -> str:
+    """The summary, a few lines of text."""
+    reasons = ready.get("reasons")
+    listed = [str(reason) for reason in reasons] if isinstance(reasons, list) else []
+    state = "ready" if ready.get("status") == "ready" else "NOT READY: " + "; ".join(listed)
+    sealed = samples.get("s3batchd_batches_sealed_total", {})
+    by_reason = ", ".join(f"{dict(k)['reason']} {v:.0f}" for k, v in sorted(sealed.items()))
+    upstream = _total(samples, "s3batchd_upstream_requests_total")
+    records = _total(samples, "s3batchd_records_uploaded_total")
+    lines = [
+        f"state:     {state}",
+        f"spool:     {_size(_total(samples, 's3batchd_spool_bytes'))} of "
+        f"{_size(_total(samples, 's3batchd_spool_quota_bytes'))}; "
+        f"{_total(samples, 's3batchd_open_batches'):.0f} open, "
+        f"{_total(samples, 's3batchd_pending_batches'):.0f} waiting for upload; oldest "
+        f"{_total(samples, 's3batchd_spool_oldest_record_age_seconds'):.1f} s; "
+        f"{_total(samples, 's3batchd_quarantined_files'):.0f} quarantined",
+        f"received:  {_total(samples, 's3batchd_requests_total'):.0f} requests, "
+        f"{_size(_total(samples, 's3batchd_received_bytes_total'))}",
+        f"batches:   sealed {by_reason or 'none'}; uploaded "
+        f"{_total(samples, 's3batchd_batches_uploaded_total'):.0f} with {records:.0f} objects",
+        f"upstream:  {upstream:.0f} requests, "
+        f"{_total(samples, 's3batchd_upload_retries_total'):.0f} retried attempts",
+        f"savings:   {_total(samples, 's3batchd_put_requests_avoided'):.0f} PUT requests avoided, "
+        f"about ${_total(samples, 's3batchd_estimated_savings_usd'):.4f}",
+    ]
+    return "\n".join(lines)
