@@ -35,9 +35,18 @@ from s3batchd.errors import (
 )
 from s3batchd.index import WriterId
 from s3batchd.metrics import Metrics, MetricsMiddleware
+from s3batchd.objects import ObjectSource, get_object, list_objects, parse_list_query
 from s3batchd.pipeline import Pipeline
 from s3batchd.records import ObjectRecord, SpoolEntry
-from s3batchd.s3api import build_record, parse_put, parse_target, read_body
+from s3batchd.s3api import (
+    SUBRESOURCES,
+    Target,
+    build_record,
+    check_bucket,
+    parse_put,
+    parse_target,
+    read_body,
+)
 from s3batchd.spool import TMP_DIR
 
 if TYPE_CHECKING:
@@ -107,6 +116,8 @@ async def _serve(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     headers = request_headers(request.scope)
     target = parse_target(request.scope, headers, settings.server.virtual_host_domains)
+    if request.method in ("GET", "HEAD"):
+        return await _read(request, target, headers)
     if request.method != "PUT":
         raise NotImplementedS3(f"{request.method} is not implemented by s3batchd yet.")
     put = parse_put(target, headers, max_bytes=settings.limits.max_object_bytes)
@@ -127,6 +138,7 @@ async def _serve(request: Request) -> Response:
     try:
         record = build_record(put, digests, body.size)
         entry = await pipeline.batcher.add(target.bucket, record, body, durability=durability)
+        pipeline.written(record, entry)
     except SpoolError as exc:
         logger.error("spool failure for s3://%s/%s: %s", target.bucket, target.key, exc)  # noqa: TRY400  the cause is in the message
         if isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.ENOSPC:
@@ -138,6 +150,41 @@ async def _serve(request: Request) -> Response:
 
 
 RETRY_SOON = {"Retry-After": "1"}
+#: Query parameters of ListObjects / ListObjectsV2 (anything else on a bucket GET is another
+#: operation).
+LIST_PARAMETERS = frozenset(
+    {
+        "list-type",
+        "prefix",
+        "delimiter",
+        "max-keys",
+        "continuation-token",
+        "start-after",
+        "encoding-type",
+        "fetch-owner",
+        "marker",
+        "x-id",
+        "optional-object-attributes",
+    }
+)
+
+
+async def _read(request: Request, target: Target, headers: dict[str, str]) -> Response:
+    """GetObject, HeadObject and ListObjects for what this daemon wrote."""
+    check_bucket(target.bucket)
+    pipeline: Pipeline = request.app.state.pipeline
+    head = request.method == "HEAD"
+    if target.key:
+        other = sorted(SUBRESOURCES.intersection(target.query))
+        if other:
+            raise NotImplementedS3(f"{request.method} ?{other[0]} is not implemented by s3batchd.")
+        source = ObjectSource(pipeline.catalog, pipeline.settings.spool.dir, pipeline.client)
+        return await get_object(source, target.bucket, target.key, headers, head=head)
+    other = sorted(set(target.query) - LIST_PARAMETERS)
+    if head or other:
+        what = f"?{other[0]}" if other else "HeadBucket"
+        raise NotImplementedS3(f"{request.method} {what} is not implemented by s3batchd yet.")
+    return list_objects(pipeline.catalog, target.bucket, parse_list_query(target.query))
 
 
 def requested_durability(headers: dict[str, str], default: Durability) -> Durability:

@@ -29,26 +29,34 @@ DURABILITY_ORDER: tuple[Durability, ...] = ("none", "fsync", "upload")
 class Section(BaseModel):
     """Base of every settings section: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class ServerConfig(Section):
     """The HTTP front."""
 
     host: str = "127.0.0.1"
-    """Address to listen on. Loopback by default: the daemon is a sidecar."""
+    """Address of the S3 listener. ``serve`` and ``dev`` refuse anything but loopback
+    (``127.0.0.1`` or another ``127.x`` address, ``::1``, ``localhost``), because requests are
+    not authenticated: whoever reaches this port writes to the buckets with the daemon's
+    credentials."""
     port: int = Field(default=9000, ge=0, le=65535)
-    """TCP port; 0 picks a free one (printed at start)."""
+    """TCP port of the S3 listener; ``0`` picks a free port (uvicorn logs the one it got)."""
     virtual_host_domains: tuple[str, ...] = ("localhost",)
-    """Host names under which ``<bucket>.<domain>`` selects a bucket (virtual-hosted style)."""
+    """A ``Host`` of ``<bucket>.<domain>`` for one of these domains selects the bucket
+    (virtual-hosted style, e.g. ``Host: demo.localhost:9000``); any other ``Host`` means path
+    style, ``/<bucket>/<key>``. Lower-cased, surrounding dots removed. In the environment: a
+    JSON list."""
     keep_alive_s: int = Field(default=5, gt=0)
-    """Seconds an idle keep-alive connection stays open."""
+    """Seconds (whole) an idle keep-alive connection stays open. Longer: fewer TCP handshakes
+    for clients, more idle sockets held open."""
     admin_host: str = "127.0.0.1"
-    """Address of the admin listener (/healthz, /readyz, /metrics). It serves no data, so it
-    may listen on the pod IP (``0.0.0.0``) for kubelet probes while the S3 port stays local."""
+    """Address of the admin listener (``/healthz``, ``/readyz``, ``/metrics``). It serves no
+    data, so it may listen on the pod IP (``0.0.0.0``) for kubelet probes and Prometheus while
+    ``host`` stays on loopback."""
     admin_port: int = Field(default=9100, ge=0, le=65535)
-    """Port of the admin listener; 0 turns it off."""
-    """Idle time before a keep-alive connection is closed."""
+    """Port of the admin listener; ``0`` turns it off (and with it probes and metrics). A
+    separate port, so the health paths never collide with a bucket named ``healthz``."""
 
     @field_validator("virtual_host_domains")
     @classmethod
@@ -60,41 +68,81 @@ class SpoolConfig(Section):
     """The local tar spool."""
 
     dir: Path = Path("./spool")
-    """Directory holding one sub-directory of tar batches per target bucket."""
+    """Directory of the local tar spool: one sub-directory of batch files per target bucket,
+    plus ``_tmp/`` (large request bodies being received) and ``_quarantine/`` (files recovery
+    could not read); no bucket name starts with ``_`` (docs/architecture.md#spool-directory-layout).
+    A relative path is relative to the daemon's working directory. Disk: up to ``max_bytes``
+    plus one batch plus the large request bodies in flight."""
     durability: Durability = "fsync"
-    """``fsync``: a PUT is answered after fdatasync (group commit). ``none``: page cache only.
-    ``upload``: answered once the object's batch and index are in the bucket."""
+    """When a PUT is answered. ``fsync``: after ``fdatasync`` of its bytes; concurrent PUTs
+    share one sync (group commit), so each PUT's latency includes one disk flush, nothing in
+    money. ``none``: after the write to the page cache; survives a daemon crash, but a power
+    loss or kernel crash can lose acknowledged objects of open batches. ``upload``: once the
+    object's batch and its index are in the bucket, i.e. a latency of ``batch.linger_ms`` plus
+    the upload, in exchange for nothing depending on this machine's disk. Sealed batches are
+    synced in every mode. A client may ask for a stronger level for one object with the request
+    header ``x-s3batchd-durability`` (a weaker one is ignored). See docs/durability.md."""
     max_bytes: int = Field(default=4 * GB, ge=1 * MB)
-    """Quota of the spool (open and sealed batches); above it PUTs get 503 SlowDown."""
+    """Quota of the spool in bytes: open batches plus sealed batches waiting for upload. Above
+    it a PUT gets ``503 SlowDown`` with ``Retry-After: 1`` before its body is read (every S3
+    client retries that); ``/readyz`` fails from 90 % of it. Size it for the backlog of the
+    upstream outage you want to ride out, ingest rate x outage duration; the disk needs one
+    batch and the large request bodies in flight on top (docs/operations.md#sizing-the-spool)."""
 
 
 class BatchConfig(Section):
     """When an open batch is sealed and uploaded (whichever comes first)."""
 
     linger_ms: int = Field(default=2_000, gt=0)
-    """Time since the batch's first record."""
+    """Milliseconds after the batch's first object until it is sealed. The main cost knob: a
+    busy bucket costs about 2 PUTs per linger (docs/operations.md#choosing-the-triggers).
+    Longer: fewer requests, but objects reach S3 (and become readable there) later and more
+    data waits on local disk. PUT answers only wait for it with ``spool.durability = "upload"``."""
     max_records: int = Field(default=10_000, gt=0)
-    """Objects per batch."""
+    """Objects per batch. 10,000 keeps a batch's index to a few MB of JSON for typical keys
+    (rendered in memory at upload) while costing only 2 PUTs per 10,000 objects at high
+    rates."""
     max_bytes: int = Field(default=64 * MB, ge=4096)
-    """Size of the tar (headers, data and padding included)."""
+    """Size of the tar in bytes (tar headers, data, padding and end marker included). Bounds
+    the local disk per batch and the size of each upload; tars of
+    ``upload.multipart_threshold_bytes`` or more are uploaded in parts. An object that would
+    not fit seals the batch and starts the next one; objects are never split, so a larger
+    object gets a batch of its own. Header sizes are estimated, so a tar may exceed this by a
+    few KiB."""
 
 
 class UpstreamConfig(Section):
     """The real S3 service the batches go to. Credentials come from the AWS default chain."""
 
     endpoint_url: str = ""
-    """Empty means the AWS default endpoint for the region."""
+    """Endpoint URL of the S3 service (AWS or any S3-compatible store); empty means AWS's own
+    endpoint for ``region``."""
     region: str = "us-east-1"
+    """Region used for request signing and for the default endpoint."""
     prefix: str = "s3batchd/"
-    """Key prefix of batches inside the target bucket."""
+    """Key prefix of batches inside the target bucket: ``<prefix>YYYY/MM/DD/<batch id>.tar``
+    and ``.index.json``. Must not start with ``/``; a missing trailing ``/`` is added; ``""``
+    puts the date directories at the top of the bucket. Also the scope of the IAM policy and
+    of the lifecycle rule (docs/operations.md)."""
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    """How the bucket goes into upstream URLs (botocore's ``addressing_style``): ``path``
+    (``https://endpoint/bucket/key``), ``virtual`` (``https://bucket.endpoint/key``) or
+    ``auto`` (botocore chooses)."""
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    """Seconds to open a connection to S3. Shorter: an unreachable endpoint is noticed, and
+    the attempt retried, sooner."""
     read_timeout_s: float = Field(default=60.0, gt=0)
+    """Seconds to wait for a response or more data on an open S3 connection; a stalled call
+    fails after it and is retried (another billed request)."""
     probe_interval_s: float = Field(default=15.0, ge=0)
-    """How often /readyz's upstream check runs (a GET of a missing key in each bucket the
-    daemon writes to, plus probe_buckets); 0 turns it off. One GET-class request per bucket."""
+    """Seconds between the upstream checks behind ``/readyz``: a GET of a missing key under
+    ``prefix`` in every bucket the daemon writes to (plus ``probe_buckets``). ``NoSuchKey`` or
+    ``AccessDenied`` mean the endpoint, bucket and credentials work; anything else makes
+    ``/readyz`` fail. Costs one GET-class request (S3 Standard: $0.0004 per 1,000) per bucket
+    per interval; ``0`` turns the checks off."""
     probe_buckets: tuple[str, ...] = ()
-    """Buckets to check before the daemon has written to any (and by ``check-config``)."""
+    """Buckets to check before the daemon has written to any; ``s3batchd check-config`` tests
+    them too (or the ones given with ``--bucket``). In the environment: a JSON list."""
 
     @field_validator("prefix")
     @classmethod
@@ -110,46 +158,84 @@ class UploadConfig(Section):
     """How sealed batches are uploaded."""
 
     concurrency: int = Field(default=2, gt=0)
-    """Batches uploaded at once."""
+    """Batches uploaded at once (worker threads). More: catches up faster after a backlog, at
+    the cost of more connections and memory (each multipart batch holds up to
+    ``part_size_bytes`` x ``part_concurrency``). The boto3 client keeps up to ``concurrency`` x
+    ``part_concurrency`` + 4 connections."""
     multipart_threshold_bytes: int = Field(default=16 * MB, ge=MIN_PART_BYTES)
-    """Batches at least this large use multipart upload."""
+    """Tars of at least this many bytes use multipart upload: CreateMultipartUpload, one
+    UploadPart per part and CompleteMultipartUpload, i.e. parts + 3 PUT-class requests per
+    batch with the index instead of 2, in exchange for parallel parts. Set it above the
+    largest tar (``batch.max_bytes`` plus a few KiB, or ``limits.max_object_bytes`` if larger)
+    to make every batch exactly 2 PUTs."""
     part_size_bytes: int = Field(default=8 * MB, ge=MIN_PART_BYTES, le=MAX_PART_BYTES)
-    """Multipart part size (raised automatically to stay within 10,000 parts)."""
+    """Multipart part size in bytes; doubled automatically while a tar would need more than
+    10,000 parts. Larger parts: fewer PUT-class requests per batch, more memory per part (each
+    part is read into memory while it is sent)."""
     part_concurrency: int = Field(default=4, gt=0)
-    """Parts of one batch uploaded at once; memory is part_size_bytes x part_concurrency."""
+    """Parts of one batch uploaded at once. Memory: ``part_size_bytes`` x ``part_concurrency``
+    per batch being uploaded (32 MiB by default, times ``concurrency``)."""
     retry_base_ms: int = Field(default=200, gt=0)
+    """Milliseconds: base of the exponential backoff between attempts to upload a batch. After
+    failed attempt n (counting from 0) the wait is uniform in [0, min(``retry_max_ms``,
+    ``retry_base_ms`` x 2^n)] ms (full jitter). Every attempt pays again for the requests it
+    sends."""
     retry_max_ms: int = Field(default=30_000, gt=0)
-    """Cap of the exponential backoff (full jitter) between attempts; retries never give up."""
+    """Milliseconds: cap of that backoff. Uploads are retried without a limit; nothing sealed
+    is dropped. Each S3 call is also retried by boto3 itself (standard mode, up to 3 attempts),
+    and every attempt is a billed request."""
 
 
 class LimitsConfig(Section):
     """Request limits."""
 
     max_object_bytes: int = Field(default=16 * MB, gt=0, le=5 * GB)
-    """Largest object accepted; larger PUTs get EntityTooLarge."""
+    """Largest object accepted, in bytes; larger PUTs get ``400 EntityTooLarge`` (before the
+    body is read when the size is declared). Objects larger than ``batch.max_bytes`` get a
+    batch of their own. Disk: a body above ``memory_buffer_bytes`` occupies up to this much in
+    ``<spool.dir>/_tmp/`` while it is received."""
     memory_buffer_bytes: int = Field(default=1 * MB, ge=0)
-    """Bodies up to this size are buffered in memory, larger ones in a temporary file."""
+    """Request bodies up to this many bytes are held in memory while they are received; larger
+    ones go to a temporary file in ``<spool.dir>/_tmp/`` (one more disk copy). Memory: up to
+    this much per request in flight."""
 
 
 class ShutdownConfig(Section):
     """SIGTERM / SIGINT handling."""
 
     drain_timeout_s: float = Field(default=30.0, ge=0)
-    """Time to upload the sealed batches before exit; what is left stays in the spool."""
+    """Seconds to seal and upload the open and sealed batches after SIGTERM/SIGINT; what is
+    left stays in the spool (exit status 3) and is uploaded at the next start. Requests in
+    progress then get ``max(1, drain_timeout_s)`` whole seconds to finish, so a stop can take
+    about twice this long: give the supervisor more than that before it sends SIGKILL."""
+
+
+class CatalogConfig(Section):
+    """The local catalog of objects this daemon wrote (GET, HEAD and List through it)."""
+
+    path: str = ""
+    """SQLite file; empty means ``<spool.dir>/_catalog/catalog.sqlite3``."""
+    retention_s: float = Field(default=7 * 24 * 3600, gt=0)
+    """How long an object stays readable by key through the daemon after it was written."""
 
 
 class MetricsConfig(Section):
     """Prometheus metrics on the admin listener."""
 
     put_price_per_1000_usd: float = Field(default=0.005, ge=0)
-    """Price of 1,000 PUT-class requests (AWS S3 Standard), for the estimated savings."""
+    """Price of 1,000 PUT-class requests in USD (AWS S3 Standard: 0.005). Only used for the
+    ``s3batchd_estimated_savings_usd`` metric on the admin listener's ``/metrics``."""
 
 
 class LogConfig(Section):
     """Logging."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Level of the root logger; logs go to stderr. boto3, botocore, urllib3 and s3transfer
+    stay at WARNING (their request details may carry signatures)."""
     format: Literal["text", "json"] = "text"
+    """``text``: one line per event, ``time level logger: message``; ``json``: one JSON object
+    per line with ``time``, ``level``, ``logger``, ``message`` (and ``exception``)."""
 
 
 class Settings(BaseSettings):
@@ -160,6 +246,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
+        use_attribute_docstrings=True,
     )
 
     server: ServerConfig = ServerConfig()
@@ -169,6 +256,7 @@ class Settings(BaseSettings):
     upload: UploadConfig = UploadConfig()
     limits: LimitsConfig = LimitsConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
+    catalog: CatalogConfig = CatalogConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
 

@@ -12,6 +12,7 @@ S3BatchdError                      root of everything the daemon raises on purpo
     ├── MissingContentLength, IncompleteBody, EntityTooLarge, MetadataTooLarge
     ├── InvalidDigest, BadDigest, XAmzContentSHA256Mismatch
     ├── NotImplementedS3, MethodNotAllowed
+    ├── NoSuchKey (404), PreconditionFailed (412), InvalidRange (416)
     ├── SlowDown (503, Retry-After)
     └── InternalError (500)
 ```
@@ -138,6 +139,23 @@ class NotImplementedS3(S3Error):
 class MethodNotAllowed(S3Error):
     code, status_code = "MethodNotAllowed", 405
     default_message = "The specified method is not allowed against this resource."
+
+
+class NoSuchKey(S3Error):
+    code, status_code, default_message = "NoSuchKey", 404, "The specified key does not exist."
+
+
+class PreconditionFailed(S3Error):
+    code, status_code = "PreconditionFailed", 412
+    default_message = "At least one of the preconditions you specified did not hold."
+
+
+class InvalidRange(S3Error):
+    code, status_code, default_message = (
+        "InvalidRange",
+        416,
+        "The requested range is not satisfiable",
+    )
 
 
 class SlowDown(S3Error):

@@ -8,15 +8,17 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from s3batchd.batcher import Batcher
+from s3batchd.catalog import Catalog, default_path
 from s3batchd.concurrency import run_in, run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import InternalError, SpoolError
-from s3batchd.index import WriterId
-from s3batchd.records import SealedBatch
-from s3batchd.spool import check_writable, recover
+from s3batchd.index import IndexEntry, WriterId
+from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
+from s3batchd.spool import check_writable, recover, scan
 from s3batchd.uploader import Uploader
 from s3batchd.upstream import make_client, probe
 
@@ -30,6 +32,8 @@ logger = logging.getLogger(__name__)
 #: Readiness fails once the spool holds this share of ``spool.max_bytes``, before PUTs are
 #: refused, so an orchestrator can steer traffic away first.
 QUOTA_HIGH_WATER = 0.9
+#: How often (at most) expired catalog rows are deleted.
+CATALOG_EXPIRY_INTERVAL_S = 60.0
 
 
 class Pipeline:
@@ -51,6 +55,13 @@ class Pipeline:
             sink=self.uploader,
         )
         self.uploader.on_uploaded = self._uploaded
+        catalog_path = (
+            Path(settings.catalog.path)
+            if settings.catalog.path
+            else default_path(settings.spool.dir)
+        )
+        self.catalog = Catalog(catalog_path)
+        self._expired_at = 0.0
         self._buckets_seen: set[str] = set(settings.upstream.probe_buckets)
         self.metrics: Metrics | None = None
         self.drained: bool | None = None
@@ -61,8 +72,21 @@ class Pipeline:
         self._prober: asyncio.Task[None] | None = None
         self._probe_executor = ThreadPoolExecutor(1, "s3batchd-probe")
 
+    def written(self, record: ObjectRecord, entry: SpoolEntry) -> None:
+        """An acknowledged PUT: make it readable by key through the daemon."""
+        index_entry = IndexEntry(record=record, member=entry.member, offset=entry.offset)
+        self.catalog.put(entry.bucket, entry.batch_id, entry.tar_key, index_entry, uploaded=False)
+
+    def _expire_catalog(self) -> None:
+        now = time.time()
+        if now - self._expired_at >= CATALOG_EXPIRY_INTERVAL_S:
+            self._expired_at = now
+            self.catalog.expire(now - self.settings.catalog.retention_s)
+
     def _uploaded(self, batch: SealedBatch, seconds: float) -> None:
         self.batcher.mark_uploaded(batch.batch_id)
+        self.catalog.mark_uploaded(batch.batch_id)
+        self._expire_catalog()
         if self.metrics is not None:
             self.metrics.upload_latency.observe(seconds)
             self.metrics.batch_records.observe(batch.records)
@@ -74,7 +98,12 @@ class Pipeline:
         await run_sync(check_writable, spool_dir)
         await self.uploader.start()
         leftovers = await run_sync(recover, spool_dir, prefix=self.settings.upstream.prefix)
+        self._expire_catalog()
         for batch in leftovers:
+            entries = (await run_sync(scan, batch.path)).entries
+            self.catalog.put_many(
+                batch.bucket, batch.batch_id, batch.tar_key, entries, uploaded=False
+            )
             await self.uploader.submit(batch)
             self._buckets_seen.add(batch.bucket)
         if self.settings.upstream.probe_interval_s > 0:
@@ -143,6 +172,7 @@ class Pipeline:
         self.batcher.fail_upload_waiters(
             InternalError("The object's batch was not uploaded before shutdown; retry.")
         )
+        self.catalog.close()
         logger.info("shutdown: done (%s)", "all uploaded" if self.drained else "batches kept")
         return self.drained
 

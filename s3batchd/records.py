@@ -37,6 +37,7 @@ class SpoolEntry:
     """Where one record landed in a batch."""
 
     bucket: str
+    batch_id: str
     tar_key: str
     """Upstream key of the batch's tar."""
     member: str

@@ -98,6 +98,7 @@ class SpoolFile:
         self._ends.append(self.position)
         return SpoolEntry(
             bucket=self.bucket,
+            batch_id=self.batch_id,
             tar_key=self.tar_key,
             member=name,
             offset=start + len(header),

@@ -74,18 +74,23 @@ def _xml(body: bytes) -> dict[str, str]:
 
 def assert_nothing_spooled(daemon: Daemon) -> None:
     spool = daemon.settings.spool.dir
-    assert not [p for p in spool.rglob("*") if p.is_file()], "a rejected request left data"
+    stored = [
+        p for p in spool.rglob("*") if p.is_file() and p.relative_to(spool).parts[0][0] != "_"
+    ]
+    assert not stored, "a rejected request left data"
     assert daemon.pipeline.batcher.open_batches == 0
+    assert daemon.pipeline.catalog.count() == 0
 
 
 @pytest.mark.parametrize(
     ("call", "status", "code"),
     [
-        (lambda c, b: c.get_object(Bucket=b, Key="k"), 501, "NotImplemented"),
+        (lambda c, b: c.get_object(Bucket=b, Key="k"), 404, "NoSuchKey"),
         (lambda c, b: c.delete_object(Bucket=b, Key="k"), 501, "NotImplemented"),
         (lambda c, b: c.create_multipart_upload(Bucket=b, Key="k"), 501, "NotImplemented"),
         (lambda c, b: c.put_object_acl(Bucket=b, Key="k", ACL="private"), 501, "NotImplemented"),
-        (lambda c, b: c.list_objects_v2(Bucket=b), 501, "NotImplemented"),
+        (lambda c, b: c.get_object_acl(Bucket=b, Key="k"), 501, "NotImplemented"),
+        (lambda c, b: c.get_bucket_location(Bucket=b), 501, "NotImplemented"),
         (
             lambda c, b: c.put_object(Bucket="Bad_Bucket", Key="k", Body=b"x"),
             400,
@@ -134,7 +139,7 @@ def test_sdk_sees_s3_errors(
 def test_error_body_is_s3_xml(daemon: Daemon, bucket: str) -> None:
     status, headers, body = _raw(
         daemon.settings.server.port,
-        f"GET /{bucket}/some/key HTTP/1.1\nHost: 127.0.0.1\nContent-Length: 0",
+        f"DELETE /{bucket}/some/key HTTP/1.1\nHost: 127.0.0.1\nContent-Length: 0",
     )
     assert status == 501
     assert headers["content-type"] == "application/xml"

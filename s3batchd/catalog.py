@@ -1,0 +1,210 @@
+"""The local catalog: which batch, offset and attributes each key this daemon wrote has.
+
+SQLite from the standard library, one row per (bucket, key): the latest PUT of a key wins, as
+in S3 (an older record never replaces a newer one, so rebuilding from old batches is safe).
+Rows expire after ``catalog.retention_s``. The catalog is an index of the spool and of the
+index objects, never the only copy: it is rebuilt from recovered batches at start and from
+index objects by ``s3batchd reindex``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from s3batchd.index import IndexEntry
+from s3batchd.records import ObjectRecord
+
+CATALOG_DIR = "_catalog"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    tar_key TEXT NOT NULL,
+    member TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    md5 TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    checksums TEXT NOT NULL,
+    mtime REAL NOT NULL,
+    uploaded INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (bucket, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_batch ON objects (batch_id);
+CREATE INDEX IF NOT EXISTS objects_mtime ON objects (mtime);
+"""
+
+_UPSERT = """
+INSERT INTO objects (bucket, key, batch_id, tar_key, member, offset, length, md5, content_type,
+                     metadata, headers, checksums, mtime, uploaded)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (bucket, key) DO UPDATE SET
+    batch_id = excluded.batch_id, tar_key = excluded.tar_key, member = excluded.member,
+    offset = excluded.offset, length = excluded.length, md5 = excluded.md5,
+    content_type = excluded.content_type, metadata = excluded.metadata,
+    headers = excluded.headers, checksums = excluded.checksums, mtime = excluded.mtime,
+    uploaded = excluded.uploaded
+WHERE excluded.mtime >= objects.mtime
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """One object as the catalog knows it."""
+
+    bucket: str
+    batch_id: str
+    tar_key: str
+    member: str
+    offset: int
+    record: ObjectRecord
+    uploaded: bool
+
+
+def default_path(spool_dir: Path) -> Path:
+    """Where the catalog lives unless configured: inside the spool, in a directory no bucket
+    name can take."""
+    return spool_dir / CATALOG_DIR / "catalog.sqlite3"
+
+
+class Catalog:
+    """The catalog database (used from one thread at a time)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # WAL + NORMAL: a crash may lose the newest rows, which start-up rebuilds from the spool.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def put(
+        self, bucket: str, batch_id: str, tar_key: str, entry: IndexEntry, *, uploaded: bool
+    ) -> None:
+        """Record an object (ignored if the catalog already has a newer one for the key)."""
+        self._db.execute(_UPSERT, _row(bucket, batch_id, tar_key, entry, uploaded=uploaded))
+
+    def put_many(
+        self,
+        bucket: str,
+        batch_id: str,
+        tar_key: str,
+        entries: Iterable[IndexEntry],
+        *,
+        uploaded: bool,
+    ) -> None:
+        """Record every object of a batch in one transaction."""
+        rows = [_row(bucket, batch_id, tar_key, e, uploaded=uploaded) for e in entries]
+        with self._transaction():
+            self._db.executemany(_UPSERT, rows)
+
+    def mark_uploaded(self, batch_id: str) -> None:
+        """The batch and its index are in the bucket: read its objects from there."""
+        self._db.execute("UPDATE objects SET uploaded = 1 WHERE batch_id = ?", (batch_id,))
+
+    def get(self, bucket: str, key: str) -> CatalogEntry | None:
+        """The latest object under ``key``, or None."""
+        row = self._db.execute(
+            "SELECT * FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
+        ).fetchone()
+        return None if row is None else _entry(row)
+
+    def iter_keys(self, bucket: str, prefix: str, after: str) -> Iterator[CatalogEntry]:
+        """Objects of ``bucket`` whose key starts with ``prefix`` and sorts after ``after``,
+        in S3 order (UTF-8 byte order, which is SQLite's BINARY collation)."""
+        cursor = self._db.execute(
+            "SELECT * FROM objects WHERE bucket = ? AND key > ? AND substr(key, 1, ?) = ? "
+            "ORDER BY key",
+            (bucket, after, len(prefix), prefix),
+        )
+        for row in cursor:
+            yield _entry(row)
+
+    def expire(self, older_than: float) -> int:
+        """Forget objects written before ``older_than`` (Unix time); returns how many."""
+        cursor = self._db.execute("DELETE FROM objects WHERE mtime < ?", (older_than,))
+        return cursor.rowcount
+
+    def count(self) -> int:
+        """Rows in the catalog."""
+        return int(self._db.execute("SELECT count(*) FROM objects").fetchone()[0])
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _row(
+    bucket: str, batch_id: str, tar_key: str, entry: IndexEntry, *, uploaded: bool
+) -> tuple[Any, ...]:
+    record = entry.record
+    return (
+        bucket,
+        record.key,
+        batch_id,
+        tar_key,
+        entry.member,
+        entry.offset,
+        record.size,
+        record.md5_hex,
+        record.content_type,
+        json.dumps(record.metadata),
+        json.dumps(record.headers),
+        json.dumps(record.checksums),
+        record.mtime,
+        int(uploaded),
+    )
+
+
+def _entry(row: tuple[Any, ...]) -> CatalogEntry:
+    (
+        bucket,
+        key,
+        batch_id,
+        tar_key,
+        member,
+        offset,
+        length,
+        md5,
+        content_type,
+        metadata,
+        headers,
+        checksums,
+        mtime,
+        uploaded,
+    ) = row
+    record = ObjectRecord(
+        key=key,
+        size=length,
+        md5_hex=md5,
+        content_type=content_type,
+        metadata=json.loads(metadata),
+        headers=json.loads(headers),
+        checksums=json.loads(checksums),
+        mtime=mtime,
+    )
+    return CatalogEntry(bucket, batch_id, tar_key, member, offset, record, bool(uploaded))

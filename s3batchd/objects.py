@@ -1,0 +1,314 @@
+"""GET, HEAD and ListObjects for keys this daemon batched (read-your-writes).
+
+An object still in the local spool is read from disk; once its batch is uploaded, with one
+ranged GET of the tar. Ranges, conditional headers and checksum mode behave as in S3.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+from xml.sax.saxutils import escape
+
+from starlette.responses import Response
+
+from s3batchd.catalog import Catalog, CatalogEntry
+from s3batchd.concurrency import run_sync
+from s3batchd.constants import HEADER_PREFIX
+from s3batchd.errors import (
+    InvalidArgument,
+    InvalidRange,
+    NoSuchKey,
+    PreconditionFailed,
+)
+from s3batchd.spool import OPEN_SUFFIX, SEALED_SUFFIX
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from mypy_boto3_s3 import S3Client
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectSource:
+    """Where object bytes are read from."""
+
+    catalog: Catalog
+    spool_dir: Path
+    client: S3Client
+
+
+def object_headers(entry: CatalogEntry, headers: dict[str, str]) -> dict[str, str]:
+    """The headers S3 returns for an object (and where it lives in its batch)."""
+    record = entry.record
+    out = {
+        "ETag": record.etag,
+        "Last-Modified": http_date(record.mtime),
+        "Content-Type": record.content_type,
+        "Accept-Ranges": "bytes",
+        f"{HEADER_PREFIX}tar": f"s3://{entry.bucket}/{entry.tar_key}",
+        f"{HEADER_PREFIX}offset": str(entry.offset),
+        f"{HEADER_PREFIX}length": str(record.size),
+    }
+    out.update(
+        {
+            name.title(): value
+            for name, value in record.headers.items()
+            if not name.startswith("x-amz-tagging")
+        }
+    )
+    if "x-amz-tagging" in record.headers:
+        out["x-amz-tagging-count"] = str(record.headers["x-amz-tagging"].count("=") or 0)
+    out.update({f"x-amz-meta-{name}": value for name, value in record.metadata.items()})
+    if headers.get("x-amz-checksum-mode", "").upper() == "ENABLED" and record.checksums:
+        out.update({f"x-amz-checksum-{a}": v for a, v in record.checksums.items()})
+        out["x-amz-checksum-type"] = "FULL_OBJECT"
+    return out
+
+
+def http_date(timestamp: float) -> str:
+    """RFC 7231 date, as Last-Modified carries it."""
+    return format_datetime(datetime.fromtimestamp(int(timestamp), tz=UTC), usegmt=True)
+
+
+def check_conditions(entry: CatalogEntry, headers: dict[str, str]) -> bool:
+    """Apply If-Match / If-Unmodified-Since (412) and If-None-Match / If-Modified-Since.
+    Returns False when the answer is 304 Not Modified."""
+    etag = entry.record.etag
+    modified = int(entry.record.mtime)
+    if "if-match" in headers:
+        if not _etag_matches(headers["if-match"], etag):
+            raise PreconditionFailed()
+    elif (since := _date(headers.get("if-unmodified-since"))) is not None and modified > since:
+        raise PreconditionFailed()
+    if "if-none-match" in headers:
+        return not _etag_matches(headers["if-none-match"], etag)
+    since = _date(headers.get("if-modified-since"))
+    return since is None or modified > since
+
+
+def _etag_matches(condition: str, etag: str) -> bool:
+    tags = [t.strip().removeprefix("W/") for t in condition.split(",")]
+    return "*" in tags or etag in tags or etag.strip('"') in tags
+
+
+def _date(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        return int(parsedate_to_datetime(value).timestamp())
+    except (TypeError, ValueError):
+        return None  # S3 ignores an unparsable date
+
+
+def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
+    """First and last byte of a ``Range: bytes=`` header, or None for the whole object."""
+    if not value:
+        return None
+    match = _RANGE.match(value.strip())
+    if match is None or match.groups() == ("", ""):
+        return None  # S3 ignores a range it cannot parse
+    first_text, last_text = match.groups()
+    if first_text == "":
+        first, last = max(0, size - int(last_text)), size - 1
+    else:
+        first = int(first_text)
+        last = min(int(last_text), size - 1) if last_text else size - 1
+    if first >= size or first > last:
+        raise InvalidRange(headers={"Content-Range": f"bytes */{size}"})
+    return first, last
+
+
+async def read_bytes(source: ObjectSource, entry: CatalogEntry, first: int, last: int) -> bytes:
+    """Bytes ``first..last`` (inclusive) of an object: from the spool, else from the tar."""
+    if last < first:
+        return b""
+    if not entry.uploaded:
+        data = await run_sync(_read_local, source.spool_dir, entry, first, last)
+        if data is not None:
+            return data
+    # Uploaded (or uploaded and deleted locally since the lookup): one ranged GET of the tar.
+    start = entry.offset + first
+    byte_range = f"bytes={start}-{entry.offset + last}"
+    answer = await run_sync(
+        source.client.get_object, Bucket=entry.bucket, Key=entry.tar_key, Range=byte_range
+    )
+    return await run_sync(answer["Body"].read)
+
+
+def _read_local(spool_dir: Path, entry: CatalogEntry, first: int, last: int) -> bytes | None:
+    directory = spool_dir / entry.bucket
+    for suffix in (SEALED_SUFFIX, OPEN_SUFFIX):  # sealed first: open files get renamed
+        try:
+            fd = os.open(directory / (entry.batch_id + suffix), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            return os.pread(fd, last - first + 1, entry.offset + first)
+        finally:
+            os.close(fd)
+    return None
+
+
+async def get_object(
+    source: ObjectSource, bucket: str, key: str, headers: dict[str, str], *, head: bool
+) -> Response:
+    """GetObject / HeadObject."""
+    entry = source.catalog.get(bucket, key)
+    if entry is None:
+        raise NoSuchKey(f"The specified key does not exist: {key}")
+    out = object_headers(entry, headers)
+    if not check_conditions(entry, headers):
+        keep = ("ETag", "Last-Modified")
+        return Response(status_code=304, headers={k: out[k] for k in keep})
+    size = entry.record.size
+    span = parse_range(headers.get("range"), size)
+    first, last = span if span is not None else (0, size - 1)
+    status = 200
+    if span is not None:
+        status = 206
+        out["Content-Range"] = f"bytes {first}-{last}/{size}"
+        for name in [n for n in out if n.startswith("x-amz-checksum-")]:
+            del out[name]  # S3 sends no whole-object checksum with a range
+    length = last - first + 1
+    if head:
+        out["Content-Length"] = str(length)
+        return Response(status_code=status, headers=out)
+    body = await read_bytes(source, entry, first, last)
+    return Response(body, status_code=status, headers=out)
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """The parameters of ListObjects (v1) / ListObjectsV2."""
+
+    v2: bool
+    prefix: str
+    delimiter: str
+    max_keys: int
+    after: str
+    """Exclusive lower bound: start-after, marker or the continuation token's key."""
+    url_encoded: bool
+    token: str | None
+    start_after: str
+    marker: str
+
+
+def parse_list_query(query: dict[str, str]) -> ListQuery:
+    """Validate the query string of a List request."""
+    try:
+        max_keys = min(int(query.get("max-keys", "1000")), 1000)
+    except ValueError as exc:
+        raise InvalidArgument("max-keys must be an integer.") from exc
+    if max_keys < 0:
+        raise InvalidArgument("max-keys must not be negative.")
+    v2 = query.get("list-type") == "2"
+    token = query.get("continuation-token")
+    after = query.get("start-after", "") if v2 else query.get("marker", "")
+    if v2 and token:
+        try:
+            after = base64.urlsafe_b64decode(token.encode()).decode("utf-8")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidArgument("The continuation token provided is incorrect.") from exc
+    return ListQuery(
+        v2=v2,
+        prefix=query.get("prefix", ""),
+        delimiter=query.get("delimiter", ""),
+        max_keys=max_keys,
+        after=after,
+        url_encoded=query.get("encoding-type") == "url",
+        token=token,
+        start_after=query.get("start-after", ""),
+        marker=query.get("marker", ""),
+    )
+
+
+def list_objects(catalog: Catalog, bucket: str, query: ListQuery) -> Response:
+    """ListObjects / ListObjectsV2 over the keys this daemon wrote (S3 pagination)."""
+    contents: list[CatalogEntry] = []
+    prefixes: list[str] = []
+    last_returned = ""
+    truncated = False
+    for entry in catalog.iter_keys(bucket, query.prefix, query.after):
+        key = entry.record.key
+        common = _common_prefix(key, query.prefix, query.delimiter)
+        if common is not None and ((prefixes and prefixes[-1] == common) or common <= query.after):
+            continue
+        if len(contents) + len(prefixes) >= query.max_keys:
+            truncated = True
+            break
+        if common is not None:
+            prefixes.append(common)
+            last_returned = common
+        else:
+            contents.append(entry)
+            last_returned = key
+    # The next page starts after the last key or common prefix returned; keys under a common
+    # prefix already returned are skipped by the ``common <= after`` test above.
+    xml = _list_xml(bucket, query, contents, prefixes, truncated, last_returned)
+    return Response(xml, media_type="application/xml")
+
+
+def _common_prefix(key: str, prefix: str, delimiter: str) -> str | None:
+    if not delimiter:
+        return None
+    position = key.find(delimiter, len(prefix))
+    return None if position < 0 else key[: position + len(delimiter)]
+
+
+def _list_xml(
+    bucket: str,
+    query: ListQuery,
+    contents: list[CatalogEntry],
+    prefixes: list[str],
+    truncated: bool,
+    last: str,
+) -> bytes:
+    enc = (lambda text: quote(text, safe="/")) if query.url_encoded else (lambda text: text)
+    parts = [
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="{_S3_NS}">',
+        f"<Name>{escape(bucket)}</Name><Prefix>{escape(enc(query.prefix))}</Prefix>",
+        f"<MaxKeys>{query.max_keys}</MaxKeys>",
+    ]
+    if query.delimiter:
+        parts.append(f"<Delimiter>{escape(enc(query.delimiter))}</Delimiter>")
+    if query.url_encoded:
+        parts.append("<EncodingType>url</EncodingType>")
+    parts.append(f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>")
+    if query.v2:
+        parts.append(f"<KeyCount>{len(contents) + len(prefixes)}</KeyCount>")
+        if query.token:
+            parts.append(f"<ContinuationToken>{escape(query.token)}</ContinuationToken>")
+        if query.start_after:
+            parts.append(f"<StartAfter>{escape(enc(query.start_after))}</StartAfter>")
+        if truncated:
+            token = base64.urlsafe_b64encode(last.encode()).decode()
+            parts.append(f"<NextContinuationToken>{token}</NextContinuationToken>")
+    else:
+        parts.append(f"<Marker>{escape(enc(query.marker))}</Marker>")
+        if truncated and query.delimiter:
+            parts.append(f"<NextMarker>{escape(enc(last))}</NextMarker>")
+    for entry in contents:
+        record = entry.record
+        modified = datetime.fromtimestamp(record.mtime, tz=UTC).isoformat(timespec="milliseconds")
+        parts.append(
+            f"<Contents><Key>{escape(enc(record.key))}</Key>"
+            f"<LastModified>{modified.replace('+00:00', 'Z')}</LastModified>"
+            f"<ETag>{escape(record.etag)}</ETag><Size>{record.size}</Size>"
+            f"<StorageClass>{escape(record.headers.get('x-amz-storage-class', 'STANDARD'))}"
+            "</StorageClass></Contents>"
+        )
+    parts.extend(
+        f"<CommonPrefixes><Prefix>{escape(enc(p))}</Prefix></CommonPrefixes>" for p in prefixes
+    )
+    parts.append("</ListBucketResult>")
+    return "".join(parts).encode()

@@ -1,0 +1,210 @@
+"""Reading back through the daemon: GET, HEAD, ranges, conditions, List, and the catalog."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from s3batchd.seaweed import LocalS3
+from tests.batches import indexed_objects
+from tests.conftest import Daemon, DaemonFactory, wait_for
+from tests.daemon_process import DaemonProcess
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+BODY = bytes(range(256)) * 40  # 10,240 bytes
+
+
+def put_doc(client: S3Client, bucket: str, key: str = "docs/a.bin", body: bytes = BODY) -> Any:
+    return client.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=body,
+        ContentType="application/x-test",
+        Metadata={"owner": "reader"},
+        CacheControl="max-age=60",
+        ContentDisposition="attachment",
+    )
+
+
+def assert_object(answer: Any, put: Any, body: bytes | None) -> None:
+    assert answer["ETag"] == put["ETag"]
+    assert answer["ContentType"] == "application/x-test"
+    assert answer["Metadata"] == {"owner": "reader"}
+    assert answer["CacheControl"] == "max-age=60"
+    assert answer["ContentDisposition"] == "attachment"
+    assert answer["ContentLength"] == len(BODY)
+    assert abs(answer["LastModified"].timestamp() - time.time()) < 120
+    if body is not None:
+        assert answer["Body"].read() == body
+
+
+def test_get_and_head_before_and_after_upload(
+    start_daemon: DaemonFactory, s3: S3Client, bucket: str
+) -> None:
+    daemon = start_daemon(batch={"linger_ms": 60_000})
+    client = daemon.client()
+    put = put_doc(client, bucket)
+    # Still in the local spool (the batch is open).
+    assert indexed_objects(s3, bucket) == 0
+    assert_object(client.get_object(Bucket=bucket, Key="docs/a.bin"), put, BODY)
+    assert_object(client.head_object(Bucket=bucket, Key="docs/a.bin"), put, None)
+    daemon.pipeline.catalog.get(bucket, "docs/a.bin")
+    # After the batch is uploaded: served with a ranged GET of the tar.
+    client.put_object(Bucket=bucket, Key="x", Body=b"x")
+    daemon.stop()
+    daemon = start_daemon(batch={"linger_ms": 60_000})
+    assert indexed_objects(s3, bucket) == 2
+    entry = daemon.pipeline.catalog.get(bucket, "docs/a.bin")
+    assert entry is not None and entry.uploaded
+    client = daemon.client()
+    assert_object(client.get_object(Bucket=bucket, Key="docs/a.bin"), put, BODY)
+
+
+def test_ranges(daemon: Daemon, bucket: str) -> None:
+    client = daemon.client()
+    put_doc(client, bucket)
+    part = client.get_object(Bucket=bucket, Key="docs/a.bin", Range="bytes=100-199")
+    assert part["ResponseMetadata"]["HTTPStatusCode"] == 206
+    assert part["ContentRange"] == f"bytes 100-199/{len(BODY)}"
+    assert part["Body"].read() == BODY[100:200]
+    tail = client.get_object(Bucket=bucket, Key="docs/a.bin", Range="bytes=-10")
+    assert tail["Body"].read() == BODY[-10:]
+    open_end = client.get_object(Bucket=bucket, Key="docs/a.bin", Range="bytes=10000-")
+    assert open_end["Body"].read() == BODY[10000:]
+    with pytest.raises(ClientError) as caught:
+        client.get_object(Bucket=bucket, Key="docs/a.bin", Range=f"bytes={len(BODY)}-")
+    assert caught.value.response["Error"]["Code"] == "InvalidRange"
+
+
+def test_conditional_requests(daemon: Daemon, bucket: str) -> None:
+    client = daemon.client()
+    put = put_doc(client, bucket)
+    etag = put["ETag"]
+    later = datetime.now(tz=UTC) + timedelta(hours=1)
+    earlier = datetime.now(tz=UTC) - timedelta(hours=1)
+    assert client.get_object(Bucket=bucket, Key="docs/a.bin", IfMatch=etag)["Body"].read() == BODY
+    for kwargs, status in (
+        ({"IfNoneMatch": etag}, 304),
+        ({"IfModifiedSince": later}, 304),
+        ({"IfMatch": '"0123"'}, 412),
+        ({"IfUnmodifiedSince": earlier}, 412),
+    ):
+        with pytest.raises(ClientError) as caught:
+            client.get_object(Bucket=bucket, Key="docs/a.bin", **kwargs)
+        assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == status, kwargs
+    assert client.get_object(Bucket=bucket, Key="docs/a.bin", IfModifiedSince=earlier)
+
+
+def test_checksum_mode_and_latest_put_wins(daemon: Daemon, bucket: str) -> None:
+    client = daemon.client()
+    client.put_object(Bucket=bucket, Key="k", Body=b"first")
+    second = client.put_object(Bucket=bucket, Key="k", Body=b"second", ChecksumAlgorithm="CRC32C")
+    assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"second"
+    plain = client.head_object(Bucket=bucket, Key="k")
+    assert "ChecksumCRC32C" not in plain
+    checked = client.head_object(Bucket=bucket, Key="k", ChecksumMode="ENABLED")
+    assert checked["ChecksumCRC32C"] == second["ChecksumCRC32C"]
+    with pytest.raises(ClientError) as caught:
+        client.head_object(Bucket=bucket, Key="never-written")
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+
+def test_list_objects_v2_pagination_and_delimiter(daemon: Daemon, bucket: str) -> None:
+    client = daemon.client()
+    keys = sorted([f"dir{d}/file{n:02d}" for d in range(3) for n in range(9)] + ["top", "ü/x"])
+    for key in keys:
+        client.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, PaginationConfig={"PageSize": 7}
+    )
+    listed = [item["Key"] for page in pages for item in page.get("Contents", [])]
+    assert listed == keys
+    top = client.list_objects_v2(Bucket=bucket, Delimiter="/")
+    assert [p["Prefix"] for p in top["CommonPrefixes"]] == ["dir0/", "dir1/", "dir2/", "ü/"]
+    assert [c["Key"] for c in top["Contents"]] == ["top"]
+    small = client.list_objects_v2(Bucket=bucket, Delimiter="/", MaxKeys=2)
+    assert small["IsTruncated"] and small["KeyCount"] == 2
+    rest = client.list_objects_v2(
+        Bucket=bucket, Delimiter="/", ContinuationToken=small["NextContinuationToken"]
+    )
+    assert [p["Prefix"] for p in rest["CommonPrefixes"]] == ["dir2/", "ü/"]
+    inside = client.list_objects_v2(Bucket=bucket, Prefix="dir1/", StartAfter="dir1/file04")
+    assert [c["Key"] for c in inside["Contents"]] == [f"dir1/file{n:02d}" for n in range(5, 9)]
+    v1 = client.list_objects(Bucket=bucket, Prefix="dir0/", MaxKeys=100)
+    assert len(v1["Contents"]) == 9
+
+
+def test_aws_cli_ls_and_cp_back(daemon: Daemon, bucket: str, tmp_path: Path) -> None:
+    client = daemon.client()
+    client.put_object(Bucket=bucket, Key="logs/one two.txt", Body=b"spaced key")
+    client.put_object(Bucket=bucket, Key="logs/b+c.txt", Body=b"plus key")
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "app-key",
+        "AWS_SECRET_ACCESS_KEY": "app-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    aws = [str(Path(sys.executable).parent / "aws"), "--endpoint-url", daemon.url]
+    listing = subprocess.run(
+        [*aws, "s3", "ls", f"s3://{bucket}/logs/"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert "one two.txt" in listing and "b+c.txt" in listing
+    target = tmp_path / "back.txt"
+    subprocess.run(
+        [*aws, "s3", "cp", f"s3://{bucket}/logs/one two.txt", str(target)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    assert target.read_bytes() == b"spaced key"
+
+
+def test_catalog_survives_restarts_and_is_rebuilt_from_the_spool(
+    s3_server: LocalS3, s3: S3Client, bucket: str, tmp_path: Path
+) -> None:
+    with DaemonProcess(tmp_path, s3_server, batch={"linger_ms": 600_000}) as process:
+        client = process.client()
+        client.put_object(Bucket=bucket, Key="kept", Body=b"survives kill -9")
+        process.kill()
+        # Lose the catalog too: it is rebuilt from the recovered batch.
+        for path in (tmp_path / "spool" / "_catalog").iterdir():
+            path.unlink()
+        process.start()
+        answer = client.get_object(Bucket=bucket, Key="kept")
+        assert answer["Body"].read() == b"survives kill -9"
+        wait_for(lambda: indexed_objects(s3, bucket) == 1)
+        assert process.process is not None
+        process.process.send_signal(signal.SIGTERM)
+        assert process.process.wait(60) == 0
+        process.start()  # the catalog file persisted: served from the uploaded tar
+        assert client.get_object(Bucket=bucket, Key="kept")["Body"].read() == b"survives kill -9"
+        assert process.terminate() == 0
+
+
+def test_catalog_retention_forgets_old_objects(start_daemon: DaemonFactory, bucket: str) -> None:
+    daemon = start_daemon(catalog={"retention_s": 0.5})
+    daemon.client().put_object(Bucket=bucket, Key="old", Body=b"x")
+    daemon.stop()
+    time.sleep(0.6)
+    daemon = start_daemon(catalog={"retention_s": 0.5})
+    with pytest.raises(ClientError) as caught:
+        daemon.client().get_object(Bucket=bucket, Key="old")
+    assert caught.value.response["Error"]["Code"] == "NoSuchKey"
