@@ -109,7 +109,10 @@ def status(config_path: Path | None, url: str | None) -> None:
 
 def run(settings: Settings) -> int:
     """Serve until a signal; the exit status says whether every batch was uploaded."""
-    server, sockets, app = build_server(settings)
+    try:
+        server, sockets, app = build_server(settings)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {exc.strerror}") from exc
     # uvicorn re-raises the signal that stopped it once it is done; with these handlers
     # that is a no-op, so the exit status below can say whether every batch was uploaded.
     received: list[int] = []

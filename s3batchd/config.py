@@ -69,10 +69,11 @@ class SpoolConfig(Section):
 
     dir: Path = Path("./spool")
     """Directory of the local tar spool: one sub-directory of batch files per target bucket,
-    plus ``_tmp/`` (large request bodies being received) and ``_quarantine/`` (files recovery
-    could not read); no bucket name starts with ``_`` (docs/architecture.md#spool-directory-layout).
-    A relative path is relative to the daemon's working directory. Disk: up to ``max_bytes``
-    plus one batch plus the large request bodies in flight."""
+    plus ``_tmp/`` (large request bodies being received), ``_quarantine/`` (files recovery
+    could not read) and ``_catalog/`` (unless ``catalog.path`` is set); no bucket name starts
+    with ``_`` (docs/architecture.md#spool-directory-layout). A relative path is relative to the
+    daemon's working directory. Disk: up to ``max_bytes`` plus one batch, the large request
+    bodies in flight and the catalog."""
     durability: Durability = "fsync"
     """When a PUT is answered. ``fsync``: after ``fdatasync`` of its bytes; concurrent PUTs
     share one sync (group commit), so each PUT's latency includes one disk flush, nothing in
@@ -214,9 +215,13 @@ class CatalogConfig(Section):
     """The local catalog of objects this daemon wrote (GET, HEAD and List through it)."""
 
     path: str = ""
-    """SQLite file; empty means ``<spool.dir>/_catalog/catalog.sqlite3``."""
+    """SQLite file of the catalog (key -> batch, offset, attributes) behind GET, HEAD and
+    ListObjects through the daemon; empty means ``<spool.dir>/_catalog/catalog.sqlite3``. It is
+    rebuilt from the spool at start, so losing it only forgets keys of uploaded batches."""
     retention_s: float = Field(default=7 * 24 * 3600, gt=0)
-    """How long an object stays readable by key through the daemon after it was written."""
+    """Seconds an object stays readable by key through the daemon after it was written (7 days
+    by default); afterwards GET and HEAD answer ``404 NoSuchKey``. Disk: one catalog row (about
+    300 bytes plus its metadata) per object written in that time."""
 
 
 class MetricsConfig(Section):

@@ -53,7 +53,11 @@ def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"{host}:{port}: {exc.strerror}") from exc
     sock.set_inheritable(True)
     return sock
 
@@ -65,7 +69,11 @@ def build_server(settings: Settings) -> tuple[DrainingServer, list[socket.socket
     asgi = app
     if settings.server.admin_port:
         admin = create_admin_app(app)
-        sockets.append(_bind(settings.server.admin_host, settings.server.admin_port))
+        try:
+            sockets.append(_bind(settings.server.admin_host, settings.server.admin_port))
+        except OSError:
+            sockets[0].close()
+            raise
         asgi = PortRouter(app, admin, admin_port=settings.server.admin_port)  # type: ignore[assignment]
     config = uvicorn.Config(
         asgi,

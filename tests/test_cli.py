@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,3 +106,13 @@ def test_status_without_a_daemon_is_a_clear_error() -> None:
     status, output = run(["status", "--url", "http://127.0.0.1:9"])
     assert status == 1
     assert "no daemon answering at http://127.0.0.1:9" in output
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        status, output = run(["serve"], env={"S3BATCHD_SERVER__PORT": str(port)})
+    assert status == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in output
