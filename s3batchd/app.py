@@ -77,6 +77,15 @@ class RequestIdMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), *extra]
+                if logger.isEnabledFor(logging.DEBUG):
+                    # The path only: a query string may carry a presigned signature.
+                    logger.debug(
+                        "%s %s %s -> %d",
+                        request_id,
+                        scope["method"],
+                        scope["path"],
+                        message["status"],
+                    )
             await send(message)
 
         await self.app(scope, receive, send_with_id)
