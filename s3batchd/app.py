@@ -43,6 +43,7 @@ from s3batchd.s3api import (
     Target,
     build_record,
     check_bucket,
+    check_host,
     parse_put,
     parse_target,
     read_body,
@@ -110,7 +111,11 @@ def request_headers(scope: Scope) -> dict[str, str]:
 
 
 async def s3_endpoint(request: Request) -> Response:
-    """Every S3 request; only PutObject is served, the rest is NotImplemented."""
+    """Every S3 request: PutObject, GetObject, HeadObject and ListObjects are served."""
+    state = request.app.state
+    if state.active_requests >= state.settings.server.max_concurrent_requests:
+        raise SlowDown("Too many requests in flight.", headers=RETRY_SOON)
+    state.active_requests += 1
     try:
         return await _serve(request)
     except S3Error:
@@ -119,12 +124,16 @@ async def s3_endpoint(request: Request) -> Response:
         # Never a traceback on the wire: log it, answer InternalError (clients retry it).
         logger.exception("unexpected error serving %s %s", request.method, request.url.path)
         raise InternalError() from exc
+    finally:
+        state.active_requests -= 1
 
 
 async def _serve(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     headers = request_headers(request.scope)
-    target = parse_target(request.scope, headers, settings.server.virtual_host_domains)
+    server = settings.server
+    check_host(headers.get("host", ""), server.allowed_hosts, server.virtual_host_domains)
+    target = parse_target(request.scope, headers, server.virtual_host_domains)
     if request.method in ("GET", "HEAD"):
         return await _read(request, target, headers)
     if request.method != "PUT":
@@ -141,6 +150,7 @@ async def _serve(request: Request) -> Response:
         max_bytes=settings.limits.max_object_bytes,
         memory_limit=settings.limits.memory_buffer_bytes,
         spill_dir=settings.spool.dir / TMP_DIR,
+        timeout_s=settings.server.body_timeout_s,
     )
     request.state.body_consumed = True
     request.app.state.metrics.received_bytes.inc(body.size)
@@ -293,4 +303,5 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.active_requests = 0
     return app

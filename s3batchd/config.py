@@ -47,6 +47,17 @@ class ServerConfig(Section):
     (virtual-hosted style, e.g. ``Host: demo.localhost:9000``); any other ``Host`` means path
     style, ``/<bucket>/<key>``. Lower-cased, surrounding dots removed. In the environment: a
     JSON list."""
+    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
+    """Host header names (without the port) the S3 listener answers; ``<bucket>.<domain>`` of
+    ``virtual_host_domains`` is allowed too. Anything else gets 400 InvalidRequest, so a web
+    page whose DNS name rebinds to 127.0.0.1 cannot write through the daemon. ``["*"]``
+    allows any Host. In the environment: a JSON list."""
+    max_concurrent_requests: int = Field(default=256, gt=0)
+    """S3 requests served at once; more get 503 SlowDown with Retry-After (every client
+    retries). Memory: up to limits.memory_buffer_bytes per request in flight."""
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    """Longest wait for the next piece of a request body; a client that stalls longer gets
+    400 RequestTimeout (botocore retries it) and its slot is freed for others."""
     keep_alive_s: int = Field(default=5, gt=0)
     """Seconds (whole) an idle keep-alive connection stays open. Longer: fewer TCP handshakes
     for clients, more idle sockets held open."""

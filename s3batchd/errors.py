@@ -9,10 +9,13 @@ S3BatchdError                      root of everything the daemon raises on purpo
 │   └── ConflictError              the key exists upstream and holds another object
 └── S3Error(code, status_code)     answered to the client as S3 XML (rendered in app.py only)
     ├── AccessDenied, InvalidBucketName, KeyTooLongError, InvalidArgument, InvalidRequest
+    ├── SignatureDoesNotMatch, InvalidAccessKeyId, RequestTimeTooSkewed (403)
+    ├── AuthorizationHeaderMalformed, AuthorizationQueryParametersError (400)
     ├── MissingContentLength, IncompleteBody, EntityTooLarge, MetadataTooLarge
     ├── InvalidDigest, BadDigest, XAmzContentSHA256Mismatch
     ├── NotImplementedS3, MethodNotAllowed
     ├── NoSuchKey (404), PreconditionFailed (412), InvalidRange (416)
+    ├── RequestTimeout (400, a stalled body)
     ├── SlowDown (503, Retry-After)
     └── InternalError (500)
 ```
@@ -158,6 +161,14 @@ class InvalidRange(S3Error):
     )
 
 
+class RequestTimeout(S3Error):
+    code, status_code = "RequestTimeout", 400
+    default_message = (
+        "Your socket connection to the server was not read from or written to within the "
+        "timeout period."
+    )
+
+
 class SlowDown(S3Error):
     code, status_code = "SlowDown", 503
     default_message = "Please reduce your request rate."
@@ -165,3 +176,35 @@ class SlowDown(S3Error):
 
 class InternalError(S3Error):
     """500, retried by every client."""
+
+
+class SignatureDoesNotMatch(S3Error):
+    """403; ``string_to_sign`` and ``canonical_request`` hold what the server computed (debug)."""
+
+    code, status_code = "SignatureDoesNotMatch", 403
+    default_message = (
+        "The request signature we calculated does not match the signature you provided. "
+        "Check your key and signing method."
+    )
+    string_to_sign = ""
+    canonical_request = ""
+
+
+class InvalidAccessKeyId(S3Error):
+    code, status_code = "InvalidAccessKeyId", 403
+    default_message = "The AWS Access Key Id you provided does not exist in our records."
+
+
+class RequestTimeTooSkewed(S3Error):
+    code, status_code = "RequestTimeTooSkewed", 403
+    default_message = "The difference between the request time and the current time is too large."
+
+
+class AuthorizationHeaderMalformed(S3Error):
+    code, status_code = "AuthorizationHeaderMalformed", 400
+    default_message = "The authorization header is malformed."
+
+
+class AuthorizationQueryParametersError(S3Error):
+    code, status_code = "AuthorizationQueryParametersError", 400
+    default_message = "The query-string authentication parameters are malformed."

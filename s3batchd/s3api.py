@@ -7,6 +7,7 @@ is wrong raises an ``S3Error``; app.py renders it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
@@ -38,6 +39,7 @@ from s3batchd.errors import (
     MetadataTooLarge,
     MissingContentLength,
     NotImplementedS3,
+    RequestTimeout,
     XAmzContentSHA256Mismatch,
 )
 from s3batchd.records import ObjectRecord
@@ -126,6 +128,17 @@ def _virtual_bucket(host: str, domains: tuple[str, ...]) -> str | None:
         if name.endswith("." + domain):
             return name[: -len(domain) - 1]
     return None
+
+
+def check_host(host: str, allowed: tuple[str, ...], domains: tuple[str, ...]) -> None:
+    """Refuse a Host header that names none of the allowed hosts (DNS-rebinding defence)."""
+    if not host or "*" in allowed:
+        return
+    name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
+    name = name.lower()
+    if name in allowed or any(name.endswith("." + domain) for domain in domains):
+        return
+    raise InvalidRequest(f"Host {name!r} is not served here (server.allowed_hosts).")
 
 
 def check_bucket(bucket: str) -> None:
@@ -287,12 +300,19 @@ class Digests:
 
 
 async def read_body(
-    request: PutRequest, receive: Receive, *, max_bytes: int, memory_limit: int, spill_dir: Path
+    request: PutRequest,
+    receive: Receive,
+    *,
+    max_bytes: int,
+    memory_limit: int,
+    spill_dir: Path,
+    timeout_s: float,
 ) -> tuple[BodyBuffer, Digests]:
-    """Read and decode the whole body; the caller closes the buffer."""
+    """Read and decode the whole body (RequestTimeout when the client stalls longer than
+    ``timeout_s`` between two pieces); the caller closes the buffer."""
     body = BodyBuffer(memory_limit=memory_limit, spill_dir=spill_dir)
     try:
-        digests = await _read(request, receive, body, max_bytes=max_bytes)
+        digests = await _read(request, receive, body, max_bytes=max_bytes, timeout_s=timeout_s)
     except BaseException:
         body.close()
         raise
@@ -319,12 +339,16 @@ class ClientDisconnectedError(IncompleteBody):
 
 
 async def _read(
-    request: PutRequest, receive: Receive, body: BodyBuffer, *, max_bytes: int
+    request: PutRequest, receive: Receive, body: BodyBuffer, *, max_bytes: int, timeout_s: float
 ) -> Digests:
     digests = Digests(request)
     decoder = AwsChunkedDecoder() if request.aws_chunked else None
     while True:
-        message = await receive()
+        try:
+            async with asyncio.timeout(timeout_s):
+                message = await receive()
+        except TimeoutError as exc:
+            raise RequestTimeout() from exc
         if message["type"] == "http.disconnect":
             raise ClientDisconnectedError()
         chunk: bytes = message.get("body", b"")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import boto3
 import pytest
 from botocore.config import Config
+from starlette.applications import Starlette
 
 from s3batchd.config import Settings
 from s3batchd.pipeline import Pipeline
@@ -88,6 +89,7 @@ class Daemon:
     server: DrainingServer
     thread: threading.Thread
     pipeline: Pipeline
+    app: Starlette
 
     @property
     def url(self) -> str:
@@ -140,7 +142,7 @@ def start_daemon(
             assert thread.is_alive(), "daemon failed to start"
             assert time.monotonic() < deadline, "daemon did not start in 30 s"
             time.sleep(0.02)
-        daemon = Daemon(settings, server, thread, app.state.pipeline)
+        daemon = Daemon(settings, server, thread, app.state.pipeline, app)
         started.append(daemon)
         return daemon
 

@@ -151,7 +151,9 @@ def test_error_body_is_s3_xml(daemon: Daemon, bucket: str) -> None:
 
 
 def test_put_without_length_is_411(daemon: Daemon, bucket: str) -> None:
-    status, _, body = _raw(daemon.settings.server.port, f"PUT /{bucket}/k HTTP/1.1\nHost: x")
+    status, _, body = _raw(
+        daemon.settings.server.port, f"PUT /{bucket}/k HTTP/1.1\nHost: 127.0.0.1"
+    )
     assert status == 411
     assert _xml(body)["Code"] == "MissingContentLength"
     assert_nothing_spooled(daemon)
@@ -163,7 +165,7 @@ def test_http_chunked_body_without_length_is_stored(
     chunked = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
     status, headers, _ = _raw(
         daemon.settings.server.port,
-        f"PUT /{bucket}/chunked HTTP/1.1\nHost: x\nTransfer-Encoding: chunked",
+        f"PUT /{bucket}/chunked HTTP/1.1\nHost: 127.0.0.1\nTransfer-Encoding: chunked",
         chunked,
     )
     assert status == 200
@@ -175,7 +177,7 @@ def test_aws_chunked_length_mismatch_is_incomplete_body(daemon: Daemon, bucket: 
     body = b"5\r\nhello\r\n0\r\n\r\n"
     status, _, answer = _raw(
         daemon.settings.server.port,
-        f"PUT /{bucket}/k HTTP/1.1\nHost: x\nContent-Encoding: aws-chunked\n"
+        f"PUT /{bucket}/k HTTP/1.1\nHost: 127.0.0.1\nContent-Encoding: aws-chunked\n"
         f"x-amz-decoded-content-length: 6\nContent-Length: {len(body)}",
         body,
     )
@@ -189,7 +191,7 @@ def test_early_rejection_closes_the_connection(start_daemon: DaemonFactory, buck
     daemon = start_daemon(limits={"max_object_bytes": 10})
     with socket.create_connection(("127.0.0.1", daemon.settings.server.port), timeout=10) as sock:
         sock.sendall(
-            f"PUT /{bucket}/big HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+            f"PUT /{bucket}/big HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n"
             "Expect: 100-continue\r\n\r\n".encode()
         )
         reply = b""
