@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from s3batchd.auth import Authenticator, chunk_verifier
 from s3batchd.config import DURABILITY_ORDER, Durability, Settings
 from s3batchd.constants import HEADER_PREFIX
 from s3batchd.errors import (
@@ -134,6 +135,8 @@ async def _serve(request: Request) -> Response:
     server = settings.server
     check_host(headers.get("host", ""), server.allowed_hosts, server.virtual_host_domains)
     target = parse_target(request.scope, headers, server.virtual_host_domains)
+    authenticator: Authenticator = request.app.state.authenticator
+    context = authenticator.verify(request.scope, target.bucket, target.key, target.virtual)
     if request.method in ("GET", "HEAD"):
         return await _read(request, target, headers)
     if request.method != "PUT":
@@ -151,6 +154,7 @@ async def _serve(request: Request) -> Response:
         memory_limit=settings.limits.memory_buffer_bytes,
         spill_dir=settings.spool.dir / TMP_DIR,
         timeout_s=settings.server.body_timeout_s,
+        verifier=chunk_verifier(context),
     )
     request.state.body_consumed = True
     request.app.state.metrics.received_bytes.inc(body.size)
@@ -304,4 +308,5 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.active_requests = 0
+    app.state.authenticator = Authenticator(settings.auth)
     return app

@@ -8,7 +8,12 @@ boundaries do not line up with ASGI message boundaries, so the decoder keeps sta
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from s3batchd.errors import IncompleteBody, InvalidRequest
+
+if TYPE_CHECKING:
+    from s3batchd.sigv4 import ChunkVerifier
 
 _MAX_LINE = 4096
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -17,11 +22,15 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 class AwsChunkedDecoder:
     """Feed raw body bytes, receive decoded payload pieces and, at the end, the trailers."""
 
-    def __init__(self) -> None:
+    def __init__(self, verifier: ChunkVerifier | None = None) -> None:
+        self._verifier = verifier
+        """Checks chunk and trailer signatures as the body streams (signed SigV4 uploads)."""
         self._line = bytearray()
         self._state = "size"  # size | data | data_crlf | trailer | done
         self._remaining = 0
         self.trailers: dict[str, str] = {}
+        self.trailer_lines: list[tuple[str, str]] = []
+        """Trailer lines in order, name and value as sent (what a trailer signature covers)."""
         self.chunk_signatures: list[str] = []
         self.trailer_signature: str | None = None
 
@@ -38,10 +47,14 @@ class AwsChunkedDecoder:
             if self._state == "data":
                 take = min(self._remaining, len(view))
                 out.append(view[:take])
+                if self._verifier is not None:
+                    self._verifier.update(view[:take])
                 view = view[take:]
                 self._remaining -= take
                 if self._remaining == 0:
                     self._state = "data_crlf"
+                    if self._verifier is not None:
+                        self._verifier.end_chunk()
                 continue
             if self._state == "done":
                 if bytes(view).strip(b"\r\n"):
@@ -87,20 +100,30 @@ class AwsChunkedDecoder:
         size_text = size_text.strip()
         if not size_text or not _HEX.issuperset(size_text) or len(size_text) > 16:
             raise IncompleteBody("Malformed aws-chunked framing: bad chunk size.")
+        signature = None
         if extension:
             name, _, value = extension.partition("=")
             if name.strip() == "chunk-signature":
-                self.chunk_signatures.append(value.strip())
+                signature = value.strip()
+                self.chunk_signatures.append(signature)
         self._remaining = int(size_text, 16)
         self._state = "data" if self._remaining else "trailer"
+        if self._verifier is not None:
+            self._verifier.begin_chunk(signature)
+            if not self._remaining:
+                self._verifier.end_chunk()
 
     def _on_trailer(self, line: bytes) -> None:
         if not line:
             self._state = "done"
+            if self._verifier is not None and self._verifier.expects_trailer:
+                self._verifier.verify_trailer(self.trailer_lines, self.trailer_signature)
             return
         name, sep, value = line.decode("latin-1").partition(":")
         if not sep:
             raise IncompleteBody("Malformed aws-chunked trailer line.")
+        if name.strip().lower() != "x-amz-trailer-signature":
+            self.trailer_lines.append((name, value))
         name = name.strip().lower()
         if name == "x-amz-trailer-signature":
             self.trailer_signature = value.strip()
@@ -111,3 +134,5 @@ class AwsChunkedDecoder:
         """Check that the body ended exactly at the end of the aws-chunked stream."""
         if self._state != "done":
             raise IncompleteBody("The aws-chunked body ended before its final chunk.")
+        if self._verifier is not None:
+            self._verifier.finish()

@@ -46,10 +46,11 @@ def _load(config_path: Path | None) -> Settings:
 
 
 def _refuse_exposure(settings: Settings) -> None:
-    if not is_loopback(settings.server.host):
+    if not is_loopback(settings.server.host) and settings.auth.mode == "none":
         raise click.ClickException(
             f"refusing to listen on {settings.server.host}: without authentication s3batchd "
-            "accepts anyone's writes, so it only listens on loopback (127.0.0.1, ::1, localhost)"
+            "accepts anyone's writes, so it only listens on loopback (127.0.0.1, ::1, localhost) "
+            'unless auth.mode = "sigv4"'
         )
 
 

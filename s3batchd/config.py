@@ -10,7 +10,15 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -36,10 +44,10 @@ class ServerConfig(Section):
     """The HTTP front."""
 
     host: str = "127.0.0.1"
-    """Address of the S3 listener. ``serve`` and ``dev`` refuse anything but loopback
-    (``127.0.0.1`` or another ``127.x`` address, ``::1``, ``localhost``), because requests are
-    not authenticated: whoever reaches this port writes to the buckets with the daemon's
-    credentials."""
+    """Address of the S3 listener. With ``auth.mode = "none"``, ``serve`` and ``dev`` refuse
+    anything but loopback (``127.0.0.1`` or another ``127.x`` address, ``::1``, ``localhost``):
+    whoever reaches an unauthenticated port writes to the buckets with the daemon's
+    credentials. With ``auth.mode = "sigv4"`` any address is allowed."""
     port: int = Field(default=9000, ge=0, le=65535)
     """TCP port of the S3 listener; ``0`` picks a free port (uvicorn logs the one it got)."""
     virtual_host_domains: tuple[str, ...] = ("localhost",)
@@ -222,6 +230,36 @@ class ShutdownConfig(Section):
     about twice this long: give the supervisor more than that before it sends SIGKILL."""
 
 
+class AccessKey(Section):
+    """One client credential the daemon accepts (``auth.mode = "sigv4"``)."""
+
+    access_key_id: str = Field(min_length=1)
+    """The access key id clients sign with."""
+    secret_access_key: SecretStr
+    """Its secret; never logged or printed."""
+    buckets: tuple[str, ...] = ()
+    """Allowlist of ``bucket`` or ``bucket/prefix`` entries this key may use; empty = any."""
+
+
+class AuthConfig(Section):
+    """Who may use the daemon."""
+
+    mode: Literal["none", "sigv4"] = "none"
+    """``none``: every request is accepted (only allowed while the S3 listener is on
+    loopback). ``sigv4``: every request must be signed (SigV4 header, presigned or streaming
+    chunk signatures, or SigV2) with one of ``access_keys``; clock skew over 15 minutes is
+    refused. Verification costs two HMAC chains per request (microseconds)."""
+    access_keys: tuple[AccessKey, ...] = ()
+    """Accepted credentials. In the environment: a JSON list, e.g.
+    ``S3BATCHD_AUTH__ACCESS_KEYS='[{"access_key_id": "app", "secret_access_key": "..."}]'``."""
+
+    @model_validator(mode="after")
+    def _keys_for_sigv4(self) -> AuthConfig:
+        if self.mode == "sigv4" and not self.access_keys:
+            raise ValueError("auth.mode = 'sigv4' needs at least one entry in auth.access_keys")
+        return self
+
+
 class CatalogConfig(Section):
     """The local catalog of objects this daemon wrote (GET, HEAD and List through it)."""
 
@@ -272,6 +310,7 @@ class Settings(BaseSettings):
     upload: UploadConfig = UploadConfig()
     limits: LimitsConfig = LimitsConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
+    auth: AuthConfig = AuthConfig()
     catalog: CatalogConfig = CatalogConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()

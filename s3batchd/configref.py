@@ -172,6 +172,9 @@ def _base_type(key: str, annotation: object) -> str:
         args = [arg for arg in get_args(annotation) if arg is not Ellipsis]
         if args == [str]:
             return "list of strings"
+        if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            fields = ", ".join(f"`{name}`" for name in args[0].model_fields)
+            return f"list of tables ({fields})"
     simple = {str: "string", int: "integer", float: "float", bool: "boolean", Path: "path"}
     if isinstance(annotation, type) and annotation in simple:
         return simple[annotation]

@@ -43,6 +43,7 @@ from s3batchd.errors import (
     XAmzContentSHA256Mismatch,
 )
 from s3batchd.records import ObjectRecord
+from s3batchd.sigv4 import ChunkVerifier
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IPV4 = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
@@ -97,6 +98,8 @@ class Target:
     key: str
     """Empty for bucket-level requests."""
     query: dict[str, str]
+    virtual: bool = False
+    """Whether the bucket came from the Host header (virtual-hosted style)."""
 
 
 def parse_target(scope: Scope, headers: dict[str, str], domains: tuple[str, ...]) -> Target:
@@ -108,11 +111,12 @@ def parse_target(scope: Scope, headers: dict[str, str], domains: tuple[str, ...]
         parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
     )
     bucket = _virtual_bucket(headers.get("host", ""), domains)
+    virtual = bucket is not None
     if bucket is None:
         bucket, _, key = path.lstrip("/").partition("/")
     else:
         key = path[1:] if path.startswith("/") else path
-    return Target(bucket=bucket, key=key, query=query)
+    return Target(bucket=bucket, key=key, query=query, virtual=virtual)
 
 
 def _decode_path(raw_path: bytes) -> str:
@@ -307,12 +311,15 @@ async def read_body(
     memory_limit: int,
     spill_dir: Path,
     timeout_s: float,
+    verifier: ChunkVerifier | None = None,
 ) -> tuple[BodyBuffer, Digests]:
     """Read and decode the whole body (RequestTimeout when the client stalls longer than
     ``timeout_s`` between two pieces); the caller closes the buffer."""
     body = BodyBuffer(memory_limit=memory_limit, spill_dir=spill_dir)
     try:
-        digests = await _read(request, receive, body, max_bytes=max_bytes, timeout_s=timeout_s)
+        digests = await _read(
+            request, receive, body, max_bytes=max_bytes, timeout_s=timeout_s, verifier=verifier
+        )
     except BaseException:
         body.close()
         raise
@@ -339,10 +346,16 @@ class ClientDisconnectedError(IncompleteBody):
 
 
 async def _read(
-    request: PutRequest, receive: Receive, body: BodyBuffer, *, max_bytes: int, timeout_s: float
+    request: PutRequest,
+    receive: Receive,
+    body: BodyBuffer,
+    *,
+    max_bytes: int,
+    timeout_s: float,
+    verifier: ChunkVerifier | None,
 ) -> Digests:
     digests = Digests(request)
-    decoder = AwsChunkedDecoder() if request.aws_chunked else None
+    decoder = AwsChunkedDecoder(verifier) if request.aws_chunked else None
     while True:
         try:
             async with asyncio.timeout(timeout_s):

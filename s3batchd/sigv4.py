@@ -168,6 +168,11 @@ class ChunkVerifier:
         """Whether the final chunk (and the trailer, when one is signed) has been verified."""
         return self._final_seen and (self._trailer_seen or not self._signing.trailer)
 
+    @property
+    def expects_trailer(self) -> bool:
+        """Whether the body ends with a signed trailer (``…-PAYLOAD-TRAILER``)."""
+        return self._signing.trailer
+
     def begin_chunk(self, signature: str | None) -> None:
         """Start a chunk whose header carried ``chunk-signature=<signature>``."""
         if self._pending is not None or self._final_seen:
