@@ -17,6 +17,7 @@ from urllib.parse import unquote
 from xml.sax.saxutils import escape
 
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -278,6 +279,21 @@ def _body_unread(request: Request) -> bool:
     return has_body
 
 
+class _KeyConvertor(Convertor[str]):
+    """Any path, newlines included (an S3 key may contain them; ``path`` stops at one)."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("key", _KeyConvertor())
+
+
 def create_app(
     settings: Settings, *, client: S3Client | None = None, writer: WriterId | None = None
 ) -> Starlette:
@@ -297,7 +313,7 @@ def create_app(
             await pipeline.close()
 
     app = Starlette(
-        routes=[Route("/{path:path}", s3_endpoint, methods=_METHODS)],
+        routes=[Route("/{path:key}", s3_endpoint, methods=_METHODS)],
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(MetricsMiddleware, metrics=metrics),

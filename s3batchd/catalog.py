@@ -13,6 +13,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +209,22 @@ def _entry(row: tuple[Any, ...]) -> CatalogEntry:
         mtime=mtime,
     )
     return CatalogEntry(bucket, batch_id, tar_key, member, offset, record, bool(uploaded))
+
+
+def entries_from_index(document: dict[str, Any]) -> list[IndexEntry]:
+    """The objects of an index document (see docs/index-format.md) as catalog entries."""
+    entries = []
+    for obj in document["objects"]:
+        modified = datetime.fromisoformat(obj["last_modified"].replace("Z", "+00:00"))
+        record = ObjectRecord(
+            key=obj["key"],
+            size=obj["length"],
+            md5_hex=obj["etag"].strip('"'),
+            content_type=obj["content_type"],
+            metadata=obj["metadata"],
+            headers=obj["headers"],
+            checksums=obj["checksums"],
+            mtime=modified.timestamp(),
+        )
+        entries.append(IndexEntry(record=record, member=obj["member"], offset=obj["offset"]))
+    return entries

@@ -10,9 +10,11 @@ from pathlib import Path
 import click
 
 from s3batchd import __version__
+from s3batchd.catalogcli import get_command, reindex_command
 from s3batchd.config import Settings, is_loopback, load_settings
 from s3batchd.errors import ConfigError
 from s3batchd.logs import setup_logging
+from s3batchd.readcli import extract, ls
 from s3batchd.server import build_server
 from s3batchd.status import fetch as fetch_status
 from s3batchd.status import render as render_status
@@ -186,3 +188,9 @@ Batches appear in the bucket after batch.linger_ms; list them with:
     AWS_ACCESS_KEY_ID=s3batchd AWS_SECRET_ACCESS_KEY=s3batchd-local-secret \\
         aws --endpoint-url {upstream} s3 ls --recursive s3://{bucket}/
 """
+
+
+main.add_command(get_command)
+main.add_command(reindex_command)
+main.add_command(ls)
+main.add_command(extract)

@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from jsonschema import Draft202012Validator
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+INDEX_SCHEMA = Path(__file__).resolve().parent.parent / "docs" / "index.schema.json"
 
 
 @dataclass(frozen=True)
@@ -51,13 +57,23 @@ def keys(s3: S3Client, bucket: str) -> list[str]:
     return found
 
 
+@cache
+def index_validator() -> Draft202012Validator:
+    """A validator for docs/index.schema.json (formats such as date-time checked too)."""
+    schema = json.loads(INDEX_SCHEMA.read_text(encoding="utf-8"))
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
 def indexes(s3: S3Client, bucket: str) -> list[dict[str, Any]]:
-    """Every index document in the bucket."""
+    """Every index document in the bucket, each validated against docs/index.schema.json."""
     documents = []
     for key in keys(s3, bucket):
         if key.endswith(".index.json"):
             body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            documents.append(json.loads(body))
+            document = json.loads(body)
+            index_validator().validate(document)
+            documents.append(document)
     return documents
 
 
