@@ -63,6 +63,10 @@ class ServerConfig(Section):
     max_concurrent_requests: int = Field(default=256, gt=0)
     """S3 requests served at once; more get 503 SlowDown with Retry-After (every client
     retries). Memory: up to limits.memory_buffer_bytes per request in flight."""
+    max_connections: int = Field(default=1024, gt=0)
+    """Open connections (S3 and admin listeners together) beyond which uvicorn answers a
+    plain 503 and closes; bounds what clients that send their headers slowly can hold
+    (uvicorn has no header read timeout). Each idle connection costs a few KiB."""
     body_timeout_s: float = Field(default=30.0, gt=0)
     """Longest wait for the next piece of a request body; a client that stalls longer gets
     400 RequestTimeout (botocore retries it) and its slot is freed for others."""

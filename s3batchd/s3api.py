@@ -201,21 +201,39 @@ def parse_put(target: Target, headers: dict[str, str], *, max_bytes: int) -> Put
     return request
 
 
+#: Headers asking for what one object inside a shared tar cannot have: conditional writes
+#: (the daemon does not know what the bucket holds under the key), per-object encryption
+#: keys, object lock, CopyObject. Refused rather than silently ignored.
+UNSUPPORTED_HEADERS = (
+    "if-match",
+    "if-none-match",
+    "x-amz-copy-source",
+    "x-amz-server-side-encryption-customer-algorithm",
+    "x-amz-server-side-encryption-aws-kms-key-id",
+    "x-amz-server-side-encryption-context",
+    "x-amz-object-lock-mode",
+    "x-amz-object-lock-retain-until-date",
+    "x-amz-object-lock-legal-hold",
+    "x-amz-grant-read",
+    "x-amz-grant-write-acp",
+    "x-amz-grant-read-acp",
+    "x-amz-grant-full-control",
+)
+#: Values that are the bucket's behaviour anyway, so they are accepted (and recorded).
+ACCEPTED_VALUES = {
+    "x-amz-server-side-encryption": ("aes256",),  # SSE-S3, S3's default for every object
+    "x-amz-acl": ("private", "bucket-owner-full-control"),
+}
+
+
 def _reject_unsupported_headers(headers: dict[str, str]) -> None:
-    # A batched object cannot be conditionally written (the daemon does not know what the
-    # bucket holds under the key) nor encrypted with a customer key: refuse rather than ignore.
-    unsupported = (
-        "x-amz-server-side-encryption-customer-algorithm",
-        "if-match",
-        "if-none-match",
-        "x-amz-copy-source",  # CopyObject
-    )
-    for name in unsupported:
+    for name in UNSUPPORTED_HEADERS:
         if name in headers:
             raise NotImplementedS3(f"The {name} header is not supported for batched objects.")
-    for name in ("x-amz-object-lock-mode", "x-amz-object-lock-retain-until-date"):
-        if name in headers:
-            raise NotImplementedS3(f"The {name} header is not supported for batched objects.")
+    for name, accepted in ACCEPTED_VALUES.items():
+        value = headers.get(name)
+        if value is not None and value.strip().lower() not in accepted:
+            raise NotImplementedS3(f"{name}: {value} is not supported for batched objects.")
 
 
 def _is_aws_chunked(headers: dict[str, str]) -> bool:

@@ -83,6 +83,7 @@ def build_server(settings: Settings) -> tuple[DrainingServer, list[socket.socket
         access_log=False,
         server_header=False,
         timeout_keep_alive=settings.server.keep_alive_s,
+        limit_concurrency=settings.server.max_connections,
         timeout_graceful_shutdown=max(1, int(settings.shutdown.drain_timeout_s)),
         lifespan="on",
     )

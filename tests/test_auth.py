@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,3 +160,12 @@ def test_signed_requests_allow_a_non_loopback_listener(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "**********" in result.stdout  # the secret is never printed
     assert '"s"' not in result.stdout
+
+
+def test_clock_skew_is_refused(signed: Daemon, bucket: str) -> None:
+    signed.app.state.authenticator.clock = lambda: datetime.now(tz=UTC) + timedelta(minutes=20)
+    app = client(signed, "app", "app-secret")
+    assert code(lambda: app.put_object(Bucket=bucket, Key="k", Body=b"x")) == (
+        403,
+        "RequestTimeTooSkewed",
+    )

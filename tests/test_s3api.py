@@ -97,6 +97,29 @@ def assert_nothing_spooled(daemon: Daemon) -> None:
             "InvalidBucketName",
         ),
         (lambda c, b: c.put_object(Bucket=b, Key="k" * 1025, Body=b"x"), 400, "KeyTooLongError"),
+        (
+            lambda c, b: c.put_object(
+                Bucket=b, Key="k", Body=b"x", ServerSideEncryption="aws:kms", SSEKMSKeyId="key"
+            ),
+            501,
+            "NotImplemented",
+        ),
+        (
+            lambda c, b: c.put_object(Bucket=b, Key="k", Body=b"x", ACL="public-read"),
+            501,
+            "NotImplemented",
+        ),
+        (
+            lambda c, b: c.put_object(
+                Bucket=b,
+                Key="k",
+                Body=b"x",
+                ObjectLockMode="GOVERNANCE",
+                ObjectLockRetainUntilDate="2030-01-01T00:00:00Z",
+            ),
+            501,
+            "NotImplemented",
+        ),
         (lambda c, b: c.put_object(Bucket=b, Key="k", Body=b"x" * 2048), 400, "EntityTooLarge"),
         (
             lambda c, b: c.put_object(
