@@ -67,6 +67,10 @@ class ServerConfig(Section):
     """Open connections (S3 and admin listeners together) beyond which uvicorn answers a
     plain 503 and closes; bounds what clients that send their headers slowly can hold
     (uvicorn has no header read timeout). Each idle connection costs a few KiB."""
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """Longest time for a request's headers to arrive (from the connection opening or the
+    previous response); a slower client is disconnected, so trickled headers cannot hold a
+    connection (slowloris)."""
     body_timeout_s: float = Field(default=30.0, gt=0)
     """Longest wait for the next piece of a request body; a client that stalls longer gets
     400 RequestTimeout (botocore retries it) and its slot is freed for others."""

@@ -21,6 +21,7 @@ from s3batchd.admin import PortRouter, create_admin_app
 from s3batchd.app import create_app
 from s3batchd.config import Settings
 from s3batchd.pipeline import Pipeline
+from s3batchd.protocol import protocol_with_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ def build_server(settings: Settings) -> tuple[DrainingServer, list[socket.socket
         server_header=False,
         timeout_keep_alive=settings.server.keep_alive_s,
         limit_concurrency=settings.server.max_connections,
+        http=protocol_with_timeout(settings.server.header_timeout_s),
         timeout_graceful_shutdown=max(1, int(settings.shutdown.drain_timeout_s)),
         lifespan="on",
     )

@@ -74,3 +74,18 @@ def test_too_many_requests_get_slowdown(start_daemon: DaemonFactory, bucket: str
         _reply(first)
         _reply(second)
     client.put_object(Bucket=bucket, Key="c", Body=b"accepted once the slots are free")
+
+
+def test_trickled_headers_are_cut_off(start_daemon: DaemonFactory, bucket: str) -> None:
+    daemon = start_daemon(server={"header_timeout_s": 1.0})
+    port = daemon.settings.server.port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+        slow.sendall(f"PUT /{bucket}/slowloris HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())
+        started = time.monotonic()
+        assert _reply(slow) == b""  # closed without an answer: no request ever started
+        assert 0.9 < time.monotonic() - started < 5
+    # A normal client on a kept-alive connection is unaffected by the timer.
+    client = daemon.client()
+    for number in range(3):
+        client.put_object(Bucket=bucket, Key=f"ok/{number}", Body=b"x")
+        time.sleep(0.6)
