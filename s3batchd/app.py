@@ -174,6 +174,13 @@ async def _serve(request: Request) -> Response:
 
 
 RETRY_SOON = {"Retry-After": "1"}
+#: ListBuckets: the daemon owns no buckets (it writes into the client's), so the list is empty.
+EMPTY_BUCKET_LIST = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    b'<ListAllMyBucketsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+    b"<Owner><ID>s3batchd</ID><DisplayName>s3batchd</DisplayName></Owner><Buckets/>"
+    b"</ListAllMyBucketsResult>"
+)
 #: Query parameters of ListObjects / ListObjectsV2 (anything else on a bucket GET is another
 #: operation).
 LIST_PARAMETERS = frozenset(
@@ -195,6 +202,8 @@ LIST_PARAMETERS = frozenset(
 
 async def _read(request: Request, target: Target, headers: dict[str, str]) -> Response:
     """GetObject, HeadObject and ListObjects for what this daemon wrote."""
+    if not target.bucket and request.method == "GET":
+        return Response(EMPTY_BUCKET_LIST, media_type="application/xml")
     check_bucket(target.bucket)
     pipeline: Pipeline = request.app.state.pipeline
     head = request.method == "HEAD"
@@ -203,7 +212,9 @@ async def _read(request: Request, target: Target, headers: dict[str, str]) -> Re
         if other:
             raise NotImplementedS3(f"{request.method} ?{other[0]} is not implemented by s3batchd.")
         source = ObjectSource(pipeline.catalog, pipeline.settings.spool.dir, pipeline.client)
-        return await get_object(source, target.bucket, target.key, headers, head=head)
+        return await get_object(
+            source, target.bucket, target.key, headers, head=head, query=target.query
+        )
     other = sorted(set(target.query) - LIST_PARAMETERS)
     if head or other:
         what = f"?{other[0]}" if other else "HeadBucket"

@@ -127,13 +127,17 @@ class Catalog:
     def iter_keys(self, bucket: str, prefix: str, after: str) -> Iterator[CatalogEntry]:
         """Objects of ``bucket`` whose key starts with ``prefix`` and sorts after ``after``,
         in S3 order (UTF-8 byte order, which is SQLite's BINARY collation)."""
+        # A range scan plus a check in Python: SQLite's substr() stops at a NUL, which S3 keys
+        # may contain.
         cursor = self._db.execute(
-            "SELECT * FROM objects WHERE bucket = ? AND key > ? AND substr(key, 1, ?) = ? "
-            "ORDER BY key",
-            (bucket, after, len(prefix), prefix),
+            "SELECT * FROM objects WHERE bucket = ? AND key > ? AND key >= ? ORDER BY key",
+            (bucket, after, prefix),
         )
         for row in cursor:
-            yield _entry(row)
+            entry = _entry(row)
+            if not entry.record.key.startswith(prefix):
+                return
+            yield entry
 
     def expire(self, older_than: float) -> int:
         """Forget objects written before ``older_than`` (Unix time); returns how many."""

@@ -59,6 +59,8 @@ def object_headers(entry: CatalogEntry, headers: dict[str, str]) -> dict[str, st
         f"{HEADER_PREFIX}offset": str(entry.offset),
         f"{HEADER_PREFIX}length": str(record.size),
     }
+    if record.size:
+        out[f"{HEADER_PREFIX}range"] = f"bytes={entry.offset}-{entry.offset + record.size - 1}"
     out.update(
         {
             name.title(): value
@@ -159,14 +161,34 @@ def _read_local(spool_dir: Path, entry: CatalogEntry, first: int, last: int) -> 
     return None
 
 
+#: GetObject query parameters that override response headers.
+RESPONSE_OVERRIDES = {
+    "response-content-type": "Content-Type",
+    "response-content-language": "Content-Language",
+    "response-expires": "Expires",
+    "response-cache-control": "Cache-Control",
+    "response-content-disposition": "Content-Disposition",
+    "response-content-encoding": "Content-Encoding",
+}
+
+
 async def get_object(
-    source: ObjectSource, bucket: str, key: str, headers: dict[str, str], *, head: bool
+    source: ObjectSource,
+    bucket: str,
+    key: str,
+    headers: dict[str, str],
+    *,
+    head: bool,
+    query: dict[str, str] | None = None,
 ) -> Response:
-    """GetObject / HeadObject."""
+    """GetObject / HeadObject (``query``: the ``response-*`` header overrides)."""
     entry = source.catalog.get(bucket, key)
     if entry is None:
         raise NoSuchKey(f"The specified key does not exist: {key}")
     out = object_headers(entry, headers)
+    for parameter, header in RESPONSE_OVERRIDES.items():
+        if query and parameter in query:
+            out[header] = query[parameter]
     if not check_conditions(entry, headers):
         keep = ("ETag", "Last-Modified")
         return Response(status_code=304, headers={k: out[k] for k in keep})

@@ -219,7 +219,8 @@ UNSUPPORTED_HEADERS = (
     "x-amz-grant-read-acp",
     "x-amz-grant-full-control",
 )
-#: Values that are the bucket's behaviour anyway, so they are accepted (and recorded).
+#: Values that are the bucket's behaviour anyway, so they are accepted (not recorded: they
+#: describe the bucket, not the object).
 ACCEPTED_VALUES = {
     "x-amz-server-side-encryption": ("aes256",),  # SSE-S3, S3's default for every object
     "x-amz-acl": ("private", "bucket-owner-full-control"),

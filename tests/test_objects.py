@@ -208,3 +208,22 @@ def test_catalog_retention_forgets_old_objects(start_daemon: DaemonFactory, buck
     with pytest.raises(ClientError) as caught:
         daemon.client().get_object(Bucket=bucket, Key="old")
     assert caught.value.response["Error"]["Code"] == "NoSuchKey"
+
+
+def test_overrides_list_buckets_and_odd_keys(daemon: Daemon, bucket: str) -> None:
+    client = daemon.client()
+    put = client.put_object(Bucket=bucket, Key="nul\x00key", Body=b"odd key")
+    answer = client.get_object(
+        Bucket=bucket,
+        Key="nul\x00key",
+        ResponseContentType="text/html",
+        ResponseContentDisposition="inline",
+    )
+    assert answer["ContentType"] == "text/html"
+    assert answer["ContentDisposition"] == "inline"
+    assert answer["Body"].read() == b"odd key"
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="nul\x00")
+    assert [c["Key"] for c in listed["Contents"]] == ["nul\x00key"]
+    head = client.head_object(Bucket=bucket, Key="nul\x00key")["ResponseMetadata"]["HTTPHeaders"]
+    assert head["x-s3batchd-range"] == put["ResponseMetadata"]["HTTPHeaders"]["x-s3batchd-range"]
+    assert client.list_buckets()["Buckets"] == []
