@@ -145,6 +145,8 @@ async def _serve(request: Request) -> Response:
     put = parse_put(target, headers, max_bytes=settings.limits.max_object_bytes)
     durability = requested_durability(headers, settings.spool.durability)
     pipeline: Pipeline = request.app.state.pipeline
+    if pipeline.draining:
+        raise SlowDown("The daemon is shutting down.", headers=RETRY_SOON)
     if pipeline.over_quota(put.declared_size or 0):
         # Backpressure instead of loss: every S3 client retries 503 SlowDown.
         raise SlowDown("The local spool is full; uploads are catching up.", headers=RETRY_SOON)
@@ -162,7 +164,7 @@ async def _serve(request: Request) -> Response:
     try:
         record = build_record(put, digests, body.size)
         entry = await pipeline.batcher.add(target.bucket, record, body, durability=durability)
-        pipeline.written(record, entry)
+        pipeline.written(record, entry, uploaded=durability == "upload")
     except SpoolError as exc:
         logger.error("spool failure for s3://%s/%s: %s", target.bucket, target.key, exc)  # noqa: TRY400  the cause is in the message
         if isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.ENOSPC:
@@ -211,7 +213,9 @@ async def _read(request: Request, target: Target, headers: dict[str, str]) -> Re
         other = sorted(SUBRESOURCES.intersection(target.query))
         if other:
             raise NotImplementedS3(f"{request.method} ?{other[0]} is not implemented by s3batchd.")
-        source = ObjectSource(pipeline.catalog, pipeline.settings.spool.dir, pipeline.client)
+        source = ObjectSource(
+            pipeline.catalog, pipeline.settings.spool.dir, pipeline.client, pipeline.read_executor
+        )
         return await get_object(
             source, target.bucket, target.key, headers, head=head, query=target.query
         )

@@ -22,7 +22,7 @@ from s3batchd.commit import GroupCommitter
 from s3batchd.concurrency import run_sync
 from s3batchd.config import BatchConfig, Durability
 from s3batchd.constants import KB, TAR_END
-from s3batchd.errors import InternalError, S3BatchdError, SlowDown, SpoolError, SpoolFailedError
+from s3batchd.errors import InternalError, S3BatchdError, SlowDown, SpoolFailedError
 from s3batchd.index import WriterId, new_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
 from s3batchd.spool import SpoolFile
@@ -82,6 +82,8 @@ class Batcher:
         self._seq = 0
         self._closed = False
         self._uploaded: dict[str, asyncio.Future[None]] = {}
+        self._sealing_bytes = 0
+        """Bytes of batches between leaving ``current`` and reaching the sink (quota)."""
         self.sealed_by_reason: dict[str, int] = {}
 
     async def add(
@@ -172,7 +174,8 @@ class Batcher:
     @property
     def open_bytes(self) -> int:
         """Bytes in the open batches."""
-        return sum(s.current.spool.position for s in self._buckets.values() if s.current)
+        current = sum(s.current.spool.position for s in self._buckets.values() if s.current)
+        return current + self._sealing_bytes
 
     async def _batch_for(self, state: _Bucket, record: ObjectRecord) -> _OpenBatch:
         batch = state.current
@@ -253,6 +256,15 @@ class Batcher:
             self._uploaded.pop(spool.batch_id, None)
             await run_sync(spool.discard)
             return
+        counted = spool.position
+        self._sealing_bytes += counted
+        try:
+            await self._seal_and_submit(batch, reason)
+        finally:
+            self._sealing_bytes -= counted
+
+    async def _seal_and_submit(self, batch: _OpenBatch, reason: str) -> None:
+        spool = batch.spool
         try:
             spool.write_end()
             batch.committer.written = spool.position
@@ -280,7 +292,7 @@ class Batcher:
             async with state.lock:
                 try:
                     await self._seal(state, reason)
-                except SpoolError:
+                except (S3BatchdError, OSError):
                     continue  # logged in _seal; other buckets still get sealed
 
     async def close(self) -> None:

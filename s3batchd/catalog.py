@@ -83,7 +83,9 @@ class Catalog:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # A short busy timeout: the daemon calls this on its event loop, and another process
+        # (s3batchd reindex) may hold the write lock for a moment.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=0.5)
         # WAL + NORMAL: a crash may lose the newest rows, which start-up rebuilds from the spool.
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -139,9 +141,14 @@ class Catalog:
                 return
             yield entry
 
-    def expire(self, older_than: float) -> int:
-        """Forget objects written before ``older_than`` (Unix time); returns how many."""
-        cursor = self._db.execute("DELETE FROM objects WHERE mtime < ?", (older_than,))
+    def expire(self, older_than: float, limit: int = 2000) -> int:
+        """Forget up to ``limit`` objects written before ``older_than`` (Unix time); returns
+        how many. Bounded so a call never holds the event loop long; repeated calls catch up."""
+        cursor = self._db.execute(
+            "DELETE FROM objects WHERE (bucket, key) IN "
+            "(SELECT bucket, key FROM objects WHERE mtime < ? LIMIT ?)",
+            (older_than, limit),
+        )
         return cursor.rowcount
 
     def count(self) -> int:

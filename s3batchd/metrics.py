@@ -94,7 +94,8 @@ class _PipelineCollector(Collector):
             "Requests sent to S3, by operation and outcome",
             labels=["operation", "outcome"],
         )
-        for (operation, outcome), count in sorted(stats.requests.items()):
+        requests = stats.snapshot()
+        for (operation, outcome), count in sorted(requests.items()):
             upstream.add_metric([operation, outcome], count)
         yield upstream
         yield CounterMetricFamily(
@@ -114,7 +115,7 @@ class _PipelineCollector(Collector):
             "s3batchd_bytes_uploaded", "Tar bytes uploaded", value=stats.bytes
         )
         yield from self._spool(pipeline)
-        yield from self._savings(stats.records, stats.requests)
+        yield from self._savings(stats.records, requests)
 
     def _spool(self, pipeline: Pipeline) -> Iterator[Metric]:
         yield GaugeMetricFamily(

@@ -9,9 +9,11 @@ from __future__ import annotations
 import base64
 import os
 import re
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
+from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 from xml.sax.saxutils import escape
@@ -19,7 +21,7 @@ from xml.sax.saxutils import escape
 from starlette.responses import Response
 
 from s3batchd.catalog import Catalog, CatalogEntry
-from s3batchd.concurrency import run_sync
+from s3batchd.concurrency import run_in
 from s3batchd.constants import HEADER_PREFIX
 from s3batchd.errors import (
     InvalidArgument,
@@ -45,6 +47,8 @@ class ObjectSource:
     catalog: Catalog
     spool_dir: Path
     client: S3Client
+    executor: Executor
+    """Threads for reads, apart from the spool's (fdatasync must not wait behind a GET)."""
 
 
 def object_headers(entry: CatalogEntry, headers: dict[str, str]) -> dict[str, str]:
@@ -135,16 +139,20 @@ async def read_bytes(source: ObjectSource, entry: CatalogEntry, first: int, last
     if last < first:
         return b""
     if not entry.uploaded:
-        data = await run_sync(_read_local, source.spool_dir, entry, first, last)
+        data = await run_in(
+            source.executor, partial(_read_local, source.spool_dir, entry, first, last)
+        )
         if data is not None:
             return data
     # Uploaded (or uploaded and deleted locally since the lookup): one ranged GET of the tar.
     start = entry.offset + first
     byte_range = f"bytes={start}-{entry.offset + last}"
-    answer = await run_sync(
-        source.client.get_object, Bucket=entry.bucket, Key=entry.tar_key, Range=byte_range
-    )
-    return await run_sync(answer["Body"].read)
+
+    def fetch() -> bytes:
+        answer = source.client.get_object(Bucket=entry.bucket, Key=entry.tar_key, Range=byte_range)
+        return answer["Body"].read()
+
+    return await run_in(source.executor, fetch)
 
 
 def _read_local(spool_dir: Path, entry: CatalogEntry, first: int, last: int) -> bytes | None:
@@ -266,7 +274,7 @@ def list_objects(catalog: Catalog, bucket: str, query: ListQuery) -> Response:
         if common is not None and ((prefixes and prefixes[-1] == common) or common <= query.after):
             continue
         if len(contents) + len(prefixes) >= query.max_keys:
-            truncated = True
+            truncated = query.max_keys > 0
             break
         if common is not None:
             prefixes.append(common)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from s3batchd.batcher import Batcher
 from s3batchd.catalog import Catalog, default_path
@@ -18,7 +19,7 @@ from s3batchd.config import Settings
 from s3batchd.errors import InternalError, SpoolError
 from s3batchd.index import IndexEntry, WriterId
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
-from s3batchd.spool import check_writable, recover, scan
+from s3batchd.spool import batches_on_disk, check_writable, lock_spool, recover, scan
 from s3batchd.uploader import Uploader
 from s3batchd.upstream import make_client, probe
 
@@ -66,16 +67,25 @@ class Pipeline:
         self.metrics: Metrics | None = None
         self.drained: bool | None = None
         self.draining = False
+        self._lock: BinaryIO | None = None
         self._deadline: float | None = None
         self.upstream_problem: str | None = None
         """What the last upstream probe found wrong (None: reachable, or not probed)."""
         self._prober: asyncio.Task[None] | None = None
         self._probe_executor = ThreadPoolExecutor(1, "s3batchd-probe")
+        self.read_executor = ThreadPoolExecutor(4, "s3batchd-read")
 
-    def written(self, record: ObjectRecord, entry: SpoolEntry) -> None:
-        """An acknowledged PUT: make it readable by key through the daemon."""
+    def written(self, record: ObjectRecord, entry: SpoolEntry, *, uploaded: bool) -> None:
+        """An acknowledged PUT: make it readable by key through the daemon. The catalog is a
+        cache rebuilt from the spool, so its failure is logged, never turned into an error for
+        an object that is already stored."""
         index_entry = IndexEntry(record=record, member=entry.member, offset=entry.offset)
-        self.catalog.put(entry.bucket, entry.batch_id, entry.tar_key, index_entry, uploaded=False)
+        try:
+            self.catalog.put(
+                entry.bucket, entry.batch_id, entry.tar_key, index_entry, uploaded=uploaded
+            )
+        except sqlite3.Error:
+            logger.exception("catalog write failed for s3://%s/%s", entry.bucket, record.key)
 
     def _expire_catalog(self) -> None:
         now = time.time()
@@ -96,6 +106,8 @@ class Pipeline:
         """Check the spool, start uploading, and queue what an earlier run left behind."""
         spool_dir = self.settings.spool.dir
         await run_sync(check_writable, spool_dir)
+        # One process per spool: a second one's recovery would truncate the first one's files.
+        self._lock = await run_sync(lock_spool, spool_dir)
         await self.uploader.start()
         leftovers = await run_sync(recover, spool_dir, prefix=self.settings.upstream.prefix)
         self._expire_catalog()
@@ -167,8 +179,13 @@ class Pipeline:
             self._prober.cancel()
             await asyncio.gather(self._prober, return_exceptions=True)
         self._probe_executor.shutdown(wait=False, cancel_futures=True)
+        self.read_executor.shutdown(wait=False, cancel_futures=True)
         remaining = max(0.0, (self._deadline or 0) - time.monotonic())
-        self.drained = await self.uploader.close(remaining)
+        uploaded = await self.uploader.close(remaining)
+        # Exit 0 promises an empty spool (an emptyDir may be deleted next): check the disk.
+        self.drained = uploaded and not await run_sync(batches_on_disk, self.settings.spool.dir)
+        if self._lock is not None:
+            self._lock.close()
         self.batcher.fail_upload_waiters(
             InternalError("The object's batch was not uploaded before shutdown; retry.")
         )

@@ -47,7 +47,7 @@ from s3batchd.sigv4 import ChunkVerifier
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IPV4 = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 #: Headers stored with the object (besides Content-Type and x-amz-meta-*).
 STORED_HEADERS = (
     "cache-control",
@@ -301,7 +301,7 @@ def _parse_digests(request: PutRequest, headers: dict[str, str]) -> None:
     request.trailer_names = names
     sha = headers.get("x-amz-content-sha256", "")
     if _SHA256_HEX.match(sha):
-        request.payload_sha256 = sha
+        request.payload_sha256 = sha.lower()
 
 
 class Digests:

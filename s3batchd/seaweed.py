@@ -147,6 +147,10 @@ def start_local_s3(
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-s3.autoCreateBucket=false",  # behave like S3: NoSuchBucket for unknown buckets
+        # Every bucket is a collection with volumes of its own; small volumes and a high cap
+        # keep a server that sees hundreds of buckets (a test session) from running out.
+        "-master.volumeSizeLimitMB=64",
+        "-volume.max=2000",
     ]
     if buckets:
         args.append("-bucket=" + ",".join(buckets))

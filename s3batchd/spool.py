@@ -17,6 +17,7 @@ otherwise. One SpoolFile is only ever used by one task at a time (the batcher's 
 from __future__ import annotations
 
 import bisect
+import fcntl
 import hashlib
 import logging
 import os
@@ -362,6 +363,32 @@ def remove_durably(path: Path) -> None:
     except FileNotFoundError:
         return
     fsync_dir(path.parent)
+
+
+def lock_spool(spool_dir: Path) -> BinaryIO:
+    """Hold an exclusive lock on the spool for this process (released when the file closes).
+
+    Raises:
+        SpoolError: another process uses the spool.
+    """
+    handle = (spool_dir / "_lock").open("ab")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise SpoolError(f"{spool_dir} is used by another s3batchd process") from exc
+    return handle
+
+
+def batches_on_disk(spool_dir: Path) -> list[Path]:
+    """Batch files (open or sealed) still in the spool."""
+    return [
+        path
+        for bucket_dir in spool_dir.iterdir()
+        if bucket_dir.is_dir() and not bucket_dir.name.startswith("_")
+        for path in bucket_dir.iterdir()
+        if path.suffix in (OPEN_SUFFIX, SEALED_SUFFIX)
+    ]
 
 
 def check_writable(spool_dir: Path) -> None:

@@ -123,8 +123,8 @@ class BatchUpload:
         upload_id = created["UploadId"]
         # Kept durably until completed or aborted, so a crash leaves no orphaned upload.
         sidecar = upload_id_path(batch)
-        write_durably(sidecar, upload_id.encode())
         try:
+            write_durably(sidecar, upload_id.encode())
             parts = self._parts(batch, upload_id)
             self._call(
                 "CompleteMultipartUpload",
@@ -152,6 +152,8 @@ class BatchUpload:
         upload_id = sidecar.read_text().strip()
         logger.info("aborting multipart upload %s left by an earlier attempt", upload_id)
         self._abort(batch, upload_id)
+        if sidecar.exists():  # keep its id rather than start a second upload and forget it
+            raise UploadError(f"could not abort multipart upload {upload_id}", retriable=True)
 
     def _parts(self, batch: SealedBatch, upload_id: str) -> list[CompletedPartTypeDef]:
         chunk = part_size(batch.size, self._config)
@@ -289,6 +291,11 @@ class UploadStats:
             self.records += batch.records
             self.bytes += batch.size
 
+    def snapshot(self) -> dict[tuple[str, str], int]:
+        """A copy of the request counters (safe to iterate while uploads run)."""
+        with self._lock:
+            return dict(self.requests)
+
     def total_requests(self) -> int:
         """All upstream requests issued so far."""
         with self._lock:
@@ -381,7 +388,10 @@ class Uploader:
             else:
                 self.last_error = None
                 if self.on_uploaded is not None:
-                    self.on_uploaded(batch, time.monotonic() - started)
+                    try:
+                        self.on_uploaded(batch, time.monotonic() - started)
+                    except Exception:  # a catalog or metrics problem must not stop uploads
+                        logger.exception("after uploading %s", batch.batch_id)
                 logger.info(
                     "uploaded batch %s to s3://%s/%s (%d records, %d bytes, %.2f s)",
                     batch.batch_id,
