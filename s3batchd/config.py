@@ -65,8 +65,8 @@ class ServerConfig(Section):
     retries). Memory: up to limits.memory_buffer_bytes per request in flight."""
     max_connections: int = Field(default=1024, gt=0)
     """Open connections (S3 and admin listeners together) beyond which uvicorn answers a
-    plain 503 and closes; bounds what clients that send their headers slowly can hold
-    (uvicorn has no header read timeout). Each idle connection costs a few KiB."""
+    plain 503 and closes (the admin listener's probes included, so keep it well above the
+    expected clients). Each idle connection costs a few KiB."""
     header_timeout_s: float = Field(default=10.0, gt=0)
     """Longest time for a request's headers to arrive (from the connection opening or the
     previous response); a slower client is disconnected, so trickled headers cannot hold a
@@ -135,8 +135,7 @@ class BatchConfig(Section):
     the local disk per batch and the size of each upload; tars of
     ``upload.multipart_threshold_bytes`` or more are uploaded in parts. An object that would
     not fit seals the batch and starts the next one; objects are never split, so a larger
-    object gets a batch of its own. Header sizes are estimated, so a tar may exceed this by a
-    few KiB."""
+    object gets a batch of its own. Only an object larger than this makes a larger tar (alone)."""
 
 
 class UpstreamConfig(Section):
