@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,8 +13,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from s3batchd.catalog import Catalog, CatalogEntry, default_path, entries_from_index
 from s3batchd.config import Settings, load_settings
 from s3batchd.errors import ConfigError
+from s3batchd.objects import read_local
 from s3batchd.reader import Location, ReaderError, get
-from s3batchd.spool import OPEN_SUFFIX, SEALED_SUFFIX
 from s3batchd.upstream import make_client
 
 if TYPE_CHECKING:
@@ -114,17 +113,7 @@ def _local(spool_dir: Path, entry: CatalogEntry) -> bytes | None:
     """The object from a batch still in the spool (not uploaded yet), if there."""
     if entry.uploaded:
         return None
-    for suffix in (SEALED_SUFFIX, OPEN_SUFFIX):
-        path = spool_dir / entry.bucket / (entry.batch_id + suffix)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        try:
-            return os.pread(fd, entry.record.size, entry.offset)
-        finally:
-            os.close(fd)
-    return None
+    return read_local(spool_dir, entry, 0, entry.record.size - 1)
 
 
 @click.command("reindex")

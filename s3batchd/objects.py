@@ -140,7 +140,7 @@ async def read_bytes(source: ObjectSource, entry: CatalogEntry, first: int, last
         return b""
     if not entry.uploaded:
         data = await run_in(
-            source.executor, partial(_read_local, source.spool_dir, entry, first, last)
+            source.executor, partial(read_local, source.spool_dir, entry, first, last)
         )
         if data is not None:
             return data
@@ -155,7 +155,8 @@ async def read_bytes(source: ObjectSource, entry: CatalogEntry, first: int, last
     return await run_in(source.executor, fetch)
 
 
-def _read_local(spool_dir: Path, entry: CatalogEntry, first: int, last: int) -> bytes | None:
+def read_local(spool_dir: Path, entry: CatalogEntry, first: int, last: int) -> bytes | None:
+    """Bytes ``first..last`` of an object whose batch is still in the spool, else None."""
     directory = spool_dir / entry.bucket
     for suffix in (SEALED_SUFFIX, OPEN_SUFFIX):  # sealed first: open files get renamed
         try:
