@@ -36,6 +36,9 @@ class FakeStats:
     records: int = 300
     bytes: int = 1 << 20
 
+    def snapshot(self) -> dict[tuple[str, str], int]:
+        return dict(self.requests)
+
 
 @dataclass
 class FakeUploader:
