@@ -71,10 +71,9 @@ class CatalogEntry:
     uploaded: bool
 
 
-def default_path(spool_dir: Path) -> Path:
-    """Where the catalog lives unless configured: inside the spool, in a directory no bucket
-    name can take."""
-    return spool_dir / CATALOG_DIR / "catalog.sqlite3"
+def catalog_path(spool_dir: Path, configured: str = "") -> Path:
+    """``catalog.path`` if set, else inside the spool, in a directory no bucket name can take."""
+    return Path(configured) if configured else spool_dir / CATALOG_DIR / "catalog.sqlite3"
 
 
 class Catalog:

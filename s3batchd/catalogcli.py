@@ -10,24 +10,14 @@ from typing import TYPE_CHECKING
 import click
 from botocore.exceptions import BotoCoreError, ClientError
 
-from s3batchd.catalog import Catalog, CatalogEntry, default_path, entries_from_index
-from s3batchd.config import Settings, load_settings
-from s3batchd.errors import ConfigError
+from s3batchd.catalog import Catalog, CatalogEntry, catalog_path, entries_from_index
+from s3batchd.cliopts import CONFIG_OPTION, ENDPOINT_OPTION, cli_client, settings_or_exit
+from s3batchd.config import Settings
 from s3batchd.objects import read_local
 from s3batchd.reader import Location, ReaderError, get
-from s3batchd.upstream import make_client
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
-
-_CONFIG = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="S3BATCHD_CONFIG",
-    help="The daemon's TOML settings (for the catalog path and the upstream).",
-)
-_ENDPOINT = click.option("--endpoint-url", help="S3 endpoint (default: upstream.endpoint_url).")
+    pass
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -40,23 +30,8 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _settings(config_path: Path | None) -> Settings:
-    try:
-        return load_settings(config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _client(settings: Settings, endpoint_url: str | None) -> S3Client:
-    upstream = settings.upstream
-    if endpoint_url:
-        upstream = upstream.model_copy(update={"endpoint_url": endpoint_url})
-    return make_client(upstream, settings.upload)
-
-
 def _catalog(settings: Settings) -> Catalog:
-    path = Path(settings.catalog.path) if settings.catalog.path else None
-    return Catalog(path or default_path(settings.spool.dir))
+    return Catalog(catalog_path(settings.spool.dir, settings.catalog.path))
 
 
 @click.command("get")
@@ -67,14 +42,14 @@ def _catalog(settings: Settings) -> Catalog:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write the object here (default: standard output).",
 )
-@_CONFIG
-@_ENDPOINT
+@CONFIG_OPTION
+@ENDPOINT_OPTION
 def get_command(
     url: str, output: Path | None, config_path: Path | None, endpoint_url: str | None
 ) -> None:
     """Fetch one object by key through the local catalog (one ranged GET of its tar)."""
     bucket, key = parse_s3_url(url)
-    settings = _settings(config_path)
+    settings = settings_or_exit(config_path)
     catalog = _catalog(settings)
     try:
         entry = catalog.get(bucket, key)
@@ -88,7 +63,7 @@ def get_command(
     data = _local(settings.spool.dir, entry)
     if data is None:
         try:
-            data = get(_client(settings, endpoint_url), _location(entry))
+            data = get(cli_client(settings, endpoint_url), _location(entry))
         except ReaderError as exc:
             raise click.ClickException(f"cannot read {url}: {exc}") from exc
     if output is None:
@@ -118,13 +93,13 @@ def _local(spool_dir: Path, entry: CatalogEntry) -> bytes | None:
 
 @click.command("reindex")
 @click.argument("url")
-@_CONFIG
-@_ENDPOINT
+@CONFIG_OPTION
+@ENDPOINT_OPTION
 def reindex_command(url: str, config_path: Path | None, endpoint_url: str | None) -> None:
     """Rebuild the catalog from the index objects under s3://BUCKET/PREFIX."""
     bucket, prefix = parse_s3_url(url)
-    settings = _settings(config_path)
-    client = _client(settings, endpoint_url)
+    settings = settings_or_exit(config_path)
+    client = cli_client(settings, endpoint_url)
     try:
         keys = [
             item["Key"]

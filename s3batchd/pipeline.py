@@ -9,11 +9,10 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from s3batchd.batcher import Batcher
-from s3batchd.catalog import Catalog, default_path
+from s3batchd.catalog import Catalog, catalog_path
 from s3batchd.concurrency import run_in, run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import InternalError, SpoolError
@@ -56,12 +55,7 @@ class Pipeline:
             sink=self.uploader,
         )
         self.uploader.on_uploaded = self._uploaded
-        catalog_path = (
-            Path(settings.catalog.path)
-            if settings.catalog.path
-            else default_path(settings.spool.dir)
-        )
-        self.catalog = Catalog(catalog_path)
+        self.catalog = Catalog(catalog_path(settings.spool.dir, settings.catalog.path))
         self._expired_at = 0.0
         self._buckets_seen: set[str] = set(settings.upstream.probe_buckets)
         self.metrics: Metrics | None = None

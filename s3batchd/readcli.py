@@ -19,8 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from s3batchd.config import load_settings
-from s3batchd.errors import ConfigError
+from s3batchd.cliopts import CONFIG_OPTION, ENDPOINT_OPTION, cli_client, settings_or_exit
 from s3batchd.reader import (
     IntegrityError,
     Location,
@@ -34,7 +33,6 @@ from s3batchd.reader import (
     parse_s3_url,
     tar_key_for,
 )
-from s3batchd.upstream import make_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -45,28 +43,9 @@ T = TypeVar("T")
 PROGRESS_MIN_OBJECTS = 10
 _CHUNK = 1 << 20
 
-_CONFIG_OPTION = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="S3BATCHD_CONFIG",
-    help="TOML settings file (env: S3BATCHD_CONFIG): upstream endpoint and client settings.",
-)
-_ENDPOINT_OPTION = click.option(
-    "--endpoint-url",
-    help="S3 endpoint of the bucket (default: upstream.endpoint_url, else AWS).",
-)
-
 
 def _client(config_path: Path | None, endpoint_url: str | None) -> S3Client:
-    try:
-        settings = load_settings(config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-    upstream = settings.upstream
-    if endpoint_url:
-        upstream = upstream.model_copy(update={"endpoint_url": endpoint_url})
-    return make_client(upstream, settings.upload)
+    return cli_client(settings_or_exit(config_path), endpoint_url)
 
 
 def _target(url: str) -> tuple[str, str]:
@@ -127,8 +106,8 @@ def shown(key: str) -> str:
 @click.command("ls")
 @click.argument("url")
 @click.option("--json", "as_json", is_flag=True, help="Print each index entry as a JSON line.")
-@_CONFIG_OPTION
-@_ENDPOINT_OPTION
+@CONFIG_OPTION
+@ENDPOINT_OPTION
 def ls(url: str, as_json: bool, config_path: Path | None, endpoint_url: str | None) -> None:
     """List the objects of a batch: offset, length, ETag and key, one line each.
 
@@ -149,8 +128,8 @@ def ls(url: str, as_json: bool, config_path: Path | None, endpoint_url: str | No
 @click.command("extract")
 @click.argument("url")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
-@_CONFIG_OPTION
-@_ENDPOINT_OPTION
+@CONFIG_OPTION
+@ENDPOINT_OPTION
 def extract(url: str, directory: Path, config_path: Path | None, endpoint_url: str | None) -> None:
     """Write every object of a batch to DIRECTORY/<key>, MD5 and checksums verified.
 
