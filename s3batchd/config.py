@@ -26,7 +26,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from s3batchd.constants import GB, MAX_PART_BYTES, MB, MIN_PART_BYTES
+from s3batchd.constants import GB, MAX_PART_BYTES, MAX_SINGLE_PUT_BYTES, MB, MIN_PART_BYTES
 from s3batchd.errors import ConfigError
 
 Durability = Literal["none", "fsync", "upload"]
@@ -216,7 +216,7 @@ class UploadConfig(Section):
 class LimitsConfig(Section):
     """Request limits."""
 
-    max_object_bytes: int = Field(default=16 * MB, gt=0, le=5 * GB)
+    max_object_bytes: int = Field(default=16 * MB, gt=0, le=MAX_SINGLE_PUT_BYTES)
     """Largest object accepted, in bytes; larger PUTs get ``400 EntityTooLarge`` (before the
     body is read when the size is declared). Objects larger than ``batch.max_bytes`` get a
     batch of their own. Disk: a body above ``memory_buffer_bytes`` occupies up to this much in

@@ -13,7 +13,7 @@ S3BatchdError                      root of everything the daemon raises on purpo
     ├── AuthorizationHeaderMalformed, AuthorizationQueryParametersError (400)
     ├── MissingContentLength, IncompleteBody, EntityTooLarge, MetadataTooLarge
     ├── InvalidDigest, BadDigest, XAmzContentSHA256Mismatch
-    ├── NotImplementedS3, MethodNotAllowed
+    ├── NotImplementedS3
     ├── NoSuchKey (404), PreconditionFailed (412), InvalidRange (416)
     ├── RequestTimeout (400, a stalled body)
     ├── SlowDown (503, Retry-After)
@@ -137,11 +137,6 @@ class NotImplementedS3(S3Error):
     default_message = (
         "A header or operation you provided implies functionality that is not implemented."
     )
-
-
-class MethodNotAllowed(S3Error):
-    code, status_code = "MethodNotAllowed", 405
-    default_message = "The specified method is not allowed against this resource."
 
 
 class NoSuchKey(S3Error):

@@ -296,11 +296,6 @@ class UploadStats:
         with self._lock:
             return dict(self.requests)
 
-    def total_requests(self) -> int:
-        """All upstream requests issued so far."""
-        with self._lock:
-            return sum(self.requests.values())
-
 
 class Uploader:
     """Supervised background workers that upload sealed batches until they succeed."""
@@ -424,10 +419,7 @@ class Uploader:
             raise classify(exc, f"upload index {batch.index_key}") from exc
         remove(batch)
         self._tars_done.discard(batch.batch_id)
-        with self.stats._lock:
-            self.stats.batches += 1
-            self.stats.records += batch.records
-            self.stats.bytes += batch.size
+        self.stats.batch_done(batch)
 
     async def drain(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109  a deadline is the API
         """Wait until every submitted batch is uploaded; False if ``timeout`` passed first."""
