@@ -19,8 +19,9 @@ from starlette.applications import Starlette
 
 from s3batchd.config import Settings
 from s3batchd.pipeline import Pipeline
-from s3batchd.seaweed import LocalS3, free_ports, start_local_s3
+from s3batchd.seaweed import LocalS3, start_local_s3
 from s3batchd.server import DrainingServer, build_server
+from tests.sections import daemon_sections
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -68,16 +69,7 @@ def bucket(s3: S3Client) -> str:
 
 def make_settings(tmp_path: Path, s3_server: LocalS3, **sections: dict[str, Any]) -> Settings:
     """Settings for a daemon in ``tmp_path`` pointed at ``s3_server`` (sections override)."""
-    base: dict[str, dict[str, Any]] = {
-        "server": dict(zip(("port", "admin_port"), free_ports(2), strict=True)),
-        "spool": {"dir": tmp_path / "spool"},
-        "batch": {"linger_ms": 300},
-        "upstream": {"endpoint_url": s3_server.endpoint_url},
-        "upload": {"retry_base_ms": 50, "retry_max_ms": 500},
-        "shutdown": {"drain_timeout_s": 10},
-    }
-    for section, values in sections.items():
-        base[section] = {**base.get(section, {}), **values}
+    base = daemon_sections(tmp_path, s3_server, drain_timeout_s=10, **sections)
     return Settings.model_validate(base)
 
 

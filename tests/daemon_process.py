@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.config import Config
 
-from s3batchd.seaweed import LocalS3, free_ports
+from s3batchd.seaweed import LocalS3
 from tests.conftest import ChecksumMode
+from tests.sections import daemon_sections
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -53,17 +54,8 @@ class DaemonProcess:
     ) -> None:
         self.wrapper = wrapper
         """Command prefix the daemon is started through (e.g. a private mount namespace)."""
-        self.port, self.admin_port = free_ports(2)
-        base: dict[str, dict[str, Any]] = {
-            "server": {"port": self.port, "admin_port": self.admin_port},
-            "spool": {"dir": str(directory / "spool")},
-            "batch": {"linger_ms": 300},
-            "upstream": {"endpoint_url": s3_server.endpoint_url},
-            "upload": {"retry_base_ms": 50, "retry_max_ms": 500},
-            "shutdown": {"drain_timeout_s": 20},
-        }
-        for section, values in sections.items():
-            base[section] = {**base.get(section, {}), **values}
+        base = daemon_sections(directory, s3_server, drain_timeout_s=20, **sections)
+        self.port, self.admin_port = base["server"]["port"], base["server"]["admin_port"]
         self.config_path = directory / "s3batchd.toml"
         self.config_path.write_text(_toml(base))
         self.log_path = directory / "s3batchd.log"
