@@ -35,7 +35,6 @@ index copied or replicated to another bucket still reads from where it is now, n
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import re
@@ -49,9 +48,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from s3batchd.checksums import ALGORITHMS, Hasher, new_hasher
+from s3batchd.checksums import ALGORITHMS, Hasher, decode_checksum, new_hasher
 from s3batchd.constants import HEADER_PREFIX, INDEX_FORMAT, INDEX_VERSION, MB
-from s3batchd.errors import S3BatchdError
+from s3batchd.errors import InvalidDigest, S3BatchdError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -612,13 +611,12 @@ def _s3_errors(bucket: str, key: str, byte_range: str | None) -> Iterator[None]:
 def _decode_checksum(algorithm: str, value: str) -> bytes:
     if algorithm not in ALGORITHMS:
         raise ReaderError(f"unknown checksum algorithm {algorithm!r}")
+    if value != value.strip():  # the header parser strips; a recorded value must be exact
+        raise ReaderError(f"{algorithm} checksum {value!r} is not base64")
     try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ReaderError(f"{algorithm} checksum {value!r} is not base64") from exc
-    if len(raw) != ALGORITHMS[algorithm]:
-        raise ReaderError(f"{algorithm} checksum {value!r} has the wrong length")
-    return raw
+        return decode_checksum(algorithm, value)
+    except InvalidDigest as exc:
+        raise ReaderError(f"{algorithm} checksum {value!r}: {exc}") from exc
 
 
 def _is_int(value: object) -> bool:
