@@ -7,7 +7,6 @@ accepting and in-flight requests finished) open batches are sealed and uploaded.
 
 from __future__ import annotations
 
-import errno
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -24,33 +23,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from s3batchd.auth import Authenticator, chunk_verifier
-from s3batchd.config import DURABILITY_ORDER, Durability, Settings
-from s3batchd.constants import HEADER_PREFIX
+from s3batchd.auth import Authenticator
+from s3batchd.config import Settings
+from s3batchd.dispatch import serve
 from s3batchd.errors import (
     InternalError,
-    InvalidArgument,
-    NotImplementedS3,
     S3Error,
     SlowDown,
-    SpoolError,
 )
 from s3batchd.index import WriterId
 from s3batchd.metrics import Metrics, MetricsMiddleware
-from s3batchd.objects import ObjectSource, get_object, list_objects, parse_list_query
 from s3batchd.pipeline import Pipeline
-from s3batchd.records import ObjectRecord, SpoolEntry
-from s3batchd.s3api import (
-    SUBRESOURCES,
-    Target,
-    build_record,
-    check_bucket,
-    check_host,
-    parse_put,
-    parse_target,
-    read_body,
-)
-from s3batchd.spool import TMP_DIR
+from s3batchd.proxy import RETRY_SOON, Forwarder
+from s3batchd.uploads import UploadStore
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -79,7 +64,15 @@ class RequestIdMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *extra]
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                # A forwarded answer keeps the bucket's request id (what its support asks for).
+                headers.extend(item for item in extra if item[0] not in present)
+                if _body_unread(scope) and b"connection" not in present:
+                    # uvicorn would read the unsent body of an Expect: 100-continue request
+                    # as the next request on this connection (notes/wire.md §8): close it.
+                    headers.append((b"connection", b"close"))
+                message["headers"] = headers
                 if logger.isEnabledFor(logging.DEBUG):
                     # The path only: a query string may carry a presigned signature.
                     logger.debug(
@@ -102,24 +95,14 @@ def _to_origin_form(scope: Scope) -> None:
     scope["path"] = unquote(scope["raw_path"].decode("latin-1"))
 
 
-def request_headers(scope: Scope) -> dict[str, str]:
-    """Lower-cased header names to values; repeated headers joined with commas."""
-    headers: dict[str, str] = {}
-    for raw_name, raw_value in scope["headers"]:
-        name = raw_name.decode("latin-1").lower()
-        value = raw_value.decode("latin-1")
-        headers[name] = f"{headers[name]},{value}" if name in headers else value
-    return headers
-
-
 async def s3_endpoint(request: Request) -> Response:
-    """Every S3 request: PutObject, GetObject, HeadObject and ListObjects are served."""
+    """Every S3 request (dispatch.py decides who serves it)."""
     state = request.app.state
     if state.active_requests >= state.settings.server.max_concurrent_requests:
         raise SlowDown("Too many requests in flight.", headers=RETRY_SOON)
     state.active_requests += 1
     try:
-        return await _serve(request)
+        return await serve(request)
     except S3Error:
         raise
     except Exception as exc:
@@ -130,132 +113,6 @@ async def s3_endpoint(request: Request) -> Response:
         state.active_requests -= 1
 
 
-async def _serve(request: Request) -> Response:
-    settings: Settings = request.app.state.settings
-    headers = request_headers(request.scope)
-    server = settings.server
-    check_host(headers.get("host", ""), server.allowed_hosts, server.virtual_host_domains)
-    target = parse_target(request.scope, headers, server.virtual_host_domains)
-    authenticator: Authenticator = request.app.state.authenticator
-    context = authenticator.verify(request.scope, target.bucket, target.key, target.virtual)
-    if request.method in ("GET", "HEAD"):
-        return await _read(request, target, headers)
-    if request.method != "PUT":
-        raise NotImplementedS3(f"{request.method} is not implemented by s3batchd yet.")
-    put = parse_put(target, headers, max_bytes=settings.limits.max_object_bytes)
-    durability = requested_durability(headers, settings.spool.durability)
-    pipeline: Pipeline = request.app.state.pipeline
-    if pipeline.draining:
-        raise SlowDown("The daemon is shutting down.", headers=RETRY_SOON)
-    if pipeline.over_quota(put.declared_size or 0):
-        # Backpressure instead of loss: every S3 client retries 503 SlowDown.
-        raise SlowDown("The local spool is full; uploads are catching up.", headers=RETRY_SOON)
-    body, digests = await read_body(
-        put,
-        request.receive,
-        max_bytes=settings.limits.max_object_bytes,
-        memory_limit=settings.limits.memory_buffer_bytes,
-        spill_dir=settings.spool.dir / TMP_DIR,
-        timeout_s=settings.server.body_timeout_s,
-        verifier=chunk_verifier(context),
-    )
-    request.state.body_consumed = True
-    request.app.state.metrics.received_bytes.inc(body.size)
-    try:
-        record = build_record(put, digests, body.size)
-        entry = await pipeline.batcher.add(target.bucket, record, body, durability=durability)
-        pipeline.written(record, entry, uploaded=durability == "upload")
-    except SpoolError as exc:
-        logger.error("spool failure for s3://%s/%s: %s", target.bucket, target.key, exc)  # noqa: TRY400  the cause is in the message
-        if isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.ENOSPC:
-            raise SlowDown("The local spool's disk is full.", headers=RETRY_SOON) from exc
-        raise InternalError("The object could not be stored; please retry.") from exc
-    finally:
-        body.close()
-    return Response(status_code=200, headers=put_response_headers(record, entry))
-
-
-RETRY_SOON = {"Retry-After": "1"}
-#: ListBuckets: the daemon owns no buckets (it writes into the client's), so the list is empty.
-EMPTY_BUCKET_LIST = (
-    b'<?xml version="1.0" encoding="UTF-8"?>\n'
-    b'<ListAllMyBucketsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-    b"<Owner><ID>s3batchd</ID><DisplayName>s3batchd</DisplayName></Owner><Buckets/>"
-    b"</ListAllMyBucketsResult>"
-)
-#: Query parameters of ListObjects / ListObjectsV2 (anything else on a bucket GET is another
-#: operation).
-LIST_PARAMETERS = frozenset(
-    {
-        "list-type",
-        "prefix",
-        "delimiter",
-        "max-keys",
-        "continuation-token",
-        "start-after",
-        "encoding-type",
-        "fetch-owner",
-        "marker",
-        "x-id",
-        "optional-object-attributes",
-    }
-)
-
-
-async def _read(request: Request, target: Target, headers: dict[str, str]) -> Response:
-    """GetObject, HeadObject and ListObjects for what this daemon wrote."""
-    if not target.bucket and request.method == "GET":
-        return Response(EMPTY_BUCKET_LIST, media_type="application/xml")
-    check_bucket(target.bucket)
-    pipeline: Pipeline = request.app.state.pipeline
-    head = request.method == "HEAD"
-    if target.key:
-        other = sorted(SUBRESOURCES.intersection(target.query))
-        if other:
-            raise NotImplementedS3(f"{request.method} ?{other[0]} is not implemented by s3batchd.")
-        source = ObjectSource(
-            pipeline.catalog, pipeline.settings.spool.dir, pipeline.client, pipeline.read_executor
-        )
-        return await get_object(
-            source, target.bucket, target.key, headers, head=head, query=target.query
-        )
-    other = sorted(set(target.query) - LIST_PARAMETERS)
-    if head or other:
-        what = f"?{other[0]}" if other else "HeadBucket"
-        raise NotImplementedS3(f"{request.method} {what} is not implemented by s3batchd yet.")
-    return list_objects(pipeline.catalog, target.bucket, parse_list_query(target.query))
-
-
-def requested_durability(headers: dict[str, str], default: Durability) -> Durability:
-    """The stronger of the configured level and ``x-s3batchd-durability`` (none, fsync,
-    upload); a weaker request than the configured level is ignored."""
-    value = headers.get(f"{HEADER_PREFIX}durability")
-    if value is None:
-        return default
-    value = value.strip().lower()
-    if value not in DURABILITY_ORDER:
-        raise InvalidArgument(
-            f"{HEADER_PREFIX}durability must be one of {', '.join(DURABILITY_ORDER)}."
-        )
-    asked = DURABILITY_ORDER[DURABILITY_ORDER.index(value)]  # the Literal, for the type checker
-    return max(asked, default, key=DURABILITY_ORDER.index)
-
-
-def put_response_headers(record: ObjectRecord, entry: SpoolEntry) -> dict[str, str]:
-    """ETag, checksum echo and the ``x-s3batchd-*`` location of a stored object."""
-    headers = {
-        "ETag": record.etag,
-        f"{HEADER_PREFIX}tar": f"s3://{entry.bucket}/{entry.tar_key}",
-        f"{HEADER_PREFIX}offset": str(entry.offset),
-        f"{HEADER_PREFIX}length": str(entry.length),
-    }
-    if entry.byte_range is not None:
-        headers[f"{HEADER_PREFIX}range"] = entry.byte_range
-    for algorithm, value in record.checksums.items():
-        headers[f"x-amz-checksum-{algorithm}"] = value
-    if record.checksums:
-        headers["x-amz-checksum-type"] = "FULL_OBJECT"
-    return headers
 
 
 def error_xml(exc: S3Error, *, resource: str, request_id: str) -> bytes:
@@ -273,10 +130,6 @@ async def render_s3_error(request: Request, exc: Exception) -> Response:
         raise exc
     request_id = request.scope.get("state", {}).get("request_id", "")
     headers = {"Content-Type": "application/xml", **exc.headers}
-    if _body_unread(request):
-        # uvicorn would read the unsent body of an Expect: 100-continue request as the next
-        # request on this connection (notes/wire.md §8): close it instead.
-        headers["Connection"] = "close"
     logger.debug("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.code)
     body = (
         b""
@@ -286,12 +139,15 @@ async def render_s3_error(request: Request, exc: Exception) -> Response:
     return Response(body, status_code=exc.status_code, headers=headers)
 
 
-def _body_unread(request: Request) -> bool:
-    if getattr(request.state, "body_consumed", False):
+def _body_unread(scope: Scope) -> bool:
+    """Whether the request has a body the app did not read to its end."""
+    if scope.get("state", {}).get("body_consumed", False):
         return False
-    headers = request.headers
-    has_body = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
-    return has_body
+    for name, value in scope["headers"]:
+        lower = name.lower()
+        if lower == b"transfer-encoding" or (lower == b"content-length" and value != b"0"):
+            return True
+    return False
 
 
 class _KeyConvertor(Convertor[str]):
@@ -322,9 +178,14 @@ def create_app(
         metrics.watch(pipeline)
         await pipeline.start()
         app.state.pipeline = pipeline
+        app.state.forwarder = Forwarder(settings.upstream)
+        app.state.uploads = UploadStore(
+            settings.spool.dir, sync=settings.spool.durability != "none"
+        )
         try:
             yield
         finally:
+            await app.state.forwarder.aclose()
             await pipeline.close()
 
     app = Starlette(

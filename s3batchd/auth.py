@@ -43,6 +43,12 @@ class Authenticator:
         self._check_allowed(self._keys[context.access_key_id], bucket, key)
         return context
 
+    def check_allowed(self, context: AuthContext | None, bucket: str, key: str) -> None:
+        """AccessDenied unless the request's access key may use ``bucket``/``key`` (for keys a
+        request names besides its target: a copy source)."""
+        if context is not None:
+            self._check_allowed(self._keys[context.access_key_id], bucket, key)
+
     @staticmethod
     def _check_allowed(access_key: AccessKey, bucket: str, key: str) -> None:
         if not access_key.buckets:

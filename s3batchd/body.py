@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -56,6 +57,16 @@ class BodyBuffer:
             return b"".join(self._chunks)
         self._file.seek(0)
         return self._file.read()
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body in pieces of at most 1 MiB (from the temporary file when spilled)."""
+        if self._file is None:
+            yield from self._chunks
+            return
+        self._file.flush()
+        self._file.seek(0)
+        while chunk := self._file.read(_COPY_CHUNK):
+            yield chunk
 
     def write_to(self, fd: int) -> None:
         """Write the whole body to ``fd`` at its current position, retrying short writes."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from s3batchd.index import IndexEntry
-from s3batchd.records import ObjectRecord
+from s3batchd.records import EMPTY_MD5, ObjectRecord
 
 CATALOG_DIR = "_catalog"
 
@@ -38,24 +38,44 @@ CREATE TABLE IF NOT EXISTS objects (
     checksums TEXT NOT NULL,
     mtime REAL NOT NULL,
     uploaded INTEGER NOT NULL DEFAULT 0,
+    etag TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_batch ON objects (batch_id);
 CREATE INDEX IF NOT EXISTS objects_mtime ON objects (mtime);
+CREATE TABLE IF NOT EXISTS tombstones (
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    mtime REAL NOT NULL,
+    PRIMARY KEY (bucket, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tombstones_mtime ON tombstones (mtime);
 """
+#: Columns added after the first release, for catalogs created before them.
+_MIGRATIONS = {"etag": "ALTER TABLE objects ADD COLUMN etag TEXT NOT NULL DEFAULT ''"}
 
 _UPSERT = """
 INSERT INTO objects (bucket, key, batch_id, tar_key, member, offset, length, md5, content_type,
-                     metadata, headers, checksums, mtime, uploaded)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                     metadata, headers, checksums, mtime, uploaded, etag)
+SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+WHERE NOT EXISTS (
+    SELECT 1 FROM tombstones t WHERE t.bucket = ?1 AND t.key = ?2 AND t.mtime >= ?13
+)
 ON CONFLICT (bucket, key) DO UPDATE SET
     batch_id = excluded.batch_id, tar_key = excluded.tar_key, member = excluded.member,
     offset = excluded.offset, length = excluded.length, md5 = excluded.md5,
     content_type = excluded.content_type, metadata = excluded.metadata,
     headers = excluded.headers, checksums = excluded.checksums, mtime = excluded.mtime,
-    uploaded = excluded.uploaded
+    uploaded = excluded.uploaded, etag = excluded.etag
 WHERE excluded.mtime >= objects.mtime
 """
+#: A tombstone hides every object of its key written at or before it, in any order of arrival.
+_TOMBSTONE = """
+INSERT INTO tombstones (bucket, key, mtime) VALUES (?, ?, ?)
+ON CONFLICT (bucket, key) DO UPDATE SET mtime = excluded.mtime
+WHERE excluded.mtime > tombstones.mtime
+"""
+_BURY = "DELETE FROM objects WHERE bucket = ? AND key = ? AND mtime <= ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +109,10 @@ class Catalog:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(objects)")}
+        for column, statement in _MIGRATIONS.items():
+            if column not in columns:
+                self._db.execute(statement)
 
     def close(self) -> None:
         """Close the database."""
@@ -97,8 +121,23 @@ class Catalog:
     def put(
         self, bucket: str, batch_id: str, tar_key: str, entry: IndexEntry, *, uploaded: bool
     ) -> None:
-        """Record an object (ignored if the catalog already has a newer one for the key)."""
-        self._db.execute(_UPSERT, _row(bucket, batch_id, tar_key, entry, uploaded=uploaded))
+        """Record an object (ignored if the catalog already has a newer one for the key, or a
+        newer tombstone), or a tombstone (hiding older objects of the key)."""
+        if entry.record.deleted:
+            with self._transaction():
+                self._apply(bucket, batch_id, tar_key, entry, uploaded=uploaded)
+        else:  # one statement: its own transaction
+            self._apply(bucket, batch_id, tar_key, entry, uploaded=uploaded)
+
+    def _apply(
+        self, bucket: str, batch_id: str, tar_key: str, entry: IndexEntry, *, uploaded: bool
+    ) -> None:
+        record = entry.record
+        if record.deleted:
+            self._db.execute(_TOMBSTONE, (bucket, record.key, record.mtime))
+            self._db.execute(_BURY, (bucket, record.key, record.mtime))
+        else:
+            self._db.execute(_UPSERT, _row(bucket, batch_id, tar_key, entry, uploaded=uploaded))
 
     def put_many(
         self,
@@ -110,9 +149,9 @@ class Catalog:
         uploaded: bool,
     ) -> None:
         """Record every object of a batch in one transaction."""
-        rows = [_row(bucket, batch_id, tar_key, e, uploaded=uploaded) for e in entries]
         with self._transaction():
-            self._db.executemany(_UPSERT, rows)
+            for entry in entries:
+                self._apply(bucket, batch_id, tar_key, entry, uploaded=uploaded)
 
     def mark_uploaded(self, batch_id: str) -> None:
         """The batch and its index are in the bucket: read its objects from there."""
@@ -146,6 +185,11 @@ class Catalog:
         cursor = self._db.execute(
             "DELETE FROM objects WHERE (bucket, key) IN "
             "(SELECT bucket, key FROM objects WHERE mtime < ? LIMIT ?)",
+            (older_than, limit),
+        )
+        self._db.execute(
+            "DELETE FROM tombstones WHERE (bucket, key) IN "
+            "(SELECT bucket, key FROM tombstones WHERE mtime < ? LIMIT ?)",
             (older_than, limit),
         )
         return cursor.rowcount
@@ -188,6 +232,7 @@ def _row(
         json.dumps(record.checksums),
         record.mtime,
         int(uploaded),
+        record.multipart_etag,
     )
 
 
@@ -207,6 +252,7 @@ def _entry(row: tuple[Any, ...]) -> CatalogEntry:
         checksums,
         mtime,
         uploaded,
+        etag,
     ) = row
     record = ObjectRecord(
         key=key,
@@ -217,6 +263,7 @@ def _entry(row: tuple[Any, ...]) -> CatalogEntry:
         headers=json.loads(headers),
         checksums=json.loads(checksums),
         mtime=mtime,
+        multipart_etag=etag,
     )
     return CatalogEntry(bucket, batch_id, tar_key, member, offset, record, bool(uploaded))
 
@@ -229,12 +276,23 @@ def entries_from_index(document: dict[str, Any]) -> list[IndexEntry]:
         record = ObjectRecord(
             key=obj["key"],
             size=obj["length"],
-            md5_hex=obj["etag"].strip('"'),
+            md5_hex=obj.get("md5") or obj["etag"].strip('"'),
             content_type=obj["content_type"],
             metadata=obj["metadata"],
             headers=obj["headers"],
             checksums=obj["checksums"],
             mtime=modified.timestamp(),
+            multipart_etag=obj["etag"].strip('"') if "md5" in obj else "",
         )
         entries.append(IndexEntry(record=record, member=obj["member"], offset=obj["offset"]))
+    for tombstone in document.get("tombstones", []):
+        deleted = datetime.fromisoformat(tombstone["deleted_at"].replace("Z", "+00:00"))
+        record = ObjectRecord(
+            key=tombstone["key"],
+            size=0,
+            md5_hex=EMPTY_MD5,
+            mtime=deleted.timestamp(),
+            deleted=True,
+        )
+        entries.append(IndexEntry(record=record, member=tombstone["member"], offset=0))
     return entries

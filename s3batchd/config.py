@@ -136,6 +136,15 @@ class BatchConfig(Section):
     ``upload.multipart_threshold_bytes`` or more are uploaded in parts. An object that would
     not fit seals the batch and starts the next one; objects are never split, so a larger
     object gets a batch of its own. Only an object larger than this makes a larger tar (alone)."""
+    passthrough_bytes: int = Field(default=8 * MB, gt=0, le=MAX_SINGLE_PUT_BYTES)
+    """Objects of this many bytes or more are not batched: they are streamed to the bucket as
+    ordinary objects (one PutObject each, answered with the bucket's own response). A PUT of
+    unknown size is received to ``<spool.dir>/_tmp/`` and forwarded when it grows past this.
+    A client multipart upload is assembled in the spool and batched while its parts stay below
+    this in total, and becomes a real multipart upload in the bucket once they pass it.
+    Objects above ``limits.max_object_bytes`` are forwarded too, whatever this says.
+    Forwarding needs ``PutObject`` (and the multipart operations) in ``passthrough``; without
+    it, larger objects are batched up to ``limits.max_object_bytes``."""
 
 
 class UpstreamConfig(Section):
@@ -217,14 +226,90 @@ class LimitsConfig(Section):
     """Request limits."""
 
     max_object_bytes: int = Field(default=16 * MB, gt=0, le=MAX_SINGLE_PUT_BYTES)
-    """Largest object accepted, in bytes; larger PUTs get ``400 EntityTooLarge`` (before the
-    body is read when the size is declared). Objects larger than ``batch.max_bytes`` get a
-    batch of their own. Disk: a body above ``memory_buffer_bytes`` occupies up to this much in
-    ``<spool.dir>/_tmp/`` while it is received."""
+    """Largest object batched, in bytes. Larger PUTs are forwarded to the bucket when
+    ``passthrough`` allows ``PutObject`` (up to S3's 5 GiB), else they get
+    ``400 EntityTooLarge`` (before the body is read when the size is declared). Objects larger
+    than ``batch.max_bytes`` get a batch of their own. Disk: a body above
+    ``memory_buffer_bytes`` occupies up to this much in ``<spool.dir>/_tmp/`` while it is
+    received (and a forwarded body of unknown length up to its size)."""
     memory_buffer_bytes: int = Field(default=1 * MB, ge=0)
     """Request bodies up to this many bytes are held in memory while they are received; larger
     ones go to a temporary file in ``<spool.dir>/_tmp/`` (one more disk copy). Memory: up to
     this much per request in flight."""
+
+
+#: Every operation name ``passthrough.operations`` accepts besides ``"*"``.
+FORWARDABLE_OPERATIONS = frozenset(
+    {
+        "AbortMultipartUpload",
+        "CompleteMultipartUpload",
+        "CopyObject",
+        "CreateBucket",
+        "CreateMultipartUpload",
+        "DeleteBucket",
+        "DeleteBucketSubresource",
+        "DeleteObject",
+        "DeleteObjectTagging",
+        "DeleteObjects",
+        "GetBucketLocation",
+        "GetBucketSubresource",
+        "GetObject",
+        "GetObjectAcl",
+        "GetObjectAttributes",
+        "GetObjectTagging",
+        "HeadBucket",
+        "HeadObject",
+        "ListBuckets",
+        "ListMultipartUploads",
+        "ListObjectVersions",
+        "ListObjects",
+        "ListObjectsV2",
+        "ListParts",
+        "PostBucketSubresource",
+        "PostObjectSubresource",
+        "DeleteObjectSubresource",
+        "PutBucketSubresource",
+        "PutObject",
+        "PutObjectAcl",
+        "PutObjectTagging",
+        "PutObjectSubresource",
+        "UploadPart",
+        "UploadPartCopy",
+    }
+)
+
+
+class PassthroughConfig(Section):
+    """Which S3 operations are forwarded to the bucket (everything the daemon does not batch).
+
+    Also settable as a plain list: ``passthrough = ["PutObject"]`` at the top of the file, or
+    ``S3BATCHD_PASSTHROUGH='["PutObject"]'``."""
+
+    operations: tuple[str, ...] = ("*",)
+    """S3 operation names that may be forwarded, or ``"*"`` for all. A forwarded request is
+    verified as a PUT is, re-signed with the daemon's own credentials and streamed to
+    ``upstream.endpoint_url``; operations not listed get ``403 AccessDenied``. ``["PutObject"]``
+    forwards only large PUTs; ``[]`` forwards nothing (the daemon only batches and reads back
+    what it batched). Names: docs/passthrough.md#operations."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, value: object) -> object:
+        if isinstance(value, list | tuple | str):
+            return {"operations": [value] if isinstance(value, str) else list(value)}
+        return value
+
+    @field_validator("operations")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - FORWARDABLE_OPERATIONS - {"*"})
+        if unknown:
+            raise ValueError(f"unknown S3 operation {unknown[0]!r}")
+        return value
+
+    def allows(self, operation: str) -> bool:
+        """Whether ``operation`` may be forwarded."""
+        return "*" in self.operations or operation in self.operations
 
 
 class ShutdownConfig(Section):
@@ -321,6 +406,7 @@ class Settings(BaseSettings):
     catalog: CatalogConfig = CatalogConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
+    passthrough: PassthroughConfig = PassthroughConfig()
 
     @classmethod
     def settings_customise_sources(

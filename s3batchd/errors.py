@@ -203,3 +203,41 @@ class AuthorizationHeaderMalformed(S3Error):
 class AuthorizationQueryParametersError(S3Error):
     code, status_code = "AuthorizationQueryParametersError", 400
     default_message = "The query-string authentication parameters are malformed."
+
+
+class ServiceUnavailable(S3Error):
+    """The bucket could not be reached for a forwarded request (every client retries 503)."""
+
+    code, status_code = "ServiceUnavailable", 503
+    default_message = "The upstream S3 endpoint could not be reached; please retry."
+
+
+class NoSuchUpload(S3Error):
+    code, status_code = "NoSuchUpload", 404
+    default_message = (
+        "The specified multipart upload does not exist. The upload ID may be invalid, or the "
+        "upload may have been aborted or completed."
+    )
+
+
+class InvalidPart(S3Error):
+    code, status_code = "InvalidPart", 400
+    default_message = (
+        "One or more of the specified parts could not be found. The part may not have been "
+        "uploaded, or the specified entity tag may not match the part's entity tag."
+    )
+
+
+class InvalidPartOrder(S3Error):
+    code, status_code = "InvalidPartOrder", 400
+    default_message = "The list of parts was not in ascending order."
+
+
+class EntityTooSmall(S3Error):
+    code, status_code = "EntityTooSmall", 400
+    default_message = "Your proposed upload is smaller than the minimum allowed object size."
+
+
+class MalformedXML(S3Error):
+    code, status_code = "MalformedXML", 400
+    default_message = "The XML you provided was not well-formed or did not validate."

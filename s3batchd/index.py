@@ -98,14 +98,17 @@ def render_index(
         "created_at": _iso(batch_created(batch_id)),
         "writer": writer,
         "tar": {"bucket": bucket, "key": tar_key, "size": tar_size},
-        "objects": [_object(entry) for entry in entries],
+        "objects": [_object(entry) for entry in entries if not entry.record.deleted],
     }
+    tombstones = [_tombstone(entry) for entry in entries if entry.record.deleted]
+    if tombstones:
+        document["tombstones"] = tombstones
     return json.dumps(document, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
 
 
 def _object(entry: IndexEntry) -> dict[str, object]:
     record = entry.record
-    return {
+    out: dict[str, object] = {
         "key": record.key,
         "member": entry.member,
         "offset": entry.offset,
@@ -116,6 +119,18 @@ def _object(entry: IndexEntry) -> dict[str, object]:
         "headers": record.headers,
         "checksums": record.checksums,
         "last_modified": _iso(datetime.fromtimestamp(record.mtime, tz=UTC)),
+    }
+    if record.multipart_etag:
+        out["md5"] = record.md5_hex
+    return out
+
+
+def _tombstone(entry: IndexEntry) -> dict[str, object]:
+    record = entry.record
+    return {
+        "key": record.key,
+        "member": entry.member,
+        "deleted_at": _iso(datetime.fromtimestamp(record.mtime, tz=UTC)),
     }
 
 

@@ -29,6 +29,7 @@ from s3batchd.errors import (
     NoSuchKey,
     PreconditionFailed,
 )
+from s3batchd.records import ObjectRecord
 from s3batchd.spool import OPEN_SUFFIX, SEALED_SUFFIX
 
 if TYPE_CHECKING:
@@ -86,23 +87,29 @@ def http_date(timestamp: float) -> str:
     return format_datetime(datetime.fromtimestamp(int(timestamp), tz=UTC), usegmt=True)
 
 
+def iso_time(timestamp: float) -> str:
+    """``LastModified`` as S3 lists it (ISO 8601, milliseconds, Z)."""
+    moment = datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="milliseconds")
+    return moment.replace("+00:00", "Z")
+
+
 def check_conditions(entry: CatalogEntry, headers: dict[str, str]) -> bool:
     """Apply If-Match / If-Unmodified-Since (412) and If-None-Match / If-Modified-Since.
     Returns False when the answer is 304 Not Modified."""
     etag = entry.record.etag
     modified = int(entry.record.mtime)
     if "if-match" in headers:
-        if not _etag_matches(headers["if-match"], etag):
+        if not etag_matches(headers["if-match"], etag):
             raise PreconditionFailed()
     elif (since := _date(headers.get("if-unmodified-since"))) is not None and modified > since:
         raise PreconditionFailed()
     if "if-none-match" in headers:
-        return not _etag_matches(headers["if-none-match"], etag)
+        return not etag_matches(headers["if-none-match"], etag)
     since = _date(headers.get("if-modified-since"))
     return since is None or modified > since
 
 
-def _etag_matches(condition: str, etag: str) -> bool:
+def etag_matches(condition: str, etag: str) -> bool:
     tags = [t.strip().removeprefix("W/") for t in condition.split(",")]
     return "*" in tags or etag in tags or etag.strip('"') in tags
 
@@ -263,48 +270,41 @@ def parse_list_query(query: dict[str, str]) -> ListQuery:
     )
 
 
-def list_objects(catalog: Catalog, bucket: str, query: ListQuery) -> Response:
-    """ListObjects / ListObjectsV2 over the keys this daemon wrote (S3 pagination)."""
-    contents: list[CatalogEntry] = []
-    prefixes: list[str] = []
-    last_returned = ""
-    truncated = False
-    for entry in catalog.iter_keys(bucket, query.prefix, query.after):
-        key = entry.record.key
-        common = _common_prefix(key, query.prefix, query.delimiter)
-        if common is not None and ((prefixes and prefixes[-1] == common) or common <= query.after):
-            continue
-        if len(contents) + len(prefixes) >= query.max_keys:
-            truncated = query.max_keys > 0
-            break
-        if common is not None:
-            prefixes.append(common)
-            last_returned = common
-        else:
-            contents.append(entry)
-            last_returned = key
-    # The next page starts after the last key or common prefix returned; keys under a common
-    # prefix already returned are skipped by the ``common <= after`` test above.
-    xml = _list_xml(bucket, query, contents, prefixes, truncated, last_returned)
-    return Response(xml, media_type="application/xml")
+@dataclass(frozen=True, slots=True)
+class ListItem:
+    """One element of a listing: an object, or a common prefix."""
+
+    name: str
+    prefix: bool = False
+    last_modified: str = ""
+    etag: str = ""
+    size: int = 0
+    storage_class: str = "STANDARD"
+
+    @classmethod
+    def of_record(cls, record: ObjectRecord) -> ListItem:
+        """The listing element of a batched object."""
+        return cls(
+            record.key,
+            last_modified=iso_time(record.mtime),
+            etag=record.etag,
+            size=record.size,
+            storage_class=record.headers.get("x-amz-storage-class", "STANDARD"),
+        )
 
 
-def _common_prefix(key: str, prefix: str, delimiter: str) -> str | None:
+def common_prefix(key: str, prefix: str, delimiter: str) -> str | None:
+    """The common prefix ``key`` rolls up into, or None."""
     if not delimiter:
         return None
     position = key.find(delimiter, len(prefix))
     return None if position < 0 else key[: position + len(delimiter)]
 
 
-def _list_xml(
-    bucket: str,
-    query: ListQuery,
-    contents: list[CatalogEntry],
-    prefixes: list[str],
-    truncated: bool,
-    last: str,
-) -> bytes:
+def list_xml(bucket: str, query: ListQuery, items: list[ListItem], truncated: bool) -> bytes:
+    """The ListBucketResult of one page (``items`` in key order)."""
     enc = (lambda text: quote(text, safe="/")) if query.url_encoded else (lambda text: text)
+    last = items[-1].name if items else ""
     parts = [
         f'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="{_S3_NS}">',
         f"<Name>{escape(bucket)}</Name><Prefix>{escape(enc(query.prefix))}</Prefix>",
@@ -316,7 +316,7 @@ def _list_xml(
         parts.append("<EncodingType>url</EncodingType>")
     parts.append(f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>")
     if query.v2:
-        parts.append(f"<KeyCount>{len(contents) + len(prefixes)}</KeyCount>")
+        parts.append(f"<KeyCount>{len(items)}</KeyCount>")
         if query.token:
             parts.append(f"<ContinuationToken>{escape(query.token)}</ContinuationToken>")
         if query.start_after:
@@ -328,18 +328,18 @@ def _list_xml(
         parts.append(f"<Marker>{escape(enc(query.marker))}</Marker>")
         if truncated and query.delimiter:
             parts.append(f"<NextMarker>{escape(enc(last))}</NextMarker>")
-    for entry in contents:
-        record = entry.record
-        modified = datetime.fromtimestamp(record.mtime, tz=UTC).isoformat(timespec="milliseconds")
-        parts.append(
-            f"<Contents><Key>{escape(enc(record.key))}</Key>"
-            f"<LastModified>{modified.replace('+00:00', 'Z')}</LastModified>"
-            f"<ETag>{escape(record.etag)}</ETag><Size>{record.size}</Size>"
-            f"<StorageClass>{escape(record.headers.get('x-amz-storage-class', 'STANDARD'))}"
-            "</StorageClass></Contents>"
-        )
     parts.extend(
-        f"<CommonPrefixes><Prefix>{escape(enc(p))}</Prefix></CommonPrefixes>" for p in prefixes
+        f"<Contents><Key>{escape(enc(item.name))}</Key>"
+        f"<LastModified>{item.last_modified}</LastModified>"
+        f"<ETag>{escape(item.etag)}</ETag><Size>{item.size}</Size>"
+        f"<StorageClass>{escape(item.storage_class)}</StorageClass></Contents>"
+        for item in items
+        if not item.prefix
+    )
+    parts.extend(
+        f"<CommonPrefixes><Prefix>{escape(enc(item.name))}</Prefix></CommonPrefixes>"
+        for item in items
+        if item.prefix
     )
     parts.append("</ListBucketResult>")
     return "".join(parts).encode()

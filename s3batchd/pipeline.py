@@ -12,12 +12,13 @@ from functools import partial
 from typing import TYPE_CHECKING, BinaryIO
 
 from s3batchd.batcher import Batcher
+from s3batchd.body import BodyBuffer
 from s3batchd.catalog import Catalog, catalog_path
 from s3batchd.concurrency import run_in, run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import InternalError, SpoolError
 from s3batchd.index import IndexEntry, WriterId
-from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
+from s3batchd.records import EMPTY_MD5, ObjectRecord, SealedBatch, SpoolEntry
 from s3batchd.spool import batches_on_disk, check_writable, lock_spool, recover, scan
 from s3batchd.uploader import Uploader
 from s3batchd.upstream import make_client, probe
@@ -80,6 +81,21 @@ class Pipeline:
             )
         except sqlite3.Error:
             logger.exception("catalog write failed for s3://%s/%s", entry.bucket, record.key)
+
+    async def hide(self, bucket: str, key: str) -> bool:
+        """Stop serving the batched object of ``key`` (it was deleted, or overwritten in the
+        bucket): a tombstone is appended to the bucket's batch, durable like a PUT, recorded
+        in the catalog now and in the batch's index. False when nothing was batched under
+        ``key``."""
+        if self.catalog.get(bucket, key) is None:
+            return False
+        record = ObjectRecord(key=key, size=0, md5_hex=EMPTY_MD5, mtime=time.time(), deleted=True)
+        empty = BodyBuffer(memory_limit=0, spill_dir=self.settings.spool.dir)
+        entry = await self.batcher.add(
+            bucket, record, empty, durability=self.settings.spool.durability
+        )
+        self.written(record, entry, uploaded=False)
+        return True
 
     def _expire_catalog(self) -> None:
         now = time.time()

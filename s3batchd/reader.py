@@ -171,7 +171,10 @@ class Location:
             if name.startswith(_CHECKSUM_HEADER)
             and name.removeprefix(_CHECKSUM_HEADER) in ALGORITHMS
         }
-        location = cls(bucket, tar_key, offset, length, lower.get("etag"), checksums)
+        etag = lower.get("etag")
+        if etag is not None and "-" in etag:
+            etag = None  # a multipart ETag is not the MD5 of the data
+        location = cls(bucket, tar_key, offset, length, etag, checksums)
         sent_range = lower.get(HEADER_PREFIX + "range")
         if sent_range is not None and sent_range != location.byte_range:
             raise ReaderError(
@@ -191,6 +194,9 @@ class Location:
             raise NotABatchError(f"not an index entry: {entry!r:.200}") from exc
         if not (_is_int(offset) and _is_int(length) and isinstance(etag, str)):
             raise NotABatchError(f"not an index entry: {entry!r:.200}")
+        md5 = entry.get("md5")
+        if isinstance(md5, str):  # an assembled multipart upload: its ETag is not an MD5
+            etag = f'"{md5}"'
         if not isinstance(checksums, dict) or not all(
             isinstance(v, str) for v in checksums.values()
         ):

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+#: MD5 of no bytes (a tombstone's data).
+EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
+
 
 @dataclass(frozen=True, slots=True)
 class ObjectRecord:
@@ -25,11 +28,16 @@ class ObjectRecord:
     """Verified ``x-amz-checksum-*`` values by lower-cased algorithm name (base64)."""
     mtime: float = 0.0
     """When the object was received (Unix time)."""
+    multipart_etag: str = ""
+    """For an object assembled from a client's multipart upload: S3's multipart ETag
+    (``<hex MD5 of the parts' MD5s>-<parts>``, unquoted); empty otherwise."""
+    deleted: bool = False
+    """A tombstone: the key was deleted (or overwritten in the bucket) at ``mtime``; no data."""
 
     @property
     def etag(self) -> str:
-        """The S3 ETag of a single-part object: the quoted hex MD5."""
-        return f'"{self.md5_hex}"'
+        """The S3 ETag: the quoted hex MD5, or the multipart form for an assembled upload."""
+        return f'"{self.multipart_etag or self.md5_hex}"'
 
 
 @dataclass(frozen=True, slots=True)

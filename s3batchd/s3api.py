@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote_to_bytes
@@ -185,6 +186,11 @@ def parse_put(target: Target, headers: dict[str, str], *, max_bytes: int) -> Put
     if unsupported:
         raise NotImplementedS3(f"PUT with ?{unsupported[0]} is not implemented by s3batchd.")
     _reject_unsupported_headers(headers)
+    return parse_body(target, headers, max_bytes=max_bytes)
+
+
+def parse_body(target: Target, headers: dict[str, str], *, max_bytes: int) -> PutRequest:
+    """What the headers of any request with a body say about it: framing, size, digests."""
     aws_chunked = _is_aws_chunked(headers)
     declared = _declared_size(headers, aws_chunked=aws_chunked)
     if declared is not None and declared > max_bytes:
@@ -192,8 +198,8 @@ def parse_put(target: Target, headers: dict[str, str], *, max_bytes: int) -> Put
     request = PutRequest(
         target=target,
         content_type=headers.get("content-type") or DEFAULT_CONTENT_TYPE,
-        metadata=_metadata(headers),
-        stored_headers=_stored_headers(headers),
+        metadata=metadata_of(headers),
+        stored_headers=stored_headers_of(headers),
         aws_chunked=aws_chunked,
         declared_size=declared,
     )
@@ -228,13 +234,22 @@ ACCEPTED_VALUES = {
 
 
 def _reject_unsupported_headers(headers: dict[str, str]) -> None:
+    reason = unbatchable(headers)
+    if reason is not None:
+        raise NotImplementedS3(reason)
+
+
+def unbatchable(headers: dict[str, str]) -> str | None:
+    """Why a PutObject with these headers cannot be batched (it can still be forwarded), or
+    None."""
     for name in UNSUPPORTED_HEADERS:
         if name in headers:
-            raise NotImplementedS3(f"The {name} header is not supported for batched objects.")
+            return f"The {name} header is not supported for batched objects."
     for name, accepted in ACCEPTED_VALUES.items():
         value = headers.get(name)
         if value is not None and value.strip().lower() not in accepted:
-            raise NotImplementedS3(f"{name}: {value} is not supported for batched objects.")
+            return f"{name}: {value} is not supported for batched objects."
+    return None
 
 
 def _is_aws_chunked(headers: dict[str, str]) -> bool:
@@ -262,14 +277,14 @@ def _declared_size(headers: dict[str, str], *, aws_chunked: bool) -> int | None:
     return value
 
 
-def _metadata(headers: dict[str, str]) -> dict[str, str]:
+def metadata_of(headers: dict[str, str]) -> dict[str, str]:
     meta = {name[11:]: value for name, value in headers.items() if name.startswith("x-amz-meta-")}
     if sum(len(name) + len(value) for name, value in meta.items()) > MAX_USER_METADATA_BYTES:
         raise MetadataTooLarge()
     return meta
 
 
-def _stored_headers(headers: dict[str, str]) -> dict[str, str]:
+def stored_headers_of(headers: dict[str, str]) -> dict[str, str]:
     stored = {name: headers[name] for name in STORED_HEADERS if name in headers}
     if "content-encoding" in stored:
         tokens = [t.strip() for t in stored["content-encoding"].split(",")]
@@ -347,7 +362,7 @@ async def read_body(
 
 def build_record(request: PutRequest, digests: Digests, size: int) -> ObjectRecord:
     """Verify sizes and digests of a received body and describe the object."""
-    checksums = _verify(request, digests, size)
+    checksums = verify_body(request, digests, size)
     return ObjectRecord(
         key=request.target.key,
         size=size,
@@ -374,7 +389,28 @@ async def _read(
     verifier: ChunkVerifier | None,
 ) -> Digests:
     digests = Digests(request)
+    async for piece in iter_body(
+        request, receive, digests, max_bytes=max_bytes, timeout_s=timeout_s, verifier=verifier
+    ):
+        body.write(piece)
+    return digests
+
+
+async def iter_body(
+    request: PutRequest,
+    receive: Receive,
+    digests: Digests,
+    *,
+    max_bytes: int,
+    timeout_s: float,
+    verifier: ChunkVerifier | None,
+    received: int = 0,
+) -> AsyncIterator[bytes]:
+    """The decoded body piece by piece, every digest fed; trailing checksums are added to
+    ``request.checksums`` at the end (``build_record``/``verify_body`` compare them).
+    ``received``: bytes already taken from this body by an earlier reader."""
     decoder = AwsChunkedDecoder(verifier) if request.aws_chunked else None
+    size = received
     while True:
         try:
             async with asyncio.timeout(timeout_s):
@@ -386,16 +422,16 @@ async def _read(
         chunk: bytes = message.get("body", b"")
         pieces = decoder.feed(chunk) if decoder is not None else [chunk]
         for piece in pieces:
-            if body.size + len(piece) > max_bytes:
+            size += len(piece)
+            if size > max_bytes:
                 raise EntityTooLarge(f"Your upload exceeds the limit of {max_bytes} bytes.")
             digests.update(piece)
-            body.write(bytes(piece))
+            yield bytes(piece)
         if not message.get("more_body", False):
             break
     if decoder is not None:
         decoder.finish()
         request.checksums.update(_trailer_checksums(request, decoder.trailers))
-    return digests
 
 
 def _trailer_checksums(request: PutRequest, trailers: dict[str, str]) -> dict[str, bytes]:
@@ -407,7 +443,9 @@ def _trailer_checksums(request: PutRequest, trailers: dict[str, str]) -> dict[st
     return found
 
 
-def _verify(request: PutRequest, digests: Digests, size: int) -> dict[str, str]:
+def verify_body(request: PutRequest, digests: Digests, size: int) -> dict[str, str]:
+    """Check a received body against every size and digest its request stated; the
+    verified checksums by algorithm (base64)."""
     if request.declared_size is not None and size != request.declared_size:
         raise IncompleteBody(f"Received {size} bytes, expected {request.declared_size}.")
     if request.content_md5 is not None and digests.md5.digest() != request.content_md5:

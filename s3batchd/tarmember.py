@@ -26,6 +26,8 @@ _SIZE = PAX_PREFIX + "size"
 _META = PAX_PREFIX + "meta."
 _HEADER = PAX_PREFIX + "header."
 _CHECKSUM = PAX_PREFIX + "checksum."
+_MULTIPART_ETAG = PAX_PREFIX + "etag"
+_DELETED = PAX_PREFIX + "deleted"
 
 
 def padded(size: int) -> int:
@@ -73,6 +75,10 @@ def _pax_records(record: ObjectRecord) -> dict[str, str]:
         _CONTENT_TYPE: record.content_type,
         _MTIME: repr(record.mtime),
     }
+    if record.multipart_etag:
+        pax[_MULTIPART_ETAG] = record.multipart_etag
+    if record.deleted:
+        pax[_DELETED] = "1"
     pax.update(_prefixed(_META, record.metadata))
     pax.update(_prefixed(_HEADER, record.headers))
     pax.update(_prefixed(_CHECKSUM, record.checksums))
@@ -97,6 +103,8 @@ def decode_record(info: tarfile.TarInfo) -> ObjectRecord | None:
         headers=_unprefixed(_HEADER, pax),
         checksums=_unprefixed(_CHECKSUM, pax),
         mtime=float(pax.get(_MTIME, info.mtime)),
+        multipart_etag=pax.get(_MULTIPART_ETAG, ""),
+        deleted=pax.get(_DELETED) == "1",
     )
 
 

@@ -20,13 +20,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import boto3
 import pytest
 from awscrt import checksums as crt
-from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from minio import Minio
-from minio.error import S3Error
 
 from tests.batches import Location, fetch, indexed_objects
 from tests.conftest import CHECKSUM_MODES, ChecksumMode, Daemon, DaemonFactory, wait_for
@@ -164,22 +162,28 @@ def test_boto3_file_bodies_and_transfers(
     assert_uploaded(s3, bucket, stored)
 
 
-def test_boto3_multipart_upload_is_refused_clearly(
+def test_boto3_small_multipart_upload_is_batched(
     signed: Daemon, bucket: str, tmp_path: Path
 ) -> None:
-    """upload_file above multipart_threshold (8 MiB by default; 1 MiB here to stay small)
-    starts with CreateMultipartUpload (POST ?uploads): 501 NotImplemented, nothing stored."""
+    """upload_file above multipart_threshold (8 MiB by default; 1 MiB here) uploads in parts;
+    below batch.passthrough_bytes the daemon assembles them into one batched object with
+    S3's multipart ETag."""
+    data = bytes(range(256)) * (2 * 4096)
     large = tmp_path / "large.bin"
-    large.write_bytes(b"m" * (2 * 1024 * 1024))
-    client = signed.client(retries={"total_max_attempts": 1})
-    with pytest.raises(S3UploadFailedError) as caught:
-        client.upload_file(
-            str(large), bucket, "mpu/large", Config=TransferConfig(multipart_threshold=1024 * 1024)
-        )
-    message = str(caught.value)
-    assert "(NotImplemented)" in message
-    assert "CreateMultipartUpload" in message
-    assert signed.pipeline.catalog.count() == 0
+    large.write_bytes(data)
+    client = signed.client()
+    # s3transfer's parts are at least 5 MiB: one part here.
+    client.upload_file(
+        str(large), bucket, "mpu/large", Config=TransferConfig(multipart_threshold=1024 * 1024)
+    )
+    head = client.head_object(Bucket=bucket, Key="mpu/large")
+    one_part = hashlib.md5(hashlib.md5(data).digest()).hexdigest()
+    assert head["ETag"] == f'"{one_part}-1"'
+    assert head["ResponseMetadata"]["HTTPHeaders"]["x-s3batchd-tar"].startswith(f"s3://{bucket}/")
+    back = tmp_path / "back.bin"
+    client.download_file(bucket, "mpu/large", str(back))
+    assert back.read_bytes() == data
+    assert signed.pipeline.catalog.count() == 1
 
 
 @pytest.mark.parametrize("version", ["s3v4", "s3"])
@@ -256,15 +260,12 @@ def test_minio_put_fput_and_get(signed: Daemon, s3: S3Client, bucket: str, tmp_p
     assert_uploaded(s3, bucket, stored)
 
 
-def test_minio_without_region_needs_get_bucket_location(signed: Daemon, bucket: str) -> None:
-    """Without region= minio-py first asks GET /bucket?location, which s3batchd does not
-    serve: the upload fails with NotImplemented before any body is sent."""
+def test_minio_without_region_asks_get_bucket_location(signed: Daemon, bucket: str) -> None:
+    """Without region= minio-py first asks GET /bucket?location: forwarded to the bucket."""
     client = minio_client(signed)
-    with pytest.raises(S3Error) as caught:
-        client.put_object(bucket, "minio/no-region", io.BytesIO(b"x"), length=1)
-    assert caught.value.code == "NotImplemented"
-    assert "?location" in str(caught.value.message)
-    assert signed.pipeline.catalog.count() == 0
+    client.put_object(bucket, "minio/no-region", io.BytesIO(b"x"), length=1)
+    assert client.get_object(bucket, "minio/no-region").read() == b"x"
+    assert signed.pipeline.catalog.count() == 1
 
 
 # --- any key, byte-exact -------------------------------------------------------------------

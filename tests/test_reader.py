@@ -444,6 +444,10 @@ def test_index_schema_matches_render_index() -> None:
     ]
     for change in changes:
         assert not index_validator().is_valid({**document, **change}), change
+    tombstone = {"key": "gone", "member": "gone", "deleted_at": "2027-01-15T08:00:01.000Z"}
+    assert index_validator().is_valid({**document, "objects": [], "tombstones": [tombstone]})
+    assembled = {**document["objects"][1], "etag": f'"{"0" * 32}-3"', "md5": "1" * 32}
+    assert index_validator().is_valid({**document, "objects": [assembled]})
     for field, value in (
         ("etag", hashlib.md5(b"abc").hexdigest()),
         ("member", "a/../x"),

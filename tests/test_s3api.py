@@ -37,11 +37,19 @@ def test_every_recorded_put_object_is_stored_byte_exact(
 ) -> None:
     port = daemon.settings.server.port
     stored: list[tuple[Recorded, Location]] = []
+    forwarded: list[tuple[Recorded, str]] = []
     for record in RECORDED:
         response = send_raw(port, retarget(record.raw, bucket, port))
-        if record.header("if-match") or record.header("if-none-match"):
-            # Conditional writes cannot be honoured for a batched object (yet): refused.
-            assert (response.status, _xml(response.body)["Code"]) == (501, "NotImplemented")
+        if record.header("if-match"):
+            # Decided against the batched object of the key: "abc" is not its ETag.
+            assert (response.status, _xml(response.body)["Code"]) == (412, "PreconditionFailed")
+            continue
+        if record.header("if-none-match"):
+            # A key the daemon never batched: the bucket decides; the object is stored there.
+            assert response.status == 200, (record.case, response.body)
+            assert "x-s3batchd-tar" not in response.headers
+            key = record.raw.split(b" ")[1].split(b"?")[0].lstrip(b"/").partition(b"/")[2].decode()
+            forwarded.append((record, key))
             continue
         analysis = record.meta["analysis"]
         if False in analysis.get("client_checksums_valid", {}).values():
@@ -54,6 +62,11 @@ def test_every_recorded_put_object_is_stored_byte_exact(
     wait_for(lambda: indexed_objects(s3, bucket) == len(stored))
     for record, location in stored:
         assert hashlib.md5(fetch(s3, location)).hexdigest() == record.md5_hex, record.case
+    for record, key in forwarded:
+        data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert hashlib.md5(data).hexdigest() == record.md5_hex, record.case
+        again = send_raw(port, retarget(record.raw, bucket, port))
+        assert (again.status, _xml(again.body)["Code"]) == (412, "PreconditionFailed")
         assert location.length == record.meta["analysis"]["decoded_payload_len"]
 
 
@@ -85,18 +98,66 @@ def assert_nothing_spooled(daemon: Daemon) -> None:
 @pytest.mark.parametrize(
     ("call", "status", "code"),
     [
+        # Forwarded: the bucket's own error reaches the client unchanged.
         (lambda c, b: c.get_object(Bucket=b, Key="k"), 404, "NoSuchKey"),
-        (lambda c, b: c.delete_object(Bucket=b, Key="k"), 501, "NotImplemented"),
-        (lambda c, b: c.create_multipart_upload(Bucket=b, Key="k"), 501, "NotImplemented"),
-        (lambda c, b: c.put_object_acl(Bucket=b, Key="k", ACL="private"), 501, "NotImplemented"),
-        (lambda c, b: c.get_object_acl(Bucket=b, Key="k"), 501, "NotImplemented"),
-        (lambda c, b: c.get_bucket_location(Bucket=b), 501, "NotImplemented"),
+        (lambda c, b: c.head_bucket(Bucket="no-such-bucket-s3b"), 404, "404"),
         (
             lambda c, b: c.put_object(Bucket="Bad_Bucket", Key="k", Body=b"x"),
             400,
             "InvalidBucketName",
         ),
         (lambda c, b: c.put_object(Bucket=b, Key="k" * 1025, Body=b"x"), 400, "KeyTooLongError"),
+        (
+            lambda c, b: c.put_object(
+                Bucket=b, Key="k", Body=b"x", ContentMD5="1B2M2Y8AsgTpgAmY7PhCfg=="
+            ),
+            400,
+            "BadDigest",
+        ),
+        (
+            lambda c, b: c.put_object(Bucket=b, Key="k", Body=b"x", ContentMD5="short"),
+            400,
+            "InvalidDigest",
+        ),
+        (
+            lambda c, b: c.put_object(Bucket=b, Key="k", Body=b"x", ChecksumCRC32="AAAAAA=="),
+            400,
+            "BadDigest",
+        ),
+        (  # above max_object_bytes: forwarded, and verified on the way
+            lambda c, b: c.put_object(
+                Bucket=b, Key="k", Body=b"x" * 2048, ChecksumCRC32="AAAAAA=="
+            ),
+            400,
+            "BadDigest",
+        ),
+    ],
+)
+def test_sdk_sees_s3_errors(
+    start_daemon: DaemonFactory, bucket: str, call: object, status: int, code: str
+) -> None:
+    daemon = start_daemon(limits={"max_object_bytes": 1024})
+    client = daemon.client(retries={"total_max_attempts": 1})
+    with pytest.raises(ClientError) as caught:
+        call(client, bucket)  # type: ignore[operator]
+    assert _error(caught.value) == (status, code)
+    assert caught.value.response["ResponseMetadata"]["HTTPHeaders"]["x-amz-request-id"]
+    assert_nothing_spooled(daemon)
+    client.head_bucket(Bucket=bucket)
+    with pytest.raises(ClientError) as missing:
+        daemon.client().head_object(Bucket=bucket, Key="k")
+    assert _error(missing.value) == (404, "404")  # nothing reached the bucket either
+
+
+@pytest.mark.parametrize(
+    ("call", "status", "code"),
+    [
+        (lambda c, b: c.get_object(Bucket=b, Key="k"), 403, "AccessDenied"),
+        (lambda c, b: c.delete_object(Bucket=b, Key="k"), 403, "AccessDenied"),
+        (lambda c, b: c.put_object_acl(Bucket=b, Key="k", ACL="private"), 403, "AccessDenied"),
+        (lambda c, b: c.get_object_acl(Bucket=b, Key="k"), 403, "AccessDenied"),
+        (lambda c, b: c.get_bucket_location(Bucket=b), 403, "AccessDenied"),
+        (lambda c, b: c.list_buckets(), 403, "AccessDenied"),
         (
             lambda c, b: c.put_object(
                 Bucket=b, Key="k", Body=b"x", ServerSideEncryption="aws:kms", SSEKMSKeyId="key"
@@ -120,24 +181,6 @@ def assert_nothing_spooled(daemon: Daemon) -> None:
             501,
             "NotImplemented",
         ),
-        (lambda c, b: c.put_object(Bucket=b, Key="k", Body=b"x" * 2048), 400, "EntityTooLarge"),
-        (
-            lambda c, b: c.put_object(
-                Bucket=b, Key="k", Body=b"x", ContentMD5="1B2M2Y8AsgTpgAmY7PhCfg=="
-            ),
-            400,
-            "BadDigest",
-        ),
-        (
-            lambda c, b: c.put_object(Bucket=b, Key="k", Body=b"x", ContentMD5="short"),
-            400,
-            "InvalidDigest",
-        ),
-        (
-            lambda c, b: c.put_object(Bucket=b, Key="k", Body=b"x", ChecksumCRC32="AAAAAA=="),
-            400,
-            "BadDigest",
-        ),
         (
             lambda c, b: c.put_object(
                 Bucket=b, Key="k", Body=b"x", SSECustomerAlgorithm="AES256", SSECustomerKey="k" * 32
@@ -145,32 +188,36 @@ def assert_nothing_spooled(daemon: Daemon) -> None:
             501,
             "NotImplemented",
         ),
+        (lambda c, b: c.put_object(Bucket=b, Key="k", Body=b"x" * 2048), 400, "EntityTooLarge"),
     ],
 )
-def test_sdk_sees_s3_errors(
+def test_without_passthrough_only_batching_is_served(
     start_daemon: DaemonFactory, bucket: str, call: object, status: int, code: str
 ) -> None:
-    daemon = start_daemon(limits={"max_object_bytes": 1024})
+    """``passthrough = []``: what would need the bucket is refused, saying why."""
+    daemon = start_daemon(limits={"max_object_bytes": 1024}, passthrough={"operations": []})
     client = daemon.client(retries={"total_max_attempts": 1})
     with pytest.raises(ClientError) as caught:
         call(client, bucket)  # type: ignore[operator]
     assert _error(caught.value) == (status, code)
-    assert caught.value.response["ResponseMetadata"]["HTTPHeaders"]["x-amz-request-id"]
+    message = caught.value.response["Error"]["Message"]
+    assert "passthrough" in message if code == "AccessDenied" else message
     assert_nothing_spooled(daemon)
 
 
-def test_error_body_is_s3_xml(daemon: Daemon, bucket: str) -> None:
+def test_error_body_is_s3_xml(start_daemon: DaemonFactory, bucket: str) -> None:
+    daemon = start_daemon(passthrough={"operations": ["PutObject"]})
     status, headers, body = _raw(
         daemon.settings.server.port,
         f"DELETE /{bucket}/some/key HTTP/1.1\nHost: 127.0.0.1\nContent-Length: 0",
     )
-    assert status == 501
+    assert status == 403
     assert headers["content-type"] == "application/xml"
     fields = _xml(body)
-    assert fields["Code"] == "NotImplemented"
+    assert fields["Code"] == "AccessDenied"
     assert fields["Resource"] == f"/{bucket}/some/key"
     assert fields["RequestId"] == headers["x-amz-request-id"]
-    assert fields["Message"]
+    assert "DeleteObject" in fields["Message"]
 
 
 def test_put_without_length_is_411(daemon: Daemon, bucket: str) -> None:
@@ -211,7 +258,7 @@ def test_aws_chunked_length_mismatch_is_incomplete_body(daemon: Daemon, bucket: 
 
 def test_early_rejection_closes_the_connection(start_daemon: DaemonFactory, bucket: str) -> None:
     """A 100-continue request refused before its body must not desync the connection."""
-    daemon = start_daemon(limits={"max_object_bytes": 10})
+    daemon = start_daemon(limits={"max_object_bytes": 10}, passthrough={"operations": []})
     with socket.create_connection(("127.0.0.1", daemon.settings.server.port), timeout=10) as sock:
         sock.sendall(
             f"PUT /{bucket}/big HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n"

@@ -1,0 +1,127 @@
+"""CopyObject (and the source side of UploadPartCopy): a batched source is read through the
+daemon (the bucket does not hold it as an object); any other source is the bucket's business
+and the request is forwarded."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import replace
+from urllib.parse import unquote
+
+from starlette.responses import Response
+
+from s3batchd.body import BodyBuffer
+from s3batchd.catalog import CatalogEntry
+from s3batchd.errors import InternalError, InvalidArgument, InvalidRequest
+from s3batchd.ingest import requested_durability, store, written_upstream
+from s3batchd.objects import (
+    ObjectSource,
+    check_conditions,
+    http_date,
+    iso_time,
+    parse_range,
+    read_bytes,
+)
+from s3batchd.passthrough import Call, send_upstream
+from s3batchd.pipeline import Pipeline
+from s3batchd.s3api import DEFAULT_CONTENT_TYPE, check_bucket, metadata_of, stored_headers_of
+
+_S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+
+
+def parse_copy_source(value: str) -> tuple[str, str, str | None]:
+    """Bucket, key and version id of ``x-amz-copy-source``."""
+    path, _, query = value.partition("?")
+    bucket, _, key = unquote(path).lstrip("/").partition("/")
+    if not bucket or not key:
+        raise InvalidArgument("Copy Source must mention the source bucket and key: bucket/key.")
+    check_bucket(bucket)
+    version = None
+    if query.startswith("versionId="):
+        version = unquote(query.removeprefix("versionId="))
+    return bucket, key, version
+
+
+def batched_source(call: Call) -> CatalogEntry | None:
+    """The catalog entry of the copy source when the daemon batched it (and no version is
+    asked for), else None."""
+    bucket, key, version = parse_copy_source(call.headers["x-amz-copy-source"])
+    if version is not None:
+        return None
+    pipeline: Pipeline = call.request.app.state.pipeline
+    return pipeline.catalog.get(bucket, key)
+
+
+async def read_source(call: Call, entry: CatalogEntry, byte_range: str | None) -> bytes:
+    """The bytes of a batched copy source (``byte_range``: ``bytes=first-last``), after the
+    ``x-amz-copy-source-if-*`` conditions; whole objects are checked against their MD5."""
+    conditions = {
+        name.removeprefix("x-amz-copy-source-"): value
+        for name, value in call.headers.items()
+        if name.startswith("x-amz-copy-source-if-")
+    }
+    if not check_conditions(entry, conditions):
+        # S3 answers a failed copy-source If-None-Match / If-Modified-Since with 412.
+        from s3batchd.errors import PreconditionFailed
+
+        raise PreconditionFailed()
+    pipeline: Pipeline = call.request.app.state.pipeline
+    source = ObjectSource(
+        pipeline.catalog, pipeline.settings.spool.dir, pipeline.client, pipeline.read_executor
+    )
+    size = entry.record.size
+    span = parse_range(byte_range, size) if byte_range else None
+    first, last = span if span is not None else (0, size - 1)
+    data = await read_bytes(source, entry, first, last)
+    if (
+        span is None
+        and hashlib.md5(data, usedforsecurity=False).hexdigest() != entry.record.md5_hex
+    ):
+        raise InternalError("The copy source failed its integrity check; please retry.")
+    return data
+
+
+async def copy_object(call: Call) -> Response:
+    """CopyObject."""
+    entry = batched_source(call)
+    if entry is None:
+        call.allow()
+        upstream = await send_upstream(call)
+        return await written_upstream(call, upstream)
+    data = await read_source(call, entry, None)
+    headers = call.headers
+    directive = headers.get("x-amz-metadata-directive", "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise InvalidArgument("Unknown metadata directive.")
+    source_key = entry.record.key
+    if directive == "COPY" and (entry.bucket, source_key) == (call.target.bucket, call.target.key):
+        raise InvalidRequest(
+            "This copy request is illegal because it is trying to copy an object to itself "
+            "without changing the object's metadata, storage class, website redirect location "
+            "or encryption attributes."
+        )
+    record = replace(entry.record, key=call.target.key, mtime=time.time())
+    if directive == "REPLACE":
+        record = replace(
+            record,
+            content_type=headers.get("content-type") or DEFAULT_CONTENT_TYPE,
+            metadata=metadata_of(headers),
+            headers=stored_headers_of(headers),
+        )
+    pipeline: Pipeline = call.request.app.state.pipeline
+    body = BodyBuffer(memory_limit=len(data), spill_dir=pipeline.settings.spool.dir)
+    body.write(data)
+    durability = requested_durability(headers, pipeline.settings.spool.durability)
+    try:
+        stored = await store(call, pipeline, record, body, durability)
+    finally:
+        body.close()
+    xml = (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<CopyObjectResult xmlns="{_S3_NS}">'
+        f"<LastModified>{iso_time(record.mtime)}</LastModified><ETag>{record.etag}</ETag>"
+        "</CopyObjectResult>"
+    ).encode()
+    out = {k: v for k, v in stored.headers.items() if k.lower() != "content-length"}
+    out["Last-Modified"] = http_date(record.mtime)
+    return Response(xml, media_type="application/xml", headers=out)

@@ -1,0 +1,130 @@
+"""Which handler serves a request: the daemon's own (PutObject batching, reads of batched
+keys, client multipart uploads, merged listings, deletes of batched keys) or forwarding."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from xml.etree import ElementTree
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Scope
+
+from s3batchd.auth import Authenticator
+from s3batchd.copy import copy_object, parse_copy_source
+from s3batchd.errors import MalformedXML, NotImplementedS3
+from s3batchd.ingest import hide_batched, put_object
+from s3batchd.listing import list_objects_merged
+from s3batchd.multipart import MULTIPART_HANDLERS, list_multipart_uploads
+from s3batchd.objects import ObjectSource, get_object
+from s3batchd.operations import operation_of
+from s3batchd.passthrough import Call, forward, read_small_body, send_upstream
+from s3batchd.pipeline import Pipeline
+from s3batchd.proxy import relay
+from s3batchd.s3api import SUBRESOURCES, check_bucket, check_host, check_key, parse_target
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[Call], Awaitable[Response]]
+
+
+def request_headers(scope: Scope) -> dict[str, str]:
+    """Lower-cased header names to values; repeated headers joined with commas."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]},{value}" if name in headers else value
+    return headers
+
+
+async def serve(request: Request) -> Response:
+    """Authenticate a request and hand it to its operation's handler."""
+    state = request.app.state
+    server = state.settings.server
+    headers = request_headers(request.scope)
+    check_host(headers.get("host", ""), server.allowed_hosts, server.virtual_host_domains)
+    target = parse_target(request.scope, headers, server.virtual_host_domains)
+    authenticator: Authenticator = state.authenticator
+    context = authenticator.verify(request.scope, target.bucket, target.key, target.virtual)
+    operation = operation_of(request.method, target, headers)
+    request.state.operation = operation
+    if target.bucket:
+        check_bucket(target.bucket)
+    if target.key:
+        check_key(target.key)
+    if "x-amz-copy-source" in headers:
+        source_bucket, source_key, _ = parse_copy_source(headers["x-amz-copy-source"])
+        authenticator.check_allowed(context, source_bucket, source_key)
+    call = Call(request, target, headers, operation, context)
+    handler = HANDLERS.get(operation, forward)
+    return await handler(call)
+
+
+def _pipeline(call: Call) -> Pipeline:
+    pipeline: Pipeline = call.request.app.state.pipeline
+    return pipeline
+
+
+async def read_object(call: Call) -> Response:
+    """GetObject / HeadObject: a batched key from the spool or its tar, any other from the
+    bucket."""
+    pipeline = _pipeline(call)
+    target = call.target
+    entry = pipeline.catalog.get(target.bucket, target.key)
+    if entry is None:
+        return await forward(call)
+    other = sorted(SUBRESOURCES.intersection(target.query))
+    if other:
+        raise NotImplementedS3(f"{call.request.method} ?{other[0]} of a batched object.")
+    source = ObjectSource(
+        pipeline.catalog, pipeline.settings.spool.dir, pipeline.client, pipeline.read_executor
+    )
+    return await get_object(
+        source, target.bucket, target.key, call.headers, head=call.head, query=target.query
+    )
+
+
+async def delete_object(call: Call) -> Response:
+    """DeleteObject: a batched key is hidden (tombstone), and the delete is forwarded so an
+    older object of the key in the bucket goes too."""
+    if "versionId" in call.target.query:
+        return await forward(call)  # one version: the batched (latest) object stays
+    hidden = await hide_batched(call, call.target.bucket, call.target.key)
+    if hidden and not call.settings.passthrough.allows("DeleteObject"):
+        return Response(status_code=204)
+    return await forward(call)
+
+
+async def delete_objects(call: Call) -> Response:
+    """DeleteObjects: batched keys among them are hidden; the request goes to the bucket."""
+    call.allow()
+    body = await read_small_body(call)
+    try:
+        root = ElementTree.fromstring(body)  # noqa: S314  no entities are expanded by expat here
+    except ElementTree.ParseError as exc:
+        raise MalformedXML() from exc
+    keys = [node.text or "" for node in root.iter() if _local(node.tag) == "Key"]
+    for key in keys:
+        await hide_batched(call, call.target.bucket, key)
+    upstream = await send_upstream(call, body=body)
+    return relay(upstream)
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+HANDLERS: dict[str, Handler] = {
+    "PutObject": put_object,
+    "GetObject": read_object,
+    "HeadObject": read_object,
+    "ListObjects": list_objects_merged,
+    "ListObjectsV2": list_objects_merged,
+    "DeleteObject": delete_object,
+    "DeleteObjects": delete_objects,
+    "CopyObject": copy_object,
+    "ListMultipartUploads": list_multipart_uploads,
+    **MULTIPART_HANDLERS,
+}

@@ -1,0 +1,197 @@
+"""PutObject: batched into the spool when small, forwarded to the bucket when large or when
+its headers ask for what a batched object cannot have."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import TYPE_CHECKING
+
+from starlette.responses import Response
+
+from s3batchd.auth import chunk_verifier
+from s3batchd.body import BodyBuffer
+from s3batchd.config import DURABILITY_ORDER, Durability, Settings
+from s3batchd.constants import HEADER_PREFIX, MAX_SINGLE_PUT_BYTES
+from s3batchd.errors import (
+    InternalError,
+    InvalidArgument,
+    NotImplementedS3,
+    PreconditionFailed,
+    SlowDown,
+    SpoolError,
+)
+from s3batchd.objects import etag_matches
+from s3batchd.passthrough import Call, send_buffer, send_upstream
+from s3batchd.pipeline import Pipeline
+from s3batchd.proxy import RETRY_SOON, relay
+from s3batchd.records import ObjectRecord, SpoolEntry
+from s3batchd.s3api import (
+    PutRequest,
+    build_record,
+    parse_put,
+    read_body,
+    unbatchable,
+    verify_body,
+)
+from s3batchd.spool import TMP_DIR
+
+if TYPE_CHECKING:
+    import httpx
+
+logger = logging.getLogger(__name__)
+
+
+async def put_object(call: Call) -> Response:
+    """PutObject."""
+    settings = call.settings
+    pipeline: Pipeline = call.request.app.state.pipeline
+    headers = call.headers
+    can_forward = settings.passthrough.allows("PutObject")
+    reason = unbatchable(headers)
+    if reason is not None:
+        headers, reason = _conditions(pipeline, call, reason)
+    if reason is not None:
+        if not can_forward:
+            raise NotImplementedS3(reason)
+        return await forward_write(call)
+    limit = MAX_SINGLE_PUT_BYTES if can_forward else settings.limits.max_object_bytes
+    put = parse_put(call.target, headers, max_bytes=limit)
+    threshold = forward_threshold(settings)
+    if can_forward and put.declared_size is not None and put.declared_size >= threshold:
+        return await forward_write(call, put)
+    durability = requested_durability(headers, settings.spool.durability)
+    if pipeline.draining:
+        raise SlowDown("The daemon is shutting down.", headers=RETRY_SOON)
+    if pipeline.over_quota(put.declared_size or 0):
+        # Backpressure instead of loss: every S3 client retries 503 SlowDown.
+        raise SlowDown("The local spool is full; uploads are catching up.", headers=RETRY_SOON)
+    body, digests = await read_body(
+        put,
+        call.request.receive,
+        max_bytes=limit if put.declared_size is None else settings.limits.max_object_bytes,
+        memory_limit=settings.limits.memory_buffer_bytes,
+        spill_dir=settings.spool.dir / TMP_DIR,
+        timeout_s=settings.server.body_timeout_s,
+        verifier=chunk_verifier(call.context),
+    )
+    call.request.state.body_consumed = True
+    call.request.app.state.metrics.received_bytes.inc(body.size)
+    if can_forward and body.size >= threshold:
+        # A body of unknown size that grew past the threshold: verified, then forwarded.
+        try:
+            checksums = verify_body(put, digests, body.size)
+        except BaseException:
+            body.close()
+            raise
+        upstream = await send_buffer(call, body, put, checksums)
+        return await written_upstream(call, upstream)
+    try:
+        record = build_record(put, digests, body.size)
+        return await store(call, pipeline, record, body, durability)
+    finally:
+        body.close()
+
+
+async def store(
+    call: Call, pipeline: Pipeline, record: ObjectRecord, body: BodyBuffer, durability: Durability
+) -> Response:
+    """Append a verified object to its bucket's batch; the PutObject answer."""
+    entry = await append(call, pipeline, record, body, durability)
+    return Response(status_code=200, headers=put_response_headers(record, entry))
+
+
+async def append(
+    call: Call, pipeline: Pipeline, record: ObjectRecord, body: BodyBuffer, durability: Durability
+) -> SpoolEntry:
+    """Append a verified object to its bucket's batch and make it readable by key."""
+    bucket = call.target.bucket
+    try:
+        entry = await pipeline.batcher.add(bucket, record, body, durability=durability)
+    except SpoolError as exc:
+        logger.error("spool failure for s3://%s/%s: %s", bucket, record.key, exc)  # noqa: TRY400  the cause is in the message
+        if isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.ENOSPC:
+            raise SlowDown("The local spool's disk is full.", headers=RETRY_SOON) from exc
+        raise InternalError("The object could not be stored; please retry.") from exc
+    pipeline.written(record, entry, uploaded=durability == "upload")
+    return entry
+
+
+async def forward_write(call: Call, put: PutRequest | None = None) -> Response:
+    """Send a PutObject to the bucket as it is; a batched copy of the key is hidden."""
+    upstream = await send_upstream(call, put=put)
+    return await written_upstream(call, upstream)
+
+
+async def written_upstream(call: Call, upstream: httpx.Response) -> Response:
+    """Relay the bucket's answer to a forwarded write, after hiding an older batched object
+    of the same key when the write succeeded."""
+    if upstream.status_code < 300:
+        await hide_batched(call, call.target.bucket, call.target.key)
+    return relay(upstream)
+
+
+async def hide_batched(call: Call, bucket: str, key: str) -> bool:
+    """A newer object (or a delete) of ``key`` went to the bucket: the batched one must no
+    longer be served. False if nothing was batched under ``key``."""
+    pipeline: Pipeline = call.request.app.state.pipeline
+    return await pipeline.hide(bucket, key)
+
+
+def _conditions(pipeline: Pipeline, call: Call, reason: str) -> tuple[dict[str, str], str | None]:
+    """Conditional writes against a batched key are decided here (the bucket does not hold
+    it yet): ``If-None-Match: *`` fails, ``If-Match`` compares the batched ETag and, when it
+    holds, the object is batched. Otherwise the bucket decides (the PUT is forwarded)."""
+    headers = call.headers
+    conditional = {"if-match", "if-none-match"}
+    if not conditional & headers.keys():
+        return headers, reason
+    rest = {k: v for k, v in headers.items() if k not in conditional}
+    entry = pipeline.catalog.get(call.target.bucket, call.target.key)
+    if entry is None:
+        return headers, reason
+    if "if-none-match" in headers:
+        if headers["if-none-match"].strip() != "*":
+            raise NotImplementedS3("If-None-Match on PutObject only takes '*'.")
+        raise PreconditionFailed()
+    if not etag_matches(headers["if-match"], entry.record.etag):
+        raise PreconditionFailed()
+    return rest, unbatchable(rest)
+
+
+def forward_threshold(settings: Settings) -> int:
+    """Objects of this many bytes or more are forwarded rather than batched (when
+    ``passthrough`` allows PutObject)."""
+    return min(settings.batch.passthrough_bytes, settings.limits.max_object_bytes + 1)
+
+
+def requested_durability(headers: dict[str, str], default: Durability) -> Durability:
+    """The stronger of the configured level and ``x-s3batchd-durability`` (none, fsync,
+    upload); a weaker request than the configured level is ignored."""
+    value = headers.get(f"{HEADER_PREFIX}durability")
+    if value is None:
+        return default
+    value = value.strip().lower()
+    if value not in DURABILITY_ORDER:
+        raise InvalidArgument(
+            f"{HEADER_PREFIX}durability must be one of {', '.join(DURABILITY_ORDER)}."
+        )
+    asked = DURABILITY_ORDER[DURABILITY_ORDER.index(value)]  # the Literal, for the type checker
+    return max(asked, default, key=DURABILITY_ORDER.index)
+
+
+def put_response_headers(record: ObjectRecord, entry: SpoolEntry) -> dict[str, str]:
+    """ETag, checksum echo and the ``x-s3batchd-*`` location of a stored object."""
+    headers = {
+        "ETag": record.etag,
+        f"{HEADER_PREFIX}tar": f"s3://{entry.bucket}/{entry.tar_key}",
+        f"{HEADER_PREFIX}offset": str(entry.offset),
+        f"{HEADER_PREFIX}length": str(entry.length),
+    }
+    if entry.byte_range is not None:
+        headers[f"{HEADER_PREFIX}range"] = entry.byte_range
+    for algorithm, value in record.checksums.items():
+        headers[f"x-amz-checksum-{algorithm}"] = value
+    if record.checksums:
+        headers["x-amz-checksum-type"] = "FULL_OBJECT"
+    return headers

@@ -1,0 +1,129 @@
+"""ListObjects / ListObjectsV2 through the daemon: the bucket's own listing merged with the
+keys the daemon batched (which the bucket only holds inside tars).
+
+Pagination is by key: a page asks the bucket for the keys after the cursor (``start-after``)
+and merges them with the catalog's; the continuation token (v2) or marker (v1) is the last key
+or common prefix returned. A common prefix as cursor is skipped on the next page, on both
+sides, so the keys under it are not listed again. Where the catalog has nothing under the
+prefix, the bucket's answer is relayed unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote_plus
+from xml.etree import ElementTree
+
+from starlette.responses import Response
+
+from s3batchd.catalog import Catalog
+from s3batchd.errors import MalformedXML
+from s3batchd.objects import ListItem, ListQuery, common_prefix, list_xml, parse_list_query
+from s3batchd.passthrough import Call, forward
+from s3batchd.pipeline import Pipeline
+from s3batchd.proxy import read_all
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    items: list[ListItem]
+    truncated: bool
+
+
+async def list_objects_merged(call: Call) -> Response:
+    """ListObjects (v1) and ListObjectsV2."""
+    query = parse_list_query(call.target.query)
+    pipeline: Pipeline = call.request.app.state.pipeline
+    bucket = call.target.bucket
+    catalog = pipeline.catalog
+    allowed = call.settings.passthrough.allows(call.operation)
+    if allowed and next(catalog.iter_keys(bucket, query.prefix, ""), None) is None:
+        return await forward(call)
+    mine = _catalog_page(catalog, bucket, query)
+    theirs = await _upstream_page(call, query) if allowed else _Page([], truncated=False)
+    if isinstance(theirs, Response):
+        return theirs
+    merged: dict[str, ListItem] = {item.name: item for item in theirs.items}
+    merged.update({item.name: item for item in mine.items})  # the batched object is newer
+    names = sorted(merged)
+    # Neither side may be listed past what was fetched of it: beyond, the other side's
+    # elements are not known yet.
+    bounds = [side.items[-1].name for side in (mine, theirs) if side.truncated and side.items]
+    if bounds:
+        names = [name for name in names if name <= min(bounds)]
+    page = names[: query.max_keys]
+    truncated = query.max_keys > 0 and (
+        len(names) > len(page) or mine.truncated or theirs.truncated
+    )
+    items = [merged[name] for name in page]
+    return Response(list_xml(bucket, query, items, truncated), media_type="application/xml")
+
+
+def _catalog_page(catalog: Catalog, bucket: str, query: ListQuery) -> _Page:
+    items: list[ListItem] = []
+    for entry in catalog.iter_keys(bucket, query.prefix, query.after):
+        key = entry.record.key
+        common = common_prefix(key, query.prefix, query.delimiter)
+        if common is not None:
+            if common == query.after or (items and items[-1].name == common):
+                continue
+            items.append(ListItem(common, prefix=True))
+        else:
+            items.append(ListItem.of_record(entry.record))
+        if len(items) > query.max_keys:
+            return _Page(items[: query.max_keys + 1], truncated=True)
+    return _Page(items, truncated=False)
+
+
+async def _upstream_page(call: Call, query: ListQuery) -> _Page | Response:
+    parameters = [
+        ("list-type", "2"),
+        ("encoding-type", "url"),
+        ("max-keys", str(query.max_keys + 1)),
+        ("prefix", query.prefix),
+    ]
+    if query.delimiter:
+        parameters.append(("delimiter", query.delimiter))
+    if query.after:
+        parameters.append(("start-after", query.after))
+    upstream = await call.forwarder.send("GET", call.target.bucket, "", parameters, {})
+    body = await read_all(upstream)
+    if upstream.status_code != 200:
+        headers = {k: v for k, v in upstream.headers.items() if k.lower() == "content-type"}
+        return Response(body, status_code=upstream.status_code, headers=headers)
+    return _parse(body, query)
+
+
+def _parse(body: bytes, query: ListQuery) -> _Page:
+    try:
+        root = ElementTree.fromstring(body)  # noqa: S314  expat expands no entities
+    except ElementTree.ParseError as exc:
+        raise MalformedXML("The bucket's listing could not be parsed.") from exc
+    ns = root.tag.partition("}")[0] + "}" if root.tag.startswith("{") else ""
+    encoded = (root.findtext(f"{ns}EncodingType") or "").lower() == "url"
+
+    def name(text: str | None) -> str:
+        return unquote_plus(text or "") if encoded else text or ""
+
+    items: list[ListItem] = []
+    for node in root:
+        tag = node.tag[len(ns) :]
+        if tag == "Contents":
+            items.append(
+                ListItem(
+                    name(node.findtext(f"{ns}Key")),
+                    last_modified=node.findtext(f"{ns}LastModified") or "",
+                    etag=node.findtext(f"{ns}ETag") or "",
+                    size=int(node.findtext(f"{ns}Size") or 0),
+                    storage_class=node.findtext(f"{ns}StorageClass") or "STANDARD",
+                )
+            )
+        elif tag == "CommonPrefixes":
+            prefix = name(node.findtext(f"{ns}Prefix"))
+            if prefix != query.after:
+                items.append(ListItem(prefix, prefix=True))
+    items.sort(key=lambda item: item.name)
+    truncated = (root.findtext(f"{ns}IsTruncated") or "").lower() == "true"
+    if len(items) > query.max_keys:
+        items, truncated = items[: query.max_keys + 1], True
+    return _Page(items, truncated)

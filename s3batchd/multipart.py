@@ -1,0 +1,576 @@
+"""Client multipart uploads (CreateMultipartUpload, UploadPart, UploadPartCopy,
+CompleteMultipartUpload, AbortMultipartUpload, ListParts, ListMultipartUploads).
+
+Many clients upload even tiny objects in parts. While an upload's parts stay below
+``batch.passthrough_bytes`` in total they are kept in the spool (uploads.py) and, on
+completion, assembled into one object that is batched like a PutObject, with S3's multipart
+ETag. Once they pass it, the daemon creates the real multipart upload in the bucket, sends the
+parts it holds, and forwards the rest. The client keeps the upload id the daemon gave it
+either way.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape
+
+from starlette.responses import Response
+
+from s3batchd.body import BodyBuffer
+from s3batchd.checksums import ALGORITHMS, b64, new_hasher
+from s3batchd.constants import HEADER_PREFIX, MAX_PART_BYTES, MIN_PART_BYTES
+from s3batchd.copy import batched_source, read_source
+from s3batchd.errors import (
+    EntityTooLarge,
+    EntityTooSmall,
+    InvalidArgument,
+    InvalidPart,
+    InvalidPartOrder,
+    MalformedXML,
+    S3Error,
+    SlowDown,
+)
+from s3batchd.ingest import (
+    append,
+    forward_threshold,
+    hide_batched,
+    put_response_headers,
+    requested_durability,
+)
+from s3batchd.objects import iso_time
+from s3batchd.passthrough import Call, forward, read_small_body, receive_body, send_upstream
+from s3batchd.pipeline import Pipeline
+from s3batchd.proxy import RETRY_SOON, Query, forward_headers, read_all
+from s3batchd.records import ObjectRecord
+from s3batchd.s3api import (
+    DEFAULT_CONTENT_TYPE,
+    metadata_of,
+    parse_body,
+    stored_headers_of,
+    unbatchable,
+)
+from s3batchd.uploads import Part, Upload, UploadStore
+
+_S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+_XML_HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
+Handler = Callable[[Call], Awaitable[Response]]
+
+
+def _store(call: Call) -> UploadStore:
+    store: UploadStore = call.request.app.state.uploads
+    return store
+
+
+def _pipeline(call: Call) -> Pipeline:
+    pipeline: Pipeline = call.request.app.state.pipeline
+    return pipeline
+
+
+def _held(call: Call) -> Upload | None:
+    upload_id = call.target.query.get("uploadId", "")
+    return _store(call).get(upload_id, call.target.bucket, call.target.key)
+
+
+def _xml(body: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        (_XML_HEAD + body).encode(), media_type="application/xml", headers=headers or {}
+    )
+
+
+async def create_multipart_upload(call: Call) -> Response:
+    """CreateMultipartUpload: held by the daemon unless its headers ask for what a batched
+    object cannot have (then the bucket's own upload from the start)."""
+    headers = call.headers
+    if unbatchable(headers) is not None:
+        return await forward(call)
+    algorithm = headers.get("x-amz-checksum-algorithm", "").lower()
+    if algorithm and algorithm not in ALGORITHMS:
+        raise InvalidArgument(f"Unsupported checksum algorithm: {algorithm}")
+    checksum_type = headers.get("x-amz-checksum-type", "").upper()
+    if checksum_type not in ("", "COMPOSITE", "FULL_OBJECT"):
+        raise InvalidArgument(f"Unsupported checksum type: {checksum_type}")
+    metadata_of(headers)  # MetadataTooLarge before anything is kept
+    upload = _store(call).create(
+        call.target.bucket,
+        call.target.key,
+        forward_headers(headers, HEADER_PREFIX),
+        checksum_algorithm=algorithm,
+        checksum_type=checksum_type or ("COMPOSITE" if algorithm else ""),
+    )
+    out = {}
+    if algorithm:
+        out["x-amz-checksum-algorithm"] = algorithm.upper()
+        out["x-amz-checksum-type"] = upload.checksum_type
+    return _xml(
+        f'<InitiateMultipartUploadResult xmlns="{_S3_NS}"><Bucket>{escape(upload.bucket)}'
+        f"</Bucket><Key>{escape(upload.key)}</Key><UploadId>{upload.upload_id}</UploadId>"
+        "</InitiateMultipartUploadResult>",
+        out,
+    )
+
+
+def _part_number(call: Call) -> int:
+    try:
+        number = int(call.target.query.get("partNumber", ""))
+    except ValueError as exc:
+        raise InvalidArgument("Part number must be an integer between 1 and 10000.") from exc
+    if not 1 <= number <= 10_000:
+        raise InvalidArgument("Part number must be an integer between 1 and 10000.")
+    return number
+
+
+def _upstream_query(call: Call, upload: Upload) -> Query:
+    return call.query(uploadId=upload.upstream_id)
+
+
+async def upload_part(call: Call) -> Response:
+    """UploadPart."""
+    upload = _held(call)
+    if upload is None:
+        return await forward(call)
+    number = _part_number(call)
+    put = parse_body(call.target, call.headers, max_bytes=MAX_PART_BYTES)
+    if await _goes_upstream(call, upload, put.declared_size):
+        return await forward(call, query=_upstream_query(call, upload))
+    upload.reserved += put.declared_size or 0
+    try:
+        body, digests = await receive_body(call, put, max_bytes=MAX_PART_BYTES)
+    finally:
+        upload.reserved -= put.declared_size or 0
+    try:
+        part = _part(upload, number, body, digests.md5.hexdigest())
+        return await _keep_part(call, upload, part, body, copy=False)
+    finally:
+        body.close()
+
+
+async def _goes_upstream(call: Call, upload: Upload, size: int | None) -> bool:
+    """Whether a part of ``size`` bytes goes to the bucket (moving the upload there first when
+    the parts pass ``batch.passthrough_bytes``)."""
+    async with upload.lock:
+        if upload.upstream_id:
+            return True
+        threshold = forward_threshold(call.settings)
+        passes = size is not None and upload.size + upload.reserved + size >= threshold
+        if passes and _can_promote(call):
+            await _promote(call, upload)
+            return True
+        return False
+
+
+def _can_promote(call: Call) -> bool:
+    passthrough = call.settings.passthrough
+    return passthrough.allows("CreateMultipartUpload") and passthrough.allows("UploadPart")
+
+
+def _part(upload: Upload, number: int, body: BodyBuffer, md5_hex: str) -> Part:
+    checksum = ""
+    if upload.checksum_algorithm:
+        hasher = new_hasher(upload.checksum_algorithm)
+        for chunk in body.chunks():
+            hasher.update(chunk)
+        checksum = b64(hasher.digest())
+    return Part(number, body.size, md5_hex, checksum, time.time())
+
+
+async def _keep_part(
+    call: Call, upload: Upload, part: Part, body: BodyBuffer, *, copy: bool
+) -> Response:
+    """Keep a received part in the spool, or send it to the bucket if the upload moved there
+    (or the parts now pass the threshold) while it was received."""
+    pipeline = _pipeline(call)
+    async with upload.lock:
+        threshold = forward_threshold(call.settings)
+        if not upload.upstream_id and upload.size + part.size >= threshold and _can_promote(call):
+            await _promote(call, upload)
+        if upload.upstream_id:
+            etag = await _send_part(call, upload, part, body.getvalue())
+        else:
+            if upload.size + part.size > call.settings.limits.max_object_bytes:
+                raise EntityTooLarge("The parts exceed limits.max_object_bytes.")
+            if pipeline.over_quota(part.size):
+                raise SlowDown(
+                    "The local spool is full; uploads are catching up.", headers=RETRY_SOON
+                )
+            _store(call).write_part(upload, part, body)
+            etag = f'"{part.md5_hex}"'
+    headers = {}
+    if part.checksum:
+        headers[f"x-amz-checksum-{upload.checksum_algorithm}"] = part.checksum
+    if not copy:
+        return Response(status_code=200, headers={"ETag": etag, **headers})
+    return _xml(
+        f'<CopyPartResult xmlns="{_S3_NS}"><LastModified>{iso_time(part.mtime)}</LastModified>'
+        f"<ETag>{escape(etag)}</ETag></CopyPartResult>",
+        headers,
+    )
+
+
+async def _promote(call: Call, upload: Upload) -> None:
+    """Create the upload in the bucket and send it the parts the daemon holds (called with
+    the upload's lock held)."""
+    call.allow("CreateMultipartUpload")
+    forwarder = call.forwarder
+    target = call.target
+    answer = await forwarder.send(
+        "POST", target.bucket, target.key, [("uploads", "")], dict(upload.headers), b""
+    )
+    body = await read_all(answer)
+    if answer.status_code != 200:
+        raise upstream_error(answer.status_code, body)
+    upstream_id = _find(body, "UploadId")
+    if not upstream_id:
+        raise upstream_error(502, body)
+    upload.upstream_id = upstream_id
+    store = _store(call)
+    try:
+        for number in sorted(upload.parts):
+            await _send_part(call, upload, upload.parts[number], store.read_part(upload, number))
+    except BaseException:
+        upload.upstream_id = ""
+        await _abort_upstream(call, upstream_id)
+        raise
+    store.save(upload)
+    store.drop_parts(upload)
+
+
+async def _send_part(call: Call, upload: Upload, part: Part, data: bytes) -> str:
+    """UploadPart of bytes the daemon holds to the bucket's upload; the part's ETag."""
+    headers = {"content-md5": base64.b64encode(bytes.fromhex(part.md5_hex)).decode()}
+    if part.checksum:
+        headers[f"x-amz-checksum-{upload.checksum_algorithm}"] = part.checksum
+    query = [("partNumber", str(part.number)), ("uploadId", upload.upstream_id)]
+    answer = await call.forwarder.send("PUT", upload.bucket, upload.key, query, headers, data)
+    body = await read_all(answer)
+    if answer.status_code != 200:
+        raise upstream_error(answer.status_code, body)
+    return str(answer.headers.get("etag", f'"{part.md5_hex}"'))
+
+
+async def _abort_upstream(call: Call, upstream_id: str) -> None:
+    target = call.target
+    try:
+        answer = await call.forwarder.send(
+            "DELETE", target.bucket, target.key, [("uploadId", upstream_id)], {}, b""
+        )
+        await answer.aclose()
+    except S3Error:
+        pass  # unreachable: the bucket's lifecycle rule or a later abort cleans it up
+
+
+async def upload_part_copy(call: Call) -> Response:
+    """UploadPartCopy: a batched source is read through the daemon; the bucket copies any
+    other source itself (the upload moves to the bucket for that)."""
+    upload = _held(call)
+    if upload is None:
+        return await forward(call)
+    number = _part_number(call)
+    entry = batched_source(call)
+    if entry is None:
+        call.allow()
+        await _promote_locked(call, upload)
+        return await forward(call, query=_upstream_query(call, upload))
+    data = await read_source(call, entry, call.headers.get("x-amz-copy-source-range"))
+    body = BodyBuffer(memory_limit=len(data), spill_dir=call.settings.spool.dir)
+    body.write(data)
+    try:
+        part = _part(upload, number, body, hashlib.md5(data, usedforsecurity=False).hexdigest())
+        return await _keep_part(call, upload, part, body, copy=True)
+    finally:
+        body.close()
+
+
+async def _promote_locked(call: Call, upload: Upload) -> None:
+    async with upload.lock:
+        if not upload.upstream_id:
+            await _promote(call, upload)
+
+
+async def complete_multipart_upload(call: Call) -> Response:
+    """CompleteMultipartUpload."""
+    upload = _held(call)
+    if upload is None:
+        return await forward(call)
+    body = await read_small_body(call)
+    async with upload.lock:
+        if upload.completed:
+            return _xml(upload.completed)
+        if upload.upstream_id:
+            return await _complete_upstream(call, upload, body)
+        return await _complete_here(call, upload, _listed_parts(body))
+
+
+async def _complete_upstream(call: Call, upload: Upload, body: bytes) -> Response:
+    answer = await send_upstream(call, query=_upstream_query(call, upload), body=body)
+    data = await read_all(answer)
+    if answer.status_code == 200 and b"<Error>" not in data:
+        await hide_batched(call, upload.bucket, upload.key)
+        _store(call).remove(upload)
+    headers = {
+        k: v
+        for k, v in answer.headers.items()
+        if k.lower() not in ("content-length", "transfer-encoding", "connection")
+    }
+    return Response(data, status_code=answer.status_code, headers=headers)
+
+
+def _listed_parts(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
+    try:
+        root = ElementTree.fromstring(body)  # noqa: S314  expat expands no entities
+    except ElementTree.ParseError as exc:
+        raise MalformedXML() from exc
+    listed = []
+    for node in root:
+        if _local(node.tag) != "Part":
+            continue
+        fields = {_local(child.tag): (child.text or "").strip() for child in node}
+        try:
+            number = int(fields.get("PartNumber", ""))
+        except ValueError as exc:
+            raise MalformedXML() from exc
+        checksums = {
+            name.removeprefix("Checksum").lower(): value
+            for name, value in fields.items()
+            if name.startswith("Checksum") and name != "ChecksumType"
+        }
+        listed.append((number, fields.get("ETag", ""), checksums))
+    if not listed:
+        raise MalformedXML("The XML you provided lists no parts.")
+    return listed
+
+
+async def _complete_here(
+    call: Call, upload: Upload, listed: list[tuple[int, str, dict[str, str]]]
+) -> Response:
+    store = _store(call)
+    parts: list[Part] = []
+    for number, etag, checksums in listed:
+        if parts and number <= parts[-1].number:
+            raise InvalidPartOrder()
+        part = upload.parts.get(number)
+        if part is None or etag.strip('"') != part.md5_hex:
+            raise InvalidPart()
+        if any(value != part.checksum for value in checksums.values()):
+            raise InvalidPart()
+        parts.append(part)
+    if any(part.size < MIN_PART_BYTES for part in parts[:-1]):
+        raise EntityTooSmall()
+    settings = call.settings
+    body = BodyBuffer(
+        memory_limit=settings.limits.memory_buffer_bytes, spill_dir=settings.spool.dir / "_tmp"
+    )
+    try:
+        md5 = hashlib.md5(usedforsecurity=False)
+        full = new_hasher(upload.checksum_algorithm) if upload.checksum_algorithm else None
+        for part in parts:
+            data = store.read_part(upload, part.number)
+            if hashlib.md5(data, usedforsecurity=False).hexdigest() != part.md5_hex:
+                raise InvalidPart("A part's bytes changed on disk; upload it again.")
+            md5.update(data)
+            if full is not None:
+                full.update(data)
+            body.write(data)
+        multipart_etag = _multipart_etag([part.md5_hex for part in parts])
+        checksums = {upload.checksum_algorithm: b64(full.digest())} if full else {}
+        headers = upload.headers
+        record = ObjectRecord(
+            key=upload.key,
+            size=body.size,
+            md5_hex=md5.hexdigest(),
+            content_type=headers.get("content-type") or DEFAULT_CONTENT_TYPE,
+            metadata=metadata_of(headers),
+            headers=stored_headers_of(headers),
+            checksums=checksums,
+            mtime=time.time(),
+            multipart_etag=multipart_etag,
+        )
+        pipeline = _pipeline(call)
+        durability = requested_durability(call.headers, settings.spool.durability)
+        entry = await append(call, pipeline, record, body, durability)
+    finally:
+        body.close()
+    checksum_xml = ""
+    if upload.checksum_algorithm:
+        name = "Checksum" + upload.checksum_algorithm.upper()
+        value = checksums[upload.checksum_algorithm]
+        if upload.checksum_type == "COMPOSITE":
+            value = _composite(upload.checksum_algorithm, [p.checksum for p in parts])
+        checksum_xml = (
+            f"<{name}>{value}</{name}><ChecksumType>{upload.checksum_type}</ChecksumType>"
+        )
+    host = call.headers.get("host", "localhost")
+    xml = (
+        f'<CompleteMultipartUploadResult xmlns="{_S3_NS}">'
+        f"<Location>http://{escape(host)}/{escape(upload.bucket)}/{escape(upload.key)}</Location>"
+        f"<Bucket>{escape(upload.bucket)}</Bucket><Key>{escape(upload.key)}</Key>"
+        f"<ETag>{escape(record.etag)}</ETag>{checksum_xml}</CompleteMultipartUploadResult>"
+    )
+    upload.completed = xml
+    store.save(upload)
+    store.drop_parts(upload)
+    location = {
+        k: v for k, v in put_response_headers(record, entry).items() if k.startswith(HEADER_PREFIX)
+    }
+    return _xml(xml, location)
+
+
+def _multipart_etag(md5s: list[str]) -> str:
+    joined = b"".join(bytes.fromhex(md5) for md5 in md5s)
+    return f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(md5s)}"
+
+
+def _composite(algorithm: str, checksums: list[str]) -> str:
+    hasher = new_hasher(algorithm)
+    for value in checksums:
+        hasher.update(base64.b64decode(value))
+    return f"{b64(hasher.digest())}-{len(checksums)}"
+
+
+async def abort_multipart_upload(call: Call) -> Response:
+    """AbortMultipartUpload."""
+    upload = _held(call)
+    if upload is None:
+        return await forward(call)
+    async with upload.lock:
+        if upload.upstream_id:
+            await _abort_upstream(call, upload.upstream_id)
+        _store(call).remove(upload)
+    return Response(status_code=204)
+
+
+async def list_parts(call: Call) -> Response:
+    """ListParts."""
+    upload = _held(call)
+    if upload is None:
+        return await forward(call)
+    if upload.upstream_id:
+        call.allow()
+        answer = await send_upstream(call, query=_upstream_query(call, upload))
+        data = await read_all(answer)
+        data = data.replace(upload.upstream_id.encode(), upload.upload_id.encode())
+        return Response(data, status_code=answer.status_code, media_type="application/xml")
+    query = call.target.query
+    try:
+        marker = int(query.get("part-number-marker", "0") or 0)
+        max_parts = min(int(query.get("max-parts", "1000") or 1000), 1000)
+    except ValueError as exc:
+        raise InvalidArgument("part-number-marker and max-parts must be integers.") from exc
+    numbers = [n for n in sorted(upload.parts) if n > marker]
+    page, truncated = numbers[:max_parts], len(numbers) > max_parts
+    items = []
+    for number in page:
+        part = upload.parts[number]
+        checksum = ""
+        if part.checksum:
+            name = "Checksum" + upload.checksum_algorithm.upper()
+            checksum = f"<{name}>{part.checksum}</{name}>"
+        items.append(
+            f"<Part><PartNumber>{number}</PartNumber><LastModified>{iso_time(part.mtime)}"
+            f'</LastModified><ETag>"{part.md5_hex}"</ETag><Size>{part.size}</Size>'
+            f"{checksum}</Part>"
+        )
+    next_marker = page[-1] if page else marker
+    return _xml(
+        f'<ListPartsResult xmlns="{_S3_NS}"><Bucket>{escape(upload.bucket)}</Bucket>'
+        f"<Key>{escape(upload.key)}</Key><UploadId>{upload.upload_id}</UploadId>"
+        f"<PartNumberMarker>{marker}</PartNumberMarker>"
+        f"<NextPartNumberMarker>{next_marker}</NextPartNumberMarker>"
+        f"<MaxParts>{max_parts}</MaxParts>"
+        f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>"
+        f"<StorageClass>STANDARD</StorageClass>{''.join(items)}</ListPartsResult>"
+    )
+
+
+async def list_multipart_uploads(call: Call) -> Response:
+    """ListMultipartUploads: the bucket's uploads with the daemon's ids, plus the uploads the
+    daemon holds."""
+    store = _store(call)
+    held = store.in_bucket(call.target.bucket)
+    if not held:
+        return await forward(call)
+    prefix = call.target.query.get("prefix", "")
+    moved = {u.upstream_id: u.upload_id for u in held if u.upstream_id}
+    entries: list[tuple[str, float, str]] = [
+        (u.key, u.initiated, _upload_xml(u.key, u.upload_id, iso_time(u.initiated)))
+        for u in held
+        if not u.upstream_id and u.key.startswith(prefix)
+    ]
+    if call.settings.passthrough.allows(call.operation):
+        answer = await send_upstream(call)
+        data = await read_all(answer)
+        if answer.status_code != 200:
+            return Response(data, status_code=answer.status_code, media_type="application/xml")
+        entries.extend(_their_uploads(data, moved))
+    entries.sort(key=lambda entry: (entry[0], entry[1]))
+    return _xml(
+        f'<ListMultipartUploadsResult xmlns="{_S3_NS}"><Bucket>{escape(call.target.bucket)}'
+        f"</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>"
+        f"<Prefix>{escape(prefix)}</Prefix><MaxUploads>1000</MaxUploads>"
+        f"<IsTruncated>false</IsTruncated>{''.join(e[2] for e in entries)}"
+        "</ListMultipartUploadsResult>"
+    )
+
+
+def _upload_xml(key: str, upload_id: str, initiated: str) -> str:
+    return (
+        f"<Upload><Key>{escape(key)}</Key><UploadId>{escape(upload_id)}</UploadId>"
+        f"<StorageClass>STANDARD</StorageClass><Initiated>{initiated}</Initiated></Upload>"
+    )
+
+
+def _their_uploads(data: bytes, moved: dict[str, str]) -> list[tuple[str, float, str]]:
+    try:
+        root = ElementTree.fromstring(data)  # noqa: S314  expat expands no entities
+    except ElementTree.ParseError as exc:
+        raise MalformedXML("The bucket's upload listing could not be parsed.") from exc
+    found = []
+    for node in root:
+        if _local(node.tag) != "Upload":
+            continue
+        fields = {_local(child.tag): child.text or "" for child in node}
+        upload_id = moved.get(fields.get("UploadId", ""), fields.get("UploadId", ""))
+        initiated = fields.get("Initiated", "")
+        found.append(
+            (fields.get("Key", ""), 0.0, _upload_xml(fields.get("Key", ""), upload_id, initiated))
+        )
+    return found
+
+
+def upstream_error(status: int, body: bytes) -> S3Error:
+    """The bucket's error answer as an S3Error the client gets unchanged (code, message,
+    status)."""
+    code = _find(body, "Code") or "InternalError"
+    message = _find(body, "Message") or "The bucket refused the request."
+    error = S3Error(message)
+    error.code = code
+    error.status_code = status if status >= 400 else 502
+    return error
+
+
+def _find(body: bytes, name: str) -> str:
+    try:
+        root = ElementTree.fromstring(body)  # noqa: S314  expat expands no entities
+    except ElementTree.ParseError:
+        return ""
+    for node in root.iter():
+        if _local(node.tag) == name:
+            return node.text or ""
+    return ""
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+MULTIPART_HANDLERS: dict[str, Handler] = {
+    "CreateMultipartUpload": create_multipart_upload,
+    "UploadPart": upload_part,
+    "UploadPartCopy": upload_part_copy,
+    "CompleteMultipartUpload": complete_multipart_upload,
+    "AbortMultipartUpload": abort_multipart_upload,
+    "ListParts": list_parts,
+}

@@ -1,0 +1,224 @@
+"""The way to the bucket for requests the daemon does not batch.
+
+A forwarded request is sent to ``upstream.endpoint_url`` re-signed with the daemon's own
+credentials (SigV4 from botocore's signer, the same credential chain as the uploader: IRSA,
+instance roles and session tokens included) and streamed both ways: the request body as it
+arrives from the client, the response body as it arrives from the bucket. httpx carries it
+(async, streaming in both directions, connection pooling); botocore only signs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import boto3
+import httpx
+from botocore.auth import UNSIGNED_PAYLOAD, S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from starlette.responses import Response, StreamingResponse
+
+from s3batchd.config import UpstreamConfig
+from s3batchd.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from botocore.credentials import Credentials
+
+logger = logging.getLogger(__name__)
+
+#: Connection-level headers (RFC 9110 §7.6.1) and the ones the daemon sets itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+#: Client headers that belong to the client's own signature or body framing: the daemon
+#: re-signs and re-frames, so they are not forwarded.
+CLIENT_ONLY = frozenset(
+    {
+        "host",
+        "content-length",
+        "expect",
+        "authorization",
+        "x-amz-date",
+        "x-amz-content-sha256",
+        "x-amz-security-token",
+        "x-amz-decoded-content-length",
+        "x-amz-trailer",
+        "accept-encoding",
+    }
+)
+RETRY_SOON = {"Retry-After": "1"}
+Query = list[tuple[str, str]]
+
+
+class _Signer(S3SigV4Auth):
+    """botocore's S3 SigV4 signer with the payload hash chosen by the caller (a hex SHA-256
+    for a body in hand, ``UNSIGNED-PAYLOAD`` for a body still streaming in)."""
+
+    def payload(self, request: AWSRequest) -> str:
+        return str(request.context.get("payload_hash", UNSIGNED_PAYLOAD))
+
+
+class Forwarder:
+    """An HTTP client for the bucket's endpoint that signs as the daemon."""
+
+    def __init__(self, upstream: UpstreamConfig) -> None:
+        self._region = upstream.region
+        self._style = upstream.addressing_style
+        self._endpoint = upstream.endpoint_url.rstrip("/")
+        self._aws = not self._endpoint
+        if self._aws:
+            self._endpoint = f"https://s3.{upstream.region}.amazonaws.com"
+        self._credentials: Credentials | None = boto3.session.Session().get_credentials()
+        timeout = httpx.Timeout(
+            connect=upstream.connect_timeout_s,
+            read=upstream.read_timeout_s,
+            write=upstream.read_timeout_s,
+            pool=upstream.connect_timeout_s,
+        )
+        self._client = httpx.AsyncClient(
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            follow_redirects=False,
+            trust_env=False,  # HTTP(S)_PROXY would send the daemon's credentials elsewhere
+        )
+
+    async def aclose(self) -> None:
+        """Close pooled connections."""
+        await self._client.aclose()
+
+    def url(self, bucket: str, key: str, query: Query) -> str:
+        """The upstream URL of ``bucket``/``key`` (path-style unless virtual is configured,
+        or ``auto`` on AWS with a DNS-compatible bucket name)."""
+        path = _quote_key(key)
+        base = self._endpoint
+        if bucket and self._virtual(bucket):
+            scheme, _, host = base.partition("://")
+            base = f"{scheme}://{bucket}.{host}"
+        elif bucket:
+            path = f"/{bucket}" + (f"/{path[1:]}" if key else "")
+        url = base + (path or "/")
+        if query:
+            url += "?" + "&".join(f"{_quote(name)}={_quote(value)}" for name, value in query)
+        return url
+
+    def _virtual(self, bucket: str) -> bool:
+        if self._style == "virtual":
+            return True
+        return self._style == "auto" and self._aws and "." not in bucket
+
+    async def send(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        query: Query,
+        headers: dict[str, str],
+        body: bytes | AsyncIterable[bytes] = b"",
+        length: int | None = None,
+        payload_hash: str = UNSIGNED_PAYLOAD,
+    ) -> httpx.Response:
+        """Send one signed request; the response is open (streaming) and must be closed.
+
+        ``body`` is bytes, or an iterable of ``length`` bytes in all (S3 needs the length
+        up front) whose ``x-amz-content-sha256`` is ``payload_hash``. Raises
+        ServiceUnavailable when the endpoint cannot be reached."""
+        url = self.url(bucket, key, query)
+        out = dict(headers)
+        if isinstance(body, bytes):
+            payload_hash = hashlib.sha256(body).hexdigest()
+            length = len(body)
+        if length or method in ("PUT", "POST"):
+            out["content-length"] = str(length or 0)
+        out["accept-encoding"] = "identity"
+        signed = self._sign(method, url, out, payload_hash)
+        request = self._client.build_request(method, url, headers=signed, content=body)
+        try:
+            return await self._client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            logger.warning("upstream %s %s/%s failed: %r", method, bucket, key, exc)
+            raise ServiceUnavailable(headers=RETRY_SOON) from exc
+
+    def _sign(self, method: str, url: str, headers: dict[str, str], payload: str) -> dict[str, str]:
+        if self._credentials is None:
+            return headers  # anonymous: an endpoint without authentication
+        credentials = self._credentials.get_frozen_credentials()
+        request = AWSRequest(method=method, url=url, headers=headers)
+        request.context["payload_hash"] = payload
+        _Signer(credentials, "s3", self._region).add_auth(request)
+        return dict(request.headers.items())
+
+
+def _quote(text: str) -> str:
+    return quote(text, safe="-_.~")
+
+
+def _quote_key(key: str) -> str:
+    """The key as a URL path: every byte S3 would decode, with ``.`` and ``..`` segments
+    escaped so no HTTP library resolves them away."""
+    if not key:
+        return ""
+    segments = quote(key, safe="/~").split("/")
+    escaped = [s.replace(".", "%2E") if s in (".", "..") else s for s in segments]
+    return "/" + "/".join(escaped)
+
+
+def forward_headers(headers: dict[str, str], drop_prefix: str) -> dict[str, str]:
+    """The client's headers that travel to the bucket (not its signature or framing)."""
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        if name in HOP_BY_HOP or name in CLIENT_ONLY or name.startswith(drop_prefix):
+            continue
+        if name == "content-encoding":
+            tokens = [t.strip() for t in value.split(",") if t.strip().lower() != "aws-chunked"]
+            if not any(tokens):
+                continue
+            value = ",".join(t for t in tokens if t)
+        out[name] = value
+    return out
+
+
+def relay(upstream: httpx.Response, *, head: bool = False) -> Response:
+    """The upstream response, status, headers and body unchanged, streamed to the client."""
+    raw = [
+        (name.lower(), value)
+        for name, value in upstream.headers.raw
+        if name.decode("latin-1").lower() not in HOP_BY_HOP
+    ]
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            if not head:
+                async for chunk in upstream.aiter_raw():
+                    yield chunk
+        finally:
+            await upstream.aclose()
+
+    response = StreamingResponse(body(), status_code=upstream.status_code)
+    response.raw_headers = raw
+    return response
+
+
+async def read_all(upstream: httpx.Response, limit: int = 64 * 1024 * 1024) -> bytes:
+    """The whole (small, XML) body of an upstream response, which is then closed."""
+    try:
+        data = bytearray()
+        async for chunk in upstream.aiter_bytes():
+            data += chunk
+            if len(data) > limit:
+                raise ServiceUnavailable("The upstream answer is too large.")
+        return bytes(data)
+    finally:
+        await upstream.aclose()

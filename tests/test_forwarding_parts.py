@@ -1,0 +1,190 @@
+"""The pieces behind forwarding, without servers: operation names, the re-framed body,
+tombstones in the catalog and the tar, and held multipart uploads on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import tarfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from s3batchd.awschunked import AwsChunkedDecoder
+from s3batchd.body import BodyBuffer
+from s3batchd.catalog import Catalog, entries_from_index
+from s3batchd.checksums import b64, new_hasher
+from s3batchd.errors import BadDigest
+from s3batchd.index import IndexEntry, render_index
+from s3batchd.operations import operation_of
+from s3batchd.records import EMPTY_MD5, ObjectRecord
+from s3batchd.reframe import framed_length, reframe
+from s3batchd.s3api import Target
+from s3batchd.tarmember import decode_record, encode_header
+from s3batchd.uploads import Part, UploadStore
+
+
+@pytest.mark.parametrize(
+    ("method", "bucket", "key", "query", "headers", "operation"),
+    [
+        ("GET", "", "", {}, {}, "ListBuckets"),
+        ("GET", "b", "", {}, {}, "ListObjects"),
+        ("GET", "b", "", {"list-type": "2", "prefix": "p"}, {}, "ListObjectsV2"),
+        ("GET", "b", "", {"uploads": ""}, {}, "ListMultipartUploads"),
+        ("GET", "b", "", {"location": ""}, {}, "GetBucketLocation"),
+        ("GET", "b", "", {"policy": ""}, {}, "GetBucketSubresource"),
+        ("HEAD", "b", "", {}, {}, "HeadBucket"),
+        ("PUT", "b", "", {}, {}, "CreateBucket"),
+        ("PUT", "b", "", {"lifecycle": ""}, {}, "PutBucketSubresource"),
+        ("DELETE", "b", "", {}, {}, "DeleteBucket"),
+        ("POST", "b", "", {"delete": ""}, {}, "DeleteObjects"),
+        ("PUT", "b", "k", {"x-id": "PutObject"}, {}, "PutObject"),
+        ("PUT", "b", "k", {}, {"x-amz-copy-source": "b/s"}, "CopyObject"),
+        ("PUT", "b", "k", {"partNumber": "1", "uploadId": "u"}, {}, "UploadPart"),
+        (
+            "PUT",
+            "b",
+            "k",
+            {"partNumber": "1", "uploadId": "u"},
+            {"x-amz-copy-source": "b/s"},
+            "UploadPartCopy",
+        ),
+        ("PUT", "b", "k", {"tagging": ""}, {}, "PutObjectTagging"),
+        ("PUT", "b", "k", {"retention": ""}, {}, "PutObjectSubresource"),
+        ("GET", "b", "k", {}, {}, "GetObject"),
+        ("GET", "b", "k", {"uploadId": "u"}, {}, "ListParts"),
+        ("HEAD", "b", "k", {}, {}, "HeadObject"),
+        ("POST", "b", "k", {"uploads": ""}, {}, "CreateMultipartUpload"),
+        ("POST", "b", "k", {"uploadId": "u"}, {}, "CompleteMultipartUpload"),
+        ("DELETE", "b", "k", {"uploadId": "u"}, {}, "AbortMultipartUpload"),
+        ("DELETE", "b", "k", {}, {}, "DeleteObject"),
+    ],
+)
+def test_operation_names(
+    method: str,
+    bucket: str,
+    key: str,
+    query: dict[str, str],
+    headers: dict[str, str],
+    operation: str,
+) -> None:
+    assert operation_of(method, Target(bucket, key, query), headers) == operation
+
+
+async def _pieces(parts: list[bytes]) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def _collect(stream: AsyncIterator[bytes]) -> bytes:
+    return b"".join([piece async for piece in stream])
+
+
+@given(
+    parts=st.lists(st.binary(max_size=70_000), max_size=5),
+    algorithm=st.sampled_from(["crc32", "crc32c", "crc64nvme", "sha1", "sha256"]),
+)
+def test_reframed_body_decodes_to_the_payload_and_its_checksum(
+    parts: list[bytes], algorithm: str
+) -> None:
+    payload = b"".join(parts)
+    framed = asyncio.run(_collect(reframe(_pieces(parts), algorithm, dict)))
+    assert len(framed) == framed_length(len(payload), algorithm)
+    decoder = AwsChunkedDecoder(None)
+    decoded = b"".join(bytes(piece) for piece in decoder.feed(framed))
+    decoder.finish()
+    assert decoded == payload
+    hasher = new_hasher(algorithm)
+    hasher.update(payload)
+    assert decoder.trailers == {f"x-amz-checksum-{algorithm}": b64(hasher.digest())}
+
+
+def test_reframed_body_ends_only_after_verification() -> None:
+    def refuse() -> dict[str, str]:
+        raise BadDigest()
+
+    sent: list[bytes] = []
+
+    async def run() -> None:
+        async for piece in reframe(_pieces([b"x" * 200_000]), "crc32", refuse):
+            sent.append(piece)
+
+    with pytest.raises(BadDigest):
+        asyncio.run(run())
+    assert b"".join(sent)
+    assert not b"".join(sent).endswith(b"\r\n\r\n")  # no final chunk, no trailer
+
+
+def _record(key: str, mtime: float, *, deleted: bool = False) -> ObjectRecord:
+    return ObjectRecord(key=key, size=0, md5_hex=EMPTY_MD5, mtime=mtime, deleted=deleted)
+
+
+@pytest.mark.parametrize("tombstone_first", [True, False])
+def test_catalog_tombstone_hides_older_objects_in_any_order(
+    tmp_path: Path, tombstone_first: bool
+) -> None:
+    catalog = Catalog(tmp_path / "catalog.sqlite3")
+    old = IndexEntry(_record("k", 100.0), "k", 512)
+    tombstone = IndexEntry(_record("k", 200.0, deleted=True), "k", 0)
+    newer = IndexEntry(_record("k", 300.0), "k", 1024)
+    ordered = [tombstone, old] if tombstone_first else [old, tombstone]
+    for entry in ordered:
+        catalog.put("b", "batch", "tar", entry, uploaded=True)
+    assert catalog.get("b", "k") is None
+    assert list(catalog.iter_keys("b", "", "")) == []
+    catalog.put("b", "batch2", "tar2", newer, uploaded=False)
+    found = catalog.get("b", "k")
+    assert found is not None and found.offset == 1024
+
+
+def test_tombstones_and_multipart_etags_travel_through_tar_and_index() -> None:
+    assembled = ObjectRecord(
+        key="m", size=3, md5_hex="0" * 32, mtime=5.0, multipart_etag="1" * 32 + "-2"
+    )
+    gone = _record("gone", 6.0, deleted=True)
+    for record in (assembled, gone):
+        header = encode_header(record, record.key)
+        with tarfile.open(fileobj=io.BytesIO(header + b"\0" * 2048), mode="r:") as archive:
+            info = archive.next()
+            assert info is not None
+            assert decode_record(info) == record
+    batch_id = "20270115T080000000Z-host-68522f62-000007"
+    document = json.loads(
+        render_index(
+            bucket="b",
+            batch_id=batch_id,
+            tar_key="p/x.tar",
+            tar_size=4096,
+            entries=[IndexEntry(assembled, "m", 1536), IndexEntry(gone, "gone", 3072)],
+        )
+    )
+    assert [o["key"] for o in document["objects"]] == ["m"]
+    assert document["objects"][0]["etag"] == f'"{"1" * 32}-2"'
+    assert document["objects"][0]["md5"] == "0" * 32
+    assert document["tombstones"] == [
+        {"key": "gone", "member": "gone", "deleted_at": "1970-01-01T00:00:06.000Z"}
+    ]
+    restored = [entry.record for entry in entries_from_index(document)]
+    assert restored[0].etag == assembled.etag and restored[0].md5_hex == "0" * 32
+    assert restored[1].deleted and restored[1].key == "gone"
+
+
+def test_held_upload_and_parts_survive_a_new_store(tmp_path: Path) -> None:
+    store = UploadStore(tmp_path, sync=True)
+    upload = store.create("b", "k", {"content-type": "x/y"}, checksum_algorithm="crc32")
+    body = BodyBuffer(memory_limit=10, spill_dir=tmp_path)
+    body.write(b"part one")
+    store.write_part(upload, Part(1, 8, "a" * 32, "AAAAAA==", 1.0), body)
+    again = UploadStore(tmp_path, sync=True).get(upload.upload_id, "b", "k")
+    assert again is not None
+    assert again.headers == {"content-type": "x/y"}
+    assert again.parts[1].size == 8
+    assert UploadStore(tmp_path, sync=True).read_part(again, 1) == b"part one"
+    assert UploadStore(tmp_path, sync=True).get(upload.upload_id, "b", "other") is None
+    assert UploadStore(tmp_path, sync=True).get("../../etc", "b", "k") is None
+    store.remove(upload)
+    assert UploadStore(tmp_path, sync=True).get(upload.upload_id, "b", "k") is None
