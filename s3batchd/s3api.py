@@ -204,6 +204,10 @@ def parse_body(target: Target, headers: dict[str, str], *, max_bytes: int) -> Pu
         declared_size=declared,
     )
     _parse_digests(request, headers)
+    presigned = target.query.get("X-Amz-Content-Sha256", "")
+    if request.payload_sha256 is None and _SHA256_HEX.match(presigned):
+        # A presigned URL may sign the payload hash as a query parameter: checked the same way.
+        request.payload_sha256 = presigned.lower()
     return request
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -169,3 +170,37 @@ def test_clock_skew_is_refused(signed: Daemon, bucket: str) -> None:
         403,
         "RequestTimeTooSkewed",
     )
+
+
+def test_presigned_put_with_a_signed_payload_hash(signed: Daemon, bucket: str) -> None:
+    """A presigned URL may carry X-Amz-Content-Sha256 as a signed query parameter: the body
+    must then hash to it."""
+    body = b"hash-pinned body"
+    for payload, expected in ((body, 200), (b"another body", 400)):
+        url = _presign_with_payload_hash(signed, bucket, "pinned", hashlib.sha256(body).hexdigest())
+        request = urllib.request.Request(url, payload, {"Content-Type": ""}, method="PUT")  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+                status = answer.status
+        except urllib.error.HTTPError as error:
+            status = error.code
+            assert b"XAmzContentSHA256Mismatch" in error.read()
+            error.close()
+        assert status == expected
+
+
+def _presign_with_payload_hash(daemon: Daemon, bucket: str, key: str, sha256: str) -> str:
+    from botocore.auth import S3SigV4QueryAuth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    class PinnedPayload(S3SigV4QueryAuth):
+        def payload(self, request: AWSRequest) -> str:
+            return sha256  # the signed query parameter is the payload hash
+
+    url = f"{daemon.url}/{bucket}/{key}?X-Amz-Content-Sha256={sha256}"
+    request = AWSRequest(method="PUT", url=url)
+    PinnedPayload(Credentials("app", "app-secret"), "s3", "us-east-1", expires=60).add_auth(
+        request
+    )
+    return str(request.url)
