@@ -1,4 +1,4 @@
-"""The HTTP front: a Starlette app speaking the S3 PutObject subset.
+"""The HTTP front: the S3 listener's ASGI app (``S3Front``) and the Starlette app behind it.
 
 Errors become S3 XML in exactly one place, ``render_s3_error``. Every response carries
 ``x-amz-request-id``. The lifespan owns the pipeline: on shutdown (after uvicorn stopped
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -16,12 +17,9 @@ from urllib.parse import unquote
 from xml.sax.saxutils import escape
 
 from starlette.applications import Starlette
-from starlette.convertors import Convertor, register_url_convertor
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from s3batchd.auth import Authenticator
 from s3batchd.config import Settings
@@ -32,7 +30,7 @@ from s3batchd.errors import (
     SlowDown,
 )
 from s3batchd.index import WriterId
-from s3batchd.metrics import Metrics, MetricsMiddleware
+from s3batchd.metrics import Metrics
 from s3batchd.pipeline import Pipeline
 from s3batchd.proxy import RETRY_SOON, Forwarder
 from s3batchd.uploads import UploadStore
@@ -42,49 +40,57 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"]
 
+class S3Front:
+    """The S3 listener's ASGI app: a lean path in front of the Starlette app (which keeps the
+    lifespan and the shared state). Per request: an id (``x-amz-request-id`` on every answer
+    the daemon gives; a forwarded answer keeps the bucket's), the absolute-form request target
+    (``PUT http://host/key``) that HTTP/1.1 servers must take, dispatch, errors rendered by
+    ``render_s3_error``, ``Connection: close`` when the body was not read, and the request
+    metrics. Starlette's router and middleware stack cost more per PutObject than the
+    daemon's own work (bench/README.md)."""
 
-class RequestIdMiddleware:
-    """Gives every request an id and every response ``x-amz-request-id``; accepts the
-    absolute-form request target (``PUT http://host/key``) that HTTP/1.1 servers must take."""
-
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: Starlette) -> None:
         self.app = app
+        self.metrics: Metrics = app.state.metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send)  # lifespan
             return
+        started = time.perf_counter()
         if not scope["path"].startswith("/"):
             _to_origin_form(scope)
         request_id = secrets.token_hex(8).upper()
-        scope.setdefault("state", {})["request_id"] = request_id
-        extra = [(b"x-amz-request-id", request_id.encode()), (b"server", b"s3batchd")]
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                # A forwarded answer keeps the bucket's request id (what its support asks for).
-                headers.extend(item for item in extra if item[0] not in present)
-                if _body_unread(scope) and b"connection" not in present:
-                    # uvicorn would read the unsent body of an Expect: 100-continue request
-                    # as the next request on this connection (notes/wire.md §8): close it.
-                    headers.append((b"connection", b"close"))
-                message["headers"] = headers
-                if logger.isEnabledFor(logging.DEBUG):
-                    # The path only: a query string may carry a presigned signature.
-                    logger.debug(
-                        "%s %s %s -> %d",
-                        request_id,
-                        scope["method"],
-                        scope["path"],
-                        message["status"],
-                    )
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
+        scope["app"] = self.app
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        request = Request(scope, receive)
+        try:
+            response = await s3_endpoint(request)
+        except S3Error as exc:
+            response = render_s3_error(request, exc)
+        raw = response.raw_headers
+        present = {name for name, _ in raw}
+        if b"x-amz-request-id" not in present:
+            raw.append((b"x-amz-request-id", request_id.encode()))
+        if b"server" not in present:
+            raw.append((b"server", b"s3batchd"))
+        if _body_unread(scope) and b"connection" not in present:
+            # uvicorn would read the unsent body of an Expect: 100-continue request as the
+            # next request on this connection (notes/wire.md §8): close it.
+            raw.append((b"connection", b"close"))
+        status = response.status_code
+        operation = state.get("operation", scope["method"])
+        try:
+            await response(scope, receive, send)
+        finally:
+            self.metrics.requests.labels(operation, str(status)).inc()
+            if operation == "PutObject" and status == 200:
+                self.metrics.ack_latency.observe(time.perf_counter() - started)
+        if logger.isEnabledFor(logging.DEBUG):
+            # The path only: a query string may carry a presigned signature.
+            logger.debug("%s %s %s -> %d", request_id, scope["method"], scope["path"], status)
 
 
 def _to_origin_form(scope: Scope) -> None:
@@ -113,8 +119,6 @@ async def s3_endpoint(request: Request) -> Response:
         state.active_requests -= 1
 
 
-
-
 def error_xml(exc: S3Error, *, resource: str, request_id: str) -> bytes:
     """The S3 XML body of an error."""
     return (
@@ -124,10 +128,8 @@ def error_xml(exc: S3Error, *, resource: str, request_id: str) -> bytes:
     ).encode()
 
 
-async def render_s3_error(request: Request, exc: Exception) -> Response:
+def render_s3_error(request: Request, exc: S3Error) -> Response:
     """The one place where errors become wire responses."""
-    if not isinstance(exc, S3Error):  # pragma: no cover - only registered for S3Error
-        raise exc
     request_id = request.scope.get("state", {}).get("request_id", "")
     headers = {"Content-Type": "application/xml", **exc.headers}
     logger.debug("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.code)
@@ -148,21 +150,6 @@ def _body_unread(scope: Scope) -> bool:
         if lower == b"transfer-encoding" or (lower == b"content-length" and value != b"0"):
             return True
     return False
-
-
-class _KeyConvertor(Convertor[str]):
-    """Any path, newlines included (an S3 key may contain them; ``path`` stops at one)."""
-
-    regex = "(?s:.*)"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
-
-
-register_url_convertor("key", _KeyConvertor())
 
 
 def create_app(
@@ -188,15 +175,7 @@ def create_app(
             await app.state.forwarder.aclose()
             await pipeline.close()
 
-    app = Starlette(
-        routes=[Route("/{path:key}", s3_endpoint, methods=_METHODS)],
-        middleware=[
-            Middleware(RequestIdMiddleware),
-            Middleware(MetricsMiddleware, metrics=metrics),
-        ],
-        exception_handlers={S3Error: render_s3_error},
-        lifespan=lifespan,
-    )
+    app = Starlette(lifespan=lifespan)  # HTTP goes through S3Front
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.active_requests = 0

@@ -21,6 +21,10 @@ from s3batchd.index import IndexEntry
 from s3batchd.records import EMPTY_MD5, ObjectRecord
 
 CATALOG_DIR = "_catalog"
+#: Queued objects that force a flush (a transaction of this many rows takes about a millisecond).
+MAX_PENDING = 512
+#: Longest time an object stays queued before the pipeline flushes it.
+FLUSH_DELAY_S = 0.05
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -109,6 +113,7 @@ class Catalog:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._pending: list[tuple[Any, ...]] = []
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(objects)")}
         for column, statement in _MIGRATIONS.items():
             if column not in columns:
@@ -116,18 +121,40 @@ class Catalog:
 
     def close(self) -> None:
         """Close the database."""
+        self.flush()
         self._db.close()
 
     def put(
         self, bucket: str, batch_id: str, tar_key: str, entry: IndexEntry, *, uploaded: bool
     ) -> None:
         """Record an object (ignored if the catalog already has a newer one for the key, or a
-        newer tombstone), or a tombstone (hiding older objects of the key)."""
+        newer tombstone), or a tombstone (hiding older objects of the key).
+
+        Objects are queued and written in one transaction by ``flush``, which every read
+        calls first (and the pipeline calls within ``FLUSH_DELAY_S``): one SQLite transaction
+        per PUT cost more than the rest of the catalog's work. The catalog is rebuilt from the
+        spool at start, so a crash loses nothing that was not already on disk."""
         if entry.record.deleted:
+            self.flush()
             with self._transaction():
                 self._apply(bucket, batch_id, tar_key, entry, uploaded=uploaded)
-        else:  # one statement: its own transaction
-            self._apply(bucket, batch_id, tar_key, entry, uploaded=uploaded)
+            return
+        self._pending.append(_row(bucket, batch_id, tar_key, entry, uploaded=uploaded))
+        if len(self._pending) >= MAX_PENDING:
+            self.flush()
+
+    @property
+    def pending(self) -> int:
+        """Objects queued for the next ``flush``."""
+        return len(self._pending)
+
+    def flush(self) -> None:
+        """Write the queued objects (one transaction)."""
+        if not self._pending:
+            return
+        rows, self._pending = self._pending, []
+        with self._transaction():
+            self._db.executemany(_UPSERT, rows)
 
     def _apply(
         self, bucket: str, batch_id: str, tar_key: str, entry: IndexEntry, *, uploaded: bool
@@ -149,16 +176,19 @@ class Catalog:
         uploaded: bool,
     ) -> None:
         """Record every object of a batch in one transaction."""
+        self.flush()
         with self._transaction():
             for entry in entries:
                 self._apply(bucket, batch_id, tar_key, entry, uploaded=uploaded)
 
     def mark_uploaded(self, batch_id: str) -> None:
         """The batch and its index are in the bucket: read its objects from there."""
+        self.flush()
         self._db.execute("UPDATE objects SET uploaded = 1 WHERE batch_id = ?", (batch_id,))
 
     def get(self, bucket: str, key: str) -> CatalogEntry | None:
         """The latest object under ``key``, or None."""
+        self.flush()
         row = self._db.execute(
             "SELECT * FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
         ).fetchone()
@@ -167,6 +197,7 @@ class Catalog:
     def iter_keys(self, bucket: str, prefix: str, after: str) -> Iterator[CatalogEntry]:
         """Objects of ``bucket`` whose key starts with ``prefix`` and sorts after ``after``,
         in S3 order (UTF-8 byte order, which is SQLite's BINARY collation)."""
+        self.flush()
         # A range scan plus a check in Python: SQLite's substr() stops at a NUL, which S3 keys
         # may contain.
         cursor = self._db.execute(
@@ -182,6 +213,7 @@ class Catalog:
     def expire(self, older_than: float, limit: int = 2000) -> int:
         """Forget up to ``limit`` objects written before ``older_than`` (Unix time); returns
         how many. Bounded so a call never holds the event loop long; repeated calls catch up."""
+        self.flush()
         cursor = self._db.execute(
             "DELETE FROM objects WHERE (bucket, key) IN "
             "(SELECT bucket, key FROM objects WHERE mtime < ? LIMIT ?)",
@@ -196,6 +228,7 @@ class Catalog:
 
     def count(self) -> int:
         """Rows in the catalog."""
+        self.flush()
         return int(self._db.execute("SELECT count(*) FROM objects").fetchone()[0])
 
     def _transaction(self) -> _Transaction:

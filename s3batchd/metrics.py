@@ -9,15 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from s3batchd.index import batch_created
-from s3batchd.s3api import SUBRESOURCES
 from s3batchd.spool import QUARANTINE_DIR
 
 if TYPE_CHECKING:
@@ -38,7 +35,7 @@ class Metrics:
         self.price = put_price_per_1000_usd
         self.requests = Counter(
             "s3batchd_requests",
-            "S3 requests answered, by operation and HTTP status",
+            "S3 requests answered, by operation (PutObject, GetObject, ...) and HTTP status",
             ["operation", "status"],
             registry=self.registry,
         )
@@ -165,40 +162,3 @@ class _PipelineCollector(Collector):
             "put_requests_avoided x metrics.put_price_per_1000_usd / 1000",
             value=avoided * self._price / 1000,
         )
-
-
-class MetricsMiddleware:
-    """Counts S3 requests by operation and status, and times acknowledged PUTs."""
-
-    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        operation = _operation(scope)
-        status = 500
-
-        async def send_counted(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_counted)
-        finally:
-            self.metrics.requests.labels(operation, str(status)).inc()
-            if operation == "PutObject" and status == 200:
-                self.metrics.ack_latency.observe(time.perf_counter() - started)
-
-
-def _operation(scope: Scope) -> str:
-    method: str = scope["method"]
-    query = {name for name, _ in parse_qsl(scope.get("query_string", b"").decode("latin-1"))}
-    if method == "PUT" and not SUBRESOURCES.intersection(query):
-        return "PutObject"
-    return method

@@ -4,6 +4,7 @@ closed together (the app's lifespan owns one)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from s3batchd.batcher import Batcher
 from s3batchd.body import BodyBuffer
-from s3batchd.catalog import Catalog, catalog_path
+from s3batchd.catalog import FLUSH_DELAY_S, Catalog, catalog_path
 from s3batchd.concurrency import run_in, run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import InternalError, SpoolError
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 #: Readiness fails once the spool holds this share of ``spool.max_bytes``, before PUTs are
 #: refused, so an orchestrator can steer traffic away first.
 QUOTA_HIGH_WATER = 0.9
+#: Sealed batches waiting for upload whose members are kept in memory for their index.
+KEEP_ENTRIES_BATCHES = 4
 #: How often (at most) expired catalog rows are deleted.
 CATALOG_EXPIRY_INTERVAL_S = 60.0
 
@@ -53,11 +56,12 @@ class Pipeline:
             config=settings.batch,
             prefix=settings.upstream.prefix,
             writer=self.writer,
-            sink=self.uploader,
+            sink=self,
         )
         self.uploader.on_uploaded = self._uploaded
         self.catalog = Catalog(catalog_path(settings.spool.dir, settings.catalog.path))
         self._expired_at = 0.0
+        self._flush_scheduled = False
         self._buckets_seen: set[str] = set(settings.upstream.probe_buckets)
         self.metrics: Metrics | None = None
         self.drained: bool | None = None
@@ -81,6 +85,28 @@ class Pipeline:
             )
         except sqlite3.Error:
             logger.exception("catalog write failed for s3://%s/%s", entry.bucket, record.key)
+        if self.catalog.pending and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self.flush_catalog)
+
+    def flush_catalog(self) -> None:
+        """Write the catalog's queued objects (logged, never raised: the catalog is a cache
+        rebuilt from the spool)."""
+        self._flush_scheduled = False
+        try:
+            self.catalog.flush()
+        except sqlite3.Error:
+            logger.exception("catalog write failed")
+
+    async def submit(self, batch: SealedBatch) -> None:
+        """A sealed batch goes to the uploader once the catalog holds its objects (the local
+        file, from which the catalog would be rebuilt, is deleted after the upload)."""
+        self.flush_catalog()
+        if self.uploader.pending >= KEEP_ENTRIES_BATCHES:
+            # A backlog (the bucket is slow or down): do not hold every member in memory; the
+            # index is then rendered from the tar.
+            batch = dataclasses.replace(batch, entries=None)
+        await self.uploader.submit(batch)
 
     async def hide(self, bucket: str, key: str) -> bool:
         """Stop serving the batched object of ``key`` (it was deleted, or overwritten in the

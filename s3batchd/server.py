@@ -16,9 +16,10 @@ from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from s3batchd.admin import PortRouter, create_admin_app
-from s3batchd.app import create_app
+from s3batchd.app import S3Front, create_app
 from s3batchd.config import Settings
 from s3batchd.pipeline import Pipeline
 from s3batchd.protocol import protocol_with_timeout
@@ -67,7 +68,7 @@ def build_server(settings: Settings) -> tuple[DrainingServer, list[socket.socket
     """The server, its bound sockets (S3 first, then admin) and the S3 app."""
     app = create_app(settings)
     sockets = [_bind(settings.server.host, settings.server.port)]
-    asgi = app
+    asgi: ASGIApp = S3Front(app)
     if settings.server.admin_port:
         admin = create_admin_app(app)
         try:
@@ -75,7 +76,7 @@ def build_server(settings: Settings) -> tuple[DrainingServer, list[socket.socket
         except OSError:
             sockets[0].close()
             raise
-        asgi = PortRouter(app, admin, admin_port=settings.server.admin_port)  # type: ignore[assignment]
+        asgi = PortRouter(asgi, admin, admin_port=settings.server.admin_port)
     config = uvicorn.Config(
         asgi,
         host=settings.server.host,
@@ -88,5 +89,6 @@ def build_server(settings: Settings) -> tuple[DrainingServer, list[socket.socket
         http=protocol_with_timeout(settings.server.header_timeout_s),
         timeout_graceful_shutdown=max(1, int(settings.shutdown.drain_timeout_s)),
         lifespan="on",
+        proxy_headers=False,  # X-Forwarded-* are not trusted: the S3 port is not behind a proxy
     )
     return DrainingServer(config, app), sockets, app

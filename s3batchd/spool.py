@@ -22,7 +22,7 @@ import hashlib
 import logging
 import os
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -67,6 +67,8 @@ class SpoolFile:
         self.records = 0
         self.failed = False
         self._ends: list[int] = []
+        self._entries: list[IndexEntry] = []
+        self._header: tuple[ObjectRecord, int, bytes] | None = None
         self._fd = fd
 
     @classmethod
@@ -83,20 +85,23 @@ class SpoolFile:
         if self.failed:
             raise SpoolFailedError(f"{self.path} failed earlier and takes no more writes")
         name = member_name(record.key, self.records)
-        header = encode_header(record, name)
+        header = self._header_for(record)
         start = self.position
+        pad = _PADDING[: padded(record.size) - record.size]
         try:
-            write_all(self._fd, header)
-            body.write_to(self._fd)
-            pad = padded(record.size) - record.size
-            if pad:
-                write_all(self._fd, _PADDING[:pad])
+            if body.in_memory:  # one write for header, data and padding
+                write_all(self._fd, b"".join((header, *body.chunks(), pad)))
+            else:
+                write_all(self._fd, header)
+                body.write_to(self._fd)
+                write_all(self._fd, pad)
         except OSError as exc:
             self._roll_back(start)
             raise SpoolError(f"cannot append to {self.path}: {exc}") from exc
         self.position = start + len(header) + padded(record.size)
         self.records += 1
         self._ends.append(self.position)
+        self._entries.append(IndexEntry(record=record, member=name, offset=start + len(header)))
         return SpoolEntry(
             bucket=self.bucket,
             batch_id=self.batch_id,
@@ -121,8 +126,18 @@ class SpoolFile:
         The header is encoded for real: PAX records (long keys, metadata) can make it several
         blocks long, and an estimate would let a batch grow past ``max_bytes``.
         """
-        header = encode_header(record, member_name(record.key, self.records))
+        header = self._header_for(record)
         return self.position + len(header) + padded(record.size) + len(TAR_END)
+
+    def _header_for(self, record: ObjectRecord) -> bytes:
+        """The member header of ``record`` as the next member (encoded once for the size check
+        and the append that follows it)."""
+        cached = self._header
+        if cached is not None and cached[0] is record and cached[1] == self.records:
+            return cached[2]
+        header = encode_header(record, member_name(record.key, self.records))
+        self._header = (record, self.records, header)
+        return header
 
     def sync(self) -> None:
         """fdatasync the file. A failure is fatal for this file (fsyncgate)."""
@@ -149,7 +164,7 @@ class SpoolFile:
         sealed_path = self.path.with_suffix(SEALED_SUFFIX)
         self.path.rename(sealed_path)
         fsync_dir(sealed_path.parent)
-        return _sealed(
+        sealed = _sealed(
             sealed_path,
             self.bucket,
             self.batch_id,
@@ -158,6 +173,7 @@ class SpoolFile:
             self.records,
             reason,
         )
+        return replace(sealed, entries=tuple(self._entries[: self.records]))
 
     def reseal_durable(self, durable: int, reason: str) -> SealedBatch | None:
         """After a failure: keep the members that ended at or before ``durable`` (they were

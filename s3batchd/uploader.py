@@ -9,6 +9,7 @@ and full jitter, without a limit while data is pending: nothing sealed is droppe
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 import os
@@ -52,6 +53,11 @@ def file_crc32(path: Path) -> str:
         while chunk := stream.read(1 << 20):
             value = zlib.crc32(chunk, value)
     return f"{value:08x}"
+
+
+def crc32_header(hex_crc: str) -> str:
+    """A CRC32 kept as 8 hex digits, as the base64 value of ``x-amz-checksum-crc32``."""
+    return base64.b64encode(bytes.fromhex(hex_crc)).decode()
 
 
 def needs_multipart(size: int, config: UploadConfig) -> bool:
@@ -103,6 +109,8 @@ class BatchUpload:
                         ContentType=TAR_CONTENT_TYPE,
                         Metadata=metadata,
                         IfNoneMatch="*",
+                        # Computed once for the metadata: botocore would read the file again.
+                        ChecksumCRC32=crc32_header(metadata[META_TAR_CRC32]),
                     ),
                 )
             except ClientError as exc:
@@ -224,7 +232,7 @@ class BatchUpload:
 
     def index(self, batch: SealedBatch) -> None:
         """Write the index JSON beside the tar (the batch's commit marker)."""
-        entries = scan(batch.path).entries
+        entries = list(batch.entries) if batch.entries is not None else scan(batch.path).entries
         body = render_index(
             bucket=batch.bucket,
             batch_id=batch.batch_id,

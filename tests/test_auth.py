@@ -200,7 +200,5 @@ def _presign_with_payload_hash(daemon: Daemon, bucket: str, key: str, sha256: st
 
     url = f"{daemon.url}/{bucket}/{key}?X-Amz-Content-Sha256={sha256}"
     request = AWSRequest(method="PUT", url=url)
-    PinnedPayload(Credentials("app", "app-secret"), "s3", "us-east-1", expires=60).add_auth(
-        request
-    )
+    PinnedPayload(Credentials("app", "app-secret"), "s3", "us-east-1", expires=60).add_auth(request)
     return str(request.url)

@@ -339,6 +339,10 @@ async def test_durability_none_does_not_sync_per_record(
 class FullDiskBody(BodyBuffer):
     """A body whose copy into the spool fails like a full disk."""
 
+    @property
+    def in_memory(self) -> bool:
+        return False  # appended with write_to, like a spilled body
+
     def write_to(self, fd: int) -> None:
         os.write(fd, b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -67,4 +67,4 @@ def test_errors_are_counted_by_status(start_daemon: DaemonFactory, bucket: str) 
     with pytest.raises(ClientError):
         client.get_object(Bucket=bucket, Key="nope")
     metrics = scrape(daemon.admin_url)
-    assert metrics["s3batchd_requests_total", (("operation", "GET"), ("status", "404"))] == 1
+    assert metrics["s3batchd_requests_total", (("operation", "GetObject"), ("status", "404"))] == 1

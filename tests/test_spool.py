@@ -458,6 +458,10 @@ class FailingBody(BodyBuffer):
         super().__init__(memory_limit=1 << 20, spill_dir=tmp_path)
         self.write(data)
 
+    @property
+    def in_memory(self) -> bool:
+        return False  # appended with write_to, like a spilled body
+
     def write_to(self, fd: int) -> None:
         os.write(fd, self.getvalue()[: self.size // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -500,6 +504,10 @@ class HijackingBody(BodyBuffer):
         self.write(data)
         self._replacement = replacement
         self._fail = fail
+
+    @property
+    def in_memory(self) -> bool:
+        return False  # appended with write_to, like a spilled body
 
     def write_to(self, fd: int) -> None:
         os.write(fd, self.getvalue())
