@@ -12,6 +12,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 from xml.sax.saxutils import escape
@@ -153,9 +154,14 @@ def _body_unread(scope: Scope) -> bool:
 
 
 def create_app(
-    settings: Settings, *, client: S3Client | None = None, writer: WriterId | None = None
+    settings: Settings,
+    *,
+    client: S3Client | None = None,
+    writer: WriterId | None = None,
+    spools: tuple[Path, ...] = (),
 ) -> Starlette:
-    """The ASGI app of one daemon process."""
+    """The ASGI app of one daemon process (``spools``: every worker's spool directory, the
+    shared one first, when ``server.workers`` > 1)."""
     metrics = Metrics(put_price_per_1000_usd=settings.metrics.put_price_per_1000_usd)
 
     @asynccontextmanager
@@ -166,8 +172,11 @@ def create_app(
         await pipeline.start()
         app.state.pipeline = pipeline
         app.state.forwarder = Forwarder(settings.upstream)
+        if spools:
+            pipeline.spools = (settings.spool.dir, *(d for d in spools if d != settings.spool.dir))
         app.state.uploads = UploadStore(
-            settings.spool.dir, sync=settings.spool.durability != "none"
+            spools[0] if spools else settings.spool.dir,
+            sync=settings.spool.durability != "none",
         )
         try:
             yield

@@ -103,7 +103,7 @@ def catalog_path(spool_dir: Path, configured: str = "") -> Path:
 class Catalog:
     """The catalog database (used from one thread at a time)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, write_through: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # A short busy timeout: the daemon calls this on its event loop, and another process
@@ -114,6 +114,7 @@ class Catalog:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._pending: list[tuple[Any, ...]] = []
+        self._max_pending = 1 if write_through else MAX_PENDING
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(objects)")}
         for column, statement in _MIGRATIONS.items():
             if column not in columns:
@@ -140,7 +141,7 @@ class Catalog:
                 self._apply(bucket, batch_id, tar_key, entry, uploaded=uploaded)
             return
         self._pending.append(_row(bucket, batch_id, tar_key, entry, uploaded=uploaded))
-        if len(self._pending) >= MAX_PENDING:
+        if len(self._pending) >= self._max_pending:
             self.flush()
 
     @property

@@ -15,6 +15,7 @@ from s3batchd.cliopts import CONFIG_OPTION, ENDPOINT_OPTION, cli_client, setting
 from s3batchd.config import Settings
 from s3batchd.objects import read_local
 from s3batchd.reader import Location, ReaderError, get
+from s3batchd.workers import WORKERS_DIR
 
 if TYPE_CHECKING:
     pass
@@ -88,7 +89,9 @@ def _local(spool_dir: Path, entry: CatalogEntry) -> bytes | None:
     """The object from a batch still in the spool (not uploaded yet), if there."""
     if entry.uploaded:
         return None
-    return read_local(spool_dir, entry, 0, entry.record.size - 1)
+    workers = spool_dir / WORKERS_DIR
+    others = tuple(sorted(workers.iterdir())) if workers.is_dir() else ()
+    return read_local((spool_dir, *others), entry, 0, entry.record.size - 1)
 
 
 @click.command("reindex")

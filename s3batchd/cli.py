@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -12,13 +14,14 @@ import click
 from s3batchd import __version__
 from s3batchd.catalogcli import get_command, reindex_command
 from s3batchd.config import Settings, is_loopback, load_settings
-from s3batchd.errors import ConfigError
+from s3batchd.errors import ConfigError, S3BatchdError
 from s3batchd.logs import setup_logging
 from s3batchd.readcli import extract, ls
-from s3batchd.server import build_server
+from s3batchd.server import bind_sockets, build_server
 from s3batchd.status import fetch as fetch_status
 from s3batchd.status import render as render_status
 from s3batchd.upstream import make_client, probe
+from s3batchd.workers import adopt_orphans, run_workers
 
 #: Exit status when shutdown left sealed batches in the spool (uploaded at the next start).
 EXIT_BATCHES_KEPT = 3
@@ -111,11 +114,32 @@ def status(config_path: Path | None, url: str | None) -> None:
 
 
 def run(settings: Settings) -> int:
-    """Serve until a signal; the exit status says whether every batch was uploaded."""
+    """Serve until a signal; the exit status says whether every batch was uploaded. With
+    ``server.workers`` > 1 the sockets are bound here and shared by forked workers."""
     try:
-        server, sockets, app = build_server(settings)
+        sockets = bind_sockets(settings)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {exc.strerror}") from exc
+    try:
+        moved = adopt_orphans(settings.spool.dir, settings.server.workers, settings.upstream.prefix)
+    except (OSError, S3BatchdError) as exc:
+        for sock in sockets:
+            sock.close()
+        raise click.ClickException(f"cannot prepare the worker spools: {exc}") from exc
+    if moved:
+        logging.getLogger(__name__).info("%d batches of former workers adopted", moved)
+    if settings.server.workers == 1:
+        return serve_on(settings, sockets, ())
+    try:
+        return run_workers(settings, sockets, serve_on)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def serve_on(settings: Settings, sockets: list[socket.socket], spools: tuple[Path, ...]) -> int:
+    """Run one daemon process on bound ``sockets`` until a signal."""
+    server, sockets, app = build_server(settings, sockets, spools=spools)
     # uvicorn re-raises the signal that stopped it once it is done; with these handlers
     # that is a no-op, so the exit status below can say whether every batch was uploaded.
     received: list[int] = []

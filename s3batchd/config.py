@@ -77,6 +77,13 @@ class ServerConfig(Section):
     keep_alive_s: int = Field(default=5, gt=0)
     """Seconds (whole) an idle keep-alive connection stays open. Longer: fewer TCP handshakes
     for clients, more idle sockets held open."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Daemon processes serving the port, each with its own spool (worker 0: ``spool.dir``,
+    worker i: ``<spool.dir>/_workers/<i>``), writer id and share ``spool.max_bytes / workers``
+    of the quota; they share the catalog, the held multipart uploads and the admin port (each
+    request there is answered by one worker, about itself). Python runs one request at a time
+    per process: more workers use more cores (bench/README.md). Lowering it moves the batches
+    of the spools no longer used into worker 0's at the next start."""
     admin_host: str = "127.0.0.1"
     """Address of the admin listener (``/healthz``, ``/readyz``, ``/metrics``). It serves no
     data, so it may listen on the pod IP (``0.0.0.0``) for kubelet probes and Prometheus while

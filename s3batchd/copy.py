@@ -68,7 +68,7 @@ async def read_source(call: Call, entry: CatalogEntry, byte_range: str | None) -
         raise PreconditionFailed()
     pipeline: Pipeline = call.request.app.state.pipeline
     source = ObjectSource(
-        pipeline.catalog, pipeline.settings.spool.dir, pipeline.client, pipeline.read_executor
+        pipeline.catalog, pipeline.spools, pipeline.client, pipeline.read_executor
     )
     size = entry.record.size
     span = parse_range(byte_range, size) if byte_range else None

@@ -79,7 +79,7 @@ async def read_object(call: Call) -> Response:
     if other:
         raise NotImplementedS3(f"{call.request.method} ?{other[0]} of a batched object.")
     source = ObjectSource(
-        pipeline.catalog, pipeline.settings.spool.dir, pipeline.client, pipeline.read_executor
+        pipeline.catalog, pipeline.spools, pipeline.client, pipeline.read_executor
     )
     return await get_object(
         source, target.bucket, target.key, call.headers, head=call.head, query=target.query

@@ -31,6 +31,7 @@ from s3batchd.errors import (
     InvalidPart,
     InvalidPartOrder,
     MalformedXML,
+    NoSuchUpload,
     S3Error,
     SlowDown,
 )
@@ -44,7 +45,7 @@ from s3batchd.ingest import (
 from s3batchd.objects import iso_time
 from s3batchd.passthrough import Call, forward, read_small_body, receive_body, send_upstream
 from s3batchd.pipeline import Pipeline
-from s3batchd.proxy import RETRY_SOON, Query, forward_headers, read_all
+from s3batchd.proxy import RETRY_SOON, forward_headers, read_all
 from s3batchd.records import ObjectRecord
 from s3batchd.s3api import (
     DEFAULT_CONTENT_TYPE,
@@ -123,10 +124,6 @@ def _part_number(call: Call) -> int:
     return number
 
 
-def _upstream_query(call: Call, upload: Upload) -> Query:
-    return call.query(uploadId=upload.upstream_id)
-
-
 async def upload_part(call: Call) -> Response:
     """UploadPart."""
     upload = _held(call)
@@ -134,32 +131,37 @@ async def upload_part(call: Call) -> Response:
         return await forward(call)
     number = _part_number(call)
     put = parse_body(call.target, call.headers, max_bytes=MAX_PART_BYTES)
-    if await _goes_upstream(call, upload, put.declared_size):
-        return await forward(call, query=_upstream_query(call, upload))
-    upload.reserved += put.declared_size or 0
+    upstream_id = await _goes_upstream(call, upload.upload_id, put.declared_size)
+    if upstream_id:
+        return await forward(call, query=call.query(uploadId=upstream_id))
+    store = _store(call)
+    store.receiving(upload.upload_id, put.declared_size or 0)
     try:
         body, digests = await receive_body(call, put, max_bytes=MAX_PART_BYTES)
     finally:
-        upload.reserved -= put.declared_size or 0
+        store.receiving(upload.upload_id, -(put.declared_size or 0))
     try:
         part = _part(upload, number, body, digests.md5.hexdigest())
-        return await _keep_part(call, upload, part, body, copy=False)
+        return await _keep_part(call, upload.upload_id, part, body, copy=False)
     finally:
         body.close()
 
 
-async def _goes_upstream(call: Call, upload: Upload, size: int | None) -> bool:
-    """Whether a part of ``size`` bytes goes to the bucket (moving the upload there first when
-    the parts pass ``batch.passthrough_bytes``)."""
-    async with upload.lock:
+async def _goes_upstream(call: Call, upload_id: str, size: int | None) -> str:
+    """The bucket's upload id when a part of ``size`` bytes goes to the bucket (moving the
+    upload there first when the parts pass ``batch.passthrough_bytes``), else empty."""
+    store = _store(call)
+    async with store.locked(upload_id) as upload:
+        if upload is None:
+            raise NoSuchUpload()
         if upload.upstream_id:
-            return True
+            return upload.upstream_id
         threshold = forward_threshold(call.settings)
-        passes = size is not None and upload.size + upload.reserved + size >= threshold
-        if passes and _can_promote(call):
+        held = upload.size + store.receiving(upload_id, 0)
+        if size is not None and held + size >= threshold and _can_promote(call):
             await _promote(call, upload)
-            return True
-        return False
+            return upload.upstream_id
+        return ""
 
 
 def _can_promote(call: Call) -> bool:
@@ -178,12 +180,14 @@ def _part(upload: Upload, number: int, body: BodyBuffer, md5_hex: str) -> Part:
 
 
 async def _keep_part(
-    call: Call, upload: Upload, part: Part, body: BodyBuffer, *, copy: bool
+    call: Call, upload_id: str, part: Part, body: BodyBuffer, *, copy: bool
 ) -> Response:
     """Keep a received part in the spool, or send it to the bucket if the upload moved there
     (or the parts now pass the threshold) while it was received."""
     pipeline = _pipeline(call)
-    async with upload.lock:
+    async with _store(call).locked(upload_id) as upload:
+        if upload is None:
+            raise NoSuchUpload()
         threshold = forward_threshold(call.settings)
         if not upload.upstream_id and upload.size + part.size >= threshold and _can_promote(call):
             await _promote(call, upload)
@@ -272,22 +276,25 @@ async def upload_part_copy(call: Call) -> Response:
     entry = batched_source(call)
     if entry is None:
         call.allow()
-        await _promote_locked(call, upload)
-        return await forward(call, query=_upstream_query(call, upload))
+        upstream_id = await _promote_locked(call, upload.upload_id)
+        return await forward(call, query=call.query(uploadId=upstream_id))
     data = await read_source(call, entry, call.headers.get("x-amz-copy-source-range"))
     body = BodyBuffer(memory_limit=len(data), spill_dir=call.settings.spool.dir)
     body.write(data)
     try:
         part = _part(upload, number, body, hashlib.md5(data, usedforsecurity=False).hexdigest())
-        return await _keep_part(call, upload, part, body, copy=True)
+        return await _keep_part(call, upload.upload_id, part, body, copy=True)
     finally:
         body.close()
 
 
-async def _promote_locked(call: Call, upload: Upload) -> None:
-    async with upload.lock:
+async def _promote_locked(call: Call, upload_id: str) -> str:
+    async with _store(call).locked(upload_id) as upload:
+        if upload is None:
+            raise NoSuchUpload()
         if not upload.upstream_id:
             await _promote(call, upload)
+        return upload.upstream_id
 
 
 async def complete_multipart_upload(call: Call) -> Response:
@@ -296,7 +303,10 @@ async def complete_multipart_upload(call: Call) -> Response:
     if upload is None:
         return await forward(call)
     body = await read_small_body(call)
-    async with upload.lock:
+    async with _store(call).locked(upload.upload_id) as held:
+        if held is None:
+            raise NoSuchUpload()
+        upload = held
         if upload.completed:
             return _xml(upload.completed)
         if upload.upstream_id:
@@ -305,7 +315,7 @@ async def complete_multipart_upload(call: Call) -> Response:
 
 
 async def _complete_upstream(call: Call, upload: Upload, body: bytes) -> Response:
-    answer = await send_upstream(call, query=_upstream_query(call, upload), body=body)
+    answer = await send_upstream(call, query=call.query(uploadId=upload.upstream_id), body=body)
     data = await read_all(answer)
     if answer.status_code == 200 and b"<Error>" not in data:
         await hide_batched(call, upload.bucket, upload.key)
@@ -435,10 +445,12 @@ async def abort_multipart_upload(call: Call) -> Response:
     upload = _held(call)
     if upload is None:
         return await forward(call)
-    async with upload.lock:
-        if upload.upstream_id:
-            await _abort_upstream(call, upload.upstream_id)
-        _store(call).remove(upload)
+    async with _store(call).locked(upload.upload_id) as held:
+        if held is None:
+            raise NoSuchUpload()
+        if held.upstream_id:
+            await _abort_upstream(call, held.upstream_id)
+        _store(call).remove(held)
     return Response(status_code=204)
 
 
@@ -449,7 +461,7 @@ async def list_parts(call: Call) -> Response:
         return await forward(call)
     if upload.upstream_id:
         call.allow()
-        answer = await send_upstream(call, query=_upstream_query(call, upload))
+        answer = await send_upstream(call, query=call.query(uploadId=upload.upstream_id))
         data = await read_all(answer)
         data = data.replace(upload.upstream_id.encode(), upload.upload_id.encode())
         return Response(data, status_code=answer.status_code, media_type="application/xml")

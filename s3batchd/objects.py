@@ -46,7 +46,8 @@ class ObjectSource:
     """Where object bytes are read from."""
 
     catalog: Catalog
-    spool_dir: Path
+    spool_dirs: tuple[Path, ...]
+    """Where open and sealed batches are (every worker's spool; this process's first)."""
     client: S3Client
     executor: Executor
     """Threads for reads, apart from the spool's (fdatasync must not wait behind a GET)."""
@@ -147,7 +148,7 @@ async def read_bytes(source: ObjectSource, entry: CatalogEntry, first: int, last
         return b""
     if not entry.uploaded:
         data = await run_in(
-            source.executor, partial(read_local, source.spool_dir, entry, first, last)
+            source.executor, partial(read_local, source.spool_dirs, entry, first, last)
         )
         if data is not None:
             return data
@@ -162,18 +163,21 @@ async def read_bytes(source: ObjectSource, entry: CatalogEntry, first: int, last
     return await run_in(source.executor, fetch)
 
 
-def read_local(spool_dir: Path, entry: CatalogEntry, first: int, last: int) -> bytes | None:
-    """Bytes ``first..last`` of an object whose batch is still in the spool, else None."""
-    directory = spool_dir / entry.bucket
-    for suffix in (SEALED_SUFFIX, OPEN_SUFFIX):  # sealed first: open files get renamed
-        try:
-            fd = os.open(directory / (entry.batch_id + suffix), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        try:
-            return os.pread(fd, last - first + 1, entry.offset + first)
-        finally:
-            os.close(fd)
+def read_local(
+    spool_dirs: tuple[Path, ...], entry: CatalogEntry, first: int, last: int
+) -> bytes | None:
+    """Bytes ``first..last`` of an object whose batch is still in a spool, else None."""
+    for spool_dir in spool_dirs:
+        directory = spool_dir / entry.bucket
+        for suffix in (SEALED_SUFFIX, OPEN_SUFFIX):  # sealed first: open files get renamed
+            try:
+                fd = os.open(directory / (entry.batch_id + suffix), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                return os.pread(fd, last - first + 1, entry.offset + first)
+            finally:
+                os.close(fd)
     return None
 
 

@@ -10,6 +10,7 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from s3batchd.batcher import Batcher
@@ -59,7 +60,13 @@ class Pipeline:
             sink=self,
         )
         self.uploader.on_uploaded = self._uploaded
-        self.catalog = Catalog(catalog_path(settings.spool.dir, settings.catalog.path))
+        self.catalog = Catalog(
+            catalog_path(settings.spool.dir, settings.catalog.path),
+            # Several workers: a read on any of them must see every acknowledged write.
+            write_through=settings.server.workers > 1,
+        )
+        self.spools: tuple[Path, ...] = (settings.spool.dir,)
+        """Every worker's spool, this process's first (reads of batches not yet uploaded)."""
         self._expired_at = 0.0
         self._flush_scheduled = False
         self._buckets_seen: set[str] = set(settings.upstream.probe_buckets)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -64,18 +65,31 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_server(settings: Settings) -> tuple[DrainingServer, list[socket.socket], Starlette]:
-    """The server, its bound sockets (S3 first, then admin) and the S3 app."""
-    app = create_app(settings)
+def bind_sockets(settings: Settings) -> list[socket.socket]:
+    """The listening sockets: S3 first, then admin (when ``server.admin_port`` is set)."""
     sockets = [_bind(settings.server.host, settings.server.port)]
-    asgi: ASGIApp = S3Front(app)
     if settings.server.admin_port:
-        admin = create_admin_app(app)
         try:
             sockets.append(_bind(settings.server.admin_host, settings.server.admin_port))
         except OSError:
             sockets[0].close()
             raise
+    return sockets
+
+
+def build_server(
+    settings: Settings,
+    sockets: list[socket.socket] | None = None,
+    *,
+    spools: tuple[Path, ...] = (),
+) -> tuple[DrainingServer, list[socket.socket], Starlette]:
+    """The server, its sockets (bound here unless given) and the S3 app. ``spools``: every
+    worker's spool directory, when there are several (server.workers)."""
+    app = create_app(settings, spools=spools)
+    sockets = sockets if sockets is not None else bind_sockets(settings)
+    asgi: ASGIApp = S3Front(app)
+    if settings.server.admin_port:
+        admin = create_admin_app(app)
         asgi = PortRouter(asgi, admin, admin_port=settings.server.admin_port)
     config = uvicorn.Config(
         asgi,

@@ -1,21 +1,29 @@
 """Client multipart uploads kept in the spool until they complete, abort or move upstream.
 
-``<spool.dir>/_multipart/<upload id>/upload.json`` describes an upload (bucket, key, the
-CreateMultipartUpload headers, its parts, and the bucket's upload id once it became a real
-multipart upload); ``part-NNNNN`` holds a part's bytes. Writes are fsync'd (unless
-``spool.durability = "none"``) before a part is acknowledged, like a PUT: a restart loses no
-acknowledged part.
+``<spool.dir>/_multipart/<upload id>/`` holds an upload: ``upload.json`` (bucket, key, the
+CreateMultipartUpload headers, and the bucket's upload id once it became a real multipart
+upload), and per part ``part-NNNNN`` (its bytes) and ``part-NNNNN.json`` (size, MD5,
+checksum). Writes are fsync'd (unless ``spool.durability = "none"``) before a part is
+acknowledged, like a PUT: a restart loses no acknowledged part.
+
+With ``server.workers`` > 1 every worker process serves every upload (a client's parts arrive
+on any of its connections), so the state lives only on disk, read afresh for each request, and
+changes that depend on it (moving the upload to the bucket, completing, aborting, keeping a
+part) hold the upload's ``flock`` as well as an in-process lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import re
 import secrets
 import shutil
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +33,7 @@ from s3batchd.spool import fsync_dir
 
 UPLOADS_DIR = "_multipart"
 _ID = re.compile(r"^[0-9a-f]{32}$")
+_PART = re.compile(r"^part-(\d{5})\.json$")
 #: Completed uploads are remembered this long, so a retried CompleteMultipartUpload gets the
 #: same answer.
 COMPLETED_KEEP_S = 3600.0
@@ -48,7 +57,7 @@ class Part:
 
 @dataclass(slots=True)
 class Upload:
-    """One multipart upload the daemon holds."""
+    """One multipart upload the daemon holds, as read from disk."""
 
     upload_id: str
     bucket: str
@@ -62,12 +71,9 @@ class Upload:
     """``COMPOSITE`` or ``FULL_OBJECT`` when asked for at creation, or empty."""
     upstream_id: str = ""
     """The bucket's upload id once the parts passed ``batch.passthrough_bytes``."""
-    parts: dict[int, Part] = field(default_factory=dict)
     completed: str = ""
     """The CompleteMultipartUpload answer (XML) once completed."""
-    reserved: int = 0
-    """Bytes of parts being received (not saved)."""
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    parts: dict[int, Part] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -76,12 +82,13 @@ class Upload:
 
 
 class UploadStore:
-    """The uploads directory of one spool."""
+    """The uploads directory of one spool (shared by every worker process)."""
 
     def __init__(self, spool_dir: Path, *, sync: bool) -> None:
         self.root = spool_dir / UPLOADS_DIR
         self._sync = sync
-        self._cache: dict[str, Upload] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._receiving: dict[str, int] = {}
         self._swept = 0.0
 
     def create(
@@ -108,7 +115,6 @@ class UploadStore:
         self.save(upload)
         if self._sync:
             fsync_dir(self.root)
-        self._cache[upload.upload_id] = upload
         return upload
 
     def get(self, upload_id: str, bucket: str, key: str) -> Upload | None:
@@ -116,45 +122,81 @@ class UploadStore:
         may be the bucket's own)."""
         if not _ID.match(upload_id):
             return None
-        upload = self._cache.get(upload_id) or self._load(upload_id)
+        upload = self._load(upload_id)
         if upload is None or (upload.bucket, upload.key) != (bucket, key):
             return None
         return upload
 
+    @asynccontextmanager
+    async def locked(self, upload_id: str) -> AsyncIterator[Upload | None]:
+        """The upload read afresh while this process and every other hold its lock (None if
+        it was completed-and-swept or aborted meanwhile)."""
+        lock = self._locks.setdefault(upload_id, asyncio.Lock())
+        async with lock:
+            try:
+                fd = os.open(self.root / upload_id / "lock", os.O_RDWR | os.O_CREAT, 0o640)
+            except FileNotFoundError:
+                yield None
+                return
+            try:
+                await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+                yield self._load(upload_id)
+            finally:
+                os.close(fd)  # releases the flock
+
+    def receiving(self, upload_id: str, delta: int) -> int:
+        """Bytes of parts this process is receiving for the upload (after adding ``delta``)."""
+        total = self._receiving.get(upload_id, 0) + delta
+        if total:
+            self._receiving[upload_id] = total
+        else:
+            self._receiving.pop(upload_id, None)
+        return total
+
     def in_bucket(self, bucket: str) -> list[Upload]:
-        """Every upload held for ``bucket`` (from disk), oldest first."""
+        """Every upload held for ``bucket``, oldest first."""
         if not self.root.is_dir():
             return []
         uploads = []
         for path in self.root.iterdir():
-            upload = self._cache.get(path.name) or self._load(path.name)
+            upload = self._load(path.name)
             if upload is not None and upload.bucket == bucket and not upload.completed:
                 uploads.append(upload)
         return sorted(uploads, key=lambda u: (u.key, u.initiated))
 
     def _load(self, upload_id: str) -> Upload | None:
+        directory = self.root / upload_id
         try:
-            data: dict[str, Any] = json.loads((self.root / upload_id / "upload.json").read_bytes())
+            data: dict[str, Any] = json.loads((directory / "upload.json").read_bytes())
+            names = [path.name for path in directory.iterdir()]
         except (FileNotFoundError, NotADirectoryError, ValueError):
             return None
-        parts = {int(n): Part(**p) for n, p in data.pop("parts").items()}
-        upload = Upload(**data, parts=parts)
-        self._cache[upload_id] = upload
+        upload = Upload(**data)
+        for name in names:
+            if _PART.match(name):
+                with suppress(FileNotFoundError, ValueError):
+                    part = Part(**json.loads((directory / name).read_bytes()))
+                    upload.parts[part.number] = part
         return upload
 
     def save(self, upload: Upload) -> None:
-        """Write ``upload.json`` atomically."""
+        """Write ``upload.json`` atomically (the parts are files of their own)."""
         data = asdict(upload)
-        for name in ("lock", "reserved"):
-            data.pop(name)
-        directory = self.root / upload.upload_id
-        temporary = directory / "upload.json.tmp"
-        temporary.write_bytes(json.dumps(data).encode())
+        data.pop("parts")
+        self._write(self.root / upload.upload_id / "upload.json", json.dumps(data).encode())
+
+    def _write(self, path: Path, data: bytes) -> None:
+        temporary = path.with_name(path.name + ".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        try:
+            os.write(fd, data)
+            if self._sync:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        temporary.replace(path)
         if self._sync:
-            _fsync(temporary)
-        temporary.replace(directory / "upload.json")
-        if self._sync:
-            fsync_dir(directory)
+            fsync_dir(path.parent)
 
     def part_path(self, upload: Upload, number: int) -> Path:
         """Where a part's bytes are kept."""
@@ -163,7 +205,7 @@ class UploadStore:
     def write_part(self, upload: Upload, part: Part, body: BodyBuffer) -> None:
         """Keep a part's bytes and record it (replacing an earlier part of that number)."""
         path = self.part_path(upload, part.number)
-        temporary = path.with_suffix(".tmp")
+        temporary = path.with_name(path.name + ".tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
         try:
             body.write_to(fd)
@@ -172,21 +214,24 @@ class UploadStore:
         finally:
             os.close(fd)
         temporary.replace(path)
+        self._write(path.with_name(path.name + ".json"), json.dumps(asdict(part)).encode())
         upload.parts[part.number] = part
-        self.save(upload)
 
     def read_part(self, upload: Upload, number: int) -> bytes:
         """A part's bytes."""
         return self.part_path(upload, number).read_bytes()
 
     def drop_parts(self, upload: Upload) -> None:
-        """Delete the parts' bytes (they went to the bucket, or into a batch)."""
+        """Delete the parts (they went to the bucket, or into a batch)."""
         for number in list(upload.parts):
-            self.part_path(upload, number).unlink(missing_ok=True)
+            path = self.part_path(upload, number)
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".json").unlink(missing_ok=True)
+        upload.parts.clear()
 
     def remove(self, upload: Upload) -> None:
         """Forget an upload."""
-        self._cache.pop(upload.upload_id, None)
+        self._locks.pop(upload.upload_id, None)
         shutil.rmtree(self.root / upload.upload_id, ignore_errors=True)
 
     def _sweep(self) -> None:
@@ -195,17 +240,12 @@ class UploadStore:
             return
         self._swept = now
         for path in self.root.iterdir():
-            upload = self._cache.get(path.name) or self._load(path.name)
+            try:
+                age = now - (path / "upload.json").stat().st_mtime
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            upload = self._load(path.name)
             if upload is None:
                 continue
-            age = now - (path / "upload.json").stat().st_mtime
             if (upload.completed and age > COMPLETED_KEEP_S) or age > ABANDONED_AFTER_S:
                 self.remove(upload)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

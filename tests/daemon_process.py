@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -86,10 +87,22 @@ class DaemonProcess:
         self.close()
 
     def close(self) -> None:
-        """Kill the process if it still runs."""
+        """Kill the process (and its workers) if it still runs."""
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+            self.kill()
+
+    def workers(self) -> list[int]:
+        """PIDs of the worker processes (``server.workers`` > 1)."""
+        assert self.process is not None
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                found.append(int(stat.parent.name))
+        return found
 
     def start(self, timeout: float = 30) -> None:
         """Start the process (through ``wrapper``, if given) and wait until it serves."""
@@ -130,11 +143,27 @@ class DaemonProcess:
         return self.process.wait(timeout)
 
     def kill(self) -> None:
-        """SIGKILL and wait."""
+        """SIGKILL the process and its workers, and wait."""
         assert self.process is not None
+        workers = self.workers()
         self.process.kill()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.process.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def log(self) -> str:
         """Everything the process logged so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: it holds no file or lock any more)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

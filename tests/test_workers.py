@@ -1,0 +1,94 @@
+"""``server.workers``: several processes on one port, each with its own spool and writer id,
+sharing the catalog, the held multipart uploads and the port."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tests.batches import indexed_objects
+from tests.conftest import wait_for
+from tests.daemon_process import DaemonProcess
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from s3batchd.seaweed import LocalS3
+
+
+def _writer(tar_url: str) -> str:
+    """The writer id inside a batch's tar key (``<time>Z-<host>-<instance>-<seq>.tar``)."""
+    batch_id = tar_url.rsplit("/", 1)[1].removesuffix(".tar")
+    return batch_id.split("Z-", 1)[1].rsplit("-", 1)[0]
+
+
+def test_two_workers_share_the_port_and_read_each_others_writes(
+    tmp_path: Path, s3_server: LocalS3, s3: S3Client, bucket: str
+) -> None:
+    with DaemonProcess(tmp_path, s3_server, server={"workers": 2}) as daemon:
+        assert len(daemon.workers()) == 2
+        client = daemon.client()
+        keys = [f"w/{i:04d}" for i in range(300)]
+
+        def put(key: str) -> str:
+            answer = client.put_object(Bucket=bucket, Key=key, Body=key.encode() * 10)
+            return str(answer["ResponseMetadata"]["HTTPHeaders"]["x-s3batchd-tar"])
+
+        with ThreadPoolExecutor(16) as pool:
+            tars = list(pool.map(put, keys))
+            # Read back at once, on any connection: each worker sees the other's writes.
+            bodies = list(pool.map(lambda k: client.get_object(Bucket=bucket, Key=k), keys))
+        assert len({_writer(tar) for tar in tars}) == 2  # both workers took PUTs
+        for key, answer in zip(keys, bodies, strict=True):
+            assert answer["Body"].read() == key.encode() * 10
+
+        upload = client.create_multipart_upload(Bucket=bucket, Key="w/mpu")["UploadId"]
+
+        def part(number: int) -> str:
+            body = bytes([number]) * 1000
+            answer = client.upload_part(
+                Bucket=bucket, Key="w/mpu", UploadId=upload, PartNumber=number, Body=body
+            )
+            return str(answer["ETag"])
+
+        with ThreadPoolExecutor(4) as pool:  # parts on several connections, so both workers
+            etags = list(pool.map(part, range(1, 9)))
+        listed = client.list_parts(Bucket=bucket, Key="w/mpu", UploadId=upload)["Parts"]
+        assert [p["ETag"] for p in listed] == etags
+        client.complete_multipart_upload(
+            Bucket=bucket,
+            Key="w/mpu",
+            UploadId=upload,
+            MultipartUpload={"Parts": [{"PartNumber": 8, "ETag": etags[7]}]},
+        )
+        assert client.get_object(Bucket=bucket, Key="w/mpu")["Body"].read() == b"\x08" * 1000
+        assert daemon.terminate() == 0
+    wait_for(lambda: indexed_objects(s3, bucket) == len(keys) + 1)
+    spool = tmp_path / "spool"
+    assert not [p for p in spool.rglob("*") if p.suffix in (".open", ".tar")]
+
+
+def test_lowering_workers_adopts_the_batches_of_the_spools_left_over(
+    tmp_path: Path, s3_server: LocalS3, s3: S3Client, bucket: str
+) -> None:
+    daemon = DaemonProcess(tmp_path, s3_server, server={"workers": 2}, batch={"linger_ms": 600_000})
+    with daemon:
+        client = daemon.client()
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(
+                pool.map(
+                    lambda i: client.put_object(Bucket=bucket, Key=f"a/{i}", Body=b"x"),
+                    range(100),
+                )
+            )
+        assert {a["ETag"] for a in answers} == {f'"{hashlib.md5(b"x").hexdigest()}"'}
+        daemon.kill()  # kill -9: both workers' batches stay open in their spools
+    assert list((tmp_path / "spool" / "_workers" / "1").rglob("*.open"))
+    single = DaemonProcess(tmp_path, s3_server, server={"workers": 1})
+    with single:
+        wait_for(lambda: indexed_objects(s3, bucket) == 100)
+        assert single.terminate() == 0
+    assert "adopted" in single.log()
+    assert not list((tmp_path / "spool" / "_workers" / "1").rglob("*.open"))
