@@ -87,23 +87,49 @@ def render_index(
     batch_id: str,
     tar_key: str,
     tar_size: int,
-    entries: list[IndexEntry],
+    entries: list[IndexEntry] | None = None,
+    fragments: list[bytes] | None = None,
 ) -> bytes:
-    """The index JSON of one batch (deterministic: a retry writes the same bytes)."""
+    """The index JSON of one batch (deterministic: a retry writes the same bytes).
+
+    ``fragments``: the members already rendered by ``index_fragment`` (the spool does that as
+    it appends, so a large index is not encoded in one go, holding the GIL for tens of
+    milliseconds, when the batch is uploaded); else ``entries``. Both give the same bytes:
+    JSON of a document is the JSON of its parts joined."""
     writer = batch_id.split("Z-", 1)[1].rsplit("-", 1)[0]
-    document = {
+    head = {
         "format": INDEX_FORMAT,
         "version": INDEX_VERSION,
         "batch_id": batch_id,
         "created_at": _iso(batch_created(batch_id)),
         "writer": writer,
         "tar": {"bucket": bucket, "key": tar_key, "size": tar_size},
-        "objects": [_object(entry) for entry in entries if not entry.record.deleted],
     }
-    tombstones = [_tombstone(entry) for entry in entries if entry.record.deleted]
+    if fragments is None:
+        fragments = [index_fragment(entry) for entry in entries or ()]
+    objects = [f for f in fragments if not f.startswith(_TOMBSTONE_MARK)]
+    tombstones = [f[len(_TOMBSTONE_MARK) :] for f in fragments if f.startswith(_TOMBSTONE_MARK)]
+    parts = [_dumps(head)[:-1], b',"objects":[', b",".join(objects), b"]"]
     if tombstones:
-        document["tombstones"] = tombstones
-    return json.dumps(document, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+        parts += [b',"tombstones":[', b",".join(tombstones), b"]"]
+    parts.append(b"}\n")
+    return b"".join(parts)
+
+
+#: Prefix of a tombstone's fragment (never the start of a JSON object).
+_TOMBSTONE_MARK = b"T"
+
+
+def index_fragment(entry: IndexEntry) -> bytes:
+    """One member's part of the index: its ``objects`` entry, or its ``tombstones`` entry
+    behind a marker."""
+    if entry.record.deleted:
+        return _TOMBSTONE_MARK + _dumps(_tombstone(entry))
+    return _dumps(_object(entry))
+
+
+def _dumps(value: object) -> bytes:
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode()
 
 
 def _object(entry: IndexEntry) -> dict[str, object]:

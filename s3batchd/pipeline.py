@@ -110,9 +110,9 @@ class Pipeline:
         file, from which the catalog would be rebuilt, is deleted after the upload)."""
         self.flush_catalog()
         if self.uploader.pending >= KEEP_ENTRIES_BATCHES:
-            # A backlog (the bucket is slow or down): do not hold every member in memory; the
-            # index is then rendered from the tar.
-            batch = dataclasses.replace(batch, entries=None)
+            # A backlog (the bucket is slow or down): do not hold every batch's index in
+            # memory; it is then rendered from the tar.
+            batch = dataclasses.replace(batch, index_fragments=None)
         await self.uploader.submit(batch)
 
     async def hide(self, bucket: str, key: str) -> bool:

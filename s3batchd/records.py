@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from s3batchd.index import IndexEntry
 
 #: MD5 of no bytes (a tombstone's data).
 EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
@@ -81,6 +77,6 @@ class SealedBatch:
     records: int
     reason: str
     """Why it was sealed: linger, records, bytes, shutdown or recovered."""
-    entries: tuple[IndexEntry, ...] | None = None
-    """The members, when the process that wrote them still has them (else the uploader reads
-    them back from the tar to render the index)."""
+    index_fragments: tuple[bytes, ...] | None = None
+    """The members' parts of the index, rendered as they were appended, when the process that
+    wrote them still has them (else the uploader reads the tar back to render the index)."""

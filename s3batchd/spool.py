@@ -29,7 +29,7 @@ from typing import BinaryIO
 from s3batchd.body import BodyBuffer, write_all
 from s3batchd.constants import TAR_END
 from s3batchd.errors import SpoolError, SpoolFailedError
-from s3batchd.index import IndexEntry, index_key, is_batch_id, tar_key
+from s3batchd.index import IndexEntry, index_fragment, index_key, is_batch_id, tar_key
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
 from s3batchd.tarmember import decode_record, encode_header, member_name, padded
 
@@ -67,7 +67,7 @@ class SpoolFile:
         self.records = 0
         self.failed = False
         self._ends: list[int] = []
-        self._entries: list[IndexEntry] = []
+        self._fragments: list[bytes] = []
         self._header: tuple[ObjectRecord, int, bytes] | None = None
         self._fd = fd
 
@@ -101,7 +101,8 @@ class SpoolFile:
         self.position = start + len(header) + padded(record.size)
         self.records += 1
         self._ends.append(self.position)
-        self._entries.append(IndexEntry(record=record, member=name, offset=start + len(header)))
+        member = IndexEntry(record=record, member=name, offset=start + len(header))
+        self._fragments.append(index_fragment(member))
         return SpoolEntry(
             bucket=self.bucket,
             batch_id=self.batch_id,
@@ -173,7 +174,7 @@ class SpoolFile:
             self.records,
             reason,
         )
-        return replace(sealed, entries=tuple(self._entries[: self.records]))
+        return replace(sealed, index_fragments=tuple(self._fragments[: self.records]))
 
     def reseal_durable(self, durable: int, reason: str) -> SealedBatch | None:
         """After a failure: keep the members that ended at or before ``durable`` (they were

@@ -232,13 +232,14 @@ class BatchUpload:
 
     def index(self, batch: SealedBatch) -> None:
         """Write the index JSON beside the tar (the batch's commit marker)."""
-        entries = list(batch.entries) if batch.entries is not None else scan(batch.path).entries
+        fragments = batch.index_fragments
         body = render_index(
             bucket=batch.bucket,
             batch_id=batch.batch_id,
             tar_key=batch.tar_key,
             tar_size=batch.size,
-            entries=entries,
+            entries=scan(batch.path).entries if fragments is None else None,
+            fragments=None if fragments is None else list(fragments),
         )
         try:
             self._call(
