@@ -202,8 +202,7 @@ class UploadConfig(Section):
 
     concurrency: int = Field(default=2, gt=0)
     """Batches uploaded at once (worker threads). More: catches up faster after a backlog, at
-    the cost of more connections and memory (each multipart batch holds up to
-    ``part_size_bytes`` x ``part_concurrency``). The boto3 client keeps up to ``concurrency`` x
+    the cost of more connections. The boto3 client keeps up to ``concurrency`` x
     ``part_concurrency`` + 4 connections."""
     multipart_threshold_bytes: int = Field(default=16 * MB, ge=MIN_PART_BYTES)
     """Tars of at least this many bytes use multipart upload: CreateMultipartUpload, one
@@ -213,11 +212,11 @@ class UploadConfig(Section):
     to make every batch exactly 2 PUTs."""
     part_size_bytes: int = Field(default=8 * MB, ge=MIN_PART_BYTES, le=MAX_PART_BYTES)
     """Multipart part size in bytes; doubled automatically while a tar would need more than
-    10,000 parts. Larger parts: fewer PUT-class requests per batch, more memory per part (each
-    part is read into memory while it is sent)."""
-    part_concurrency: int = Field(default=4, gt=0)
-    """Parts of one batch uploaded at once. Memory: ``part_size_bytes`` x ``part_concurrency``
-    per batch being uploaded (32 MiB by default, times ``concurrency``)."""
+    10,000 parts. Larger parts: fewer PUT-class requests per batch. Parts are streamed from
+    the spool file (read twice: checksum, then the request), never held in memory whole."""
+    part_concurrency: int = Field(default=8, gt=0)
+    """Parts of one batch uploaded at once (threads and connections; memory stays a few read
+    buffers per part)."""
     retry_base_ms: int = Field(default=200, gt=0)
     """Milliseconds: base of the exponential backoff between attempts to upload a batch. After
     failed attempt n (counting from 0) the wait is uniform in [0, min(``retry_max_ms``,

@@ -3,6 +3,7 @@ keys, client multipart uploads, merged listings, deletes of batched keys) or for
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from xml.etree import ElementTree
@@ -106,8 +107,8 @@ async def delete_objects(call: Call) -> Response:
     except ElementTree.ParseError as exc:
         raise MalformedXML() from exc
     keys = [node.text or "" for node in root.iter() if _local(node.tag) == "Key"]
-    for key in keys:
-        await hide_batched(call, call.target.bucket, key)
+    # Concurrently: with durability fsync or upload each tombstone waits for its batch.
+    await asyncio.gather(*(hide_batched(call, call.target.bucket, key) for key in keys))
     upstream = await send_upstream(call, body=body)
     return relay(upstream)
 

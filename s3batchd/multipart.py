@@ -54,6 +54,7 @@ from s3batchd.s3api import (
     stored_headers_of,
     unbatchable,
 )
+from s3batchd.spool import TMP_DIR
 from s3batchd.uploads import Part, Upload, UploadStore
 
 _S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -371,7 +372,7 @@ async def _complete_here(
         raise EntityTooSmall()
     settings = call.settings
     body = BodyBuffer(
-        memory_limit=settings.limits.memory_buffer_bytes, spill_dir=settings.spool.dir / "_tmp"
+        memory_limit=settings.limits.memory_buffer_bytes, spill_dir=settings.spool.dir / TMP_DIR
     )
     try:
         md5 = hashlib.md5(usedforsecurity=False)

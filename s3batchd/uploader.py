@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import logging
 import os
 import random
@@ -21,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -53,6 +54,46 @@ def file_crc32(path: Path) -> str:
         while chunk := stream.read(1 << 20):
             value = zlib.crc32(chunk, value)
     return f"{value:08x}"
+
+
+class FileSection(io.RawIOBase):
+    """A part of an open file as a seekable stream (read with ``pread``): botocore reads a
+    part twice (checksum, then the request) without the part ever being held in memory, so
+    an upload costs a few read buffers, not ``part_concurrency`` x ``part_size_bytes``."""
+
+    def __init__(self, fd: int, start: int, length: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._start = start
+        self._length = length
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
+        self._position = max(0, min(self._length, base + offset))
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        remaining = self._length - self._position
+        if size < 0 or size > remaining:
+            size = remaining
+        data = os.pread(self._fd, size, self._start + self._position) if size else b""
+        self._position += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def crc32_header(hex_crc: str) -> str:
@@ -171,15 +212,16 @@ class BatchUpload:
             with ThreadPoolExecutor(self._config.part_concurrency, "s3batchd-part") as pool:
 
                 def one(number: int) -> CompletedPartTypeDef:
-                    data = os.pread(fd, chunk, offsets[number - 1])
-                    return self._part(batch, upload_id, number, data)
+                    start = offsets[number - 1]
+                    section = FileSection(fd, start, min(chunk, batch.size - start))
+                    return self._part(batch, upload_id, number, section)
 
                 return list(pool.map(one, range(1, len(offsets) + 1)))
         finally:
             os.close(fd)
 
     def _part(
-        self, batch: SealedBatch, upload_id: str, number: int, data: bytes
+        self, batch: SealedBatch, upload_id: str, number: int, data: FileSection
     ) -> CompletedPartTypeDef:
         answer = self._call(
             "UploadPart",
@@ -188,7 +230,7 @@ class BatchUpload:
                 Key=batch.tar_key,
                 UploadId=upload_id,
                 PartNumber=number,
-                Body=data,
+                Body=cast("IO[bytes]", data),
                 ChecksumAlgorithm="CRC32",
             ),
         )

@@ -4,6 +4,7 @@ sharing the catalog, the held multipart uploads and the port."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,18 +30,38 @@ def test_two_workers_share_the_port_and_read_each_others_writes(
 ) -> None:
     with DaemonProcess(tmp_path, s3_server, server={"workers": 2}) as daemon:
         assert len(daemon.workers()) == 2
+        wait_for(lambda: daemon.log().count("Application startup complete") == 2)
+        # The kernel gives each new connection to one worker: fresh connections until both
+        # answered (each answer names its writer in the batch key).
+        writers = set()
+        for attempt in range(64):
+            connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+            connection.request("PUT", f"/{bucket}/probe/{attempt}", body=b"p")
+            reply = connection.getresponse()
+            reply.read()
+            connection.close()
+            writers.add(_writer(reply.headers["x-s3batchd-tar"]))
+            if len(writers) == 2:
+                break
+        assert len(writers) == 2
         client = daemon.client()
         keys = [f"w/{i:04d}" for i in range(300)]
 
-        def put(key: str) -> str:
-            answer = client.put_object(Bucket=bucket, Key=key, Body=key.encode() * 10)
-            return str(answer["ResponseMetadata"]["HTTPHeaders"]["x-s3batchd-tar"])
+        def put(key: str) -> None:
+            client.put_object(Bucket=bucket, Key=key, Body=key.encode() * 10)
 
         with ThreadPoolExecutor(16) as pool:
-            tars = list(pool.map(put, keys))
+            list(pool.map(put, keys))
             # Read back at once, on any connection: each worker sees the other's writes.
             bodies = list(pool.map(lambda k: client.get_object(Bucket=bucket, Key=k), keys))
-        assert len({_writer(tar) for tar in tars}) == 2  # both workers took PUTs
+        # Each probe object from fresh connections (so from both workers, whichever wrote it).
+        for number in range(attempt + 1):
+            for _ in range(16):
+                connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+                connection.request("GET", f"/{bucket}/probe/{number}")
+                got = connection.getresponse()
+                assert (got.status, got.read()) == (200, b"p")
+                connection.close()
         for key, answer in zip(keys, bodies, strict=True):
             assert answer["Body"].read() == key.encode() * 10
 
@@ -65,7 +86,7 @@ def test_two_workers_share_the_port_and_read_each_others_writes(
         )
         assert client.get_object(Bucket=bucket, Key="w/mpu")["Body"].read() == b"\x08" * 1000
         assert daemon.terminate() == 0
-    wait_for(lambda: indexed_objects(s3, bucket) == len(keys) + 1)
+    wait_for(lambda: indexed_objects(s3, bucket) == len(keys) + 1 + attempt + 1)
     spool = tmp_path / "spool"
     assert not [p for p in spool.rglob("*") if p.suffix in (".open", ".tar")]
 
