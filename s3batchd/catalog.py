@@ -9,7 +9,9 @@ index objects by ``s3batchd reindex``.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,11 +22,16 @@ from typing import Any
 from s3batchd.index import IndexEntry
 from s3batchd.records import EMPTY_MD5, ObjectRecord
 
+logger = logging.getLogger(__name__)
+
 CATALOG_DIR = "_catalog"
 #: Queued objects that force a flush (a transaction of this many rows takes about a millisecond).
 MAX_PENDING = 512
 #: Longest time an object stays queued before the pipeline flushes it.
 FLUSH_DELAY_S = 0.05
+#: Queued objects kept for the next flush after failed ones (beyond it the oldest are dropped
+#: from the catalog, never from the spool or the index: ``s3batchd reindex`` restores them).
+MAX_RETAINED = 50_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -107,18 +114,22 @@ class Catalog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # A short busy timeout: the daemon calls this on its event loop, and another process
-        # (s3batchd reindex) may hold the write lock for a moment.
+        # (a second worker, s3batchd reindex) may hold the write lock for a moment.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=0.5)
-        # WAL + NORMAL: a crash may lose the newest rows, which start-up rebuilds from the spool.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        # Several processes open one catalog at once (server.workers): switching a new database
+        # to WAL takes an exclusive lock SQLite does not wait for, so the set-up is serialised.
+        with path.with_name(path.name + ".setup-lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            # WAL + NORMAL: a crash may lose the newest rows, which start-up rebuilds.
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(objects)")}
+            for column, statement in _MIGRATIONS.items():
+                if column not in columns:
+                    self._db.execute(statement)
         self._pending: list[tuple[Any, ...]] = []
         self._max_pending = 1 if write_through else MAX_PENDING
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(objects)")}
-        for column, statement in _MIGRATIONS.items():
-            if column not in columns:
-                self._db.execute(statement)
 
     def close(self) -> None:
         """Close the database."""
@@ -150,12 +161,28 @@ class Catalog:
         return len(self._pending)
 
     def flush(self) -> None:
-        """Write the queued objects (one transaction)."""
+        """Write the queued objects (one transaction). When it fails (another process held
+        the write lock too long, the disk is full) they stay queued for the next flush."""
         if not self._pending:
             return
         rows, self._pending = self._pending, []
-        with self._transaction():
-            self._db.executemany(_UPSERT, rows)
+        try:
+            with self._transaction():
+                self._db.executemany(_UPSERT, rows)
+        except sqlite3.Error:
+            self._requeue(rows)
+            raise
+
+    def _requeue(self, rows: list[tuple[Any, ...]]) -> None:
+        self._pending[:0] = rows
+        if len(self._pending) > MAX_RETAINED:
+            dropped = len(self._pending) - MAX_RETAINED
+            del self._pending[:dropped]
+            logger.error(
+                "catalog: %d objects dropped after failed writes (they are in their "
+                "batches' indexes; s3batchd reindex restores them)",
+                dropped,
+            )
 
     def _apply(
         self, bucket: str, batch_id: str, tar_key: str, entry: IndexEntry, *, uploaded: bool
@@ -244,7 +271,14 @@ class _Transaction:
         self._db.execute("BEGIN")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is not None:
+            self._db.execute("ROLLBACK")
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            self._db.execute("ROLLBACK")  # never leave the connection inside a transaction
+            raise
 
 
 def _row(
