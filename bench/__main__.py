@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -56,9 +57,14 @@ def main() -> int:
         if "--out" not in args:
             args = ["--out", str(RESULTS), *args]
         command = [sys.executable, "-m", "bench.run", *args]
-        return subprocess.run(command, cwd=source, env=env, check=False).returncode
-    except KeyboardInterrupt:
-        return 130
+        with subprocess.Popen(command, cwd=source, env=env) as run:
+            # Pass SIGTERM on: bench.run stops its servers before it exits.
+            signal.signal(signal.SIGTERM, lambda signum, _frame: run.send_signal(signum))
+            while True:
+                try:
+                    return run.wait()
+                except KeyboardInterrupt:
+                    continue  # the child got the same Ctrl-C; wait for its clean-up
     finally:
         shutil.rmtree(source, ignore_errors=True)
 

@@ -109,12 +109,16 @@ def run(spec: LoadSpec) -> LoadResult:
         assert wrk.stdout is not None
         lines = []
         stopped = 0
-        for line in wrk.stdout:
-            lines.append(line)
-            if line.startswith(_THREAD_DONE):
-                stopped += 1
-                if stopped == threads:
-                    wrk.send_signal(signal.SIGINT)
+        try:
+            for line in wrk.stdout:
+                lines.append(line)
+                if line.startswith(_THREAD_DONE):
+                    stopped += 1
+                    if stopped == threads:
+                        wrk.send_signal(signal.SIGINT)
+        except BaseException:
+            wrk.kill()  # interrupted: do not wait for the rest of its -d time
+            raise
         code = wrk.wait()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

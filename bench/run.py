@@ -16,11 +16,13 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 from bench import loadgen, matrix, paced, profile, recovery, report, sustained, upload
 from bench.report import TARGET_CONNECTIONS, TARGET_SIZE, Results
@@ -308,12 +310,18 @@ class Bench:
         self.save()
 
 
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the selected phases and write the report."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("s3batchd", "botocore", "boto3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)  # the uploader runs in-process
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the servers started so far are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     loadgen.wrk_binary()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="s3batchd-bench-"))
     seaweed = Seaweed.start(work / "seaweedfs")
