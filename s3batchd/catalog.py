@@ -13,16 +13,17 @@ import fcntl
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from s3batchd.index import IndexEntry
 from s3batchd.records import EMPTY_MD5, ObjectRecord
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CATALOG_DIR = "_catalog"
 #: Queued objects that force a flush (a transaction of this many rows takes about a millisecond).
@@ -102,6 +103,29 @@ class CatalogEntry:
     uploaded: bool
 
 
+@dataclass(frozen=True, slots=True)
+class CatalogWrite:
+    """One object (or tombstone) to record."""
+
+    bucket: str
+    batch_id: str
+    tar_key: str
+    entry: IndexEntry
+    uploaded: bool
+
+
+def retained(writes: list[T]) -> list[T]:
+    """The newest ``MAX_RETAINED`` of writes kept for retry after failed transactions."""
+    if len(writes) <= MAX_RETAINED:
+        return writes
+    logger.error(
+        "catalog: %d objects dropped after failed writes (they are in their batches' indexes; "
+        "s3batchd reindex restores them)",
+        len(writes) - MAX_RETAINED,
+    )
+    return writes[-MAX_RETAINED:]
+
+
 def catalog_path(spool_dir: Path, configured: str = "") -> Path:
     """``catalog.path`` if set, else inside the spool, in a directory no bucket name can take."""
     return Path(configured) if configured else spool_dir / CATALOG_DIR / "catalog.sqlite3"
@@ -110,12 +134,14 @@ def catalog_path(spool_dir: Path, configured: str = "") -> Path:
 class Catalog:
     """The catalog database (used from one thread at a time)."""
 
-    def __init__(self, path: Path, *, write_through: bool = False) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = 0.5) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        # A short busy timeout: the daemon calls this on its event loop, and another process
-        # (a second worker, s3batchd reindex) may hold the write lock for a moment.
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=0.5)
+        # A short busy timeout by default: the daemon reads on its event loop, and another
+        # process (a worker's catalog writer, s3batchd reindex) may hold the write lock.
+        self._db = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=busy_timeout_s
+        )
         # Several processes open one catalog at once (server.workers): switching a new database
         # to WAL takes an exclusive lock SQLite does not wait for, so the set-up is serialised.
         with path.with_name(path.name + ".setup-lock").open("a") as lock:
@@ -129,7 +155,6 @@ class Catalog:
                 if column not in columns:
                     self._db.execute(statement)
         self._pending: list[tuple[Any, ...]] = []
-        self._max_pending = 1 if write_through else MAX_PENDING
 
     def close(self) -> None:
         """Close the database."""
@@ -152,7 +177,7 @@ class Catalog:
                 self._apply(bucket, batch_id, tar_key, entry, uploaded=uploaded)
             return
         self._pending.append(_row(bucket, batch_id, tar_key, entry, uploaded=uploaded))
-        if len(self._pending) >= self._max_pending:
+        if len(self._pending) >= MAX_PENDING:
             self.flush()
 
     @property
@@ -174,15 +199,7 @@ class Catalog:
             raise
 
     def _requeue(self, rows: list[tuple[Any, ...]]) -> None:
-        self._pending[:0] = rows
-        if len(self._pending) > MAX_RETAINED:
-            dropped = len(self._pending) - MAX_RETAINED
-            del self._pending[:dropped]
-            logger.error(
-                "catalog: %d objects dropped after failed writes (they are in their "
-                "batches' indexes; s3batchd reindex restores them)",
-                dropped,
-            )
+        self._pending = retained(rows + self._pending)
 
     def _apply(
         self, bucket: str, batch_id: str, tar_key: str, entry: IndexEntry, *, uploaded: bool
@@ -208,6 +225,19 @@ class Catalog:
         with self._transaction():
             for entry in entries:
                 self._apply(bucket, batch_id, tar_key, entry, uploaded=uploaded)
+
+    def put_all(self, writes: Sequence[CatalogWrite]) -> None:
+        """Record objects and tombstones in order, in one transaction (all or none)."""
+        self.flush()
+        with self._transaction():
+            for write in writes:
+                self._apply(
+                    write.bucket,
+                    write.batch_id,
+                    write.tar_key,
+                    write.entry,
+                    uploaded=write.uploaded,
+                )
 
     def mark_uploaded(self, batch_id: str) -> None:
         """The batch and its index are in the bucket: read its objects from there."""

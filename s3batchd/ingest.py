@@ -113,7 +113,7 @@ async def append(
         if isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.ENOSPC:
             raise SlowDown("The local spool's disk is full.", headers=RETRY_SOON) from exc
         raise InternalError("The object could not be stored; please retry.") from exc
-    pipeline.written(record, entry, uploaded=durability == "upload")
+    await pipeline.written(record, entry, uploaded=durability == "upload")
     return entry
 
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from s3batchd.batcher import Batcher
 from s3batchd.body import BodyBuffer
-from s3batchd.catalog import FLUSH_DELAY_S, Catalog, catalog_path
+from s3batchd.catalog import FLUSH_DELAY_S, Catalog, CatalogWrite, catalog_path
+from s3batchd.catalogwriter import BUSY_TIMEOUT_S, CatalogWriter
 from s3batchd.concurrency import run_in, run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import InternalError, SpoolError
@@ -60,10 +61,15 @@ class Pipeline:
             sink=self,
         )
         self.uploader.on_uploaded = self._uploaded
-        self.catalog = Catalog(
-            catalog_path(settings.spool.dir, settings.catalog.path),
-            # Several workers: a read on any of them must see every acknowledged write.
-            write_through=settings.server.workers > 1,
+        path = catalog_path(settings.spool.dir, settings.catalog.path)
+        self.catalog = Catalog(path)
+        # Several workers: a read on any of them must see every acknowledged write, so PUTs
+        # wait for their rows' group commit (single process: rows are queued, and every read
+        # flushes the queue first).
+        self.catalog_writer = (
+            CatalogWriter(Catalog(path, busy_timeout_s=BUSY_TIMEOUT_S))
+            if settings.server.workers > 1
+            else None
         )
         self.spools: tuple[Path, ...] = (settings.spool.dir,)
         """Every worker's spool, this process's first (reads of batches not yet uploaded)."""
@@ -81,11 +87,15 @@ class Pipeline:
         self._probe_executor = ThreadPoolExecutor(1, "s3batchd-probe")
         self.read_executor = ThreadPoolExecutor(4, "s3batchd-read")
 
-    def written(self, record: ObjectRecord, entry: SpoolEntry, *, uploaded: bool) -> None:
-        """An acknowledged PUT: make it readable by key through the daemon. The catalog is a
-        cache rebuilt from the spool, so its failure is logged, never turned into an error for
-        an object that is already stored."""
+    async def written(self, record: ObjectRecord, entry: SpoolEntry, *, uploaded: bool) -> None:
+        """A PUT about to be acknowledged: make it readable by key through the daemon. The
+        catalog is a cache rebuilt from the spool, so its failure is logged, never turned into
+        an error for an object that is already stored."""
         index_entry = IndexEntry(record=record, member=entry.member, offset=entry.offset)
+        if self.catalog_writer is not None:
+            write = CatalogWrite(entry.bucket, entry.batch_id, entry.tar_key, index_entry, uploaded)
+            await self.catalog_writer.put(write)
+            return
         try:
             self.catalog.put(
                 entry.bucket, entry.batch_id, entry.tar_key, index_entry, uploaded=uploaded
@@ -109,6 +119,8 @@ class Pipeline:
         """A sealed batch goes to the uploader once the catalog holds its objects (the local
         file, from which the catalog would be rebuilt, is deleted after the upload)."""
         self.flush_catalog()
+        if self.catalog_writer is not None:
+            await self.catalog_writer.sync()
         if self.uploader.pending >= KEEP_ENTRIES_BATCHES:
             # A backlog (the bucket is slow or down): do not hold every batch's index in
             # memory; it is then rendered from the tar.
@@ -127,7 +139,7 @@ class Pipeline:
         entry = await self.batcher.add(
             bucket, record, empty, durability=self.settings.spool.durability
         )
-        self.written(record, entry, uploaded=False)
+        await self.written(record, entry, uploaded=False)
         return True
 
     def _expire_catalog(self) -> None:
@@ -232,6 +244,8 @@ class Pipeline:
         self.batcher.fail_upload_waiters(
             InternalError("The object's batch was not uploaded before shutdown; retry.")
         )
+        if self.catalog_writer is not None:
+            await self.catalog_writer.close()
         self.catalog.close()
         logger.info("shutdown: done (%s)", "all uploaded" if self.drained else "batches kept")
         return self.drained

@@ -52,10 +52,12 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -66,14 +68,24 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def bind_sockets(settings: Settings) -> list[socket.socket]:
-    """The listening sockets: S3 first, then admin (when ``server.admin_port`` is set)."""
-    sockets = [_bind(settings.server.host, settings.server.port)]
-    if settings.server.admin_port:
-        try:
-            sockets.append(_bind(settings.server.admin_host, settings.server.admin_port))
-        except OSError:
-            sockets[0].close()
-            raise
+    """The listening sockets: S3 first, then admin (when ``server.admin_port`` is set).
+
+    With ``server.workers`` = N > 1 there are N S3 sockets on one port (SO_REUSEPORT), one per
+    worker: the kernel spreads new connections evenly over them. On one shared socket the
+    worker that woke first accepted whole bursts of connections and the other sat idle."""
+    server = settings.server
+    sockets: list[socket.socket] = []
+    try:
+        port = server.port
+        for _ in range(server.workers):
+            sockets.append(_bind(server.host, port, reuse_port=server.workers > 1))
+            port = sockets[0].getsockname()[1]  # port 0: the others join the one it got
+        if server.admin_port:
+            sockets.append(_bind(server.admin_host, server.admin_port))
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
     return sockets
 
 

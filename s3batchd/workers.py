@@ -1,13 +1,14 @@
 """``server.workers``: N daemon processes serving one port, each with its own spool and writer.
 
-The parent binds the listening sockets, moves the batches of spools no worker will use (after
-``server.workers`` was lowered) into the first worker's spool, then forks the workers and
-waits for them, passing SIGTERM/SIGINT on. Worker 0 uses ``spool.dir`` itself (the layout of a
+The parent binds the listening sockets (one S3 socket per worker, SO_REUSEPORT), moves the
+batches of spools no worker will use (after ``server.workers`` was lowered) into the first
+worker's spool, then forks the workers and supervises them: SIGTERM/SIGINT are passed on, and
+a worker that dies is started again. Worker 0 uses ``spool.dir`` itself (the layout of a
 single-process daemon); worker i > 0 uses ``<spool.dir>/_workers/<i>``. The workers share the
-catalog (SQLite in WAL mode, written through at once so a read on any worker sees every
-acknowledged write), the held multipart uploads (``<spool.dir>/_multipart``) and the admin port
-(each scrape or probe is answered by one worker, about itself). Each worker gets
-``spool.max_bytes / N`` of the spool quota.
+catalog (SQLite in WAL mode; a PUT is answered once its row is committed, in a group commit of
+``catalogwriter``, so a read on any worker sees every acknowledged write), the held multipart
+uploads (``<spool.dir>/_multipart``) and the admin port (each scrape or probe is answered by
+one worker, about itself). Each worker gets ``spool.max_bytes / N`` of the spool quota.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -97,34 +99,103 @@ def adopt_orphans(base: Path, workers: int, prefix: str) -> int:
 
 Serve = Callable[[Settings, list[socket.socket], tuple[Path, ...]], int]
 
+#: A worker that ends while the daemon is not stopping is started again, at most this many
+#: times within ``RESTART_WINDOW_S``; beyond that (it cannot start: a broken spool, a bad
+#: setting) the daemon stops, so the orchestrator sees the failure instead of a restart loop.
+RESTART_LIMIT = 5
+RESTART_WINDOW_S = 60.0
 
-def run_workers(settings: Settings, sockets: list[socket.socket], serve: Serve) -> int:
-    """Fork ``server.workers`` processes that each run ``serve`` with their settings, the
-    shared sockets and every worker's spool; the highest exit status of theirs (0: every
-    worker uploaded everything)."""
-    spools = all_spools(settings, settings.spool.dir)
-    children: list[int] = []
-    for index in range(settings.server.workers):
+
+class Supervisor:
+    """The parent of the workers: starts them, starts again one that dies, passes signals on."""
+
+    def __init__(self, settings: Settings, sockets: list[socket.socket], serve: Serve) -> None:
+        workers = settings.server.workers
+        self._settings = settings
+        self._own, self._shared = sockets[:workers], sockets[workers:]
+        self._serve = serve
+        self._spools = all_spools(settings, settings.spool.dir)
+        self._running: dict[int, int] = {}
+        """pid -> worker index."""
+        self._restarts: dict[int, list[float]] = {}
+        """worker index -> when it was started again (within the last window)."""
+        self.stopping = False
+
+    def run(self) -> int:
+        """Serve until every worker has stopped; the highest exit status of theirs (0: every
+        worker uploaded everything)."""
+        for index in range(len(self._own)):
+            self._start(index)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._forward)
+        status = 0
+        while self._running:
+            pid, wait_status = os.wait()
+            if pid not in self._running:
+                continue
+            index = self._running.pop(pid)
+            code = exit_status(wait_status)
+            if self.stopping:
+                status = max(status, code)
+            elif self._may_restart(index):
+                logger.error(
+                    "worker %d (pid %d) ended (status %d): starting it again", index, pid, code
+                )
+                self._start(index)  # it recovers the batches the dead one left in its spool
+            else:
+                logger.error(
+                    "worker %d (pid %d) ended (status %d) after %d restarts within %.0f s: "
+                    "stopping the daemon",
+                    index,
+                    pid,
+                    code,
+                    RESTART_LIMIT,
+                    RESTART_WINDOW_S,
+                )
+                status = max(status, code)
+                self._forward(signal.SIGTERM, None)
+        return status
+
+    def _may_restart(self, index: int) -> bool:
+        now = time.monotonic()
+        recent = [t for t in self._restarts.get(index, []) if now - t < RESTART_WINDOW_S]
+        self._restarts[index] = [*recent, now]
+        return len(recent) < RESTART_LIMIT
+
+    def _start(self, index: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the parent's code
             code = 1
             try:
-                code = serve(worker_settings(settings, index), sockets, spools)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                for position, other in enumerate(self._own):
+                    if position != index:
+                        other.close()
+                sockets = [self._own[index], *self._shared]
+                code = self._serve(worker_settings(self._settings, index), sockets, self._spools)
             except BaseException:
                 logger.exception("worker %d failed", index)
             finally:
                 os._exit(code)
-        children.append(pid)
+        self._running[pid] = index
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        for child in children:
+    def _forward(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+        for pid in list(self._running):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
+                os.kill(pid, signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
-    status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
-        status = max(status, os.waitstatus_to_exitcode(code))
-    return status
+
+def run_workers(settings: Settings, sockets: list[socket.socket], serve: Serve) -> int:
+    """Run ``server.workers`` processes that each serve with their settings, their S3 socket
+    (``sockets`` starts with one per worker, as ``server.bind_sockets`` makes them), the shared
+    admin socket and every worker's spool; the highest exit status of theirs."""
+    return Supervisor(settings, sockets, serve).run()
+
+
+def exit_status(wait_status: int) -> int:
+    """A worker's exit status as a shell reports it (128 + N when killed by signal N): never
+    0 for a killed worker, whose spool may still hold batches."""
+    code = os.waitstatus_to_exitcode(wait_status)
+    return 128 - code if code < 0 else code

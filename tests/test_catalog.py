@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import sqlite3
 from pathlib import Path
@@ -9,16 +10,17 @@ from threading import Barrier
 
 import pytest
 
-from s3batchd.catalog import Catalog
+from s3batchd.catalog import Catalog, CatalogWrite
+from s3batchd.catalogwriter import CatalogWriter
 from s3batchd.index import IndexEntry
 from s3batchd.records import EMPTY_MD5, ObjectRecord
 
 
 def _open_and_write(path: str, key: str, start: Barrier) -> None:
     start.wait(30)
-    catalog = Catalog(Path(path), write_through=True)
+    catalog = Catalog(Path(path))
     record = ObjectRecord(key=key, size=0, md5_hex=EMPTY_MD5, mtime=1.0)
-    catalog.put("b", "batch", "tar", IndexEntry(record, key, 512), uploaded=False)
+    catalog.put_all([CatalogWrite("b", "batch", "tar", IndexEntry(record, key, 512), False)])
     catalog.close()
 
 
@@ -46,12 +48,13 @@ def test_processes_creating_the_catalog_at_once_all_start(tmp_path: Path) -> Non
 
 def test_objects_stay_queued_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
     path = tmp_path / "catalog.sqlite3"
-    catalog = Catalog(path, write_through=True)
+    catalog = Catalog(path)
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # e.g. s3batchd reindex writing a large batch
     record = ObjectRecord(key="k", size=0, md5_hex=EMPTY_MD5, mtime=1.0)
+    catalog.put("b", "batch", "tar", IndexEntry(record, "k", 512), uploaded=False)
     with pytest.raises(sqlite3.OperationalError, match="locked"):
-        catalog.put("b", "batch", "tar", IndexEntry(record, "k", 512), uploaded=False)
+        catalog.flush()
     assert catalog.pending == 1
     other.execute("COMMIT")
     other.close()
@@ -60,3 +63,59 @@ def test_objects_stay_queued_while_another_process_holds_the_write_lock(tmp_path
     found = catalog.get("b", "k")
     assert found is not None and found.offset == 512
     catalog.close()
+
+
+def _write(key: str, mtime: float = 1.0) -> CatalogWrite:
+    record = ObjectRecord(key=key, size=0, md5_hex=EMPTY_MD5, mtime=mtime)
+    return CatalogWrite("b", "batch", "tar", IndexEntry(record, key, 512), False)
+
+
+def test_writer_commits_concurrent_puts_in_groups_visible_to_other_processes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "catalog.sqlite3"
+
+    async def main() -> int:
+        writer = CatalogWriter(Catalog(path))
+        reader = Catalog(path)  # another worker's connection
+        seen: list[bool] = []
+
+        async def put(key: str) -> None:
+            await writer.put(_write(key))
+            seen.append(reader.get("b", key) is not None)  # committed before the PUT returns
+
+        await asyncio.gather(*(put(f"k{i:03d}") for i in range(200)))
+        tombstone = ObjectRecord(key="k000", size=0, md5_hex=EMPTY_MD5, mtime=2.0, deleted=True)
+        await writer.put(CatalogWrite("b", "batch", "tar", IndexEntry(tombstone, "k000", 0), False))
+        assert reader.get("b", "k000") is None
+        await writer.close()
+        assert seen == [True] * 200
+        reader.close()
+        return writer.transactions
+
+    transactions = asyncio.run(main())
+    assert 2 <= transactions < 100
+
+
+def test_writer_retries_what_failed_while_another_process_held_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite3"
+
+    async def main() -> None:
+        writer = CatalogWriter(Catalog(path, busy_timeout_s=0.1))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        await writer.put(_write("k"))  # answered: the object is stored, the catalog a cache
+        assert writer.failed == 1
+        other.execute("COMMIT")
+        other.close()
+        reader = Catalog(path)
+        for _ in range(100):  # the retry comes by itself (FLUSH_DELAY_S later)
+            if reader.get("b", "k") is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert reader.get("b", "k") is not None
+        assert writer.failed == 0
+        await writer.close()
+        reader.close()
+
+    asyncio.run(main())

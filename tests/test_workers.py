@@ -3,12 +3,16 @@ sharing the catalog, the held multipart uploads and the port."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
+import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from s3batchd.workers import RESTART_LIMIT
 from tests.batches import indexed_objects
 from tests.conftest import wait_for
 from tests.daemon_process import DaemonProcess
@@ -113,3 +117,53 @@ def test_lowering_workers_adopts_the_batches_of_the_spools_left_over(
         assert single.terminate() == 0
     assert "adopted" in single.log()
     assert not list((tmp_path / "spool" / "_workers" / "1").rglob("*.open"))
+
+
+def _put_on_fresh_connections(port: int, bucket: str, prefix: str, count: int) -> set[str]:
+    """PUT ``count`` objects, each on a new connection; the writers that answered."""
+    writers = set()
+    for number in range(count):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("PUT", f"/{bucket}/{prefix}/{number}", body=b"v")
+        reply = connection.getresponse()
+        reply.read()
+        connection.close()
+        assert reply.status == 200
+        writers.add(_writer(reply.headers["x-s3batchd-tar"]))
+    return writers
+
+
+def test_connections_spread_over_workers_and_a_dead_worker_is_started_again(
+    tmp_path: Path, s3_server: LocalS3, s3: S3Client, bucket: str
+) -> None:
+    daemon = DaemonProcess(tmp_path, s3_server, server={"workers": 2}, batch={"linger_ms": 600_000})
+    with daemon:
+        wait_for(lambda: daemon.log().count("Application startup complete") == 2)
+        # One socket per worker on the port (SO_REUSEPORT): the kernel spreads connections.
+        first = _put_on_fresh_connections(daemon.port, bucket, "before", 40)
+        assert len(first) == 2
+        victim = max(daemon.workers())
+        os.kill(victim, signal.SIGKILL)  # its batch stays open in its spool
+        wait_for(lambda: "starting it again" in daemon.log())
+        wait_for(lambda: daemon.log().count("Application startup complete") == 3)
+        assert victim not in daemon.workers()
+        assert len(daemon.workers()) == 2
+        # The new worker has a writer id of its own and takes its share of connections.
+        after = _put_on_fresh_connections(daemon.port, bucket, "after", 40)
+        assert len(after) == 2 and len(after - first) == 1
+        assert daemon.terminate() == 0  # the new worker recovered and uploaded the old batch
+    assert indexed_objects(s3, bucket) == 80
+
+
+def test_a_worker_that_cannot_start_stops_the_daemon(tmp_path: Path, s3_server: LocalS3) -> None:
+    broken = tmp_path / "spool" / "_workers" / "1"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"")  # a file where worker 1's spool directory belongs
+    daemon = DaemonProcess(tmp_path, s3_server, server={"workers": 2})
+    with contextlib.suppress(RuntimeError):  # worker 0 may or may not have started
+        daemon.start()
+    assert daemon.process is not None
+    assert daemon.process.wait(60) != 0
+    assert daemon.log().count("starting it again") == RESTART_LIMIT
+    assert "stopping the daemon" in daemon.log()
+    assert not daemon.workers()
