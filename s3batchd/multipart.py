@@ -53,6 +53,7 @@ from s3batchd.s3api import (
     parse_body,
     stored_headers_of,
     unbatchable,
+    verify_body,
 )
 from s3batchd.spool import TMP_DIR
 from s3batchd.uploads import Part, Upload, UploadStore
@@ -75,6 +76,22 @@ def _pipeline(call: Call) -> Pipeline:
 def _held(call: Call) -> Upload | None:
     upload_id = call.target.query.get("uploadId", "")
     return _store(call).get(upload_id, call.target.bucket, call.target.key)
+
+
+def _open(call: Call) -> Upload | None:
+    """The held upload the request names, None when the bucket holds it; NoSuchUpload once
+    it was completed (its record is kept for a while only to answer a retried Complete)."""
+    upload = _held(call)
+    if upload is not None and upload.completed:
+        raise NoSuchUpload()
+    return upload
+
+
+def _still_open(upload: Upload | None) -> Upload:
+    """The upload read again under its lock: NoSuchUpload if it went away or was completed."""
+    if upload is None or upload.completed:
+        raise NoSuchUpload()
+    return upload
 
 
 def _xml(body: str, headers: dict[str, str] | None = None) -> Response:
@@ -127,7 +144,7 @@ def _part_number(call: Call) -> int:
 
 async def upload_part(call: Call) -> Response:
     """UploadPart."""
-    upload = _held(call)
+    upload = _open(call)
     if upload is None:
         return await forward(call)
     number = _part_number(call)
@@ -142,6 +159,7 @@ async def upload_part(call: Call) -> Response:
     finally:
         store.receiving(upload.upload_id, -(put.declared_size or 0))
     try:
+        verify_body(put, digests, body.size)  # Content-MD5, checksums, payload SHA-256, length
         part = _part(upload, number, body, digests.md5.hexdigest())
         return await _keep_part(call, upload.upload_id, part, body, copy=False)
     finally:
@@ -152,9 +170,8 @@ async def _goes_upstream(call: Call, upload_id: str, size: int | None) -> str:
     """The bucket's upload id when a part of ``size`` bytes goes to the bucket (moving the
     upload there first when the parts pass ``batch.passthrough_bytes``), else empty."""
     store = _store(call)
-    async with store.locked(upload_id) as upload:
-        if upload is None:
-            raise NoSuchUpload()
+    async with store.locked(upload_id) as locked:
+        upload = _still_open(locked)
         if upload.upstream_id:
             return upload.upstream_id
         threshold = forward_threshold(call.settings)
@@ -186,9 +203,8 @@ async def _keep_part(
     """Keep a received part in the spool, or send it to the bucket if the upload moved there
     (or the parts now pass the threshold) while it was received."""
     pipeline = _pipeline(call)
-    async with _store(call).locked(upload_id) as upload:
-        if upload is None:
-            raise NoSuchUpload()
+    async with _store(call).locked(upload_id) as locked:
+        upload = _still_open(locked)
         threshold = forward_threshold(call.settings)
         if not upload.upstream_id and upload.size + part.size >= threshold and _can_promote(call):
             await _promote(call, upload)
@@ -270,7 +286,7 @@ async def _abort_upstream(call: Call, upstream_id: str) -> None:
 async def upload_part_copy(call: Call) -> Response:
     """UploadPartCopy: a batched source is read through the daemon; the bucket copies any
     other source itself (the upload moves to the bucket for that)."""
-    upload = _held(call)
+    upload = _open(call)
     if upload is None:
         return await forward(call)
     number = _part_number(call)
@@ -290,9 +306,8 @@ async def upload_part_copy(call: Call) -> Response:
 
 
 async def _promote_locked(call: Call, upload_id: str) -> str:
-    async with _store(call).locked(upload_id) as upload:
-        if upload is None:
-            raise NoSuchUpload()
+    async with _store(call).locked(upload_id) as locked:
+        upload = _still_open(locked)
         if not upload.upstream_id:
             await _promote(call, upload)
         return upload.upstream_id
@@ -443,12 +458,11 @@ def _composite(algorithm: str, checksums: list[str]) -> str:
 
 async def abort_multipart_upload(call: Call) -> Response:
     """AbortMultipartUpload."""
-    upload = _held(call)
+    upload = _open(call)
     if upload is None:
         return await forward(call)
-    async with _store(call).locked(upload.upload_id) as held:
-        if held is None:
-            raise NoSuchUpload()
+    async with _store(call).locked(upload.upload_id) as locked:
+        held = _still_open(locked)
         if held.upstream_id:
             await _abort_upstream(call, held.upstream_id)
         _store(call).remove(held)
@@ -457,7 +471,7 @@ async def abort_multipart_upload(call: Call) -> Response:
 
 async def list_parts(call: Call) -> Response:
     """ListParts."""
-    upload = _held(call)
+    upload = _open(call)
     if upload is None:
         return await forward(call)
     if upload.upstream_id:

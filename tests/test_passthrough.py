@@ -6,6 +6,7 @@ SeaweedFS; every case checks the bytes that come back.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
@@ -14,6 +15,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -359,6 +362,59 @@ def test_multipart_upload_part_validation_and_abort(daemon: Daemon, bucket: str)
     with pytest.raises(ClientError) as gone:
         client.list_parts(Bucket=bucket, Key="m", UploadId=upload_id)
     assert gone.value.response["Error"]["Code"] == "NoSuchUpload"
+
+
+def test_multipart_parts_are_verified_and_a_completed_upload_takes_no_more(
+    daemon: Daemon, bucket: str
+) -> None:
+    client = daemon.client(retries={"total_max_attempts": 1})
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key="v")["UploadId"]
+    other_md5 = base64.b64encode(hashlib.md5(b"other").digest()).decode()
+    other_crc = base64.b64encode(zlib.crc32(b"other").to_bytes(4, "big")).decode()
+    wrong_digests: list[Callable[[], object]] = [
+        lambda: client.upload_part(
+            Bucket=bucket,
+            Key="v",
+            UploadId=upload_id,
+            PartNumber=1,
+            Body=b"part",
+            ContentMD5=other_md5,
+        ),
+        lambda: client.upload_part(
+            Bucket=bucket,
+            Key="v",
+            UploadId=upload_id,
+            PartNumber=1,
+            Body=b"part",
+            ChecksumCRC32=other_crc,
+        ),
+    ]
+    for wrong in wrong_digests:
+        with pytest.raises(ClientError) as caught:
+            wrong()
+        assert caught.value.response["Error"]["Code"] == "BadDigest"
+    assert client.list_parts(Bucket=bucket, Key="v", UploadId=upload_id).get("Parts", []) == []
+    part = client.upload_part(Bucket=bucket, Key="v", UploadId=upload_id, PartNumber=1, Body=b"p")
+    parts: list[CompletedPartTypeDef] = [{"PartNumber": 1, "ETag": part["ETag"]}]
+    done = client.complete_multipart_upload(
+        Bucket=bucket, Key="v", UploadId=upload_id, MultipartUpload={"Parts": parts}
+    )
+    again = client.complete_multipart_upload(  # an SDK retry after a lost answer
+        Bucket=bucket, Key="v", UploadId=upload_id, MultipartUpload={"Parts": parts}
+    )
+    assert again["ETag"] == done["ETag"]
+    late_calls: list[Callable[[], object]] = [
+        lambda: client.upload_part(
+            Bucket=bucket, Key="v", UploadId=upload_id, PartNumber=2, Body=b"late"
+        ),
+        lambda: client.list_parts(Bucket=bucket, Key="v", UploadId=upload_id),
+        lambda: client.abort_multipart_upload(Bucket=bucket, Key="v", UploadId=upload_id),
+    ]
+    for late in late_calls:
+        with pytest.raises(ClientError) as gone:
+            late()
+        assert gone.value.response["Error"]["Code"] == "NoSuchUpload"
+    assert client.get_object(Bucket=bucket, Key="v")["Body"].read() == b"p"
 
 
 def test_multipart_parts_survive_a_restart(start_daemon: DaemonFactory, bucket: str) -> None:
