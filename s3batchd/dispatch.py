@@ -15,14 +15,14 @@ from starlette.types import Scope
 from s3batchd.auth import Authenticator
 from s3batchd.copy import copy_object, parse_copy_source
 from s3batchd.errors import MalformedXML, NotImplementedS3
-from s3batchd.ingest import hide_batched, put_object
+from s3batchd.ingest import hide_batched, put_object, written_upstream
 from s3batchd.listing import list_objects_merged
 from s3batchd.multipart import MULTIPART_HANDLERS, list_multipart_uploads
 from s3batchd.objects import ObjectSource, get_object
 from s3batchd.operations import operation_of
 from s3batchd.passthrough import Call, forward, read_small_body, send_upstream
 from s3batchd.pipeline import Pipeline
-from s3batchd.proxy import relay
+from s3batchd.proxy import read_all, relay_read
 from s3batchd.s3api import SUBRESOURCES, check_bucket, check_host, check_key, parse_target
 
 logger = logging.getLogger(__name__)
@@ -88,29 +88,63 @@ async def read_object(call: Call) -> Response:
 
 
 async def delete_object(call: Call) -> Response:
-    """DeleteObject: a batched key is hidden (tombstone), and the delete is forwarded so an
-    older object of the key in the bucket goes too."""
+    """DeleteObject: forwarded so an older object of the key in the bucket goes too; once the
+    bucket said yes, a batched object of the key is hidden (tombstone)."""
     if "versionId" in call.target.query:
         return await forward(call)  # one version: the batched (latest) object stays
-    hidden = await hide_batched(call, call.target.bucket, call.target.key)
-    if hidden and not call.settings.passthrough.allows("DeleteObject"):
-        return Response(status_code=204)
-    return await forward(call)
+    if not call.settings.passthrough.allows("DeleteObject"):
+        if await hide_batched(call, call.target.bucket, call.target.key):
+            return Response(status_code=204)
+        return await forward(call)  # AccessDenied
+    call.allow()
+    upstream = await send_upstream(call)
+    return await written_upstream(call, upstream)
 
 
 async def delete_objects(call: Call) -> Response:
-    """DeleteObjects: batched keys among them are hidden; the request goes to the bucket."""
+    """DeleteObjects: the request goes to the bucket; the batched keys it deleted (each
+    without a VersionId and not listed as an error) are hidden before the answer."""
     call.allow()
     body = await read_small_body(call)
+    keys = _unversioned_keys(body)
+    upstream = await send_upstream(call, body=body)
+    data = await read_all(upstream)
+    if upstream.status_code == 200:
+        # Concurrently: with durability fsync or upload each tombstone waits for its batch.
+        await asyncio.gather(
+            *(hide_batched(call, call.target.bucket, key) for key in _deleted(keys, data))
+        )
+    return relay_read(upstream, data)
+
+
+def _unversioned_keys(body: bytes) -> list[str]:
+    """The keys of a Delete document's objects that name no version."""
     try:
         root = ElementTree.fromstring(body)  # noqa: S314  no entities are expanded by expat here
     except ElementTree.ParseError as exc:
         raise MalformedXML() from exc
-    keys = [node.text or "" for node in root.iter() if _local(node.tag) == "Key"]
-    # Concurrently: with durability fsync or upload each tombstone waits for its batch.
-    await asyncio.gather(*(hide_batched(call, call.target.bucket, key) for key in keys))
-    upstream = await send_upstream(call, body=body)
-    return relay(upstream)
+    keys = []
+    for node in root:
+        if _local(node.tag) != "Object":
+            continue
+        fields = {_local(child.tag): child.text or "" for child in node}
+        if "Key" in fields and "VersionId" not in fields:
+            keys.append(fields["Key"])
+    return keys
+
+
+def _deleted(keys: list[str], answer: bytes) -> list[str]:
+    """Those of ``keys`` a DeleteResult does not list under Error (all of them were asked
+    for; in quiet mode only errors are listed)."""
+    try:
+        root = ElementTree.fromstring(answer)  # noqa: S314  the bucket's answer, no entities
+    except ElementTree.ParseError:
+        return []  # not a DeleteResult: hide nothing the bucket may not have deleted
+    failed: set[str] = set()
+    for node in root:
+        if _local(node.tag) == "Error":
+            failed.update(c.text or "" for c in node if _local(c.tag) == "Key")
+    return [key for key in keys if key not in failed]
 
 
 def _local(tag: str) -> str:

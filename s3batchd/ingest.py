@@ -127,7 +127,11 @@ async def written_upstream(call: Call, upstream: httpx.Response) -> Response:
     """Relay the bucket's answer to a forwarded write, after hiding an older batched object
     of the same key when the write succeeded."""
     if upstream.status_code < 300:
-        await hide_batched(call, call.target.bucket, call.target.key)
+        try:
+            await hide_batched(call, call.target.bucket, call.target.key)
+        except BaseException:
+            await upstream.aclose()
+            raise
     return relay(upstream)
 
 

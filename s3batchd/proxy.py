@@ -22,10 +22,11 @@ from botocore.awsrequest import AWSRequest
 from starlette.responses import Response, StreamingResponse
 
 from s3batchd.config import UpstreamConfig
-from s3batchd.errors import ServiceUnavailable
+from s3batchd.errors import InvalidArgument, ServiceUnavailable
 
 if TYPE_CHECKING:
     from botocore.credentials import Credentials
+    from starlette.types import Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
@@ -186,28 +187,53 @@ def forward_headers(headers: dict[str, str], drop_prefix: str) -> dict[str, str]
             if not any(tokens):
                 continue
             value = ",".join(t for t in tokens if t)
+        if not value.isascii():
+            # S3 takes US-ASCII header values only (user metadata included); a batched object
+            # may keep others, but they cannot be signed and sent on unchanged.
+            raise InvalidArgument(f"The {name} header holds characters other than US-ASCII.")
         out[name] = value
     return out
 
 
-def relay(upstream: httpx.Response, *, head: bool = False) -> Response:
-    """The upstream response, status, headers and body unchanged, streamed to the client."""
-    raw = [
+def _relayed_headers(upstream: httpx.Response) -> list[tuple[bytes, bytes]]:
+    return [
         (name.lower(), value)
         for name, value in upstream.headers.raw
         if name.decode("latin-1").lower() not in HOP_BY_HOP
     ]
 
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            if not head:
-                async for chunk in upstream.aiter_raw():
-                    yield chunk
-        finally:
-            await upstream.aclose()
 
-    response = StreamingResponse(body(), status_code=upstream.status_code)
-    response.raw_headers = raw
+class _Relayed(StreamingResponse):
+    """A streamed upstream answer that closes the upstream response however it ends: also
+    when the client is gone before the body starts (Starlette then never iterates it), which
+    would otherwise hold a pooled connection for good."""
+
+    def __init__(self, upstream: httpx.Response, *, head: bool) -> None:
+        self._upstream = upstream
+        super().__init__(self._body(head), status_code=upstream.status_code)
+        self.raw_headers = _relayed_headers(upstream)
+
+    async def _body(self, head: bool) -> AsyncIterator[bytes]:
+        if not head:
+            async for chunk in self._upstream.aiter_raw():
+                yield chunk
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._upstream.aclose()
+
+
+def relay(upstream: httpx.Response, *, head: bool = False) -> Response:
+    """The upstream response, status, headers and body unchanged, streamed to the client."""
+    return _Relayed(upstream, head=head)
+
+
+def relay_read(upstream: httpx.Response, data: bytes) -> Response:
+    """An upstream response whose body was read (``read_all``), status and headers unchanged."""
+    response = Response(data, status_code=upstream.status_code)
+    response.raw_headers = _relayed_headers(upstream)
     return response
 
 
@@ -220,5 +246,8 @@ async def read_all(upstream: httpx.Response, limit: int = 64 * 1024 * 1024) -> b
             if len(data) > limit:
                 raise ServiceUnavailable("The upstream answer is too large.")
         return bytes(data)
+    except httpx.HTTPError as exc:  # cut or timed out while the body was read
+        logger.warning("upstream answer could not be read: %r", exc)
+        raise ServiceUnavailable(headers=RETRY_SOON) from exc
     finally:
         await upstream.aclose()

@@ -6,6 +6,7 @@ Each request from the daemon is read whole, then handled by the current mode:
 - ``error``: answered with an S3 XML error (``status``/``code``) without forwarding;
 - ``reset``: the connection is reset without an answer;
 - ``blackhole``: never answered (the connection stays open);
+- ``slow``: forwarded after ``delay_s`` seconds, the answer relayed back;
 - ``drop_response``: forwarded (so the upstream commits it), then the connection is reset:
   the ambiguous success a retry must reconcile.
 
@@ -35,6 +36,8 @@ class Mode:
     faults: int | None = None
     only_method: str | None = None
     """Apply the fault only to requests with this method (others pass)."""
+    delay_s: float = 0.0
+    """How long ``slow`` waits before forwarding."""
 
 
 class FaultProxy:
@@ -144,6 +147,8 @@ class FaultProxy:
             )
             await writer.drain()
             return True
+        if mode.name == "slow":
+            await asyncio.sleep(mode.delay_s)
         answer = await self._forward(request)
         if mode.name == "drop_response":
             _reset(writer)

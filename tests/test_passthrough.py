@@ -147,6 +147,21 @@ def test_large_put_object_is_forwarded_with_the_bucket_answer(
     assert answer["ETag"] == direct["ETag"] == f'"{hashlib.md5(data).hexdigest()}"'
 
 
+def test_forwarded_request_with_a_non_ascii_header_gets_a_clear_error(
+    daemon: Daemon, s3: S3Client, bucket: str
+) -> None:
+    s3.put_object(Bucket=bucket, Key="plain", Body=b"x")
+    connection = http.client.HTTPConnection("127.0.0.1", daemon.settings.server.port, timeout=30)
+    connection.putrequest("GET", f"/{bucket}/plain")
+    connection.putheader("x-amz-meta-note", "café".encode())  # raw UTF-8
+    connection.endheaders()
+    answer = connection.getresponse()
+    body = answer.read().decode()
+    connection.close()
+    assert answer.status == 400
+    assert "<Code>InvalidArgument</Code>" in body and "x-amz-meta-note" in body
+
+
 def test_forwarded_body_failing_verification_is_not_stored(
     daemon: Daemon, s3: S3Client, bucket: str
 ) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from s3batchd.seaweed import LocalS3, start_local_s3
 from tests.batches import Location, fetch, indexed_objects, indexes, keys
@@ -135,3 +138,56 @@ def test_upstream_stopped_and_killed_mid_load(start_daemon: DaemonFactory, tmp_p
         assert_exactly_once(s3, "chaos", locations)
     finally:
         server.stop()
+
+
+def test_deletes_the_bucket_refuses_keep_the_batched_object(
+    start_daemon: DaemonFactory, proxy: FaultProxy, bucket: str
+) -> None:
+    daemon = start_daemon(upstream={"endpoint_url": proxy.url}, batch={"linger_ms": 600_000})
+    client = daemon.client(retries={"total_max_attempts": 1})
+    client.put_object(Bucket=bucket, Key="d", Body=b"kept")
+    for method in ("DELETE", "POST"):  # DeleteObject, DeleteObjects
+        proxy.set("error", status=403, code="AccessDenied", only_method=method)
+        with pytest.raises(ClientError) as refused:
+            if method == "DELETE":
+                client.delete_object(Bucket=bucket, Key="d")
+            else:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "d"}]})
+        assert refused.value.response["Error"]["Code"] == "AccessDenied"
+        assert client.get_object(Bucket=bucket, Key="d")["Body"].read() == b"kept"
+    proxy.set("pass")
+    # Deleting one (older) version of the key leaves the batched, latest object alone.
+    client.delete_objects(
+        Bucket=bucket, Delete={"Objects": [{"Key": "d", "VersionId": "3HL4kqtJlcpXroDTDmJ"}]}
+    )
+    assert client.get_object(Bucket=bucket, Key="d")["Body"].read() == b"kept"
+    client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "d"}], "Quiet": True})
+    with pytest.raises(ClientError) as gone:
+        client.get_object(Bucket=bucket, Key="d")
+    assert gone.value.response["Error"]["Code"] == "NoSuchKey"
+
+
+def _hang_up_after_sending(port: int, request: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(request)
+
+
+def test_clients_hanging_up_while_the_bucket_is_slow_do_not_break_forwarding(
+    start_daemon: DaemonFactory, proxy: FaultProxy, s3: S3Client, bucket: str
+) -> None:
+    s3.put_object(Bucket=bucket, Key="unbatched", Body=b"from the bucket")
+    daemon = start_daemon(upstream={"endpoint_url": proxy.url, "connect_timeout_s": 2})
+    proxy.set("slow", delay_s=0.3, only_method="GET")
+    request = f"GET /{bucket}/unbatched HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    # More abandoned requests than the forwarder's pool has connections (256), in two waves
+    # below server.max_concurrent_requests (256).
+    port = daemon.settings.server.port
+    with ThreadPoolExecutor(50) as pool:
+        for _ in range(2):
+            list(pool.map(lambda _: _hang_up_after_sending(port, request), range(150)))
+            time.sleep(1)  # the bucket's late answers arrive for clients that are gone
+    assert proxy.decisions["slow"] == 300  # every request was forwarded
+    proxy.set("pass")
+    client = daemon.client(retries={"total_max_attempts": 1})
+    answer = client.get_object(Bucket=bucket, Key="unbatched")
+    assert answer["Body"].read() == b"from the bucket"
