@@ -40,6 +40,7 @@ class CatalogWriter:
         """Writes whose transaction has finished (committed, or failed and kept for retry)."""
         self._inflight: asyncio.Task[None] | None = None
         self._retry: asyncio.TimerHandle | None = None
+        self._closed = False
         self.transactions = 0
 
     @property
@@ -62,6 +63,7 @@ class CatalogWriter:
         await self.sync()
         if self._failed:
             await self._start()
+        self._closed = True
         if self._retry is not None:
             self._retry.cancel()
         self._executor.shutdown(wait=True)
@@ -85,9 +87,11 @@ class CatalogWriter:
         try:
             await run_in(self._executor, lambda: self._catalog.put_all(writes))
             self.transactions += 1
-        except sqlite3.Error:
+        except (sqlite3.Error, OSError, RuntimeError):
             logger.exception("catalog write failed (%d objects, retried)", len(writes))
             self._failed = retained(writes)
+            if self._retry is not None:
+                self._retry.cancel()
             self._retry = asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self._retry_now)
         finally:
             self._attempted = max(self._attempted, target)
@@ -95,7 +99,7 @@ class CatalogWriter:
 
     def _retry_now(self) -> None:
         self._retry = None
-        if self._failed:
+        if self._failed and not self._closed:
             self._start()
 
 

@@ -124,10 +124,10 @@ class Supervisor:
     def run(self) -> int:
         """Serve until every worker has stopped; the highest exit status of theirs (0: every
         worker uploaded everything)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):  # before any fork: no signal is missed
+            signal.signal(sig, self._forward)
         for index in range(len(self._own)):
             self._start(index)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._forward)
         status = 0
         while self._running:
             pid, wait_status = os.wait()
@@ -169,6 +169,9 @@ class Supervisor:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.default_int_handler)
+                # A process group of its own: Ctrl-C in a terminal reaches the parent only,
+                # which passes it on once (a second signal would make the worker skip its drain).
+                os.setpgid(0, 0)
                 for position, other in enumerate(self._own):
                     if position != index:
                         other.close()
@@ -179,6 +182,9 @@ class Supervisor:
             finally:
                 os._exit(code)
         self._running[pid] = index
+        if self.stopping:  # a signal came while it was being forked: it missed the forward
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     def _forward(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True

@@ -167,3 +167,24 @@ def test_a_worker_that_cannot_start_stops_the_daemon(tmp_path: Path, s3_server: 
     assert daemon.log().count("starting it again") == RESTART_LIMIT
     assert "stopping the daemon" in daemon.log()
     assert not daemon.workers()
+
+
+def test_ctrl_c_in_a_terminal_drains_every_worker_once(
+    tmp_path: Path, s3_server: LocalS3, s3: S3Client, bucket: str
+) -> None:
+    # setsid: the daemon leads a process group of its own, as in a terminal, where Ctrl-C
+    # signals the whole foreground group.
+    daemon = DaemonProcess(
+        tmp_path,
+        s3_server,
+        wrapper=("setsid",),
+        server={"workers": 2},
+        batch={"linger_ms": 600_000},
+    )
+    with daemon:
+        wait_for(lambda: daemon.log().count("Application startup complete") == 2)
+        assert len(_put_on_fresh_connections(daemon.port, bucket, "c", 40)) == 2
+        assert daemon.process is not None
+        os.killpg(daemon.process.pid, signal.SIGINT)
+        assert daemon.process.wait(60) == 0  # both workers drained: every batch uploaded
+    assert indexed_objects(s3, bucket) == 40
