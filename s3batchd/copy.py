@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from s3batchd.body import BodyBuffer
 from s3batchd.catalog import CatalogEntry
-from s3batchd.errors import InternalError, InvalidArgument, InvalidRequest
+from s3batchd.errors import InternalError, InvalidArgument, InvalidRequest, NotImplementedS3
 from s3batchd.ingest import requested_durability, store, written_upstream
 from s3batchd.objects import (
     ObjectSource,
@@ -25,9 +25,17 @@ from s3batchd.objects import (
 )
 from s3batchd.passthrough import Call, send_upstream
 from s3batchd.pipeline import Pipeline
-from s3batchd.s3api import DEFAULT_CONTENT_TYPE, check_bucket, metadata_of, stored_headers_of
+from s3batchd.s3api import (
+    DEFAULT_CONTENT_TYPE,
+    check_bucket,
+    metadata_of,
+    stored_headers_of,
+    unbatchable,
+)
 
 _S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+#: Headers of a CopyObject that are about the copy itself, not the new object.
+_COPY_ONLY = frozenset({"x-amz-copy-source", "if-match", "if-none-match"})
 
 
 def parse_copy_source(value: str) -> tuple[str, str, str | None]:
@@ -89,11 +97,17 @@ async def copy_object(call: Call) -> Response:
         call.allow()
         upstream = await send_upstream(call)
         return await written_upstream(call, upstream)
-    data = await read_source(call, entry, None)
     headers = call.headers
+    # The copy of a batched object is batched too: what a batched object cannot have
+    # (SSE-C/KMS, object lock, grants) is refused, never dropped.
+    reason = unbatchable({k: v for k, v in headers.items() if k not in _COPY_ONLY})
+    if reason is not None:
+        raise NotImplementedS3(f"The copy source is a batched object: {reason}")
     directive = headers.get("x-amz-metadata-directive", "COPY").upper()
-    if directive not in ("COPY", "REPLACE"):
-        raise InvalidArgument("Unknown metadata directive.")
+    tagging = headers.get("x-amz-tagging-directive", "COPY").upper()
+    if directive not in ("COPY", "REPLACE") or tagging not in ("COPY", "REPLACE"):
+        raise InvalidArgument("Unknown metadata or tagging directive.")
+    data = await read_source(call, entry, None)
     source_key = entry.record.key
     if directive == "COPY" and (entry.bucket, source_key) == (call.target.bucket, call.target.key):
         raise InvalidRequest(
@@ -109,6 +123,10 @@ async def copy_object(call: Call) -> Response:
             metadata=metadata_of(headers),
             headers=stored_headers_of(headers),
         )
+    # Tags follow their own directive (S3 keeps the source's unless told to replace them).
+    kept = {k: v for k, v in record.headers.items() if k != "x-amz-tagging"}
+    tags = (headers if tagging == "REPLACE" else entry.record.headers).get("x-amz-tagging")
+    record = replace(record, headers=kept | ({"x-amz-tagging": tags} if tags else {}))
     pipeline: Pipeline = call.request.app.state.pipeline
     body = BodyBuffer(memory_limit=len(data), spill_dir=pipeline.settings.spool.dir)
     body.write(data)

@@ -307,6 +307,44 @@ def test_copy_object_from_batched_and_unbatched_sources(
     assert s3.get_object(Bucket=bucket, Key="dst2")["Body"].read() == b"plain source"
 
 
+def test_copy_of_a_batched_object_keeps_tags_and_refuses_what_it_cannot_apply(
+    daemon: Daemon, bucket: str
+) -> None:
+    client = daemon.client(retries={"total_max_attempts": 1})
+    client.put_object(Bucket=bucket, Key="t", Body=b"tagged", Tagging="a=1", Metadata={"m": "1"})
+    # New metadata, tags kept (the tagging directive defaults to COPY), as S3 does.
+    client.copy_object(
+        Bucket=bucket,
+        Key="t2",
+        CopySource={"Bucket": bucket, "Key": "t"},
+        MetadataDirective="REPLACE",
+        Metadata={"m": "2"},
+    )
+    head = client.head_object(Bucket=bucket, Key="t2")
+    assert head["Metadata"] == {"m": "2"}
+    assert head["ResponseMetadata"]["HTTPHeaders"].get("x-amz-tagging-count") == "1"
+    client.copy_object(
+        Bucket=bucket,
+        Key="t3",
+        CopySource={"Bucket": bucket, "Key": "t"},
+        TaggingDirective="REPLACE",
+        Tagging="b=2&c=3",
+    )
+    head = client.head_object(Bucket=bucket, Key="t3")
+    assert head["Metadata"] == {"m": "1"}
+    assert head["ResponseMetadata"]["HTTPHeaders"].get("x-amz-tagging-count") == "2"
+    with pytest.raises(ClientError) as refused:
+        client.copy_object(
+            Bucket=bucket,
+            Key="t4",
+            CopySource={"Bucket": bucket, "Key": "t"},
+            ServerSideEncryption="aws:kms",
+            SSEKMSKeyId="arn:aws:kms:us-east-1:111122223333:key/example",
+        )
+    assert refused.value.response["Error"]["Code"] == "NotImplemented"
+    assert "x-amz-server-side-encryption" in refused.value.response["Error"]["Message"]
+
+
 def test_small_multipart_upload_is_assembled_and_batched(
     daemon: Daemon, s3: S3Client, bucket: str
 ) -> None:
