@@ -12,7 +12,9 @@ either way.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from xml.etree import ElementTree
@@ -31,8 +33,12 @@ from s3batchd.errors import (
     InvalidPart,
     InvalidPartOrder,
     MalformedXML,
+    NoSuchKey,
     NoSuchUpload,
+    NotImplementedS3,
+    PreconditionFailed,
     S3Error,
+    ServiceUnavailable,
     SlowDown,
 )
 from s3batchd.ingest import (
@@ -42,7 +48,7 @@ from s3batchd.ingest import (
     put_response_headers,
     requested_durability,
 )
-from s3batchd.objects import iso_time
+from s3batchd.objects import etag_matches, iso_time
 from s3batchd.passthrough import Call, forward, read_small_body, receive_body, send_upstream
 from s3batchd.pipeline import Pipeline
 from s3batchd.proxy import RETRY_SOON, forward_headers, read_all
@@ -57,6 +63,8 @@ from s3batchd.s3api import (
 )
 from s3batchd.spool import TMP_DIR
 from s3batchd.uploads import Part, Upload, UploadStore
+
+logger = logging.getLogger(__name__)
 
 _S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 _XML_HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -326,8 +334,66 @@ async def complete_multipart_upload(call: Call) -> Response:
         if upload.completed:
             return _xml(upload.completed)
         if upload.upstream_id:
-            return await _complete_upstream(call, upload, body)
+            return await _complete_upstream(await _batched_conditions(call), upload, body)
+        await _write_conditions(call)
         return await _complete_here(call, upload, _listed_parts(body))
+
+
+_CONDITIONAL = ("if-match", "if-none-match")
+
+
+async def _write_conditions(call: Call) -> None:
+    """``If-None-Match: *`` / ``If-Match`` of a Complete the daemon assembles, against the
+    key's current object: the batched one, else the bucket's."""
+    headers = call.headers
+    if not any(name in headers for name in _CONDITIONAL):
+        return
+    etag = await _current_etag(call)
+    _check_conditions(headers, etag)
+
+
+async def _batched_conditions(call: Call) -> Call:
+    """A Complete the bucket assembles: conditions on a key whose current object is batched
+    are decided here (the bucket does not hold it) and not sent on; else the bucket decides."""
+    if not any(name in call.headers for name in _CONDITIONAL):
+        return call
+    entry = _pipeline(call).catalog.get(call.target.bucket, call.target.key)
+    if entry is None:
+        return call
+    _check_conditions(call.headers, entry.record.etag)
+    rest = {k: v for k, v in call.headers.items() if k not in _CONDITIONAL}
+    return dataclasses.replace(call, headers=rest)
+
+
+def _check_conditions(headers: dict[str, str], etag: str | None) -> None:
+    if "if-none-match" in headers:
+        if headers["if-none-match"].strip() != "*":
+            raise NotImplementedS3("If-None-Match on CompleteMultipartUpload only takes '*'.")
+        if etag is not None:
+            raise PreconditionFailed()
+    if "if-match" in headers:
+        if etag is None:
+            raise NoSuchKey()
+        if not etag_matches(headers["if-match"], etag):
+            raise PreconditionFailed()
+
+
+async def _current_etag(call: Call) -> str | None:
+    """The ETag of the key's current object (batched, else in the bucket), None if none."""
+    bucket, key = call.target.bucket, call.target.key
+    entry = _pipeline(call).catalog.get(bucket, key)
+    if entry is not None:
+        return entry.record.etag
+    answer = await call.forwarder.send("HEAD", bucket, key, [], {})
+    await answer.aclose()
+    if answer.status_code == 404:
+        return None
+    if answer.status_code != 200:
+        logger.warning(
+            "HEAD s3://%s/%s for a conditional write: %d", bucket, key, answer.status_code
+        )
+        raise ServiceUnavailable(headers=RETRY_SOON)
+    return str(answer.headers.get("etag", ""))
 
 
 async def _complete_upstream(call: Call, upload: Upload, body: bytes) -> Response:

@@ -17,6 +17,7 @@ import time
 import urllib.request
 import zlib
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+    from mypy_boto3_s3.type_defs import CompletedMultipartUploadTypeDef, CompletedPartTypeDef
 
     from s3batchd.seaweed import LocalS3
 
@@ -468,6 +469,93 @@ def test_multipart_parts_are_verified_and_a_completed_upload_takes_no_more(
             late()
         assert gone.value.response["Error"]["Code"] == "NoSuchUpload"
     assert client.get_object(Bucket=bucket, Key="v")["Body"].read() == b"p"
+
+
+def test_conditional_complete_of_a_held_upload(daemon: Daemon, s3: S3Client, bucket: str) -> None:
+    client = daemon.client(retries={"total_max_attempts": 1})
+
+    def complete(key: str, *, if_none_match: str = "", if_match: str = "") -> None:
+        upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        part = client.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"new"
+        )
+        parts: list[CompletedPartTypeDef] = [{"PartNumber": 1, "ETag": part["ETag"]}]
+        document: CompletedMultipartUploadTypeDef = {"Parts": parts}
+        if if_none_match:
+            client.complete_multipart_upload(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload=document,
+                IfNoneMatch=if_none_match,
+            )
+        elif if_match:
+            client.complete_multipart_upload(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload=document,
+                IfMatch=if_match,
+            )
+        else:
+            client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload=document
+            )
+
+    def error_of(call: Callable[[], None]) -> str:
+        with pytest.raises(ClientError) as caught:
+            call()
+        return str(caught.value.response["Error"]["Code"])
+
+    client.put_object(Bucket=bucket, Key="batched", Body=b"old")
+    s3.put_object(Bucket=bucket, Key="plain", Body=b"old")  # not batched: the bucket's
+    for key in ("batched", "plain"):
+        assert error_of(partial(complete, key, if_none_match="*")) == "PreconditionFailed"
+        assert error_of(partial(complete, key, if_match='"0"')) == "PreconditionFailed"
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"old"
+        complete(key, if_match=client.head_object(Bucket=bucket, Key=key)["ETag"])
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"new"
+    complete("fresh", if_none_match="*")
+    assert client.get_object(Bucket=bucket, Key="fresh")["Body"].read() == b"new"
+    assert error_of(lambda: complete("missing", if_match='"0"')) == "NoSuchKey"
+
+
+def test_conditional_complete_of_an_upload_moved_to_the_bucket_sees_batched_keys(
+    start_daemon: DaemonFactory, s3: S3Client, bucket: str
+) -> None:
+    daemon = start_daemon(batch={"passthrough_bytes": MiB})
+    client = daemon.client(retries={"total_max_attempts": 1})
+    batched = client.put_object(Bucket=bucket, Key="k", Body=b"old")["ETag"]
+    data = _data(MiB, "moved")
+    for condition in ("none-match", "match"):
+        upload_id = client.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+        part = client.upload_part(
+            Bucket=bucket, Key="k", UploadId=upload_id, PartNumber=1, Body=data
+        )  # past batch.passthrough_bytes: the upload is now the bucket's
+        document: CompletedMultipartUploadTypeDef = {
+            "Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]
+        }
+        if condition == "none-match":
+            with pytest.raises(ClientError) as caught:
+                client.complete_multipart_upload(
+                    Bucket=bucket,
+                    Key="k",
+                    UploadId=upload_id,
+                    MultipartUpload=document,
+                    IfNoneMatch="*",
+                )  # the key exists (batched), though the bucket does not hold it
+            assert caught.value.response["Error"]["Code"] == "PreconditionFailed"
+            assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"old"
+        else:
+            client.complete_multipart_upload(
+                Bucket=bucket,
+                Key="k",
+                UploadId=upload_id,
+                MultipartUpload=document,
+                IfMatch=batched,
+            )
+    assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == data
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == data
 
 
 def test_multipart_parts_survive_a_restart(start_daemon: DaemonFactory, bucket: str) -> None:
