@@ -111,4 +111,6 @@ def _bucket_operation(method: str, query: dict[str, str]) -> str:
 
 
 def _verb(method: str) -> str:
-    return {"GET": "Get", "PUT": "Put", "DELETE": "Delete", "POST": "Post"}.get(method, "Get")
+    # Other methods (OPTIONS, PATCH...) get names of their own, so that allowing a Get*
+    # operation in ``passthrough`` never lets them through.
+    return method.capitalize()

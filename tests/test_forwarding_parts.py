@@ -38,6 +38,8 @@ from s3batchd.uploads import Part, UploadStore
         ("GET", "b", "", {"location": ""}, {}, "GetBucketLocation"),
         ("GET", "b", "", {"policy": ""}, {}, "GetBucketSubresource"),
         ("HEAD", "b", "", {}, {}, "HeadBucket"),
+        ("OPTIONS", "b", "k", {}, {}, "OptionsObjectSubresource"),
+        ("PATCH", "b", "", {}, {}, "PatchBucketSubresource"),
         ("PUT", "b", "", {}, {}, "CreateBucket"),
         ("PUT", "b", "", {"lifecycle": ""}, {}, "PutBucketSubresource"),
         ("DELETE", "b", "", {}, {}, "DeleteBucket"),
