@@ -9,6 +9,7 @@ arrives from the client, the response body as it arrives from the bucket. httpx 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
@@ -19,13 +20,15 @@ import boto3
 import httpx
 from botocore.auth import UNSIGNED_PAYLOAD, S3SigV4Auth
 from botocore.awsrequest import AWSRequest
+from botocore.credentials import RefreshableCredentials
+from botocore.exceptions import BotoCoreError
 from starlette.responses import Response, StreamingResponse
 
 from s3batchd.config import UpstreamConfig
 from s3batchd.errors import InvalidArgument, ServiceUnavailable
 
 if TYPE_CHECKING:
-    from botocore.credentials import Credentials
+    from botocore.credentials import Credentials, ReadOnlyCredentials
     from starlette.types import Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
@@ -75,14 +78,14 @@ class _Signer(S3SigV4Auth):
 class Forwarder:
     """An HTTP client for the bucket's endpoint that signs as the daemon."""
 
-    def __init__(self, upstream: UpstreamConfig) -> None:
+    def __init__(self, upstream: UpstreamConfig, credentials: Credentials | None = None) -> None:
         self._region = upstream.region
         self._style = upstream.addressing_style
         self._endpoint = upstream.endpoint_url.rstrip("/")
         self._aws = not self._endpoint
         if self._aws:
             self._endpoint = f"https://s3.{upstream.region}.amazonaws.com"
-        self._credentials: Credentials | None = boto3.session.Session().get_credentials()
+        self._credentials = credentials or boto3.session.Session().get_credentials()
         timeout = httpx.Timeout(
             connect=upstream.connect_timeout_s,
             read=upstream.read_timeout_s,
@@ -144,7 +147,7 @@ class Forwarder:
         if length or method in ("PUT", "POST"):
             out["content-length"] = str(length or 0)
         out["accept-encoding"] = "identity"
-        signed = self._sign(method, url, out, payload_hash)
+        signed = self._sign(method, url, out, payload_hash, await self._frozen())
         request = self._client.build_request(method, url, headers=signed, content=body)
         try:
             return await self._client.send(request, stream=True)
@@ -152,10 +155,33 @@ class Forwarder:
             logger.warning("upstream %s %s/%s failed: %r", method, bucket, key, exc)
             raise ServiceUnavailable(headers=RETRY_SOON) from exc
 
-    def _sign(self, method: str, url: str, headers: dict[str, str], payload: str) -> dict[str, str]:
-        if self._credentials is None:
-            return headers  # anonymous: an endpoint without authentication
-        credentials = self._credentials.get_frozen_credentials()
+    async def _frozen(self) -> ReadOnlyCredentials | None:
+        """The credentials to sign with. Temporary ones (IRSA, instance roles) are refreshed
+        in a thread when due: the refresh is an HTTP call that must not stall the loop."""
+        credentials = self._credentials
+        if credentials is None:
+            return None  # anonymous: an endpoint without authentication
+        try:
+            if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
+                return await asyncio.to_thread(credentials.get_frozen_credentials)
+            return credentials.get_frozen_credentials()
+        except BotoCoreError as exc:
+            logger.warning("upstream credentials could not be refreshed: %s", exc)
+            raise ServiceUnavailable(
+                "The daemon's upstream credentials could not be refreshed; please retry.",
+                headers=RETRY_SOON,
+            ) from exc
+
+    def _sign(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        payload: str,
+        credentials: ReadOnlyCredentials | None,
+    ) -> dict[str, str]:
+        if credentials is None:
+            return headers
         request = AWSRequest(method=method, url=url, headers=headers)
         request.context["payload_hash"] = payload
         _Signer(credentials, "s3", self._region).add_auth(request)

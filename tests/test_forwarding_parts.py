@@ -7,10 +7,14 @@ import asyncio
 import io
 import json
 import tarfile
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from botocore.credentials import RefreshableCredentials
+from botocore.exceptions import NoCredentialsError
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,9 +22,11 @@ from s3batchd.awschunked import AwsChunkedDecoder
 from s3batchd.body import BodyBuffer
 from s3batchd.catalog import Catalog, entries_from_index
 from s3batchd.checksums import b64, new_hasher
-from s3batchd.errors import BadDigest
+from s3batchd.config import UpstreamConfig
+from s3batchd.errors import BadDigest, ServiceUnavailable
 from s3batchd.index import IndexEntry, index_fragment, render_index
 from s3batchd.operations import operation_of
+from s3batchd.proxy import Forwarder
 from s3batchd.records import EMPTY_MD5, ObjectRecord
 from s3batchd.reframe import framed_length, reframe
 from s3batchd.s3api import Target
@@ -223,3 +229,45 @@ def test_index_from_fragments_is_byte_identical_to_the_index_from_entries() -> N
     assert whole == parts
     document = json.loads(whole)
     assert len(document["objects"]) + len(document["tombstones"]) == 50
+
+
+def _expired_credentials(refresh: Callable[[], dict[str, str]]) -> RefreshableCredentials:
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    metadata = {"access_key": "old", "secret_key": "old", "token": "t", "expiry_time": past}
+    return RefreshableCredentials.create_from_metadata(metadata, refresh, "test")
+
+
+def test_forwarder_refreshes_temporary_credentials_off_the_event_loop() -> None:
+    threads: list[str] = []
+
+    def refresh() -> dict[str, str]:
+        threads.append(threading.current_thread().name)
+        later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        return {"access_key": "new", "secret_key": "new", "token": "t", "expiry_time": later}
+
+    async def main() -> None:
+        # Temporary credentials (IRSA, instance roles) that expired; nothing listens on port 9.
+        upstream = UpstreamConfig(endpoint_url="http://127.0.0.1:9", connect_timeout_s=1)
+        forwarder = Forwarder(upstream, _expired_credentials(refresh))
+        with pytest.raises(ServiceUnavailable):
+            await forwarder.send("GET", "b", "k", [], {})
+        assert len(threads) == 1
+        assert threads[0] != threading.current_thread().name  # not on the event loop
+        await forwarder.aclose()
+
+    asyncio.run(main())
+
+
+def test_forwarder_answers_503_when_credentials_cannot_be_refreshed() -> None:
+    def refresh() -> dict[str, str]:
+        raise NoCredentialsError()
+
+    async def main() -> None:
+        forwarder = Forwarder(
+            UpstreamConfig(endpoint_url="http://127.0.0.1:9"), _expired_credentials(refresh)
+        )
+        with pytest.raises(ServiceUnavailable, match="credentials could not be refreshed"):
+            await forwarder.send("GET", "b", "k", [], {})
+        await forwarder.aclose()
+
+    asyncio.run(main())
