@@ -51,7 +51,7 @@ from s3batchd.ingest import (
 from s3batchd.objects import etag_matches, iso_time
 from s3batchd.passthrough import Call, forward, read_small_body, receive_body, send_upstream
 from s3batchd.pipeline import Pipeline
-from s3batchd.proxy import RETRY_SOON, forward_headers, read_all
+from s3batchd.proxy import RETRY_SOON, forward_headers, read_all, relay_read
 from s3batchd.records import ObjectRecord
 from s3batchd.s3api import (
     DEFAULT_CONTENT_TYPE,
@@ -401,13 +401,18 @@ async def _complete_upstream(call: Call, upload: Upload, body: bytes) -> Respons
     data = await read_all(answer)
     if answer.status_code == 200 and b"<Error>" not in data:
         await hide_batched(call, upload.bucket, upload.key)
-        _store(call).remove(upload)
-    headers = {
-        k: v
-        for k, v in answer.headers.items()
-        if k.lower() not in ("content-length", "transfer-encoding", "connection")
-    }
-    return Response(data, status_code=answer.status_code, headers=headers)
+        # Kept (COMPLETED_KEEP_S) like a completed held upload: an SDK's retry after a lost
+        # answer gets the same answer, not the bucket's NoSuchUpload.
+        upload.completed = _without_declaration(data.decode())
+        _store(call).save(upload)
+        _store(call).drop_parts(upload)
+    return relay_read(answer, data)
+
+
+def _without_declaration(document: str) -> str:
+    if document.startswith("<?xml"):
+        document = document.split("?>", 1)[1]
+    return document.strip()
 
 
 def _listed_parts(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
@@ -529,10 +534,16 @@ async def abort_multipart_upload(call: Call) -> Response:
         return await forward(call)
     async with _store(call).locked(upload.upload_id) as locked:
         held = _still_open(locked)
-        if held.upstream_id:
-            await _abort_upstream(call, held.upstream_id)
-        _store(call).remove(held)
-    return Response(status_code=204)
+        if not held.upstream_id:
+            _store(call).remove(held)
+            return Response(status_code=204)
+        call.allow()
+        answer = await send_upstream(call, query=call.query(uploadId=held.upstream_id))
+        data = await read_all(answer)
+        if answer.status_code < 300 or answer.status_code == 404:
+            _store(call).remove(held)  # gone in the bucket too (or already)
+        # Otherwise (403, 503) the record stays, so a retry can still reach the bucket's upload.
+        return relay_read(answer, data)
 
 
 async def list_parts(call: Call) -> Response:

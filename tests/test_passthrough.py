@@ -547,13 +547,20 @@ def test_conditional_complete_of_an_upload_moved_to_the_bucket_sees_batched_keys
             assert caught.value.response["Error"]["Code"] == "PreconditionFailed"
             assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"old"
         else:
-            client.complete_multipart_upload(
+            done = client.complete_multipart_upload(
                 Bucket=bucket,
                 Key="k",
                 UploadId=upload_id,
                 MultipartUpload=document,
                 IfMatch=batched,
             )
+            again = client.complete_multipart_upload(  # an SDK retry after a lost answer
+                Bucket=bucket, Key="k", UploadId=upload_id, MultipartUpload=document
+            )
+            assert again["ETag"] == done["ETag"]
+            with pytest.raises(ClientError) as gone:
+                client.abort_multipart_upload(Bucket=bucket, Key="k", UploadId=upload_id)
+            assert gone.value.response["Error"]["Code"] == "NoSuchUpload"
     assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == data
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == data
 

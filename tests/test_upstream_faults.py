@@ -191,3 +191,23 @@ def test_clients_hanging_up_while_the_bucket_is_slow_do_not_break_forwarding(
     client = daemon.client(retries={"total_max_attempts": 1})
     answer = client.get_object(Bucket=bucket, Key="unbatched")
     assert answer["Body"].read() == b"from the bucket"
+
+
+def test_an_abort_the_bucket_refuses_can_be_retried(
+    start_daemon: DaemonFactory, proxy: FaultProxy, bucket: str
+) -> None:
+    daemon = start_daemon(upstream={"endpoint_url": proxy.url}, batch={"passthrough_bytes": 2**20})
+    client = daemon.client(retries={"total_max_attempts": 1})
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key="m")["UploadId"]
+    client.upload_part(  # past batch.passthrough_bytes: the upload moves to the bucket
+        Bucket=bucket, Key="m", UploadId=upload_id, PartNumber=1, Body=b"x" * 2**20
+    )
+    proxy.set("error", status=503, code="SlowDown", only_method="DELETE")
+    with pytest.raises(ClientError) as refused:
+        client.abort_multipart_upload(Bucket=bucket, Key="m", UploadId=upload_id)
+    assert refused.value.response["Error"]["Code"] == "SlowDown"
+    proxy.set("pass")
+    client.abort_multipart_upload(Bucket=bucket, Key="m", UploadId=upload_id)
+    with pytest.raises(ClientError) as gone:
+        client.list_parts(Bucket=bucket, Key="m", UploadId=upload_id)
+    assert gone.value.response["Error"]["Code"] == "NoSuchUpload"
