@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
@@ -217,7 +217,7 @@ async def _keep_part(
         if not upload.upstream_id and upload.size + part.size >= threshold and _can_promote(call):
             await _promote(call, upload)
         if upload.upstream_id:
-            etag = await _send_part(call, upload, part, body.getvalue())
+            etag = await _send_part(call, upload, part, body.chunks())
         else:
             if upload.size + part.size > call.settings.limits.max_object_bytes:
                 raise EntityTooLarge("The parts exceed limits.max_object_bytes.")
@@ -258,7 +258,7 @@ async def _promote(call: Call, upload: Upload) -> None:
     store = _store(call)
     try:
         for number in sorted(upload.parts):
-            await _send_part(call, upload, upload.parts[number], store.read_part(upload, number))
+            await _send_part(call, upload, upload.parts[number], store.iter_part(upload, number))
     except BaseException:
         upload.upstream_id = ""
         await _abort_upstream(call, upstream_id)
@@ -267,17 +267,26 @@ async def _promote(call: Call, upload: Upload) -> None:
     store.drop_parts(upload)
 
 
-async def _send_part(call: Call, upload: Upload, part: Part, data: bytes) -> str:
-    """UploadPart of bytes the daemon holds to the bucket's upload; the part's ETag."""
+async def _send_part(call: Call, upload: Upload, part: Part, pieces: Iterable[bytes]) -> str:
+    """UploadPart of bytes the daemon holds (``part.size`` bytes in ``pieces``, streamed, not
+    read whole) to the bucket's upload; the part's ETag. Content-MD5 makes the bucket refuse
+    a part that arrives cut or changed."""
     headers = {"content-md5": base64.b64encode(bytes.fromhex(part.md5_hex)).decode()}
     if part.checksum:
         headers[f"x-amz-checksum-{upload.checksum_algorithm}"] = part.checksum
     query = [("partNumber", str(part.number)), ("uploadId", upload.upstream_id)]
-    answer = await call.forwarder.send("PUT", upload.bucket, upload.key, query, headers, data)
+    answer = await call.forwarder.send(
+        "PUT", upload.bucket, upload.key, query, headers, _streamed(pieces), part.size
+    )
     body = await read_all(answer)
     if answer.status_code != 200:
         raise upstream_error(answer.status_code, body)
     return str(answer.headers.get("etag", f'"{part.md5_hex}"'))
+
+
+async def _streamed(pieces: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
 
 
 async def _abort_upstream(call: Call, upstream_id: str) -> None:

@@ -22,7 +22,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +32,8 @@ from s3batchd.body import BodyBuffer
 from s3batchd.spool import fsync_dir
 
 UPLOADS_DIR = "_multipart"
+#: Pieces a kept part is read in when it is sent to the bucket.
+PIECE_BYTES = 1024 * 1024
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _PART = re.compile(r"^part-(\d{5})\.json$")
 #: Completed uploads are remembered this long, so a retried CompleteMultipartUpload gets the
@@ -220,6 +222,12 @@ class UploadStore:
     def read_part(self, upload: Upload, number: int) -> bytes:
         """A part's bytes."""
         return self.part_path(upload, number).read_bytes()
+
+    def iter_part(self, upload: Upload, number: int) -> Iterator[bytes]:
+        """A part's bytes in pieces of at most 1 MiB."""
+        with self.part_path(upload, number).open("rb") as part:
+            while piece := part.read(PIECE_BYTES):
+                yield piece
 
     def drop_parts(self, upload: Upload) -> None:
         """Delete the parts (they went to the bucket, or into a batch)."""
