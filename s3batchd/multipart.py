@@ -605,27 +605,59 @@ async def list_multipart_uploads(call: Call) -> Response:
     held = store.in_bucket(call.target.bucket)
     if not held:
         return await forward(call)
-    prefix = call.target.query.get("prefix", "")
+    query = call.target.query
+    prefix = query.get("prefix", "")
     moved = {u.upstream_id: u.upload_id for u in held if u.upstream_id}
+    first_page = not (query.get("key-marker") or query.get("upload-id-marker"))
     entries: list[tuple[str, float, str]] = [
         (u.key, u.initiated, _upload_xml(u.key, u.upload_id, iso_time(u.initiated)))
         for u in held
-        if not u.upstream_id and u.key.startswith(prefix)
+        if first_page and not u.upstream_id and u.key.startswith(prefix)
     ]
+    paging = "<IsTruncated>false</IsTruncated>"
+    prefixes = ""
     if call.settings.passthrough.allows(call.operation):
-        answer = await send_upstream(call)
+        theirs = {daemon_id: upstream_id for upstream_id, daemon_id in moved.items()}
+        marker = query.get("upload-id-marker", "")
+        answer = await send_upstream(
+            call,
+            query=call.query(**{"upload-id-marker": theirs[marker]}) if marker in theirs else None,
+        )
         data = await read_all(answer)
         if answer.status_code != 200:
             return Response(data, status_code=answer.status_code, media_type="application/xml")
         entries.extend(_their_uploads(data, moved))
+        paging, prefixes = _their_paging(data, moved)
     entries.sort(key=lambda entry: (entry[0], entry[1]))
     return _xml(
         f'<ListMultipartUploadsResult xmlns="{_S3_NS}"><Bucket>{escape(call.target.bucket)}'
-        f"</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>"
-        f"<Prefix>{escape(prefix)}</Prefix><MaxUploads>1000</MaxUploads>"
-        f"<IsTruncated>false</IsTruncated>{''.join(e[2] for e in entries)}"
+        f"</Bucket><KeyMarker>{escape(query.get('key-marker', ''))}</KeyMarker>"
+        f"<UploadIdMarker>{escape(query.get('upload-id-marker', ''))}</UploadIdMarker>"
+        f"<Prefix>{escape(prefix)}</Prefix><MaxUploads>{escape(query.get('max-uploads', '1000'))}"
+        f"</MaxUploads>{paging}{''.join(e[2] for e in entries)}{prefixes}"
         "</ListMultipartUploadsResult>"
     )
+
+
+def _their_paging(data: bytes, moved: dict[str, str]) -> tuple[str, str]:
+    """The bucket's truncation and next markers (upload ids as the client knows them), and
+    its common prefixes, as XML."""
+    root = ElementTree.fromstring(data)  # noqa: S314  parsed once already by _their_uploads
+    fields = {_local(node.tag): node.text or "" for node in root if len(node) == 0}
+    paging = f"<IsTruncated>{escape(fields.get('IsTruncated', 'false'))}</IsTruncated>"
+    if fields.get("NextKeyMarker"):
+        paging += f"<NextKeyMarker>{escape(fields['NextKeyMarker'])}</NextKeyMarker>"
+    if fields.get("NextUploadIdMarker"):
+        marker = moved.get(fields["NextUploadIdMarker"], fields["NextUploadIdMarker"])
+        paging += f"<NextUploadIdMarker>{escape(marker)}</NextUploadIdMarker>"
+    prefixes = "".join(
+        f"<CommonPrefixes><Prefix>{escape(child.text or '')}</Prefix></CommonPrefixes>"
+        for node in root
+        if _local(node.tag) == "CommonPrefixes"
+        for child in node
+        if _local(child.tag) == "Prefix"
+    )
+    return paging, prefixes
 
 
 def _upload_xml(key: str, upload_id: str, initiated: str) -> str:

@@ -570,6 +570,28 @@ def test_conditional_complete_of_an_upload_moved_to_the_bucket_sees_batched_keys
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == data
 
 
+def test_list_multipart_uploads_pages_through_the_bucket_and_the_held_ones(
+    daemon: Daemon, s3: S3Client, bucket: str
+) -> None:
+    client = daemon.client()
+    theirs = {s3.create_multipart_upload(Bucket=bucket, Key=f"b{i}")["UploadId"] for i in range(5)}
+    held = client.create_multipart_upload(Bucket=bucket, Key="a-held")["UploadId"]
+    seen: list[str] = []
+    page = client.list_multipart_uploads(Bucket=bucket, MaxUploads=2)
+    for _ in range(10):
+        seen += [u["UploadId"] for u in page.get("Uploads", [])]
+        if not page["IsTruncated"]:
+            break
+        page = client.list_multipart_uploads(
+            Bucket=bucket,
+            MaxUploads=2,
+            KeyMarker=page.get("NextKeyMarker", ""),  # SeaweedFS sends no NextKeyMarker
+            UploadIdMarker=page.get("NextUploadIdMarker", ""),
+        )
+    assert set(seen) == {*theirs, held}
+    assert seen.count(held) == 1
+
+
 def test_multipart_parts_survive_a_restart(start_daemon: DaemonFactory, bucket: str) -> None:
     first = start_daemon()
     client = first.client()
