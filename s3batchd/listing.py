@@ -39,7 +39,7 @@ async def list_objects_merged(call: Call) -> Response:
     allowed = call.settings.passthrough.allows(call.operation)
     if allowed and next(catalog.iter_keys(bucket, query.prefix, ""), None) is None:
         return await forward(call)
-    mine = _catalog_page(catalog, bucket, query)
+    mine = catalog_page(catalog, bucket, query)
     theirs = await _upstream_page(call, query) if allowed else _Page([], truncated=False)
     if isinstance(theirs, Response):
         return theirs
@@ -59,20 +59,40 @@ async def list_objects_merged(call: Call) -> Response:
     return Response(list_xml(bucket, query, items, truncated), media_type="application/xml")
 
 
-def _catalog_page(catalog: Catalog, bucket: str, query: ListQuery) -> _Page:
+#: Appended to a prefix: sorts after the keys that start with it (all but those continuing
+#: with U+10FFFF itself, which the loop below then passes over one by one).
+_AFTER_ALL = "\U0010ffff"
+
+
+def catalog_page(catalog: Catalog, bucket: str, query: ListQuery) -> _Page:
+    """Up to ``max_keys + 1`` listing items of the batched keys, rolled up by the delimiter.
+    The keys under a common prefix are skipped with a new range scan, not read one by one:
+    a top-level listing of a million keys under ``logs/`` is one item, not a million rows
+    read on the event loop."""
     items: list[ListItem] = []
-    for entry in catalog.iter_keys(bucket, query.prefix, query.after):
-        key = entry.record.key
-        common = common_prefix(key, query.prefix, query.delimiter)
-        if common is not None:
-            if common == query.after or (items and items[-1].name == common):
-                continue
-            items.append(ListItem(common, prefix=True))
-        else:
-            items.append(ListItem.of_record(entry.record))
-        if len(items) > query.max_keys:
-            return _Page(items[: query.max_keys + 1], truncated=True)
-    return _Page(items, truncated=False)
+    after = query.after
+    rolled = query.delimiter and after.startswith(query.prefix)
+    if rolled and common_prefix(after, query.prefix, query.delimiter) == after:
+        after += _AFTER_ALL  # continuing after a rolled-up prefix: none of its keys again
+    while True:
+        rolled_up = None
+        for entry in catalog.iter_keys(bucket, query.prefix, after):
+            key = entry.record.key
+            common = common_prefix(key, query.prefix, query.delimiter)
+            if common is not None:
+                if common == query.after or (items and items[-1].name == common):
+                    continue
+                items.append(ListItem(common, prefix=True))
+                rolled_up = common
+            else:
+                items.append(ListItem.of_record(entry.record))
+            if len(items) > query.max_keys:
+                return _Page(items[: query.max_keys + 1], truncated=True)
+            if rolled_up is not None:
+                break  # skip the prefix's other keys with one new range scan, not one by one
+        if rolled_up is None:
+            return _Page(items, truncated=False)
+        after = rolled_up + _AFTER_ALL
 
 
 async def _upstream_page(call: Call, query: ListQuery) -> _Page | Response:

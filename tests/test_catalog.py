@@ -1,4 +1,5 @@
-"""The catalog shared by several processes (``server.workers``, ``s3batchd reindex``)."""
+"""The catalog: shared by several processes (``server.workers``, ``s3batchd reindex``), and
+the listings read from it."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ from pathlib import Path
 from threading import Barrier
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from s3batchd.catalog import Catalog, CatalogWrite
 from s3batchd.catalogwriter import CatalogWriter
 from s3batchd.index import IndexEntry
+from s3batchd.listing import catalog_page
+from s3batchd.objects import ListQuery, common_prefix
 from s3batchd.records import EMPTY_MD5, ObjectRecord
 
 
@@ -119,3 +124,46 @@ def test_writer_retries_what_failed_while_another_process_held_the_lock(tmp_path
         reader.close()
 
     asyncio.run(main())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    keys=st.sets(st.text(alphabet="ab/\U0010ffff", min_size=1, max_size=6), max_size=25),
+    prefix=st.sampled_from(["", "a", "a/", "b/"]),
+    after=st.text(alphabet="ab/", max_size=4),
+    max_keys=st.integers(min_value=1, max_value=5),
+)
+def test_catalog_listing_rolls_up_prefixes_like_a_full_scan(
+    tmp_path_factory: pytest.TempPathFactory,
+    keys: set[str],
+    prefix: str,
+    after: str,
+    max_keys: int,
+) -> None:
+    catalog = Catalog(tmp_path_factory.mktemp("list") / "catalog.sqlite3")
+    for key in keys:
+        catalog.put_all([_write(key)])
+    query = ListQuery(
+        v2=True,
+        prefix=prefix,
+        delimiter="/",
+        max_keys=max_keys,
+        after=after,
+        url_encoded=False,
+        token=None,
+        start_after=after,
+        marker="",
+    )
+    # The model: every key in S3 (UTF-8) order, each rolled up, duplicates and the
+    # continuation point dropped.
+    expected: list[str] = []
+    for key in sorted(keys, key=lambda k: k.encode()):
+        if not key.startswith(prefix) or key.encode() <= after.encode():
+            continue
+        name = common_prefix(key, prefix, "/") or key
+        if name != after and name not in expected:
+            expected.append(name)
+    page = catalog_page(catalog, "b", query)
+    assert [item.name for item in page.items] == expected[: max_keys + 1]
+    assert page.truncated == (len(expected) > max_keys)
+    catalog.close()
