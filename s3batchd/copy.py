@@ -5,6 +5,7 @@ and the request is forwarded."""
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import replace
 from urllib.parse import unquote
@@ -13,14 +14,19 @@ from starlette.responses import Response
 
 from s3batchd.body import BodyBuffer
 from s3batchd.catalog import CatalogEntry
-from s3batchd.errors import InternalError, InvalidArgument, InvalidRequest, NotImplementedS3
+from s3batchd.errors import (
+    InternalError,
+    InvalidArgument,
+    InvalidRequest,
+    NotImplementedS3,
+    PreconditionFailed,
+)
 from s3batchd.ingest import requested_durability, store, written_upstream
 from s3batchd.objects import (
     ObjectSource,
     check_conditions,
     http_date,
     iso_time,
-    parse_range,
     read_bytes,
 )
 from s3batchd.passthrough import Call, send_upstream
@@ -34,6 +40,7 @@ from s3batchd.s3api import (
 )
 
 _S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+_COPY_RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
 #: Headers of a CopyObject that are about the copy itself, not the new object.
 _COPY_ONLY = frozenset({"x-amz-copy-source", "if-match", "if-none-match"})
 
@@ -61,6 +68,21 @@ def batched_source(call: Call) -> CatalogEntry | None:
     return pipeline.catalog.get(bucket, key)
 
 
+def copy_range(value: str, size: int) -> tuple[int, int]:
+    """First and last byte of ``x-amz-copy-source-range``: stricter than a GET's Range (no
+    suffix or open ranges, nothing past the end), as S3 is."""
+    match = _COPY_RANGE.match(value.strip())
+    if match is None:
+        raise InvalidArgument(
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where "
+            "first and last are the zero-based offsets of the first and last bytes to copy"
+        )
+    first, last = int(match[1]), int(match[2])
+    if first > last or last >= size:
+        raise InvalidArgument(f"Range specified is not valid for source object of size: {size}")
+    return first, last
+
+
 async def read_source(call: Call, entry: CatalogEntry, byte_range: str | None) -> bytes:
     """The bytes of a batched copy source (``byte_range``: ``bytes=first-last``), after the
     ``x-amz-copy-source-if-*`` conditions; whole objects are checked against their MD5."""
@@ -71,15 +93,13 @@ async def read_source(call: Call, entry: CatalogEntry, byte_range: str | None) -
     }
     if not check_conditions(entry, conditions):
         # S3 answers a failed copy-source If-None-Match / If-Modified-Since with 412.
-        from s3batchd.errors import PreconditionFailed
-
         raise PreconditionFailed()
     pipeline: Pipeline = call.request.app.state.pipeline
     source = ObjectSource(
         pipeline.catalog, pipeline.spools, pipeline.client, pipeline.read_executor
     )
     size = entry.record.size
-    span = parse_range(byte_range, size) if byte_range else None
+    span = copy_range(byte_range, size) if byte_range is not None else None
     first, last = span if span is not None else (0, size - 1)
     data = await read_bytes(source, entry, first, last)
     if (

@@ -34,7 +34,11 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CompletedMultipartUploadTypeDef, CompletedPartTypeDef
+    from mypy_boto3_s3.type_defs import (
+        CompletedMultipartUploadTypeDef,
+        CompletedPartTypeDef,
+        CopySourceTypeDef,
+    )
 
     from s3batchd.seaweed import LocalS3
 
@@ -590,6 +594,60 @@ def test_list_multipart_uploads_pages_through_the_bucket_and_the_held_ones(
         )
     assert set(seen) == {*theirs, held}
     assert seen.count(held) == 1
+
+
+def test_upload_part_copy_from_batched_and_unbatched_sources(
+    daemon: Daemon, s3: S3Client, bucket: str
+) -> None:
+    client = daemon.client(retries={"total_max_attempts": 1})
+    client.put_object(Bucket=bucket, Key="src", Body=b"0123456789")  # batched
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key="joined")["UploadId"]
+    source: CopySourceTypeDef = {"Bucket": bucket, "Key": "src"}
+    for wrong in ("bytes=0-", "bytes=-3", "bytes=5-2", "bytes=2-10", "2-5"):
+        with pytest.raises(ClientError) as refused:
+            client.upload_part_copy(
+                Bucket=bucket,
+                Key="joined",
+                UploadId=upload_id,
+                PartNumber=1,
+                CopySource=source,
+                CopySourceRange=wrong,
+            )
+        assert refused.value.response["Error"]["Code"] == "InvalidArgument", wrong
+    copied = client.upload_part_copy(
+        Bucket=bucket,
+        Key="joined",
+        UploadId=upload_id,
+        PartNumber=1,
+        CopySource=source,
+        CopySourceRange="bytes=2-5",
+    )
+    etag = copied["CopyPartResult"]["ETag"]
+    assert etag == f'"{hashlib.md5(b"2345").hexdigest()}"'
+    client.complete_multipart_upload(
+        Bucket=bucket,
+        Key="joined",
+        UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
+    )
+    assert client.get_object(Bucket=bucket, Key="joined")["Body"].read() == b"2345"
+    # An unbatched source: the upload moves to the bucket, which copies server-side.
+    s3.put_object(Bucket=bucket, Key="plain", Body=b"abcdef")
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key="joined2")["UploadId"]
+    copied = client.upload_part_copy(
+        Bucket=bucket,
+        Key="joined2",
+        UploadId=upload_id,
+        PartNumber=1,
+        CopySource={"Bucket": bucket, "Key": "plain"},
+    )
+    client.complete_multipart_upload(
+        Bucket=bucket,
+        Key="joined2",
+        UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": copied["CopyPartResult"]["ETag"]}]},
+    )
+    assert s3.get_object(Bucket=bucket, Key="joined2")["Body"].read() == b"abcdef"
 
 
 def test_multipart_parts_survive_a_restart(start_daemon: DaemonFactory, bucket: str) -> None:
