@@ -15,10 +15,11 @@ import base64
 import dataclasses
 import hashlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from xml.etree import ElementTree
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, unescape
 
 from starlette.responses import Response
 
@@ -258,7 +259,9 @@ async def _promote(call: Call, upload: Upload) -> None:
     store = _store(call)
     try:
         for number in sorted(upload.parts):
-            await _send_part(call, upload, upload.parts[number], store.iter_part(upload, number))
+            part = upload.parts[number]
+            etag = await _send_part(call, upload, part, store.iter_part(upload, number))
+            upload.bucket_etags[f'{number} "{part.md5_hex}"'] = etag
     except BaseException:
         upload.upstream_id = ""
         await _abort_upstream(call, upstream_id)
@@ -406,6 +409,7 @@ async def _current_etag(call: Call) -> str | None:
 
 
 async def _complete_upstream(call: Call, upload: Upload, body: bytes) -> Response:
+    body = bucket_part_etags(body, upload.bucket_etags)
     answer = await send_upstream(call, query=call.query(uploadId=upload.upstream_id), body=body)
     data = await read_all(answer)
     if answer.status_code == 200 and b"<Error>" not in data:
@@ -416,6 +420,34 @@ async def _complete_upstream(call: Call, upload: Upload, body: bytes) -> Respons
         _store(call).save(upload)
         _store(call).drop_parts(upload)
     return relay_read(answer, data)
+
+
+_PART_XML = re.compile(rb"<Part>(.*?)</Part>", re.DOTALL)
+_NUMBER_XML = re.compile(rb"<PartNumber>\s*(\d+)\s*</PartNumber>")
+_ETAG_XML = re.compile(rb"<ETag>(.*?)</ETag>", re.DOTALL)
+
+
+def bucket_part_etags(document: bytes, bucket_etags: dict[str, str]) -> bytes:
+    """A client's CompleteMultipartUpload document with the ETags of parts the daemon sent
+    to the bucket replaced by the bucket's own (when they differ)."""
+    changed = {k: v for k, v in bucket_etags.items() if k.split(" ", 1)[1] != v}
+    if not changed:
+        return document
+
+    def part(match: re.Match[bytes]) -> bytes:
+        inner = match.group(1)
+        number = _NUMBER_XML.search(inner)
+        etag = _ETAG_XML.search(inner)
+        if number is None or etag is None:
+            return match.group(0)
+        given = unescape(etag.group(1).decode(), {"&quot;": '"'}).strip().strip('"')
+        bucket = changed.get(f'{int(number.group(1))} "{given}"')
+        if bucket is None:
+            return match.group(0)
+        replaced = inner[: etag.start(1)] + escape(bucket).encode() + inner[etag.end(1) :]
+        return b"<Part>" + replaced + b"</Part>"
+
+    return _PART_XML.sub(part, document)
 
 
 def _without_declaration(document: str) -> str:

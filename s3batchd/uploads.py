@@ -75,6 +75,10 @@ class Upload:
     """The bucket's upload id once the parts passed ``batch.passthrough_bytes``."""
     completed: str = ""
     """The CompleteMultipartUpload answer (XML) once completed."""
+    bucket_etags: dict[str, str] = field(default_factory=dict)
+    """Parts the daemon held and sent when the upload moved to the bucket: the bucket's ETag
+    by ``<part number> <ETag the client was given>`` (they differ when the bucket's ETags are
+    not MD5s, e.g. with SSE-KMS)."""
     parts: dict[int, Part] = field(default_factory=dict)
 
     @property

@@ -25,6 +25,7 @@ from s3batchd.checksums import b64, new_hasher
 from s3batchd.config import UpstreamConfig
 from s3batchd.errors import BadDigest, ServiceUnavailable
 from s3batchd.index import IndexEntry, index_fragment, render_index
+from s3batchd.multipart import bucket_part_etags
 from s3batchd.operations import operation_of
 from s3batchd.proxy import Forwarder
 from s3batchd.records import EMPTY_MD5, ObjectRecord
@@ -271,3 +272,23 @@ def test_forwarder_answers_503_when_credentials_cannot_be_refreshed() -> None:
         await forwarder.aclose()
 
     asyncio.run(main())
+
+
+def test_complete_document_gets_the_bucket_etags_of_parts_the_daemon_sent() -> None:
+    # Held parts were answered with MD5 ETags; a bucket with SSE-KMS answers others.
+    document = (
+        b'<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        b"<Part><ETag>&quot;aaa&quot;</ETag><PartNumber>1</PartNumber></Part>"
+        b'<Part><PartNumber>2</PartNumber><ETag>"bbb"</ETag></Part>'
+        b'<Part><ETag>"ccc"</ETag><PartNumber>3</PartNumber></Part>'
+        b"</CompleteMultipartUpload>"
+    )
+    sent = {'1 "aaa"': '"kms-1"', '2 "bbb"': '"bbb"', '3 "old"': '"kms-3"'}
+    assert bucket_part_etags(document, sent) == (
+        b'<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        b'<Part><ETag>"kms-1"</ETag><PartNumber>1</PartNumber></Part>'
+        b'<Part><PartNumber>2</PartNumber><ETag>"bbb"</ETag></Part>'
+        b'<Part><ETag>"ccc"</ETag><PartNumber>3</PartNumber></Part>'
+        b"</CompleteMultipartUpload>"
+    )
+    assert bucket_part_etags(document, {'2 "bbb"': '"bbb"'}) == document

@@ -650,6 +650,38 @@ def test_upload_part_copy_from_batched_and_unbatched_sources(
     assert s3.get_object(Bucket=bucket, Key="joined2")["Body"].read() == b"abcdef"
 
 
+def test_held_parts_go_to_the_bucket_when_the_upload_grows_past_the_threshold(
+    daemon: Daemon, s3: S3Client, bucket: str
+) -> None:
+    client = daemon.client()
+    first, second = _data(5 * MiB, "first"), _data(5 * MiB, "second")
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key="grown")["UploadId"]
+    held = client.upload_part(  # 5 MiB: below batch.passthrough_bytes (8 MiB), kept
+        Bucket=bucket, Key="grown", UploadId=upload_id, PartNumber=1, Body=first
+    )
+    assert held["ETag"] == f'"{hashlib.md5(first).hexdigest()}"'
+    sent = client.upload_part(  # 10 MiB in all: the upload moves, part 1 is sent from the spool
+        Bucket=bucket, Key="grown", UploadId=upload_id, PartNumber=2, Body=second
+    )
+    parts = client.list_parts(Bucket=bucket, Key="grown", UploadId=upload_id)["Parts"]
+    assert [p["PartNumber"] for p in parts] == [1, 2]
+    client.complete_multipart_upload(
+        Bucket=bucket,
+        Key="grown",
+        UploadId=upload_id,
+        MultipartUpload={
+            "Parts": [
+                {"PartNumber": 1, "ETag": held["ETag"]},
+                {"PartNumber": 2, "ETag": sent["ETag"]},
+            ]
+        },
+    )
+    direct = s3.get_object(Bucket=bucket, Key="grown")
+    assert direct["Body"].read() == first + second
+    assert direct["ETag"].endswith('-2"')
+    assert not list((daemon.settings.spool.dir / "_multipart").rglob("part-*"))
+
+
 def test_multipart_parts_survive_a_restart(start_daemon: DaemonFactory, bucket: str) -> None:
     first = start_daemon()
     client = first.client()
