@@ -254,7 +254,14 @@ class UploadStore:
         for path in self.root.iterdir():
             try:
                 age = now - (path / "upload.json").stat().st_mtime
-            except (FileNotFoundError, NotADirectoryError):
+            except FileNotFoundError:
+                # A directory without its record (a crash inside create): once it is surely
+                # not being created any more, nothing refers to it.
+                with suppress(OSError):
+                    if path.is_dir() and now - path.stat().st_mtime > COMPLETED_KEEP_S:
+                        shutil.rmtree(path, ignore_errors=True)
+                continue
+            except NotADirectoryError:
                 continue
             upload = self._load(path.name)
             if upload is None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import tarfile
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -292,3 +294,17 @@ def test_complete_document_gets_the_bucket_etags_of_parts_the_daemon_sent() -> N
         b"</CompleteMultipartUpload>"
     )
     assert bucket_part_etags(document, {'2 "bbb"': '"bbb"'}) == document
+
+
+def test_upload_directories_left_without_a_record_are_swept(tmp_path: Path) -> None:
+    store = UploadStore(tmp_path, sync=False)
+    old, fresh = store.root / ("a" * 32), store.root / ("b" * 32)
+    for directory in (old, fresh):
+        directory.mkdir(parents=True)
+        (directory / "part-00001").write_bytes(b"left by a crash in create")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    kept = store.create("b", "k", {})  # a new upload sweeps the directory
+    assert not old.exists()
+    assert fresh.exists()  # may still be in the middle of its create
+    assert store.get(kept.upload_id, "b", "k") is not None
