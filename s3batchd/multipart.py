@@ -409,6 +409,7 @@ async def _current_etag(call: Call) -> str | None:
 
 
 async def _complete_upstream(call: Call, upload: Upload, body: bytes) -> Response:
+    call.allow()
     body = bucket_part_etags(body, upload.bucket_etags)
     answer = await send_upstream(call, query=call.query(uploadId=upload.upstream_id), body=body)
     data = await read_all(answer)

@@ -182,8 +182,7 @@ def _reframed_headers(headers: dict[str, str], size: int, algorithm: str) -> dic
     out["content-encoding"] = ",".join(encodings)
     out["x-amz-decoded-content-length"] = str(size)
     out["x-amz-trailer"] = f"x-amz-checksum-{algorithm}"
-    if "x-amz-sdk-checksum-algorithm" not in out:
-        out["x-amz-sdk-checksum-algorithm"] = algorithm.upper()
+    out["x-amz-sdk-checksum-algorithm"] = algorithm.upper()  # the trailer's, whatever was asked
     return out
 
 

@@ -773,6 +773,27 @@ def test_passthrough_put_object_only(start_daemon: DaemonFactory, bucket: str) -
     assert [c["Key"] for c in client.list_objects_v2(Bucket=bucket)["Contents"]] == ["small"]
 
 
+def test_passthrough_allowlist_covers_the_complete_of_a_moved_upload(
+    start_daemon: DaemonFactory, bucket: str
+) -> None:
+    allowed = ["PutObject", "CreateMultipartUpload", "UploadPart", "AbortMultipartUpload"]
+    daemon = start_daemon(passthrough={"operations": allowed}, batch={"passthrough_bytes": MiB})
+    client = daemon.client(retries={"total_max_attempts": 1})
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key="m")["UploadId"]
+    part = client.upload_part(  # past batch.passthrough_bytes: the upload moves to the bucket
+        Bucket=bucket, Key="m", UploadId=upload_id, PartNumber=1, Body=_data(MiB, "m")
+    )
+    with pytest.raises(ClientError) as refused:
+        client.complete_multipart_upload(
+            Bucket=bucket,
+            Key="m",
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+        )
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    client.abort_multipart_upload(Bucket=bucket, Key="m", UploadId=upload_id)
+
+
 def test_unsigned_client_boto3_anonymous(daemon: Daemon, s3: S3Client, bucket: str) -> None:
     """An anonymous client (no credentials of its own): the daemon signs as itself."""
     from botocore import UNSIGNED
