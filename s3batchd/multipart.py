@@ -222,7 +222,7 @@ async def _keep_part(
         else:
             if upload.size + part.size > call.settings.limits.max_object_bytes:
                 raise EntityTooLarge("The parts exceed limits.max_object_bytes.")
-            if pipeline.over_quota(part.size):
+            if pipeline.over_quota(part.size + _store(call).held_bytes()):
                 raise SlowDown(
                     "The local spool is full; uploads are catching up.", headers=RETRY_SOON
                 )

@@ -36,6 +36,7 @@ UPLOADS_DIR = "_multipart"
 PIECE_BYTES = 1024 * 1024
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _PART = re.compile(r"^part-(\d{5})\.json$")
+_PART_DATA = re.compile(r"^part-\d{5}$")
 #: Completed uploads are remembered this long, so a retried CompleteMultipartUpload gets the
 #: same answer.
 COMPLETED_KEEP_S = 3600.0
@@ -226,6 +227,18 @@ class UploadStore:
     def read_part(self, upload: Upload, number: int) -> bytes:
         """A part's bytes."""
         return self.part_path(upload, number).read_bytes()
+
+    def held_bytes(self) -> int:
+        """Bytes of every part held on disk, by any worker (a directory scan: called for
+        UploadPart only, whose parts count against ``spool.max_bytes``)."""
+        total = 0
+        with suppress(FileNotFoundError):
+            for upload_dir in os.scandir(self.root):
+                with suppress(OSError):
+                    for entry in os.scandir(upload_dir.path):
+                        if _PART_DATA.match(entry.name):
+                            total += entry.stat().st_size
+        return total
 
     def iter_part(self, upload: Upload, number: int) -> Iterator[bytes]:
         """A part's bytes in pieces of at most 1 MiB."""

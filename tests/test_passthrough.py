@@ -682,6 +682,27 @@ def test_held_parts_go_to_the_bucket_when_the_upload_grows_past_the_threshold(
     assert not list((daemon.settings.spool.dir / "_multipart").rglob("part-*"))
 
 
+def test_held_parts_count_against_the_spool_quota(start_daemon: DaemonFactory, bucket: str) -> None:
+    daemon = start_daemon(spool={"max_bytes": 5 * MiB // 2})
+    client = daemon.client(retries={"total_max_attempts": 1})
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key="q")["UploadId"]
+    for number in (1, 2):  # 2 MiB held: within the 2.5 MiB quota
+        client.upload_part(
+            Bucket=bucket, Key="q", UploadId=upload_id, PartNumber=number, Body=b"q" * MiB
+        )
+    with pytest.raises(ClientError) as full:
+        client.upload_part(
+            Bucket=bucket, Key="q", UploadId=upload_id, PartNumber=3, Body=b"q" * MiB
+        )
+    assert full.value.response["Error"]["Code"] == "SlowDown"
+    assert full.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    client.abort_multipart_upload(Bucket=bucket, Key="q", UploadId=upload_id)
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key="q")["UploadId"]
+    client.upload_part(  # the aborted upload's parts no longer count
+        Bucket=bucket, Key="q", UploadId=upload_id, PartNumber=1, Body=b"q" * MiB
+    )
+
+
 def test_multipart_parts_survive_a_restart(start_daemon: DaemonFactory, bucket: str) -> None:
     first = start_daemon()
     client = first.client()
