@@ -183,6 +183,7 @@ def create_app(
         finally:
             await app.state.forwarder.aclose()
             await pipeline.close()
+            app.state.uploads.close()
 
     app = Starlette(lifespan=lifespan)  # HTTP goes through S3Front
     app.state.settings = settings

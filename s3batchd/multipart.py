@@ -18,6 +18,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from functools import partial
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape, unescape
 
@@ -25,6 +26,7 @@ from starlette.responses import Response
 
 from s3batchd.body import BodyBuffer
 from s3batchd.checksums import ALGORITHMS, b64, new_hasher
+from s3batchd.concurrency import run_in
 from s3batchd.constants import HEADER_PREFIX, MAX_PART_BYTES, MIN_PART_BYTES
 from s3batchd.copy import batched_source, read_source
 from s3batchd.errors import (
@@ -226,7 +228,8 @@ async def _keep_part(
                 raise SlowDown(
                     "The local spool is full; uploads are catching up.", headers=RETRY_SOON
                 )
-            _store(call).write_part(upload, part, body)
+            store = _store(call)
+            await run_in(store.executor, partial(store.write_part, upload, part, body))
             etag = f'"{part.md5_hex}"'
     headers = {}
     if part.checksum:

@@ -23,6 +23,7 @@ import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,6 +98,13 @@ class UploadStore:
         self._locks: dict[str, asyncio.Lock] = {}
         self._receiving: dict[str, int] = {}
         self._swept = 0.0
+        self.executor = ThreadPoolExecutor(2, "s3batchd-parts")
+        """Writes (and fdatasyncs) of held parts, off the event loop. Its own threads: the
+        default pool's also wait for other workers' upload locks."""
+
+    def close(self) -> None:
+        """Stop the part-writing threads (after the writes in progress)."""
+        self.executor.shutdown(wait=True)
 
     def create(
         self,
