@@ -20,22 +20,10 @@ from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from s3batchd.seaweed import free_ports, weed_binary
+from s3batchd.seaweed import free_ports, s3_port, weed_mini_args, weed_ports
 
 BUCKET = "bench"
 MIB = 1024 * 1024
-_WEED_PORT_FLAGS = (
-    "master.port",
-    "master.port.grpc",
-    "volume.port",
-    "volume.port.grpc",
-    "filer.port",
-    "filer.port.grpc",
-    "s3.port",
-    "s3.port.grpc",
-    "admin.port",
-    "admin.port.grpc",
-)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -131,30 +119,13 @@ class Seaweed(Server):
     def start(cls, data_dir: Path, *, timeout: float = 90) -> Seaweed:
         """Start it on free loopback ports with the bucket ``bench`` and wait until it serves."""
         data_dir.mkdir(parents=True, exist_ok=True)
-        ports = free_ports(len(_WEED_PORT_FLAGS))
-        flags = [f"-{flag}={port}" for flag, port in zip(_WEED_PORT_FLAGS, ports, strict=True)]
-        args = [
-            weed_binary(),
-            "mini",
-            f"-dir={data_dir}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            *flags,
-            "-master.telemetry=false",
-            "-admin.ui=false",
-            "-webdav=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            "-s3.autoCreateBucket=false",
-            "-master.volumeSizeLimitMB=64",
-            "-volume.max=2000",
-            f"-bucket={BUCKET}",
-        ]
+        ports = weed_ports()
+        args = weed_mini_args(data_dir, ports, (BUCKET,))
         started = time.monotonic()
         # No AWS_ACCESS_KEY_ID: weed mini then creates no identity and allows anonymous access.
         server = cls("seaweedfs", _spawn(args, data_dir / "weed.log", clean_env()), data_dir)
         server.log_path = data_dir / "weed.log"
-        server.endpoint_url = f"http://127.0.0.1:{ports[_WEED_PORT_FLAGS.index('s3.port')]}"
+        server.endpoint_url = f"http://127.0.0.1:{s3_port(ports)}"
         try:
             server.wait_answering(
                 f"{server.endpoint_url}/{BUCKET}", timeout=timeout, started=started

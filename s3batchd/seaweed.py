@@ -121,18 +121,19 @@ def weed_binary() -> str:
     return found
 
 
-def start_local_s3(
-    data_dir: Path,
-    *,
-    access_key: str = "s3batchd",
-    secret_key: str = "s3batchd-local-secret",  # noqa: S107  a local development server
-    buckets: tuple[str, ...] = (),
-    ports: list[int] | None = None,
-    timeout: float = 60,
-) -> LocalS3:
-    """Start ``weed mini`` on 127.0.0.1 and wait until it answers S3 requests."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    ports = list(ports) if ports is not None else free_ports(len(_PORT_FLAGS))
+def weed_ports() -> list[int]:
+    """Free loopback ports for every listener of ``weed mini`` (see ``weed_mini_args``)."""
+    return free_ports(len(_PORT_FLAGS))
+
+
+def s3_port(ports: list[int]) -> int:
+    """The S3 port among ``weed_mini_args``'s ``ports``."""
+    return ports[_PORT_FLAGS.index("s3.port")]
+
+
+def weed_mini_args(data_dir: Path, ports: list[int], buckets: tuple[str, ...] = ()) -> list[str]:
+    """The ``weed mini`` command line: every listener on 127.0.0.1 at ``ports`` (one per
+    entry of ``_PORT_FLAGS``), nothing but S3, ``buckets`` created at start."""
     flags = [f"-{flag}={port}" for flag, port in zip(_PORT_FLAGS, ports, strict=True)]
     args = [
         weed_binary(),
@@ -154,13 +155,29 @@ def start_local_s3(
     ]
     if buckets:
         args.append("-bucket=" + ",".join(buckets))
+    return args
+
+
+def start_local_s3(
+    data_dir: Path,
+    *,
+    access_key: str = "s3batchd",
+    secret_key: str = "s3batchd-local-secret",  # noqa: S107  a local development server
+    buckets: tuple[str, ...] = (),
+    ports: list[int] | None = None,
+    timeout: float = 60,
+) -> LocalS3:
+    """Start ``weed mini`` on 127.0.0.1 and wait until it answers S3 requests."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ports = list(ports) if ports is not None else weed_ports()
+    args = weed_mini_args(data_dir, ports, buckets)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     log_path = data_dir / "weed.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-    endpoint = f"http://127.0.0.1:{ports[_PORT_FLAGS.index('s3.port')]}"
+    endpoint = f"http://127.0.0.1:{s3_port(ports)}"
     server = LocalS3(endpoint, access_key, secret_key, process, log_path, ports)
     try:
         _wait_ready(server, buckets, timeout)
