@@ -24,6 +24,7 @@ from s3batchd.passthrough import Call, forward, read_small_body, send_upstream
 from s3batchd.pipeline import Pipeline
 from s3batchd.proxy import read_all, relay_read
 from s3batchd.s3api import SUBRESOURCES, check_bucket, check_host, check_key, parse_target
+from s3batchd.s3xml import local_name
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +126,9 @@ def _unversioned_keys(body: bytes) -> list[str]:
         raise MalformedXML() from exc
     keys = []
     for node in root:
-        if _local(node.tag) != "Object":
+        if local_name(node.tag) != "Object":
             continue
-        fields = {_local(child.tag): child.text or "" for child in node}
+        fields = {local_name(child.tag): child.text or "" for child in node}
         if "Key" in fields and "VersionId" not in fields:
             keys.append(fields["Key"])
     return keys
@@ -142,13 +143,9 @@ def _deleted(keys: list[str], answer: bytes) -> list[str]:
         return []  # not a DeleteResult: hide nothing the bucket may not have deleted
     failed: set[str] = set()
     for node in root:
-        if _local(node.tag) == "Error":
-            failed.update(c.text or "" for c in node if _local(c.tag) == "Key")
+        if local_name(node.tag) == "Error":
+            failed.update(c.text or "" for c in node if local_name(c.tag) == "Key")
     return [key for key in keys if key not in failed]
-
-
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
 
 
 HANDLERS: dict[str, Handler] = {

@@ -64,6 +64,7 @@ from s3batchd.s3api import (
     unbatchable,
     verify_body,
 )
+from s3batchd.s3xml import local_name
 from s3batchd.spool import TMP_DIR
 from s3batchd.uploads import Part, Upload, UploadStore
 
@@ -467,9 +468,9 @@ def _listed_parts(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
         raise MalformedXML() from exc
     listed = []
     for node in root:
-        if _local(node.tag) != "Part":
+        if local_name(node.tag) != "Part":
             continue
-        fields = {_local(child.tag): (child.text or "").strip() for child in node}
+        fields = {local_name(child.tag): (child.text or "").strip() for child in node}
         try:
             number = int(fields.get("PartNumber", ""))
         except ValueError as exc:
@@ -662,8 +663,9 @@ async def list_multipart_uploads(call: Call) -> Response:
         data = await read_all(answer)
         if answer.status_code != 200:
             return Response(data, status_code=answer.status_code, media_type="application/xml")
-        entries.extend(_their_uploads(data, moved))
-        paging, prefixes = _their_paging(data, moved)
+        root = _parse_listing(data)
+        entries.extend(_their_uploads(root, moved))
+        paging, prefixes = _their_paging(root, moved)
     entries.sort(key=lambda entry: (entry[0], entry[1]))
     return _xml(
         f'<ListMultipartUploadsResult xmlns="{_S3_NS}"><Bucket>{escape(call.target.bucket)}'
@@ -675,11 +677,10 @@ async def list_multipart_uploads(call: Call) -> Response:
     )
 
 
-def _their_paging(data: bytes, moved: dict[str, str]) -> tuple[str, str]:
+def _their_paging(root: ElementTree.Element, moved: dict[str, str]) -> tuple[str, str]:
     """The bucket's truncation and next markers (upload ids as the client knows them), and
     its common prefixes, as XML."""
-    root = ElementTree.fromstring(data)  # noqa: S314  parsed once already by _their_uploads
-    fields = {_local(node.tag): node.text or "" for node in root if len(node) == 0}
+    fields = {local_name(node.tag): node.text or "" for node in root if len(node) == 0}
     paging = f"<IsTruncated>{escape(fields.get('IsTruncated', 'false'))}</IsTruncated>"
     if fields.get("NextKeyMarker"):
         paging += f"<NextKeyMarker>{escape(fields['NextKeyMarker'])}</NextKeyMarker>"
@@ -689,9 +690,9 @@ def _their_paging(data: bytes, moved: dict[str, str]) -> tuple[str, str]:
     prefixes = "".join(
         f"<CommonPrefixes><Prefix>{escape(child.text or '')}</Prefix></CommonPrefixes>"
         for node in root
-        if _local(node.tag) == "CommonPrefixes"
+        if local_name(node.tag) == "CommonPrefixes"
         for child in node
-        if _local(child.tag) == "Prefix"
+        if local_name(child.tag) == "Prefix"
     )
     return paging, prefixes
 
@@ -703,16 +704,21 @@ def _upload_xml(key: str, upload_id: str, initiated: str) -> str:
     )
 
 
-def _their_uploads(data: bytes, moved: dict[str, str]) -> list[tuple[str, float, str]]:
+def _parse_listing(data: bytes) -> ElementTree.Element:
     try:
-        root = ElementTree.fromstring(data)  # noqa: S314  expat expands no entities
+        return ElementTree.fromstring(data)  # noqa: S314  expat expands no entities
     except ElementTree.ParseError as exc:
         raise MalformedXML("The bucket's upload listing could not be parsed.") from exc
+
+
+def _their_uploads(
+    root: ElementTree.Element, moved: dict[str, str]
+) -> list[tuple[str, float, str]]:
     found = []
     for node in root:
-        if _local(node.tag) != "Upload":
+        if local_name(node.tag) != "Upload":
             continue
-        fields = {_local(child.tag): child.text or "" for child in node}
+        fields = {local_name(child.tag): child.text or "" for child in node}
         upload_id = moved.get(fields.get("UploadId", ""), fields.get("UploadId", ""))
         initiated = fields.get("Initiated", "")
         found.append(
@@ -738,13 +744,9 @@ def _find(body: bytes, name: str) -> str:
     except ElementTree.ParseError:
         return ""
     for node in root.iter():
-        if _local(node.tag) == name:
+        if local_name(node.tag) == name:
             return node.text or ""
     return ""
-
-
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
 
 
 MULTIPART_HANDLERS: dict[str, Handler] = {
