@@ -8,7 +8,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 import tarfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ import pytest
 from botocore.config import Config
 
 from s3batchd.seaweed import LocalS3
+from tests.awscli import aws
 from tests.batches import Location, fetch, indexed_objects, indexes, keys
 from tests.conftest import CHECKSUM_MODES, ChecksumMode, Daemon, DaemonFactory, wait_for
 from tests.daemon_process import DaemonProcess
@@ -125,40 +125,19 @@ def test_aws_cli_put_object_and_cp(
 ) -> None:
     small = tmp_path / "small.txt"
     small.write_bytes(b"hello from aws-cli\n" * 10)
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": "app-key",
-        "AWS_SECRET_ACCESS_KEY": "app-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    aws = [str(Path(sys.executable).parent / "aws"), "--endpoint-url", daemon.url]
-    result = subprocess.run(
-        [
-            *aws,
-            "s3api",
-            "put-object",
-            "--bucket",
-            bucket,
-            "--key",
-            "cli/api.txt",
-            "--body",
-            str(small),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-        timeout=60,
+    answer = aws(
+        daemon.url,
+        "s3api",
+        "put-object",
+        "--bucket",
+        bucket,
+        "--key",
+        "cli/api.txt",
+        "--body",
+        str(small),
     )
-    assert json.loads(result.stdout)["ETag"] == f'"{hashlib.md5(small.read_bytes()).hexdigest()}"'
-    subprocess.run(
-        [*aws, "s3", "cp", str(small), f"s3://{bucket}/cli/cp.txt"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-        timeout=60,
-    )
+    assert json.loads(answer)["ETag"] == f'"{hashlib.md5(small.read_bytes()).hexdigest()}"'
+    aws(daemon.url, "s3", "cp", str(small), f"s3://{bucket}/cli/cp.txt")
     wait_for(lambda: indexed_objects(s3, bucket) == 2)
     for obj in (o for doc in indexes(s3, bucket) for o in doc["objects"]):
         location = Location(

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +12,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from s3batchd.seaweed import LocalS3
+from tests.awscli import aws
 from tests.batches import indexed_objects
 from tests.conftest import Daemon, DaemonFactory, wait_for
 from tests.daemon_process import DaemonProcess
@@ -157,31 +155,10 @@ def test_aws_cli_ls_and_cp_back(daemon: Daemon, bucket: str, tmp_path: Path) -> 
     client = daemon.client()
     client.put_object(Bucket=bucket, Key="logs/one two.txt", Body=b"spaced key")
     client.put_object(Bucket=bucket, Key="logs/b+c.txt", Body=b"plus key")
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": "app-key",
-        "AWS_SECRET_ACCESS_KEY": "app-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    aws = [str(Path(sys.executable).parent / "aws"), "--endpoint-url", daemon.url]
-    listing = subprocess.run(
-        [*aws, "s3", "ls", f"s3://{bucket}/logs/"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-        timeout=60,
-    ).stdout
+    listing = aws(daemon.url, "s3", "ls", f"s3://{bucket}/logs/")
     assert "one two.txt" in listing and "b+c.txt" in listing
     target = tmp_path / "back.txt"
-    subprocess.run(
-        [*aws, "s3", "cp", f"s3://{bucket}/logs/one two.txt", str(target)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-        timeout=60,
-    )
+    aws(daemon.url, "s3", "cp", f"s3://{bucket}/logs/one two.txt", str(target))
     assert target.read_bytes() == b"spaced key"
 
 

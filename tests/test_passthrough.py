@@ -11,8 +11,6 @@ import hashlib
 import http.client
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.request
 import zlib
@@ -26,6 +24,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from tests.awscli import aws
 from tests.batches import indexed_objects
 from tests.conftest import Daemon, DaemonFactory, wait_for
 from tests.daemon_process import DaemonProcess
@@ -50,21 +49,6 @@ def _data(size: int, seed: str) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-def _aws(daemon: Daemon, *args: str, cwd: Path | None = None) -> str:
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": "app-key",
-        "AWS_SECRET_ACCESS_KEY": "app-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    aws = [str(Path(sys.executable).parent / "aws"), "--endpoint-url", daemon.url]
-    result = subprocess.run(
-        [*aws, *args], capture_output=True, text=True, env=env, check=False, cwd=cwd, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
 def _batched(answer: dict[str, object]) -> bool:
     headers = answer["ResponseMetadata"]["HTTPHeaders"]  # type: ignore[index]
     return "x-s3batchd-tar" in headers
@@ -78,12 +62,12 @@ def test_aws_cli_cp_large_file_goes_to_the_bucket_and_back(
     data = _data(50 * MiB, "cp")
     source = tmp_path / "big.bin"
     source.write_bytes(data)
-    _aws(daemon, "s3", "cp", str(source), f"s3://{bucket}/cli/big.bin")
+    aws(daemon.url, "s3", "cp", str(source), f"s3://{bucket}/cli/big.bin", timeout=300)
     direct = s3.head_object(Bucket=bucket, Key="cli/big.bin")
     assert direct["ContentLength"] == len(data)
     assert direct["ETag"].endswith('-7"')  # 6 parts of 8 MiB and one of 2 MiB, S3's own ETag
     back = tmp_path / "back.bin"
-    _aws(daemon, "s3", "cp", f"s3://{bucket}/cli/big.bin", str(back))
+    aws(daemon.url, "s3", "cp", f"s3://{bucket}/cli/big.bin", str(back), timeout=300)
     assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(data).digest()
     assert daemon.pipeline.catalog.count() == 0
     # No part is left in the spool; the completed upload's answer is kept for an hour, for a
@@ -106,20 +90,20 @@ def test_aws_cli_sync_mixed_sizes_and_ls(
     for name, content in files.items():
         (source / name).write_bytes(content)
         os.utime(source / name, (written, written))
-    _aws(daemon, "s3", "sync", str(source), f"s3://{bucket}/sync/")
+    aws(daemon.url, "s3", "sync", str(source), f"s3://{bucket}/sync/", timeout=300)
     # The small files are batched, the large ones are objects in the bucket.
     assert daemon.pipeline.catalog.count() == 12
     assert s3.head_object(Bucket=bucket, Key="sync/large-b.bin")["ContentLength"] == 9 * MiB
-    listed = _aws(daemon, "s3", "ls", "--recursive", f"s3://{bucket}/sync/")
+    listed = aws(daemon.url, "s3", "ls", "--recursive", f"s3://{bucket}/sync/", timeout=300)
     names = sorted(line.split()[-1] for line in listed.splitlines())
     assert names == sorted(f"sync/{name}" for name in files)
-    top = _aws(daemon, "s3", "ls", f"s3://{bucket}/sync/")
+    top = aws(daemon.url, "s3", "ls", f"s3://{bucket}/sync/", timeout=300)
     assert "PRE deep/" in top
     # A second sync finds nothing to do (sizes and times agree), and a sync back is exact.
-    again = _aws(daemon, "s3", "sync", str(source), f"s3://{bucket}/sync/")
+    again = aws(daemon.url, "s3", "sync", str(source), f"s3://{bucket}/sync/", timeout=300)
     assert again.strip() == ""
     target = tmp_path / "target"
-    _aws(daemon, "s3", "sync", f"s3://{bucket}/sync/", str(target))
+    aws(daemon.url, "s3", "sync", f"s3://{bucket}/sync/", str(target), timeout=300)
     for name, content in files.items():
         assert (target / name).read_bytes() == content, name
 
