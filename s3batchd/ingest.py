@@ -16,6 +16,7 @@ from s3batchd.constants import HEADER_PREFIX, MAX_SINGLE_PUT_BYTES
 from s3batchd.errors import (
     InternalError,
     InvalidArgument,
+    NoSuchKey,
     NotImplementedS3,
     PreconditionFailed,
     SlowDown,
@@ -146,21 +147,42 @@ def _conditions(pipeline: Pipeline, call: Call, reason: str) -> tuple[dict[str, 
     """Conditional writes against a batched key are decided here (the bucket does not hold
     it yet): ``If-None-Match: *`` fails, ``If-Match`` compares the batched ETag and, when it
     holds, the object is batched. Otherwise the bucket decides (the PUT is forwarded)."""
+    rest = decided_here(pipeline, call, "PutObject")
+    if rest is None:
+        return call.headers, reason
+    return rest, unbatchable(rest)
+
+
+CONDITIONAL_HEADERS = frozenset({"if-match", "if-none-match"})
+
+
+def decided_here(pipeline: Pipeline, call: Call, operation: str) -> dict[str, str] | None:
+    """A write's conditional headers when the key's current object is batched (the bucket
+    does not hold it): checked against that object, and the headers without them returned.
+    None when the bucket decides (no condition, or nothing batched under the key)."""
     headers = call.headers
-    conditional = {"if-match", "if-none-match"}
-    if not conditional & headers.keys():
-        return headers, reason
-    rest = {k: v for k, v in headers.items() if k not in conditional}
+    if not CONDITIONAL_HEADERS & headers.keys():
+        return None
     entry = pipeline.catalog.get(call.target.bucket, call.target.key)
     if entry is None:
-        return headers, reason
+        return None
+    check_write_conditions(headers, entry.record.etag, operation)
+    return {k: v for k, v in headers.items() if k not in CONDITIONAL_HEADERS}
+
+
+def check_write_conditions(headers: dict[str, str], etag: str | None, operation: str) -> None:
+    """``If-None-Match: *`` and ``If-Match`` of a write against the ETag of the key's current
+    object (None: there is none)."""
     if "if-none-match" in headers:
         if headers["if-none-match"].strip() != "*":
-            raise NotImplementedS3("If-None-Match on PutObject only takes '*'.")
-        raise PreconditionFailed()
-    if not etag_matches(headers["if-match"], entry.record.etag):
-        raise PreconditionFailed()
-    return rest, unbatchable(rest)
+            raise NotImplementedS3(f"If-None-Match on {operation} only takes '*'.")
+        if etag is not None:
+            raise PreconditionFailed()
+    if "if-match" in headers:
+        if etag is None:
+            raise NoSuchKey()
+        if not etag_matches(headers["if-match"], etag):
+            raise PreconditionFailed()
 
 
 def forward_threshold(settings: Settings) -> int:

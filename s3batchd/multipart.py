@@ -36,22 +36,22 @@ from s3batchd.errors import (
     InvalidPart,
     InvalidPartOrder,
     MalformedXML,
-    NoSuchKey,
     NoSuchUpload,
-    NotImplementedS3,
-    PreconditionFailed,
     S3Error,
     ServiceUnavailable,
     SlowDown,
 )
 from s3batchd.ingest import (
+    CONDITIONAL_HEADERS,
     append,
+    check_write_conditions,
+    decided_here,
     forward_threshold,
     hide_batched,
     put_response_headers,
     requested_durability,
 )
-from s3batchd.objects import etag_matches, iso_time
+from s3batchd.objects import iso_time
 from s3batchd.passthrough import Call, forward, read_small_body, receive_body, send_upstream
 from s3batchd.pipeline import Pipeline
 from s3batchd.proxy import RETRY_SOON, forward_headers, read_all, relay_read
@@ -355,43 +355,19 @@ async def complete_multipart_upload(call: Call) -> Response:
         return await _complete_here(call, upload, _listed_parts(body))
 
 
-_CONDITIONAL = ("if-match", "if-none-match")
-
-
 async def _write_conditions(call: Call) -> None:
     """``If-None-Match: *`` / ``If-Match`` of a Complete the daemon assembles, against the
     key's current object: the batched one, else the bucket's."""
-    headers = call.headers
-    if not any(name in headers for name in _CONDITIONAL):
-        return
-    etag = await _current_etag(call)
-    _check_conditions(headers, etag)
+    if CONDITIONAL_HEADERS & call.headers.keys():
+        etag = await _current_etag(call)
+        check_write_conditions(call.headers, etag, "CompleteMultipartUpload")
 
 
 async def _batched_conditions(call: Call) -> Call:
     """A Complete the bucket assembles: conditions on a key whose current object is batched
     are decided here (the bucket does not hold it) and not sent on; else the bucket decides."""
-    if not any(name in call.headers for name in _CONDITIONAL):
-        return call
-    entry = _pipeline(call).catalog.get(call.target.bucket, call.target.key)
-    if entry is None:
-        return call
-    _check_conditions(call.headers, entry.record.etag)
-    rest = {k: v for k, v in call.headers.items() if k not in _CONDITIONAL}
-    return dataclasses.replace(call, headers=rest)
-
-
-def _check_conditions(headers: dict[str, str], etag: str | None) -> None:
-    if "if-none-match" in headers:
-        if headers["if-none-match"].strip() != "*":
-            raise NotImplementedS3("If-None-Match on CompleteMultipartUpload only takes '*'.")
-        if etag is not None:
-            raise PreconditionFailed()
-    if "if-match" in headers:
-        if etag is None:
-            raise NoSuchKey()
-        if not etag_matches(headers["if-match"], etag):
-            raise PreconditionFailed()
+    rest = decided_here(_pipeline(call), call, "CompleteMultipartUpload")
+    return call if rest is None else dataclasses.replace(call, headers=rest)
 
 
 async def _current_etag(call: Call) -> str | None:
