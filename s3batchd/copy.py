@@ -23,14 +23,12 @@ from s3batchd.errors import (
 )
 from s3batchd.ingest import requested_durability, store, written_upstream
 from s3batchd.objects import (
-    ObjectSource,
     check_conditions,
     http_date,
     iso_time,
     read_bytes,
 )
 from s3batchd.passthrough import Call, send_upstream
-from s3batchd.pipeline import Pipeline
 from s3batchd.s3api import (
     DEFAULT_CONTENT_TYPE,
     check_bucket,
@@ -64,8 +62,7 @@ def batched_source(call: Call) -> CatalogEntry | None:
     bucket, key, version = parse_copy_source(call.headers["x-amz-copy-source"])
     if version is not None:
         return None
-    pipeline: Pipeline = call.request.app.state.pipeline
-    return pipeline.catalog.get(bucket, key)
+    return call.pipeline.catalog.get(bucket, key)
 
 
 def copy_range(value: str, size: int) -> tuple[int, int]:
@@ -94,10 +91,7 @@ async def read_source(call: Call, entry: CatalogEntry, byte_range: str | None) -
     if not check_conditions(entry, conditions):
         # S3 answers a failed copy-source If-None-Match / If-Modified-Since with 412.
         raise PreconditionFailed()
-    pipeline: Pipeline = call.request.app.state.pipeline
-    source = ObjectSource(
-        pipeline.catalog, pipeline.spools, pipeline.client, pipeline.read_executor
-    )
+    source = call.pipeline.object_source()
     size = entry.record.size
     span = copy_range(byte_range, size) if byte_range is not None else None
     first, last = span if span is not None else (0, size - 1)
@@ -147,7 +141,7 @@ async def copy_object(call: Call) -> Response:
     kept = {k: v for k, v in record.headers.items() if k != "x-amz-tagging"}
     tags = (headers if tagging == "REPLACE" else entry.record.headers).get("x-amz-tagging")
     record = replace(record, headers=kept | ({"x-amz-tagging": tags} if tags else {}))
-    pipeline: Pipeline = call.request.app.state.pipeline
+    pipeline = call.pipeline
     body = BodyBuffer(memory_limit=len(data), spill_dir=pipeline.settings.spool.dir)
     body.write(data)
     durability = requested_durability(headers, pipeline.settings.spool.durability)

@@ -18,10 +18,9 @@ from s3batchd.errors import MalformedXML, NotImplementedS3
 from s3batchd.ingest import hide_batched, put_object, written_upstream
 from s3batchd.listing import list_objects_merged
 from s3batchd.multipart import MULTIPART_HANDLERS, list_multipart_uploads
-from s3batchd.objects import ObjectSource, get_object
+from s3batchd.objects import get_object
 from s3batchd.operations import operation_of
 from s3batchd.passthrough import Call, forward, read_small_body, send_upstream
-from s3batchd.pipeline import Pipeline
 from s3batchd.proxy import read_all, relay_read
 from s3batchd.s3api import SUBRESOURCES, check_bucket, check_host, check_key, parse_target
 from s3batchd.s3xml import local_name
@@ -64,15 +63,10 @@ async def serve(request: Request) -> Response:
     return await handler(call)
 
 
-def _pipeline(call: Call) -> Pipeline:
-    pipeline: Pipeline = call.request.app.state.pipeline
-    return pipeline
-
-
 async def read_object(call: Call) -> Response:
     """GetObject / HeadObject: a batched key from the spool or its tar, any other from the
     bucket."""
-    pipeline = _pipeline(call)
+    pipeline = call.pipeline
     target = call.target
     entry = pipeline.catalog.get(target.bucket, target.key)
     if entry is None:
@@ -80,9 +74,7 @@ async def read_object(call: Call) -> Response:
     other = sorted(SUBRESOURCES.intersection(target.query))
     if other:
         raise NotImplementedS3(f"{call.request.method} ?{other[0]} of a batched object.")
-    source = ObjectSource(
-        pipeline.catalog, pipeline.spools, pipeline.client, pipeline.read_executor
-    )
+    source = pipeline.object_source()
     return await get_object(
         source, target.bucket, target.key, call.headers, head=call.head, query=target.query
     )

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 async def put_object(call: Call) -> Response:
     """PutObject."""
     settings = call.settings
-    pipeline: Pipeline = call.request.app.state.pipeline
+    pipeline = call.pipeline
     headers = call.headers
     can_forward = settings.passthrough.allows("PutObject")
     reason = unbatchable(headers)
@@ -139,8 +139,7 @@ async def written_upstream(call: Call, upstream: httpx.Response) -> Response:
 async def hide_batched(call: Call, bucket: str, key: str) -> bool:
     """A newer object (or a delete) of ``key`` went to the bucket: the batched one must no
     longer be served. False if nothing was batched under ``key``."""
-    pipeline: Pipeline = call.request.app.state.pipeline
-    return await pipeline.hide(bucket, key)
+    return await call.pipeline.hide(bucket, key)
 
 
 def _conditions(pipeline: Pipeline, call: Call, reason: str) -> tuple[dict[str, str], str | None]:

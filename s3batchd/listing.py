@@ -20,7 +20,6 @@ from s3batchd.catalog import Catalog
 from s3batchd.errors import MalformedXML
 from s3batchd.objects import ListItem, ListQuery, common_prefix, list_xml, parse_list_query
 from s3batchd.passthrough import Call, forward
-from s3batchd.pipeline import Pipeline
 from s3batchd.proxy import read_all
 
 
@@ -33,7 +32,7 @@ class _Page:
 async def list_objects_merged(call: Call) -> Response:
     """ListObjects (v1) and ListObjectsV2."""
     query = parse_list_query(call.target.query)
-    pipeline: Pipeline = call.request.app.state.pipeline
+    pipeline = call.pipeline
     bucket = call.target.bucket
     catalog = pipeline.catalog
     allowed = call.settings.passthrough.allows(call.operation)

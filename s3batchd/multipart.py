@@ -53,7 +53,6 @@ from s3batchd.ingest import (
 )
 from s3batchd.objects import iso_time
 from s3batchd.passthrough import Call, forward, read_small_body, receive_body, send_upstream
-from s3batchd.pipeline import Pipeline
 from s3batchd.proxy import RETRY_SOON, forward_headers, read_all, relay_read
 from s3batchd.records import ObjectRecord
 from s3batchd.s3api import (
@@ -78,11 +77,6 @@ Handler = Callable[[Call], Awaitable[Response]]
 def _store(call: Call) -> UploadStore:
     store: UploadStore = call.request.app.state.uploads
     return store
-
-
-def _pipeline(call: Call) -> Pipeline:
-    pipeline: Pipeline = call.request.app.state.pipeline
-    return pipeline
 
 
 def _held(call: Call) -> Upload | None:
@@ -214,7 +208,7 @@ async def _keep_part(
 ) -> Response:
     """Keep a received part in the spool, or send it to the bucket if the upload moved there
     (or the parts now pass the threshold) while it was received."""
-    pipeline = _pipeline(call)
+    pipeline = call.pipeline
     async with _store(call).locked(upload_id) as locked:
         upload = _still_open(locked)
         threshold = forward_threshold(call.settings)
@@ -366,14 +360,14 @@ async def _write_conditions(call: Call) -> None:
 async def _batched_conditions(call: Call) -> Call:
     """A Complete the bucket assembles: conditions on a key whose current object is batched
     are decided here (the bucket does not hold it) and not sent on; else the bucket decides."""
-    rest = decided_here(_pipeline(call), call, "CompleteMultipartUpload")
+    rest = decided_here(call.pipeline, call, "CompleteMultipartUpload")
     return call if rest is None else dataclasses.replace(call, headers=rest)
 
 
 async def _current_etag(call: Call) -> str | None:
     """The ETag of the key's current object (batched, else in the bucket), None if none."""
     bucket, key = call.target.bucket, call.target.key
-    entry = _pipeline(call).catalog.get(bucket, key)
+    entry = call.pipeline.catalog.get(bucket, key)
     if entry is not None:
         return entry.record.etag
     answer = await call.forwarder.send("HEAD", bucket, key, [], {})
@@ -507,7 +501,7 @@ async def _complete_here(
             mtime=time.time(),
             multipart_etag=multipart_etag,
         )
-        pipeline = _pipeline(call)
+        pipeline = call.pipeline
         durability = requested_durability(call.headers, settings.spool.durability)
         entry = await append(call, pipeline, record, body, durability)
     finally:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import httpx
 
     from s3batchd.config import Settings
+    from s3batchd.pipeline import Pipeline
     from s3batchd.sigv4 import AuthContext
 
 
@@ -53,6 +54,12 @@ class Call:
         """The daemon's settings."""
         settings: Settings = self.request.app.state.settings
         return settings
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The daemon's batcher, uploader and catalog."""
+        pipeline: Pipeline = self.request.app.state.pipeline
+        return pipeline
 
     @property
     def forwarder(self) -> Forwarder:

@@ -21,6 +21,7 @@ from s3batchd.concurrency import run_in, run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import InternalError, SpoolError
 from s3batchd.index import IndexEntry, WriterId
+from s3batchd.objects import ObjectSource
 from s3batchd.records import EMPTY_MD5, ObjectRecord, SealedBatch, SpoolEntry
 from s3batchd.spool import batches_on_disk, check_writable, lock_spool, recover, scan
 from s3batchd.uploader import Uploader
@@ -249,6 +250,10 @@ class Pipeline:
         self.catalog.close()
         logger.info("shutdown: done (%s)", "all uploaded" if self.drained else "batches kept")
         return self.drained
+
+    def object_source(self) -> ObjectSource:
+        """Where reads of batched objects get their bytes."""
+        return ObjectSource(self.catalog, self.spools, self.client, self.read_executor)
 
     @property
     def spool_bytes(self) -> int:
