@@ -17,7 +17,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape, unescape
@@ -52,7 +52,14 @@ from s3batchd.ingest import (
     requested_durability,
 )
 from s3batchd.objects import iso_time
-from s3batchd.passthrough import Call, forward, read_small_body, receive_body, send_upstream
+from s3batchd.passthrough import (
+    Call,
+    forward,
+    read_small_body,
+    receive_body,
+    send_upstream,
+    streamed,
+)
 from s3batchd.proxy import RETRY_SOON, forward_headers, read_all, relay_read
 from s3batchd.records import ObjectRecord
 from s3batchd.s3api import (
@@ -277,17 +284,12 @@ async def _send_part(call: Call, upload: Upload, part: Part, pieces: Iterable[by
         headers[f"x-amz-checksum-{upload.checksum_algorithm}"] = part.checksum
     query = [("partNumber", str(part.number)), ("uploadId", upload.upstream_id)]
     answer = await call.forwarder.send(
-        "PUT", upload.bucket, upload.key, query, headers, _streamed(pieces), part.size
+        "PUT", upload.bucket, upload.key, query, headers, streamed(pieces), part.size
     )
     body = await read_all(answer)
     if answer.status_code != 200:
         raise upstream_error(answer.status_code, body)
     return str(answer.headers.get("etag", f'"{part.md5_hex}"'))
-
-
-async def _streamed(pieces: Iterable[bytes]) -> AsyncIterator[bytes]:
-    for piece in pieces:
-        yield piece
 
 
 async def _abort_upstream(call: Call, upstream_id: str) -> None:

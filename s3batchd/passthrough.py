@@ -3,7 +3,7 @@ PUT is, re-signed and streamed both ways (the response is the bucket's, unchange
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -235,7 +235,7 @@ async def send_buffer(
     target = call.target
     headers = forward_headers(call.headers, HEADER_PREFIX)
     algorithm = _algorithm(put)
-    stream = reframe(_chunks(body), algorithm, lambda: checksums)
+    stream = reframe(streamed(body.chunks()), algorithm, lambda: checksums)
     try:
         return await call.forwarder.send(
             call.request.method,
@@ -259,6 +259,7 @@ async def _consumed(call: Call, stream: AsyncIterator[bytes]) -> AsyncIterator[b
     call.request.state.body_consumed = True
 
 
-async def _chunks(body: BodyBuffer) -> AsyncIterator[bytes]:
-    for chunk in body.chunks():
-        yield chunk
+async def streamed(pieces: Iterable[bytes]) -> AsyncIterator[bytes]:
+    """``pieces`` as an async iterator (what the forwarder sends)."""
+    for piece in pieces:
+        yield piece
