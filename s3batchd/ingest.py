@@ -64,9 +64,7 @@ async def put_object(call: Call) -> Response:
     durability = requested_durability(headers, settings.spool.durability)
     if pipeline.draining:
         raise SlowDown("The daemon is shutting down.", headers=RETRY_SOON)
-    if pipeline.over_quota(put.declared_size or 0):
-        # Backpressure instead of loss: every S3 client retries 503 SlowDown.
-        raise SlowDown("The local spool is full; uploads are catching up.", headers=RETRY_SOON)
+    check_quota(pipeline, put.declared_size or 0)
     body, digests = await read_body(
         put,
         call.request.receive,
@@ -92,6 +90,13 @@ async def put_object(call: Call) -> Response:
         return await store(call, pipeline, record, body, durability)
     finally:
         body.close()
+
+
+def check_quota(pipeline: Pipeline, incoming: int) -> None:
+    """503 SlowDown if ``incoming`` more bytes would take the spool past ``spool.max_bytes``:
+    backpressure instead of loss (every S3 client retries it)."""
+    if pipeline.over_quota(incoming):
+        raise SlowDown("The local spool is full; uploads are catching up.", headers=RETRY_SOON)
 
 
 async def store(

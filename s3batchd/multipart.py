@@ -39,11 +39,11 @@ from s3batchd.errors import (
     NoSuchUpload,
     S3Error,
     ServiceUnavailable,
-    SlowDown,
 )
 from s3batchd.ingest import (
     CONDITIONAL_HEADERS,
     append,
+    check_quota,
     check_write_conditions,
     decided_here,
     forward_threshold,
@@ -215,8 +215,8 @@ async def _keep_part(
 ) -> Response:
     """Keep a received part in the spool, or send it to the bucket if the upload moved there
     (or the parts now pass the threshold) while it was received."""
-    pipeline = call.pipeline
-    async with _store(call).locked(upload_id) as locked:
+    store = _store(call)
+    async with store.locked(upload_id) as locked:
         upload = _still_open(locked)
         threshold = forward_threshold(call.settings)
         if not upload.upstream_id and upload.size + part.size >= threshold and _can_promote(call):
@@ -226,11 +226,7 @@ async def _keep_part(
         else:
             if upload.size + part.size > call.settings.limits.max_object_bytes:
                 raise EntityTooLarge("The parts exceed limits.max_object_bytes.")
-            if pipeline.over_quota(part.size + _store(call).held_bytes()):
-                raise SlowDown(
-                    "The local spool is full; uploads are catching up.", headers=RETRY_SOON
-                )
-            store = _store(call)
+            check_quota(call.pipeline, part.size + store.held_bytes())
             await run_in(store.executor, partial(store.write_part, upload, part, body))
             etag = f'"{part.md5_hex}"'
     headers = {}
