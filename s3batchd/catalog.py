@@ -13,7 +13,7 @@ import fcntl
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -221,12 +221,9 @@ class Catalog:
         uploaded: bool,
     ) -> None:
         """Record every object of a batch in one transaction."""
-        self.flush()
-        with self._transaction():
-            for entry in entries:
-                self._apply(bucket, batch_id, tar_key, entry, uploaded=uploaded)
+        self.put_all(CatalogWrite(bucket, batch_id, tar_key, entry, uploaded) for entry in entries)
 
-    def put_all(self, writes: Sequence[CatalogWrite]) -> None:
+    def put_all(self, writes: Iterable[CatalogWrite]) -> None:
         """Record objects and tombstones in order, in one transaction (all or none)."""
         self.flush()
         with self._transaction():
