@@ -172,9 +172,7 @@ class Catalog:
         per PUT cost more than the rest of the catalog's work. The catalog is rebuilt from the
         spool at start, so a crash loses nothing that was not already on disk."""
         if entry.record.deleted:
-            self.flush()
-            with self._transaction():
-                self._apply(bucket, batch_id, tar_key, entry, uploaded=uploaded)
+            self.put_all([CatalogWrite(bucket, batch_id, tar_key, entry, uploaded)])
             return
         self._pending.append(_row(bucket, batch_id, tar_key, entry, uploaded=uploaded))
         if len(self._pending) >= MAX_PENDING:
