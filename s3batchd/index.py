@@ -101,7 +101,7 @@ def render_index(
         "format": INDEX_FORMAT,
         "version": INDEX_VERSION,
         "batch_id": batch_id,
-        "created_at": _iso(batch_created(batch_id)),
+        "created_at": iso_utc(batch_created(batch_id)),
         "writer": writer,
         "tar": {"bucket": bucket, "key": tar_key, "size": tar_size},
     }
@@ -144,7 +144,7 @@ def _object(entry: IndexEntry) -> dict[str, object]:
         "metadata": record.metadata,
         "headers": record.headers,
         "checksums": record.checksums,
-        "last_modified": _iso(datetime.fromtimestamp(record.mtime, tz=UTC)),
+        "last_modified": iso_utc(datetime.fromtimestamp(record.mtime, tz=UTC)),
     }
     if record.multipart_etag:
         out["md5"] = record.md5_hex
@@ -156,10 +156,10 @@ def _tombstone(entry: IndexEntry) -> dict[str, object]:
     return {
         "key": record.key,
         "member": entry.member,
-        "deleted_at": _iso(datetime.fromtimestamp(record.mtime, tz=UTC)),
+        "deleted_at": iso_utc(datetime.fromtimestamp(record.mtime, tz=UTC)),
     }
 
 
-def _iso(moment: datetime) -> str:
+def iso_utc(moment: datetime) -> str:
     """UTC time as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

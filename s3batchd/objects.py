@@ -29,6 +29,7 @@ from s3batchd.errors import (
     NoSuchKey,
     PreconditionFailed,
 )
+from s3batchd.index import iso_utc
 from s3batchd.records import ObjectRecord
 from s3batchd.spool import OPEN_SUFFIX, SEALED_SUFFIX
 
@@ -90,8 +91,7 @@ def http_date(timestamp: float) -> str:
 
 def iso_time(timestamp: float) -> str:
     """``LastModified`` as S3 lists it (ISO 8601, milliseconds, Z)."""
-    moment = datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="milliseconds")
-    return moment.replace("+00:00", "Z")
+    return iso_utc(datetime.fromtimestamp(timestamp, tz=UTC))
 
 
 def check_conditions(entry: CatalogEntry, headers: dict[str, str]) -> bool:
