@@ -226,7 +226,8 @@ async def _keep_part(
         else:
             if upload.size + part.size > call.settings.limits.max_object_bytes:
                 raise EntityTooLarge("The parts exceed limits.max_object_bytes.")
-            check_quota(call.pipeline, part.size + store.held_bytes())
+            held = await run_in(store.executor, store.held_bytes)  # a directory scan
+            check_quota(call.pipeline, part.size + held)
             await run_in(store.executor, partial(store.write_part, upload, part, body))
             etag = f'"{part.md5_hex}"'
     headers = {}
