@@ -6,6 +6,11 @@ timer seals it ``linger_ms`` after its first record; a record that would push th
 ``max_bytes`` seals the batch first and starts the next one (records never split), and an
 append that reaches ``max_records`` or ``max_bytes`` seals at once. Sealed batches go to a
 sink (the uploader).
+
+Sealing (end marker, fdatasync of the whole tar, rename, hand-over) runs outside the bucket's
+lock, in a task of its own: the next record opens a new batch at once instead of waiting for
+the old one's fdatasync (tens of milliseconds for a large tar: every PUT of the bucket would
+stall behind it). A bucket's batches reach the sink in the order they were sealed.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -56,6 +62,8 @@ class _Bucket:
     name: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     current: _OpenBatch | None = None
+    sealing: asyncio.Task[None] | None = None
+    """The newest seal of this bucket's batches (each one waits for the one before it)."""
 
 
 class Batcher:
@@ -79,6 +87,7 @@ class Batcher:
         self._sink = sink
         self._buckets: dict[str, _Bucket] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        """Linger timers' tasks and seals in progress."""
         self._seq = 0
         self._closed = False
         self._uploaded: dict[str, asyncio.Future[None]] = {}
@@ -105,7 +114,7 @@ class Batcher:
             entry = await self._append(batch, record, body)
             reason = self._full_reason(batch)
             if reason is not None:
-                await self._seal(state, reason)
+                self._seal(state, reason)
         if level != "none":
             try:
                 await batch.committer.wait_durable(entry.end)
@@ -137,12 +146,9 @@ class Batcher:
         """A sync failed: the file takes nothing more. Keep what was durable before the
         failure (truncate, seal, upload) and let every unacknowledged writer fail."""
         async with state.lock:
-            if state.current is batch:
-                state.current = None
-                if batch.timer is not None:
-                    batch.timer.cancel()
-            else:
+            if state.current is not batch:
                 return  # sealing or another writer of the same batch handles it
+            self._retire(state, batch)
         await self._keep_durable(batch)
 
     async def _keep_durable(self, batch: _OpenBatch) -> None:
@@ -180,7 +186,7 @@ class Batcher:
     async def _batch_for(self, state: _Bucket, record: ObjectRecord) -> _OpenBatch:
         batch = state.current
         if batch is not None and batch.spool.size_with(record) > self._config.max_bytes:
-            await self._seal(state, "bytes")  # the record starts the next batch, never splits
+            self._seal(state, "bytes")  # the record starts the next batch, never splits
             batch = None
         if batch is None:
             batch = await self._open(state)
@@ -228,10 +234,11 @@ class Batcher:
         batch.timer = None
         self._spawn(self._seal_if_current(state, batch, "linger"))
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -241,24 +248,44 @@ class Batcher:
     async def _seal_if_current(self, state: _Bucket, batch: _OpenBatch, reason: str) -> None:
         async with state.lock:
             if state.current is batch:
-                await self._seal(state, reason)
+                self._seal(state, reason)
 
-    async def _seal(self, state: _Bucket, reason: str) -> None:
-        """Seal the bucket's open batch (the caller holds ``state.lock``)."""
-        batch = state.current
-        if batch is None:
-            return
+    def _retire(self, state: _Bucket, batch: _OpenBatch) -> None:
+        """The bucket's open batch takes no more records (the caller holds ``state.lock``)."""
         state.current = None
         if batch.timer is not None:
             batch.timer.cancel()
-        spool = batch.spool
-        if spool.records == 0:  # every append failed and was rolled back: nothing to upload
-            self._uploaded.pop(spool.batch_id, None)
-            await run_sync(spool.discard)
-            return
-        counted = spool.position
+            batch.timer = None
+
+    def _seal(self, state: _Bucket, reason: str) -> asyncio.Task[None] | None:
+        """Retire the bucket's open batch and seal it in a task of its own, after the
+        bucket's previous seal (the caller holds ``state.lock``; the next record opens a new
+        batch without waiting). The task, or None when no batch was open."""
+        batch = state.current
+        if batch is None:
+            return None
+        self._retire(state, batch)
+        counted = batch.spool.position
         self._sealing_bytes += counted
+        task = self._spawn(self._seal_after(state.sealing, batch, reason, counted))
+        state.sealing = task
+        return task
+
+    async def _seal_after(
+        self,
+        previous: asyncio.Task[None] | None,
+        batch: _OpenBatch,
+        reason: str,
+        counted: int,
+    ) -> None:
         try:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)  # its errors are logged
+            spool = batch.spool
+            if spool.records == 0:  # every append failed and was rolled back: nothing to upload
+                self._uploaded.pop(spool.batch_id, None)
+                await run_sync(spool.discard)
+                return
             await self._seal_and_submit(batch, reason)
         finally:
             self._sealing_bytes -= counted
@@ -287,22 +314,23 @@ class Batcher:
         await self._sink.submit(sealed)
 
     async def flush(self, reason: str = "flush") -> None:
-        """Seal every open batch now."""
+        """Seal every open batch now; return once every seal begun so far has ended (a
+        failed one is logged; the other buckets still get sealed)."""
         for state in list(self._buckets.values()):
             async with state.lock:
-                try:
-                    await self._seal(state, reason)
-                except (S3BatchdError, OSError):
-                    continue  # logged in _seal; other buckets still get sealed
+                self._seal(state, reason)
+        sealing = [state.sealing for state in self._buckets.values() if state.sealing]
+        await asyncio.gather(*sealing, return_exceptions=True)
 
     async def close(self) -> None:
-        """Refuse new records, seal what is open (reason ``shutdown``). Idempotent."""
+        """Refuse new records, seal what is open (reason ``shutdown``), wait for every seal.
+        Idempotent."""
         if self._closed:
             return
         self._closed = True
         await self.flush("shutdown")
         for task in list(self._tasks):
-            task.cancel()
+            task.cancel()  # linger timers' tasks (the seals have ended)
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     @property

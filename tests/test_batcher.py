@@ -6,6 +6,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -163,7 +164,9 @@ async def test_max_records_seals_at_once(tmp_path: Path) -> None:
     try:
         entries = [await put(batcher, f"k{i}", f"v{i}".encode(), tmp_path) for i in range(7)]
 
-        assert sink.reasons == ["records", "records"]  # sealed inside add(), no waiting
+        # Sealed by count (in the background, so add() did not wait for it), in order.
+        await sink.wait_for(2)
+        assert sink.reasons == ["records", "records"]
         assert [b.records for b in sink.batches] == [3, 3]
         assert keys_in(sink.batches[0]) == ["k0", "k1", "k2"]
         assert keys_in(sink.batches[1]) == ["k3", "k4", "k5"]
@@ -177,6 +180,36 @@ async def test_max_records_seals_at_once(tmp_path: Path) -> None:
         assert keys_in(sink.batches[2]) == ["k6"]
     finally:
         await batcher.close()
+
+
+async def test_a_seal_does_not_hold_up_the_buckets_next_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The seal's fdatasync (of the whole tar) waits until the test lets it go; meanwhile the
+    # bucket's next records go into a new batch and are acknowledged.
+    release = threading.Event()
+    original = SpoolFile.sync
+
+    def held(self: SpoolFile) -> None:
+        release.wait(30)
+        original(self)
+
+    monkeypatch.setattr(SpoolFile, "sync", held)
+    sink = FakeSink()
+    batcher = make_batcher(tmp_path, sink, durability="none", max_records=2)
+    try:
+        first = [await put(batcher, f"k{i}", b"x", tmp_path) for i in range(2)]
+        with anyio.fail_after(10):  # a hang guard: without the change the next add waits
+            later = await put(batcher, "n0", b"y", tmp_path)
+        assert sink.batches == []  # the first batch's seal is still in its fdatasync
+        assert later.tar_key != first[0].tar_key
+        assert batcher.open_bytes > 0  # the sealing batch still counts against the quota
+    finally:
+        release.set()
+        await batcher.close()
+    assert sink.reasons == ["records", "shutdown"]
+    assert keys_in(sink.batches[0]) == ["k0", "k1"]
+    assert keys_in(sink.batches[1]) == ["n0"]
 
 
 def test_header_size_assumed_below() -> None:
@@ -243,6 +276,7 @@ async def test_a_record_that_would_overflow_starts_a_new_batch(tmp_path: Path) -
         small = await put(batcher, "small", b"s" * 1000, tmp_path)
         big = await put(batcher, "big", b"b" * 12_000, tmp_path)
 
+        await sink.wait_for(1)
         [first] = sink.batches
         assert first.reason == "bytes"
         assert keys_in(first) == ["small"]
