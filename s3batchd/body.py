@@ -89,7 +89,10 @@ class BodyBuffer:
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
     """``os.write`` until every byte is written (a full disk gives a short write first)."""
-    view = memoryview(data)
+    written = os.write(fd, data)
+    if written == len(data):
+        return
+    view = memoryview(data)[written:]
     while view:
         written = os.write(fd, view)
         view = view[written:]

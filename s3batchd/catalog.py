@@ -306,6 +306,10 @@ class _Transaction:
             raise
 
 
+def _json(values: dict[str, str]) -> str:
+    return json.dumps(values) if values else "{}"  # most objects have none: no encoder call
+
+
 def _row(
     bucket: str, batch_id: str, tar_key: str, entry: IndexEntry, *, uploaded: bool
 ) -> tuple[Any, ...]:
@@ -320,9 +324,9 @@ def _row(
         record.size,
         record.md5_hex,
         record.content_type,
-        json.dumps(record.metadata),
-        json.dumps(record.headers),
-        json.dumps(record.checksums),
+        _json(record.metadata),
+        _json(record.headers),
+        _json(record.checksums),
         record.mtime,
         int(uploaded),
         record.multipart_etag,

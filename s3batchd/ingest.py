@@ -35,7 +35,6 @@ from s3batchd.s3api import (
     unbatchable,
     verify_body,
 )
-from s3batchd.spool import TMP_DIR
 
 if TYPE_CHECKING:
     import httpx
@@ -70,7 +69,7 @@ async def put_object(call: Call) -> Response:
         call.request.receive,
         max_bytes=limit if put.declared_size is None else settings.limits.max_object_bytes,
         memory_limit=settings.limits.memory_buffer_bytes,
-        spill_dir=settings.spool.dir / TMP_DIR,
+        spill_dir=pipeline.spill_dir,
         timeout_s=settings.server.body_timeout_s,
         verifier=chunk_verifier(call.context),
     )

@@ -71,7 +71,6 @@ from s3batchd.s3api import (
     verify_body,
 )
 from s3batchd.s3xml import local_name
-from s3batchd.spool import TMP_DIR
 from s3batchd.uploads import Part, Upload, UploadStore
 
 logger = logging.getLogger(__name__)
@@ -471,9 +470,8 @@ async def _complete_here(
         parts.append(part)
     if any(part.size < MIN_PART_BYTES for part in parts[:-1]):
         raise EntityTooSmall()
-    settings = call.settings
     body = BodyBuffer(
-        memory_limit=settings.limits.memory_buffer_bytes, spill_dir=settings.spool.dir / TMP_DIR
+        memory_limit=call.settings.limits.memory_buffer_bytes, spill_dir=call.pipeline.spill_dir
     )
     try:
         md5 = hashlib.md5(usedforsecurity=False)
@@ -501,7 +499,7 @@ async def _complete_here(
             multipart_etag=multipart_etag,
         )
         pipeline = call.pipeline
-        durability = requested_durability(call.headers, settings.spool.durability)
+        durability = requested_durability(call.headers, call.settings.spool.durability)
         entry = await append(call, pipeline, record, body, durability)
     finally:
         body.close()

@@ -26,7 +26,6 @@ from s3batchd.s3api import (
     read_body,
     verify_body,
 )
-from s3batchd.spool import TMP_DIR
 
 #: Largest XML request body read whole (DeleteObjects of 1,000 keys, a part list of 10,000).
 MAX_XML_BODY = 4 * 1024 * 1024
@@ -205,7 +204,7 @@ async def receive_body(
         call.request.receive,
         max_bytes=max_bytes,
         memory_limit=settings.limits.memory_buffer_bytes if memory_limit is None else memory_limit,
-        spill_dir=settings.spool.dir / TMP_DIR,
+        spill_dir=call.pipeline.spill_dir,
         timeout_s=settings.server.body_timeout_s,
         verifier=chunk_verifier(call.context),
     )

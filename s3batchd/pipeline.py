@@ -23,7 +23,7 @@ from s3batchd.errors import InternalError, SpoolError
 from s3batchd.index import IndexEntry, WriterId
 from s3batchd.objects import ObjectSource
 from s3batchd.records import EMPTY_MD5, ObjectRecord, SealedBatch, SpoolEntry
-from s3batchd.spool import batches_on_disk, check_writable, lock_spool, recover, scan
+from s3batchd.spool import TMP_DIR, batches_on_disk, check_writable, lock_spool, recover, scan
 from s3batchd.uploader import Uploader
 from s3batchd.upstream import make_client, probe
 
@@ -72,6 +72,8 @@ class Pipeline:
             if settings.server.workers > 1
             else None
         )
+        self.spill_dir = settings.spool.dir / TMP_DIR
+        """Where received bodies larger than ``limits.memory_buffer_bytes`` wait."""
         self.spools: tuple[Path, ...] = (settings.spool.dir,)
         """Every worker's spool, this process's first (reads of batches not yet uploaded)."""
         self._expired_at = 0.0

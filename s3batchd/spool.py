@@ -68,7 +68,7 @@ class SpoolFile:
         self.failed = False
         self._ends: list[int] = []
         self._fragments: list[bytes] = []
-        self._header: tuple[ObjectRecord, int, bytes] | None = None
+        self._header: tuple[ObjectRecord, int, str, bytes] | None = None
         self._fd = fd
 
     @classmethod
@@ -84,8 +84,7 @@ class SpoolFile:
         """Write one member; on failure roll the file back to where it was and raise SpoolError."""
         if self.failed:
             raise SpoolFailedError(f"{self.path} failed earlier and takes no more writes")
-        name = member_name(record.key, self.records)
-        header = self._header_for(record)
+        name, header = self._header_for(record)
         start = self.position
         pad = _PADDING[: padded(record.size) - record.size]
         try:
@@ -127,18 +126,19 @@ class SpoolFile:
         The header is encoded for real: PAX records (long keys, metadata) can make it several
         blocks long, and an estimate would let a batch grow past ``max_bytes``.
         """
-        header = self._header_for(record)
+        _, header = self._header_for(record)
         return self.position + len(header) + padded(record.size) + len(TAR_END)
 
-    def _header_for(self, record: ObjectRecord) -> bytes:
-        """The member header of ``record`` as the next member (encoded once for the size check
-        and the append that follows it)."""
+    def _header_for(self, record: ObjectRecord) -> tuple[str, bytes]:
+        """The member name and header of ``record`` as the next member (encoded once for the
+        size check and the append that follows it)."""
         cached = self._header
         if cached is not None and cached[0] is record and cached[1] == self.records:
-            return cached[2]
-        header = encode_header(record, member_name(record.key, self.records))
-        self._header = (record, self.records, header)
-        return header
+            return cached[2], cached[3]
+        name = member_name(record.key, self.records)
+        header = encode_header(record, name)
+        self._header = (record, self.records, name, header)
+        return name, header
 
     def sync(self) -> None:
         """fdatasync the file. A failure is fatal for this file (fsyncgate)."""

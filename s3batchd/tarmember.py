@@ -7,6 +7,7 @@ the ``S3BATCHD.`` namespace, so a tar is self-describing: the index can be rebui
 
 from __future__ import annotations
 
+import re
 import tarfile
 from collections.abc import Mapping
 
@@ -17,6 +18,8 @@ from s3batchd.records import ObjectRecord
 #: collide with a key stored under its own name in the same tar.
 SYNTHETIC_DIR = ".s3batchd"
 _MAX_COMPONENT_BYTES = 255
+#: Control characters and the backslash never go into a member path.
+_UNSAFE_CHARACTER = re.compile("[\x00-\x1f\x7f\\\\]")
 
 _KEY = PAX_PREFIX + "key"
 _ETAG = PAX_PREFIX + "md5"
@@ -43,10 +46,16 @@ def is_safe_path(key: str) -> bool:
     """
     if not key or key.startswith(SYNTHETIC_DIR + "/") or key == SYNTHETIC_DIR:
         return False
-    if any(ord(ch) < 0x20 or ch in "\x7f\\" for ch in key):
+    if _UNSAFE_CHARACTER.search(key):
         return False
     for part in key.split("/"):
-        if part in ("", ".", "..") or len(part.encode("utf-8")) > _MAX_COMPONENT_BYTES:
+        if part in ("", ".", ".."):
+            return False
+        # At most 4 UTF-8 bytes per character: only long components need encoding.
+        if (
+            len(part) * 4 > _MAX_COMPONENT_BYTES
+            and len(part.encode("utf-8", "surrogatepass")) > _MAX_COMPONENT_BYTES
+        ):
             return False
     return True
 
@@ -65,7 +74,7 @@ def encode_header(record: ObjectRecord, name: str) -> bytes:
     fits = record.size < _MAX_OCTAL_11 and int(record.mtime) < _MAX_OCTAL_11
     if fits and len(name) <= _USTAR_NAME and name.isascii():
         try:
-            records = b"".join(_pax_record(k, v) for k, v in pax.items())
+            records = b"".join([_pax_record(k, v) for k, v in pax.items()])
         except UnicodeEncodeError:
             pass  # a surrogate-escaped value: tarfile writes hdrcharset=BINARY
         else:
