@@ -11,11 +11,18 @@ in Debian.)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench import loadgen
 
 CALIBRATION_S = 4.0
+#: A wake-up of the daemon's event-loop lag monitor this late counts as a stall.
+STALL_S = 0.005
+
+LagReading = Callable[[], tuple[float, float, float]]
+"""The daemon's event-loop lag histogram now: (wake-ups, of which late by ``STALL_S`` or
+more, seconds of lateness in all)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,10 @@ class PacedPoint:
     p99_ms: float
     p999_ms: float
     errors: int
+    stalls_per_s: float | None = None
+    """Event-loop wake-ups late by 5 ms or more, per second of the measured run (s3batchd)."""
+    lag_ms_per_s: float | None = None
+    """Milliseconds of event-loop lateness per second of the measured run (s3batchd)."""
 
 
 def measure(
@@ -45,8 +56,10 @@ def measure(
     peak: float,
     fraction: float,
     duration_s: float,
+    lag: LagReading | None = None,
 ) -> PacedPoint:
-    """Calibrate the pause for ``fraction`` x ``peak`` requests/s, then measure."""
+    """Calibrate the pause for ``fraction`` x ``peak`` requests/s, then measure (and, with
+    ``lag``, how often the daemon's event loop stalled meanwhile)."""
     wanted = fraction * peak
     cycle_ms = 1000 * connections / wanted
     delay_ms = cycle_ms
@@ -70,7 +83,14 @@ def measure(
         delay_ms=delay_ms,
         run=f"{target}-paced",
     )
+    before = lag() if lag is not None else None
     result = loadgen.run(spec)
+    stalls_per_s = lag_ms_per_s = None
+    if lag is not None and before is not None:
+        after = lag()
+        seconds = max(result.duration_s, 1e-9)
+        stalls_per_s = (after[1] - before[1]) / seconds
+        lag_ms_per_s = 1000 * (after[2] - before[2]) / seconds
     return PacedPoint(
         target=target,
         size=size,
@@ -83,4 +103,6 @@ def measure(
         p99_ms=result.p99_ms,
         p999_ms=result.p999_ms,
         errors=result.errors,
+        stalls_per_s=stalls_per_s,
+        lag_ms_per_s=lag_ms_per_s,
     )

@@ -199,17 +199,21 @@ def _paced(results: Results) -> list[str]:
         "",
         "Each connection pauses between a response and its next request (wrk Lua `delay()`, "
         "uniform around the mean shown, calibrated in two short runs) so the aggregate rate is "
-        "half the saturating run's. Closed loop: pauses are not counted as latency.",
+        "half the saturating run's. Closed loop: pauses are not counted as latency. Loop "
+        "stalls: the daemon's `s3batchd_event_loop_lag_seconds` over the measured run, "
+        "wake-ups late by 5 ms or more per second and milliseconds of lateness per second.",
         "",
         "| config | size | conns | peak PUT/s | wanted | got | pause ms | p50 ms | p99 ms "
-        "| p99.9 ms | errors |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| p99.9 ms | errors | loop stalls >= 5 ms /s | loop lag ms/s |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for p in results.paced:
+        stalls = "-" if p.stalls_per_s is None else f"{p.stalls_per_s:.1f}"
+        lag = "-" if p.lag_ms_per_s is None else f"{p.lag_ms_per_s:.1f}"
         lines.append(
             f"| {LABELS[p.target]} | {_size(p.size)} | {p.connections} | {p.peak:,.0f} "
             f"| {p.wanted:,.0f} | {p.throughput:,.0f} | {p.delay_ms:.1f} | {p.p50_ms:.2f} "
-            f"| {p.p99_ms:.2f} | {p.p999_ms:.2f} | {p.errors} |"
+            f"| {p.p99_ms:.2f} | {p.p999_ms:.2f} | {p.errors} | {stalls} | {lag} |"
         )
     return [*lines, ""]
 

@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -206,6 +207,11 @@ class Bench:
                     peak=peak,
                     fraction=0.5,
                     duration_s=self.args.paced_s,
+                    lag=(
+                        partial(live.daemon.loop_lag, paced.STALL_S)
+                        if live.daemon is not None
+                        else None
+                    ),
                 )
             logger.info(
                 "paced %-9s %6.0f of %6.0f PUT/s: p50 %.2f p99 %.2f ms",

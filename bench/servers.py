@@ -230,6 +230,15 @@ class Daemon(Server):
                     values[f"{sample.name}{{{labels}}}"] = sample.value
         return values
 
+    def loop_lag(self, stall_s: float) -> tuple[float, float, float]:
+        """The event-loop lag histogram: (wake-ups, of which late by ``stall_s`` or more,
+        seconds of lateness in all)."""
+        values = self.metrics()
+        name = "s3batchd_event_loop_lag_seconds"
+        count = values.get(f"{name}_count", 0.0)
+        on_time = values.get(f"{name}_bucket{{le={stall_s}}}", 0.0)
+        return count, count - on_time, values.get(f"{name}_sum", 0.0)
+
     def wait_uploaded(self, *, timeout: float) -> dict[str, float]:
         """Wait until every acknowledged PUT is in an uploaded batch; the metrics then."""
         deadline = time.monotonic() + timeout

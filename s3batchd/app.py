@@ -31,6 +31,7 @@ from s3batchd.errors import (
     SlowDown,
 )
 from s3batchd.index import WriterId
+from s3batchd.looplag import LoopLagMonitor
 from s3batchd.metrics import Metrics
 from s3batchd.pipeline import Pipeline
 from s3batchd.proxy import RETRY_SOON, Forwarder
@@ -170,6 +171,8 @@ def create_app(
         pipeline.metrics = metrics
         metrics.watch(pipeline)
         await pipeline.start()
+        lag = LoopLagMonitor(metrics.loop_lag)
+        lag.start()
         app.state.pipeline = pipeline
         app.state.forwarder = Forwarder(settings.upstream)
         if spools:
@@ -184,6 +187,7 @@ def create_app(
             await app.state.forwarder.aclose()
             await pipeline.close()
             app.state.uploads.close()
+            await lag.stop()
 
     app = Starlette(lifespan=lifespan)  # HTTP goes through S3Front
     app.state.settings = settings

@@ -54,6 +54,13 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=self.registry,
         )
+        self.loop_lag = Histogram(
+            "s3batchd_event_loop_lag_seconds",
+            "How late the event loop woke a timer due every 5 ms: while it is late, every "
+            "request of the process waits (its tail is the floor under the latency tail)",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
+            registry=self.registry,
+        )
         self.batch_records = Histogram(
             "s3batchd_batch_records",
             "Objects per uploaded batch",

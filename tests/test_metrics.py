@@ -56,6 +56,7 @@ def test_thousand_puts_in_two_batches(
     assert metrics["s3batchd_put_requests_avoided", ()] == 1000 - upstream_puts
     assert metrics["s3batchd_estimated_savings_usd", ()] == (1000 - upstream_puts) * 0.005 / 1000
     assert metrics["s3batchd_ack_latency_seconds_count", ()] == 1000
+    assert metrics["s3batchd_event_loop_lag_seconds_count", ()] > 0  # watched while running
     assert metrics["s3batchd_batch_records_sum", ()] == 1000
     assert metrics["s3batchd_spool_bytes", ()] == 0
     assert metrics["s3batchd_pending_batches", ()] == 0
