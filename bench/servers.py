@@ -152,6 +152,8 @@ class DaemonSettings:
     upstream_url: str = ""
     probe_interval_s: float = 15.0
     workers: int = 1
+    loop_lag_interval_s: float = 0.005
+    """The event-loop lag monitor's interval: fine enough to count every stall of 5 ms."""
 
 
 def config_text(settings: DaemonSettings, *, port: int, admin_port: int, spool: Path) -> str:
@@ -175,6 +177,9 @@ max_bytes = {settings.max_bytes}
 [upstream]
 endpoint_url = "{settings.upstream_url}"
 probe_interval_s = {settings.probe_interval_s}
+
+[metrics]
+loop_lag_interval_s = {settings.loop_lag_interval_s}
 """
 
 

@@ -171,8 +171,9 @@ def create_app(
         pipeline.metrics = metrics
         metrics.watch(pipeline)
         await pipeline.start()
-        lag = LoopLagMonitor(metrics.loop_lag)
-        lag.start()
+        lag = LoopLagMonitor(metrics.loop_lag, interval_s=settings.metrics.loop_lag_interval_s)
+        if settings.metrics.loop_lag_interval_s > 0:
+            lag.start()
         app.state.pipeline = pipeline
         app.state.forwarder = Forwarder(settings.upstream)
         if spools:

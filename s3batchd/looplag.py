@@ -2,9 +2,11 @@
 
 Every request of a process goes through one event loop, so anything that holds the loop (a
 long callback, the GIL held by another thread, the process waiting for a CPU) delays every
-request in flight by as long. The monitor asks to be woken every ``INTERVAL_S`` and records by
-how much the wake-up was late in ``s3batchd_event_loop_lag_seconds``: its tail is the floor
-under the PUT latency tail (bench/README.md, "Where the p99 comes from").
+request in flight by as long. The monitor asks to be woken every
+``metrics.loop_lag_interval_s`` and records by how much each wake-up was late in
+``s3batchd_event_loop_lag_seconds``: the wake-ups sample how long a request arriving at that
+moment would wait for the loop, so the histogram's tail is the floor under the PUT latency tail
+(bench/README.md, "Where the p99 at half load comes from").
 """
 
 from __future__ import annotations
@@ -16,15 +18,11 @@ from prometheus_client import Histogram
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between two wake-ups: a stall of this length or more is seen with certainty, and
-#: the monitor costs a few microseconds of CPU per wake-up (about 0.1 % of a core).
-INTERVAL_S = 0.005
-
 
 class LoopLagMonitor:
     """A background task recording the loop's lateness into a histogram."""
 
-    def __init__(self, histogram: Histogram, *, interval_s: float = INTERVAL_S) -> None:
+    def __init__(self, histogram: Histogram, *, interval_s: float) -> None:
         self._histogram = histogram
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None

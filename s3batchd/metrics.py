@@ -56,8 +56,8 @@ class Metrics:
         )
         self.loop_lag = Histogram(
             "s3batchd_event_loop_lag_seconds",
-            "How late the event loop woke a timer due every 5 ms: while it is late, every "
-            "request of the process waits (its tail is the floor under the latency tail)",
+            "How late the event loop ran a timer due every metrics.loop_lag_interval_s: while "
+            "it is late, every request of the process waits (the floor under the latency tail)",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
             registry=self.registry,
         )

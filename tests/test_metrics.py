@@ -69,3 +69,16 @@ def test_errors_are_counted_by_status(start_daemon: DaemonFactory, bucket: str) 
         client.get_object(Bucket=bucket, Key="nope")
     metrics = scrape(daemon.admin_url)
     assert metrics["s3batchd_requests_total", (("operation", "GetObject"), ("status", "404"))] == 1
+
+
+def test_loop_lag_is_sampled_at_the_configured_interval(start_daemon: DaemonFactory) -> None:
+    daemon = start_daemon(metrics={"loop_lag_interval_s": 0.01})
+    wait_for(lambda: scrape(daemon.admin_url)["s3batchd_event_loop_lag_seconds_count", ()] >= 20)
+
+
+def test_loop_lag_interval_zero_turns_the_monitor_off(
+    start_daemon: DaemonFactory, bucket: str
+) -> None:
+    daemon = start_daemon(metrics={"loop_lag_interval_s": 0})
+    daemon.client().put_object(Bucket=bucket, Key="k", Body=b"x")
+    assert scrape(daemon.admin_url)["s3batchd_event_loop_lag_seconds_count", ()] == 0
