@@ -26,6 +26,7 @@ from s3batchd.auth import Authenticator
 from s3batchd.config import Settings
 from s3batchd.dispatch import serve
 from s3batchd.errors import (
+    RETRY_SOON,
     InternalError,
     S3Error,
     SlowDown,
@@ -34,7 +35,7 @@ from s3batchd.index import WriterId
 from s3batchd.looplag import LoopLagMonitor
 from s3batchd.metrics import Metrics
 from s3batchd.pipeline import Pipeline
-from s3batchd.proxy import RETRY_SOON, Forwarder
+from s3batchd.proxy import Forwarder
 from s3batchd.uploads import UploadStore
 
 if TYPE_CHECKING:

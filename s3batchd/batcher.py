@@ -28,7 +28,13 @@ from s3batchd.commit import GroupCommitter
 from s3batchd.concurrency import run_sync
 from s3batchd.config import BatchConfig, Durability
 from s3batchd.constants import KB, TAR_END
-from s3batchd.errors import InternalError, S3BatchdError, SlowDown, SpoolFailedError
+from s3batchd.errors import (
+    RETRY_SOON,
+    InternalError,
+    S3BatchdError,
+    SlowDown,
+    SpoolFailedError,
+)
 from s3batchd.index import WriterId, new_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
 from s3batchd.spool import SpoolFile
@@ -106,7 +112,7 @@ class Batcher:
         """Append a record and wait until it is as durable as asked (default: the configured
         level); returns where it landed."""
         if self._closed:
-            raise SlowDown("The daemon is shutting down.", headers={"Retry-After": "1"})
+            raise SlowDown("The daemon is shutting down.", headers=RETRY_SOON)
         level = durability or self._durability
         state = self._buckets.setdefault(bucket, _Bucket(bucket))
         async with state.lock:

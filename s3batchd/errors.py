@@ -164,6 +164,10 @@ class RequestTimeout(S3Error):
     )
 
 
+#: Headers of a 503 the client should retry in a second (SlowDown, ServiceUnavailable).
+RETRY_SOON = {"Retry-After": "1"}
+
+
 class SlowDown(S3Error):
     code, status_code = "SlowDown", 503
     default_message = "Please reduce your request rate."

@@ -14,6 +14,7 @@ from s3batchd.body import BodyBuffer
 from s3batchd.config import DURABILITY_ORDER, Durability, Settings
 from s3batchd.constants import HEADER_PREFIX, MAX_SINGLE_PUT_BYTES
 from s3batchd.errors import (
+    RETRY_SOON,
     InternalError,
     InvalidArgument,
     NoSuchKey,
@@ -25,7 +26,7 @@ from s3batchd.errors import (
 from s3batchd.objects import etag_matches
 from s3batchd.passthrough import Call, send_buffer, send_upstream
 from s3batchd.pipeline import Pipeline
-from s3batchd.proxy import RETRY_SOON, relay
+from s3batchd.proxy import relay
 from s3batchd.records import ObjectRecord, SpoolEntry
 from s3batchd.s3api import (
     PutRequest,

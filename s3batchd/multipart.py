@@ -30,6 +30,7 @@ from s3batchd.concurrency import run_in
 from s3batchd.constants import HEADER_PREFIX, MAX_PART_BYTES, MIN_PART_BYTES
 from s3batchd.copy import batched_source, read_source
 from s3batchd.errors import (
+    RETRY_SOON,
     EntityTooLarge,
     EntityTooSmall,
     InvalidArgument,
@@ -60,7 +61,7 @@ from s3batchd.passthrough import (
     send_upstream,
     streamed,
 )
-from s3batchd.proxy import RETRY_SOON, forward_headers, read_all, relay_read
+from s3batchd.proxy import forward_headers, read_all, relay_read
 from s3batchd.records import ObjectRecord
 from s3batchd.s3api import (
     DEFAULT_CONTENT_TYPE,

@@ -25,7 +25,7 @@ from botocore.exceptions import BotoCoreError
 from starlette.responses import Response, StreamingResponse
 
 from s3batchd.config import UpstreamConfig
-from s3batchd.errors import InvalidArgument, ServiceUnavailable
+from s3batchd.errors import RETRY_SOON, InvalidArgument, ServiceUnavailable
 
 if TYPE_CHECKING:
     from botocore.credentials import Credentials, ReadOnlyCredentials
@@ -63,7 +63,6 @@ CLIENT_ONLY = frozenset(
         "accept-encoding",
     }
 )
-RETRY_SOON = {"Retry-After": "1"}
 Query = list[tuple[str, str]]
 
 
