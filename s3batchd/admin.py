@@ -14,6 +14,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from s3batchd.pipeline import Pipeline
+from s3batchd.workermetrics import WORKER_SCOPE, Peers, all_workers
 
 
 def _pipeline(request: Request) -> Pipeline | None:
@@ -35,30 +36,36 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus text exposition."""
-    registry = request.app.state.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text exposition: with several workers, every worker's samples (labelled
+    ``worker``) unless ``?scope=worker`` asks for this worker's own."""
+    own = generate_latest(request.app.state.metrics.registry)
+    peers: Peers | None = request.app.state.admin_peers
+    if peers is not None and request.query_params.get("scope") != WORKER_SCOPE:
+        own = await all_workers(peers, own)
+    return Response(own, media_type=CONTENT_TYPE_LATEST)
 
 
-def create_admin_app(state_from: Starlette) -> Starlette:
-    """Admin routes sharing the state (the pipeline, the metrics) of the S3 app."""
+def create_admin_app(state_from: Starlette, *, peers: Peers | None = None) -> Starlette:
+    """Admin routes sharing the state (the pipeline, the metrics) of the S3 app; ``peers``:
+    the other workers' admin listeners, when there are several workers."""
     routes = [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
     app = Starlette(routes=routes)
     app.state = state_from.state
+    app.state.admin_peers = peers
     return app
 
 
 class PortRouter:
-    """Sends requests that arrived on the admin port to the admin app, all else to S3."""
+    """Sends requests that arrived on an admin port to the admin app, all else to S3."""
 
-    def __init__(self, s3: ASGIApp, admin: ASGIApp, *, admin_port: int) -> None:
+    def __init__(self, s3: ASGIApp, admin: ASGIApp, *, admin_ports: frozenset[int]) -> None:
         self.s3 = s3
         self.admin = admin
-        self.admin_port = admin_port
+        self.admin_ports = admin_ports
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = scope.get("server")
-        if scope["type"] == "http" and server is not None and server[1] == self.admin_port:
+        if scope["type"] == "http" and server is not None and server[1] in self.admin_ports:
             await self.admin(scope, receive, send)
         else:
             await self.s3(scope, receive, send)

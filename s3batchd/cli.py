@@ -21,6 +21,7 @@ from s3batchd.server import bind_sockets, build_server
 from s3batchd.status import fetch as fetch_status
 from s3batchd.status import render as render_status
 from s3batchd.upstream import make_client, probe
+from s3batchd.workermetrics import Peers
 from s3batchd.workers import adopt_orphans, run_workers
 
 #: Exit status when shutdown left sealed batches in the spool (uploaded at the next start).
@@ -129,7 +130,7 @@ def run(settings: Settings) -> int:
     if moved:
         logging.getLogger(__name__).info("%d batches of former workers adopted", moved)
     if settings.server.workers == 1:
-        return serve_on(settings, sockets, ())
+        return serve_on(settings, sockets, (), None)
     try:
         return run_workers(settings, sockets, serve_on)
     finally:
@@ -137,9 +138,15 @@ def run(settings: Settings) -> int:
             sock.close()
 
 
-def serve_on(settings: Settings, sockets: list[socket.socket], spools: tuple[Path, ...]) -> int:
-    """Run one daemon process on bound ``sockets`` until a signal."""
-    server, sockets, app = build_server(settings, sockets, spools=spools)
+def serve_on(
+    settings: Settings,
+    sockets: list[socket.socket],
+    spools: tuple[Path, ...],
+    peers: Peers | None,
+) -> int:
+    """Run one daemon process on bound ``sockets`` until a signal (``spools``, ``peers``: the
+    workers', when there are several)."""
+    server, sockets, app = build_server(settings, sockets, spools=spools, peers=peers)
     # uvicorn re-raises the signal that stopped it once it is done; with these handlers
     # that is a no-op, so the exit status below can say whether every batch was uploaded.
     received: list[int] = []

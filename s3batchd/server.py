@@ -24,6 +24,7 @@ from s3batchd.app import S3Front, create_app
 from s3batchd.config import Settings
 from s3batchd.pipeline import Pipeline
 from s3batchd.protocol import protocol_with_timeout
+from s3batchd.workermetrics import Peers
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,11 @@ def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
+def bind_loopback() -> socket.socket:
+    """A listening socket on a free port of 127.0.0.1 (a worker's private admin listener)."""
+    return _bind("127.0.0.1", 0)
+
+
 def bind_sockets(settings: Settings) -> list[socket.socket]:
     """The listening sockets: S3 first, then admin (when ``server.admin_port`` is set).
 
@@ -94,15 +100,18 @@ def build_server(
     sockets: list[socket.socket] | None = None,
     *,
     spools: tuple[Path, ...] = (),
+    peers: Peers | None = None,
 ) -> tuple[DrainingServer, list[socket.socket], Starlette]:
     """The server, its sockets (bound here unless given) and the S3 app. ``spools``: every
-    worker's spool directory, when there are several (server.workers)."""
+    worker's spool directory, ``peers``: every worker's private admin listener, when there are
+    several (server.workers; this worker's is among ``sockets``)."""
     app = create_app(settings, spools=spools)
     sockets = sockets if sockets is not None else bind_sockets(settings)
     asgi: ASGIApp = S3Front(app)
     if settings.server.admin_port:
-        admin = create_admin_app(app)
-        asgi = PortRouter(asgi, admin, admin_port=settings.server.admin_port)
+        admin = create_admin_app(app, peers=peers)
+        ports = {settings.server.admin_port, *([peers.own_port] if peers else [])}
+        asgi = PortRouter(asgi, admin, admin_ports=frozenset(ports))
     config = uvicorn.Config(
         asgi,
         host=settings.server.host,

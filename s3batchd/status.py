@@ -29,7 +29,20 @@ def fetch(base_url: str, timeout: float = 5) -> tuple[dict[str, object], Samples
 
 
 def _total(samples: Samples, name: str) -> float:
+    """Summed over every label (several workers: over ``worker`` too)."""
     return sum(samples.get(name, {}).values())
+
+
+def _largest(samples: Samples, name: str) -> float:
+    return max(samples.get(name, {}).values(), default=0.0)
+
+
+def _by(samples: Samples, name: str, label: str) -> dict[str, float]:
+    """Summed per value of ``label`` (over the others, e.g. ``worker``)."""
+    totals: dict[str, float] = defaultdict(float)
+    for labels, value in samples.get(name, {}).items():
+        totals[dict(labels)[label]] += value
+    return dict(totals)
 
 
 def _size(value: float) -> str:
@@ -45,8 +58,8 @@ def render(ready: dict[str, object], samples: Samples) -> str:
     reasons = ready.get("reasons")
     listed = [str(reason) for reason in reasons] if isinstance(reasons, list) else []
     state = "ready" if ready.get("status") == "ready" else "NOT READY: " + "; ".join(listed)
-    sealed = samples.get("s3batchd_batches_sealed_total", {})
-    by_reason = ", ".join(f"{dict(k)['reason']} {v:.0f}" for k, v in sorted(sealed.items()))
+    sealed = _by(samples, "s3batchd_batches_sealed_total", "reason")
+    by_reason = ", ".join(f"{reason} {count:.0f}" for reason, count in sorted(sealed.items()))
     upstream = _total(samples, "s3batchd_upstream_requests_total")
     records = _total(samples, "s3batchd_records_uploaded_total")
     lines = [
@@ -55,7 +68,7 @@ def render(ready: dict[str, object], samples: Samples) -> str:
         f"{_size(_total(samples, 's3batchd_spool_quota_bytes'))}; "
         f"{_total(samples, 's3batchd_open_batches'):.0f} open, "
         f"{_total(samples, 's3batchd_pending_batches'):.0f} waiting for upload; oldest "
-        f"{_total(samples, 's3batchd_spool_oldest_record_age_seconds'):.1f} s; "
+        f"{_largest(samples, 's3batchd_spool_oldest_record_age_seconds'):.1f} s; "
         f"{_total(samples, 's3batchd_quarantined_files'):.0f} quarantined",
         f"received:  {_total(samples, 's3batchd_requests_total'):.0f} requests, "
         f"{_size(_total(samples, 's3batchd_received_bytes_total'))}",

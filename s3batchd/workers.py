@@ -7,8 +7,10 @@ a worker that dies is started again. Worker 0 uses ``spool.dir`` itself (the lay
 single-process daemon); worker i > 0 uses ``<spool.dir>/_workers/<i>``. The workers share the
 catalog (SQLite in WAL mode; a PUT is answered once its row is committed, in a group commit of
 ``catalogwriter``, so a read on any worker sees every acknowledged write), the held multipart
-uploads (``<spool.dir>/_multipart``) and the admin port (each scrape or probe is answered by
-one worker, about itself). Each worker gets ``spool.max_bytes / N`` of the spool quota.
+uploads (``<spool.dir>/_multipart``) and the admin port: a probe is answered by one worker,
+about itself; a scrape of ``/metrics`` by one worker with every worker's samples, which it
+asks the others for on their private loopback admin listeners (``workermetrics``). Each worker
+gets ``spool.max_bytes / N`` of the spool quota.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from types import FrameType
 from s3batchd.catalog import catalog_path
 from s3batchd.config import Settings
 from s3batchd.errors import SpoolError
+from s3batchd.server import bind_loopback
 from s3batchd.spool import (
     OPEN_SUFFIX,
     SEALED_SUFFIX,
@@ -34,6 +37,7 @@ from s3batchd.spool import (
     lock_spool,
     recover,
 )
+from s3batchd.workermetrics import Peers
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +101,7 @@ def adopt_orphans(base: Path, workers: int, prefix: str) -> int:
     return moved
 
 
-Serve = Callable[[Settings, list[socket.socket], tuple[Path, ...]], int]
+Serve = Callable[[Settings, list[socket.socket], tuple[Path, ...], Peers | None], int]
 
 #: A worker that ends while the daemon is not stopping is started again, at most this many
 #: times within ``RESTART_WINDOW_S``; beyond that (it cannot start: a broken spool, a bad
@@ -115,6 +119,11 @@ class Supervisor:
         self._own, self._shared = sockets[:workers], sockets[workers:]
         self._serve = serve
         self._spools = all_spools(settings, settings.spool.dir)
+        # Bound here, before any fork: a worker started again listens where the others expect.
+        self._private = (
+            [bind_loopback() for _ in range(workers)] if settings.server.admin_port else []
+        )
+        self._urls = tuple(f"http://127.0.0.1:{s.getsockname()[1]}" for s in self._private)
         self._running: dict[int, int] = {}
         """pid -> worker index."""
         self._restarts: dict[int, list[float]] = {}
@@ -126,6 +135,13 @@ class Supervisor:
         worker uploaded everything)."""
         for sig in (signal.SIGTERM, signal.SIGINT):  # before any fork: no signal is missed
             signal.signal(sig, self._forward)
+        try:
+            return self._supervise()
+        finally:
+            for sock in self._private:
+                sock.close()
+
+    def _supervise(self) -> int:
         for index in range(len(self._own)):
             self._start(index)
         status = 0
@@ -172,11 +188,15 @@ class Supervisor:
                 # A process group of its own: Ctrl-C in a terminal reaches the parent only,
                 # which passes it on once (a second signal would make the worker skip its drain).
                 os.setpgid(0, 0)
-                for position, other in enumerate(self._own):
-                    if position != index:
-                        other.close()
-                sockets = [self._own[index], *self._shared]
-                code = self._serve(worker_settings(self._settings, index), sockets, self._spools)
+                for group in (self._own, self._private):
+                    for position, other in enumerate(group):
+                        if position != index:
+                            other.close()
+                sockets = [self._own[index], *self._shared, *self._private[index : index + 1]]
+                peers = Peers(index, self._urls) if self._urls else None
+                code = self._serve(
+                    worker_settings(self._settings, index), sockets, self._spools, peers
+                )
             except BaseException:
                 logger.exception("worker %d failed", index)
             finally:

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 from s3batchd.cli import main
 from s3batchd.seaweed import LocalS3
+from s3batchd.status import Samples
+from s3batchd.status import render as render_status
 from tests.batches import indexed_objects
 from tests.conftest import Daemon, wait_for
 
@@ -100,6 +102,25 @@ def test_status_summarises_a_running_daemon(daemon: Daemon, s3: S3Client, bucket
     assert "state:     ready" in output
     assert "uploaded 1 with 3 objects" in output
     assert "PUT requests avoided" in output
+
+
+def test_status_of_several_workers_adds_their_samples_up() -> None:
+    samples: Samples = {
+        "s3batchd_batches_sealed_total": {
+            (("reason", "linger"), ("worker", "0")): 3.0,
+            (("reason", "linger"), ("worker", "1")): 4.0,
+            (("reason", "records"), ("worker", "1")): 1.0,
+        },
+        "s3batchd_spool_oldest_record_age_seconds": {
+            (("worker", "0"),): 1.5,
+            (("worker", "1"),): 2.5,
+        },
+        "s3batchd_records_uploaded_total": {(("worker", "0"),): 10.0, (("worker", "1"),): 5.0},
+        "s3batchd_batches_uploaded_total": {(("worker", "0"),): 2.0, (("worker", "1"),): 1.0},
+    }
+    output = render_status({"status": "ready"}, samples)
+    assert "sealed linger 7, records 1; uploaded 3 with 15 objects" in output
+    assert "oldest 2.5 s" in output  # the oldest of the workers', not their sum
 
 
 def test_status_without_a_daemon_is_a_clear_error() -> None:

@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from s3batchd.workers import RESTART_LIMIT
 from tests.batches import indexed_objects
 from tests.conftest import wait_for
@@ -153,6 +155,55 @@ def test_connections_spread_over_workers_and_a_dead_worker_is_started_again(
         assert len(after) == 2 and len(after - first) == 1
         assert daemon.terminate() == 0  # the new worker recovered and uploaded the old batch
     assert indexed_objects(s3, bucket) == 80
+
+
+def _scrape(
+    admin_port: int, query: str = ""
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One scrape of /metrics on a new connection (any worker may take it)."""
+    connection = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=10)
+    connection.request("GET", f"/metrics{query}")
+    reply = connection.getresponse()
+    text = reply.read().decode()
+    connection.close()
+    assert reply.status == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _puts_by_worker(
+    scrape: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+) -> dict[str, float]:
+    return {
+        dict(labels).get("worker", "-"): value
+        for (name, labels), value in scrape.items()
+        if name == "s3batchd_requests_total"
+        and ("operation", "PutObject") in labels
+        and ("status", "200") in labels
+    }
+
+
+def test_every_scrape_has_every_workers_samples(
+    tmp_path: Path, s3_server: LocalS3, bucket: str
+) -> None:
+    daemon = DaemonProcess(tmp_path, s3_server, server={"workers": 2}, batch={"linger_ms": 600_000})
+    with daemon:
+        wait_for(lambda: daemon.log().count("Application startup complete") == 2)
+        assert len(_put_on_fresh_connections(daemon.port, bucket, "m", 40)) == 2
+        # Each scrape (a new connection: either worker takes it) gives both workers' counters,
+        # labelled, so they never go back between scrapes and their sum is the daemon's.
+        for _ in range(12):
+            by_worker = _puts_by_worker(_scrape(daemon.admin_port))
+            assert set(by_worker) == {"0", "1"}
+            assert sum(by_worker.values()) == 40
+            assert all(count > 0 for count in by_worker.values())
+        own = _puts_by_worker(_scrape(daemon.admin_port, "?scope=worker"))
+        assert list(own) == ["-"]  # one worker's own samples, unlabelled
+        assert 0 < own["-"] < 40
+        assert daemon.terminate() == 0
 
 
 def test_a_worker_that_cannot_start_stops_the_daemon(tmp_path: Path, s3_server: LocalS3) -> None:

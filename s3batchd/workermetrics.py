@@ -1,0 +1,95 @@
+"""``/metrics`` of a daemon with several workers: every worker's samples, labelled ``worker``.
+
+The workers share the admin port, so a scrape reaches one of them. Each worker also listens on
+a private loopback port of its own (bound by the supervisor before it forks, so a worker
+started again gets the same one); the worker that took the scrape asks every other worker for
+its own samples there (``/metrics?scope=worker``) and answers with all of them, each sample
+labelled with its worker's index. Counters then never go back in time between scrapes
+(Prometheus would read that as a reset), and ``sum`` over ``worker`` gives the daemon's totals.
+A worker that does not answer within ``PEER_TIMEOUT_S`` (it is being started again) is left
+out of that scrape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait for another worker's samples.
+PEER_TIMEOUT_S = 2.0
+#: The query that asks a worker for its own samples only.
+WORKER_SCOPE = "worker"
+
+
+@dataclass(frozen=True)
+class Peers:
+    """This worker's index and every worker's private admin URL, by index."""
+
+    index: int
+    urls: tuple[str, ...]
+
+    @property
+    def own_port(self) -> int:
+        """The port of this worker's private admin listener."""
+        port = urlsplit(self.urls[self.index]).port
+        if port is None:
+            raise ValueError(f"no port in {self.urls[self.index]}")
+        return port
+
+
+async def all_workers(peers: Peers, own: bytes) -> bytes:
+    """The exposition of every worker that answered, ``own`` being this worker's."""
+    others = [(i, url) for i, url in enumerate(peers.urls) if i != peers.index]
+    async with httpx.AsyncClient(timeout=PEER_TIMEOUT_S, trust_env=False) as client:
+        answers = await asyncio.gather(
+            *(_fetch(client, url) for _, url in others), return_exceptions=True
+        )
+    texts = {peers.index: own.decode()}
+    for (index, url), answer in zip(others, answers, strict=True):
+        if isinstance(answer, BaseException):
+            logger.warning("worker %d (%s) did not give its metrics: %s", index, url, answer)
+        else:
+            texts[index] = answer
+    return merge(texts)
+
+
+async def _fetch(client: httpx.AsyncClient, url: str) -> str:
+    answer = await client.get(f"{url}/metrics", params={"scope": WORKER_SCOPE})
+    answer.raise_for_status()
+    return answer.text
+
+
+def merge(texts: dict[int, str]) -> bytes:
+    """One exposition of several workers' samples, each labelled ``worker="<index>"``."""
+    families: dict[str, Metric] = {}
+    for index, text in sorted(texts.items()):
+        for family in text_string_to_metric_families(text):
+            merged = families.get(family.name)
+            if merged is None:
+                merged = Metric(family.name, family.documentation, family.type, family.unit)
+                families[family.name] = merged
+            for sample in family.samples:
+                labels = {**sample.labels, "worker": str(index)}
+                merged.add_sample(sample.name, labels, sample.value, sample.timestamp)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(families.values()))
+    return generate_latest(registry)
+
+
+class _Fixed(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
