@@ -220,8 +220,9 @@ class Daemon(Server):
         return server
 
     def metrics(self) -> dict[str, float]:
-        """Every sample of /metrics summed over its labels, by sample name; a few labelled
-        samples also under ``name{label=value,...}``."""
+        """Every sample of /metrics summed over its labels, by sample name; labelled samples
+        also under ``name{label=value,...}`` (summed over ``worker``: several workers' samples
+        carry it)."""
         status, body = http_get(f"{self.admin_url}/metrics", timeout=10)
         if status != 200:
             raise RuntimeError(f"/metrics answered {status}")
@@ -230,9 +231,11 @@ class Daemon(Server):
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 values[sample.name] = values.get(sample.name, 0.0) + sample.value
-                if sample.labels:
-                    labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                    values[f"{sample.name}{{{labels}}}"] = sample.value
+                named = {k: v for k, v in sample.labels.items() if k != "worker"}
+                if named:
+                    labels = ",".join(f"{k}={v}" for k, v in sorted(named.items()))
+                    key = f"{sample.name}{{{labels}}}"
+                    values[key] = values.get(key, 0.0) + sample.value
         return values
 
     def loop_lag(self, stall_s: float) -> tuple[float, float, float]:
