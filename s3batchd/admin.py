@@ -14,7 +14,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from s3batchd.pipeline import Pipeline
-from s3batchd.workermetrics import WORKER_SCOPE, Peers, all_workers
+from s3batchd.workermetrics import WORKER_SCOPE, Peers, all_workers, all_workers_ready
 
 
 def _pipeline(request: Request) -> Pipeline | None:
@@ -27,9 +27,14 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    """Ready to take PUTs: started, not draining, spool writable, under quota, upstream OK."""
+    """Ready to take PUTs: started, not draining, spool writable, under quota, upstream OK.
+    With several workers: every worker is (the reasons name the worker) unless
+    ``?scope=worker`` asks about this worker only."""
     pipeline = _pipeline(request)
     reasons = ["starting"] if pipeline is None else await pipeline.not_ready_reasons()
+    peers: Peers | None = request.app.state.admin_peers
+    if peers is not None and request.query_params.get("scope") != WORKER_SCOPE:
+        reasons = await all_workers_ready(peers, reasons)
     if reasons:
         return JSONResponse({"status": "not ready", "reasons": reasons}, status_code=503)
     return JSONResponse({"status": "ready"})

@@ -81,8 +81,8 @@ class ServerConfig(Section):
     """Daemon processes serving the port, each with its own spool (worker 0: ``spool.dir``,
     worker i: ``<spool.dir>/_workers/<i>``), writer id and share ``spool.max_bytes / workers``
     of the quota; they share the catalog, the held multipart uploads and the admin port
-    (``/metrics`` gives every worker's samples, labelled ``worker``; ``/healthz`` and
-    ``/readyz`` are answered by one worker, about itself). Python runs one request at a time
+    (``/metrics`` gives every worker's samples, labelled ``worker``; ``/readyz`` is ready when
+    every worker is). Python runs one request at a time
     per process: more workers use more cores (2 workers on 2 cores: 1.6x the PUT/s of one,
     bench/README.md). Each worker has its own socket on the port (SO_REUSEPORT), and one that
     dies is started again. Lowering it moves the batches of the spools no longer used into

@@ -1,4 +1,5 @@
-"""``/metrics`` of a daemon with several workers: every worker's samples, labelled ``worker``.
+"""The admin port of a daemon with several workers: ``/metrics`` gives every worker's samples,
+labelled ``worker``, and ``/readyz`` is ready only when every worker is.
 
 The workers share the admin port, so a scrape reaches one of them. Each worker also listens on
 a private loopback port of its own (bound by the supervisor before it forks, so a worker
@@ -7,7 +8,9 @@ its own samples there (``/metrics?scope=worker``) and answers with all of them, 
 labelled with its worker's index. Counters then never go back in time between scrapes
 (Prometheus would read that as a reset), and ``sum`` over ``worker`` gives the daemon's totals.
 A worker that does not answer within ``PEER_TIMEOUT_S`` (it is being started again) is left
-out of that scrape.
+out of that scrape. ``/readyz`` asks every other worker the same way (``/readyz?scope=worker``)
+and lists their reasons, each named after its worker; one that does not answer is a reason
+too (its share of the connections is not being served).
 """
 
 from __future__ import annotations
@@ -62,6 +65,32 @@ async def all_workers(peers: Peers, own: bytes) -> bytes:
         else:
             texts[index] = answer
     return merge(texts)
+
+
+async def all_workers_ready(peers: Peers, own: list[str]) -> list[str]:
+    """Why the daemon is not ready, ``own`` being this worker's reasons: every worker's
+    reasons, each prefixed with its worker (empty: every worker is ready)."""
+    others = [(i, url) for i, url in enumerate(peers.urls) if i != peers.index]
+    async with httpx.AsyncClient(timeout=PEER_TIMEOUT_S, trust_env=False) as client:
+        answers = await asyncio.gather(
+            *(_fetch_reasons(client, url) for _, url in others), return_exceptions=True
+        )
+    reasons = {peers.index: own}
+    for (index, _), answer in zip(others, answers, strict=True):
+        reasons[index] = (
+            [f"no readiness answer: {str(answer) or type(answer).__name__}"]
+            if isinstance(answer, BaseException)
+            else answer
+        )
+    return [f"worker {i}: {reason}" for i, found in sorted(reasons.items()) for reason in found]
+
+
+async def _fetch_reasons(client: httpx.AsyncClient, url: str) -> list[str]:
+    answer = await client.get(f"{url}/readyz", params={"scope": WORKER_SCOPE})
+    if answer.status_code not in (200, 503):
+        answer.raise_for_status()
+    reasons = answer.json().get("reasons", [])
+    return [str(reason) for reason in reasons] if isinstance(reasons, list) else []
 
 
 async def _fetch(client: httpx.AsyncClient, url: str) -> str:

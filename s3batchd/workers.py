@@ -7,10 +7,10 @@ a worker that dies is started again. Worker 0 uses ``spool.dir`` itself (the lay
 single-process daemon); worker i > 0 uses ``<spool.dir>/_workers/<i>``. The workers share the
 catalog (SQLite in WAL mode; a PUT is answered once its row is committed, in a group commit of
 ``catalogwriter``, so a read on any worker sees every acknowledged write), the held multipart
-uploads (``<spool.dir>/_multipart``) and the admin port: a probe is answered by one worker,
-about itself; a scrape of ``/metrics`` by one worker with every worker's samples, which it
-asks the others for on their private loopback admin listeners (``workermetrics``). Each worker
-gets ``spool.max_bytes / N`` of the spool quota.
+uploads (``<spool.dir>/_multipart``) and the admin port: ``/healthz`` is answered by one
+worker, about itself; ``/metrics`` and ``/readyz`` by one worker about all of them, which it
+asks on their private loopback admin listeners (``workermetrics``). Each worker gets
+``spool.max_bytes / N`` of the spool quota.
 """
 
 from __future__ import annotations

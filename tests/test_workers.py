@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import json
 import os
+import re
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -203,6 +205,40 @@ def test_every_scrape_has_every_workers_samples(
         own = _puts_by_worker(_scrape(daemon.admin_port, "?scope=worker"))
         assert list(own) == ["-"]  # one worker's own samples, unlabelled
         assert 0 < own["-"] < 40
+        assert daemon.terminate() == 0
+
+
+def _readyz(admin_port: int) -> tuple[int, dict[str, Any]]:
+    connection = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=30)
+    connection.request("GET", "/readyz")
+    reply = connection.getresponse()
+    body = json.loads(reply.read())
+    connection.close()
+    return reply.status, body
+
+
+def test_a_hung_worker_makes_the_daemon_unready_and_leaves_the_scrape(
+    tmp_path: Path, s3_server: LocalS3
+) -> None:
+    daemon = DaemonProcess(tmp_path, s3_server, server={"workers": 2})
+    with daemon:
+        wait_for(lambda: daemon.log().count("Application startup complete") == 2)
+        for _ in range(6):  # whichever worker takes the probe, both are ready
+            assert _readyz(daemon.admin_port) == (200, {"status": "ready"})
+        hung = max(daemon.workers())
+        os.kill(hung, signal.SIGSTOP)  # alive, but answers nothing (the other takes the port)
+        try:
+            status, body = _readyz(daemon.admin_port)
+            assert status == 503
+            [reason] = body["reasons"]
+            assert re.fullmatch(r"worker [01]: no readiness answer: .+", reason), reason
+            hung_index = reason[len("worker ")]
+            scraped = _scrape(daemon.admin_port)
+            workers = {dict(labels).get("worker") for (name, labels) in scraped}
+            assert workers == {"0", "1"} - {hung_index}  # left out, the scrape still answered
+        finally:
+            os.kill(hung, signal.SIGCONT)
+        wait_for(lambda: _readyz(daemon.admin_port) == (200, {"status": "ready"}))
         assert daemon.terminate() == 0
 
 
