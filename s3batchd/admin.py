@@ -14,7 +14,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from s3batchd.pipeline import Pipeline
-from s3batchd.workermetrics import WORKER_SCOPE, Peers, all_workers, all_workers_ready
+from s3batchd.workeradmin import WORKER_SCOPE, Peers, all_workers_metrics, all_workers_ready
 
 
 def _pipeline(request: Request) -> Pipeline | None:
@@ -46,7 +46,7 @@ async def metrics(request: Request) -> Response:
     own = generate_latest(request.app.state.metrics.registry)
     peers: Peers | None = request.app.state.admin_peers
     if peers is not None and request.query_params.get("scope") != WORKER_SCOPE:
-        own = await all_workers(peers, own)
+        own = await all_workers_metrics(peers, own)
     return Response(own, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -21,7 +21,7 @@ from s3batchd.server import bind_sockets, build_server
 from s3batchd.status import fetch as fetch_status
 from s3batchd.status import render as render_status
 from s3batchd.upstream import make_client, probe
-from s3batchd.workermetrics import Peers
+from s3batchd.workeradmin import Peers
 from s3batchd.workers import adopt_orphans, run_workers
 
 #: Exit status when shutdown left sealed batches in the spool (uploaded at the next start).

@@ -24,7 +24,7 @@ from s3batchd.app import S3Front, create_app
 from s3batchd.config import Settings
 from s3batchd.pipeline import Pipeline
 from s3batchd.protocol import protocol_with_timeout
-from s3batchd.workermetrics import Peers
+from s3batchd.workeradmin import Peers
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ catalog (SQLite in WAL mode; a PUT is answered once its row is committed, in a g
 ``catalogwriter``, so a read on any worker sees every acknowledged write), the held multipart
 uploads (``<spool.dir>/_multipart``) and the admin port: ``/healthz`` is answered by one
 worker, about itself; ``/metrics`` and ``/readyz`` by one worker about all of them, which it
-asks on their private loopback admin listeners (``workermetrics``). Each worker gets
+asks on their private loopback admin listeners (``workeradmin``). Each worker gets
 ``spool.max_bytes / N`` of the spool quota.
 """
 
@@ -37,7 +37,7 @@ from s3batchd.spool import (
     lock_spool,
     recover,
 )
-from s3batchd.workermetrics import Peers
+from s3batchd.workeradmin import Peers
 
 logger = logging.getLogger(__name__)
 

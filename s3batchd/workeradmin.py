@@ -51,7 +51,7 @@ class Peers:
         return port
 
 
-async def all_workers(peers: Peers, own: bytes) -> bytes:
+async def all_workers_metrics(peers: Peers, own: bytes) -> bytes:
     """The exposition of every worker that answered, ``own`` being this worker's."""
     others = [(i, url) for i, url in enumerate(peers.urls) if i != peers.index]
     async with httpx.AsyncClient(timeout=PEER_TIMEOUT_S, trust_env=False) as client:
