@@ -29,9 +29,9 @@ from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
 
-#: Seconds to wait for another worker's samples.
+#: Seconds to wait for another worker's answer.
 PEER_TIMEOUT_S = 2.0
-#: The query that asks a worker for its own samples only.
+#: ``?scope=`` value that asks a worker about itself only.
 WORKER_SCOPE = "worker"
 
 
@@ -53,50 +53,57 @@ class Peers:
 
 async def all_workers_metrics(peers: Peers, own: bytes) -> bytes:
     """The exposition of every worker that answered, ``own`` being this worker's."""
-    others = [(i, url) for i, url in enumerate(peers.urls) if i != peers.index]
-    async with httpx.AsyncClient(timeout=PEER_TIMEOUT_S, trust_env=False) as client:
-        answers = await asyncio.gather(
-            *(_fetch(client, url) for _, url in others), return_exceptions=True
-        )
     texts = {peers.index: own.decode()}
-    for (index, url), answer in zip(others, answers, strict=True):
+    for index, answer in await _ask_others(peers, "/metrics"):
         if isinstance(answer, BaseException):
-            logger.warning("worker %d (%s) did not give its metrics: %s", index, url, answer)
+            logger.warning("worker %d did not give its metrics: %s", index, answer)
         else:
-            texts[index] = answer
+            texts[index] = answer.text
     return merge(texts)
 
 
 async def all_workers_ready(peers: Peers, own: list[str]) -> list[str]:
     """Why the daemon is not ready, ``own`` being this worker's reasons: every worker's
     reasons, each prefixed with its worker (empty: every worker is ready)."""
-    others = [(i, url) for i, url in enumerate(peers.urls) if i != peers.index]
-    async with httpx.AsyncClient(timeout=PEER_TIMEOUT_S, trust_env=False) as client:
-        answers = await asyncio.gather(
-            *(_fetch_reasons(client, url) for _, url in others), return_exceptions=True
-        )
     reasons = {peers.index: own}
-    for (index, _), answer in zip(others, answers, strict=True):
-        reasons[index] = (
-            [f"no readiness answer: {str(answer) or type(answer).__name__}"]
-            if isinstance(answer, BaseException)
-            else answer
-        )
+    for index, answer in await _ask_others(peers, "/readyz", also_ok=503):
+        reasons[index] = _reasons(answer)
     return [f"worker {i}: {reason}" for i, found in sorted(reasons.items()) for reason in found]
 
 
-async def _fetch_reasons(client: httpx.AsyncClient, url: str) -> list[str]:
-    answer = await client.get(f"{url}/readyz", params={"scope": WORKER_SCOPE})
-    if answer.status_code not in (200, 503):
-        answer.raise_for_status()
-    reasons = answer.json().get("reasons", [])
-    return [str(reason) for reason in reasons] if isinstance(reasons, list) else []
+def _reasons(answer: httpx.Response | BaseException) -> list[str]:
+    """A worker's ``/readyz?scope=worker`` reasons (its answer is 200 or 503 with JSON)."""
+    if isinstance(answer, BaseException):
+        return [_no_answer(answer)]
+    try:
+        listed = answer.json().get("reasons", [])
+    except (ValueError, AttributeError) as exc:  # not the JSON object a worker answers
+        return [_no_answer(exc)]
+    return [str(reason) for reason in listed] if isinstance(listed, list) else [str(listed)]
 
 
-async def _fetch(client: httpx.AsyncClient, url: str) -> str:
-    answer = await client.get(f"{url}/metrics", params={"scope": WORKER_SCOPE})
-    answer.raise_for_status()
-    return answer.text
+def _no_answer(problem: BaseException) -> str:
+    return f"no readiness answer: {str(problem) or type(problem).__name__}"
+
+
+async def _ask_others(
+    peers: Peers, path: str, *, also_ok: int = 200
+) -> list[tuple[int, httpx.Response | BaseException]]:
+    """Every other worker's answer to ``path?scope=worker`` (or why there is none: an error
+    status other than ``also_ok``, a refused connection, no answer within the timeout)."""
+    others = [(i, url) for i, url in enumerate(peers.urls) if i != peers.index]
+
+    async def ask(client: httpx.AsyncClient, url: str) -> httpx.Response:
+        answer = await client.get(f"{url}{path}", params={"scope": WORKER_SCOPE})
+        if answer.status_code not in (200, also_ok):
+            answer.raise_for_status()
+        return answer
+
+    async with httpx.AsyncClient(timeout=PEER_TIMEOUT_S, trust_env=False) as client:
+        answers = await asyncio.gather(
+            *(ask(client, url) for _, url in others), return_exceptions=True
+        )
+    return [(index, answer) for (index, _), answer in zip(others, answers, strict=True)]
 
 
 def merge(texts: dict[int, str]) -> bytes:
