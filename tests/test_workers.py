@@ -4,7 +4,6 @@ sharing the catalog, the held multipart uploads and the port."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import json
 import os
@@ -104,20 +103,17 @@ def test_lowering_workers_adopts_the_batches_of_the_spools_left_over(
 ) -> None:
     daemon = DaemonProcess(tmp_path, s3_server, server={"workers": 2}, batch={"linger_ms": 600_000})
     with daemon:
-        client = daemon.client()
-        with ThreadPoolExecutor(16) as pool:
-            answers = list(
-                pool.map(
-                    lambda i: client.put_object(Bucket=bucket, Key=f"a/{i}", Body=b"x"),
-                    range(100),
-                )
-            )
-        assert {a["ETag"] for a in answers} == {f'"{hashlib.md5(b"x").hexdigest()}"'}
+        wait_for(lambda: daemon.log().count("Application startup complete") == 2)
+        # Both workers listening, then fresh connections until both got PUTs: the kernel picks
+        # a worker per connection, and only among the sockets already listening. With a
+        # client's few kept-alive connections opened right after the start, all of them went
+        # to worker 0 in about one run out of twenty under load, and worker 1 had no batch.
+        assert len(_put_on_fresh_connections(daemon.port, bucket, "a", 40)) == 2
         daemon.kill()  # kill -9: both workers' batches stay open in their spools
     assert list((tmp_path / "spool" / "_workers" / "1").rglob("*.open"))
     single = DaemonProcess(tmp_path, s3_server, server={"workers": 1})
     with single:
-        wait_for(lambda: indexed_objects(s3, bucket) == 100)
+        wait_for(lambda: indexed_objects(s3, bucket) == 40)
         assert single.terminate() == 0
     assert "adopted" in single.log()
     assert not list((tmp_path / "spool" / "_workers" / "1").rglob("*.open"))
