@@ -21,11 +21,11 @@ from s3batchd.errors import (
     NotImplementedS3,
     PreconditionFailed,
 )
+from s3batchd.index import iso_time
 from s3batchd.ingest import requested_durability, store, written_upstream
 from s3batchd.objects import (
     check_conditions,
     http_date,
-    iso_time,
     read_bytes,
 )
 from s3batchd.passthrough import Call, send_upstream

@@ -149,7 +149,7 @@ def _object(entry: IndexEntry) -> dict[str, object]:
         "metadata": record.metadata,
         "headers": record.headers,
         "checksums": record.checksums,
-        "last_modified": iso_utc(datetime.fromtimestamp(record.mtime, tz=UTC)),
+        "last_modified": iso_time(record.mtime),
     }
     if record.multipart_etag:
         out["md5"] = record.md5_hex
@@ -161,10 +161,16 @@ def _tombstone(entry: IndexEntry) -> dict[str, object]:
     return {
         "key": record.key,
         "member": entry.member,
-        "deleted_at": iso_utc(datetime.fromtimestamp(record.mtime, tz=UTC)),
+        "deleted_at": iso_time(record.mtime),
     }
 
 
 def iso_utc(moment: datetime) -> str:
     """UTC time as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso_time(timestamp: float) -> str:
+    """A Unix time as S3 lists ``LastModified`` (ISO 8601 UTC, milliseconds, Z), as the index
+    gives it too."""
+    return iso_utc(datetime.fromtimestamp(timestamp, tz=UTC))

@@ -41,6 +41,7 @@ from s3batchd.errors import (
     S3Error,
     ServiceUnavailable,
 )
+from s3batchd.index import iso_time
 from s3batchd.ingest import (
     CONDITIONAL_HEADERS,
     append,
@@ -52,7 +53,6 @@ from s3batchd.ingest import (
     put_response_headers,
     requested_durability,
 )
-from s3batchd.objects import iso_time
 from s3batchd.passthrough import (
     Call,
     forward,

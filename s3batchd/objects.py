@@ -29,7 +29,7 @@ from s3batchd.errors import (
     NoSuchKey,
     PreconditionFailed,
 )
-from s3batchd.index import iso_utc
+from s3batchd.index import iso_time
 from s3batchd.records import ObjectRecord
 from s3batchd.spool import OPEN_SUFFIX, SEALED_SUFFIX
 
@@ -87,11 +87,6 @@ def object_headers(entry: CatalogEntry, headers: dict[str, str]) -> dict[str, st
 def http_date(timestamp: float) -> str:
     """RFC 7231 date, as Last-Modified carries it."""
     return format_datetime(datetime.fromtimestamp(int(timestamp), tz=UTC), usegmt=True)
-
-
-def iso_time(timestamp: float) -> str:
-    """``LastModified`` as S3 lists it (ISO 8601, milliseconds, Z)."""
-    return iso_utc(datetime.fromtimestamp(timestamp, tz=UTC))
 
 
 def check_conditions(entry: CatalogEntry, headers: dict[str, str]) -> bool:
