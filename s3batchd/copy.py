@@ -142,7 +142,7 @@ async def copy_object(call: Call) -> Response:
     tags = (headers if tagging == "REPLACE" else entry.record.headers).get("x-amz-tagging")
     record = replace(record, headers=kept | ({"x-amz-tagging": tags} if tags else {}))
     pipeline = call.pipeline
-    body = BodyBuffer(memory_limit=len(data), spill_dir=pipeline.settings.spool.dir)
+    body = BodyBuffer(memory_limit=len(data), spill_dir=pipeline.spill_dir)
     body.write(data)
     durability = requested_durability(headers, pipeline.settings.spool.durability)
     try:

@@ -313,7 +313,7 @@ async def upload_part_copy(call: Call) -> Response:
         upstream_id = await _promote_locked(call, upload.upload_id)
         return await forward(call, query=call.query(uploadId=upstream_id))
     data = await read_source(call, entry, call.headers.get("x-amz-copy-source-range"))
-    body = BodyBuffer(memory_limit=len(data), spill_dir=call.settings.spool.dir)
+    body = BodyBuffer(memory_limit=len(data), spill_dir=call.pipeline.spill_dir)
     body.write(data)
     try:
         part = _part(upload, number, body, hashlib.md5(data, usedforsecurity=False).hexdigest())

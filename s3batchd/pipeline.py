@@ -138,7 +138,7 @@ class Pipeline:
         if self.catalog.get(bucket, key) is None:
             return False
         record = ObjectRecord(key=key, size=0, md5_hex=EMPTY_MD5, mtime=time.time(), deleted=True)
-        empty = BodyBuffer(memory_limit=0, spill_dir=self.settings.spool.dir)
+        empty = BodyBuffer(memory_limit=0, spill_dir=self.spill_dir)
         entry = await self.batcher.add(
             bucket, record, empty, durability=self.settings.spool.durability
         )
