@@ -1,5 +1,5 @@
 """The ceiling: a do-nothing ASGI app that reads the request body and answers 200, served by
-uvicorn with the same settings s3batchd's server uses (h11 with the header timeout protocol,
+uvicorn with the same settings s3batchd's server uses (httptools with the header timeout protocol,
 keep-alive, connection limit, no access log, no server header).
 
     python -m bench.ceiling --port 9999

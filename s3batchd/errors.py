@@ -12,6 +12,7 @@ S3BatchdError                      root of everything the daemon raises on purpo
     ├── SignatureDoesNotMatch, InvalidAccessKeyId, RequestTimeTooSkewed (403)
     ├── AuthorizationHeaderMalformed, AuthorizationQueryParametersError (400)
     ├── MissingContentLength, IncompleteBody, EntityTooLarge, MetadataTooLarge
+    ├── RequestHeaderSectionTooLarge (answered by protocol.py: no request exists yet)
     ├── InvalidDigest, BadDigest, XAmzContentSHA256Mismatch
     ├── NotImplementedS3
     ├── NoSuchKey (404), PreconditionFailed (412), InvalidRange (416)
@@ -110,6 +111,11 @@ class IncompleteBody(S3Error):
 class EntityTooLarge(S3Error):
     code, status_code = "EntityTooLarge", 400
     default_message = "Your proposed upload exceeds the maximum allowed object size."
+
+
+class RequestHeaderSectionTooLarge(S3Error):
+    code, status_code = "RequestHeaderSectionTooLarge", 400
+    default_message = "Your request header section exceeds the maximum allowed size."
 
 
 class MetadataTooLarge(S3Error):

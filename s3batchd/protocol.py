@@ -1,26 +1,56 @@
-"""uvicorn's h11 protocol with a header read timeout.
+"""uvicorn's httptools protocol with a header read timeout and a header size limit.
+
+httptools (llhttp, the C parser of Node.js) rather than h11: h11 parses HTTP in Python and was
+most of the cost of a request here, the daemon's own work included (bench/README.md).
 
 uvicorn bounds the idle time between requests (``timeout_keep_alive``) but not the time a
 client may take to send a request's headers: a client trickling header bytes would hold its
 connection forever. Here every request's headers must be complete within
 ``server.header_timeout_s`` of the connection opening or the previous response ending;
 otherwise the connection is closed (before any request exists, so there is nothing to answer).
+
+Nor does uvicorn's httptools protocol bound the size of the header section (h11 did, at
+16 KiB): a longer one is answered ``400 RequestHeaderSectionTooLarge`` and the connection
+closed, as S3 does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from s3batchd.app import error_xml
+from s3batchd.errors import RequestHeaderSectionTooLarge
+
+logger = logging.getLogger(__name__)
+
+MAX_HEADER_SECTION_BYTES = 16 * 1024
+"""Longest request line plus headers taken (h11's limit, which the daemon had before)."""
 
 
-class HeaderTimeoutProtocol(H11Protocol):
-    """H11Protocol that closes connections whose request headers arrive too slowly."""
+class HeaderTooLargeError(Exception):
+    """Raised inside a parser callback to stop parsing a too long header section."""
+
+
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol that closes connections whose request headers arrive too slowly and
+    refuses header sections longer than ``MAX_HEADER_SECTION_BYTES``."""
 
     header_timeout_s = 10.0
 
     _header_timer: asyncio.TimerHandle | None = None
-    _waiting_cycle: object = None
+    _in_headers = False
+    """Between a request's first byte and the end of its headers."""
+    _counted = 0
+    """Header bytes of the current request seen in complete URL pieces and headers."""
+    _whole_chunks = 0
+    """Bytes of the reads that fell entirely inside the current request's header section."""
+    _too_large = False
+    _began = False
+    """A request began during the current read."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the clock for the first request's headers."""
@@ -28,11 +58,47 @@ class HeaderTimeoutProtocol(H11Protocol):
         self._start_header_timer()
 
     def data_received(self, data: bytes) -> None:
-        """Stop the clock once a request's headers are complete (a new cycle exists)."""
+        """Feed the parser; a read that starts and ends inside one header section counts
+        whole towards its size (the parser buffers a header until it is complete)."""
+        inside, self._began = self._in_headers, False
         super().data_received(data)
-        if self._header_timer is not None and self.cycle is not self._waiting_cycle:
+        if inside and self._in_headers and not self._began and not self.transport.is_closing():
+            self._whole_chunks += len(data)
+            if self._whole_chunks > MAX_HEADER_SECTION_BYTES:
+                self._refuse_header_section()
+
+    def on_message_begin(self) -> None:
+        """A request begins: its header section is counted from here."""
+        super().on_message_begin()
+        self._in_headers = self._began = True
+        self._counted = 0
+        self._whole_chunks = 0
+
+    def on_url(self, url: bytes) -> None:
+        """Count the request target."""
+        super().on_url(url)
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Count a header line."""
+        super().on_header(name, value)
+        self._count(len(name) + len(value) + 4)
+
+    def on_headers_complete(self) -> None:
+        """Stop the clock once a request's headers are complete."""
+        self._in_headers = False
+        if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request the parser refused, or S3's to a header section
+        over the limit."""
+        if self._too_large:
+            self._refuse_header_section()
+        else:
+            super().send_400_response(msg)
 
     def on_response_complete(self) -> None:
         """Start the clock for the next request's headers."""
@@ -47,15 +113,38 @@ class HeaderTimeoutProtocol(H11Protocol):
             self._header_timer = None
         super().connection_lost(exc)
 
+    def _count(self, size: int) -> None:
+        self._counted += size
+        if self._counted > MAX_HEADER_SECTION_BYTES:
+            self._too_large = True
+            raise HeaderTooLargeError  # the parser stops; uvicorn calls send_400_response
+
+    def _refuse_header_section(self) -> None:
+        # No request exists yet for the app to answer: the same XML, written here.
+        request_id = secrets.token_hex(8).upper()
+        body = error_xml(RequestHeaderSectionTooLarge(), resource="", request_id=request_id)
+        logger.warning("request header section over %d bytes refused", MAX_HEADER_SECTION_BYTES)
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\n"
+            b"content-type: application/xml\r\n"
+            b"content-length: %d\r\n"
+            b"x-amz-request-id: %s\r\n"
+            b"server: s3batchd\r\n"
+            b"connection: close\r\n\r\n%s" % (len(body), request_id.encode(), body)
+        )
+        self.transport.close()
+
     def _start_header_timer(self) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
-        self._waiting_cycle = self.cycle
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
 
     def _headers_too_slow(self) -> None:
+        # Only while waiting for a request's headers: a pipelined request started by the
+        # previous response's end has its headers already.
         self._header_timer = None
-        if not self.transport.is_closing() and self.cycle is self._waiting_cycle:
+        waiting = self.cycle is None or self.cycle.response_complete or self._in_headers
+        if waiting and not self.transport.is_closing():
             self.transport.close()
 
 
