@@ -104,17 +104,35 @@ def _pax_record(keyword: str, value: str) -> bytes:
 def _ustar_block(
     name: bytes, mode: int, size: int, mtime: int, typeflag: bytes = tarfile.REGTYPE
 ) -> bytes:
-    block = bytearray(TAR_BLOCK)
-    block[0 : len(name)] = name
-    block[100:108] = b"%07o\0" % mode
-    block[108:124] = b"0000000\0" * 2  # uid, gid
-    block[124:136] = b"%011o\0" % size
-    block[136:148] = b"%011o\0" % mtime
-    block[148:156] = b"        "  # the checksum field counts as spaces
-    block[156:157] = typeflag
-    block[257:265] = _MAGIC
-    block[148:156] = b"%06o\0 " % sum(block)
-    return bytes(block)
+    mode_field = b"%07o\0" % mode
+    size_field = b"%011o\0" % size
+    mtime_field = b"%011o\0" % mtime
+    # The checksum counts every byte with its own field as spaces: the fixed fields' share
+    # is a constant, so only the variable fields are summed (not all 512 bytes).
+    checksum = (
+        _FIXED_SUM + sum(name) + sum(mode_field) + sum(size_field) + sum(mtime_field) + typeflag[0]
+    )
+    return b"".join(
+        (
+            name,
+            bytes(_USTAR_NAME - len(name)),
+            mode_field,
+            _UID_GID,
+            size_field,
+            mtime_field,
+            b"%06o\0 " % checksum,
+            typeflag,
+            _LINKNAME,
+            _MAGIC,
+            _REST,
+        )
+    )
+
+
+_UID_GID = b"0000000\0" * 2
+_LINKNAME = bytes(100)
+_REST = bytes(TAR_BLOCK - 265)
+_FIXED_SUM = sum(_UID_GID) + sum(b" " * 8) + sum(_MAGIC)
 
 
 def _encode_with_tarfile(record: ObjectRecord, name: str, pax: dict[str, str]) -> bytes:
