@@ -45,6 +45,7 @@ from s3batchd.errors import (
 )
 from s3batchd.records import ObjectRecord
 from s3batchd.sigv4 import ChunkVerifier
+from s3batchd.stall import StallWatch
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IPV4 = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
@@ -415,24 +416,31 @@ async def iter_body(
     ``received``: bytes already taken from this body by an earlier reader."""
     decoder = AwsChunkedDecoder(verifier) if request.aws_chunked else None
     size = received
-    while True:
-        try:
-            async with asyncio.timeout(timeout_s):
+    watch = StallWatch(timeout_s)
+    try:
+        while True:
+            watch.waiting()
+            try:
                 message = await receive()
-        except TimeoutError as exc:
-            raise RequestTimeout() from exc
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnectedError()
-        chunk: bytes = message.get("body", b"")
-        pieces = decoder.feed(chunk) if decoder is not None else [chunk]
-        for piece in pieces:
-            size += len(piece)
-            if size > max_bytes:
-                raise EntityTooLarge(f"Your upload exceeds the limit of {max_bytes} bytes.")
-            digests.update(piece)
-            yield bytes(piece)
-        if not message.get("more_body", False):
-            break
+            except asyncio.CancelledError as exc:
+                if watch.timed_out():
+                    raise RequestTimeout() from exc
+                raise
+            watch.arrived()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnectedError()
+            chunk: bytes = message.get("body", b"")
+            pieces = decoder.feed(chunk) if decoder is not None else [chunk]
+            for piece in pieces:
+                size += len(piece)
+                if size > max_bytes:
+                    raise EntityTooLarge(f"Your upload exceeds the limit of {max_bytes} bytes.")
+                digests.update(piece)
+                yield bytes(piece)
+            if not message.get("more_body", False):
+                break
+    finally:
+        watch.close()
     if decoder is not None:
         decoder.finish()
         request.checksums.update(_trailer_checksums(request, decoder.trailers))
