@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from s3batchd.app import error_xml
+from s3batchd.app import error_xml, new_request_id
 from s3batchd.errors import RequestHeaderSectionTooLarge
 
 logger = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def _refuse_header_section(self) -> None:
         # No request exists yet for the app to answer: the same XML, written here.
-        request_id = secrets.token_hex(8).upper()
+        request_id = new_request_id()
         body = error_xml(RequestHeaderSectionTooLarge(), resource="", request_id=request_id)
         logger.warning("request header section over %d bytes refused", MAX_HEADER_SECTION_BYTES)
         self.transport.write(
