@@ -109,8 +109,11 @@ def parse_target(scope: Scope, headers: dict[str, str], domains: tuple[str, ...]
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
     raw_path = raw_path.split(b"?", 1)[0]
     path = _decode_path(raw_path)
-    query = dict(
-        parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    query_string: bytes = scope.get("query_string", b"")
+    query = (
+        dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+        if query_string
+        else {}
     )
     bucket = _virtual_bucket(headers.get("host", ""), domains)
     virtual = bucket is not None
