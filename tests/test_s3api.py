@@ -243,6 +243,25 @@ def test_http_chunked_body_without_length_is_stored(
     assert fetch(s3, Location.from_headers(headers)) == b"hello world"
 
 
+def test_absolute_form_request_target_is_served_by_its_path(
+    daemon: Daemon, s3: S3Client, bucket: str
+) -> None:
+    """HTTP/1.1 servers must take ``PUT http://host/path`` (what a client configured with
+    the daemon as an HTTP proxy sends)."""
+    port = daemon.settings.server.port
+    status, headers, _ = _raw(
+        port,
+        f"PUT http://127.0.0.1:{port}/{bucket}/abs%20form?x-id=PutObject HTTP/1.1\n"
+        "Host: 127.0.0.1\nContent-Length: 5",
+        b"hello",
+    )
+    assert status == 200
+    assert headers["x-s3batchd-tar"].startswith(f"s3://{bucket}/")
+    wait_for(lambda: indexed_objects(s3, bucket) == 1)
+    assert fetch(s3, Location.from_headers(headers)) == b"hello"
+    assert daemon.pipeline.catalog.get(bucket, "abs form") is not None
+
+
 def test_aws_chunked_length_mismatch_is_incomplete_body(daemon: Daemon, bucket: str) -> None:
     body = b"5\r\nhello\r\n0\r\n\r\n"
     status, _, answer = _raw(
