@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,10 +27,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CATALOG_DIR = "_catalog"
-#: Queued objects that force a flush (a transaction of this many rows takes about a millisecond).
-MAX_PENDING = 512
 #: Longest time an object stays queued before the pipeline flushes it.
 FLUSH_DELAY_S = 0.05
+#: Rows per query of ``Catalog.iter_keys``.
+_PAGE_ROWS = 256
 #: Queued objects kept for the next flush after failed ones (beyond it the oldest are dropped
 #: from the catalog, never from the spool or the index: ``s3batchd reindex`` restores them).
 MAX_RETAINED = 50_000
@@ -132,9 +133,14 @@ def catalog_path(spool_dir: Path, configured: str = "") -> Path:
 
 
 class Catalog:
-    """The catalog database (used from one thread at a time)."""
+    """The catalog database. Safe to share between the event loop and one writer thread:
+    every use of the connection holds ``_db_lock``; queuing a row (``put``) only takes
+    ``_pending_lock``, held for an append, so a flush in progress elsewhere never holds up
+    the PUT that queues the next row."""
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 0.5) -> None:
+    def __init__(
+        self, path: Path, *, busy_timeout_s: float = 0.5, auto_checkpoint: bool = True
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # A short busy timeout by default: the daemon reads on its event loop, and another
@@ -149,17 +155,22 @@ class Catalog:
             # WAL + NORMAL: a crash may lose the newest rows, which start-up rebuilds.
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            if not auto_checkpoint:  # the owner calls checkpoint() (on a thread of its own)
+                self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.executescript(_SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(objects)")}
             for column, statement in _MIGRATIONS.items():
                 if column not in columns:
                     self._db.execute(statement)
         self._pending: list[tuple[Any, ...]] = []
+        self._db_lock = threading.RLock()
+        self._pending_lock = threading.Lock()
 
     def close(self) -> None:
         """Close the database."""
-        self.flush()
-        self._db.close()
+        with self._db_lock:
+            self.flush()
+            self._db.close()
 
     def put(
         self, bucket: str, batch_id: str, tar_key: str, entry: IndexEntry, *, uploaded: bool
@@ -168,15 +179,16 @@ class Catalog:
         newer tombstone), or a tombstone (hiding older objects of the key).
 
         Objects are queued and written in one transaction by ``flush``, which every read
-        calls first (and the pipeline calls within ``FLUSH_DELAY_S``): one SQLite transaction
-        per PUT cost more than the rest of the catalog's work. The catalog is rebuilt from the
-        spool at start, so a crash loses nothing that was not already on disk."""
+        calls first (and the pipeline runs on a thread of its own within ``FLUSH_DELAY_S``):
+        one SQLite transaction per PUT cost more than the rest of the catalog's work. The
+        catalog is rebuilt from the spool at start, so a crash loses nothing that was not
+        already on disk."""
         if entry.record.deleted:
             self.put_all([CatalogWrite(bucket, batch_id, tar_key, entry, uploaded)])
             return
-        self._pending.append(_row(bucket, batch_id, tar_key, entry, uploaded=uploaded))
-        if len(self._pending) >= MAX_PENDING:
-            self.flush()
+        row = _row(bucket, batch_id, tar_key, entry, uploaded=uploaded)
+        with self._pending_lock:
+            self._pending.append(row)
 
     @property
     def pending(self) -> int:
@@ -186,18 +198,38 @@ class Catalog:
     def flush(self) -> None:
         """Write the queued objects (one transaction). When it fails (another process held
         the write lock too long, the disk is full) they stay queued for the next flush."""
-        if not self._pending:
-            return
-        rows, self._pending = self._pending, []
+        with self._db_lock:
+            with self._pending_lock:
+                rows, self._pending = self._pending, []
+            if not rows:
+                return
+            try:
+                with self._transaction():
+                    self._db.executemany(_UPSERT, rows)
+            except sqlite3.Error:
+                self._requeue(rows)
+                raise
+
+    def try_flush(self) -> bool:
+        """``flush`` unless another thread is using the connection (then False, nothing
+        done): for the event loop, which must not wait for the catalog's thread."""
+        if not self._db_lock.acquire(blocking=False):
+            return False
         try:
-            with self._transaction():
-                self._db.executemany(_UPSERT, rows)
-        except sqlite3.Error:
-            self._requeue(rows)
-            raise
+            self.flush()
+        finally:
+            self._db_lock.release()
+        return True
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database (PASSIVE: readers are not waited for),
+        for a connection opened without ``auto_checkpoint``."""
+        with self._db_lock:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _requeue(self, rows: list[tuple[Any, ...]]) -> None:
-        self._pending = retained(rows + self._pending)
+        with self._pending_lock:
+            self._pending = retained(rows + self._pending)
 
     def _apply(
         self, bucket: str, batch_id: str, tar_key: str, entry: IndexEntry, *, uploaded: bool
@@ -223,66 +255,79 @@ class Catalog:
 
     def put_all(self, writes: Iterable[CatalogWrite]) -> None:
         """Record objects and tombstones in order, in one transaction (all or none)."""
-        self.flush()
-        with self._transaction():
-            for write in writes:
-                self._apply(
-                    write.bucket,
-                    write.batch_id,
-                    write.tar_key,
-                    write.entry,
-                    uploaded=write.uploaded,
-                )
+        with self._db_lock:
+            self.flush()
+            with self._transaction():
+                for write in writes:
+                    self._apply(
+                        write.bucket,
+                        write.batch_id,
+                        write.tar_key,
+                        write.entry,
+                        uploaded=write.uploaded,
+                    )
 
     def mark_uploaded(self, batch_id: str) -> None:
         """The batch and its index are in the bucket: read its objects from there."""
-        self.flush()
-        self._db.execute("UPDATE objects SET uploaded = 1 WHERE batch_id = ?", (batch_id,))
+        with self._db_lock:
+            self.flush()
+            self._db.execute("UPDATE objects SET uploaded = 1 WHERE batch_id = ?", (batch_id,))
 
     def get(self, bucket: str, key: str) -> CatalogEntry | None:
         """The latest object under ``key``, or None."""
-        self.flush()
-        row = self._db.execute(
-            "SELECT * FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
-        ).fetchone()
+        with self._db_lock:
+            self.flush()
+            row = self._db.execute(
+                "SELECT * FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
+            ).fetchone()
         return None if row is None else _entry(row)
 
     def iter_keys(self, bucket: str, prefix: str, after: str) -> Iterator[CatalogEntry]:
         """Objects of ``bucket`` whose key starts with ``prefix`` and sorts after ``after``,
-        in S3 order (UTF-8 byte order, which is SQLite's BINARY collation)."""
-        self.flush()
-        # A range scan plus a check in Python: SQLite's substr() stops at a NUL, which S3 keys
-        # may contain.
-        cursor = self._db.execute(
-            "SELECT * FROM objects WHERE bucket = ? AND key > ? AND key >= ? ORDER BY key",
-            (bucket, after, prefix),
-        )
-        for row in cursor:
-            entry = _entry(row)
-            if not entry.record.key.startswith(prefix):
+        in S3 order (UTF-8 byte order, which is SQLite's BINARY collation). Read in pages of
+        ``_PAGE_ROWS``, each its own query: no cursor stays open on the shared connection
+        between two pages, while the writer thread may use it."""
+        while True:
+            with self._db_lock:
+                self.flush()
+                # A range scan plus a check in Python: SQLite's substr() stops at a NUL, which
+                # S3 keys may contain.
+                rows = self._db.execute(
+                    "SELECT * FROM objects WHERE bucket = ? AND key > ? AND key >= ? "
+                    "ORDER BY key LIMIT ?",
+                    (bucket, after, prefix, _PAGE_ROWS),
+                ).fetchall()
+            for row in rows:
+                entry = _entry(row)
+                if not entry.record.key.startswith(prefix):
+                    return
+                yield entry
+            if len(rows) < _PAGE_ROWS:
                 return
-            yield entry
+            after = _entry(rows[-1]).record.key
 
     def expire(self, older_than: float, limit: int = 2000) -> int:
         """Forget up to ``limit`` objects written before ``older_than`` (Unix time); returns
-        how many. Bounded so a call never holds the event loop long; repeated calls catch up."""
-        self.flush()
-        cursor = self._db.execute(
-            "DELETE FROM objects WHERE (bucket, key) IN "
-            "(SELECT bucket, key FROM objects WHERE mtime < ? LIMIT ?)",
-            (older_than, limit),
-        )
-        self._db.execute(
-            "DELETE FROM tombstones WHERE (bucket, key) IN "
-            "(SELECT bucket, key FROM tombstones WHERE mtime < ? LIMIT ?)",
-            (older_than, limit),
-        )
-        return cursor.rowcount
+        how many. Bounded so a call never holds the catalog long; repeated calls catch up."""
+        with self._db_lock:
+            self.flush()
+            cursor = self._db.execute(
+                "DELETE FROM objects WHERE (bucket, key) IN "
+                "(SELECT bucket, key FROM objects WHERE mtime < ? LIMIT ?)",
+                (older_than, limit),
+            )
+            self._db.execute(
+                "DELETE FROM tombstones WHERE (bucket, key) IN "
+                "(SELECT bucket, key FROM tombstones WHERE mtime < ? LIMIT ?)",
+                (older_than, limit),
+            )
+            return cursor.rowcount
 
     def count(self) -> int:
         """Rows in the catalog."""
-        self.flush()
-        return int(self._db.execute("SELECT count(*) FROM objects").fetchone()[0])
+        with self._db_lock:
+            self.flush()
+            return int(self._db.execute("SELECT count(*) FROM objects").fetchone()[0])
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import sqlite3
+import threading
 from pathlib import Path
 from threading import Barrier
 
@@ -166,4 +167,60 @@ def test_catalog_listing_rolls_up_prefixes_like_a_full_scan(
     page = catalog_page(catalog, "b", query)
     assert [item.name for item in page.items] == expected[: max_keys + 1]
     assert page.truncated == (len(expected) > max_keys)
+    catalog.close()
+
+
+def _queue(catalog: Catalog, key: str, mtime: float = 1.0) -> None:
+    record = ObjectRecord(key=key, size=1, md5_hex=EMPTY_MD5, mtime=mtime)
+    catalog.put("b", "batch", "tar", IndexEntry(record, key, 512), uploaded=False)
+
+
+def test_the_event_loop_flush_never_waits_for_the_catalog_thread(tmp_path: Path) -> None:
+    """try_flush (the loop's timer) does nothing while the catalog's thread holds the
+    connection (marking an uploaded batch, a checkpoint), instead of waiting for it; a read
+    waits, and then sees every queued row."""
+    catalog = Catalog(tmp_path / "catalog.sqlite3", auto_checkpoint=False)
+    _queue(catalog, "first")
+    holding, release = threading.Event(), threading.Event()
+
+    def thread_work() -> None:
+        with catalog._db_lock:  # as mark_uploaded or checkpoint would
+            holding.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=thread_work)
+    worker.start()
+    assert holding.wait(10)
+    assert catalog.try_flush() is False
+    assert catalog.pending == 1  # still queued, nothing lost
+    release.set()
+    worker.join(10)
+    assert catalog.try_flush() is True
+    assert catalog.pending == 0
+    _queue(catalog, "second")
+    assert [e.record.key for e in catalog.iter_keys("b", "", "")] == ["first", "second"]
+    catalog.checkpoint()
+    catalog.close()
+    reopened = Catalog(tmp_path / "catalog.sqlite3")
+    assert reopened.count() == 2
+    reopened.close()
+
+
+def test_listing_reads_in_pages_sees_each_key_once_while_rows_are_written(
+    tmp_path: Path,
+) -> None:
+    """iter_keys queries a page at a time (no cursor open on the shared connection between
+    pages); rows written between pages, before or after the position reached, neither repeat
+    nor hide the keys listed."""
+    catalog = Catalog(tmp_path / "catalog.sqlite3")
+    keys = [f"k{number:04d}" for number in range(700)]
+    for key in keys:
+        _queue(catalog, key)
+    seen = []
+    for entry in catalog.iter_keys("b", "k", ""):
+        seen.append(entry.record.key)
+        if len(seen) == 300:
+            _queue(catalog, "k0000", mtime=2.0)  # rewritten behind the position: not again
+            _queue(catalog, "k9999")  # new, ahead: listed
+    assert seen == [*keys, "k9999"]
     catalog.close()
