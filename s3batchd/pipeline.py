@@ -81,7 +81,8 @@ class Pipeline:
         self._expired_at = 0.0
         self._flush_scheduled = False
         self._catalog_thread = ThreadPoolExecutor(1, "s3batchd-catalog")
-        """Catalog writes that no request waits for: queued rows, uploaded batches, expiry."""
+        """Catalog writes that no request waits for: the rows of a batch going to the
+        uploader, uploaded batches, expiry, WAL checkpoints."""
         self._catalog_thread_closed = False
         self._buckets_seen: set[str] = set(settings.upstream.probe_buckets)
         self.metrics: Metrics | None = None
