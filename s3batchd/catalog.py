@@ -179,8 +179,9 @@ class Catalog:
         newer tombstone), or a tombstone (hiding older objects of the key).
 
         Objects are queued and written in one transaction by ``flush``, which every read
-        calls first (and the pipeline runs on a thread of its own within ``FLUSH_DELAY_S``):
-        one SQLite transaction per PUT cost more than the rest of the catalog's work. The
+        calls first (and the pipeline calls within ``FLUSH_DELAY_S``, and before a batch goes
+        to the uploader): one SQLite transaction per PUT cost more than the rest of the
+        catalog's work. The
         catalog is rebuilt from the spool at start, so a crash loses nothing that was not
         already on disk."""
         if entry.record.deleted:
