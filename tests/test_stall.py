@@ -24,25 +24,27 @@ async def _wait_piece(watch: StallWatch, arrives_after_s: float) -> str:
 
 def test_a_wait_longer_than_the_timeout_ends_the_read() -> None:
     async def read() -> list[str]:
-        watch = StallWatch(0.2)
+        watch = StallWatch(0.5)
         try:
-            return [await _wait_piece(watch, 0.05), await _wait_piece(watch, 1.0)]
+            return [await _wait_piece(watch, 0.05), await _wait_piece(watch, 3.0)]
         finally:
             watch.close()
 
     got, took_s = asyncio.run(_timed(read()))
     assert got == ["arrived", "timed out"]
-    assert took_s >= 0.25  # 0.05 s, then the second wait's own 0.2 s
+    assert took_s >= 0.55  # 0.05 s, then the second wait's own 0.5 s
 
 
 def test_time_spent_between_pieces_does_not_count() -> None:
     async def read() -> list[str]:
-        watch = StallWatch(0.2)
+        watch = StallWatch(0.5)
         got = []
         try:
             for _ in range(4):
-                got.append(await _wait_piece(watch, 0.15))
-                await asyncio.sleep(0.15)  # the reader busy with the piece (sending it on)
+                got.append(await _wait_piece(watch, 0.1))
+                # The reader busy with the piece (sending it on): with the wait, longer than
+                # the timeout, which only the wait counts towards.
+                await asyncio.sleep(0.45)
         finally:
             watch.close()
         return got
