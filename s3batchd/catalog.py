@@ -181,9 +181,8 @@ class Catalog:
         Objects are queued and written in one transaction by ``flush``, which every read
         calls first (and the pipeline calls within ``FLUSH_DELAY_S``, and before a batch goes
         to the uploader): one SQLite transaction per PUT cost more than the rest of the
-        catalog's work. The
-        catalog is rebuilt from the spool at start, so a crash loses nothing that was not
-        already on disk."""
+        catalog's work. The catalog is rebuilt from the spool at start, so a crash loses
+        nothing that was not already on disk."""
         if entry.record.deleted:
             self.put_all([CatalogWrite(bucket, batch_id, tar_key, entry, uploaded)])
             return

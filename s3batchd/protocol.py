@@ -30,10 +30,6 @@ MAX_HEADER_SECTION_BYTES = 16 * 1024
 """Longest request line plus headers taken (h11's limit, which the daemon had before)."""
 
 
-class HeaderTooLargeError(Exception):
-    """Raised inside a parser callback to stop parsing a too long header section."""
-
-
 class HeaderTimeoutProtocol(HttpToolsProtocol):
     """HttpToolsProtocol that closes connections whose request headers arrive too slowly and
     refuses header sections longer than ``MAX_HEADER_SECTION_BYTES``."""
@@ -116,7 +112,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._counted += size
         if self._counted > MAX_HEADER_SECTION_BYTES:
             self._too_large = True
-            raise HeaderTooLargeError  # the parser stops; uvicorn calls send_400_response
+            # The parser stops (httptools wraps what a callback raises); uvicorn then calls
+            # send_400_response, which answers it.
+            raise RequestHeaderSectionTooLarge()
 
     def _refuse_header_section(self) -> None:
         # No request exists yet for the app to answer: the same XML, written here.
