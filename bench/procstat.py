@@ -30,6 +30,21 @@ def busy_seconds() -> float:
     return (sum(fields) - idle - iowait) / _TICKS
 
 
+def children(pid: int) -> list[int]:
+    """Pids of the live child processes of ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
 def memory_bytes(pid: int, name: str = "VmRSS") -> int:
     """A ``/proc/<pid>/status`` memory field in bytes: VmRSS (now) or VmHWM (peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

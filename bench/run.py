@@ -12,6 +12,7 @@ Everything listens on 127.0.0.1 only; every load run is bounded in time and requ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import platform
@@ -25,10 +26,20 @@ from functools import partial
 from pathlib import Path
 from types import FrameType
 
-from bench import loadgen, matrix, paced, profile, recovery, report, sustained, upload
+from bench import (
+    loadgen,
+    matrix,
+    paced,
+    procstat,
+    profile,
+    recovery,
+    report,
+    sustained,
+    upload,
+)
 from bench.report import TARGET_CONNECTIONS, TARGET_SIZE, Results
 from bench.servers import Daemon, DaemonSettings, Seaweed
-from bench.targets import ALL, NONE, running
+from bench.targets import ALL, FSYNC, NONE, running
 
 logger = logging.getLogger("bench")
 PHASES = ("matrix", "paced", "profile", "recovery", "upload", "sustained")
@@ -115,6 +126,16 @@ def describe(args: argparse.Namespace) -> dict[str, str]:
     }
 
 
+def _rss(daemon: Daemon | None) -> tuple[int | None, int | None]:
+    """Peak RSS of a daemon and of its upload process (if it has one), while both run."""
+    if daemon is None:
+        return None, None
+    children = procstat.children(daemon.pid)
+    return procstat.memory_bytes(daemon.pid, "VmHWM"), (
+        max(procstat.memory_bytes(pid, "VmHWM") for pid in children) if children else None
+    )
+
+
 class Bench:
     """One benchmark run: shared SeaweedFS, results saved after every phase."""
 
@@ -182,47 +203,63 @@ class Bench:
         return point.throughput
 
     def run_paced(self) -> None:
-        """Latency at 50% of each target's peak."""
+        """Latency at 50% of each target's peak (s3batchd's also with uploads from a child
+        process, at the same rate)."""
         for target in self.args.targets:
             peak = self.peak(target)
-            with running(
-                target,
-                seaweed=self.seaweed,
-                work_dir=self.work / "paced" / target,
-                daemon_settings=DaemonSettings(),
-            ) as live:
-                warm = loadgen.LoadSpec(
-                    url=live.url,
-                    size=TARGET_SIZE,
-                    connections=TARGET_CONNECTIONS,
-                    duration_s=self.args.warmup_s,
-                    run="paced-warm",
-                )
-                loadgen.run(warm)
-                result = paced.measure(
-                    target,
-                    live.url,
-                    size=TARGET_SIZE,
-                    connections=TARGET_CONNECTIONS,
-                    peak=peak,
-                    fraction=0.5,
-                    duration_s=self.args.paced_s,
-                    lag=(
-                        partial(live.daemon.loop_lag, paced.STALL_S)
-                        if live.daemon is not None
-                        else None
-                    ),
-                )
-            logger.info(
-                "paced %-9s %6.0f of %6.0f PUT/s: p50 %.2f p99 %.2f ms",
-                target,
-                result.throughput,
-                peak,
-                result.p50_ms,
-                result.p99_ms,
-            )
-            self.results.paced.append(result)
+            variants = (False, True) if target in (NONE, FSYNC) else (False,)
+            for child in variants:
+                self.results.paced.append(self._paced_point(target, peak, child_processes=child))
         self.save()
+
+    def _paced_point(self, target: str, peak: float, *, child_processes: bool) -> paced.PacedPoint:
+        variant = "-child" if child_processes else ""
+        with running(
+            target,
+            seaweed=self.seaweed,
+            work_dir=self.work / "paced" / f"{target}{variant}",
+            daemon_settings=DaemonSettings(child_processes=child_processes),
+        ) as live:
+            warm = loadgen.LoadSpec(
+                url=live.url,
+                size=TARGET_SIZE,
+                connections=TARGET_CONNECTIONS,
+                duration_s=self.args.warmup_s,
+                run=f"paced-warm{variant}",
+            )
+            loadgen.run(warm)
+            result = paced.measure(
+                f"{target}{variant}",
+                live.url,
+                size=TARGET_SIZE,
+                connections=TARGET_CONNECTIONS,
+                peak=peak,
+                fraction=0.5,
+                duration_s=self.args.paced_s,
+                lag=(
+                    partial(live.daemon.loop_lag, paced.STALL_S)
+                    if live.daemon is not None
+                    else None
+                ),
+            )
+            daemon_rss, child_rss = _rss(live.daemon)
+            result = dataclasses.replace(
+                result,
+                target=target,
+                child_processes=child_processes,
+                daemon_rss_bytes=daemon_rss,
+                upload_process_rss_bytes=child_rss,
+            )
+        logger.info(
+            "paced %-9s %6.0f of %6.0f PUT/s: p50 %.2f p99 %.2f ms%s",
+            target,
+            result.throughput,
+            peak,
+            result.p50_ms,
+            result.p99_ms,
+            " (uploads from a child process)" if child_processes else "",
+        )
+        return result
 
     def run_profile(self) -> None:
         """py-spy of the daemon (durability none) at the target size and concurrency."""

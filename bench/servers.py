@@ -154,6 +154,8 @@ class DaemonSettings:
     workers: int = 1
     loop_lag_interval_s: float = 0.005
     """The event-loop lag monitor's interval: fine enough to count every stall of 5 ms."""
+    child_processes: bool = False
+    """``upload.child_processes``: batches uploaded from a child process."""
 
 
 def config_text(settings: DaemonSettings, *, port: int, admin_port: int, spool: Path) -> str:
@@ -177,6 +179,9 @@ max_bytes = {settings.max_bytes}
 [upstream]
 endpoint_url = "{settings.upstream_url}"
 probe_interval_s = {settings.probe_interval_s}
+
+[upload]
+child_processes = {str(settings.child_processes).lower()}
 
 [metrics]
 loop_lag_interval_s = {settings.loop_lag_interval_s}

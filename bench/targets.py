@@ -59,6 +59,7 @@ def running(
             max_records=daemon_settings.max_records,
             max_bytes=daemon_settings.max_bytes,
             upstream_url=seaweed.url,
+            child_processes=daemon_settings.child_processes,
         )
         server = daemon = Daemon.start(work_dir, settings)
         url = daemon.url

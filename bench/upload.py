@@ -22,7 +22,7 @@ from bench.servers import BUCKET
 from s3batchd.config import UploadConfig, UpstreamConfig
 from s3batchd.records import SealedBatch
 from s3batchd.spool import recover
-from s3batchd.uploader import Uploader
+from s3batchd.uploader import ThreadSteps, Uploader
 from s3batchd.upstream import make_client
 
 PREFIX = "bench-upload/"
@@ -92,9 +92,8 @@ async def _compare(
     source: SealedBatch, pristine: Path, *, endpoint_url: str, reps: int
 ) -> UploadComparison:
     config = UploadConfig()
-    uploader = Uploader(
-        make_client(UpstreamConfig(endpoint_url=endpoint_url), config), config=config
-    )
+    client = make_client(UpstreamConfig(endpoint_url=endpoint_url), config)
+    uploader = Uploader(ThreadSteps(client, config), config=config)
     plain = boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1")
     await uploader.start()
     ours: list[float] = []

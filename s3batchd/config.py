@@ -204,9 +204,19 @@ class UploadConfig(Section):
     """How sealed batches are uploaded."""
 
     concurrency: int = Field(default=2, gt=0)
-    """Batches uploaded at once (worker threads). More: catches up faster after a backlog, at
-    the cost of more connections. The boto3 client keeps up to ``concurrency`` x
-    ``part_concurrency`` + 4 connections."""
+    """Batches uploaded at once (threads, in the daemon's process or in the upload process of
+    ``child_processes``). More: catches up faster after a backlog, at the cost of more
+    connections. The boto3 client keeps up to ``concurrency`` x ``part_concurrency`` + 4
+    connections."""
+    child_processes: bool = False
+    """Upload from a child process (``python -m s3batchd.uploadproc``, started at the first
+    upload, with its own boto3 client from these settings and the daemon's environment)
+    instead of threads of the daemon's process. In the daemon's process an upload's Python
+    work interleaves with the requests': at half of peak load on two cores, with durability
+    ``none``, p99 of PUTs was about 17 ms with uploads on threads and 7 ms from the child
+    (with ``fsync`` it stayed near 20 ms; bench/README.md). The cost is memory: the child
+    takes 70-85 MiB RSS (boto3 and its client, upload buffers) beside the daemon's 90-140
+    MiB."""
     multipart_threshold_bytes: int = Field(default=16 * MB, ge=MIN_PART_BYTES)
     """Tars of at least this many bytes use multipart upload: CreateMultipartUpload, one
     UploadPart per part and CompleteMultipartUpload, i.e. parts + 3 PUT-class requests per

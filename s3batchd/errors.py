@@ -49,6 +49,21 @@ class UploadError(S3BatchdError):
         self.retriable = retriable
         self.code = code
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled as it is (an upload process sends it back to the daemon): the default
+        # would call __init__ with the message alone.
+        return _rebuilt_upload_error, (type(self), str(self), self.retriable, self.code)
+
+
+def _rebuilt_upload_error(
+    kind: type[UploadError], message: str, retriable: bool, code: str
+) -> UploadError:
+    error = kind.__new__(kind)
+    Exception.__init__(error, message)
+    error.retriable = retriable
+    error.code = code
+    return error
+
 
 class ConflictError(UploadError):
     """The batch key exists upstream but holds a different object."""

@@ -25,7 +25,8 @@ from s3batchd.index import IndexEntry, WriterId
 from s3batchd.objects import ObjectSource
 from s3batchd.records import EMPTY_MD5, ObjectRecord, SealedBatch, SpoolEntry
 from s3batchd.spool import TMP_DIR, batches_on_disk, check_writable, lock_spool, recover, scan
-from s3batchd.uploader import Uploader
+from s3batchd.uploader import ThreadSteps, Uploader, UploadSteps
+from s3batchd.uploadproc import ChildSteps
 from s3batchd.upstream import make_client, probe
 
 if TYPE_CHECKING:
@@ -53,7 +54,12 @@ class Pipeline:
         self.settings = settings
         self.writer = writer or WriterId.generate()
         self.client = client or make_client(settings.upstream, settings.upload)
-        self.uploader = Uploader(self.client, config=settings.upload)
+        steps: UploadSteps = (
+            ChildSteps(settings.upstream, settings.upload, settings.log)
+            if settings.upload.child_processes and client is None
+            else ThreadSteps(self.client, settings.upload)
+        )
+        self.uploader = Uploader(steps, config=settings.upload)
         self.batcher = Batcher(
             spool_dir=settings.spool.dir,
             durability=settings.spool.durability,

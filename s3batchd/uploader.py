@@ -19,10 +19,11 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -319,6 +320,70 @@ class BatchUpload:
         return result
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """What one attempt at a batch's upload steps did (picklable: an upload process sends it
+    back to the daemon)."""
+
+    tar_done: bool
+    """The tar is in the bucket (now or from an earlier attempt)."""
+    error: UploadError | None = None
+    """Why the attempt failed; None: the tar and its index are in the bucket."""
+    requests: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Upstream requests sent, by operation and outcome."""
+
+
+def run_attempt(
+    client: S3Client, config: UploadConfig, batch: SealedBatch, *, tar_done: bool
+) -> Attempt:
+    """Upload the tar (unless ``tar_done``), then its index. Failures are returned, classified,
+    not raised."""
+    stats = UploadStats()
+    steps = BatchUpload(client, config, stats)
+    try:
+        if not tar_done:
+            try:
+                steps.tar(batch)
+            except ClientError as exc:
+                raise classify(exc, f"upload tar {batch.tar_key}") from exc
+            tar_done = True
+        try:
+            steps.index(batch)
+        except ClientError as exc:
+            raise classify(exc, f"upload index {batch.index_key}") from exc
+    except Exception as exc:  # noqa: BLE001  the uploader retries any failure
+        return Attempt(tar_done, classify(exc, f"upload {batch.batch_id}"), stats.snapshot())
+    return Attempt(tar_done, None, stats.snapshot())
+
+
+class UploadSteps(Protocol):
+    """Where the upload steps of a batch run (called from the uploader's threads)."""
+
+    def attempt(self, batch: SealedBatch, *, tar_done: bool) -> Attempt:
+        """One attempt at uploading ``batch`` (blocking)."""
+        ...
+
+    def close(self, *, wait: bool) -> None:
+        """Stop; ``wait`` False: attempts still running are abandoned (their batches stay in
+        the spool)."""
+        ...
+
+
+class ThreadSteps:
+    """The steps on the calling thread, with a client shared by the upload threads."""
+
+    def __init__(self, client: S3Client, config: UploadConfig) -> None:
+        self._client = client
+        self._config = config
+
+    def attempt(self, batch: SealedBatch, *, tar_done: bool) -> Attempt:
+        """One attempt, on this thread."""
+        return run_attempt(self._client, self._config, batch, tar_done=tar_done)
+
+    def close(self, *, wait: bool) -> None:
+        """Nothing to stop: the uploader's threads are the workers."""
+
+
 class UploadStats:
     """Counters shared by the upload threads."""
 
@@ -334,6 +399,11 @@ class UploadStats:
         """One upstream request issued."""
         with self._lock:
             self.requests[operation, outcome] += 1
+
+    def add(self, requests: Mapping[tuple[str, str], int]) -> None:
+        """Upstream requests an attempt issued."""
+        with self._lock:
+            self.requests.update(requests)
 
     def batch_done(self, batch: SealedBatch) -> None:
         """A batch and its index are in the bucket."""
@@ -351,12 +421,14 @@ class UploadStats:
 class Uploader:
     """Supervised background workers that upload sealed batches until they succeed."""
 
-    def __init__(self, client: S3Client, *, config: UploadConfig, seed: int | None = None) -> None:
+    def __init__(
+        self, steps: UploadSteps, *, config: UploadConfig, seed: int | None = None
+    ) -> None:
         self._config = config
         self._queue: asyncio.Queue[SealedBatch] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(config.concurrency, "s3batchd-upload")
         self.stats = UploadStats()
-        self._steps = BatchUpload(client, config, self.stats)
+        self._steps = steps
         self._workers: list[asyncio.Task[None]] = []
         self._rng = random.Random(seed)  # noqa: S311  jitter, not a secret
         self._tars_done: set[str] = set()
@@ -458,16 +530,12 @@ class Uploader:
         log("upload of %s failed (attempt %d), will retry: %s", batch.batch_id, attempt + 1, exc)
 
     def _upload_once(self, batch: SealedBatch) -> None:
-        if batch.batch_id not in self._tars_done:
-            try:
-                self._steps.tar(batch)
-            except ClientError as exc:
-                raise classify(exc, f"upload tar {batch.tar_key}") from exc
+        result = self._steps.attempt(batch, tar_done=batch.batch_id in self._tars_done)
+        self.stats.add(result.requests)
+        if result.tar_done:
             self._tars_done.add(batch.batch_id)
-        try:
-            self._steps.index(batch)
-        except ClientError as exc:
-            raise classify(exc, f"upload index {batch.index_key}") from exc
+        if result.error is not None:
+            raise result.error
         remove(batch)
         self._tars_done.discard(batch.batch_id)
         self.stats.batch_done(batch)
@@ -488,6 +556,9 @@ class Uploader:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
+        # First the steps: abandoning attempts in upload processes frees the threads waiting
+        # for them.
+        self._steps.close(wait=drained)
         self._executor.shutdown(wait=drained, cancel_futures=True)
         if not drained:
             logger.warning("%d batches not uploaded before shutdown; kept in the spool", left)

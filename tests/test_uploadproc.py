@@ -1,0 +1,189 @@
+"""Uploads from a child process (``upload.child_processes``): where they run, and
+what happens when the upload process dies, gets a Ctrl-C, or is abandoned at shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from s3batchd.errors import ConflictError, UploadError
+from s3batchd.seaweed import LocalS3
+from tests.batches import indexed_objects
+from tests.conftest import DaemonFactory, wait_for
+from tests.faultproxy import FaultProxy
+from tests.test_metrics import scrape
+from tests.test_upstream_faults import assert_exactly_once, put_many
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+CHILD = {"child_processes": True}
+
+
+@pytest.fixture
+def proxy(s3_server: LocalS3) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the session's SeaweedFS."""
+    fault_proxy = FaultProxy(int(s3_server.endpoint_url.rsplit(":", 1)[1])).start()
+    yield fault_proxy
+    fault_proxy.stop()
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def upload_processes() -> list[int]:
+    """Live upload processes started by this process (the daemons run in it)."""
+    pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    return [
+        pid
+        for pid in pids
+        if _parent(pid) == os.getpid() and "s3batchd.uploadproc" in _cmdline(pid) and _alive(pid)
+    ]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_batches_upload_from_child_processes_with_their_requests_counted(
+    start_daemon: DaemonFactory, s3: S3Client, bucket: str
+) -> None:
+    daemon = start_daemon(batch={"linger_ms": 100}, upload=CHILD)
+    locations = put_many(daemon.client(), bucket, 12, "child")
+    wait_for(lambda: indexed_objects(s3, bucket) == 12)
+    assert_exactly_once(s3, bucket, locations)
+    workers = upload_processes()
+    assert workers
+    assert os.getpid() not in workers
+    # The requests the upload processes sent are in the daemon's metrics.
+    samples = scrape(daemon.admin_url)
+    tars = samples["s3batchd_batches_uploaded_total", ()]
+    assert tars >= 1
+    put_ok = ("s3batchd_upstream_requests_total", (("operation", "PutObject"), ("outcome", "ok")))
+    assert samples[put_ok] == 2 * tars  # the tar and its index, per batch
+    daemon.stop()
+    assert not any(_alive(pid) for pid in workers)
+
+
+def test_a_killed_upload_process_fails_only_its_attempt(
+    start_daemon: DaemonFactory,
+    proxy: FaultProxy,
+    s3: S3Client,
+    bucket: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy.set("blackhole")
+    daemon = start_daemon(
+        upstream={"endpoint_url": proxy.url, "read_timeout_s": 60},
+        batch={"linger_ms": 100},
+        upload=CHILD,
+    )
+    with caplog.at_level(logging.WARNING):
+        locations = put_many(daemon.client(), bucket, 10, "killed")
+        wait_for(lambda: proxy.decisions["blackhole"] >= 1)  # an upload waits for an answer
+        workers = upload_processes()
+        assert workers
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        proxy.set("pass")
+        wait_for(lambda: indexed_objects(s3, bucket) == 10)
+    assert_exactly_once(s3, bucket, locations)
+    assert "ended; the next attempt starts a new one" in caplog.text
+    assert not set(workers) & set(upload_processes())
+
+
+def test_ctrl_c_does_not_stop_the_upload_processes(
+    start_daemon: DaemonFactory, s3: S3Client, bucket: str
+) -> None:
+    daemon = start_daemon(batch={"linger_ms": 100}, upload=CHILD)
+    client = daemon.client()
+    put_many(client, bucket, 3, "first")
+    wait_for(lambda: indexed_objects(s3, bucket) == 3)
+    workers = upload_processes()
+    assert workers
+    for pid in workers:  # as a terminal's Ctrl-C does to the whole process group
+        os.kill(pid, signal.SIGINT)
+    put_many(client, bucket, 3, "second")
+    wait_for(lambda: indexed_objects(s3, bucket) == 6)
+    assert all(_alive(pid) for pid in workers)
+    assert daemon.pipeline.uploader.stats.retries == 0
+
+
+def test_a_shutdown_that_cannot_wait_kills_the_uploads_and_keeps_the_batch(
+    start_daemon: DaemonFactory, proxy: FaultProxy, s3: S3Client, bucket: str
+) -> None:
+    proxy.set("blackhole")
+    upstream = {"endpoint_url": proxy.url, "read_timeout_s": 60}
+    daemon = start_daemon(
+        upstream=upstream, batch={"linger_ms": 100}, upload=CHILD, shutdown={"drain_timeout_s": 1}
+    )
+    locations = put_many(daemon.client(), bucket, 8, "kept")
+    wait_for(lambda: proxy.decisions["blackhole"] >= 1)
+    workers = upload_processes()
+    assert workers
+    daemon.stop()
+    assert not any(_alive(pid) for pid in workers)
+    assert [p for p in (daemon.settings.spool.dir / bucket).iterdir() if p.suffix == ".tar"]
+    assert indexed_objects(s3, bucket) == 0
+    proxy.set("pass")
+    again = start_daemon(upstream=upstream, upload=CHILD)  # same spool: the kept batch is uploaded
+    wait_for(lambda: indexed_objects(s3, bucket) == 8)
+    assert_exactly_once(s3, bucket, locations)
+    again.stop()
+
+
+def test_upload_processes_take_the_daemons_environment(
+    start_daemon: DaemonFactory, s3: S3Client, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = start_daemon(batch={"linger_ms": 100}, upload=CHILD)
+    put_many(first.client(), bucket, 2, "good")
+    wait_for(lambda: indexed_objects(s3, bucket) == 2)
+    first.stop()
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    second = start_daemon(batch={"linger_ms": 100}, upload=CHILD)
+    put_many(second.client(), bucket, 2, "bad")
+    wait_for(lambda: "SignatureDoesNotMatch" in (second.pipeline.uploader.last_error or ""))
+    assert indexed_objects(s3, bucket) == 2
+
+
+def test_uploads_run_on_threads_by_default(
+    start_daemon: DaemonFactory, s3: S3Client, bucket: str
+) -> None:
+    daemon = start_daemon(batch={"linger_ms": 100})
+    locations = put_many(daemon.client(), bucket, 5, "threads")
+    wait_for(lambda: indexed_objects(s3, bucket) == 5)
+    assert_exactly_once(s3, bucket, locations)
+    assert upload_processes() == []
+
+
+def test_upload_errors_cross_process_boundaries_whole() -> None:
+    for error in (
+        UploadError("upload tar t: SlowDown", retriable=True, code="SlowDown"),
+        ConflictError("s3://b/t holds another object"),
+    ):
+        copy = pickle.loads(pickle.dumps(error))  # noqa: S301  our own data
+        assert type(copy) is type(error)
+        assert (str(copy), copy.retriable, copy.code) == (str(error), error.retriable, error.code)
