@@ -7,7 +7,7 @@ import logging
 import os
 import pickle
 import signal
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,13 +50,15 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def upload_processes() -> list[int]:
-    """Live upload processes started by this process (the daemons run in it)."""
+def upload_processes(parents: Collection[int] = ()) -> list[int]:
+    """Live upload processes started by ``parents`` (default: this process, where the daemons
+    of ``start_daemon`` run)."""
+    parents = parents or (os.getpid(),)
     pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
     return [
         pid
         for pid in pids
-        if _parent(pid) == os.getpid() and "s3batchd.uploadproc" in _cmdline(pid) and _alive(pid)
+        if _parent(pid) in parents and "s3batchd.uploadproc" in _cmdline(pid) and _alive(pid)
     ]
 
 

@@ -19,6 +19,7 @@ from s3batchd.workers import RESTART_LIMIT
 from tests.batches import indexed_objects
 from tests.conftest import wait_for
 from tests.daemon_process import DaemonProcess
+from tests.test_uploadproc import upload_processes
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -271,3 +272,29 @@ def test_ctrl_c_in_a_terminal_drains_every_worker_once(
         os.killpg(daemon.process.pid, signal.SIGINT)
         assert daemon.process.wait(60) == 0  # both workers drained: every batch uploaded
     assert indexed_objects(s3, bucket) == 40
+
+
+def test_each_worker_uploads_from_its_own_child_and_ctrl_c_drains_them(
+    tmp_path: Path, s3_server: LocalS3, s3: S3Client, bucket: str
+) -> None:
+    daemon = DaemonProcess(
+        tmp_path,
+        s3_server,
+        wrapper=("setsid",),  # a process group of its own, as in a terminal
+        server={"workers": 2},
+        batch={"linger_ms": 600_000, "max_records": 5},
+        upload={"child_processes": True},
+    )
+    with daemon:
+        wait_for(lambda: daemon.log().count("Application startup complete") == 2)
+        assert len(_put_on_fresh_connections(daemon.port, bucket, "c", 60)) == 2
+        workers = daemon.workers()
+        # Each worker sealed a batch of 5 by now and started its own upload process.
+        wait_for(lambda: len(upload_processes(workers)) == 2)
+        children = upload_processes(workers)
+        assert daemon.process is not None
+        # Ctrl-C reaches the upload processes too; they go on until their worker is done.
+        os.killpg(daemon.process.pid, signal.SIGINT)
+        assert daemon.process.wait(60) == 0
+    assert indexed_objects(s3, bucket) == 60
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
