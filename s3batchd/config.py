@@ -212,9 +212,9 @@ class UploadConfig(Section):
     """Upload from a child process (``python -m s3batchd.uploadproc``, started at the first
     upload, with its own boto3 client from these settings and the daemon's environment)
     instead of threads of the daemon's process. In the daemon's process an upload's Python
-    work interleaves with the requests': at half of peak load on two cores, with durability
+    work shares the requests' interpreter: at half of peak load on two cores, with durability
     ``none``, p99 of PUTs was about 17 ms with uploads on threads and 7 ms from the child
-    (with ``fsync`` it stayed near 20 ms; bench/README.md). The cost is memory: the child
+    (with ``fsync`` 13-24 ms instead of 19-49; bench/README.md). The cost is memory: the child
     takes 70-85 MiB RSS (boto3 and its client, upload buffers) beside the daemon's 90-140
     MiB."""
     multipart_threshold_bytes: int = Field(default=16 * MB, ge=MIN_PART_BYTES)

@@ -1,14 +1,15 @@
 """Batch uploads in a child process (``upload.child_processes``).
 
-Uploading a batch is mostly waiting and copying, but in the daemon's own process its Python
-work (botocore building, signing and sending each request, the body read and sent in 16 KiB
-blocks, the CRC32 of the tar) runs between the event loop's steps and takes the interpreter's
-lock thousands of times per batch. Measured at half of peak load on two cores, that made the
-p99 latency of PUTs about 17 ms where it is about 7 ms with the uploads in another process
-(bench/README.md). Here every attempt at a batch runs in one child process (``python -m
-s3batchd.uploadproc``) with its own interpreter, its own boto3 client built from the same
-settings, and the daemon's environment; up to ``upload.concurrency`` attempts at once, on its
-threads. The uploader's threads only wait for the answer, an ``Attempt``.
+Uploading a batch is mostly waiting and copying, but on the daemon's threads its Python work
+(botocore building, signing and sending each request, the body read and sent in 16 KiB blocks,
+the CRC32 of the tar) shares the event loop's interpreter, its lock and its process. Measured
+at half of peak load on two cores (durability ``none``), p99 latency of PUTs was about 17 ms
+that way and about 7 ms with the uploads in another process (bench/README.md; which part of
+the upload delays the loop was not isolated). Here every attempt at a batch runs in one child
+process (``python -m s3batchd.uploadproc``) with its own interpreter, its own boto3 client
+built from the same settings, and the daemon's environment; up to ``upload.concurrency``
+attempts at once, on its threads. The uploader's threads only wait for the answer, an
+``Attempt``.
 
 The child is started at the first upload. It ignores SIGINT and SIGTERM: the daemon decides
 when uploads stop (a terminal's Ctrl-C reaches the whole process group); it gets SIGKILL when
