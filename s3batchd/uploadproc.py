@@ -110,7 +110,18 @@ class _Child:
                 env={"MALLOC_ARENA_MAX": "2", **os.environ},
             )
         child = cls(process, ours)
-        child._connection.send(settings)
+        try:
+            child._connection.send(settings)
+        except OSError as exc:  # it died at once: the attempt fails and is retried
+            process.kill()
+            process.wait()
+            child._connection.close()
+            ours.close()
+            raise UploadError(
+                f"the upload process did not start: {exc}",
+                retriable=True,
+                code="UploadProcessEnded",
+            ) from exc
         child._receiver.start()
         logger.info("upload process %d started", process.pid)
         return child

@@ -7,6 +7,7 @@ import logging
 import os
 import pickle
 import signal
+import sys
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -189,3 +190,17 @@ def test_upload_errors_cross_process_boundaries_whole() -> None:
         copy = pickle.loads(pickle.dumps(error))  # noqa: S301  our own data
         assert type(copy) is type(error)
         assert (str(copy), copy.retriable, copy.code) == (str(error), error.retriable, error.code)
+
+
+def test_an_upload_process_that_cannot_start_holds_batches_until_it_can(
+    start_daemon: DaemonFactory, s3: S3Client, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    python = sys.executable
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # exits at once, reads nothing
+    daemon = start_daemon(batch={"linger_ms": 100}, upload=CHILD)
+    locations = put_many(daemon.client(), bucket, 6, "held")
+    wait_for(lambda: "upload process" in (daemon.pipeline.uploader.last_error or ""))
+    assert indexed_objects(s3, bucket) == 0
+    monkeypatch.setattr(sys, "executable", python)  # the next retry starts a working child
+    wait_for(lambda: indexed_objects(s3, bucket) == 6)
+    assert_exactly_once(s3, bucket, locations)
