@@ -81,7 +81,9 @@ def test_batches_upload_from_child_processes_with_their_requests_counted(
     workers = upload_processes()
     assert workers
     assert os.getpid() not in workers
-    # The requests the upload processes sent are in the daemon's metrics.
+    # The requests the upload processes sent are in the daemon's metrics (counted when an
+    # attempt's answer arrives, before the batch counts as uploaded: wait for both).
+    wait_for(lambda: daemon.pipeline.uploader.pending == 0)
     samples = scrape(daemon.admin_url)
     tars = samples["s3batchd_batches_uploaded_total", ()]
     assert tars >= 1
