@@ -142,9 +142,15 @@ class Pipeline:
         self.catalog.checkpoint()
 
     def _in_catalog_thread(self, work: Callable[[], object], failure: str) -> asyncio.Future[None]:
-        """Run ``work`` on the catalog's thread, in submission order. A failure is logged
-        there, never raised: the catalog is a cache rebuilt from the spool, so it fails no
-        request (and an object whose row is missing is read from the bucket)."""
+        """Run ``work`` on the catalog's thread, in submission order; once that thread is shut
+        down (closing), not at all. A failure is logged there, never raised: the catalog is a
+        cache rebuilt from the spool, so it fails no request (and an object whose row is
+        missing is read from the bucket)."""
+        loop = asyncio.get_running_loop()
+        if self._catalog_thread_closed:
+            skipped: asyncio.Future[None] = loop.create_future()
+            skipped.set_result(None)
+            return skipped
 
         def run() -> None:
             try:
@@ -152,13 +158,12 @@ class Pipeline:
             except Exception:
                 logger.exception(failure)
 
-        return asyncio.get_running_loop().run_in_executor(self._catalog_thread, run)
+        return loop.run_in_executor(self._catalog_thread, run)
 
     async def submit(self, batch: SealedBatch) -> None:
         """A sealed batch goes to the uploader once the catalog holds its objects (the local
         file, from which the catalog would be rebuilt, is deleted after the upload)."""
-        if not self._catalog_thread_closed:
-            await self._in_catalog_thread(self._flush_and_checkpoint, "catalog write failed")
+        await self._in_catalog_thread(self._flush_and_checkpoint, "catalog write failed")
         if self.catalog_writer is not None:
             await self.catalog_writer.sync()
         if self.uploader.pending >= KEEP_ENTRIES_BATCHES:
@@ -203,8 +208,7 @@ class Pipeline:
                 self.catalog.expire(expire_before)
             self.catalog.checkpoint()
 
-        if not self._catalog_thread_closed:
-            self._in_catalog_thread(record, f"catalog update after uploading {batch.batch_id}")
+        self._in_catalog_thread(record, f"catalog update after uploading {batch.batch_id}")
         if self.metrics is not None:
             self.metrics.upload_latency.observe(seconds)
             self.metrics.batch_records.observe(batch.records)
