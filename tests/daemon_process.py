@@ -94,15 +94,7 @@ class DaemonProcess:
     def workers(self) -> list[int]:
         """PIDs of the worker processes (``server.workers`` > 1)."""
         assert self.process is not None
-        found = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == self.process.pid:
-                found.append(int(stat.parent.name))
-        return found
+        return children(self.process.pid)
 
     def start(self, timeout: float = 30) -> None:
         """Start the process (through ``wrapper``, if given) and wait until it serves."""
@@ -152,7 +144,7 @@ class DaemonProcess:
                 os.kill(pid, signal.SIGKILL)
         self.process.wait(10)
         deadline = time.monotonic() + 10
-        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.01)
 
     def log(self) -> str:
@@ -160,7 +152,20 @@ class DaemonProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def _alive(pid: int) -> bool:
+def children(parent: int) -> list[int]:
+    """PIDs of the processes whose parent is ``parent``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie does not: it holds no file or lock any more)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

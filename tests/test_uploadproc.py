@@ -18,6 +18,7 @@ from s3batchd.errors import ConflictError, UploadError
 from s3batchd.seaweed import LocalS3
 from tests.batches import indexed_objects
 from tests.conftest import DaemonFactory, wait_for
+from tests.daemon_process import alive, children
 from tests.faultproxy import FaultProxy
 from tests.test_metrics import scrape
 from tests.test_upstream_faults import assert_exactly_once, put_many
@@ -36,14 +37,6 @@ def proxy(s3_server: LocalS3) -> Iterator[FaultProxy]:
     fault_proxy.stop()
 
 
-def _parent(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -54,21 +47,12 @@ def _cmdline(pid: int) -> str:
 def upload_processes(parents: Collection[int] = ()) -> list[int]:
     """Live upload processes started by ``parents`` (default: this process, where the daemons
     of ``start_daemon`` run)."""
-    parents = parents or (os.getpid(),)
-    pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
     return [
         pid
-        for pid in pids
-        if _parent(pid) in parents and "s3batchd.uploadproc" in _cmdline(pid) and _alive(pid)
+        for parent in parents or (os.getpid(),)
+        for pid in children(parent)
+        if "s3batchd.uploadproc" in _cmdline(pid) and alive(pid)
     ]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_batches_upload_from_child_processes_with_their_requests_counted(
@@ -90,7 +74,7 @@ def test_batches_upload_from_child_processes_with_their_requests_counted(
     put_ok = ("s3batchd_upstream_requests_total", (("operation", "PutObject"), ("outcome", "ok")))
     assert samples[put_ok] == 2 * tars  # the tar and its index, per batch
     daemon.stop()
-    assert not any(_alive(pid) for pid in workers)
+    assert not any(alive(pid) for pid in workers)
 
 
 def test_a_killed_upload_process_fails_only_its_attempt(
@@ -133,7 +117,7 @@ def test_ctrl_c_does_not_stop_the_upload_processes(
         os.kill(pid, signal.SIGINT)
     put_many(client, bucket, 3, "second")
     wait_for(lambda: indexed_objects(s3, bucket) == 6)
-    assert all(_alive(pid) for pid in workers)
+    assert all(alive(pid) for pid in workers)
     assert daemon.pipeline.uploader.stats.retries == 0
 
 
@@ -150,7 +134,7 @@ def test_a_shutdown_that_cannot_wait_kills_the_uploads_and_keeps_the_batch(
     workers = upload_processes()
     assert workers
     daemon.stop()
-    assert not any(_alive(pid) for pid in workers)
+    assert not any(alive(pid) for pid in workers)
     assert [p for p in (daemon.settings.spool.dir / bucket).iterdir() if p.suffix == ".tar"]
     assert indexed_objects(s3, bucket) == 0
     proxy.set("pass")
