@@ -155,7 +155,10 @@ class Batcher:
             if state.current is not batch:
                 return  # sealing or another writer of the same batch handles it
             self._retire(state, batch)
-        await self._keep_durable(batch)
+        try:
+            await self._keep_durable(batch)
+        finally:
+            batch.committer.close()
 
     async def _keep_durable(self, batch: _OpenBatch) -> None:
         spool = batch.spool
@@ -295,6 +298,7 @@ class Batcher:
             await self._seal_and_submit(batch, reason)
         finally:
             self._sealing_bytes -= counted
+            batch.committer.close()
 
     async def _seal_and_submit(self, batch: _OpenBatch, reason: str) -> None:
         spool = batch.spool
