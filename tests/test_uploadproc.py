@@ -65,6 +65,8 @@ def test_batches_upload_from_child_processes_with_their_requests_counted(
     workers = upload_processes()
     assert workers
     assert os.getpid() not in workers
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in workers} == {min(mine + 10, 19)}
     # The requests the upload processes sent are in the daemon's metrics (counted when an
     # attempt's answer arrives, before the batch counts as uploaded: wait for both).
     wait_for(lambda: daemon.pipeline.uploader.pending == 0)
@@ -75,6 +77,18 @@ def test_batches_upload_from_child_processes_with_their_requests_counted(
     assert samples[put_ok] == 2 * tars  # the tar and its index, per batch
     daemon.stop()
     assert not any(alive(pid) for pid in workers)
+
+
+def test_upload_processes_can_keep_the_daemons_priority(
+    start_daemon: DaemonFactory, s3: S3Client, bucket: str
+) -> None:
+    daemon = start_daemon(batch={"linger_ms": 100}, upload={**CHILD, "child_nice": 0})
+    put_many(daemon.client(), bucket, 2, "same")
+    wait_for(lambda: indexed_objects(s3, bucket) == 2)
+    workers = upload_processes()
+    assert workers
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in workers} == {mine}
 
 
 def test_a_killed_upload_process_fails_only_its_attempt(
