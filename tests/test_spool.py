@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from s3batchd import spool as spool_module
 from s3batchd.body import BodyBuffer
 from s3batchd.constants import TAR_BLOCK, TAR_END
 from s3batchd.errors import SpoolError, SpoolFailedError
@@ -532,6 +533,31 @@ def test_append_whose_rollback_fails_poisons_the_file(tmp_path: Path) -> None:
         fill(spool, [("third", b"3")], tmp_path)
     with pytest.raises(SpoolFailedError):
         spool.sync()
+    spool.close()
+
+
+def test_the_first_sync_makes_the_files_directory_entry_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not create(): it runs under the bucket's lock when a batch rolls over, and a directory
+    # fsync there waited behind the previous batch's seal. Nothing is acknowledged as durable
+    # before a sync, and the sync covers the entry.
+    synced_dirs: list[Path] = []
+    real = spool_module.fsync_dir
+
+    def recording(directory: Path) -> None:
+        synced_dirs.append(directory)
+        real(directory)
+
+    monkeypatch.setattr(spool_module, "fsync_dir", recording)
+    spool = new_spool(tmp_path)
+    assert synced_dirs == []
+    fill(spool, [("a", b"a")], tmp_path)
+    spool.sync()
+    assert synced_dirs == [tmp_path / BUCKET]
+    fill(spool, [("b", b"b")], tmp_path)
+    spool.sync()
+    assert synced_dirs == [tmp_path / BUCKET]  # once per file
     spool.close()
 
 
