@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 #: Bodies up to this size held in memory are appended on the event loop (a page-cache copy
 #: of a few KiB is cheaper than a thread hand-off); larger ones are appended in a thread.
 INLINE_APPEND_BYTES = 256 * KB
+#: Spool files synced at once (each runs its group commit's syncs on one of these threads).
+COMMIT_THREADS = 8
 
 
 class BatchSink(Protocol):
@@ -100,6 +103,8 @@ class Batcher:
         self._sealing_bytes = 0
         """Bytes of batches between leaving ``current`` and reaching the sink (quota)."""
         self.sealed_by_reason: dict[str, int] = {}
+        self._commit_threads = ThreadPoolExecutor(COMMIT_THREADS, "s3batchd-commit")
+        """Where the spool files' group commits run (commit.py)."""
 
     async def add(
         self,
@@ -155,10 +160,7 @@ class Batcher:
             if state.current is not batch:
                 return  # sealing or another writer of the same batch handles it
             self._retire(state, batch)
-        try:
-            await self._keep_durable(batch)
-        finally:
-            batch.committer.close()
+        await self._keep_durable(batch)
 
     async def _keep_durable(self, batch: _OpenBatch) -> None:
         spool = batch.spool
@@ -213,7 +215,7 @@ class Batcher:
         )
         batch = _OpenBatch(
             spool=spool,
-            committer=GroupCommitter(spool.sync),
+            committer=GroupCommitter(spool.sync, self._commit_threads),
             uploaded=asyncio.get_running_loop().create_future(),
         )
         self._uploaded[batch_id] = batch.uploaded
@@ -298,7 +300,6 @@ class Batcher:
             await self._seal_and_submit(batch, reason)
         finally:
             self._sealing_bytes -= counted
-            batch.committer.close()
 
     async def _seal_and_submit(self, batch: _OpenBatch, reason: str) -> None:
         spool = batch.spool
@@ -342,6 +343,7 @@ class Batcher:
         for task in list(self._tasks):
             task.cancel()  # linger timers' tasks (the seals have ended)
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._commit_threads.shutdown(wait=False)  # idle: every seal has ended
 
     @property
     def open_batches(self) -> int:

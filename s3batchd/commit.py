@@ -4,14 +4,16 @@ A request that appended up to position ``p`` waits until a sync that started aft
 has finished. While one fdatasync runs, new writers queue up; the next fdatasync covers them
 all. Acknowledging on a timer would not be durable (Vector's 500 ms window is the warning).
 
-The syncs of one file run on a thread of its own (``s3batchd-commit``), one after the other
-for as long as anyone waits: when a sync ends and writers are waiting, the next one starts at
-once and covers everything written by then. The event loop only hears that a sync has ended
-and wakes the writers it covered. Started from the loop on the shared thread pool instead,
-every sync took two hand-offs (loop to pool thread, back to the loop before the next could
-start), each waiting for a core under load: at about 1,900 PUT/s on two cores, p50 of PUTs
-with durability ``fsync`` was 2.4-2.6 ms that way and 1.7-1.8 ms this way (bench/README.md).
-This is the one blocking call that does not go through ``concurrency.run_sync``.
+A file's syncs run on one of the batcher's commit threads (``s3batchd-commit``), one after the
+other for as long as anyone waits: when a sync ends and writers are waiting, the next one starts
+at once on the same thread and covers everything written by then; the event loop only hears
+that a sync has ended and wakes the writers it covered. Started from the loop one by one on the
+shared thread pool instead, every sync took two hand-offs (loop to pool thread, back to the loop
+before the next could start), each waiting for a core under load: at about 1,900 PUT/s on two
+cores, p50 of PUTs with durability ``fsync`` was 2.4-2.6 ms that way and 1.7-1.8 ms this way
+(bench/README.md). The threads are a pool that lives as long as the batcher, so no thread is
+started per batch. This is the one blocking call that does not go through
+``concurrency.run_sync``.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ import heapq
 import itertools
 import threading
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 
 class GroupCommitter:
-    """Tracks the written and durable positions of one file, and syncs it on its own thread
-    while writers wait. ``close()`` when the file takes no more writes."""
+    """Tracks the written and durable positions of one file, and syncs it on a commit thread
+    while writers wait."""
 
-    def __init__(self, sync: Callable[[], None]) -> None:
+    def __init__(self, sync: Callable[[], None], threads: Executor) -> None:
         self._sync = sync
+        self._threads = threads
         self.written = 0
         """Highest position written so far (set by the writer after each append; the commit
         thread reads it when a sync starts)."""
@@ -41,11 +45,13 @@ class GroupCommitter:
         self._arrivals = itertools.count()
         self._error: Exception | None = None
         """Why a sync failed: every later wait fails with it (fsyncgate: the file is done)."""
-        self._state = threading.Condition()
+        self._state = threading.Lock()
         self._wanted = 0
         """Highest position a writer waits for (under ``_state``)."""
-        self._closed = False
-        self._thread: threading.Thread | None = None
+        self._running = False
+        """Whether a run of syncs is queued or on a commit thread (under ``_state``)."""
+        self._covered = 0
+        """Position the last finished sync covered (only the run of syncs touches it)."""
 
     async def wait_durable(self, position: int) -> None:
         """Return once everything up to ``position`` is durable; raise if a sync failed.
@@ -59,29 +65,17 @@ class GroupCommitter:
         heapq.heappush(self._waiters, (position, next(self._arrivals), future))
         with self._state:
             self._wanted = max(self._wanted, position)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, args=(loop,), name="s3batchd-commit", daemon=True
-                )
-                self._thread.start()
-            self._state.notify()
+            start, self._running = not self._running, True
+        if start:
+            self._threads.submit(self._run, loop)
         await future
 
-    def close(self) -> None:
-        """No more writes: the thread ends once nobody waits (a later wait starts another)."""
-        with self._state:
-            self._closed = True
-            self._state.notify()
-
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The commit thread: sync while a writer waits for more than the last sync covered."""
-        synced = 0
+        """On a commit thread: sync while a writer waits for more than the last sync covered."""
         while True:
             with self._state:
-                while self._wanted <= synced and not self._closed:
-                    self._state.wait()
-                if self._wanted <= synced:
-                    self._thread = None
+                if self._wanted <= self._covered:
+                    self._running = False
                     return
                 wanted = self._wanted
             # Everything written before the sync starts is covered by it.
@@ -89,15 +83,17 @@ class GroupCommitter:
             try:
                 self._sync()
             except Exception as exc:  # noqa: BLE001 - handed to the waiters, on the loop
-                with self._state:
-                    self._thread = None
+                self._stop()
                 self._call(loop, self._failed, exc)
                 return
-            synced = target
+            self._covered = target
             if not self._call(loop, self._synced, target):
-                with self._state:
-                    self._thread = None
+                self._stop()
                 return
+
+    def _stop(self) -> None:
+        with self._state:
+            self._running = False
 
     @staticmethod
     def _call(loop: asyncio.AbstractEventLoop, func: Callable[..., None], *args: object) -> bool:

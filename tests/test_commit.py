@@ -1,11 +1,12 @@
-"""Group commit on the file's own thread: shared syncs, failures, cancellation, the thread's end."""
+"""Group commit on a commit thread: shared syncs, runs of syncs, failures, cancellation."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 import pytest
@@ -22,30 +23,26 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def commit_threads() -> Callable[[], set[threading.Thread]]:
-    """Commit threads started since the test began (other tests' daemons may have theirs)."""
-    before = set(threading.enumerate())
-    return lambda: {t for t in threading.enumerate() if t.name == "s3batchd-commit"} - before
-
-
-async def ended(threads: Callable[[], set[threading.Thread]]) -> None:
-    """Every commit thread the test started ends by itself (within 5 s)."""
-    for thread in threads():
-        await anyio.to_thread.run_sync(thread.join, 5)
-    assert not threads()
+def threads() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(2, "s3batchd-commit")
+    yield pool
+    pool.shutdown()
 
 
 class Disk:
-    """A file whose sync takes ``delay`` seconds and records the position it covered."""
+    """A file whose sync takes ``delay`` seconds and records the position it covered and the
+    thread it ran on."""
 
-    def __init__(self, delay: float = 0.01) -> None:
+    def __init__(self, threads: ThreadPoolExecutor, delay: float = 0.01) -> None:
         self.delay = delay
         self.covered: list[int] = []
-        self.committer = GroupCommitter(self.sync)
+        self.sync_threads: set[int] = set()
+        self.committer = GroupCommitter(self.sync, threads)
         self.fail = False
 
     def sync(self) -> None:
         written = self.committer.written
+        self.sync_threads.add(threading.get_ident())
         time.sleep(self.delay)
         if self.fail:
             raise SpoolFailedError("fdatasync failed (injected)")
@@ -57,9 +54,9 @@ class Disk:
 
 
 async def test_writers_wait_for_a_sync_that_covers_them_and_share_syncs(
-    commit_threads: Callable[[], set[threading.Thread]],
+    threads: ThreadPoolExecutor,
 ) -> None:
-    disk = Disk()
+    disk = Disk(threads)
     returned: dict[int, int] = {}
 
     async def writer(n: int) -> None:
@@ -78,23 +75,28 @@ async def test_writers_wait_for_a_sync_that_covers_them_and_share_syncs(
     assert disk.committer.durable == 100 * 100
     assert 2 <= len(disk.covered) <= 30, disk.covered  # shared, not one per writer
     assert disk.committer.syncs == len(disk.covered)
-    disk.committer.close()
-    await ended(commit_threads)
 
 
-async def test_nothing_to_wait_for_starts_no_sync(
-    commit_threads: Callable[[], set[threading.Thread]],
-) -> None:
-    disk = Disk()
+async def test_nothing_to_wait_for_starts_no_sync(threads: ThreadPoolExecutor) -> None:
+    disk = Disk(threads)
     await disk.committer.wait_durable(0)
     assert disk.covered == []
-    assert not commit_threads()
 
 
-async def test_a_failed_sync_fails_every_waiter_now_and_later(
-    commit_threads: Callable[[], set[threading.Thread]],
-) -> None:
-    disk = Disk(delay=0.05)
+async def test_runs_of_syncs_reuse_the_commit_threads(threads: ThreadPoolExecutor) -> None:
+    # One run of syncs per wait here (each ends before the next write): the pool's threads
+    # serve them all, no thread is started per file or per run.
+    disks = [Disk(threads, delay=0) for _ in range(20)]
+    with anyio.fail_after(10):
+        for disk in disks:
+            for _ in range(3):
+                await disk.committer.wait_durable(disk.write(10))
+    assert all(disk.committer.durable == 30 for disk in disks)
+    assert len(set().union(*(disk.sync_threads for disk in disks))) <= 2
+
+
+async def test_a_failed_sync_fails_every_waiter_now_and_later(threads: ThreadPoolExecutor) -> None:
+    disk = Disk(threads, delay=0.05)
     disk.fail = True
     positions = [disk.write(10) for _ in range(5)]
     results = await asyncio.gather(
@@ -104,11 +106,12 @@ async def test_a_failed_sync_fails_every_waiter_now_and_later(
     assert disk.committer.durable == 0
     with pytest.raises(SpoolFailedError):
         await disk.committer.wait_durable(disk.write(10))
-    await ended(commit_threads)  # a failed file's thread ends by itself
 
 
-async def test_a_cancelled_waiter_leaves_the_sync_to_the_others() -> None:
-    disk = Disk(delay=0.1)
+async def test_a_cancelled_waiter_leaves_the_sync_to_the_others(
+    threads: ThreadPoolExecutor,
+) -> None:
+    disk = Disk(threads, delay=0.1)
     first = asyncio.ensure_future(disk.committer.wait_durable(disk.write(10)))
     second = asyncio.ensure_future(disk.committer.wait_durable(disk.write(10)))
     await anyio.sleep(0.02)
@@ -119,14 +122,11 @@ async def test_a_cancelled_waiter_leaves_the_sync_to_the_others() -> None:
     assert disk.committer.durable == 20
 
 
-async def test_a_wait_after_close_still_gets_its_sync(
-    commit_threads: Callable[[], set[threading.Thread]],
-) -> None:
-    disk = Disk()
+async def test_a_wait_after_a_run_ended_starts_another(threads: ThreadPoolExecutor) -> None:
+    disk = Disk(threads)
     await disk.committer.wait_durable(disk.write(10))
-    disk.committer.close()
-    await ended(commit_threads)
+    await anyio.sleep(0.05)  # the run of syncs has returned its thread to the pool
     with anyio.fail_after(5):
         await disk.committer.wait_durable(disk.write(10))  # e.g. the end marker of a seal
     assert disk.committer.durable == 20
-    await ended(commit_threads)
+    assert disk.covered == [10, 20]
