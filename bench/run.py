@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--recovery-bytes", type=int, default=1 << 30, help="spool size for the recovery test")
     add("--recovery-object-size", type=int, default=16384, help="object size filling it")
     add("--no-cold-cache", action="store_true", help="do not drop the page cache for recovery")
-    add("--upload-reps", type=int, default=5, help="measured uploads per client")
+    add("--upload-reps", type=int, default=9, help="measured uploads per client")
     add("--profile-s", type=float, default=20, help="seconds of py-spy recording")
     add("--skip", type=_names(PHASES), default=[], help=f"phases to skip: {','.join(PHASES)}")
     add("--out", type=Path, default=RESULTS_DIR, help="where the report goes")
