@@ -67,7 +67,11 @@ class GroupCommitter:
             self._wanted = max(self._wanted, position)
             start, self._running = not self._running, True
         if start:
-            self._threads.submit(self._run, loop)
+            try:
+                self._threads.submit(self._run, loop)
+            except RuntimeError:  # the batcher has shut its commit threads down
+                self._stop()
+                raise
         await future
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:

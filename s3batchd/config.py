@@ -213,10 +213,10 @@ class UploadConfig(Section):
     upload, with its own boto3 client from these settings and the daemon's environment)
     instead of threads of the daemon's process. In the daemon's process an upload's Python
     work shares the requests' interpreter: at half of peak load on two cores, with durability
-    ``none``, p99 of PUTs was about 17 ms with uploads on threads and 7 ms from the child
-    (with ``fsync`` 13-24 ms instead of 19-49; bench/README.md). The cost is memory: the child
-    takes 70-85 MiB RSS (boto3 and its client, upload buffers) beside the daemon's 90-140
-    MiB."""
+    ``none``, p99 of PUTs was 18 ms with uploads on threads and 6 ms from the child (with
+    ``fsync`` 19 ms instead of 31; full run of 2026-11-22, bench/README.md). The cost is
+    memory: the child takes 70-85 MiB RSS (boto3 and its client, upload buffers) beside the
+    daemon's 90-140 MiB."""
     child_nice: int = Field(default=10, ge=0, le=19)
     """How much lower the upload process's CPU priority is than the daemon's (the increment
     it passes to ``nice(2)`` when it starts; 0-19, ``0``: the same priority). With
