@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from bench import loadgen
-from bench.procstat import cpu_seconds
+from bench.procstat import children, cpu_seconds
 from bench.servers import Daemon, DaemonSettings, Seaweed
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -23,15 +23,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _tree_cpu(pid: int) -> float:
     """CPU seconds of ``pid`` and its direct children (the workers)."""
-    total = cpu_seconds(pid)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            total += cpu_seconds(int(stat.parent.name))
-    return total
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children(pid))
 
 
 def main() -> None:
