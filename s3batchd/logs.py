@@ -6,8 +6,12 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from s3batchd.config import LogConfig
+if TYPE_CHECKING:
+    from s3batchd.config import LogConfig
+    from s3batchd.uploadsettings import LogSettings
+
 
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -29,7 +33,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def setup_logging(config: LogConfig) -> None:
+def setup_logging(config: LogConfig | LogSettings) -> None:
     """Configure the root logger for the daemon."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if config.format == "json" else logging.Formatter(_TEXT))

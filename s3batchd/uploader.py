@@ -28,7 +28,6 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 from botocore.exceptions import BotoCoreError, ClientError
 
 from s3batchd.concurrency import run_in
-from s3batchd.config import UploadConfig
 from s3batchd.constants import MAX_PART_BYTES, MAX_PARTS, MIN_PART_BYTES
 from s3batchd.errors import ConflictError, UploadError
 from s3batchd.index import render_index
@@ -39,6 +38,9 @@ from s3batchd.upstream import classify, status_of
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+
+    from s3batchd.config import UploadConfig
+    from s3batchd.uploadsettings import UploadSettings
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +104,12 @@ def crc32_header(hex_crc: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_crc)).decode()
 
 
-def needs_multipart(size: int, config: UploadConfig) -> bool:
+def needs_multipart(size: int, config: UploadConfig | UploadSettings) -> bool:
     """Whether a tar of ``size`` bytes is uploaded in parts."""
     return size >= config.multipart_threshold_bytes
 
 
-def part_size(size: int, config: UploadConfig) -> int:
+def part_size(size: int, config: UploadConfig | UploadSettings) -> int:
     """Part size for a ``size``-byte upload: the configured size, clamped to S3's rules and
     doubled until the part count fits in 10,000."""
     chunk = min(max(config.part_size_bytes, MIN_PART_BYTES), MAX_PART_BYTES)
@@ -125,7 +127,9 @@ def backoff_s(attempt: int, config: UploadConfig, rng: random.Random) -> float:
 class BatchUpload:
     """The blocking upload steps of one batch (run in the uploader's thread pool)."""
 
-    def __init__(self, client: S3Client, config: UploadConfig, stats: UploadStats) -> None:
+    def __init__(
+        self, client: S3Client, config: UploadConfig | UploadSettings, stats: UploadStats
+    ) -> None:
         self._client = client
         self._config = config
         self._stats = stats
@@ -334,7 +338,7 @@ class Attempt:
 
 
 def run_attempt(
-    client: S3Client, config: UploadConfig, batch: SealedBatch, *, tar_done: bool
+    client: S3Client, config: UploadConfig | UploadSettings, batch: SealedBatch, *, tar_done: bool
 ) -> Attempt:
     """Upload the tar (unless ``tar_done``), then its index. Failures are returned, classified,
     not raised."""

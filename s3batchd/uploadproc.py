@@ -34,13 +34,17 @@ import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
-from s3batchd.config import LogConfig, UploadConfig, UpstreamConfig
 from s3batchd.errors import UploadError
 from s3batchd.logs import setup_logging
 from s3batchd.records import SealedBatch
 from s3batchd.uploader import Attempt, run_attempt
+from s3batchd.uploadsettings import LogSettings, UploadSettings, UpstreamSettings
 from s3batchd.upstream import make_client
+
+if TYPE_CHECKING:
+    from s3batchd.config import LogConfig, UploadConfig, UpstreamConfig
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +58,12 @@ class ChildSteps:
     """Upload steps in a child process (the module docstring)."""
 
     def __init__(self, upstream: UpstreamConfig, upload: UploadConfig, log: LogConfig) -> None:
-        self._settings = (upstream, upload, log)
+        # Plain dataclasses: the child then never imports pydantic (s3batchd.uploadsettings).
+        self._settings = (
+            UpstreamSettings.of(upstream),
+            UploadSettings.of(upload),
+            LogSettings.of(log),
+        )
         self._lock = threading.Lock()
         self._child: _Child | None = None
         self._closed = False
@@ -99,7 +108,7 @@ class _Child:
         )
 
     @classmethod
-    def start(cls, settings: tuple[UpstreamConfig, UploadConfig, LogConfig]) -> _Child:
+    def start(cls, settings: tuple[UpstreamSettings, UploadSettings, LogSettings]) -> _Child:
         ours, theirs = socket.socketpair()
         with theirs:
             process = subprocess.Popen(  # noqa: S603  our own interpreter and module

@@ -15,11 +15,13 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from s3batchd.config import UploadConfig, UpstreamConfig
 from s3batchd.errors import UploadError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from s3batchd.config import UploadConfig, UpstreamConfig
+    from s3batchd.uploadsettings import UploadSettings, UpstreamSettings
 
 RETRIABLE_CODES = frozenset(
     {
@@ -36,7 +38,9 @@ RETRIABLE_CODES = frozenset(
 )
 
 
-def make_client(upstream: UpstreamConfig, upload: UploadConfig) -> S3Client:
+def make_client(
+    upstream: UpstreamConfig | UpstreamSettings, upload: UploadConfig | UploadSettings
+) -> S3Client:
     """One client shared by every upload thread (clients are thread-safe, sessions are not)."""
     config = Config(
         region_name=upstream.region,
