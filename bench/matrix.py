@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import loadgen
-from bench.procstat import CpuWindow, RssSampler, busy_seconds, memory_bytes
+from bench.procstat import CpuWindow, RssSampler, busy_seconds, tree_peak_rss
 from bench.servers import DaemonSettings, Seaweed
 from bench.targets import SEAWEED, Running, running
 
@@ -38,8 +38,13 @@ class Point:
     p99_ms: float
     p999_ms: float
     peak_rss_bytes: int
+    """Peak RSS of the server's processes (s3batchd: the daemon and its upload process),
+    summed."""
+    peak_pss_bytes: int
+    """Largest PSS of the server's processes summed, sampled every 0.25 s (shared pages
+    counted once)."""
     cpu_s_per_1000: float
-    """CPU seconds of the server under test per 1,000 PUTs."""
+    """CPU seconds of the server under test (and its upload process) per 1,000 PUTs."""
     generator_cpu_s_per_1000: float
     upstream_cpu_s_per_1000: float | None
     """For s3batchd: CPU seconds SeaweedFS spent (on the batches) per 1,000 PUTs."""
@@ -90,7 +95,7 @@ def _measured(
     if live.target != SEAWEED:
         ours += upstream_cpu.seconds
     other = max(0.0, busy - ours) / (result.duration_s * (os.cpu_count() or 1))
-    peak = memory_bytes(live.server.pid, "VmHWM") if live.fresh else rss.peak(live.server.pid)
+    peak = tree_peak_rss(live.server.pid) if live.fresh else rss.peak(live.server.pid)
     per_1000 = 1000 / max(1, result.requests)
     upstream_requests: float | None = None
     objects_per_batch: float | None = None
@@ -115,6 +120,7 @@ def _measured(
         p99_ms=result.p99_ms,
         p999_ms=result.p999_ms,
         peak_rss_bytes=peak,
+        peak_pss_bytes=rss.peak_pss(live.server.pid),
         cpu_s_per_1000=server_cpu.seconds * per_1000,
         generator_cpu_s_per_1000=result.generator_cpu_s * per_1000,
         upstream_cpu_s_per_1000=(

@@ -1,4 +1,10 @@
-"""What ``/proc`` says about a process: CPU seconds and resident memory, plus a sampler."""
+"""What ``/proc`` says about a process and its descendants (a daemon's upload process, the
+workers of ``server.workers`` and theirs): CPU seconds and memory, plus a sampler.
+
+Memory of several processes is given two ways: the sum of their RSS, which counts pages they
+share (the Python binary, shared libraries) once per process, and the sum of their PSS
+(proportional set size: each shared page divided among the processes that map it), which
+counts every page once, as the memory cgroup of a container does."""
 
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ from types import TracebackType
 _TICKS = os.sysconf("SC_CLK_TCK")
 KIB = 1024
 MIB = 1024 * KIB
+#: How often a sampler looks for new descendants (an upload process starts at the first upload).
+_TREE_REFRESH_S = 2.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -32,7 +40,24 @@ def busy_seconds() -> float:
 
 def children(pid: int) -> list[int]:
     """Pids of the live child processes of ``pid``."""
-    found = []
+    return _parents().get(pid, [])
+
+
+def descendants(pid: int) -> list[int]:
+    """Pids of the live children of ``pid``, their children, and so on."""
+    parents = _parents()
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _parents() -> dict[int, list[int]]:
+    """Live pids by parent pid."""
+    found: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -40,9 +65,19 @@ def children(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
+        found.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
     return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants so far."""
+    total = 0.0
+    for each in (pid, *descendants(pid)):
+        try:
+            total += cpu_seconds(each)
+        except OSError:
+            continue  # ended meanwhile
+    return total
 
 
 def memory_bytes(pid: int, name: str = "VmRSS") -> int:
@@ -53,14 +88,51 @@ def memory_bytes(pid: int, name: str = "VmRSS") -> int:
     raise KeyError(f"{name} not in /proc/{pid}/status")
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of ``pid`` in bytes (``/proc/<pid>/smaps_rollup``)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * KIB
+    raise KeyError(f"Pss not in /proc/{pid}/smaps_rollup")
+
+
+def tree_memory(pids: list[int]) -> tuple[int, int]:
+    """(RSS summed, PSS summed) in bytes over ``pids``; processes gone meanwhile count 0."""
+    rss = pss = 0
+    for pid in pids:
+        try:
+            rss += memory_bytes(pid)
+            pss += pss_bytes(pid)
+        except (OSError, KeyError):
+            continue
+    return rss, pss
+
+
+def tree_peak_rss(pid: int) -> int:
+    """Peak RSS (VmHWM) of ``pid`` plus that of each live descendant: an upper bound of the
+    peak of their sum (the peaks may fall at different moments)."""
+    rss = 0
+    for each in (pid, *descendants(pid)):
+        try:
+            rss += memory_bytes(each, "VmHWM")
+        except (OSError, KeyError):
+            continue
+    return rss
+
+
 @dataclass
 class RssSampler:
-    """Samples the RSS of some processes in a thread: ``with RssSampler([pid]) as s: ...``."""
+    """Samples the memory of some processes, each with its descendants, in a thread:
+    ``with RssSampler([pid]) as s: ...``."""
 
     pids: list[int]
     interval_s: float = 0.25
     samples: dict[int, list[tuple[float, int]]] = field(default_factory=dict)
-    """Per pid: (seconds since start, RSS bytes)."""
+    """Per pid: (seconds since start, RSS bytes of it and its descendants)."""
+    pss_samples: dict[int, list[tuple[float, int]]] = field(default_factory=dict)
+    """Per pid: (seconds since start, PSS bytes of it and its descendants)."""
+    _trees: dict[int, list[int]] = field(default_factory=dict)
+    _trees_at: float = -1.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _started: float = 0.0
@@ -68,6 +140,7 @@ class RssSampler:
     def __enter__(self) -> RssSampler:
         self._started = time.monotonic()
         self.samples = {pid: [] for pid in self.pids}
+        self.pss_samples = {pid: [] for pid in self.pids}
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._thread.start()
         return self
@@ -89,19 +162,28 @@ class RssSampler:
 
     def _sample(self) -> None:
         now = time.monotonic() - self._started
+        if self._trees_at < 0 or now - self._trees_at >= _TREE_REFRESH_S:
+            # A scan of /proc per sample would cost the shared cores more than the sample.
+            self._trees = {pid: [pid, *descendants(pid)] for pid in self.pids}
+            self._trees_at = now
         for pid in self.pids:
-            try:
-                self.samples[pid].append((now, memory_bytes(pid)))
-            except (OSError, KeyError):
+            rss, pss = tree_memory(self._trees[pid])
+            if rss == 0:
                 continue  # the process is gone; keep what was sampled
+            self.samples[pid].append((now, rss))
+            self.pss_samples[pid].append((now, pss))
 
     def peak(self, pid: int) -> int:
-        """Largest RSS sampled for ``pid`` (0 if none)."""
+        """Largest RSS sum sampled for ``pid`` and its descendants (0 if none)."""
         return max((rss for _, rss in self.samples.get(pid, [])), default=0)
+
+    def peak_pss(self, pid: int) -> int:
+        """Largest PSS sum sampled for ``pid`` and its descendants (0 if none)."""
+        return max((pss for _, pss in self.pss_samples.get(pid, [])), default=0)
 
 
 class CpuWindow:
-    """CPU seconds a process spends between ``start()`` and ``stop()``."""
+    """CPU seconds a process and its descendants spend between ``start()`` and ``stop()``."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -110,9 +192,9 @@ class CpuWindow:
 
     def start(self) -> None:
         """Remember the CPU time so far."""
-        self._before = cpu_seconds(self.pid)
+        self._before = tree_cpu_seconds(self.pid)
 
     def stop(self) -> float:
         """CPU seconds since ``start()``."""
-        self.seconds = cpu_seconds(self.pid) - self._before
+        self.seconds = tree_cpu_seconds(self.pid) - self._before
         return self.seconds

@@ -19,8 +19,9 @@ from bench.sustained import Sustained
 from bench.targets import CEILING, FSYNC, LABELS, NONE, SEAWEED
 from bench.upload import UploadComparison
 
-#: Label suffix of s3batchd measured with ``upload.child_processes``.
-CHILD_NOTE = ", upload.child_processes"
+#: Label suffix of s3batchd measured with uploads on its own threads instead of its upload
+#: process (the default).
+THREADS_NOTE = ", upload.child_processes = false"
 
 TARGET_SIZE = 4096
 TARGET_CONNECTIONS = 32
@@ -88,8 +89,11 @@ def _comparison(results: Results) -> list[str]:
         "## Throughput, latency and cost",
         "",
         "Ratios are PUT/s against (a) the do-nothing ceiling and (d) SeaweedFS direct at the "
-        "same size and concurrency. Peak RSS: VmHWM of the server process (SeaweedFS: largest "
-        "sampled RSS of the shared `weed mini`). CPU: server process only; for s3batchd, "
+        "same size and concurrency. Peak RSS: VmHWM of the server process (s3batchd: of the "
+        "daemon plus that of its upload process; SeaweedFS: largest sampled RSS of the shared "
+        "`weed mini`). Peak PSS: the largest sum of the processes' PSS sampled every 0.25 s, "
+        "which counts the pages they share (Python, its libraries) once, as a container's "
+        "memory cgroup does. CPU: the server's processes only; for s3batchd, "
         "`upstream CPU` is what SeaweedFS spent meanwhile (receiving the batches). Upstream "
         "requests: from the daemon's `/metrics` (tar, parts, index) per object uploaded. "
         "Other load: share of all cores busy with processes outside the benchmark meanwhile.",
@@ -103,9 +107,9 @@ def _comparison(results: Results) -> list[str]:
             f"### {_size(size)} objects, concurrency {connections}",
             "",
             "| config | PUT/s | x (a) | x (d) | p50 ms | p99 ms | p99.9 ms | peak RSS MiB "
-            "| CPU s / 1k PUTs | upstream CPU s / 1k | upstream req / 1k obj | obj / batch "
-            "| other load | errors |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+            "| peak PSS MiB | CPU s / 1k PUTs | upstream CPU s / 1k | upstream req / 1k obj "
+            "| obj / batch | other load | errors |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
         for point in results.points:
             if (point.size, point.connections) != (size, connections):
@@ -114,7 +118,8 @@ def _comparison(results: Results) -> list[str]:
                 f"| {LABELS[point.target]} | {point.throughput:,.0f} "
                 f"| {_ratio(point.throughput, ceiling)} | {_ratio(point.throughput, direct)} "
                 f"| {point.p50_ms:.2f} | {point.p99_ms:.2f} | {point.p999_ms:.2f} "
-                f"| {point.peak_rss_bytes / MIB:.0f} | {point.cpu_s_per_1000:.3f} "
+                f"| {point.peak_rss_bytes / MIB:.0f} | {point.peak_pss_bytes / MIB:.0f} "
+                f"| {point.cpu_s_per_1000:.3f} "
                 f"| {_num(point.upstream_cpu_s_per_1000, 3)} "
                 f"| {_num(point.upstream_requests_per_1000)} "
                 f"| {_num(point.objects_per_batch, 0)} | {point.other_cpu_share:.0%} "
@@ -154,31 +159,44 @@ def _targets(results: Results) -> list[str]:
                 None if vs_direct is None else vs_direct >= 3,
             )
         )
-    for (target, limit), child in itertools.product(((NONE, 5.0), (FSYNC, 10.0)), (False, True)):
+    for (target, limit), child in itertools.product(((NONE, 5.0), (FSYNC, 10.0)), (True, False)):
         paced = next(
             (p for p in results.paced if p.target == target and p.child_processes == child), None
         )
-        if child and paced is None:
+        if not child and paced is None:
             continue
         p99 = paced.p99_ms if paced else None
         rows.append(
             _check(
-                f"{target}{CHILD_NOTE if child else ''}: p99 ms at 50% of peak",
+                f"{target}{'' if child else THREADS_NOTE}: p99 ms at 50% of peak",
                 p99,
                 f"≤ {limit:g} ms",
                 None if p99 is None else p99 <= limit,
             )
         )
-    rss = [p.peak_rss_bytes for p in results.points if p.target in (NONE, FSYNC)]
-    if results.sustained is not None:
-        rss += [rss_bytes for _, rss_bytes in results.sustained.rss_samples]
-    peak = max(rss) / MIB if rss else None
+    ours = [p for p in results.points if p.target in (NONE, FSYNC)]
+    sustained = results.sustained
+    pss = [p.peak_pss_bytes for p in ours]
+    rss = [p.peak_rss_bytes for p in ours]
+    if sustained is not None:
+        pss += [pss_bytes for _, pss_bytes in sustained.pss_samples]
+        rss += [rss_bytes for _, rss_bytes in sustained.rss_samples]
+    peak = max(pss) / MIB if pss else None
     rows.append(
         _check(
-            "s3batchd peak RSS MiB (every point and the sustained run)",
+            "s3batchd peak memory MiB: PSS of the daemon and its upload process (every point "
+            "and the sustained run)",
             peak,
             "≤ 150 MiB",
             None if peak is None else peak * MIB <= RSS_LIMIT_BYTES,
+        )
+    )
+    rows.append(
+        _check(
+            "the same as RSS summed (pages the two share counted twice)",
+            max(rss) / MIB if rss else None,
+            "-",
+            None,
         )
     )
     upload = results.upload
@@ -211,14 +229,15 @@ def _paced(results: Results) -> list[str]:
         "half the saturating run's. Closed loop: pauses are not counted as latency. Loop "
         "stalls: the daemon's `s3batchd_event_loop_lag_seconds` over the measured run, "
         "wake-ups late by 5 ms or more per second and milliseconds of lateness per second. "
-        f"s3batchd is measured twice, the second time{CHILD_NOTE}: batches uploaded from a "
-        "child process instead of the daemon's threads. Peak RSS: VmHWM of the daemon and of "
-        "its upload process at the end of the run.",
+        "s3batchd is measured twice, the second time with `upload.child_processes = false`: "
+        "batches uploaded from the daemon's threads instead of its upload process. Peak RSS: "
+        "VmHWM of the daemon and of its upload process at the end of the run; PSS: of both "
+        "together at the end of the run (shared pages counted once).",
         "",
         "| config | size | conns | peak PUT/s | wanted | got | pause ms | p50 ms | p99 ms "
         "| p99.9 ms | errors | loop stalls >= 5 ms /s | loop lag ms/s | peak RSS MiB "
-        "| upload process RSS MiB |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| upload process RSS MiB | PSS MiB |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for p in results.paced:
         stalls = "-" if p.stalls_per_s is None else f"{p.stalls_per_s:.1f}"
@@ -227,12 +246,13 @@ def _paced(results: Results) -> list[str]:
         child_rss = (
             "-" if p.upload_process_rss_bytes is None else f"{p.upload_process_rss_bytes / MIB:.0f}"
         )
-        label = LABELS[p.target] + (CHILD_NOTE if p.child_processes else "")
+        label = LABELS[p.target] + ("" if p.child_processes else THREADS_NOTE)
+        pss = "-" if p.pss_bytes is None else f"{p.pss_bytes / MIB:.0f}"
         lines.append(
             f"| {label} | {_size(p.size)} | {p.connections} | {p.peak:,.0f} "
             f"| {p.wanted:,.0f} | {p.throughput:,.0f} | {p.delay_ms:.1f} | {p.p50_ms:.2f} "
             f"| {p.p99_ms:.2f} | {p.p999_ms:.2f} | {p.errors} | {stalls} | {lag} | {rss} "
-            f"| {child_rss} |"
+            f"| {child_rss} | {pss} |"
         )
     return [*lines, ""]
 
@@ -243,15 +263,18 @@ def _sustained(results: Results) -> list[str]:
         return []
     first, last = run.thirds()
     rss = [w.rss_bytes / MIB for w in run.windows]
+    pss = max((p for _, p in run.pss_samples), default=0) / MIB
     return [
         f"## Sustained run ({run.server}, {_size(run.size)}, concurrency {run.connections})",
         "",
         f"{run.duration_s:.0f} s in {len(run.windows)} windows; mean PUT/s of the first third "
         f"{first:,.0f}, of the last third {last:,.0f} (ratio {last / first:.2f}: "
-        f"{'flat' if run.throughput_flat else 'NOT flat'}, ≥ 0.9 wanted). RSS after the first "
+        f"{'flat' if run.throughput_flat else 'NOT flat'}, ≥ 0.9 wanted). RSS (the daemon's "
+        "and its upload process's, summed) after the first "
         f"window {rss[0]:.0f} MiB, at the end {rss[-1]:.0f} MiB, largest {max(rss):.0f} MiB "
         f"(growth {run.rss_growth_bytes / MIB:+.1f} MiB: "
-        f"{'flat' if run.rss_flat else 'NOT flat'}, ≤ 20 MiB wanted). Errors: "
+        f"{'flat' if run.rss_flat else 'NOT flat'}, ≤ 20 MiB wanted); largest PSS of both "
+        f"{pss:.0f} MiB. Errors: "
         f"{sum(w.errors for w in run.windows)}. Upstream requests per 1,000 objects: "
         f"{_num(run.upstream_requests_per_1000)}.",
         "",

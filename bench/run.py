@@ -122,17 +122,22 @@ def describe(args: argparse.Namespace) -> dict[str, str]:
         f"warm-up then {args.duration_s:g} s (at most {args.max_requests:,} PUTs) per point, "
         "each Python server started fresh per point, SeaweedFS shared by the whole run",
         "s3batchd settings": "defaults (batch.linger_ms 2000, max_records 10000, max_bytes 64 "
-        "MiB, upload.concurrency 2, multipart from 16 MiB), auth none, admin port on",
+        "MiB, upload.concurrency 2 from the upload process, multipart from 16 MiB), auth none, "
+        "admin port on",
     }
 
 
-def _rss(daemon: Daemon | None) -> tuple[int | None, int | None]:
-    """Peak RSS of a daemon and of its upload process (if it has one), while both run."""
+def _memory(daemon: Daemon | None) -> tuple[int | None, int | None, int | None]:
+    """Peak RSS of a daemon and of its upload process (if it has one), and the PSS of both
+    summed, while both run."""
     if daemon is None:
-        return None, None
+        return None, None, None
     children = procstat.children(daemon.pid)
-    return procstat.memory_bytes(daemon.pid, "VmHWM"), (
-        max(procstat.memory_bytes(pid, "VmHWM") for pid in children) if children else None
+    _, pss = procstat.tree_memory([daemon.pid, *children])
+    return (
+        procstat.memory_bytes(daemon.pid, "VmHWM"),
+        max(procstat.memory_bytes(pid, "VmHWM") for pid in children) if children else None,
+        pss,
     )
 
 
@@ -203,17 +208,17 @@ class Bench:
         return point.throughput
 
     def run_paced(self) -> None:
-        """Latency at 50% of each target's peak (s3batchd's also with uploads from a child
-        process, at the same rate)."""
+        """Latency at 50% of each target's peak (s3batchd's also with uploads on its own
+        threads instead of its upload process, at the same rate)."""
         for target in self.args.targets:
             peak = self.peak(target)
-            variants = (False, True) if target in (NONE, FSYNC) else (False,)
+            variants = (True, False) if target in (NONE, FSYNC) else (True,)
             for child in variants:
                 self.results.paced.append(self._paced_point(target, peak, child_processes=child))
         self.save()
 
     def _paced_point(self, target: str, peak: float, *, child_processes: bool) -> paced.PacedPoint:
-        variant = "-child" if child_processes else ""
+        variant = "" if child_processes else "-threads"
         with running(
             target,
             seaweed=self.seaweed,
@@ -242,13 +247,14 @@ class Bench:
                     else None
                 ),
             )
-            daemon_rss, child_rss = _rss(live.daemon)
+            daemon_rss, child_rss, pss = _memory(live.daemon)
             result = dataclasses.replace(
                 result,
                 target=target,
                 child_processes=child_processes,
                 daemon_rss_bytes=daemon_rss,
                 upload_process_rss_bytes=child_rss,
+                pss_bytes=pss,
             )
         logger.info(
             "paced %-9s %6.0f of %6.0f PUT/s: p50 %.2f p99 %.2f ms%s",
@@ -257,7 +263,7 @@ class Bench:
             peak,
             result.p50_ms,
             result.p99_ms,
-            " (uploads from a child process)" if child_processes else "",
+            "" if child_processes else " (uploads on the daemon's threads)",
         )
         return result
 

@@ -5,7 +5,7 @@ keeps growing)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench import loadgen
 from bench.procstat import MIB, RssSampler
@@ -26,7 +26,7 @@ class Window:
     p99_ms: float
     errors: int
     rss_bytes: int
-    """RSS at the end of the window."""
+    """RSS of the daemon and its upload process, summed, at the end of the window."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,10 @@ class Sustained:
     duration_s: float
     windows: list[Window]
     rss_samples: list[tuple[float, int]]
+    """(seconds, RSS of the daemon and its upload process summed), every second."""
     upstream_requests_per_1000: float | None
+    pss_samples: list[tuple[float, int]] = field(default_factory=list)
+    """(seconds, PSS of the daemon and its upload process summed), every second."""
 
     def thirds(self) -> tuple[float, float]:
         """Mean throughput of the first and the last third of the windows."""
@@ -100,5 +103,6 @@ def measure(
         duration_s=time.monotonic() - started,
         windows=windows,
         rss_samples=rss.samples[daemon.pid],
+        pss_samples=rss.pss_samples[daemon.pid],
         upstream_requests_per_1000=1000 * upstream / records if records else None,
     )

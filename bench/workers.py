@@ -15,15 +15,10 @@ import tempfile
 from pathlib import Path
 
 from bench import loadgen
-from bench.procstat import children, cpu_seconds
+from bench.procstat import tree_cpu_seconds
 from bench.servers import Daemon, DaemonSettings, Seaweed
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds of ``pid`` and its direct children (the workers)."""
-    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children(pid))
 
 
 def main() -> None:
@@ -46,11 +41,11 @@ def main() -> None:
             try:
                 base = dict(url=daemon.url, size=args.size, connections=args.connections)
                 loadgen.run(loadgen.LoadSpec(**base, duration_s=args.warmup_s, run="warm"))
-                before = _tree_cpu(daemon.pid)
+                before = tree_cpu_seconds(daemon.pid)
                 result = loadgen.run(
                     loadgen.LoadSpec(**base, duration_s=args.duration_s, run=f"w{workers}")
                 )
-                cpu = _tree_cpu(daemon.pid) - before
+                cpu = tree_cpu_seconds(daemon.pid) - before
             finally:
                 daemon.stop()
             rows.append(
