@@ -45,8 +45,8 @@ class PacedPoint:
     """Event-loop wake-ups late by 5 ms or more, per second of the measured run (s3batchd)."""
     lag_ms_per_s: float | None = None
     """Milliseconds of event-loop lateness per second of the measured run (s3batchd)."""
-    child_processes: bool = True
-    """s3batchd with ``upload.child_processes`` (the default)."""
+    child_processes: bool = False
+    """s3batchd with ``upload.child_processes``."""
     daemon_rss_bytes: int | None = None
     """Peak RSS (VmHWM) of the s3batchd process at the end of the run."""
     upload_process_rss_bytes: int | None = None

@@ -154,8 +154,8 @@ class DaemonSettings:
     workers: int = 1
     loop_lag_interval_s: float = 0.005
     """The event-loop lag monitor's interval: fine enough to count every stall of 5 ms."""
-    child_processes: bool = True
-    """``upload.child_processes``: batches uploaded from a child process (the default)."""
+    child_processes: bool = False
+    """``upload.child_processes``: batches uploaded from a child process."""
 
 
 def config_text(settings: DaemonSettings, *, port: int, admin_port: int, spool: Path) -> str:

@@ -26,7 +26,8 @@ class Window:
     p99_ms: float
     errors: int
     rss_bytes: int
-    """RSS of the daemon and its upload process, summed, at the end of the window."""
+    """RSS of the daemon's processes (with its upload process, if any), summed, at the end of
+    the window."""
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,10 @@ class Sustained:
     duration_s: float
     windows: list[Window]
     rss_samples: list[tuple[float, int]]
-    """(seconds, RSS of the daemon and its upload process summed), every second."""
+    """(seconds, RSS of the daemon's processes summed), every second."""
     upstream_requests_per_1000: float | None
     pss_samples: list[tuple[float, int]] = field(default_factory=list)
-    """(seconds, PSS of the daemon and its upload process summed), every second."""
+    """(seconds, PSS of the daemon's processes summed), every second."""
 
     def thirds(self) -> tuple[float, float]:
         """Mean throughput of the first and the last third of the windows."""

@@ -208,17 +208,16 @@ class UploadConfig(Section):
     ``child_processes``). More: catches up faster after a backlog, at the cost of more
     connections. The boto3 client keeps up to ``concurrency`` x ``part_concurrency`` + 4
     connections."""
-    child_processes: bool = True
+    child_processes: bool = False
     """Upload from a child process (``python -m s3batchd.uploadproc``, started at the first
     upload, with its own boto3 client from these settings and the daemon's environment)
-    instead of threads of the daemon's process (``false``). In the daemon's process an
-    upload's Python work shares the requests' interpreter: at half of peak load on two cores,
-    with durability ``none``, p99 of PUTs was 18 ms with uploads on threads and 6 ms from the
-    child (with ``fsync`` 19 ms instead of 31; full run of 2026-11-22, bench/README.md). The
-    cost is memory: the child takes about 75 MiB RSS (boto3 and its client, upload buffers;
-    about 60 MiB of it not shared with the daemon) while the daemon's own drops by the upload
-    buffers: about 140 MiB for both, counted once (PSS), against 90-135 MiB for the daemon
-    alone with ``false``."""
+    instead of threads of the daemon's process. In the daemon's process an upload's Python
+    work shares the requests' interpreter: at half of peak load on two cores, with durability
+    ``none``, p99 of PUTs was 16-18 ms with uploads on threads and 6-8 ms from the child
+    (bench/README.md; with ``fsync`` it varies from run to run either way, 19-39 ms). The cost
+    is memory: the child takes about 75 MiB RSS (boto3 and its client, upload buffers), about
+    45 MiB more than the daemon alone counted once (PSS): 130-160 MiB for both in the
+    benchmark against 90-135 MiB without it."""
     child_nice: int = Field(default=10, ge=0, le=19)
     """How much lower the upload process's CPU priority is than the daemon's (the increment
     it passes to ``nice(2)`` when it starts; 0-19, ``0``: the same priority). With

@@ -55,10 +55,10 @@ def upload_processes(parents: Collection[int] = ()) -> list[int]:
     ]
 
 
-def test_batches_upload_from_child_processes_by_default_with_their_requests_counted(
+def test_batches_upload_from_child_processes_with_their_requests_counted(
     start_daemon: DaemonFactory, s3: S3Client, bucket: str
 ) -> None:
-    daemon = start_daemon(batch={"linger_ms": 100})
+    daemon = start_daemon(batch={"linger_ms": 100}, upload=CHILD)
     locations = put_many(daemon.client(), bucket, 12, "child")
     wait_for(lambda: indexed_objects(s3, bucket) == 12)
     assert_exactly_once(s3, bucket, locations)
@@ -174,10 +174,10 @@ def test_upload_processes_take_the_daemons_environment(
     assert indexed_objects(s3, bucket) == 2
 
 
-def test_uploads_run_on_the_daemons_threads_without_child_processes(
+def test_uploads_run_on_threads_by_default(
     start_daemon: DaemonFactory, s3: S3Client, bucket: str
 ) -> None:
-    daemon = start_daemon(batch={"linger_ms": 100}, upload={"child_processes": False})
+    daemon = start_daemon(batch={"linger_ms": 100})
     locations = put_many(daemon.client(), bucket, 5, "threads")
     wait_for(lambda: indexed_objects(s3, bucket) == 5)
     assert_exactly_once(s3, bucket, locations)
