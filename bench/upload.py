@@ -1,6 +1,6 @@
 """Upload throughput of a sealed batch: s3batchd's own uploader (``s3batchd.uploader.Uploader``
 with the daemon's boto3 client and default ``[upload]`` settings: CRC32 of the file, multipart
-above 16 MiB with 8 MiB parts 4 at a time, then the index) against boto3's ``upload_file`` of
+above 16 MiB with 8 MiB parts 8 at a time, then the index) against boto3's ``upload_file`` of
 the same tar (default TransferConfig) to the same SeaweedFS. Runs alternate, after one
 unmeasured run of each."""
 

@@ -213,8 +213,9 @@ class UploadConfig(Section):
     upload, with its own boto3 client from these settings and the daemon's environment)
     instead of threads of the daemon's process. In the daemon's process an upload's Python
     work shares the requests' interpreter: at half of peak load on two cores, with durability
-    ``none``, p99 of PUTs was 16-18 ms with uploads on threads and 6-8 ms from the child
-    (bench/README.md; with ``fsync`` it varies from run to run either way, 19-39 ms). The cost
+    ``none``, p99 of PUTs was 16-18 ms with uploads on threads and 6-8 ms from the child, with
+    the default ``part_concurrency`` (bench/README.md; with ``fsync`` it varies from run to
+    run either way, 19-39 ms; on threads with one part at a time, 5.1-7.5 ms). The cost
     is memory: the child takes about 75 MiB RSS (boto3 and its client, upload buffers), about
     45 MiB more than the daemon alone counted once (PSS): 130-160 MiB for both in the
     benchmark against 90-135 MiB without it."""
@@ -238,7 +239,15 @@ class UploadConfig(Section):
     the spool file (read twice: checksum, then the request), never held in memory whole."""
     part_concurrency: int = Field(default=8, gt=0)
     """Parts of one batch uploaded at once (threads and connections; memory stays a few read
-    buffers per part)."""
+    buffers per part). On the daemon's threads (without ``child_processes``) parts sent side
+    by side lengthen the tail of PUT latency while a batch uploads: at half of peak load on
+    two cores (durability ``none``, batches of about 20 MiB, alternating runs) p99 of PUTs was
+    5.1-7.5 ms with 1, 6.9-10.8 ms with 2 and 10.2-17.7 ms with 8 (peak RSS at full load 99
+    MiB with 1, 110-121 with 8). One part at a time uploads a batch more slowly where the
+    bucket takes parallel connections well: a 64 MiB batch took 1.0 s against 0.6-1.7 s for
+    boto3's ``upload_file`` with 10 (bench/README.md). 1 for the lowest tail where uploads
+    keep up with one connection per batch (``concurrency`` batches still upload side by
+    side)."""
     retry_base_ms: int = Field(default=200, gt=0)
     """Milliseconds: base of the exponential backoff between attempts to upload a batch. After
     failed attempt n (counting from 0) the wait is uniform in [0, min(``retry_max_ms``,
