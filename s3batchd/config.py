@@ -218,7 +218,7 @@ class UploadConfig(Section):
     run either way, 19-39 ms; on threads with one part at a time, 5.1-7.5 ms). The cost
     is memory: the child takes about 75 MiB RSS (boto3 and its client, upload buffers), about
     45 MiB more than the daemon alone counted once (PSS): 130-160 MiB for both in the
-    benchmark against 90-135 MiB without it."""
+    benchmark against 90-142 MiB without it."""
     child_nice: int = Field(default=10, ge=0, le=19)
     """How much lower the upload process's CPU priority is than the daemon's (the increment
     it passes to ``nice(2)`` when it starts; 0-19, ``0``: the same priority). With
