@@ -244,7 +244,7 @@ class UploadConfig(Section):
     two cores (durability ``none``, batches of about 20 MiB, alternating runs) p99 of PUTs was
     5.1-7.5 ms with 1, 6.9-10.8 ms with 2 and 10.2-17.7 ms with 8 (peak RSS at full load 99
     MiB with 1, 110-121 with 8). One part at a time uploads a batch more slowly where the
-    bucket takes parallel connections well: a 64 MiB batch took 1.0 s against 0.6-1.7 s for
+    bucket takes parallel connections well: a 64 MiB batch took 0.8-1.2 s against 0.4-1.4 s for
     boto3's ``upload_file`` with 10 (bench/README.md). 1 for the lowest tail where uploads
     keep up with one connection per batch (``concurrency`` batches still upload side by
     side)."""
