@@ -443,7 +443,7 @@ def _parse_signed_headers(value: str, error: type[S3Error]) -> tuple[str, ...]:
 def _check_signature_format(value: str, error: type[S3Error]) -> str:
     if not _HEX64.fullmatch(value):
         raise error("The signature must be 64 hexadecimal characters.")
-    return value.lower()
+    return value  # compared as sent: S3 refuses upper-case hex with SignatureDoesNotMatch
 
 
 def _parse_amz_date(value: str | None) -> datetime | None:
@@ -837,7 +837,7 @@ def _check_hmac_sha256(
     """Return the expected hex signature, or raise SignatureDoesNotMatch if ``given`` differs."""
     message = string_to_sign.encode("utf-8", "surrogateescape")
     expected = hmac.new(key, message, hashlib.sha256).hexdigest()
-    if not _same(expected, (given or "").lower()):
+    if not _same(expected, given):
         raise _mismatch(string_to_sign, canonical_request)
     return expected
 

@@ -578,6 +578,26 @@ def test_flipped_signature_byte() -> None:
     assert SECRET not in error.string_to_sign + error.canonical_request + error.message
 
 
+def test_upper_case_hex_signatures_do_not_match() -> None:
+    """S3 computes lower-case hex and compares the signature as sent (aws-sdk-js#3322)."""
+    request = put_request()
+    authorization = request.header(b"authorization") or b""
+    head, _, signature = authorization.rpartition(b"Signature=")
+    upper = head + b"Signature=" + signature.upper()
+    assert upper != authorization
+    with pytest.raises(SignatureDoesNotMatch):
+        request.verify(headers=with_header(request.headers, b"authorization", upper))
+    presigned = by_case("boto3-presigned-v4-put")
+    query = re.sub(
+        rb"X-Amz-Signature=([0-9a-f]+)",
+        lambda match: b"X-Amz-Signature=" + match.group(1).upper(),
+        presigned.query_string,
+    )
+    assert query != presigned.query_string
+    with pytest.raises(SignatureDoesNotMatch):
+        presigned.verify(query_string=query)
+
+
 @pytest.mark.parametrize("name", [b"host", b"x-amz-checksum-crc32", b"x-amz-content-sha256"])
 def test_changed_signed_header(name: bytes) -> None:
     request = put_request()
