@@ -11,13 +11,17 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 KIB = 1024
 MIB = 1024 * KIB
+_N = TypeVar("_N", int, float)
 #: How often a sampler looks for new descendants (an upload process starts at the first upload).
 _TREE_REFRESH_S = 2.0
 
@@ -69,55 +73,49 @@ def _parents() -> dict[int, list[int]]:
     return found
 
 
+def _readings(pids: Iterable[int], read: Callable[[int], _N]) -> list[_N]:
+    """``read(pid)`` for each of ``pids`` still there to read (one gone meanwhile counts 0)."""
+    found = []
+    for pid in pids:
+        try:
+            found.append(read(pid))
+        except (OSError, KeyError):
+            continue
+    return found
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of ``pid`` and its live descendants so far."""
-    total = 0.0
-    for each in (pid, *descendants(pid)):
-        try:
-            total += cpu_seconds(each)
-        except OSError:
-            continue  # ended meanwhile
-    return total
+    return sum(_readings((pid, *descendants(pid)), cpu_seconds))
+
+
+def _kib_field(path: str, name: str) -> int:
+    """The ``name:`` field, in kB, of a ``/proc`` file such as ``status``, in bytes."""
+    for line in Path(path).read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1]) * KIB
+    raise KeyError(f"{name} not in {path}")
 
 
 def memory_bytes(pid: int, name: str = "VmRSS") -> int:
     """A ``/proc/<pid>/status`` memory field in bytes: VmRSS (now) or VmHWM (peak)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split()[1]) * KIB
-    raise KeyError(f"{name} not in /proc/{pid}/status")
+    return _kib_field(f"/proc/{pid}/status", name)
 
 
 def pss_bytes(pid: int) -> int:
     """Proportional set size of ``pid`` in bytes (``/proc/<pid>/smaps_rollup``)."""
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * KIB
-    raise KeyError(f"Pss not in /proc/{pid}/smaps_rollup")
+    return _kib_field(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 def tree_memory(pids: list[int]) -> tuple[int, int]:
     """(RSS summed, PSS summed) in bytes over ``pids``; processes gone meanwhile count 0."""
-    rss = pss = 0
-    for pid in pids:
-        try:
-            rss += memory_bytes(pid)
-            pss += pss_bytes(pid)
-        except (OSError, KeyError):
-            continue
-    return rss, pss
+    return sum(_readings(pids, memory_bytes)), sum(_readings(pids, pss_bytes))
 
 
 def tree_peak_rss(pid: int) -> int:
     """Peak RSS (VmHWM) of ``pid`` plus that of each live descendant: an upper bound of the
     peak of their sum (the peaks may fall at different moments)."""
-    rss = 0
-    for each in (pid, *descendants(pid)):
-        try:
-            rss += memory_bytes(each, "VmHWM")
-        except (OSError, KeyError):
-            continue
-    return rss
+    return sum(_readings((pid, *descendants(pid)), partial(memory_bytes, name="VmHWM")))
 
 
 @dataclass
