@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from s3batchd import __version__
+from s3batchd.allocator import limit_arenas
 from s3batchd.catalogcli import get_command, reindex_command
 from s3batchd.config import Settings, is_loopback, load_settings
 from s3batchd.errors import ConfigError, S3BatchdError
@@ -117,6 +118,7 @@ def status(config_path: Path | None, url: str | None) -> None:
 def run(settings: Settings) -> int:
     """Serve until a signal; the exit status says whether every batch was uploaded. With
     ``server.workers`` > 1 the sockets are bound here and shared by forked workers."""
+    limit_arenas()  # before the threads start; forked workers inherit it
     try:
         sockets = bind_sockets(settings)
     except OSError as exc:

@@ -51,6 +51,7 @@ class DaemonProcess:
         s3_server: LocalS3,
         *,
         wrapper: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
         **sections: dict[str, Any],
     ) -> None:
         self.wrapper = wrapper
@@ -64,6 +65,7 @@ class DaemonProcess:
             **os.environ,
             "AWS_ACCESS_KEY_ID": s3_server.access_key,
             "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+            **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
         self.bucket = ""
