@@ -9,9 +9,9 @@ nobody chose (bench/README.md). Python threads allocate holding the GIL, so they
 from arenas of their own.
 
 At start the daemon asks for ``ARENAS`` arenas (``mallopt(M_ARENA_MAX)``; its forked workers
-inherit it) and sets ``MALLOC_ARENA_MAX`` for the processes it starts. An operator's
-``MALLOC_ARENA_MAX``, or ``glibc.malloc.arena_max`` in ``GLIBC_TUNABLES``, is left alone. With a
-C library other than glibc nothing changes.
+inherit it), and the upload processes it starts get ``MALLOC_ARENA_MAX`` (``child_env``). An
+operator's ``MALLOC_ARENA_MAX``, or ``glibc.malloc.arena_max`` in ``GLIBC_TUNABLES``, is left
+alone. With a C library other than glibc nothing changes.
 """
 
 from __future__ import annotations
@@ -35,16 +35,19 @@ def operator_chose() -> bool:
     )
 
 
+def child_env() -> dict[str, str]:
+    """What to add to the environment of a process the daemon starts."""
+    return {} if operator_chose() else {ARENA_ENV: str(ARENAS)}
+
+
 def limit_arenas() -> bool:
-    """Limit this process and the ones it starts to ``ARENAS`` arenas, unless the environment
-    chose already; True if the limit was set here. Call it before threads start allocating."""
+    """Limit this process (and the processes it forks) to ``ARENAS`` arenas, unless the
+    environment chose already; True if the limit was set here. Call it before threads start
+    allocating."""
     if operator_chose() or not sys.platform.startswith("linux"):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except AttributeError:  # a C library without it
         return False
-    if mallopt(_M_ARENA_MAX, ARENAS) != 1:  # musl's is a stub answering 0
-        return False
-    os.environ[ARENA_ENV] = str(ARENAS)
-    return True
+    return bool(mallopt(_M_ARENA_MAX, ARENAS) == 1)  # musl's is a stub answering 0

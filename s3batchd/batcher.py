@@ -347,5 +347,6 @@ class Batcher:
 
     @property
     def open_batches(self) -> int:
-        """Batches currently accepting records."""
-        return sum(1 for state in self._buckets.values() if state.current is not None)
+        """Batches currently accepting records. Read from the upload threads too: the copy of
+        the buckets is taken in one step, so a bucket added meanwhile cannot break the count."""
+        return sum(1 for state in list(self._buckets.values()) if state.current is not None)

@@ -213,12 +213,13 @@ class UploadConfig(Section):
     upload, with its own boto3 client from these settings and the daemon's environment)
     instead of threads of the daemon's process. In the daemon's process an upload's Python
     work shares the requests' interpreter: at half of peak load on two cores, with durability
-    ``none``, p99 of PUTs was 16-18 ms with uploads on threads and 6-8 ms from the child, with
-    the default ``part_concurrency`` (bench/README.md; with ``fsync`` it varies from run to
-    run either way, 19-39 ms; on threads with one part at a time, 5.1-7.5 ms). The cost
-    is memory: the child takes about 75 MiB RSS (boto3 and its client, upload buffers), about
-    45 MiB more than the daemon alone counted once (PSS): 130-160 MiB for both in the
-    benchmark against 90-142 MiB without it."""
+    ``none``, p99 of PUTs was 16-18 ms with uploads on threads sending 8 parts at once and 6-8
+    ms from the child; with ``busy_part_concurrency`` 1 (the default: one part at a time while
+    PUTs arrive) 5.1-7.5 ms on threads, which leaves the child little to gain (bench/README.md;
+    with ``fsync`` it varies from run to run either way, 13-39 ms). The cost is memory: the
+    child takes about 75 MiB RSS (boto3 and its client, upload buffers), about 45 MiB more than
+    the daemon alone counted once (PSS): 130-163 MiB for both in the benchmark against 85-110
+    MiB without it."""
     child_nice: int = Field(default=10, ge=0, le=19)
     """How much lower the upload process's CPU priority is than the daemon's (the increment
     it passes to ``nice(2)`` when it starts; 0-19, ``0``: the same priority). With
@@ -239,15 +240,21 @@ class UploadConfig(Section):
     the spool file (read twice: checksum, then the request), never held in memory whole."""
     part_concurrency: int = Field(default=8, gt=0)
     """Parts of one batch uploaded at once (threads and connections; memory stays a few read
-    buffers per part). On the daemon's threads (without ``child_processes``) parts sent side
-    by side lengthen the tail of PUT latency while a batch uploads: at half of peak load on
-    two cores (durability ``none``, batches of about 20 MiB, alternating runs) p99 of PUTs was
-    5.1-7.5 ms with 1, 6.9-10.8 ms with 2 and 10.2-17.7 ms with 8 (peak RSS at full load 99
-    MiB with 1, 110-121 with 8). One part at a time uploads a batch more slowly where the
-    bucket takes parallel connections well: a 64 MiB batch took 0.8-1.2 s against 0.4-1.4 s for
-    boto3's ``upload_file`` with 10 (bench/README.md). 1 for the lowest tail where uploads
-    keep up with one connection per batch (``concurrency`` batches still upload side by
-    side)."""
+    buffers per part) when no PUT is arriving, or when uploads fall behind (a sealed batch
+    waits for an upload worker); ``busy_part_concurrency`` otherwise. Parallel parts upload a
+    batch faster where the bucket takes parallel connections well: a 64 MiB batch took 0.4-1.3
+    s with 8 against 0.8-1.2 s with 1 (bench/README.md)."""
+    busy_part_concurrency: int = Field(default=1, gt=0)
+    """Parts of one batch uploaded at once while PUTs are arriving (a batch is open) and the
+    uploads keep up; at most ``part_concurrency``. On the daemon's threads (without
+    ``child_processes``) an upload's Python work shares the interpreter and the cores with
+    the requests', and parts sent side by side lengthen the tail of PUT latency: at half of
+    peak load on two cores (durability ``none``, batches of about 20 MiB, alternating runs)
+    p99 of PUTs was 5.1-7.5 ms with 1, 6.9-10.8 ms with 2 and 10.2-19.3 ms with 8 (bench/
+    README.md). One part at a time kept up there with a batch every few seconds
+    (``concurrency`` batches still upload side by side). The upload process of
+    ``child_processes`` always uses ``part_concurrency``. Set it to ``part_concurrency`` to
+    upload as wide under load as when idle."""
     retry_base_ms: int = Field(default=200, gt=0)
     """Milliseconds: base of the exponential backoff between attempts to upload a batch. After
     failed attempt n (counting from 0) the wait is uniform in [0, min(``retry_max_ms``,

@@ -57,7 +57,7 @@ class Pipeline:
         steps: UploadSteps = (
             ChildSteps(settings.upstream, settings.upload, settings.log)
             if settings.upload.child_processes and client is None
-            else ThreadSteps(self.client, settings.upload)
+            else ThreadSteps(self.client, settings.upload, self.parts_at_once)
         )
         self.uploader = Uploader(steps, config=settings.upload)
         self.batcher = Batcher(
@@ -101,6 +101,18 @@ class Pipeline:
         self._prober: asyncio.Task[None] | None = None
         self._probe_executor = ThreadPoolExecutor(1, "s3batchd-probe")
         self.read_executor = ThreadPoolExecutor(4, "s3batchd-read")
+
+    def parts_at_once(self) -> int:
+        """Parts of a multipart batch sent side by side by the daemon's upload threads (asked
+        from them as each part ends): ``upload.busy_part_concurrency`` while PUTs arrive (a
+        batch is open) and the uploads keep up (no sealed batch waits for an upload worker),
+        ``upload.part_concurrency`` otherwise. An upload's Python work shares the interpreter
+        and the cores with the requests', so fewer parts at once shorten the tail of PUT
+        latency; when nobody waits for a PUT, or batches queue up, the upload goes wide."""
+        upload = self.settings.upload
+        if self.batcher.open_batches and not self.uploader.waiting:
+            return min(upload.busy_part_concurrency, upload.part_concurrency)
+        return upload.part_concurrency
 
     async def written(self, record: ObjectRecord, entry: SpoolEntry, *, uploaded: bool) -> None:
         """A PUT about to be acknowledged: make it readable by key through the daemon. The

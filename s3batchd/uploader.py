@@ -20,7 +20,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol, cast
@@ -124,15 +124,26 @@ def backoff_s(attempt: int, config: UploadConfig, rng: random.Random) -> float:
     return rng.uniform(0, ceiling) / 1000
 
 
+PartsAtOnce = Callable[[], int]
+"""How many parts of a batch may be in flight now (asked again as each part ends)."""
+
+
 class BatchUpload:
-    """The blocking upload steps of one batch (run in the uploader's thread pool)."""
+    """The blocking upload steps of one batch (run in the uploader's thread pool).
+    ``parts_at_once``: how many parts to send side by side, asked again whenever a part ends
+    (default: ``part_concurrency`` always)."""
 
     def __init__(
-        self, client: S3Client, config: UploadConfig | UploadSettings, stats: UploadStats
+        self,
+        client: S3Client,
+        config: UploadConfig | UploadSettings,
+        stats: UploadStats,
+        parts_at_once: PartsAtOnce | None = None,
     ) -> None:
         self._client = client
         self._config = config
         self._stats = stats
+        self._parts_at_once = parts_at_once or (lambda: config.part_concurrency)
 
     def tar(self, batch: SealedBatch) -> None:
         """Upload the tar under its key, unless an earlier attempt already did."""
@@ -213,15 +224,29 @@ class BatchUpload:
         chunk = part_size(batch.size, self._config)
         offsets = range(0, batch.size, chunk)
         fd = os.open(batch.path, os.O_RDONLY | os.O_CLOEXEC)
+
+        def one(number: int) -> CompletedPartTypeDef:
+            start = offsets[number - 1]
+            section = FileSection(fd, start, min(chunk, batch.size - start))
+            return self._part(batch, upload_id, number, section)
+
+        numbers = iter(range(1, len(offsets) + 1))
+        done: dict[int, CompletedPartTypeDef] = {}
+        in_flight: dict[Future[CompletedPartTypeDef], int] = {}
         try:
+            # The pool starts a thread only when no idle one is left: as many as were ever
+            # in flight at once.
             with ThreadPoolExecutor(self._config.part_concurrency, "s3batchd-part") as pool:
-
-                def one(number: int) -> CompletedPartTypeDef:
-                    start = offsets[number - 1]
-                    section = FileSection(fd, start, min(chunk, batch.size - start))
-                    return self._part(batch, upload_id, number, section)
-
-                return list(pool.map(one, range(1, len(offsets) + 1)))
+                while True:
+                    limit = max(1, min(self._parts_at_once(), self._config.part_concurrency))
+                    while len(in_flight) < limit and (number := next(numbers, None)):
+                        in_flight[pool.submit(one, number)] = number
+                    if not in_flight:
+                        return [done[number] for number in sorted(done)]
+                    ended, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in ended:
+                        # A failed part raises here; the pool waits for those in flight.
+                        done[in_flight.pop(future)] = future.result()
         finally:
             os.close(fd)
 
@@ -338,12 +363,17 @@ class Attempt:
 
 
 def run_attempt(
-    client: S3Client, config: UploadConfig | UploadSettings, batch: SealedBatch, *, tar_done: bool
+    client: S3Client,
+    config: UploadConfig | UploadSettings,
+    batch: SealedBatch,
+    *,
+    tar_done: bool,
+    parts_at_once: PartsAtOnce | None = None,
 ) -> Attempt:
     """Upload the tar (unless ``tar_done``), then its index. Failures are returned, classified,
     not raised."""
     stats = UploadStats()
-    steps = BatchUpload(client, config, stats)
+    steps = BatchUpload(client, config, stats, parts_at_once)
     try:
         if not tar_done:
             try:
@@ -376,13 +406,22 @@ class UploadSteps(Protocol):
 class ThreadSteps:
     """The steps on the calling thread, with a client shared by the upload threads."""
 
-    def __init__(self, client: S3Client, config: UploadConfig) -> None:
+    def __init__(
+        self, client: S3Client, config: UploadConfig, parts_at_once: PartsAtOnce | None = None
+    ) -> None:
         self._client = client
         self._config = config
+        self._parts_at_once = parts_at_once
 
     def attempt(self, batch: SealedBatch, *, tar_done: bool) -> Attempt:
         """One attempt, on this thread."""
-        return run_attempt(self._client, self._config, batch, tar_done=tar_done)
+        return run_attempt(
+            self._client,
+            self._config,
+            batch,
+            tar_done=tar_done,
+            parts_at_once=self._parts_at_once,
+        )
 
     def close(self, *, wait: bool) -> None:
         """Nothing to stop: the uploader's threads are the workers."""
@@ -484,6 +523,11 @@ class Uploader:
     def pending(self) -> int:
         """Batches queued or being uploaded."""
         return self._pending
+
+    @property
+    def waiting(self) -> int:
+        """Batches queued that no upload worker has taken yet (uploads are behind)."""
+        return self._queue.qsize()
 
     async def _work(self) -> None:
         while True:

@@ -37,9 +37,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No AWS_* or S3BATCHD_* from the developer's shell leaks into a test."""
+    """No AWS_* or S3BATCHD_* (nor a malloc arena limit) from the developer's shell leaks into
+    a test."""
     for name in list(os.environ):
-        if name.startswith(("AWS_", "S3BATCHD_")):
+        if name.startswith(("AWS_", "S3BATCHD_")) or name in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)

@@ -48,6 +48,10 @@ class FaultProxy:
         self.port = free_ports(1)[0]
         self.mode = Mode()
         self.decisions: Counter[str] = Counter()
+        self.parts_in_flight = 0
+        """UploadPart requests being handled now (read by tests; changed on the proxy's loop)."""
+        self.most_parts_in_flight = 0
+        """The most UploadPart requests handled at once (tests reset it)."""
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -120,7 +124,14 @@ class FaultProxy:
                 if request is None:
                     return
                 method = request.split(b" ", 1)[0].decode()
-                if not await self._handle(self._decide(method), request, writer):
+                part = b"partNumber=" in request.split(b"\r\n", 1)[0]
+                self.parts_in_flight += part
+                self.most_parts_in_flight = max(self.most_parts_in_flight, self.parts_in_flight)
+                try:
+                    kept = await self._handle(self._decide(method), request, writer)
+                finally:
+                    self.parts_in_flight -= part
+                if not kept:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             return

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -93,6 +94,48 @@ def test_large_batch_uses_parallel_multipart(s3: S3Client, bucket: str, tmp_path
     steps.tar(batch)  # the retry of a completed multipart upload settles on the 412 too
     assert stats.requests["HeadObject", "ok"] == 1
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+class CountingParts:
+    """The real client, noting how many UploadPart calls were in flight as each began."""
+
+    def __init__(self, client: S3Client) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._now = 0
+        self.at_start: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def upload_part(self, **kwargs: Any) -> Any:
+        with self._lock:
+            self._now += 1
+            self.at_start.append(self._now)
+        try:
+            return self._client.upload_part(**kwargs)
+        finally:
+            with self._lock:
+                self._now -= 1
+
+
+def test_parts_at_once_is_asked_again_as_each_part_ends(
+    s3: S3Client, bucket: str, tmp_path: Path
+) -> None:
+    rng = random.Random(5)
+    batch = sealed_batch(tmp_path, bucket, [rng.randbytes(5 * MB) for _ in range(8)])
+    client = CountingParts(s3)
+    answers = iter([1, 1, 1, 1])  # one at a time for the first four parts, then four at once
+    stats = UploadStats()
+    config = UploadConfig(
+        multipart_threshold_bytes=5 * MB, part_size_bytes=5 * MB, part_concurrency=4
+    )
+    BatchUpload(cast("S3Client", client), config, stats, lambda: next(answers, 4)).tar(batch)
+    assert len(client.at_start) == 9  # 40 MiB and eight 512-byte headers: 9 parts
+    assert client.at_start[:4] == [1, 1, 1, 1]
+    assert max(client.at_start[4:]) > 1
+    assert stats.requests["UploadPart", "ok"] == 9
+    assert s3.get_object(Bucket=bucket, Key=batch.tar_key)["Body"].read() == batch.path.read_bytes()
 
 
 class FailingPart:

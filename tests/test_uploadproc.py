@@ -69,6 +69,9 @@ def test_batches_upload_from_child_processes_with_their_requests_counted(
     assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in workers} == {min(mine + 10, 19)}
     # Its settings arrive as plain dataclasses: it never loads pydantic (about 12 MiB).
     assert not any("pydantic" in Path(f"/proc/{pid}/maps").read_text() for pid in workers)
+    # Two malloc arenas, as in the daemon (s3batchd.allocator).
+    for pid in workers:
+        assert b"\0MALLOC_ARENA_MAX=2\0" in b"\0" + Path(f"/proc/{pid}/environ").read_bytes()
     # The requests the upload processes sent are in the daemon's metrics (counted when an
     # attempt's answer arrives, before the batch counts as uploaded: wait for both).
     wait_for(lambda: daemon.pipeline.uploader.pending == 0)
