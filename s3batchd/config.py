@@ -250,8 +250,8 @@ class UploadConfig(Section):
     ``child_processes``) an upload's Python work shares the interpreter and the cores with
     the requests', and parts sent side by side lengthen the tail of PUT latency: at half of
     peak load on two cores (durability ``none``, batches of about 20 MiB, alternating runs)
-    p99 of PUTs was 5.1-7.5 ms with 1, 6.9-10.8 ms with 2 and 10.2-19.3 ms with 8 (bench/
-    README.md). One part at a time kept up there with a batch every few seconds
+    p99 of PUTs was 5.1-7.5 ms with 1, 6.9-10.8 ms with 2 and 10.2-19.3 ms with 8
+    (bench/README.md). One part at a time kept up there with a batch every few seconds
     (``concurrency`` batches still upload side by side). The upload process of
     ``child_processes`` always uses ``part_concurrency``. Set it to ``part_concurrency`` to
     upload as wide under load as when idle."""

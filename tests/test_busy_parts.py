@@ -52,17 +52,26 @@ def _start(start_daemon: DaemonFactory, proxy: FaultProxy, **upload: object) -> 
     )
 
 
-def test_one_part_at_a_time_while_puts_arrive(
-    proxy: FaultProxy, start_daemon: DaemonFactory, s3: S3Client, bucket: str
+@pytest.mark.parametrize(("busy", "in_flight"), [(None, 1), (4, 4)])
+def test_parts_at_once_while_puts_arrive(
+    proxy: FaultProxy,
+    start_daemon: DaemonFactory,
+    s3: S3Client,
+    bucket: str,
+    busy: int | None,
+    in_flight: int,
 ) -> None:
-    daemon = _start(start_daemon, proxy)
+    # The default sends one part at a time; busy_part_concurrency = part_concurrency as wide
+    # as when idle.
+    upload = {} if busy is None else {"busy_part_concurrency": busy}
+    daemon = _start(start_daemon, proxy, **upload)
     client = daemon.client()
     other = f"{bucket}-other"
     s3.create_bucket(Bucket=other)
     client.put_object(Bucket=other, Key="open", Body=b"keeps a batch open")
     _fill_a_batch(client, bucket, "busy")
     wait_for(lambda: indexed_objects(s3, bucket) == 4)
-    assert proxy.most_parts_in_flight == 1
+    assert proxy.most_parts_in_flight == in_flight
 
 
 def test_all_parts_at_once_when_no_put_arrives(
@@ -70,19 +79,6 @@ def test_all_parts_at_once_when_no_put_arrives(
 ) -> None:
     daemon = _start(start_daemon, proxy)
     _fill_a_batch(daemon.client(), bucket, "idle")
-    wait_for(lambda: indexed_objects(s3, bucket) == 4)
-    assert proxy.most_parts_in_flight == 4
-
-
-def test_busy_part_concurrency_can_be_as_wide_as_idle(
-    proxy: FaultProxy, start_daemon: DaemonFactory, s3: S3Client, bucket: str
-) -> None:
-    daemon = _start(start_daemon, proxy, busy_part_concurrency=4)
-    client = daemon.client()
-    other = f"{bucket}-other"
-    s3.create_bucket(Bucket=other)
-    client.put_object(Bucket=other, Key="open", Body=b"keeps a batch open")
-    _fill_a_batch(client, bucket, "busy")
     wait_for(lambda: indexed_objects(s3, bucket) == 4)
     assert proxy.most_parts_in_flight == 4
 
