@@ -51,7 +51,7 @@ class FaultProxy:
         self.parts_in_flight = 0
         """UploadPart requests being handled now (read by tests; changed on the proxy's loop)."""
         self.most_parts_in_flight = 0
-        """The most UploadPart requests handled at once (tests reset it)."""
+        """The most UploadPart requests handled at once since the proxy started."""
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
