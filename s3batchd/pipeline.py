@@ -106,12 +106,13 @@ class Pipeline:
         """Parts of a multipart batch sent side by side by the daemon's upload threads (asked
         from them as each part ends): ``upload.busy_part_concurrency`` while PUTs arrive (a
         batch is open) and the uploads keep up (no sealed batch waits for an upload worker),
-        ``upload.part_concurrency`` otherwise. An upload's Python work shares the interpreter
-        and the cores with the requests', so fewer parts at once shorten the tail of PUT
-        latency; when nobody waits for a PUT, or batches queue up, the upload goes wide."""
+        ``upload.part_concurrency`` otherwise (the part loop never sends more than that). An
+        upload's Python work shares the interpreter and the cores with the requests', so
+        fewer parts at once shorten the tail of PUT latency; when nobody waits for a PUT, or
+        batches queue up, the upload goes wide."""
         upload = self.settings.upload
         if self.batcher.open_batches and not self.uploader.waiting:
-            return min(upload.busy_part_concurrency, upload.part_concurrency)
+            return upload.busy_part_concurrency
         return upload.part_concurrency
 
     async def written(self, record: ObjectRecord, entry: SpoolEntry, *, uploaded: bool) -> None:

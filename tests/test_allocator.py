@@ -42,10 +42,9 @@ ctypes.CDLL(None).malloc_stats()  # "Arena N:" per arena, on stderr
 
 def _arenas(env: dict[str, str]) -> tuple[str, int]:
     """What limit_arenas() said, and the arenas glibc used."""
-    clean = {k: v for k, v in os.environ.items() if k not in (ARENA_ENV, "GLIBC_TUNABLES")}
     done = subprocess.run(
         [sys.executable, "-c", _THREADS_ALLOCATE],
-        env={**clean, **env},
+        env={**os.environ, **env},  # clean_environ took the shell's limits out
         capture_output=True,
         text=True,
         check=True,
