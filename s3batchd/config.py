@@ -215,7 +215,7 @@ class UploadConfig(Section):
     work shares the requests' interpreter: at half of peak load on two cores, with durability
     ``none``, p99 of PUTs was 16-18 ms with uploads on threads sending 8 parts at once and 6-8
     ms from the child; with ``busy_part_concurrency`` 1 (the default: one part at a time while
-    PUTs arrive) 5.1-7.5 ms on threads, which leaves the child little to gain (bench/README.md;
+    PUTs arrive) 5.1-7.7 ms on threads, which leaves the child little to gain (bench/README.md;
     with ``fsync`` it varies from run to run either way, 13-39 ms). The cost is memory: the
     child takes about 75 MiB RSS (boto3 and its client, upload buffers), about 45 MiB more than
     the daemon alone counted once (PSS): 130-163 MiB for both in the benchmark against 85-110
