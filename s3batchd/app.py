@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from s3batchd.auth import Authenticator
 from s3batchd.config import Settings
+from s3batchd.credentials import upstream_credentials
 from s3batchd.dispatch import serve
 from s3batchd.errors import (
     RETRY_SOON,
@@ -183,7 +184,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pipeline = Pipeline(settings, client=client, writer=writer)
+        # One credential lookup for the process: the uploads' client and the forwarder.
+        credentials = upstream_credentials()
+        pipeline = Pipeline(settings, client=client, writer=writer, credentials=credentials)
         pipeline.metrics = metrics
         metrics.watch(pipeline)
         await pipeline.start()
@@ -191,7 +194,7 @@ def create_app(
         if settings.metrics.loop_lag_interval_s > 0:
             lag.start()
         app.state.pipeline = pipeline
-        app.state.forwarder = Forwarder(settings.upstream)
+        app.state.forwarder = Forwarder(settings.upstream, credentials)
         if spools:
             pipeline.spools = (settings.spool.dir, *(d for d in spools if d != settings.spool.dir))
         app.state.uploads = UploadStore(

@@ -237,6 +237,12 @@ class ServiceUnavailable(S3Error):
     default_message = "The upstream S3 endpoint could not be reached; please retry."
 
 
+class NoUpstreamCredentials(ServiceUnavailable):
+    """The daemon's credential chain has found nothing yet (docs/operations.md)."""
+
+    default_message = "The daemon has no upstream credentials yet; please retry."
+
+
 class NoSuchUpload(S3Error):
     code, status_code = "NoSuchUpload", 404
     default_message = (

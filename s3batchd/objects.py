@@ -7,6 +7,7 @@ ranged GET of the tar. Ranges, conditional headers and checksum mode behave as i
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import re
 from concurrent.futures import Executor
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
+from botocore.exceptions import BotoCoreError, ClientError
 from starlette.responses import Response
 
 from s3batchd.catalog import Catalog, CatalogEntry
@@ -32,6 +34,7 @@ from s3batchd.errors import (
 from s3batchd.index import iso_time
 from s3batchd.records import ObjectRecord
 from s3batchd.spool import OPEN_SUFFIX, SEALED_SUFFIX
+from s3batchd.upstream import as_s3_error
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -40,6 +43,8 @@ if TYPE_CHECKING:
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +160,11 @@ async def read_bytes(source: ObjectSource, entry: CatalogEntry, first: int, last
         answer = source.client.get_object(Bucket=entry.bucket, Key=entry.tar_key, Range=byte_range)
         return answer["Body"].read()
 
-    return await run_in(source.executor, fetch)
+    try:
+        return await run_in(source.executor, fetch)
+    except (ClientError, BotoCoreError) as exc:
+        logger.warning("reading s3://%s/%s: %s", entry.bucket, entry.tar_key, exc)
+        raise as_s3_error(exc) from exc
 
 
 def read_local(

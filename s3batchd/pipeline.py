@@ -30,6 +30,7 @@ from s3batchd.uploadproc import ChildSteps
 from s3batchd.upstream import make_client, probe
 
 if TYPE_CHECKING:
+    from botocore.credentials import Credentials
     from mypy_boto3_s3 import S3Client
 
     from s3batchd.metrics import Metrics
@@ -49,11 +50,18 @@ class Pipeline:
     """Batcher + uploader for one daemon process."""
 
     def __init__(
-        self, settings: Settings, *, client: S3Client | None = None, writer: WriterId | None = None
+        self,
+        settings: Settings,
+        *,
+        client: S3Client | None = None,
+        writer: WriterId | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
+        """``client``: uploads on threads with it (tests); else a client of ``credentials``
+        (default: ``upstream_credentials()``), in threads or child processes as configured."""
         self.settings = settings
         self.writer = writer or WriterId.generate()
-        self.client = client or make_client(settings.upstream, settings.upload)
+        self.client = client or make_client(settings.upstream, settings.upload, credentials)
         steps: UploadSteps = (
             ChildSteps(settings.upstream, settings.upload, settings.log)
             if settings.upload.child_processes and client is None

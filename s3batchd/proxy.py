@@ -16,7 +16,6 @@ from collections.abc import AsyncIterable, AsyncIterator
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import boto3
 import httpx
 from botocore.auth import UNSIGNED_PAYLOAD, S3SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -25,7 +24,8 @@ from botocore.exceptions import BotoCoreError
 from starlette.responses import Response, StreamingResponse
 
 from s3batchd.config import UpstreamConfig
-from s3batchd.errors import RETRY_SOON, InvalidArgument, ServiceUnavailable
+from s3batchd.credentials import LateCredentials, NoCredentialsYetError, upstream_credentials
+from s3batchd.errors import RETRY_SOON, InvalidArgument, NoUpstreamCredentials, ServiceUnavailable
 
 if TYPE_CHECKING:
     from botocore.credentials import Credentials, ReadOnlyCredentials
@@ -84,7 +84,7 @@ class Forwarder:
         self._aws = not self._endpoint
         if self._aws:
             self._endpoint = f"https://s3.{upstream.region}.amazonaws.com"
-        self._credentials = credentials or boto3.session.Session().get_credentials()
+        self._credentials = credentials or upstream_credentials()
         timeout = httpx.Timeout(
             connect=upstream.connect_timeout_s,
             read=upstream.read_timeout_s,
@@ -154,16 +154,17 @@ class Forwarder:
             logger.warning("upstream %s %s/%s failed: %r", method, bucket, key, exc)
             raise ServiceUnavailable(headers=RETRY_SOON) from exc
 
-    async def _frozen(self) -> ReadOnlyCredentials | None:
-        """The credentials to sign with. Temporary ones (IRSA, instance roles) are refreshed
-        in a thread when due: the refresh is an HTTP call that must not stall the loop."""
+    async def _frozen(self) -> ReadOnlyCredentials:
+        """The credentials to sign with. Temporary ones (IRSA, instance roles) are refreshed,
+        and a chain that was empty at start is looked up again, in a thread when due: both
+        are HTTP calls that must not stall the loop."""
         credentials = self._credentials
-        if credentials is None:
-            return None  # anonymous: an endpoint without authentication
         try:
-            if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
+            if _may_block(credentials):
                 return await asyncio.to_thread(credentials.get_frozen_credentials)
             return credentials.get_frozen_credentials()
+        except NoCredentialsYetError as exc:
+            raise NoUpstreamCredentials(headers=RETRY_SOON) from exc
         except BotoCoreError as exc:
             logger.warning("upstream credentials could not be refreshed: %s", exc)
             raise ServiceUnavailable(
@@ -177,14 +178,18 @@ class Forwarder:
         url: str,
         headers: dict[str, str],
         payload: str,
-        credentials: ReadOnlyCredentials | None,
+        credentials: ReadOnlyCredentials,
     ) -> dict[str, str]:
-        if credentials is None:
-            return headers
         request = AWSRequest(method=method, url=url, headers=headers)
         request.context["payload_hash"] = payload
         _Signer(credentials, "s3", self._region).add_auth(request)
         return dict(request.headers.items())
+
+
+def _may_block(credentials: Credentials) -> bool:
+    if isinstance(credentials, LateCredentials):
+        return credentials.may_block()
+    return isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed()
 
 
 def _quote(text: str) -> str:

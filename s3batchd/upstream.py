@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -12,12 +11,21 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectionError,
     EndpointConnectionError,
+    NoCredentialsError,
     ReadTimeoutError,
 )
 
-from s3batchd.errors import UploadError
+from s3batchd.credentials import NoCredentialsYetError, upstream_session
+from s3batchd.errors import (
+    RETRY_SOON,
+    NoUpstreamCredentials,
+    S3Error,
+    ServiceUnavailable,
+    UploadError,
+)
 
 if TYPE_CHECKING:
+    from botocore.credentials import Credentials
     from mypy_boto3_s3 import S3Client
 
     from s3batchd.config import UploadConfig, UpstreamConfig
@@ -39,9 +47,12 @@ RETRIABLE_CODES = frozenset(
 
 
 def make_client(
-    upstream: UpstreamConfig | UpstreamSettings, upload: UploadConfig | UploadSettings
+    upstream: UpstreamConfig | UpstreamSettings,
+    upload: UploadConfig | UploadSettings,
+    credentials: Credentials | None = None,
 ) -> S3Client:
-    """One client shared by every upload thread (clients are thread-safe, sessions are not)."""
+    """One client shared by every upload thread (clients are thread-safe, sessions are not),
+    signing with ``credentials`` (default: ``upstream_credentials()``)."""
     config = Config(
         region_name=upstream.region,
         connect_timeout=upstream.connect_timeout_s,
@@ -50,8 +61,9 @@ def make_client(
         max_pool_connections=upload.concurrency * upload.part_concurrency + 4,
         s3={"addressing_style": upstream.addressing_style},
     )
-    session = boto3.session.Session()
-    return session.client("s3", endpoint_url=upstream.endpoint_url or None, config=config)
+    return upstream_session(credentials).client(
+        "s3", endpoint_url=upstream.endpoint_url or None, config=config
+    )
 
 
 def probe(client: S3Client, bucket: str, prefix: str) -> str | None:
@@ -65,6 +77,8 @@ def probe(client: S3Client, bucket: str, prefix: str) -> str | None:
         if code in ("NoSuchKey", "AccessDenied", "404", "403"):
             return None
         return f"s3://{bucket}: {code or status_of(exc)}: {exc}"
+    except NoCredentialsError:
+        return f"s3://{bucket}: no upstream credentials found (yet)"
     except (BotoCoreError, OSError) as exc:
         return f"s3://{bucket}: unreachable: {exc}"
     return None
@@ -78,6 +92,21 @@ def status_of(exc: ClientError) -> int:
 def code_of(exc: ClientError) -> str:
     """S3 error code of a boto3 ClientError."""
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def as_s3_error(exc: ClientError | BotoCoreError) -> S3Error:
+    """A failed call of the daemon's own client on a client's behalf (a read of an uploaded
+    object), as the client's answer: the bucket's refusal as the bucket gave it, 503 when
+    the bucket could not be reached or there are no credentials (clients retry 503)."""
+    if isinstance(exc, NoCredentialsYetError):
+        return NoUpstreamCredentials(headers=RETRY_SOON)
+    if isinstance(exc, BotoCoreError):
+        return ServiceUnavailable(headers=RETRY_SOON)
+    error = S3Error(str(exc.response.get("Error", {}).get("Message", "")) or None)
+    error.code = code_of(exc) or "InternalError"
+    status = status_of(exc)
+    error.status_code = status if status >= 400 else 502
+    return error
 
 
 def classify(exc: Exception, action: str) -> UploadError:

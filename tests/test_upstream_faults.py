@@ -216,3 +216,26 @@ def test_an_abort_the_bucket_refuses_can_be_retried(
     with pytest.raises(ClientError) as gone:
         client.list_parts(Bucket=bucket, Key="m", UploadId=upload_id)
     assert gone.value.response["Error"]["Code"] == "NoSuchUpload"
+
+
+def test_reads_of_uploaded_objects_get_the_buckets_refusal_or_503(
+    start_daemon: DaemonFactory, proxy: FaultProxy, s3: S3Client, bucket: str
+) -> None:
+    daemon = start_daemon(upstream={"endpoint_url": proxy.url}, batch={"linger_ms": 50})
+    client = daemon.client(retries={"total_max_attempts": 1})
+    client.put_object(Bucket=bucket, Key="r", Body=b"uploaded")
+    wait_for(lambda: indexed_objects(s3, bucket) == 1)
+    wait_for(lambda: getattr(daemon.pipeline.catalog.get(bucket, "r"), "uploaded", False))
+    # The read is a ranged GET of the tar, with the daemon's own client.
+    cases: list[tuple[str, dict[str, object], int, str]] = [
+        ("error", {"status": 403, "code": "AccessDenied"}, 403, "AccessDenied"),
+        ("reset", {}, 503, "ServiceUnavailable"),
+    ]
+    for mode, options, status, code in cases:
+        proxy.set(mode, only_method="GET", **options)
+        with pytest.raises(ClientError) as caught:
+            client.get_object(Bucket=bucket, Key="r")
+        assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+        assert caught.value.response["Error"]["Code"] == code
+    proxy.set("pass")
+    assert client.get_object(Bucket=bucket, Key="r")["Body"].read() == b"uploaded"
