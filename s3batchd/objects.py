@@ -173,7 +173,10 @@ def read_local(
     """Bytes ``first..last`` of an object whose batch is still in a spool, else None."""
     for spool_dir in spool_dirs:
         directory = spool_dir / entry.bucket
-        for suffix in (SEALED_SUFFIX, OPEN_SUFFIX):  # sealed first: open files get renamed
+        # Open first: sealing renames .open to .tar, so a file missed under its open name was
+        # sealed meanwhile (the other order can miss it under both and read the bucket, which
+        # does not have it yet); an open descriptor stays valid across the rename.
+        for suffix in (OPEN_SUFFIX, SEALED_SUFFIX):
             try:
                 fd = os.open(directory / (entry.batch_id + suffix), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:

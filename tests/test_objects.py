@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import signal
 import time
 from datetime import UTC, datetime, timedelta
@@ -11,6 +13,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from botocore.exceptions import ClientError
 
+from s3batchd import objects
+from s3batchd.catalog import CatalogEntry
+from s3batchd.records import ObjectRecord
 from s3batchd.seaweed import LocalS3
 from tests.awscli import aws
 from tests.batches import indexed_objects
@@ -213,3 +218,35 @@ def test_overrides_list_buckets_and_odd_keys(daemon: Daemon, bucket: str) -> Non
     assert head["x-s3batchd-range"] == put["ResponseMetadata"]["HTTPHeaders"]["x-s3batchd-range"]
     # ListBuckets is forwarded: the bucket's own answer.
     assert bucket in [b["Name"] for b in client.list_buckets()["Buckets"]]
+
+
+def test_a_read_racing_the_seal_finds_the_batch_under_one_of_its_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The batch is sealed (renamed .open -> .tar) right after the reader's first open.
+    directory = tmp_path / "spool" / "bkt"
+    directory.mkdir(parents=True)
+    batch_id = "20261122T000000000Z-test-000001"
+    (directory / f"{batch_id}.open").write_bytes(b"x" * 512 + b"the object")
+    real_open = os.open
+    opened: list[str] = []
+
+    def open_then_seal(path: Any, flags: int, mode: int = 0o777) -> int:
+        opened.append(Path(path).name)
+        try:
+            return real_open(path, flags, mode)
+        finally:
+            if len(opened) == 1:
+                (directory / f"{batch_id}.open").rename(directory / f"{batch_id}.tar")
+
+    monkeypatch.setattr(os, "open", open_then_seal)
+    entry = CatalogEntry(
+        bucket="bkt",
+        batch_id=batch_id,
+        tar_key=f"s3batchd/{batch_id}.tar",
+        member="k",
+        offset=512,
+        record=ObjectRecord(key="k", size=10, md5_hex=hashlib.md5(b"the object").hexdigest()),
+        uploaded=False,
+    )
+    assert objects.read_local((tmp_path / "spool",), entry, 0, 9) == b"the object"
