@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
+from botocore.auth import AUTH_TYPE_MAPS, S3SigV4Auth
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -46,6 +48,9 @@ RETRIABLE_CODES = frozenset(
 )
 
 
+_Handler = Callable[..., None]
+
+
 def make_client(
     upstream: UpstreamConfig | UpstreamSettings,
     upload: UploadConfig | UploadSettings,
@@ -61,9 +66,27 @@ def make_client(
         max_pool_connections=upload.concurrency * upload.part_concurrency + 4,
         s3={"addressing_style": upstream.addressing_style},
     )
-    return upstream_session(credentials).client(
+    client = upstream_session(credentials).client(
         "s3", endpoint_url=upstream.endpoint_url or None, config=config
     )
+    # botocore-stubs type every event handler as returning None; choose-signer's return one.
+    client.meta.events.register_first("choose-signer.s3", cast("_Handler", _python_signer))
+    return client
+
+
+#: botocore signs with awscrt's signer whenever awscrt is installed (the daemon needs it for
+#: CRC32C and CRC64NVME). Where the payload is signed (always over plain http) that signer
+#: hashes the body by calling back into Python for every 4 KiB: 2,048 calls per 8 MiB part,
+#: each taking the GIL from the event loop. botocore's own signer, the one it uses without
+#: awscrt, reads 1 MiB at a time (hashlib releases the GIL meanwhile) and signs the same.
+_PYTHON_S3V4 = "s3batchd-s3v4"
+AUTH_TYPE_MAPS.setdefault(_PYTHON_S3V4, S3SigV4Auth)
+
+
+def _python_signer(signature_version: str, **_: object) -> str | None:
+    """choose-signer handler: botocore's SigV4 signer for S3 where it would take awscrt's
+    (presigning and other signers are left as they are)."""
+    return _PYTHON_S3V4 if signature_version in ("v4", "s3v4") else None
 
 
 def probe(client: S3Client, bucket: str, prefix: str) -> str | None:

@@ -12,16 +12,19 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 
 from s3batchd.body import BodyBuffer
-from s3batchd.config import UploadConfig
+from s3batchd.config import Settings, UploadConfig
 from s3batchd.constants import MB
 from s3batchd.errors import ConflictError
 from s3batchd.index import WriterId, new_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch
 from s3batchd.spool import SpoolFile
-from s3batchd.uploader import BatchUpload, UploadStats
+from s3batchd.uploader import BatchUpload, FileSection, UploadStats
+from s3batchd.upstream import make_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from s3batchd.seaweed import LocalS3
 
 
 def sealed_batch(directory: Path, bucket: str, bodies: list[bytes]) -> SealedBatch:
@@ -171,3 +174,30 @@ def test_failed_multipart_upload_is_aborted(s3: S3Client, bucket: str, tmp_path:
     retry, _ = uploader(s3, multipart_threshold_bytes=5 * MB, part_size_bytes=5 * MB)
     retry.tar(batch)  # the next attempt starts over and succeeds
     assert s3.get_object(Bucket=bucket, Key=batch.tar_key)["Body"].read() == batch.path.read_bytes()
+
+
+def test_the_upload_client_reads_parts_in_large_pieces(
+    s3_server: LocalS3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Over http botocore signs the payload. awscrt's signer, which botocore takes whenever
+    # awscrt is installed, hashed it in 4 KiB reads (2,048 per 8 MiB part, each a trip
+    # through the GIL); the daemon's client signs with botocore's own signer (1 MiB reads).
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    requested: list[int] = []
+    read = FileSection.read
+
+    def counting(self: FileSection, size: int = -1) -> bytes:
+        requested.append(size)
+        return read(self, size)
+
+    monkeypatch.setattr(FileSection, "read", counting)
+    settings = Settings.model_validate({"upstream": {"endpoint_url": s3_server.endpoint_url}})
+    client = make_client(settings.upstream, settings.upload)
+    rng = random.Random(7)
+    batch = sealed_batch(tmp_path, bucket, [rng.randbytes(1 * MB) for _ in range(20)])
+    steps, stats = uploader(client, multipart_threshold_bytes=16 * MB, part_size_bytes=8 * MB)
+    steps.tar(batch)  # signed, so SeaweedFS checked the signatures
+    assert stats.requests[("UploadPart", "ok")] == 3
+    assert min(requested) >= 128 * 1024
+    assert len(requested) < 3 * 100
