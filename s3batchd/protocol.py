@@ -8,6 +8,8 @@ client may take to send a request's headers: a client trickling header bytes wou
 connection forever. Here every request's headers must be complete within
 ``server.header_timeout_s`` of the connection opening or the previous response ending;
 otherwise the connection is closed (before any request exists, so there is nothing to answer).
+The deadline is checked by the loop's sweeper (sweeper.py), not by a timer per request, so a
+connection is closed between ``header_timeout_s`` and a quarter of it later.
 
 Nor does uvicorn's httptools protocol bound the size of the header section (h11 did, at
 16 KiB): a longer one is answered ``400 RequestHeaderSectionTooLarge`` and the connection
@@ -23,6 +25,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from s3batchd.app import error_xml, new_request_id
 from s3batchd.errors import RequestHeaderSectionTooLarge
+from s3batchd.sweeper import Sweeper, sweeper
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +39,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     header_timeout_s = 10.0
 
-    _header_timer: asyncio.TimerHandle | None = None
+    _header_deadline: float | None = None
+    """Loop time by which the current request's headers must be complete (None: not waiting
+    for headers)."""
+    _sweeper: Sweeper | None = None
     _in_headers = False
     """Between a request's first byte and the end of its headers."""
     _counted = 0
@@ -50,7 +56,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the clock for the first request's headers."""
         super().connection_made(transport)
-        self._start_header_timer()
+        self._sweeper = sweeper(self.loop)
+        self._sweeper.watch(self, self.header_timeout_s)
+        self._start_header_clock()
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; a read that starts and ends inside one header section counts
@@ -82,9 +90,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         """Stop the clock once a request's headers are complete."""
         self._in_headers = False
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self._header_deadline = None
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
@@ -99,13 +105,13 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         """Start the clock for the next request's headers."""
         super().on_response_complete()
         if not self.transport.is_closing():
-            self._start_header_timer()
+            self._start_header_clock()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the clock."""
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self._header_deadline = None
+        if self._sweeper is not None:
+            self._sweeper.forget(self)
         super().connection_lost(exc)
 
     def _count(self, size: int) -> None:
@@ -131,18 +137,25 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         )
         self.transport.close()
 
-    def _start_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+    def _start_header_clock(self) -> None:
+        self._header_deadline = self.loop.time() + self.header_timeout_s
 
-    def _headers_too_slow(self) -> None:
+    def check(self, now: float) -> bool:
+        """The sweeper's look: close the connection if the current request's headers are
+        late. True once the connection is closed (nothing more to watch)."""
+        if self.transport.is_closing():
+            return True
+        deadline = self._header_deadline
+        if deadline is None or now < deadline:
+            return False
+        self._header_deadline = None
         # Only while waiting for a request's headers: a pipelined request started by the
         # previous response's end has its headers already.
-        self._header_timer = None
         waiting = self.cycle is None or self.cycle.response_complete or self._in_headers
-        if waiting and not self.transport.is_closing():
+        if waiting:
             self.transport.close()
+            return True
+        return False
 
 
 def protocol_with_timeout(header_timeout_s: float) -> type[HeaderTimeoutProtocol]:

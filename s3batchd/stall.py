@@ -1,20 +1,25 @@
 """A stalled request body: the reader waits at most ``timeout_s`` for each next piece.
 
 ``asyncio.timeout()`` around every ``receive()`` builds a context manager, a timer and the
-cancellation bookkeeping per piece, which showed in the profile of small PUTs. A ``StallWatch``
-keeps one timer per body, moved forward lazily: when it fires before the current wait has
-lasted ``timeout_s`` it re-arms for that wait's own deadline, and only a wait that really
-lasted that long cancels the reading task (which the reader turns into ``RequestTimeout``).
-Time the reader spends elsewhere between pieces (writing them on) does not count.
+cancellation bookkeeping per piece, and even one asyncio timer per body showed in the profile
+of small PUTs. A ``StallWatch`` is checked by its loop's sweeper (sweeper.py), which looks at
+every watch a few times per timeout: a wait that has lasted ``timeout_s`` when it looks (so
+at most a quarter of the timeout later) cancels the reading task, which the reader turns into
+``RequestTimeout``. Time the reader spends elsewhere between pieces (writing them on) does
+not count.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from s3batchd.sweeper import sweeper
+
 
 class StallWatch:
     """Cancels the current task when one wait for a body piece outlasts ``timeout_s``."""
+
+    __slots__ = ("_loop", "_since", "_sweeper", "_task", "_timeout_s", "_waiting", "fired")
 
     def __init__(self, timeout_s: float) -> None:
         self._loop = asyncio.get_running_loop()
@@ -23,13 +28,12 @@ class StallWatch:
             raise RuntimeError("a StallWatch runs inside a task (the one it cancels)")
         self._task = task
         self._timeout_s = timeout_s
-        self._since = self._loop.time()
+        self._since = 0.0
         self._waiting = False
-        self._handle: asyncio.TimerHandle | None = self._loop.call_at(
-            self._since + timeout_s, self._check
-        )
         self.fired = False
         """Whether this watch cancelled the task."""
+        self._sweeper = sweeper(self._loop)
+        self._sweeper.watch(self, timeout_s)
 
     def waiting(self) -> None:
         """A wait for the next piece begins."""
@@ -47,18 +51,15 @@ class StallWatch:
 
     def close(self) -> None:
         """The body is read (or abandoned): no more checks."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._sweeper.forget(self)
 
-    def _check(self) -> None:
-        self._handle = None
+    def check(self, now: float) -> bool:
+        """The sweeper's look: cancel the task if the current wait has lasted the timeout.
+        True once there is nothing more to watch."""
         if self._task.done():
-            return
-        now = self._loop.time()
-        due = self._since + self._timeout_s if self._waiting else now + self._timeout_s
-        if now < due:
-            self._handle = self._loop.call_at(due, self._check)
-            return
+            return True
+        if not self._waiting or now - self._since < self._timeout_s:
+            return False
         self.fired = True
         self._task.cancel()
+        return True
