@@ -70,35 +70,73 @@ def encode_header(record: ObjectRecord, name: str) -> bytes:
     ``tarfile.TarInfo.tobuf(PAX_FORMAT)`` writes (tests/test_tarmember.py checks it), encoded
     directly in the common case (an ASCII member name of at most 100 bytes, no undecodable
     characters), which is several times faster than building a TarInfo."""
-    pax = _pax_records(record)
-    fits = record.size < _MAX_OCTAL_11 and int(record.mtime) < _MAX_OCTAL_11
-    if fits and len(name) <= _USTAR_NAME and name.isascii():
+    size = record.size
+    mtime = int(record.mtime)
+    if (
+        size < _MAX_OCTAL_11
+        and mtime < _MAX_OCTAL_11
+        and len(name) <= _USTAR_NAME
+        and name.isascii()
+    ):
         try:
-            records = b"".join([_pax_record(k, v) for k, v in pax.items()])
+            records = _pax_bytes(record)
         except UnicodeEncodeError:
             pass  # a surrogate-escaped value: tarfile writes hdrcharset=BINARY
         else:
-            extended = _ustar_block(_PAX_NAME, 0, len(records), 0, tarfile.XHDTYPE)
-            tail = -len(records) % TAR_BLOCK
-            member = _ustar_block(name.encode("ascii"), 0o644, record.size, int(record.mtime))
-            return b"".join((extended, records, bytes(tail), member))
-    return _encode_with_tarfile(record, name, pax)
+            count = len(records)
+            extended = _EXTENDED_BLOCKS.get(count)
+            if extended is None:
+                extended = _ustar_block(_PAX_NAME, 0, count, 0, tarfile.XHDTYPE)
+                if len(_EXTENDED_BLOCKS) < _EXTENDED_CACHE:
+                    _EXTENDED_BLOCKS[count] = extended
+            member = _ustar_block(name.encode("ascii"), 0o644, size, mtime)
+            return b"".join((extended, records, _ZEROS[: -count % TAR_BLOCK], member))
+    return _encode_with_tarfile(record, name, _pax_records(record))
 
 
 _USTAR_NAME = 100
 _MAX_OCTAL_11 = 8**11
 _PAX_NAME = b"././@PaxHeader"
 _MAGIC = tarfile.POSIX_MAGIC
+_ZEROS = bytes(TAR_BLOCK)
+_EXTENDED_CACHE = 4096
+_EXTENDED_BLOCKS: dict[int, bytes] = {}
+"""The extended header's ustar block by the length of its records (all it depends on)."""
 
 
-def _pax_record(keyword: str, value: str) -> bytes:
-    """One ``"<length> <keyword>=<value>\n"`` record (the length counts itself)."""
-    body = keyword.encode("utf-8") + b"=" + value.encode("utf-8") + b"\n"
-    length = len(body) + 1  # the space
-    total = length + len(str(length))
-    if len(str(total)) != len(str(length)):
-        total = length + len(str(total))
-    return str(total).encode("ascii") + b" " + body
+def _pax_bytes(record: ObjectRecord) -> bytes:
+    """The PAX records of ``record``, in ``_pax_records``' order, as one string encoded once
+    (UnicodeEncodeError for a surrogate-escaped value)."""
+    parts = [
+        _pax_line(_KEY, record.key),
+        _pax_line(_ETAG, record.md5_hex),
+        _pax_line(_SIZE, str(record.size)),
+        _pax_line(_CONTENT_TYPE, record.content_type),
+        _pax_line(_MTIME, repr(record.mtime)),
+    ]
+    if record.multipart_etag:
+        parts.append(_pax_line(_MULTIPART_ETAG, record.multipart_etag))
+    if record.deleted:
+        parts.append(_pax_line(_DELETED, "1"))
+    for prefix, values in (
+        (_META, record.metadata),
+        (_HEADER, record.headers),
+        (_CHECKSUM, record.checksums),
+    ):
+        for field, value in values.items():
+            parts.append(_pax_line(prefix + field, value))
+    return "".join(parts).encode("utf-8")
+
+
+def _pax_line(keyword: str, value: str) -> str:
+    """One ``"<length> <keyword>=<value>\n"`` record as text (the length counts its own
+    digits and the UTF-8 bytes of the rest)."""
+    line = f" {keyword}={value}\n"
+    size = len(line) if line.isascii() else len(line.encode("utf-8"))
+    total = size + len(str(size))
+    if len(str(total)) != len(str(size)):
+        total = size + len(str(total))
+    return f"{total}{line}"
 
 
 def _ustar_block(
@@ -115,7 +153,7 @@ def _ustar_block(
     return b"".join(
         (
             name,
-            bytes(_USTAR_NAME - len(name)),
+            _ZEROS[: _USTAR_NAME - len(name)],
             mode_field,
             _UID_GID,
             size_field,
