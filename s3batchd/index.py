@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import re
 import secrets
 import socket
@@ -172,5 +174,20 @@ def iso_utc(moment: datetime) -> str:
 
 def iso_time(timestamp: float) -> str:
     """A Unix time as S3 lists ``LastModified`` (ISO 8601 UTC, milliseconds, Z), as the index
-    gives it too."""
-    return iso_utc(datetime.fromtimestamp(timestamp, tz=UTC))
+    gives it too: ``iso_utc(datetime.fromtimestamp(timestamp, tz=UTC))``, with the date and
+    time of day formatted once per second (a datetime per PUT showed in the profile)."""
+    if timestamp < 0:
+        return iso_utc(datetime.fromtimestamp(timestamp, tz=UTC))
+    # fromtimestamp's own rounding: the fraction to whole microseconds, half to even.
+    fraction, whole = math.modf(timestamp)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole += 1
+        micros -= 1_000_000
+    return f"{_second(int(whole))}.{micros // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _second(seconds: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` of a whole Unix second, UTC."""
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
