@@ -70,10 +70,12 @@ class ServerConfig(Section):
     header_timeout_s: float = Field(default=10.0, gt=0)
     """Longest time for a request's headers to arrive (from the connection opening or the
     previous response); a slower client is disconnected, so trickled headers cannot hold a
-    connection (slowloris)."""
+    connection (slowloris). Checked a few times per timeout, so the disconnect comes at most a
+    quarter of it (or 1 s) late."""
     body_timeout_s: float = Field(default=30.0, gt=0)
     """Longest wait for the next piece of a request body; a client that stalls longer gets
-    400 RequestTimeout (botocore retries it) and its slot is freed for others."""
+    400 RequestTimeout (botocore retries it) and its slot is freed for others. Checked a few
+    times per timeout, so the answer comes at most a quarter of it (or 1 s) late."""
     keep_alive_s: int = Field(default=5, gt=0)
     """Seconds (whole) an idle keep-alive connection stays open. Longer: fewer TCP handshakes
     for clients, more idle sockets held open."""
