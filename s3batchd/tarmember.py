@@ -70,6 +70,7 @@ def encode_header(record: ObjectRecord, name: str) -> bytes:
     ``tarfile.TarInfo.tobuf(PAX_FORMAT)`` writes (tests/test_tarmember.py checks it), encoded
     directly in the common case (an ASCII member name of at most 100 bytes, no undecodable
     characters), which is several times faster than building a TarInfo."""
+    pax = _pax_records(record)
     size = record.size
     mtime = int(record.mtime)
     if (
@@ -79,7 +80,8 @@ def encode_header(record: ObjectRecord, name: str) -> bytes:
         and name.isascii()
     ):
         try:
-            records = _pax_bytes(record)
+            lines = [_pax_line(k, v) for k, v in pax.items()]
+            records = "".join(lines).encode("utf-8")  # one encode for every record
         except UnicodeEncodeError:
             pass  # a surrogate-escaped value: tarfile writes hdrcharset=BINARY
         else:
@@ -91,7 +93,7 @@ def encode_header(record: ObjectRecord, name: str) -> bytes:
                     _EXTENDED_BLOCKS[count] = extended
             member = _ustar_block(name.encode("ascii"), 0o644, size, mtime)
             return b"".join((extended, records, _ZEROS[: -count % TAR_BLOCK], member))
-    return _encode_with_tarfile(record, name, _pax_records(record))
+    return _encode_with_tarfile(record, name, pax)
 
 
 _USTAR_NAME = 100
@@ -102,30 +104,6 @@ _ZEROS = bytes(TAR_BLOCK)
 _EXTENDED_CACHE = 4096
 _EXTENDED_BLOCKS: dict[int, bytes] = {}
 """The extended header's ustar block by the length of its records (all it depends on)."""
-
-
-def _pax_bytes(record: ObjectRecord) -> bytes:
-    """The PAX records of ``record``, in ``_pax_records``' order, as one string encoded once
-    (UnicodeEncodeError for a surrogate-escaped value)."""
-    parts = [
-        _pax_line(_KEY, record.key),
-        _pax_line(_ETAG, record.md5_hex),
-        _pax_line(_SIZE, str(record.size)),
-        _pax_line(_CONTENT_TYPE, record.content_type),
-        _pax_line(_MTIME, repr(record.mtime)),
-    ]
-    if record.multipart_etag:
-        parts.append(_pax_line(_MULTIPART_ETAG, record.multipart_etag))
-    if record.deleted:
-        parts.append(_pax_line(_DELETED, "1"))
-    for prefix, values in (
-        (_META, record.metadata),
-        (_HEADER, record.headers),
-        (_CHECKSUM, record.checksums),
-    ):
-        for field, value in values.items():
-            parts.append(_pax_line(prefix + field, value))
-    return "".join(parts).encode("utf-8")
 
 
 def _pax_line(keyword: str, value: str) -> str:
