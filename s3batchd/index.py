@@ -125,21 +125,9 @@ _TOMBSTONE_MARK = b"T"
 def index_fragment(entry: IndexEntry) -> bytes:
     """One member's part of the index: its ``objects`` entry, or its ``tombstones`` entry
     behind a marker."""
-    record = entry.record
-    if record.deleted:
+    if entry.record.deleted:
         return _TOMBSTONE_MARK + _dumps(_tombstone(entry))
-    if record.multipart_etag:
-        return _dumps(_object(entry))
-    # What _dumps(_object(entry)) gives, byte for byte (tests/test_index.py), written
-    # directly: the encoder's dict walk per PUT showed in the profile.
-    return (
-        f'{{"key":{_string(record.key)},"member":{_string(entry.member)},'
-        f'"offset":{entry.offset:d},"length":{record.size:d},"etag":{_string(record.etag)},'
-        f'"content_type":{_string(record.content_type)},'
-        f'"metadata":{_mapping(record.metadata)},"headers":{_mapping(record.headers)},'
-        f'"checksums":{_mapping(record.checksums)},'
-        f'"last_modified":"{iso_time(record.mtime)}"}}'
-    ).encode()
+    return _dumps(_object(entry))
 
 
 #: json.dumps with arguments other than the defaults builds an encoder per call; one per PUT
@@ -149,14 +137,6 @@ _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
 
 def _dumps(value: object) -> bytes:
     return _ENCODER.encode(value).encode()
-
-
-#: A JSON string literal, as the encoder writes it (ASCII, escaped).
-_string = json.encoder.encode_basestring_ascii
-
-
-def _mapping(values: dict[str, str]) -> str:
-    return _ENCODER.encode(values) if values else "{}"
 
 
 def _object(entry: IndexEntry) -> dict[str, object]:

@@ -1,5 +1,5 @@
-"""index: the time format (formatted once per second) and members' index fragments (written
-without the JSON encoder's dict walk), each the same bytes as the plain way."""
+"""index: the time format (formatted once per second) and members' index fragments (compact
+ASCII JSON of their objects), each the same as the plain way."""
 
 from __future__ import annotations
 
