@@ -93,9 +93,12 @@ class ServerConfig(Section):
     """Address of the admin listener (``/healthz``, ``/readyz``, ``/metrics``). It serves no
     data, so it may listen on the pod IP (``0.0.0.0``) for kubelet probes and Prometheus while
     ``host`` stays on loopback."""
-    admin_port: int = Field(default=9100, ge=0, le=65535)
+    admin_port: int = Field(default=9002, ge=0, le=65535)
     """Port of the admin listener; ``0`` turns it off (and with it probes and metrics). A
-    separate port, so the health paths never collide with a bucket named ``healthz``."""
+    separate port, so the health paths never collide with a bucket named ``healthz``. 9002 is
+    outside the ports of Prometheus's "Default port allocations" list (9090-9094 for its own
+    components, 9100 and up for exporters: 9100 is node_exporter's, which runs on most hosts
+    and host-network pods)."""
 
     @field_validator("virtual_host_domains")
     @classmethod

@@ -33,7 +33,7 @@ def run_split(args: list[str], env: dict[str, str] | None = None) -> tuple[int, 
 
 def test_check_config_reads_file_and_env(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
-    config.write_text('[server]\nport = 9100\n[batch]\nlinger_ms = 50\n[upstream]\nprefix = "p"\n')
+    config.write_text('[server]\nport = 9002\n[batch]\nlinger_ms = 50\n[upstream]\nprefix = "p"\n')
     status, output, _ = run_split(
         ["check-config", "--offline"],
         env={"S3BATCHD_CONFIG": str(config), "S3BATCHD_SERVER__PORT": "9001"},

@@ -19,7 +19,7 @@ from s3batchd.errors import ConfigError
 CONFIG = """
 [server]
 host = "127.0.0.2"
-port = 9100
+port = 9002
 
 [batch]
 linger_ms = 250
@@ -62,7 +62,7 @@ def test_defaults() -> None:
 def test_file_values(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, CONFIG))
     assert settings.server.host == "127.0.0.2"
-    assert settings.server.port == 9100
+    assert settings.server.port == 9002
     assert settings.batch.linger_ms == 250
     assert settings.batch.max_records == 500
     assert settings.batch.max_bytes == 64 * MB  # not in the file: default
@@ -222,3 +222,16 @@ def test_settings_are_immutable() -> None:
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+#: Ports of the Prometheus wiki's "Default port allocations": Prometheus's own components
+#: (9090-9094) and the exporters from 9100 on, a range that was fully allocated by 2023.
+PROMETHEUS_PORTS = range(9090, 10000)
+
+
+def test_admin_port_default_is_no_exporter_port() -> None:
+    # 9100 is node_exporter's: on a host or host-network pod running it the daemon could not
+    # start with its defaults.
+    admin_port = Settings().server.admin_port
+    assert admin_port not in PROMETHEUS_PORTS
+    assert admin_port != Settings().server.port
