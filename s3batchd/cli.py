@@ -15,8 +15,9 @@ from s3batchd import __version__
 from s3batchd.allocator import limit_arenas
 from s3batchd.catalogcli import get_command, reindex_command
 from s3batchd.config import Settings, is_loopback, load_settings
-from s3batchd.errors import ConfigError, S3BatchdError
+from s3batchd.errors import ConfigError, S3BatchdError, StartupError
 from s3batchd.logs import setup_logging
+from s3batchd.preflight import check_storage
 from s3batchd.readcli import extract, ls
 from s3batchd.server import bind_sockets, build_server
 from s3batchd.status import fetch as fetch_status
@@ -25,7 +26,13 @@ from s3batchd.upstream import make_client, probe
 from s3batchd.workeradmin import Peers
 from s3batchd.workers import adopt_orphans, run_workers
 
+#: Exit status when the daemon did not start: a port taken, the spool or the catalog unusable.
+EXIT_START_FAILED = 1
+#: Exit status of a refused configuration (file missing or malformed, a value invalid, an
+#: unknown key) or command line; also of ``check-config`` when the upstream test fails.
+EXIT_CONFIG = 2
 #: Exit status when shutdown left sealed batches in the spool (uploaded at the next start).
+#: Only that: the systemd unit counts it as success, so a failed start must never return it.
 EXIT_BATCHES_KEPT = 3
 
 _CONFIG_OPTION = click.option(
@@ -43,18 +50,24 @@ def main() -> None:
     """s3batchd: batch small S3 PutObjects into tar files with a JSON index."""
 
 
+class ConfigRefused(click.ClickException):
+    """A configuration the daemon will not run with: one line on stderr, exit status 2."""
+
+    exit_code = EXIT_CONFIG
+
+
 def _load(config_path: Path | None) -> Settings:
     try:
         settings = load_settings(config_path)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise ConfigRefused(str(exc)) from exc
     _refuse_exposure(settings)
     return settings
 
 
 def _refuse_exposure(settings: Settings) -> None:
     if not is_loopback(settings.server.host) and settings.auth.mode == "none":
-        raise click.ClickException(
+        raise ConfigRefused(
             f"refusing to listen on {settings.server.host}: without authentication s3batchd "
             "accepts anyone's writes, so it only listens on loopback (127.0.0.1, ::1, localhost) "
             'unless auth.mode = "sigv4"'
@@ -94,7 +107,7 @@ def check_config(config_path: Path | None, buckets: tuple[str, ...], offline: bo
     for problem in problems:
         click.echo(f"upstream: {problem}", err=True)
     if problems:
-        sys.exit(2)
+        sys.exit(EXIT_CONFIG)
     click.echo(f"upstream: ok ({', '.join(targets)})", err=True)
 
 
@@ -119,6 +132,10 @@ def run(settings: Settings) -> int:
     """Serve until a signal; the exit status says whether every batch was uploaded. With
     ``server.workers`` > 1 the sockets are bound here and shared by forked workers."""
     limit_arenas()  # before the threads start; forked workers inherit it
+    try:
+        check_storage(settings)
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from exc  # exit status 1 (EXIT_START_FAILED)
     try:
         sockets = bind_sockets(settings)
     except OSError as exc:
@@ -156,11 +173,13 @@ def serve_on(
         signal.signal(sig, lambda signum, _frame: received.append(signum))
     try:
         server.run(sockets=sockets)
+    except SystemExit:  # uvicorn's own status 3 when the lifespan startup failed
+        return EXIT_START_FAILED
     finally:
         for sock in sockets:
             sock.close()
     if not server.started:
-        return 1
+        return EXIT_START_FAILED
     pipeline = getattr(app.state, "pipeline", None)
     if pipeline is not None and pipeline.drained is False:
         return EXIT_BATCHES_KEPT

@@ -56,7 +56,7 @@ the spool and choose the batch triggers.
   (Variables that do not name a section, such as `S3BATCHD_CONFIG`, are not settings and are
   ignored.)
 - Invalid values stop the daemon at start with `invalid settings: <section>.<key>: <reason>`
-  (exit status 1).
+  (one line on stderr, exit status 2).
 - `s3batchd check-config` validates the settings and prints them as the daemon would use them.
 - `s3batchd dev` (what `make run` runs) does not read a config file: it sets `server.port`,
   `spool.dir` and `upstream.endpoint_url` itself and takes everything else from the environment
