@@ -21,6 +21,7 @@ from s3batchd.preflight import check_storage
 from s3batchd.readcli import extract, ls
 from s3batchd.server import bind_sockets, build_server
 from s3batchd.status import fetch as fetch_status
+from s3batchd.status import is_ready
 from s3batchd.status import render as render_status
 from s3batchd.upstream import make_client, probe
 from s3batchd.workeradmin import Peers
@@ -31,6 +32,8 @@ EXIT_START_FAILED = 1
 #: Exit status of a refused configuration (file missing or malformed, a value invalid, an
 #: unknown key) or command line; also of ``check-config`` when the upstream test fails.
 EXIT_CONFIG = 2
+#: Exit status of ``status`` when the daemon is not ready or does not answer.
+EXIT_NOT_READY = 1
 #: Exit status when shutdown left sealed batches in the spool (uploaded at the next start).
 #: Only that: the systemd unit counts it as success, so a failed start must never return it.
 EXIT_BATCHES_KEPT = 3
@@ -115,7 +118,8 @@ def check_config(config_path: Path | None, buckets: tuple[str, ...], offline: bo
 @_CONFIG_OPTION
 @click.option("--url", help="Admin URL of the daemon (default: from server.admin_host/port).")
 def status(config_path: Path | None, url: str | None) -> None:
-    """Print a summary of a running daemon: readiness, spool, batches, uploads, savings."""
+    """Print a summary of a running daemon: readiness, spool, batches, uploads, savings. Exit
+    status 0 when it is ready, 1 when it is not or does not answer."""
     settings = _load(config_path)
     host = settings.server.admin_host
     if host in ("0.0.0.0", "::"):
@@ -126,6 +130,7 @@ def status(config_path: Path | None, url: str | None) -> None:
     except OSError as exc:
         raise click.ClickException(f"no daemon answering at {base}: {exc}") from exc
     click.echo(render_status(ready, samples))
+    sys.exit(0 if is_ready(ready) else EXIT_NOT_READY)
 
 
 def run(settings: Settings) -> int:
