@@ -14,7 +14,7 @@ import click
 from s3batchd import __version__
 from s3batchd.allocator import limit_arenas
 from s3batchd.catalogcli import get_command, reindex_command
-from s3batchd.config import Settings, is_loopback, load_settings
+from s3batchd.config import Settings, is_loopback, load_settings, unknown_variables
 from s3batchd.errors import ConfigError, S3BatchdError, StartupError
 from s3batchd.logs import setup_logging
 from s3batchd.preflight import check_storage
@@ -26,6 +26,8 @@ from s3batchd.status import render as render_status
 from s3batchd.upstream import make_client, probe
 from s3batchd.workeradmin import Peers
 from s3batchd.workers import adopt_orphans, run_workers
+
+logger = logging.getLogger(__name__)
 
 #: Exit status when the daemon did not start: a port taken, the spool or the catalog unusable.
 EXIT_START_FAILED = 1
@@ -83,7 +85,15 @@ def serve(config_path: Path | None) -> None:
     """Run the daemon until SIGTERM or SIGINT, then seal and upload open batches."""
     settings = _load(config_path)
     setup_logging(settings.log)
+    _warn_unknown_variables()
     sys.exit(run(settings))
+
+
+def _warn_unknown_variables() -> None:
+    # A warning, not a refusal: other software sets S3BATCHD_* too (Kubernetes service links
+    # of a Service named s3batchd: S3BATCHD_SERVICE_HOST, S3BATCHD_PORT, ...).
+    for message in unknown_variables():
+        logger.warning("environment: %s; ignored", message)
 
 
 @main.command("check-config")
@@ -98,6 +108,9 @@ def serve(config_path: Path | None) -> None:
 def check_config(config_path: Path | None, buckets: tuple[str, ...], offline: bool) -> None:
     """Validate the settings, print them, and test the upstream connection and credentials."""
     settings = _load(config_path)
+    unknown = unknown_variables()
+    if unknown:  # check-config is where a typo should stop a deployment
+        raise ConfigRefused("environment: " + "; ".join(unknown))
     click.echo(settings.model_dump_json(indent=2))
     if offline:
         return
@@ -152,7 +165,7 @@ def run(settings: Settings) -> int:
             sock.close()
         raise click.ClickException(f"cannot prepare the worker spools: {exc}") from exc
     if moved:
-        logging.getLogger(__name__).info("%d batches of former workers adopted", moved)
+        logger.info("%d batches of former workers adopted", moved)
     if settings.server.workers == 1:
         return serve_on(settings, sockets, (), None)
     try:
@@ -218,6 +231,7 @@ def dev(data_dir: Path, port: int, bucket: str) -> None:
         )
         _refuse_exposure(settings)
         setup_logging(settings.log)
+        _warn_unknown_variables()
         click.echo(_dev_banner(port, bucket, s3.endpoint_url))
         status = run(settings)
     finally:

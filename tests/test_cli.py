@@ -164,3 +164,9 @@ def test_status_never_shows_negative_savings() -> None:
     [savings] = [line for line in output.splitlines() if line.startswith("savings:")]
     assert not re.search(r"-\s*\$?\d", savings), savings  # no negative number
     assert "no savings yet" in savings
+
+
+def test_check_config_refuses_a_variable_that_names_no_setting() -> None:
+    status, output = run(["check-config", "--offline"], env={"S3BATCHD_SERVER_PORT": "9001"})
+    assert status == 2, output
+    assert "S3BATCHD_SERVER_PORT matches no setting (did you mean S3BATCHD_SERVER__PORT?)" in output

@@ -19,8 +19,11 @@ from s3batchd.seaweed import free_ports
 S3BATCHD = str(Path(sys.executable).parent / "s3batchd")
 
 
-def serve(config: Path, env: dict[str, str] | None = None) -> tuple[int, list[str]]:
-    """Exit status and stderr lines of ``s3batchd serve --config`` (expected to fail)."""
+def serve(
+    config: Path, env: dict[str, str] | None = None, *, lines: int = 1
+) -> tuple[int, list[str]]:
+    """Exit status and stderr lines (``lines`` of them) of ``s3batchd serve --config``
+    (expected to fail)."""
     environ = {
         name: value
         for name, value in os.environ.items()
@@ -34,11 +37,10 @@ def serve(config: Path, env: dict[str, str] | None = None) -> tuple[int, list[st
         timeout=120,  # a daemon that did start would run until then: the test fails
         check=False,
     )
-    lines = result.stderr.splitlines()
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode != EXIT_BATCHES_KEPT, result.stderr
-    assert len(lines) == 1, result.stderr
-    return result.returncode, lines
+    assert len(result.stderr.splitlines()) == lines, result.stderr
+    return result.returncode, result.stderr.splitlines()
 
 
 def config_file(
@@ -131,3 +133,16 @@ def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
     status, [line] = serve(tmp_path / "absent.toml")
     assert status == EXIT_CONFIG
     assert str(tmp_path / "absent.toml") in line
+
+
+def test_serve_warns_of_a_variable_that_names_no_setting(
+    tmp_path: Path, regular_file: Path
+) -> None:
+    config, env = config_file(tmp_path, "", spool=regular_file)  # then fails: spool.dir
+    env["S3BATCHD_BATCH_LINGER_MS"] = "5"
+    status, [warning, line] = serve(config, env, lines=2)
+    assert "S3BATCHD_BATCH_LINGER_MS matches no setting" in warning
+    assert "did you mean S3BATCHD_BATCH__LINGER_MS?" in warning
+    assert "WARNING" in warning
+    assert status == EXIT_START_FAILED
+    assert "spool.dir" in line
