@@ -15,6 +15,7 @@ import pytest
 
 from s3batchd.cli import EXIT_BATCHES_KEPT, EXIT_CONFIG, EXIT_START_FAILED
 from s3batchd.seaweed import free_ports
+from tests.conftest import DaemonFactory
 
 S3BATCHD = str(Path(sys.executable).parent / "s3batchd")
 
@@ -49,6 +50,7 @@ def config_file(
     """A config of ``text`` with a spool (in ``directory`` unless given), and an environment
     that puts both listeners on free ports."""
     port, admin_port = free_ports(2)
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / "config.toml"
     path.write_text(f'{text}\n[spool]\ndir = "{spool or directory / "spool"}"\n')
     return path, {
@@ -146,3 +148,13 @@ def test_serve_warns_of_a_variable_that_names_no_setting(
     assert "WARNING" in warning
     assert status == EXIT_START_FAILED
     assert "spool.dir" in line
+
+
+def test_spool_used_by_another_daemon(start_daemon: DaemonFactory, tmp_path: Path) -> None:
+    running = start_daemon()  # holds the spool's lock
+    spool = running.settings.spool.dir
+    config, env = config_file(tmp_path / "second", "", spool=spool)
+    status, [line] = serve(config, env)
+    assert status == EXIT_START_FAILED
+    assert "spool.dir" in line
+    assert f"{spool} is used by another s3batchd process" in line
