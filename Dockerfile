@@ -72,14 +72,14 @@ USER ${UID}:${GID}
 #       address), so only containers sharing this container's network namespace reach it: a
 #       Kubernetes pod, `network_mode: service:...` in Compose, `docker run --network
 #       container:...`. Publishing it with -p does not work, by design.
-# 9100: the admin listener (/healthz, /readyz, /metrics), 127.0.0.1 by default; set
+# 9002: the admin listener (/healthz, /readyz, /metrics), 127.0.0.1 by default; set
 #       server.admin_host = "0.0.0.0" for probes from outside the network namespace.
-EXPOSE 9000 9100
+EXPOSE 9000 9002
 
-# No curl in the slim image: Python's urllib. Assumes the default admin port 9100; Kubernetes
+# No curl in the slim image: Python's urllib. Assumes the default admin port 9002; Kubernetes
 # ignores HEALTHCHECK and uses the probes of the pod spec instead.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9100/healthz', timeout=2)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9002/healthz', timeout=2)"]
 
 # SIGTERM: seal and upload open batches within shutdown.drain_timeout_s, then exit 0 (all
 # uploaded) or 3 (batches kept in the spool). Give the container more than twice that long to

@@ -14,18 +14,30 @@ import click
 from s3batchd import __version__
 from s3batchd.allocator import limit_arenas
 from s3batchd.catalogcli import get_command, reindex_command
-from s3batchd.config import Settings, is_loopback, load_settings
-from s3batchd.errors import ConfigError, S3BatchdError
+from s3batchd.config import Settings, is_loopback, load_settings, unknown_variables
+from s3batchd.errors import ConfigError, S3BatchdError, StartupError
 from s3batchd.logs import setup_logging
+from s3batchd.preflight import check_storage
 from s3batchd.readcli import extract, ls
 from s3batchd.server import bind_sockets, build_server
 from s3batchd.status import fetch as fetch_status
+from s3batchd.status import is_ready
 from s3batchd.status import render as render_status
 from s3batchd.upstream import make_client, probe
 from s3batchd.workeradmin import Peers
 from s3batchd.workers import adopt_orphans, run_workers
 
+logger = logging.getLogger(__name__)
+
+#: Exit status when the daemon did not start: a port taken, the spool or the catalog unusable.
+EXIT_START_FAILED = 1
+#: Exit status of a refused configuration (file missing or malformed, a value invalid, an
+#: unknown key) or command line; also of ``check-config`` when the upstream test fails.
+EXIT_CONFIG = 2
+#: Exit status of ``status`` when the daemon is not ready or does not answer.
+EXIT_NOT_READY = 1
 #: Exit status when shutdown left sealed batches in the spool (uploaded at the next start).
+#: Only that: the systemd unit counts it as success, so a failed start must never return it.
 EXIT_BATCHES_KEPT = 3
 
 _CONFIG_OPTION = click.option(
@@ -43,18 +55,24 @@ def main() -> None:
     """s3batchd: batch small S3 PutObjects into tar files with a JSON index."""
 
 
+class ConfigRefused(click.ClickException):
+    """A configuration the daemon will not run with: one line on stderr, exit status 2."""
+
+    exit_code = EXIT_CONFIG
+
+
 def _load(config_path: Path | None) -> Settings:
     try:
         settings = load_settings(config_path)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise ConfigRefused(str(exc)) from exc
     _refuse_exposure(settings)
     return settings
 
 
 def _refuse_exposure(settings: Settings) -> None:
     if not is_loopback(settings.server.host) and settings.auth.mode == "none":
-        raise click.ClickException(
+        raise ConfigRefused(
             f"refusing to listen on {settings.server.host}: without authentication s3batchd "
             "accepts anyone's writes, so it only listens on loopback (127.0.0.1, ::1, localhost) "
             'unless auth.mode = "sigv4"'
@@ -67,7 +85,15 @@ def serve(config_path: Path | None) -> None:
     """Run the daemon until SIGTERM or SIGINT, then seal and upload open batches."""
     settings = _load(config_path)
     setup_logging(settings.log)
+    _warn_unknown_variables()
     sys.exit(run(settings))
+
+
+def _warn_unknown_variables() -> None:
+    # A warning, not a refusal: other software sets S3BATCHD_* too (Kubernetes service links
+    # of a Service named s3batchd: S3BATCHD_SERVICE_HOST, S3BATCHD_PORT, ...).
+    for message in unknown_variables():
+        logger.warning("environment: %s; ignored", message)
 
 
 @main.command("check-config")
@@ -82,6 +108,9 @@ def serve(config_path: Path | None) -> None:
 def check_config(config_path: Path | None, buckets: tuple[str, ...], offline: bool) -> None:
     """Validate the settings, print them, and test the upstream connection and credentials."""
     settings = _load(config_path)
+    unknown = unknown_variables()
+    if unknown:  # check-config is where a typo should stop a deployment
+        raise ConfigRefused("environment: " + "; ".join(unknown))
     click.echo(settings.model_dump_json(indent=2))
     if offline:
         return
@@ -94,7 +123,7 @@ def check_config(config_path: Path | None, buckets: tuple[str, ...], offline: bo
     for problem in problems:
         click.echo(f"upstream: {problem}", err=True)
     if problems:
-        sys.exit(2)
+        sys.exit(EXIT_CONFIG)
     click.echo(f"upstream: ok ({', '.join(targets)})", err=True)
 
 
@@ -102,7 +131,8 @@ def check_config(config_path: Path | None, buckets: tuple[str, ...], offline: bo
 @_CONFIG_OPTION
 @click.option("--url", help="Admin URL of the daemon (default: from server.admin_host/port).")
 def status(config_path: Path | None, url: str | None) -> None:
-    """Print a summary of a running daemon: readiness, spool, batches, uploads, savings."""
+    """Print a summary of a running daemon: readiness, spool, batches, uploads, savings. Exit
+    status 0 when it is ready, 1 when it is not or does not answer."""
     settings = _load(config_path)
     host = settings.server.admin_host
     if host in ("0.0.0.0", "::"):
@@ -113,12 +143,17 @@ def status(config_path: Path | None, url: str | None) -> None:
     except OSError as exc:
         raise click.ClickException(f"no daemon answering at {base}: {exc}") from exc
     click.echo(render_status(ready, samples))
+    sys.exit(0 if is_ready(ready) else EXIT_NOT_READY)
 
 
 def run(settings: Settings) -> int:
     """Serve until a signal; the exit status says whether every batch was uploaded. With
     ``server.workers`` > 1 the sockets are bound here and shared by forked workers."""
     limit_arenas()  # before the threads start; forked workers inherit it
+    try:
+        check_storage(settings)
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from exc  # exit status 1 (EXIT_START_FAILED)
     try:
         sockets = bind_sockets(settings)
     except OSError as exc:
@@ -130,7 +165,7 @@ def run(settings: Settings) -> int:
             sock.close()
         raise click.ClickException(f"cannot prepare the worker spools: {exc}") from exc
     if moved:
-        logging.getLogger(__name__).info("%d batches of former workers adopted", moved)
+        logger.info("%d batches of former workers adopted", moved)
     if settings.server.workers == 1:
         return serve_on(settings, sockets, (), None)
     try:
@@ -156,11 +191,13 @@ def serve_on(
         signal.signal(sig, lambda signum, _frame: received.append(signum))
     try:
         server.run(sockets=sockets)
+    except SystemExit:  # uvicorn's own status 3 when the lifespan startup failed
+        return EXIT_START_FAILED
     finally:
         for sock in sockets:
             sock.close()
     if not server.started:
-        return 1
+        return EXIT_START_FAILED
     pipeline = getattr(app.state, "pipeline", None)
     if pipeline is not None and pipeline.drained is False:
         return EXIT_BATCHES_KEPT
@@ -194,6 +231,7 @@ def dev(data_dir: Path, port: int, bucket: str) -> None:
         )
         _refuse_exposure(settings)
         setup_logging(settings.log)
+        _warn_unknown_variables()
         click.echo(_dev_banner(port, bucket, s3.endpoint_url))
         status = run(settings)
     finally:

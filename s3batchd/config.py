@@ -6,7 +6,10 @@ default, unit and cost is documented in ``config.example.toml`` and ``docs/confi
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -93,9 +96,12 @@ class ServerConfig(Section):
     """Address of the admin listener (``/healthz``, ``/readyz``, ``/metrics``). It serves no
     data, so it may listen on the pod IP (``0.0.0.0``) for kubelet probes and Prometheus while
     ``host`` stays on loopback."""
-    admin_port: int = Field(default=9100, ge=0, le=65535)
+    admin_port: int = Field(default=9002, ge=0, le=65535)
     """Port of the admin listener; ``0`` turns it off (and with it probes and metrics). A
-    separate port, so the health paths never collide with a bucket named ``healthz``."""
+    separate port, so the health paths never collide with a bucket named ``healthz``. 9002 is
+    outside the ports of Prometheus's "Default port allocations" list (9090-9094 for its own
+    components, 9100 and up for exporters: 9100 is node_exporter's, which runs on most hosts
+    and host-network pods)."""
 
     @field_validator("virtual_host_domains")
     @classmethod
@@ -513,5 +519,61 @@ def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
         field = ".".join(str(part) for part in error["loc"])
-        lines.append(f"{field}: {error['msg']}")
+        line = f"{field}: {error['msg']}"
+        if error["type"] == "extra_forbidden":
+            line += _suggestion(error["loc"])
+        lines.append(line)
     return "invalid settings: " + "; ".join(lines)
+
+
+def _suggestion(loc: tuple[int | str, ...]) -> str:
+    """`` (did you mean <section>.<key>?)`` for an unknown key at ``loc``, or ``""``."""
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""  # inside a list (auth.access_keys) or an unknown section
+        model = annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    if not close:
+        return ""
+    return f" (did you mean {'.'.join([*(str(part) for part in loc[:-1]), close[0]])}?)"
+
+
+ENV_PREFIX = "S3BATCHD_"
+#: Variables with the prefix that s3batchd reads but that are not settings.
+OTHER_VARIABLES = ("S3BATCHD_CONFIG",)
+
+
+def variable_names() -> list[str]:
+    """Every environment variable name that sets something: ``S3BATCHD_<SECTION>`` (a
+    section as JSON) and ``S3BATCHD_<SECTION>__<KEY>``, plus ``OTHER_VARIABLES``."""
+    names = list(OTHER_VARIABLES)
+    for section, field in Settings.model_fields.items():
+        names.append(f"{ENV_PREFIX}{section.upper()}")
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names += [f"{ENV_PREFIX}{section}__{key}".upper() for key in annotation.model_fields]
+    return names
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One message per ``S3BATCHD_*`` variable of ``environ`` (default: the process's) that
+    names no setting, e.g. ``S3BATCHD_SERVER_PORT`` with one underscore, which
+    pydantic-settings would silently ignore; with the closest valid name, if any."""
+    environ = os.environ if environ is None else environ
+    valid = variable_names()
+    # Compared without the prefix, which every name shares and which would make any two close.
+    tails = {name.removeprefix(ENV_PREFIX): name for name in valid}
+    messages = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in valid:
+            continue
+        message = f"{name} matches no setting"
+        close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), list(tails), n=1)
+        if close:
+            message += f" (did you mean {tails[close[0]]}?)"
+        messages.append(message)
+    return messages

@@ -52,11 +52,19 @@ the spool and choose the batch triggers.
 - Section and key are separated by two underscores; the names are case-insensitive. List
   values in the environment are JSON: `S3BATCHD_SERVER__VIRTUAL_HOST_DOMAINS='["localhost"]'`.
 - Unknown keys are refused: an unknown section or key in the file, or
-  `S3BATCHD_<SECTION>__<UNKNOWN>` for a known section in the environment, stops the daemon.
-  (Variables that do not name a section, such as `S3BATCHD_CONFIG`, are not settings and are
-  ignored.)
+  `S3BATCHD_<SECTION>__<UNKNOWN>` for a known section in the environment, stops the daemon;
+  the error suggests the closest valid name (`server.prot: Extra inputs are not permitted (did
+  you mean server.port?)`).
+- Any other `S3BATCHD_*` variable that names no setting (one underscore instead of two, as in
+  `S3BATCHD_SERVER_PORT`, or no section, as in `S3BATCHD_LINGER_MS`) would be ignored by the
+  settings: `serve` and `dev` log a warning naming it and the closest valid name
+  (`S3BATCHD_SERVER_PORT matches no setting (did you mean S3BATCHD_SERVER__PORT?); ignored`),
+  and `check-config` refuses it (exit status 2). `S3BATCHD_CONFIG` (the config file) is not a
+  setting and not reported. Kubernetes sets `S3BATCHD_SERVICE_HOST`, `S3BATCHD_PORT`, ... in
+  pods of a namespace with a Service named `s3batchd`; `enableServiceLinks: false` turns
+  that off.
 - Invalid values stop the daemon at start with `invalid settings: <section>.<key>: <reason>`
-  (exit status 1).
+  (one line on stderr, exit status 2).
 - `s3batchd check-config` validates the settings and prints them as the daemon would use them.
 - `s3batchd dev` (what `make run` runs) does not read a config file: it sets `server.port`,
   `spool.dir` and `upstream.endpoint_url` itself and takes everything else from the environment

@@ -3,6 +3,7 @@
 ```
 S3BatchdError                      root of everything the daemon raises on purpose
 ├── ConfigError                    settings missing or invalid (refused at start)
+├── StartupError                   a listener, the spool or the catalog is unusable at start
 ├── SpoolError                     the local spool cannot take or keep data
 │   └── SpoolFailedError           a write or fdatasync failed: the file acknowledges nothing more
 ├── UploadError(retriable)         an upstream S3 call failed; ``retriable`` says whether to retry
@@ -31,6 +32,11 @@ class S3BatchdError(Exception):
 
 class ConfigError(S3BatchdError):
     """Settings are missing or invalid."""
+
+
+class StartupError(S3BatchdError):
+    """The daemon cannot start: a port is taken, the spool or the catalog is unusable. The
+    message names the setting and the path or address."""
 
 
 class SpoolError(S3BatchdError):

@@ -73,21 +73,32 @@ def bind_loopback() -> socket.socket:
     return _bind("127.0.0.1", 0)
 
 
+def _bind_setting(setting: str, host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    try:
+        return _bind(host, port, reuse_port=reuse_port)
+    except OSError as exc:  # the message names the setting to change
+        raise OSError(exc.errno, f"{exc.strerror} ({setting})") from exc
+
+
 def bind_sockets(settings: Settings) -> list[socket.socket]:
     """The listening sockets: S3 first, then admin (when ``server.admin_port`` is set).
 
     With ``server.workers`` = N > 1 there are N S3 sockets on one port (SO_REUSEPORT), one per
     worker: the kernel spreads new connections evenly over them. On one shared socket the
-    worker that woke first accepted whole bursts of connections and the other sat idle."""
+    worker that woke first accepted whole bursts of connections and the other sat idle.
+
+    Raises:
+        OSError: a port cannot be bound; ``strerror`` names the address and the setting."""
     server = settings.server
     sockets: list[socket.socket] = []
     try:
         port = server.port
         for _ in range(server.workers):
-            sockets.append(_bind(server.host, port, reuse_port=server.workers > 1))
+            reuse = server.workers > 1
+            sockets.append(_bind_setting("server.port", server.host, port, reuse_port=reuse))
             port = sockets[0].getsockname()[1]  # port 0: the others join the one it got
         if server.admin_port:
-            sockets.append(_bind(server.admin_host, server.admin_port))
+            sockets.append(_bind_setting("server.admin_port", server.admin_host, server.admin_port))
     except OSError:
         for sock in sockets:
             sock.close()

@@ -53,11 +53,28 @@ def _size(value: float) -> str:
     return f"{value:.1f} GiB"  # pragma: no cover
 
 
+def is_ready(ready: dict[str, object]) -> bool:
+    """Whether the readiness answer says ready (``s3batchd status`` exits 1 otherwise)."""
+    return ready.get("status") == "ready"
+
+
+def _savings(samples: Samples) -> str:
+    """Never negative: until enough objects are uploaded, the batches' own PUT-class requests
+    (tar, index, parts) outnumber the PUTs they replaced, and the metric is below zero."""
+    avoided = _total(samples, "s3batchd_put_requests_avoided")
+    if avoided <= 0:
+        return "no savings yet (the batches' own requests still outnumber the objects uploaded)"
+    return (
+        f"{avoided:.0f} PUT requests avoided, "
+        f"about ${_total(samples, 's3batchd_estimated_savings_usd'):.4f}"
+    )
+
+
 def render(ready: dict[str, object], samples: Samples) -> str:
     """The summary, a few lines of text."""
     reasons = ready.get("reasons")
     listed = [str(reason) for reason in reasons] if isinstance(reasons, list) else []
-    state = "ready" if ready.get("status") == "ready" else "NOT READY: " + "; ".join(listed)
+    state = "ready" if is_ready(ready) else "NOT READY: " + "; ".join(listed)
     sealed = _by(samples, "s3batchd_batches_sealed_total", "reason")
     by_reason = ", ".join(f"{reason} {count:.0f}" for reason, count in sorted(sealed.items()))
     upstream = _total(samples, "s3batchd_upstream_requests_total")
@@ -76,7 +93,6 @@ def render(ready: dict[str, object], samples: Samples) -> str:
         f"{_total(samples, 's3batchd_batches_uploaded_total'):.0f} with {records:.0f} objects",
         f"upstream:  {upstream:.0f} requests, "
         f"{_total(samples, 's3batchd_upload_retries_total'):.0f} retried attempts",
-        f"savings:   {_total(samples, 's3batchd_put_requests_avoided'):.0f} PUT requests avoided, "
-        f"about ${_total(samples, 's3batchd_estimated_savings_usd'):.4f}",
+        f"savings:   {_savings(samples)}",
     ]
     return "\n".join(lines)

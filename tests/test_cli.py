@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,11 +15,12 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 from s3batchd.cli import main
+from s3batchd.constants import MB
 from s3batchd.seaweed import LocalS3
 from s3batchd.status import Samples
 from s3batchd.status import render as render_status
 from tests.batches import indexed_objects
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, DaemonFactory, wait_for
 
 
 def run(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -33,7 +35,7 @@ def run_split(args: list[str], env: dict[str, str] | None = None) -> tuple[int, 
 
 def test_check_config_reads_file_and_env(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
-    config.write_text('[server]\nport = 9100\n[batch]\nlinger_ms = 50\n[upstream]\nprefix = "p"\n')
+    config.write_text('[server]\nport = 9002\n[batch]\nlinger_ms = 50\n[upstream]\nprefix = "p"\n')
     status, output, _ = run_split(
         ["check-config", "--offline"],
         env={"S3BATCHD_CONFIG": str(config), "S3BATCHD_SERVER__PORT": "9001"},
@@ -137,3 +139,34 @@ def test_port_in_use_is_a_clear_error() -> None:
         status, output = run(["serve"], env={"S3BATCHD_SERVER__PORT": str(port)})
     assert status == 1
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in output
+
+
+def test_status_of_a_daemon_that_is_not_ready_exits_1(
+    start_daemon: DaemonFactory, bucket: str
+) -> None:
+    daemon = start_daemon(spool={"max_bytes": MB}, batch={"linger_ms": 600_000})
+    # Over 90 % of the spool quota (the object waits in its open batch): not ready for PUTs.
+    daemon.client().put_object(Bucket=bucket, Key="big", Body=b"x" * (MB - 64 * 1024))
+    status, output = run(["status", "--url", daemon.admin_url])
+    assert status == 1, output
+    assert "state:     NOT READY: " in output
+
+
+def test_status_never_shows_negative_savings() -> None:
+    # Before a batch of many objects is uploaded, the PUT-class requests spent (tar, index)
+    # outnumber the objects uploaded: the metric is negative.
+    samples: Samples = {
+        "s3batchd_put_requests_avoided": {(): -2.0},
+        "s3batchd_estimated_savings_usd": {(): -0.00001},
+        "s3batchd_records_uploaded_total": {(): 0.0},
+    }
+    output = render_status({"status": "ready"}, samples)
+    [savings] = [line for line in output.splitlines() if line.startswith("savings:")]
+    assert not re.search(r"-\s*\$?\d", savings), savings  # no negative number
+    assert "no savings yet" in savings
+
+
+def test_check_config_refuses_a_variable_that_names_no_setting() -> None:
+    status, output = run(["check-config", "--offline"], env={"S3BATCHD_SERVER_PORT": "9001"})
+    assert status == 2, output
+    assert "S3BATCHD_SERVER_PORT matches no setting (did you mean S3BATCHD_SERVER__PORT?)" in output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from s3batchd.config import (
     UpstreamConfig,
     is_loopback,
     load_settings,
+    unknown_variables,
 )
 from s3batchd.constants import MB
 from s3batchd.errors import ConfigError
@@ -19,7 +21,7 @@ from s3batchd.errors import ConfigError
 CONFIG = """
 [server]
 host = "127.0.0.2"
-port = 9100
+port = 9002
 
 [batch]
 linger_ms = 250
@@ -62,7 +64,7 @@ def test_defaults() -> None:
 def test_file_values(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, CONFIG))
     assert settings.server.host == "127.0.0.2"
-    assert settings.server.port == 9100
+    assert settings.server.port == 9002
     assert settings.batch.linger_ms == 250
     assert settings.batch.max_records == 500
     assert settings.batch.max_bytes == 64 * MB  # not in the file: default
@@ -222,3 +224,66 @@ def test_settings_are_immutable() -> None:
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+#: Ports of the Prometheus wiki's "Default port allocations": Prometheus's own components
+#: (9090-9094) and the exporters from 9100 on, a range that was fully allocated by 2023.
+PROMETHEUS_PORTS = range(9090, 10000)
+
+
+def test_admin_port_default_is_no_exporter_port() -> None:
+    # 9100 is node_exporter's: on a host or host-network pod running it the daemon could not
+    # start with its defaults.
+    admin_port = Settings().server.admin_port
+    assert admin_port not in PROMETHEUS_PORTS
+    assert admin_port != Settings().server.port
+
+
+@pytest.mark.parametrize(
+    ("text", "suggestion"),
+    [
+        ("[server]\nprot = 9000\n", "server.port"),
+        ("[batch]\nlinger = 3\n", "batch.linger_ms"),
+        ("[sever]\nport = 9000\n", "server"),
+        ("[upload]\nchild_process = true\n", "upload.child_processes"),
+    ],
+)
+def test_unknown_key_in_file_suggests_the_closest_name(
+    tmp_path: Path, text: str, suggestion: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"\(did you mean {re.escape(suggestion)}\?\)"):
+        load_settings(write(tmp_path, text))
+
+
+def test_unknown_key_in_a_section_env_variable_suggests_the_closest_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("S3BATCHD_BATCH__LINGERMS", "1")
+    with pytest.raises(
+        ConfigError, match=r"batch\.lingerms: .*\(did you mean batch\.linger_ms\?\)"
+    ):
+        load_settings()
+
+
+def test_unknown_key_without_a_close_name_suggests_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, "[server]\nzzzzzz = 1\n"))
+    assert "did you mean" not in str(caught.value)
+
+
+def test_environment_variables_that_name_no_setting() -> None:
+    environ = {
+        "S3BATCHD_SERVER_PORT": "9001",  # one underscore: no setting
+        "S3BATCHD_BATCH": '{"linger_ms": 5}',  # a whole section as JSON: a setting
+        "S3BATCHD_BATCH__LINGER_MS": "5",
+        "s3batchd_spool__dir": "spool",  # case-insensitive
+        "S3BATCHD_CONFIG": "/etc/s3batchd.toml",  # the --config option
+        "S3BATCHD_LINGER_MS": "5",
+        "S3BATCHD_XYZZY": "1",
+        "OTHER_VARIABLE": "1",
+    }
+    assert unknown_variables(environ) == [
+        "S3BATCHD_LINGER_MS matches no setting (did you mean S3BATCHD_BATCH__LINGER_MS?)",
+        "S3BATCHD_SERVER_PORT matches no setting (did you mean S3BATCHD_SERVER__PORT?)",
+        "S3BATCHD_XYZZY matches no setting",
+    ]

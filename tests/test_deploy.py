@@ -599,6 +599,46 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     assert UNIT.name not in result.stderr, result.stderr  # no warnings about this unit
 
 
+def syscall_set(name: str) -> set[str]:
+    """The system calls ``name`` (a call or an ``@group``, nested groups expanded) stands for,
+    as systemd lists them."""
+    if not name.startswith("@"):
+        return {name}
+    listing = subprocess.run(
+        ["systemd-analyze", "syscall-filter", name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()[1:]
+    members = [
+        line.strip() for line in listing if line.strip() and not line.strip().startswith("#")
+    ]
+    return set().union(*(syscall_set(member) for member in members))
+
+
+def allowed_syscalls(filters: list[str]) -> set[str]:
+    """What a unit's ``SystemCallFilter=`` lines allow when the first one is an allow list:
+    each later line adds (or, with ``~``, removes) its calls (systemd.exec(5))."""
+    assert not filters[0].startswith("~"), "the unit's filter is an allow list"
+    allowed: set[str] = set()
+    for line in filters:
+        deny = line.startswith("~")
+        names = set().union(*(syscall_set(name) for name in line.lstrip("~").split()))
+        allowed = allowed - names if deny else allowed | names
+    return allowed
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_unit_allows_what_the_daemon_calls() -> None:
+    allowed = allowed_syscalls(unit_settings()["SystemCallFilter"])
+    # upload.child_processes: the upload process lowers its priority with os.nice(), which
+    # glibc implements with getpriority + setpriority.
+    assert {"getpriority", "setpriority"} <= allowed
+    # What the filter is for stays out: the privileged calls and the rest of @resources.
+    assert not ({"mount", "reboot", "setrlimit", "sched_setscheduler"} & allowed)
+
+
 # --- deploy/README.md --------------------------------------------------------------------
 
 
