@@ -251,7 +251,7 @@ class Pipeline:
             self.catalog.put_many(
                 batch.bucket, batch.batch_id, batch.tar_key, entries, uploaded=False
             )
-            await self.uploader.submit(batch)
+            await self.uploader.resume(batch)  # a parked batch stays parked
             self._buckets_seen.add(batch.bucket)
         if self.settings.upstream.probe_interval_s > 0:
             self._prober = asyncio.get_running_loop().create_task(self._probe_forever())
