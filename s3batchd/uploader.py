@@ -554,13 +554,13 @@ class Uploader:
 
     @property
     def pending_batch_ids(self) -> list[str]:
-        """Ids of the batches queued or being uploaded."""
-        return list(self._queued)
+        """Ids of the batches queued, being uploaded or parked."""
+        return [*self._queued, *self._parked]
 
     @property
     def pending(self) -> int:
-        """Batches queued or being uploaded."""
-        return self._pending
+        """Batches queued, being uploaded or parked (all waiting for upload)."""
+        return self._pending + len(self._parked)
 
     @property
     def waiting(self) -> int:
