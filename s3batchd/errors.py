@@ -47,6 +47,7 @@ class SpoolFailedError(SpoolError):
 FAILURE_REASONS = (
     "no_such_bucket",
     "access_denied",
+    "credentials",
     "invalid_bucket_name",
     "kms",
     "conflict",

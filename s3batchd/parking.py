@@ -39,6 +39,7 @@ from s3batchd.spool import (
 
 if TYPE_CHECKING:
     from s3batchd.config import UploadConfig
+    from s3batchd.errors import UploadError
     from s3batchd.records import SealedBatch
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,14 @@ class ParkedState:
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a parked batch state: {exc}") from exc
+
+
+def parks(error: UploadError) -> bool:
+    """Whether a failed attempt parks its batch: a failure a retry cannot fix by itself, of
+    this bucket or batch. Wrong or expired credentials (reason ``credentials``) refuse every
+    bucket alike, so parking would isolate nothing and only delay the uploads once they are
+    replaced: those batches are retried in the upload worker like a 5xx."""
+    return not error.retriable and error.reason != "credentials"
 
 
 def parked_path(tar_path: Path) -> Path:

@@ -187,7 +187,7 @@ class Pipeline:
         await self._in_catalog_thread(self._flush_and_checkpoint, "catalog write failed")
         if self.catalog_writer is not None:
             await self.catalog_writer.sync()
-        if self.uploader.pending >= KEEP_ENTRIES_BATCHES:
+        if self.uploader.in_flight >= KEEP_ENTRIES_BATCHES:
             # A backlog (the bucket is slow or down): do not hold every batch's index in
             # memory; it is then rendered from the tar.
             batch = dataclasses.replace(batch, index_fragments=None)

@@ -38,6 +38,7 @@ from s3batchd.parking import (
     ParkedState,
     clear_state,
     discard,
+    parks,
     read_state,
     retry_wait_s,
     write_state,
@@ -563,6 +564,11 @@ class Uploader:
         return self._pending + len(self._parked)
 
     @property
+    def in_flight(self) -> int:
+        """Batches queued or being uploaded (not the parked ones)."""
+        return self._pending
+
+    @property
     def waiting(self) -> int:
         """Batches queued that no upload worker has taken yet (uploads are behind)."""
         return self._queue.qsize()
@@ -591,7 +597,7 @@ class Uploader:
             except Exception as exc:  # noqa: BLE001  any failure is retried or parked, never dropped
                 error = classify(exc, f"upload {batch.batch_id}")
                 self._note_failure(batch, error, attempt)
-                if not error.retriable:
+                if parks(error):
                     await self._park(batch, error)
                     return True
             else:
@@ -619,11 +625,10 @@ class Uploader:
         self.stats.failed(exc.reason)
         self.stats.retries += 1
         self.last_error = str(exc)
-        if not exc.retriable:
-            return  # parked: logged there
-        logger.warning(
-            "upload of %s failed (attempt %d), will retry: %s", batch.batch_id, attempt + 1, exc
-        )
+        if parks(exc):
+            return  # logged by _park
+        log = logger.warning if exc.retriable else logger.error
+        log("upload of %s failed (attempt %d), will retry: %s", batch.batch_id, attempt + 1, exc)
 
     async def _park(self, batch: SealedBatch, error: UploadError) -> None:
         """Keep ``batch`` on disk and out of the workers until its next attempt is due."""

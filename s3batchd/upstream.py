@@ -134,16 +134,17 @@ def as_s3_error(exc: ClientError | BotoCoreError) -> S3Error:
     return error
 
 
-#: S3 error codes of a refusal by the bucket's policy or of the credentials themselves.
-ACCESS_DENIED_CODES = frozenset(
+#: S3 error codes of a refusal by the bucket's (or the account's) policy.
+ACCESS_DENIED_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "AccountProblem"})
+#: S3 error codes saying the daemon's credentials themselves are wrong or expired: every
+#: bucket answers the same until they are replaced.
+CREDENTIAL_CODES = frozenset(
     {
-        "AccessDenied",
-        "AllAccessDisabled",
         "InvalidAccessKeyId",
         "SignatureDoesNotMatch",
         "ExpiredToken",
         "InvalidToken",
-        "AccountProblem",
+        "TokenRefreshRequired",
     }
 )
 THROTTLED_CODES = frozenset(
@@ -159,6 +160,8 @@ def failure_reason(code: str, status: int) -> str:
         return "invalid_bucket_name"
     if code.upper().startswith("KMS"):  # KMS.DisabledException, KMS.NotFoundException, ...
         return "kms"
+    if code in CREDENTIAL_CODES:
+        return "credentials"
     if code in ACCESS_DENIED_CODES or (status == 403 and not code):
         return "access_denied"
     if code in THROTTLED_CODES or status == 429:

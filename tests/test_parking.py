@@ -14,19 +14,20 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
+from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
 from s3batchd.cli import EXIT_BATCHES_KEPT, main
 from s3batchd.config import UploadConfig
 from s3batchd.errors import FAILURE_REASONS, ConflictError, UploadError
 from s3batchd.metrics import OTHER_BUCKETS, PARKED_BUCKET_LABELS, parked_by_bucket
-from s3batchd.parking import retry_wait_s
+from s3batchd.parking import parks, retry_wait_s
 from s3batchd.seaweed import LocalS3, start_local_s3
 from s3batchd.status import Samples, fetch
-from s3batchd.upstream import failure_reason
+from s3batchd.upstream import classify, failure_reason
 from tests.conftest import wait_for
 from tests.daemon_process import DaemonProcess
 
@@ -236,7 +237,9 @@ def test_failure_reasons_are_a_small_fixed_set() -> None:
     cases = {
         ("NoSuchBucket", 404): "no_such_bucket",
         ("AccessDenied", 403): "access_denied",
-        ("InvalidAccessKeyId", 403): "access_denied",
+        ("AllAccessDisabled", 403): "access_denied",
+        ("InvalidAccessKeyId", 403): "credentials",
+        ("SignatureDoesNotMatch", 403): "credentials",
         ("InvalidBucketName", 400): "invalid_bucket_name",
         ("KMS.DisabledException", 400): "kms",
         ("SlowDown", 503): "throttled",
@@ -248,6 +251,18 @@ def test_failure_reasons_are_a_small_fixed_set() -> None:
     assert {case: failure_reason(*case) for case in cases} == cases
     assert set(cases.values()) <= set(FAILURE_REASONS)
     assert ConflictError("taken").reason == "conflict"
+
+
+def test_only_refusals_of_one_bucket_or_batch_park() -> None:
+    def error(code: str, status: int) -> UploadError:
+        answer: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return classify(ClientError(answer, "PutObject"), "upload")
+
+    for code, status in (("NoSuchBucket", 404), ("AccessDenied", 403), ("KMS.NotFound", 400)):
+        assert parks(error(code, status)), code
+    for code, status in (("SlowDown", 503), ("InternalError", 500), ("ExpiredToken", 400)):
+        assert not parks(error(code, status)), code
+    assert parks(ConflictError("s3://b/k holds another object"))
 
 
 def test_upload_error_keeps_its_reason_across_processes() -> None:
