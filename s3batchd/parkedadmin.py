@@ -109,7 +109,7 @@ async def discard_parked(request: Request) -> JSONResponse:
     if not isinstance(batch_id, str) or not batch_id:
         return JSONResponse({"error": 'give "batch_id"'}, 400)
     pipeline: Pipeline = request.app.state.pipeline
-    batch = await pipeline.uploader.discard_parked(batch_id)
+    batch = await pipeline.discard_parked(batch_id)
     if batch is not None:
         return JSONResponse({"discarded": batch_id, "bucket": batch.bucket})
     for other in await _others(request, body):

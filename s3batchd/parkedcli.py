@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from s3batchd.catalog import Catalog, catalog_path
 from s3batchd.cliopts import CONFIG_OPTION, settings_or_exit
 from s3batchd.config import Settings
 from s3batchd.errors import SpoolError
@@ -173,7 +174,7 @@ def discard_command(
     except urllib.error.URLError as exc:
         if not isinstance(exc.reason, ConnectionRefusedError):
             raise click.ClickException(f"daemon at {base}: {exc}") from exc
-        _discard_offline(parked_batch)
+        _discard_offline(settings, parked_batch)
     except OSError as exc:
         raise click.ClickException(f"daemon at {base}: {exc}") from exc
     else:
@@ -182,9 +183,10 @@ def discard_command(
     click.echo(f"discarded {batch_id} (s3://{parked_batch.bucket})")
 
 
-def _discard_offline(parked_batch: ParkedOnDisk) -> None:
+def _discard_offline(settings: Settings, parked_batch: ParkedOnDisk) -> None:
     """No daemon answers: delete from the spool, holding its lock (a daemon using the spool
-    without an admin listener we could reach keeps the batch)."""
+    without an admin listener we could reach keeps the batch), and forget its objects in the
+    catalog."""
     spool = parked_batch.tar_path.parent.parent
     try:
         lock = lock_spool(spool)
@@ -194,5 +196,10 @@ def _discard_offline(parked_batch: ParkedOnDisk) -> None:
         ) from exc
     try:
         discard(parked_batch.tar_path)
+        catalog = Catalog(catalog_path(settings.spool.dir, settings.catalog.path))
+        try:
+            catalog.forget_batch(parked_batch.batch_id)
+        finally:
+            catalog.close()
     finally:
         lock.close()

@@ -208,6 +208,16 @@ class Pipeline:
         await self.written(record, entry, uploaded=False)
         return True
 
+    async def discard_parked(self, batch_id: str) -> SealedBatch | None:
+        """Delete a parked batch for good (``s3batchd parked discard``) and forget its objects
+        in the catalog; None if it is not parked."""
+        batch = await self.uploader.discard_parked(batch_id)
+        if batch is not None:
+            await self._in_catalog_thread(
+                partial(self.catalog.forget_batch, batch_id), f"catalog after discarding {batch_id}"
+            )
+        return batch
+
     def _expiry_due(self) -> float | None:
         """The time before which catalog rows are to be forgotten now, if a round is due."""
         now = time.time()

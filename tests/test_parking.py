@@ -85,6 +85,11 @@ def _keys(s3: S3Client, bucket: str) -> list[str]:
     return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
 
 
+def client_keys(daemon: DaemonProcess, bucket: str) -> list[Any]:
+    """The listing of ``bucket`` through the daemon (the objects it serves)."""
+    return list(daemon.client().list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
 def _cli(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(main, list(args))
     return result.exit_code, result.output
@@ -200,9 +205,11 @@ def test_parked_batches_survive_a_restart_then_retry_export_and_discard(
         state = json.loads((exported / f"{denied_id}.parked.json").read_text())
         assert state["reason"] == "access_denied"
 
+        assert [o["Key"] for o in client_keys(daemon, denied)] == ["b"]
         code, output = _cli("parked", "discard", denied_id, "--yes", "--config", config)
         assert code == 0, output
         assert not list((spool / denied).iterdir())
+        assert client_keys(daemon, denied) == []  # forgotten by the catalog too
         code, output = _cli("parked", "list", "--config", config)
         assert code == 0
         assert "0 parked batches" in output
