@@ -7,6 +7,7 @@ credentials may not write does on AWS."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import pickle
 import random
@@ -300,3 +301,65 @@ def test_parked_gauges_label_a_bounded_number_of_buckets() -> None:
     assert counts[OTHER_BUCKETS] == 5
     assert sum(counts.values()) == len(batches)
     assert sizes[OTHER_BUCKETS] == 50
+
+
+def _put_on_fresh_connections(port: int, bucket: str, count: int) -> None:
+    """PUT ``count`` objects, each on a new connection (the kernel spreads them over workers)."""
+    for number in range(count):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("PUT", f"/{bucket}/w/{number}", body=b"v")
+        reply = connection.getresponse()
+        reply.read()
+        connection.close()
+        assert reply.status == 200
+
+
+def _parked_from_admin(admin_port: int) -> list[dict[str, Any]]:
+    """``GET /parked`` on a new connection (either worker may take it)."""
+    connection = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=10)
+    connection.request("GET", "/parked")
+    reply = connection.getresponse()
+    body = json.loads(reply.read())
+    connection.close()
+    assert reply.status == 200
+    return list(body["parked"])
+
+
+def test_parked_commands_reach_every_worker(restricted_s3: LocalS3, tmp_path: Path) -> None:
+    restricted_s3.client().create_bucket(Bucket="denied-w")
+    daemon = DaemonProcess(
+        tmp_path,
+        restricted_s3,
+        env=DAEMON_ENV,
+        server={"workers": 2},
+        batch={"max_records": 1},
+        upload={"parked_retry_base_s": 3600, "parked_retry_max_s": 7200},
+    )
+    config = str(daemon.config_path)
+    spool = tmp_path / "spool"
+    with daemon:
+        wait_for(lambda: daemon.log().count("Application startup complete") == 2)
+        _put_on_fresh_connections(daemon.port, "denied-w", 20)
+        wait_for(lambda: len(list(spool.glob("**/denied-w/*.parked"))) == 20, timeout=60)
+        by_worker = [
+            [p.stem for p in (spool / "denied-w").glob("*.parked")],
+            [p.stem for p in (spool / "_workers" / "1" / "denied-w").glob("*.parked")],
+        ]
+        assert all(by_worker), by_worker  # both workers parked some
+        for _ in range(6):  # any worker answers with every worker's
+            assert len(_parked_from_admin(daemon.admin_port)) == 20
+        code, listed = _cli("parked", "list", "--config", config)
+        assert code == 0
+        assert "20 parked batches" in listed
+
+        code, output = _cli("parked", "retry", "--all", "--config", config)
+        assert code == 0, output
+        assert output.count("retrying ") == 20
+        wait_for(lambda: daemon.log().count("access_denied, attempt 2)") == 20, timeout=60)
+
+        for ids in by_worker:  # one batch of each worker, through whichever takes the request
+            code, output = _cli("parked", "discard", ids[0], "--yes", "--config", config)
+            assert code == 0, output
+        assert len(_parked_from_admin(daemon.admin_port)) == 18
+        assert len(list(spool.glob("**/denied-w/*.tar"))) == 18
+        assert daemon.terminate() == EXIT_BATCHES_KEPT
