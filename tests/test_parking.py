@@ -363,3 +363,18 @@ def test_parked_commands_reach_every_worker(restricted_s3: LocalS3, tmp_path: Pa
         assert len(_parked_from_admin(daemon.admin_port)) == 18
         assert len(list(spool.glob("**/denied-w/*.tar"))) == 18
         assert daemon.terminate() == EXIT_BATCHES_KEPT
+    # One worker again: it adopts worker 1's batches with their parked state.
+    single = DaemonProcess(
+        tmp_path,
+        restricted_s3,
+        env=DAEMON_ENV,
+        upload={"parked_retry_base_s": 3600, "parked_retry_max_s": 7200},
+    )
+    with single:
+        assert "adopted" in single.log()
+        assert not list((spool / "_workers" / "1").rglob("*.parked"))
+        assert len(list((spool / "denied-w").glob("*.parked"))) == 18
+        samples = _samples(single)
+        assert _by_label(samples, "s3batchd_parked_batches", "bucket") == {"denied-w": 18}
+        assert sum(_by_label(samples, "s3batchd_upload_failures_total", "reason").values()) == 0
+        assert single.terminate() == EXIT_BATCHES_KEPT
