@@ -4,9 +4,9 @@ Each step is idempotent: keys are deterministic and written with ``If-None-Match
 means an earlier attempt succeeded but its answer was lost, so the object is checked (HEAD) to
 be this batch and the upload moves on. Failures are retried with capped exponential backoff
 and full jitter, without a limit while data is pending: nothing sealed is dropped. A failure a
-retry cannot fix by itself (``UploadError.retriable`` False: NoSuchBucket, AccessDenied, ...)
-parks the batch instead (``parking``): it waits on a timer, not in an upload worker, so one
-bucket's refusals never hold up the other buckets' batches.
+retry cannot fix by itself, of one bucket or batch (``parking.parks``: NoSuchBucket,
+AccessDenied, a KMS refusal, ...), parks the batch instead: it waits on a timer, not in an
+upload worker, so one bucket's refusals never hold up the other buckets' batches.
 """
 
 from __future__ import annotations
