@@ -1,4 +1,5 @@
-"""The admin listener: ``/healthz``, ``/readyz`` and ``/metrics`` on their own port.
+"""The admin listener: ``/healthz``, ``/readyz`` and ``/metrics`` on their own port (and
+``/parked``, for ``s3batchd parked``: ``parkedadmin``).
 
 A separate port means these paths can never collide with a bucket named ``healthz``, and it
 may listen on the pod IP for kubelet probes while the S3 port stays on loopback.
@@ -13,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from s3batchd.parkedadmin import ROUTES as PARKED_ROUTES
 from s3batchd.pipeline import Pipeline
 from s3batchd.workeradmin import WORKER_SCOPE, Peers, all_workers_metrics, all_workers_ready
 
@@ -54,6 +56,7 @@ def create_admin_app(state_from: Starlette, *, peers: Peers | None = None) -> St
     """Admin routes sharing the state (the pipeline, the metrics) of the S3 app; ``peers``:
     the other workers' admin listeners, when there are several workers."""
     routes = [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
+    routes += PARKED_ROUTES
     app = Starlette(routes=routes)
     app.state = state_from.state
     app.state.admin_peers = peers

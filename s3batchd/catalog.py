@@ -273,6 +273,14 @@ class Catalog:
             self.flush()
             self._db.execute("UPDATE objects SET uploaded = 1 WHERE batch_id = ?", (batch_id,))
 
+    def forget_batch(self, batch_id: str) -> int:
+        """A parked batch was discarded: forget the objects still pointing into it (reads and
+        listings no longer show them); how many."""
+        with self._db_lock:
+            self.flush()
+            cursor = self._db.execute("DELETE FROM objects WHERE batch_id = ?", (batch_id,))
+            return cursor.rowcount
+
     def get(self, bucket: str, key: str) -> CatalogEntry | None:
         """The latest object under ``key``, or None."""
         with self._db_lock:

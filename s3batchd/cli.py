@@ -17,6 +17,7 @@ from s3batchd.catalogcli import get_command, reindex_command
 from s3batchd.config import Settings, is_loopback, load_settings, unknown_variables
 from s3batchd.errors import ConfigError, S3BatchdError, StartupError
 from s3batchd.logs import setup_logging
+from s3batchd.parkedcli import parked
 from s3batchd.preflight import check_storage
 from s3batchd.readcli import extract, ls
 from s3batchd.server import bind_sockets, build_server
@@ -265,3 +266,4 @@ main.add_command(get_command)
 main.add_command(reindex_command)
 main.add_command(ls)
 main.add_command(extract)
+main.add_command(parked)

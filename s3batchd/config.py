@@ -272,6 +272,18 @@ class UploadConfig(Section):
     """Milliseconds: cap of that backoff. Uploads are retried without a limit; nothing sealed
     is dropped. Each S3 call is also retried by boto3 itself (standard mode, up to 3 attempts),
     and every attempt is a billed request."""
+    parked_retry_base_s: float = Field(default=60.0, gt=0)
+    """Seconds: first wait before a parked batch is tried again. A batch whose upload fails in
+    a way a retry cannot fix by itself (NoSuchBucket, AccessDenied, InvalidBucketName, a KMS
+    refusal, another object under its key) is parked: kept in the spool with a
+    ``<batch id>.parked`` file beside it and tried once more after a wait, not by an upload
+    worker, so other buckets' batches keep flowing. After the n-th failed attempt (from 1)
+    the wait is uniform in [w/2, w] with w = min(``parked_retry_max_s``,
+    ``parked_retry_base_s`` x 2^(n-1)). ``s3batchd parked retry`` tries at once
+    (docs/operations.md, "Parked batches")."""
+    parked_retry_max_s: float = Field(default=1800.0, gt=0)
+    """Seconds: cap of the wait between attempts at a parked batch. Each attempt costs one or
+    two requests; a parked batch is never dropped but by ``s3batchd parked discard``."""
 
 
 class LimitsConfig(Section):

@@ -6,7 +6,8 @@ S3BatchdError                      root of everything the daemon raises on purpo
 ├── StartupError                   a listener, the spool or the catalog is unusable at start
 ├── SpoolError                     the local spool cannot take or keep data
 │   └── SpoolFailedError           a write or fdatasync failed: the file acknowledges nothing more
-├── UploadError(retriable)         an upstream S3 call failed; ``retriable`` says whether to retry
+├── UploadError(retriable, reason) an upstream S3 call failed; ``retriable`` says whether to retry,
+│   │                              ``reason`` which of ``FAILURE_REASONS`` it was (metrics, parking)
 │   └── ConflictError              the key exists upstream and holds another object
 └── S3Error(code, status_code)     answered to the client as S3 XML (rendered in app.py only)
     ├── AccessDenied, InvalidBucketName, KeyTooLongError, InvalidArgument, InvalidRequest
@@ -47,27 +48,53 @@ class SpoolFailedError(SpoolError):
     """A write or fdatasync failed; the spool file acknowledges nothing more."""
 
 
+#: Why an upload failed: the ``reason`` of an UploadError, the label values of
+#: ``s3batchd_upload_failures_total`` (a fixed set: bounded label cardinality).
+FAILURE_REASONS = (
+    "no_such_bucket",
+    "access_denied",
+    "credentials",
+    "invalid_bucket_name",
+    "kms",
+    "conflict",
+    "throttled",
+    "server_error",
+    "network",
+    "other",
+)
+
+
 class UploadError(S3BatchdError):
     """An upstream S3 call failed."""
 
-    def __init__(self, message: str, *, retriable: bool, code: str = "") -> None:
+    def __init__(
+        self, message: str, *, retriable: bool, code: str = "", reason: str = "other"
+    ) -> None:
         super().__init__(message)
         self.retriable = retriable
         self.code = code
+        self.reason = reason
 
     def __reduce__(self) -> tuple[object, ...]:
         # Pickled as it is (an upload process sends it back to the daemon): the default
         # would call __init__ with the message alone.
-        return _rebuilt_upload_error, (type(self), str(self), self.retriable, self.code)
+        return _rebuilt_upload_error, (
+            type(self),
+            str(self),
+            self.retriable,
+            self.code,
+            self.reason,
+        )
 
 
 def _rebuilt_upload_error(
-    kind: type[UploadError], message: str, retriable: bool, code: str
+    kind: type[UploadError], message: str, retriable: bool, code: str, reason: str = "other"
 ) -> UploadError:
     error = kind.__new__(kind)
     Exception.__init__(error, message)
     error.retriable = retriable
     error.code = code
+    error.reason = reason
     return error
 
 
@@ -75,7 +102,7 @@ class ConflictError(UploadError):
     """The batch key exists upstream but holds a different object."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, retriable=False, code="PreconditionFailed")
+        super().__init__(message, retriable=False, code="PreconditionFailed", reason="conflict")
 
 
 class S3Error(S3BatchdError):

@@ -7,6 +7,7 @@ is read from the components at scrape time, so nothing on the hot path keeps a s
 from __future__ import annotations
 
 import time
+from collections import Counter as Tally
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from s3batchd.errors import FAILURE_REASONS
 from s3batchd.index import batch_created
 from s3batchd.spool import QUARANTINE_DIR
 
@@ -24,6 +26,11 @@ if TYPE_CHECKING:
 PUT_CLASS = frozenset(
     {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"}
 )
+#: Buckets labelled one by one in the parked-batch gauges: those with the most parked batches;
+#: the others are summed under ``bucket="_other"`` (no bucket name starts with ``_``), so the
+#: number of series stays bounded however many buckets have parked batches.
+PARKED_BUCKET_LABELS = 10
+OTHER_BUCKETS = "_other"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -118,7 +125,17 @@ class _PipelineCollector(Collector):
         yield CounterMetricFamily(
             "s3batchd_bytes_uploaded", "Tar bytes uploaded", value=stats.bytes
         )
+        failures = CounterMetricFamily(
+            "s3batchd_upload_failures",
+            "Failed upload attempts, by reason (" + ", ".join(FAILURE_REASONS) + ")",
+            labels=["reason"],
+        )
+        failed = stats.failure_counts()
+        for reason in FAILURE_REASONS:
+            failures.add_metric([reason], failed.get(reason, 0))
+        yield failures
         yield from self._spool(pipeline)
+        yield from _parked(pipeline)
         yield from self._savings(stats.records, requests)
 
     def _spool(self, pipeline: Pipeline) -> Iterator[Metric]:
@@ -169,3 +186,40 @@ class _PipelineCollector(Collector):
             "put_requests_avoided x metrics.put_price_per_1000_usd / 1000",
             value=avoided * self._price / 1000,
         )
+
+
+def parked_by_bucket(pipeline: Pipeline) -> tuple[Tally[str], Tally[str]]:
+    """Parked batches and their bytes per bucket label: the ``PARKED_BUCKET_LABELS`` buckets
+    with the most parked batches by name, the rest as ``OTHER_BUCKETS``."""
+    batches: Tally[str] = Tally()
+    sizes: Tally[str] = Tally()
+    for parked in pipeline.uploader.parked:
+        batches[parked.batch.bucket] += 1
+        sizes[parked.batch.bucket] += parked.batch.size
+    ranked = sorted(batches, key=lambda bucket: (-batches[bucket], bucket))
+    labelled = set(ranked[:PARKED_BUCKET_LABELS])
+    label_batches: Tally[str] = Tally()
+    label_bytes: Tally[str] = Tally()
+    for bucket in ranked:
+        label = bucket if bucket in labelled else OTHER_BUCKETS
+        label_batches[label] += batches[bucket]
+        label_bytes[label] += sizes[bucket]
+    return label_batches, label_bytes
+
+
+def _parked(pipeline: Pipeline) -> Iterator[Metric]:
+    batches, sizes = parked_by_bucket(pipeline)
+    count = GaugeMetricFamily(
+        "s3batchd_parked_batches",
+        "Batches whose upload failed non-retriably, kept in the spool and tried again later, by "
+        f"bucket (the {PARKED_BUCKET_LABELS} with the most; the others as {OTHER_BUCKETS})",
+        labels=["bucket"],
+    )
+    size = GaugeMetricFamily(
+        "s3batchd_parked_bytes", "Tar bytes of the parked batches, by bucket", labels=["bucket"]
+    )
+    for label in sorted(batches):
+        count.add_metric([label], batches[label])
+        size.add_metric([label], sizes[label])
+    yield count
+    yield size

@@ -187,7 +187,7 @@ class Pipeline:
         await self._in_catalog_thread(self._flush_and_checkpoint, "catalog write failed")
         if self.catalog_writer is not None:
             await self.catalog_writer.sync()
-        if self.uploader.pending >= KEEP_ENTRIES_BATCHES:
+        if self.uploader.in_flight >= KEEP_ENTRIES_BATCHES:
             # A backlog (the bucket is slow or down): do not hold every batch's index in
             # memory; it is then rendered from the tar.
             batch = dataclasses.replace(batch, index_fragments=None)
@@ -207,6 +207,16 @@ class Pipeline:
         )
         await self.written(record, entry, uploaded=False)
         return True
+
+    async def discard_parked(self, batch_id: str) -> SealedBatch | None:
+        """Delete a parked batch for good (``s3batchd parked discard``) and forget its objects
+        in the catalog; None if it is not parked."""
+        batch = await self.uploader.discard_parked(batch_id)
+        if batch is not None:
+            await self._in_catalog_thread(
+                partial(self.catalog.forget_batch, batch_id), f"catalog after discarding {batch_id}"
+            )
+        return batch
 
     def _expiry_due(self) -> float | None:
         """The time before which catalog rows are to be forgotten now, if a round is due."""
@@ -251,7 +261,7 @@ class Pipeline:
             self.catalog.put_many(
                 batch.bucket, batch.batch_id, batch.tar_key, entries, uploaded=False
             )
-            await self.uploader.submit(batch)
+            await self.uploader.resume(batch)  # a parked batch stays parked
             self._buckets_seen.add(batch.bucket)
         if self.settings.upstream.probe_interval_s > 0:
             self._prober = asyncio.get_running_loop().create_task(self._probe_forever())

@@ -131,9 +131,15 @@ def s3_port(ports: list[int]) -> int:
     return ports[_PORT_FLAGS.index("s3.port")]
 
 
-def weed_mini_args(data_dir: Path, ports: list[int], buckets: tuple[str, ...] = ()) -> list[str]:
+def weed_mini_args(
+    data_dir: Path,
+    ports: list[int],
+    buckets: tuple[str, ...] = (),
+    s3_config: Path | None = None,
+) -> list[str]:
     """The ``weed mini`` command line: every listener on 127.0.0.1 at ``ports`` (one per
-    entry of ``_PORT_FLAGS``), nothing but S3, ``buckets`` created at start."""
+    entry of ``_PORT_FLAGS``), nothing but S3, ``buckets`` created at start; ``s3_config``:
+    an identities file (``-s3.config``, e.g. a key that may write some buckets only)."""
     flags = [f"-{flag}={port}" for flag, port in zip(_PORT_FLAGS, ports, strict=True)]
     args = [
         weed_binary(),
@@ -155,6 +161,8 @@ def weed_mini_args(data_dir: Path, ports: list[int], buckets: tuple[str, ...] = 
     ]
     if buckets:
         args.append("-bucket=" + ",".join(buckets))
+    if s3_config is not None:
+        args.append(f"-s3.config={s3_config}")
     return args
 
 
@@ -166,11 +174,13 @@ def start_local_s3(
     buckets: tuple[str, ...] = (),
     ports: list[int] | None = None,
     timeout: float = 60,
+    s3_config: Path | None = None,
 ) -> LocalS3:
-    """Start ``weed mini`` on 127.0.0.1 and wait until it answers S3 requests."""
+    """Start ``weed mini`` on 127.0.0.1 and wait until it answers S3 requests (``s3_config``:
+    an identities file, which must give ``access_key`` the Admin action)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     ports = list(ports) if ports is not None else weed_ports()
-    args = weed_mini_args(data_dir, ports, buckets)
+    args = weed_mini_args(data_dir, ports, buckets, s3_config)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     log_path = data_dir / "weed.log"
     with log_path.open("ab") as log:

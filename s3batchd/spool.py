@@ -5,6 +5,8 @@ Layout under ``spool.dir``::
     <bucket>/<batch id>.open   a batch being written (tar members, no end marker yet)
     <bucket>/<batch id>.tar    a sealed batch waiting for upload (fsync'd, end marker written)
     <bucket>/<batch id>.upload-id  the id of its multipart upload while one is open
+    <bucket>/<batch id>.parked     why its upload failed non-retriably, when it is tried again
+                                   (``parking``)
     _quarantine/               files recovery could not read, kept for an operator
     _tmp/                      large request bodies while they are being received
 
@@ -37,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 OPEN_SUFFIX = ".open"
 UPLOAD_ID_SUFFIX = ".upload-id"
+PARKED_SUFFIX = ".parked"
+#: A parked state being written (renamed over ``.parked`` once synced).
+PARKED_NEW_SUFFIX = ".parked-new"
 TMP_DIR = "_tmp"
 QUARANTINE_DIR = "_quarantine"
 SEALED_SUFFIX = ".tar"
@@ -300,8 +305,8 @@ def recover(spool_dir: Path, *, prefix: str) -> list[SealedBatch]:
 
 def _recover_file(path: Path, bucket: str, spool_dir: Path, prefix: str) -> SealedBatch | None:
     batch_id = path.name.removesuffix(OPEN_SUFFIX).removesuffix(SEALED_SUFFIX)
-    if path.suffix == UPLOAD_ID_SUFFIX:
-        return None  # read by the uploader before it uploads the batch again
+    if path.suffix in (UPLOAD_ID_SUFFIX, PARKED_SUFFIX, PARKED_NEW_SUFFIX):
+        return None  # read by the uploader before it uploads (or parks) the batch again
     if not is_batch_id(batch_id) or path.suffix not in (OPEN_SUFFIX, SEALED_SUFFIX):
         logger.warning("ignoring unexpected file in the spool: %s", path)
         return None

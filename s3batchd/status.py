@@ -93,6 +93,27 @@ def render(ready: dict[str, object], samples: Samples) -> str:
         f"{_total(samples, 's3batchd_batches_uploaded_total'):.0f} with {records:.0f} objects",
         f"upstream:  {upstream:.0f} requests, "
         f"{_total(samples, 's3batchd_upload_retries_total'):.0f} retried attempts",
+        _parked_line(samples),
         f"savings:   {_savings(samples)}",
     ]
     return "\n".join(lines)
+
+
+def _counts(counts: dict[str, float]) -> str:
+    """``name count`` pairs, largest first, zeros left out."""
+    ranked = sorted((name for name, n in counts.items() if n), key=lambda n: (-counts[n], n))
+    return ", ".join(f"{name} {counts[name]:.0f}" for name in ranked)
+
+
+def _parked_line(samples: Samples) -> str:
+    """Parked batches by bucket (``s3batchd parked list`` has the details) and failed upload
+    attempts by reason."""
+    batches = _by(samples, "s3batchd_parked_batches", "bucket")
+    failures = _counts(_by(samples, "s3batchd_upload_failures_total", "reason")) or "none"
+    total = sum(batches.values())
+    if not total:
+        return f"parked:    none; failed attempts: {failures}"
+    return (
+        f"parked:    {total:.0f} batches ({_size(_total(samples, 's3batchd_parked_bytes'))}): "
+        f"{_counts(batches)} (see `s3batchd parked list`); failed attempts: {failures}"
+    )

@@ -3,7 +3,10 @@
 Each step is idempotent: keys are deterministic and written with ``If-None-Match: *``; a 412
 means an earlier attempt succeeded but its answer was lost, so the object is checked (HEAD) to
 be this batch and the upload moves on. Failures are retried with capped exponential backoff
-and full jitter, without a limit while data is pending: nothing sealed is dropped.
+and full jitter, without a limit while data is pending: nothing sealed is dropped. A failure a
+retry cannot fix by itself, of one bucket or batch (``parking.parks``: NoSuchBucket,
+AccessDenied, a KMS refusal, ...), parks the batch instead: it waits on a timer, not in an
+upload worker, so one bucket's refusals never hold up the other buckets' batches.
 """
 
 from __future__ import annotations
@@ -27,10 +30,19 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from s3batchd.concurrency import run_in
+from s3batchd.concurrency import run_in, run_sync
 from s3batchd.constants import MAX_PART_BYTES, MAX_PARTS, MIN_PART_BYTES
 from s3batchd.errors import ConflictError, UploadError
 from s3batchd.index import render_index
+from s3batchd.parking import (
+    ParkedState,
+    clear_state,
+    discard,
+    parks,
+    read_state,
+    retry_wait_s,
+    write_state,
+)
 from s3batchd.records import SealedBatch
 from s3batchd.spool import remove, remove_durably, scan, upload_id_path, write_durably
 from s3batchd.upstream import classify, status_of
@@ -437,6 +449,8 @@ class UploadStats:
         self.records = 0
         self.bytes = 0
         self.retries = 0
+        self.failures: Counter[str] = Counter()
+        """Failed upload attempts, by ``UploadError.reason``."""
 
     def count(self, operation: str, outcome: str) -> None:
         """One upstream request issued."""
@@ -455,14 +469,34 @@ class UploadStats:
             self.records += batch.records
             self.bytes += batch.size
 
+    def failed(self, reason: str) -> None:
+        """One upload attempt failed for ``reason``."""
+        with self._lock:
+            self.failures[reason] += 1
+
+    def failure_counts(self) -> dict[str, int]:
+        """A copy of the failure counters, by reason."""
+        with self._lock:
+            return dict(self.failures)
+
     def snapshot(self) -> dict[tuple[str, str], int]:
         """A copy of the request counters (safe to iterate while uploads run)."""
         with self._lock:
             return dict(self.requests)
 
 
+@dataclass
+class ParkedBatch:
+    """A parked batch, waiting for its next attempt (``parking``)."""
+
+    batch: SealedBatch
+    state: ParkedState
+    timer: asyncio.TimerHandle | None = None
+
+
 class Uploader:
-    """Supervised background workers that upload sealed batches until they succeed."""
+    """Supervised background workers that upload sealed batches until they succeed; a batch
+    that fails non-retriably is parked and tried again on a timer."""
 
     def __init__(
         self, steps: UploadSteps, *, config: UploadConfig, seed: int | None = None
@@ -477,7 +511,8 @@ class Uploader:
         self._tars_done: set[str] = set()
         self._pending = 0
         self.pending_bytes = 0
-        """Bytes of sealed batches on disk waiting for upload (part of the spool quota)."""
+        """Bytes of sealed batches on disk waiting for upload, parked ones included (part of
+        the spool quota)."""
         self.on_uploaded: Callable[[SealedBatch, float], None] | None = None
         """Called with each uploaded batch and the seconds its upload took."""
         self._queued: dict[str, SealedBatch] = {}
@@ -485,6 +520,10 @@ class Uploader:
         self._idle.set()
         self.last_error: str | None = None
         self.died: BaseException | None = None
+        self._parked: dict[str, ParkedBatch] = {}
+        self._unparked: dict[str, ParkedState] = {}
+        """Parked batches being tried again, with the state they were parked with."""
+        self._closing = False
 
     async def start(self) -> None:
         """Start the upload workers (idempotent)."""
@@ -516,12 +555,17 @@ class Uploader:
 
     @property
     def pending_batch_ids(self) -> list[str]:
-        """Ids of the batches queued or being uploaded."""
-        return list(self._queued)
+        """Ids of the batches queued, being uploaded or parked."""
+        return [*self._queued, *self._parked]
 
     @property
     def pending(self) -> int:
-        """Batches queued or being uploaded."""
+        """Batches queued, being uploaded or parked (all waiting for upload)."""
+        return self._pending + len(self._parked)
+
+    @property
+    def in_flight(self) -> int:
+        """Batches queued or being uploaded (not the parked ones)."""
         return self._pending
 
     @property
@@ -532,27 +576,33 @@ class Uploader:
     async def _work(self) -> None:
         while True:
             batch = await self._queue.get()
+            parked = False
             try:
-                await self._upload(batch)
+                parked = await self._upload(batch)
             finally:
                 self._pending -= 1
-                self.pending_bytes -= batch.size
+                if not parked:  # a parked batch's bytes stay in the spool
+                    self.pending_bytes -= batch.size
                 self._queued.pop(batch.batch_id, None)
                 if self._pending == 0:
                     self._idle.set()
 
-    async def _upload(self, batch: SealedBatch) -> None:
+    async def _upload(self, batch: SealedBatch) -> bool:
+        """Upload ``batch``, retrying retriable failures; True if it was parked instead."""
         attempt = 0
         started = time.monotonic()
         while True:
             try:
                 await run_in(self._executor, lambda: self._upload_once(batch))
-            except UploadError as exc:
-                self._note_failure(batch, exc, attempt)
-            except Exception as exc:  # noqa: BLE001  any failure is retried, never dropped
-                self._note_failure(batch, classify(exc, f"upload {batch.batch_id}"), attempt)
+            except Exception as exc:  # noqa: BLE001  any failure is retried or parked, never dropped
+                error = classify(exc, f"upload {batch.batch_id}")
+                self._note_failure(batch, error, attempt)
+                if parks(error):
+                    await self._park(batch, error)
+                    return True
             else:
                 self.last_error = None
+                self._unparked.pop(batch.batch_id, None)
                 if self.on_uploaded is not None:
                     try:
                         self.on_uploaded(batch, time.monotonic() - started)
@@ -567,15 +617,107 @@ class Uploader:
                     batch.size,
                     time.monotonic() - started,
                 )
-                return
+                return False
             await asyncio.sleep(backoff_s(attempt, self._config, self._rng))
             attempt += 1
 
     def _note_failure(self, batch: SealedBatch, exc: UploadError, attempt: int) -> None:
+        self.stats.failed(exc.reason)
         self.stats.retries += 1
         self.last_error = str(exc)
+        if parks(exc):
+            return  # logged by _park
         log = logger.warning if exc.retriable else logger.error
         log("upload of %s failed (attempt %d), will retry: %s", batch.batch_id, attempt + 1, exc)
+
+    async def _park(self, batch: SealedBatch, error: UploadError) -> None:
+        """Keep ``batch`` on disk and out of the workers until its next attempt is due."""
+        earlier = self._unparked.pop(batch.batch_id, None)
+        attempts = 1 if earlier is None else earlier.attempts + 1
+        now = time.time()
+        wait = retry_wait_s(attempts, self._config, self._rng)
+        state = ParkedState(
+            reason=error.reason,
+            error=str(error),
+            parked_at=now if earlier is None else earlier.parked_at,
+            attempts=attempts,
+            next_retry_at=now + wait,
+        )
+        try:
+            await run_sync(write_state, batch, state)
+        except OSError:  # parked in memory all the same; after a restart tried at once
+            logger.exception("cannot write the parked state of %s", batch.batch_id)
+        self._hold(batch, state)
+        logger.error(
+            "parked batch %s of bucket %s (%d records, %d bytes; %s, attempt %d): %s; next "
+            "attempt in %.0f s, or `s3batchd parked retry`",
+            batch.batch_id,
+            batch.bucket,
+            batch.records,
+            batch.size,
+            error.reason,
+            attempts,
+            error,
+            wait,
+        )
+
+    def _hold(self, batch: SealedBatch, state: ParkedState) -> None:
+        delay = max(0.0, state.next_retry_at - time.time())
+        timer = asyncio.get_running_loop().call_later(delay, self._release, batch.batch_id)
+        self._parked[batch.batch_id] = ParkedBatch(batch, state, timer)
+
+    def _release(self, batch_id: str) -> bool:
+        """Queue a parked batch for one more attempt; False if it is not parked."""
+        parked = self._parked.pop(batch_id, None)
+        if parked is None:
+            return False
+        if parked.timer is not None:
+            parked.timer.cancel()
+        self._unparked[batch_id] = parked.state
+        self._pending += 1
+        self._queued[batch_id] = parked.batch
+        self._idle.clear()
+        self._queue.put_nowait(parked.batch)
+        logger.info("trying parked batch %s again", batch_id)
+        return True
+
+    async def resume(self, batch: SealedBatch) -> None:
+        """Queue a batch an earlier run left in the spool, or, if it was parked, park it
+        again until its next attempt is due."""
+        state = await run_sync(read_state, batch.path)
+        if state is None:
+            await self.submit(batch)
+            return
+        self.pending_bytes += batch.size
+        self._hold(batch, state)
+
+    @property
+    def parked(self) -> list[ParkedBatch]:
+        """The parked batches (not those being tried again right now)."""
+        return list(self._parked.values())
+
+    def retry_parked(self, batch_ids: list[str] | None = None) -> list[str]:
+        """Try parked batches again now (``None``: all of them); the ids queued."""
+        ids = list(self._parked) if batch_ids is None else batch_ids
+        if self._closing:
+            return []
+        return [batch_id for batch_id in ids if self._release(batch_id)]
+
+    async def discard_parked(self, batch_id: str) -> SealedBatch | None:
+        """Delete a parked batch from the spool for good; None if it is not parked (unknown,
+        or being tried right now)."""
+        parked = self._parked.pop(batch_id, None)
+        if parked is None:
+            return None
+        if parked.timer is not None:
+            parked.timer.cancel()
+        try:
+            await run_sync(discard, parked.batch.path)
+        except BaseException:
+            self._hold(parked.batch, parked.state)
+            raise
+        self.pending_bytes -= parked.batch.size
+        return parked.batch
 
     def _upload_once(self, batch: SealedBatch) -> None:
         result = self._steps.attempt(batch, tar_done=batch.batch_id in self._tars_done)
@@ -584,6 +726,8 @@ class Uploader:
             self._tars_done.add(batch.batch_id)
         if result.error is not None:
             raise result.error
+        if batch.batch_id in self._unparked:
+            clear_state(batch)  # before the tar: a state file never outlives its batch
         remove(batch)
         self._tars_done.discard(batch.batch_id)
         self.stats.batch_done(batch)
@@ -600,6 +744,10 @@ class Uploader:
         """Drain for up to ``timeout`` seconds, then stop the workers. True if all uploaded."""
         drained = await self.drain(timeout)
         left = self._pending
+        self._closing = True
+        for parked in self._parked.values():  # they stay parked on disk
+            if parked.timer is not None:
+                parked.timer.cancel()
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)

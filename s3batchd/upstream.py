@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -13,6 +14,7 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectionError,
     EndpointConnectionError,
+    HTTPClientError,
     NoCredentialsError,
     ReadTimeoutError,
 )
@@ -132,14 +134,63 @@ def as_s3_error(exc: ClientError | BotoCoreError) -> S3Error:
     return error
 
 
+#: S3 error codes of a refusal by the bucket's (or the account's) policy.
+ACCESS_DENIED_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "AccountProblem"})
+#: S3 error codes saying the daemon's credentials themselves are wrong or expired: every
+#: bucket answers the same until they are replaced.
+CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+    }
+)
+THROTTLED_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+)
+
+
+def failure_reason(code: str, status: int) -> str:
+    """Which of ``errors.FAILURE_REASONS`` an upstream refusal (S3 error code, HTTP status) is."""
+    if code == "NoSuchBucket":
+        return "no_such_bucket"
+    if code == "InvalidBucketName":
+        return "invalid_bucket_name"
+    if code.upper().startswith("KMS"):  # KMS.DisabledException, KMS.NotFoundException, ...
+        return "kms"
+    if code in CREDENTIAL_CODES:
+        return "credentials"
+    if code in ACCESS_DENIED_CODES or (status == 403 and not code):
+        return "access_denied"
+    if code in THROTTLED_CODES or status == 429:
+        return "throttled"
+    if status >= 500:
+        return "server_error"
+    return "other"
+
+
 def classify(exc: Exception, action: str) -> UploadError:
-    """Wrap a boto3 failure in an UploadError that says whether a retry can help."""
+    """Wrap a boto3 failure in an UploadError that says whether a retry can help and which of
+    ``errors.FAILURE_REASONS`` it is."""
     if isinstance(exc, UploadError):
         return exc
     if isinstance(exc, ClientError):
         code, status = code_of(exc), status_of(exc)
         retriable = status >= 500 or status == 429 or code in RETRIABLE_CODES
-        return UploadError(f"{action}: {code or status}: {exc}", retriable=retriable, code=code)
+        return UploadError(
+            f"{action}: {code or status}: {exc}",
+            retriable=retriable,
+            code=code,
+            reason=failure_reason(code, status),
+        )
+    # botocore's connection failures (and the socket's own, raised past it).
+    network = (ConnectionError, HTTPClientError, builtins.ConnectionError, TimeoutError)
+    if isinstance(exc, network):
+        return UploadError(
+            f"{action}: {exc}", retriable=True, code=type(exc).__name__, reason="network"
+        )
     transient = (
         ConnectionError,
         ConnectionClosedError,

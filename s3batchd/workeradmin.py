@@ -106,6 +106,31 @@ async def _ask_others(
     return [(index, answer) for (index, _), answer in zip(others, answers, strict=True)]
 
 
+async def ask_others(
+    peers: Peers, method: str, path: str, body: dict[str, object] | None = None
+) -> list[object]:
+    """Every other worker's JSON answer to ``method path?scope=worker`` (with ``body`` as
+    JSON), whatever its status; a worker that does not answer is logged and left out."""
+    others = [url for i, url in enumerate(peers.urls) if i != peers.index]
+    async with httpx.AsyncClient(timeout=PEER_TIMEOUT_S, trust_env=False) as client:
+        answers = await asyncio.gather(
+            *(
+                client.request(method, f"{url}{path}", params={"scope": WORKER_SCOPE}, json=body)
+                for url in others
+            ),
+            return_exceptions=True,
+        )
+    found: list[object] = []
+    for url, answer in zip(others, answers, strict=True):
+        try:
+            if isinstance(answer, BaseException):
+                raise answer
+            found.append(answer.json())
+        except (httpx.HTTPError, ValueError) as exc:
+            logger.warning("worker at %s did not answer %s %s: %s", url, method, path, exc)
+    return found
+
+
 def merge(texts: dict[int, str]) -> bytes:
     """One exposition of several workers' samples, each labelled ``worker="<index>"``."""
     families: dict[str, Metric] = {}

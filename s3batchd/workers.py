@@ -31,6 +31,7 @@ from s3batchd.errors import SpoolError
 from s3batchd.server import bind_loopback
 from s3batchd.spool import (
     OPEN_SUFFIX,
+    PARKED_SUFFIX,
     SEALED_SUFFIX,
     UPLOAD_ID_SUFFIX,
     fsync_dir,
@@ -84,7 +85,7 @@ def adopt_orphans(base: Path, workers: int, prefix: str) -> int:
             for batch in recover(directory, prefix=prefix):
                 target = base / batch.bucket
                 target.mkdir(parents=True, exist_ok=True)
-                for suffix in (SEALED_SUFFIX, UPLOAD_ID_SUFFIX):
+                for suffix in (SEALED_SUFFIX, UPLOAD_ID_SUFFIX, PARKED_SUFFIX):
                     source = batch.path.with_suffix(suffix)
                     if source.exists():
                         source.rename(target / source.name)

@@ -18,7 +18,12 @@ def daemon_sections(
         "spool": {"dir": str(directory / "spool")},
         "batch": {"linger_ms": 300},
         "upstream": {"endpoint_url": s3_server.endpoint_url},
-        "upload": {"retry_base_ms": 50, "retry_max_ms": 500},
+        "upload": {
+            "retry_base_ms": 50,
+            "retry_max_ms": 500,
+            "parked_retry_base_s": 0.5,
+            "parked_retry_max_s": 2,
+        },
         "shutdown": {"drain_timeout_s": drain_timeout_s},
     }
     for section, values in sections.items():

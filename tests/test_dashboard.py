@@ -39,12 +39,16 @@ class FakeStats:
     def snapshot(self) -> dict[tuple[str, str], int]:
         return dict(self.requests)
 
+    def failure_counts(self) -> dict[str, int]:
+        return {"access_denied": 1}
+
 
 @dataclass
 class FakeUploader:
     stats: FakeStats = field(default_factory=FakeStats)
     pending: int = 1
     pending_batch_ids: list[str] = field(default_factory=list)
+    parked: list[Any] = field(default_factory=list)
 
 
 @dataclass

@@ -1,0 +1,380 @@
+"""Parked batches: a bucket that refuses uploads holds up no other bucket, its batches stay in
+the spool (across restarts) until retried, or exported and discarded by an operator.
+
+The daemon runs against a SeaweedFS of its own whose identities file gives the daemon's key
+write access to a few buckets only: the others answer AccessDenied, as a bucket the
+credentials may not write does on AWS."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import pickle
+import random
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
+
+import pytest
+from botocore.exceptions import ClientError
+from click.testing import CliRunner
+
+from s3batchd.cli import EXIT_BATCHES_KEPT, main
+from s3batchd.config import UploadConfig
+from s3batchd.errors import FAILURE_REASONS, ConflictError, UploadError
+from s3batchd.metrics import OTHER_BUCKETS, PARKED_BUCKET_LABELS, parked_by_bucket
+from s3batchd.parking import parks, retry_wait_s
+from s3batchd.seaweed import LocalS3, start_local_s3
+from s3batchd.status import Samples, fetch
+from s3batchd.upstream import classify, failure_reason
+from tests.conftest import wait_for
+from tests.daemon_process import DaemonProcess
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from s3batchd.pipeline import Pipeline
+
+DAEMON_KEY, DAEMON_SECRET = "parking-daemon", "parking-daemon-secret"
+DAEMON_ENV = {"AWS_ACCESS_KEY_ID": DAEMON_KEY, "AWS_SECRET_ACCESS_KEY": DAEMON_SECRET}
+#: The buckets the daemon's key may write (every other bucket answers AccessDenied).
+WRITABLE = ("good-threads", "good-child", "later")
+
+
+@pytest.fixture(scope="module")
+def restricted_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
+    """A SeaweedFS where the test's key is admin and the daemon's may write ``WRITABLE``."""
+    directory = tmp_path_factory.mktemp("restricted-seaweedfs")
+    identities = directory / "identities.json"
+    admin_key, admin_secret = "parking-admin", "parking-admin-secret"
+    identities.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "admin",
+                        "credentials": [{"accessKey": admin_key, "secretKey": admin_secret}],
+                        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                    },
+                    {
+                        "name": "daemon",
+                        "credentials": [{"accessKey": DAEMON_KEY, "secretKey": DAEMON_SECRET}],
+                        "actions": ["Read", "List", "Tagging", *(f"Write:{b}" for b in WRITABLE)],
+                    },
+                ]
+            }
+        )
+    )
+    server = start_local_s3(
+        directory / "data", access_key=admin_key, secret_key=admin_secret, s3_config=identities
+    )
+    yield server
+    server.stop()
+
+
+def _samples(daemon: DaemonProcess) -> Samples:
+    return fetch(f"http://127.0.0.1:{daemon.admin_port}")[1]
+
+
+def _by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
+    return {dict(labels)[label]: value for labels, value in samples.get(name, {}).items()}
+
+
+def _keys(s3: S3Client, bucket: str) -> list[str]:
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def client_keys(daemon: DaemonProcess, bucket: str) -> list[Any]:
+    """The listing of ``bucket`` through the daemon (the objects it serves)."""
+    return list(daemon.client().list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize("child_processes", [False, True], ids=["threads", "child"])
+def test_refused_buckets_do_not_hold_up_the_others(
+    restricted_s3: LocalS3, tmp_path: Path, child_processes: bool
+) -> None:
+    mode = "child" if child_processes else "threads"
+    admin = restricted_s3.client()
+    good, denied = f"good-{mode}", [f"denied-a-{mode}", f"denied-b-{mode}"]
+    for bucket in (good, *denied):
+        admin.create_bucket(Bucket=bucket)
+    daemon = DaemonProcess(
+        tmp_path,
+        restricted_s3,
+        env=DAEMON_ENV,
+        upload={"concurrency": 2, "child_processes": child_processes},
+        batch={"max_records": 1},
+    )
+    with daemon:
+        client = daemon.client()
+        for bucket in denied:  # one 1-byte PUT each, acknowledged, then refused upstream
+            client.put_object(Bucket=bucket, Key="one-byte", Body=b"x")
+        # Both upload workers have met a refusal (on old code each then retried it forever).
+        wait_for(lambda: daemon.log().count("AccessDenied") >= 2, timeout=60)
+        client.put_object(Bucket=good, Key="k", Body=b"good")
+        wait_for(lambda: len(_keys(admin, good)) == 2, timeout=60)  # its tar and index
+
+        samples = _samples(daemon)
+        assert _by_label(samples, "s3batchd_parked_batches", "bucket") == dict.fromkeys(denied, 1)
+        failures = _by_label(samples, "s3batchd_upload_failures_total", "reason")
+        assert set(failures) == set(FAILURE_REASONS)
+        assert failures["access_denied"] >= 2
+        code, status = _cli("status", "--config", str(daemon.config_path))
+        assert code == 0, status
+        assert "parked:    2 batches" in status
+        assert all(f"{bucket} 1" in status for bucket in denied)
+        code, listed = _cli("parked", "list", "--config", str(daemon.config_path))
+        assert code == 0, listed
+        assert listed.count("access_denied") == 2
+        assert all(bucket in listed for bucket in denied)
+        spool = tmp_path / "spool"
+        assert sorted(p.parent.name for p in spool.glob("*/*.parked")) == sorted(denied)
+        # PUTs are still taken, to every bucket.
+        client.put_object(Bucket=good, Key="k2", Body=b"more")
+        client.put_object(Bucket=denied[0], Key="two", Body=b"y")
+        wait_for(lambda: len(_keys(admin, good)) == 4, timeout=60)
+        assert daemon.terminate() == EXIT_BATCHES_KEPT  # parked batches kept in the spool
+    assert len(list(spool.glob("*/*.tar"))) == 3
+
+
+def test_parked_batches_survive_a_restart_then_retry_export_and_discard(
+    restricted_s3: LocalS3, tmp_path: Path
+) -> None:
+    admin = restricted_s3.client()
+    later, denied = "later", "denied-c"
+    for bucket in (later, denied):
+        admin.create_bucket(Bucket=bucket)
+    daemon = DaemonProcess(
+        tmp_path,
+        restricted_s3,
+        env=DAEMON_ENV,
+        batch={"linger_ms": 600_000},
+        upload={"parked_retry_base_s": 3600, "parked_retry_max_s": 7200},
+    )
+    config = str(daemon.config_path)
+    spool = tmp_path / "spool"
+    with daemon:
+        client = daemon.client()
+        client.put_object(Bucket=later, Key="a", Body=b"alpha")
+        client.put_object(Bucket=denied, Key="b", Body=b"beta")
+        # The bucket disappears after the 200, before the batch is sealed and uploaded.
+        admin.delete_bucket(Bucket=later)
+        assert daemon.terminate() == EXIT_BATCHES_KEPT
+    assert sorted(p.parent.name for p in spool.glob("*/*.parked")) == [denied, later]
+    [later_id] = [p.stem for p in (spool / later).glob("*.parked")]
+    [denied_id] = [p.stem for p in (spool / denied).glob("*.parked")]
+    assert "no_such_bucket" in (spool / later / f"{later_id}.parked").read_text()
+
+    daemon.start()  # the same spool: both stay parked, no attempt before the wait is over
+    try:
+        samples = _samples(daemon)
+        assert _by_label(samples, "s3batchd_parked_batches", "bucket") == {denied: 1, later: 1}
+        assert sum(_by_label(samples, "s3batchd_upload_failures_total", "reason").values()) == 0
+
+        admin.create_bucket(Bucket=later)
+        code, output = _cli("parked", "retry", later_id, "--config", config)
+        assert code == 0, output
+        wait_for(lambda: len(_keys(admin, later)) == 2, timeout=60)
+        wait_for(lambda: not (spool / later / f"{later_id}.parked").exists())
+        assert daemon.client().get_object(Bucket=later, Key="a")["Body"].read() == b"alpha"
+        code, output = _cli("parked", "retry", later_id, "--config", config)
+        assert code != 0
+        assert "not parked" in output
+
+        code, output = _cli("parked", "discard", denied_id, "--config", config)
+        assert code != 0
+        assert "Export it first" in output
+        assert (spool / denied / f"{denied_id}.tar").exists()
+
+        exported = tmp_path / "exported"
+        code, output = _cli("parked", "export", denied_id, str(exported), "--config", config)
+        assert code == 0, output
+        with tarfile.open(exported / f"{denied_id}.tar") as archive:
+            [member] = archive.getmembers()
+            body = archive.extractfile(member)
+            assert body is not None
+            assert body.read() == b"beta"
+        index = json.loads((exported / f"{denied_id}.index.json").read_text())
+        assert index["tar"]["bucket"] == denied
+        state = json.loads((exported / f"{denied_id}.parked.json").read_text())
+        assert state["reason"] == "access_denied"
+
+        assert [o["Key"] for o in client_keys(daemon, denied)] == ["b"]
+        code, output = _cli("parked", "discard", denied_id, "--yes", "--config", config)
+        assert code == 0, output
+        assert not list((spool / denied).iterdir())
+        assert client_keys(daemon, denied) == []  # forgotten by the catalog too
+        code, output = _cli("parked", "list", "--config", config)
+        assert code == 0
+        assert "0 parked batches" in output
+        samples = _samples(daemon)
+        assert _by_label(samples, "s3batchd_parked_batches", "bucket") == {}
+    finally:
+        status = daemon.terminate()
+    assert status == 0  # nothing left in the spool
+
+
+def test_discard_offline_needs_the_spool_lock_and_confirmation(
+    restricted_s3: LocalS3, tmp_path: Path
+) -> None:
+    admin = restricted_s3.client()
+    admin.create_bucket(Bucket="denied-d")
+    daemon = DaemonProcess(tmp_path, restricted_s3, env=DAEMON_ENV, batch={"linger_ms": 600_000})
+    with daemon:
+        daemon.client().put_object(Bucket="denied-d", Key="c", Body=b"gamma")
+        assert daemon.terminate() == EXIT_BATCHES_KEPT
+    config = str(daemon.config_path)
+    [batch_id] = [p.stem for p in (tmp_path / "spool" / "denied-d").glob("*.parked")]
+    exported = tmp_path / "exported"
+    code, output = _cli(
+        "parked", "discard", batch_id, "--yes", "--export-to", str(exported), "--config", config
+    )
+    assert code == 0, output
+    assert (exported / f"{batch_id}.tar").stat().st_size > 0
+    assert not list((tmp_path / "spool" / "denied-d").iterdir())
+
+
+def test_failure_reasons_are_a_small_fixed_set() -> None:
+    cases = {
+        ("NoSuchBucket", 404): "no_such_bucket",
+        ("AccessDenied", 403): "access_denied",
+        ("AllAccessDisabled", 403): "access_denied",
+        ("InvalidAccessKeyId", 403): "credentials",
+        ("SignatureDoesNotMatch", 403): "credentials",
+        ("InvalidBucketName", 400): "invalid_bucket_name",
+        ("KMS.DisabledException", 400): "kms",
+        ("SlowDown", 503): "throttled",
+        ("", 429): "throttled",
+        ("InternalError", 500): "server_error",
+        ("ServiceUnavailable", 503): "server_error",
+        ("InvalidArgument", 400): "other",
+    }
+    assert {case: failure_reason(*case) for case in cases} == cases
+    assert set(cases.values()) <= set(FAILURE_REASONS)
+    assert ConflictError("taken").reason == "conflict"
+
+
+def test_only_refusals_of_one_bucket_or_batch_park() -> None:
+    def error(code: str, status: int) -> UploadError:
+        answer: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return classify(ClientError(answer, "PutObject"), "upload")
+
+    for code, status in (("NoSuchBucket", 404), ("AccessDenied", 403), ("KMS.NotFound", 400)):
+        assert parks(error(code, status)), code
+    for code, status in (("SlowDown", 503), ("InternalError", 500), ("ExpiredToken", 400)):
+        assert not parks(error(code, status)), code
+    assert parks(ConflictError("s3://b/k holds another object"))
+
+
+def test_upload_error_keeps_its_reason_across_processes() -> None:
+    error = UploadError("refused", retriable=False, code="AccessDenied", reason="access_denied")
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301  our own bytes
+    assert (copy.retriable, copy.code, copy.reason) == (False, "AccessDenied", "access_denied")
+
+
+def test_parked_waits_double_up_to_the_cap_and_never_near_zero() -> None:
+    config = UploadConfig(parked_retry_base_s=60, parked_retry_max_s=600)
+    rng = random.Random(1)
+    for attempts, ceiling in ((1, 60), (2, 120), (4, 480), (5, 600), (40, 600)):
+        waits = [retry_wait_s(attempts, config, rng) for _ in range(200)]
+        assert min(waits) >= ceiling / 2
+        assert max(waits) <= ceiling
+
+
+def test_parked_gauges_label_a_bounded_number_of_buckets() -> None:
+    batches = [
+        SimpleNamespace(batch=SimpleNamespace(bucket=f"b{i:02d}", size=10))
+        for i in range(PARKED_BUCKET_LABELS + 5)
+        for _ in range(1 + (i < 3))  # b00..b02 have two each: they rank first
+    ]
+    pipeline = cast("Pipeline", SimpleNamespace(uploader=SimpleNamespace(parked=batches)))
+    counts, sizes = parked_by_bucket(pipeline)
+    assert len(counts) == PARKED_BUCKET_LABELS + 1
+    assert counts["b00"] == 2
+    assert counts[OTHER_BUCKETS] == 5
+    assert sum(counts.values()) == len(batches)
+    assert sizes[OTHER_BUCKETS] == 50
+
+
+def _put_on_fresh_connections(port: int, bucket: str, count: int) -> None:
+    """PUT ``count`` objects, each on a new connection (the kernel spreads them over workers)."""
+    for number in range(count):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("PUT", f"/{bucket}/w/{number}", body=b"v")
+        reply = connection.getresponse()
+        reply.read()
+        connection.close()
+        assert reply.status == 200
+
+
+def _parked_from_admin(admin_port: int) -> list[dict[str, Any]]:
+    """``GET /parked`` on a new connection (either worker may take it)."""
+    connection = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=10)
+    connection.request("GET", "/parked")
+    reply = connection.getresponse()
+    body = json.loads(reply.read())
+    connection.close()
+    assert reply.status == 200
+    return list(body["parked"])
+
+
+def test_parked_commands_reach_every_worker(restricted_s3: LocalS3, tmp_path: Path) -> None:
+    restricted_s3.client().create_bucket(Bucket="denied-w")
+    daemon = DaemonProcess(
+        tmp_path,
+        restricted_s3,
+        env=DAEMON_ENV,
+        server={"workers": 2},
+        batch={"max_records": 1},
+        upload={"parked_retry_base_s": 3600, "parked_retry_max_s": 7200},
+    )
+    config = str(daemon.config_path)
+    spool = tmp_path / "spool"
+    with daemon:
+        wait_for(lambda: daemon.log().count("Application startup complete") == 2)
+        _put_on_fresh_connections(daemon.port, "denied-w", 20)
+        wait_for(lambda: len(list(spool.glob("**/denied-w/*.parked"))) == 20, timeout=60)
+        by_worker = [
+            [p.stem for p in (spool / "denied-w").glob("*.parked")],
+            [p.stem for p in (spool / "_workers" / "1" / "denied-w").glob("*.parked")],
+        ]
+        assert all(by_worker), by_worker  # both workers parked some
+        for _ in range(6):  # any worker answers with every worker's
+            assert len(_parked_from_admin(daemon.admin_port)) == 20
+        code, listed = _cli("parked", "list", "--config", config)
+        assert code == 0
+        assert "20 parked batches" in listed
+
+        code, output = _cli("parked", "retry", "--all", "--config", config)
+        assert code == 0, output
+        assert output.count("retrying ") == 20
+        wait_for(lambda: daemon.log().count("access_denied, attempt 2)") == 20, timeout=60)
+
+        for ids in by_worker:  # one batch of each worker, through whichever takes the request
+            code, output = _cli("parked", "discard", ids[0], "--yes", "--config", config)
+            assert code == 0, output
+        assert len(_parked_from_admin(daemon.admin_port)) == 18
+        assert len(list(spool.glob("**/denied-w/*.tar"))) == 18
+        assert daemon.terminate() == EXIT_BATCHES_KEPT
+    # One worker again: it adopts worker 1's batches with their parked state.
+    single = DaemonProcess(
+        tmp_path,
+        restricted_s3,
+        env=DAEMON_ENV,
+        upload={"parked_retry_base_s": 3600, "parked_retry_max_s": 7200},
+    )
+    with single:
+        assert "adopted" in single.log()
+        assert not list((spool / "_workers" / "1").rglob("*.parked"))
+        assert len(list((spool / "denied-w").glob("*.parked"))) == 18
+        samples = _samples(single)
+        assert _by_label(samples, "s3batchd_parked_batches", "bucket") == {"denied-w": 18}
+        assert sum(_by_label(samples, "s3batchd_upload_failures_total", "reason").values()) == 0
+        assert single.terminate() == EXIT_BATCHES_KEPT
