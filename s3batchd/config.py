@@ -66,7 +66,10 @@ class ServerConfig(Section):
     max_connections: int = Field(default=1024, gt=0)
     """Open connections (S3 and admin listeners together) beyond which uvicorn answers a
     plain 503 and closes (the admin listener's probes included, so keep it well above the
-    expected clients). Each idle connection costs a few KiB."""
+    expected clients). Each idle connection costs a few KiB. A new connection that reaches
+    the limit first closes the longest-idle connections (no request in flight; clients open
+    a new one), so idle keep-alive connections never lock others out: the 503 comes only
+    when every connection is busy."""
     header_timeout_s: float = Field(default=10.0, gt=0)
     """Longest time for a request's headers to arrive (from the connection opening or the
     previous response); a slower client is disconnected, so trickled headers cannot hold a
