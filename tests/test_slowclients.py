@@ -1,9 +1,14 @@
 """Slow and idle clients do not deny service to the rest: idle keep-alive connections make room
-for new ones (server.max_connections)."""
+for new ones, a body must keep a minimum average rate, and slow bodies hold only a share of
+the request slots (server.max_connections, server.body_min_rate_bytes_s,
+server.body_deadline_grace_s, server.progressing_reserve)."""
 
 from __future__ import annotations
 
+import select
 import socket
+import threading
+from dataclasses import dataclass, field
 
 import pytest
 from botocore.exceptions import ClientError
@@ -100,3 +105,146 @@ def test_connections_all_busy_are_still_refused(start_daemon: DaemonFactory, buc
     finally:
         for sock in busy:
             sock.close()
+
+
+@dataclass
+class Trickler:
+    """A raw client sending a body one byte per interval (until answered, or ``limit``
+    bytes)."""
+
+    sock: socket.socket
+    limit: int
+    sent: int = 0
+    answer: bytes | None = None
+    answered_after: int = 0
+    """Body bytes sent when the answer came."""
+
+
+@dataclass
+class Tricklers:
+    """Many slow clients, driven by one thread."""
+
+    port: int
+    bucket: str
+    length: int
+    limit: int
+    clients: list[Trickler] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def open(self, count: int) -> None:
+        """Connect ``count`` clients and send their headers and first byte."""
+        for number in range(count):
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            client = Trickler(sock, self.limit)
+            self.clients.append(client)
+            sock.sendall(_head(self.bucket, f"slow/{number}", self.length) + b"x")
+            client.sent = 1
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(TRICKLE_INTERVAL_S):
+            for client in self.clients:
+                self._step(client)
+
+    def _step(self, client: Trickler) -> None:
+        if client.answer is not None:
+            return
+        if select.select([client.sock], [], [], 0)[0]:
+            client.answer = _whole_answer(client.sock)
+            client.answered_after = client.sent
+            return
+        if client.sent < client.limit:
+            try:
+                client.sock.sendall(b"x")
+            except OSError:
+                return  # closed by the daemon: its answer is read on the next step
+            client.sent += 1
+
+    def trickling(self) -> list[Trickler]:
+        """The clients not answered yet."""
+        return [client for client in self.clients if client.answer is None]
+
+    def close(self) -> None:
+        """Stop the thread and close every socket."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        for client in self.clients:
+            client.sock.close()
+
+
+def test_a_trickled_body_gets_request_timeout_at_its_deadline(
+    start_daemon: DaemonFactory, bucket: str
+) -> None:
+    """Bodies trickling one byte per interval, each piece well within server.body_timeout_s,
+    are answered 400 RequestTimeout once their deadline (grace + length / minimum rate)
+    passed, while they are still trickling; the old code waited for the whole body."""
+    daemon = start_daemon(
+        server={
+            "body_timeout_s": 5.0,
+            "body_min_rate_bytes_s": 100,
+            "body_deadline_grace_s": 1.0,
+            "progressing_reserve": 0.0,  # no slow share: only the deadline ends them
+        }
+    )
+    length = 40  # deadline: 1 s + 40 / 100 s of waiting; sent whole it takes 10 s
+    slow = Tricklers(daemon.settings.server.port, bucket, length, limit=length - 1)
+    try:
+        slow.open(10)
+        wait_for(lambda: not slow.trickling(), timeout=30)
+    finally:
+        slow.close()
+    for client in slow.clients:
+        assert client.answer is not None
+        assert client.answer.startswith(b"HTTP/1.1 400 ")
+        assert b"<Code>RequestTimeout</Code>" in client.answer
+        assert b"connection: close" in client.answer.lower()
+        assert client.answered_after < client.limit  # cut off while still trickling
+    assert daemon.pipeline.catalog.count() == 0
+    daemon.client().put_object(Bucket=bucket, Key="after", Body=b"served")
+
+
+def test_slow_bodies_leave_a_share_of_the_slots_to_progressing_requests(
+    start_daemon: DaemonFactory, bucket: str
+) -> None:
+    """More trickling bodies than server.max_concurrent_requests, declaring lengths whose
+    deadline is far away: once they fall behind the minimum rate, at most (1 -
+    progressing_reserve) of the slots stay theirs, and a legitimate boto3 client is served
+    again and again while they trickle (the old code answered it SlowDown throughout)."""
+    slots = 8
+    daemon = start_daemon(
+        server={
+            "max_concurrent_requests": slots,
+            "body_timeout_s": 5.0,
+            "body_min_rate_bytes_s": 1000,
+            "body_deadline_grace_s": 1.0,
+            "progressing_reserve": 0.5,
+        }
+    )
+    slow = Tricklers(daemon.settings.server.port, bucket, length=10**6, limit=400)
+    client = daemon.client(retries={"total_max_attempts": 1})
+
+    def served(key: str) -> bool:
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=b"legit")
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == "SlowDown"
+            return False
+        return True
+
+    try:
+        slow.open(3 * slots)
+        wait_for(lambda: served("first"), timeout=30, interval=0.2)
+        for number in range(10):
+            assert served(f"legit/{number}")
+        still = slow.trickling()
+        assert len(still) == slots // 2  # the slow share: held until their own deadline
+        assert all(t.sent < t.limit for t in still)
+    finally:
+        slow.close()
+    answers = [t.answer for t in slow.clients if t.answer is not None]
+    refused = [a for a in answers if a.startswith(b"HTTP/1.1 503 ")]
+    cut = [a for a in answers if b"<Code>RequestTimeout</Code>" in a]
+    assert (len(refused), len(cut)) == (2 * slots, slots // 2)
