@@ -19,10 +19,11 @@ uvicorn answers every request ``503`` while ``server.max_connections`` connectio
 (``limit_concurrency``), even when most of them are idle keep-alive connections: a client that
 opens connections and keeps them idle denied service to all. Here a new connection that
 reaches the limit closes the longest-idle connections first (no request in flight, nothing
-left to send; HTTP lets a server close an idle persistent connection, and clients retry on a
-new one). Only when every connection is busy are requests refused as before. The idle
-connections of a server are an insertion-ordered dict (longest idle first): a request costs
-one delete when it begins and one insert when its answer ends, no scan.
+left to send; a connection that has not sent a request yet is idle since it opened; HTTP lets
+a server close an idle persistent connection, and clients retry on a new one). Only when
+every connection is busy are requests refused as before. The idle connections of a server
+are an insertion-ordered dict (longest idle first): a request costs one delete when it
+begins and one insert when its answer ends, no scan.
 """
 
 from __future__ import annotations

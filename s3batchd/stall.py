@@ -137,7 +137,8 @@ class StallWatch:
     def close(self) -> None:
         """The body is read (or abandoned): no more checks, its slow slot given back."""
         self._sweeper.forget(self)
-        self._release()
+        if self._slow:
+            self._release()
 
     def check(self, now: float) -> bool:
         """The sweeper's look: cancel the task if the current wait has lasted the timeout,
