@@ -214,6 +214,9 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.active_requests = 0
-    app.state.body_pace = BodyPace.of(settings.server)
+    app.state.body_pace = pace = BodyPace.of(
+        settings.server, on_timeout=lambda reason: metrics.body_timeouts.labels(reason).inc()
+    )
+    metrics.slow_bodies.set_function(lambda: pace.slow)
     app.state.authenticator = Authenticator(settings.auth)
     return app

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -42,6 +42,13 @@ logger = logging.getLogger(__name__)
 
 MAX_HEADER_SECTION_BYTES = 16 * 1024
 """Longest request line plus headers taken (h11's limit, which the daemon had before)."""
+
+
+class Count(Protocol):
+    """A counter (prometheus_client's ``Counter``)."""
+
+    def inc(self, amount: float = 1) -> None:
+        """Add ``amount``."""
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
@@ -66,6 +73,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     _idle: ClassVar[dict[HeaderTimeoutProtocol, None]] = {}
     """The server's idle connections, longest idle first (each configured class has its own,
     see ``protocol_with_timeout``)."""
+    idle_closed: ClassVar[Count | None] = None
+    """Counts the idle connections closed to make room (a metric)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the clock for the first request's headers."""
@@ -154,6 +163,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             other.transport.close()
         if closing:
             logger.debug("%d connections open: closed %d idle", len(self.connections), len(closing))
+            if self.idle_closed is not None:
+                self.idle_closed.inc(len(closing))
 
     def _count(self, size: int) -> None:
         self._counted += size
@@ -199,10 +210,17 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         return False
 
 
-def protocol_with_timeout(header_timeout_s: float) -> type[HeaderTimeoutProtocol]:
-    """A protocol class carrying the configured timeout (uvicorn instantiates it)."""
+def protocol_with_timeout(
+    header_timeout_s: float, *, idle_closed: Count | None = None
+) -> type[HeaderTimeoutProtocol]:
+    """A protocol class carrying the configured timeout, its own idle connections and the
+    count of those closed to make room (uvicorn instantiates it)."""
     return type(
         "ConfiguredHeaderTimeoutProtocol",
         (HeaderTimeoutProtocol,),
-        {"header_timeout_s": header_timeout_s, "_idle": {}},
+        {
+            "header_timeout_s": header_timeout_s,
+            "_idle": {},
+            "idle_closed": idle_closed,
+        },
     )

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from s3batchd.config import ServerConfig
 from s3batchd.sweeper import sweeper
@@ -42,10 +43,16 @@ class BodyPace:
     slots (``server.body_timeout_s``, ``body_min_rate_bytes_s``, ``body_deadline_grace_s``,
     ``progressing_reserve``)."""
 
-    __slots__ = ("grace_s", "min_rate", "slow", "slow_slots", "timeout_s")
+    __slots__ = ("grace_s", "min_rate", "on_timeout", "slow", "slow_slots", "timeout_s")
 
     def __init__(
-        self, *, timeout_s: float, min_rate: float, grace_s: float, slow_slots: int
+        self,
+        *,
+        timeout_s: float,
+        min_rate: float,
+        grace_s: float,
+        slow_slots: int,
+        on_timeout: Callable[[str], object] | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         """Longest wait for one piece."""
@@ -57,9 +64,13 @@ class BodyPace:
         """How many bodies may be behind the rate at once."""
         self.slow = 0
         """Bodies behind the rate now (each holds a slow slot)."""
+        self.on_timeout = on_timeout
+        """Told the reason (``stalled``, ``deadline``, ``slow_share``) of every body cut off."""
 
     @classmethod
-    def of(cls, server: ServerConfig) -> BodyPace:
+    def of(
+        cls, server: ServerConfig, *, on_timeout: Callable[[str], object] | None = None
+    ) -> BodyPace:
         """The pace the settings ask for."""
         share = 1.0 - server.progressing_reserve
         return cls(
@@ -67,6 +78,7 @@ class BodyPace:
             min_rate=server.body_min_rate_bytes_s,
             grace_s=server.body_deadline_grace_s,
             slow_slots=int(server.max_concurrent_requests * share),
+            on_timeout=on_timeout,
         )
 
 
@@ -159,22 +171,25 @@ class StallWatch:
         if due <= 0:
             return False
         if due >= max(self._declared, self._received):
-            return self._fire("past its deadline")
+            return self._fire("deadline")
         if due > self._received:
             if not self._slow:
                 if pace.slow >= pace.slow_slots:
-                    return self._fire("slow, with every slow slot taken")
+                    return self._fire("slow_share")
                 pace.slow += 1
                 self._slow = True
         else:
             self._release()  # caught up
         return False
 
-    def _fire(self, why: str) -> bool:
-        logger.debug("request body %s: RequestTimeout", why)
+    def _fire(self, reason: str) -> bool:
+        logger.debug("request body cut off (%s): RequestTimeout", reason)
         self.fired = True
         self._task.cancel()
         self._release()
+        pace = self._pace
+        if pace is not None and pace.on_timeout is not None:
+            pace.on_timeout(reason)
         return True
 
     def _release(self) -> None:

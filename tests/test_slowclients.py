@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import DaemonFactory, wait_for
+from tests.conftest import Daemon, DaemonFactory, wait_for
 
 TRICKLE_INTERVAL_S = 0.25
 """Time between two body bytes of a trickler: far below every stall timeout used here."""
@@ -43,6 +43,13 @@ def _whole_answer(sock: socket.socket) -> bytes:
     except ConnectionResetError:
         pass  # closed with body bytes of ours unread: the answer came before
     return data
+
+
+def _sample(daemon: Daemon, name: str, **labels: str) -> float | None:
+    """One sample of the daemon's /metrics."""
+    registry = daemon.app.state.metrics.registry
+    value: float | None = registry.get_sample_value(name, labels)
+    return value
 
 
 def _closed_by_daemon(sock: socket.socket) -> bool:
@@ -79,6 +86,8 @@ def test_idle_keep_alive_connections_make_room_for_new_ones(
             assert _answer_head(sock).startswith(b"HTTP/1.1 200 "), number
         client = daemon.client(retries={"total_max_attempts": 1})
         client.put_object(Bucket=bucket, Key="legit", Body=b"served")
+        # One closed per connection from the limit on: 2 * limit - (limit - 1), and boto3's.
+        assert _sample(daemon, "s3batchd_idle_connections_closed_total") == limit + 2
         # The longest idle were closed, the most recent are still open.
         wait_for(lambda: _closed_by_daemon(idle[0]), timeout=10)
         assert not _closed_by_daemon(idle[-1])
@@ -206,6 +215,8 @@ def test_a_trickled_body_gets_request_timeout_at_its_deadline(
         assert b"connection: close" in client.answer.lower()
         assert client.answered_after < client.limit  # cut off while still trickling
     assert daemon.pipeline.catalog.count() == 0
+    assert _sample(daemon, "s3batchd_body_timeouts_total", reason="deadline") == len(slow.clients)
+    assert _sample(daemon, "s3batchd_body_timeouts_total", reason="stalled") == 0
     daemon.client().put_object(Bucket=bucket, Key="after", Body=b"served")
 
 
@@ -245,6 +256,8 @@ def test_slow_bodies_leave_a_share_of_the_slots_to_progressing_requests(
         # The slow share is held until its bodies' own deadlines; the others were answered.
         wait_for(lambda: len(slow.trickling()) == slots // 2, timeout=10)
         assert all(t.sent < t.limit for t in slow.trickling())
+        assert _sample(daemon, "s3batchd_slow_bodies") == slots // 2
+        assert _sample(daemon, "s3batchd_body_timeouts_total", reason="slow_share") == slots // 2
     finally:
         slow.close()
     answers = [t.answer for t in slow.clients if t.answer is not None]
