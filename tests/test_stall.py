@@ -93,8 +93,8 @@ def _pace(*, slow_slots: int = 10) -> BodyPace:
     return BodyPace(timeout_s=5.0, min_rate=100, grace_s=1.0, slow_slots=slow_slots)
 
 
-async def _trickle(watch: StallWatch, pieces: int, every_s: float) -> str:
-    """One byte per ``every_s``, each wait well within the stall timeout."""
+async def _trickle(watch: StallWatch, pieces: int, every_s: float, *, size: int = 1) -> str:
+    """``size`` bytes per ``every_s``, each wait well within the stall timeout."""
     for _ in range(pieces):
         watch.waiting()
         try:
@@ -103,7 +103,7 @@ async def _trickle(watch: StallWatch, pieces: int, every_s: float) -> str:
             if watch.timed_out():
                 return "timed out"
             raise
-        watch.arrived(1)
+        watch.arrived(size)
     return "complete"
 
 
@@ -149,3 +149,18 @@ async def _slow_then_fast(pace: BodyPace) -> str:
         return "caught up"
     finally:
         watch.close()
+
+
+def test_a_slow_body_that_keeps_the_minimum_rate_is_read_to_its_end() -> None:
+    """200 bytes per second of waiting against a minimum of 100: complete, however long."""
+
+    async def read() -> tuple[str, int]:
+        pace = _pace(slow_slots=0)  # any body behind the rate would be cut off at once
+        watch = StallWatch(5.0, pace=pace, declared=500)
+        try:
+            got = await _trickle(watch, 50, 0.05, size=10)
+        finally:
+            watch.close()
+        return got, pace.slow
+
+    assert asyncio.run(read()) == ("complete", 0)
