@@ -152,13 +152,13 @@ async def _slow_then_fast(pace: BodyPace) -> str:
 
 
 def test_a_slow_body_that_keeps_the_minimum_rate_is_read_to_its_end() -> None:
-    """200 bytes per second of waiting against a minimum of 100: complete, however long."""
+    """400 bytes per second of waiting against a minimum of 100: complete, however long."""
 
     async def read() -> tuple[str, int]:
         pace = _pace(slow_slots=0)  # any body behind the rate would be cut off at once
-        watch = StallWatch(5.0, pace=pace, declared=500)
+        watch = StallWatch(5.0, pace=pace, declared=1000)
         try:
-            got = await _trickle(watch, 50, 0.05, size=10)
+            got = await _trickle(watch, 50, 0.05, size=20)
         finally:
             watch.close()
         return got, pace.slow
