@@ -19,10 +19,11 @@ TRICKLE_INTERVAL_S = 0.25
 """Time between two body bytes of a trickler: far below every stall timeout used here."""
 
 
-def _head(bucket: str, key: str, length: int) -> bytes:
-    return (
-        f"PUT /{bucket}/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\n\r\n"
-    ).encode()
+def _head(bucket: str, key: str, length: int | None) -> bytes:
+    """A PUT's head; ``length`` None: a body of unknown length (``Transfer-Encoding:
+    chunked``)."""
+    framing = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
+    return f"PUT /{bucket}/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\n{framing}\r\n\r\n".encode()
 
 
 def _answer_head(sock: socket.socket) -> bytes:
@@ -138,7 +139,8 @@ class Tricklers:
 
     port: int
     bucket: str
-    length: int
+    length: int | None
+    """Declared body length (None: chunked, one byte per chunk)."""
     limit: int
     clients: list[Trickler] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -150,7 +152,7 @@ class Tricklers:
             sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
             client = Trickler(sock, self.limit)
             self.clients.append(client)
-            sock.sendall(_head(self.bucket, f"slow/{number}", self.length) + b"x")
+            sock.sendall(_head(self.bucket, f"slow/{number}", self.length) + self._piece())
             client.sent = 1
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -169,10 +171,13 @@ class Tricklers:
             return
         if client.sent < client.limit:
             try:
-                client.sock.sendall(b"x")
+                client.sock.sendall(self._piece())
             except OSError:
                 return  # closed by the daemon: its answer is read on the next step
             client.sent += 1
+
+    def _piece(self) -> bytes:
+        return b"x" if self.length is not None else b"1\r\nx\r\n"
 
     def trickling(self) -> list[Trickler]:
         """The clients not answered yet."""
@@ -187,12 +192,14 @@ class Tricklers:
             client.sock.close()
 
 
+@pytest.mark.parametrize("length", [40, None], ids=["content-length", "chunked"])
 def test_a_trickled_body_gets_request_timeout_at_its_deadline(
-    start_daemon: DaemonFactory, bucket: str
+    start_daemon: DaemonFactory, bucket: str, length: int | None
 ) -> None:
     """Bodies trickling one byte per interval, each piece well within server.body_timeout_s,
-    are answered 400 RequestTimeout once their deadline (grace + length / minimum rate)
-    passed, while they are still trickling; the old code waited for the whole body."""
+    are answered 400 RequestTimeout once their deadline (grace + length / minimum rate; for
+    an unknown length: once behind the rate) passed, while they are still trickling; the old
+    code waited for the whole body."""
     daemon = start_daemon(
         server={
             "body_timeout_s": 5.0,
@@ -201,8 +208,9 @@ def test_a_trickled_body_gets_request_timeout_at_its_deadline(
             "progressing_reserve": 0.0,  # no slow share: only the deadline ends them
         }
     )
-    length = 40  # deadline: 1 s + 40 / 100 s of waiting; sent whole it takes 10 s
-    slow = Tricklers(daemon.settings.server.port, bucket, length, limit=length - 1)
+    # Deadline: 1 s + 40 / 100 s of waiting (chunked: 1 s, then behind at once); the 39
+    # pieces the clients send take 10 s.
+    slow = Tricklers(daemon.settings.server.port, bucket, length, limit=39)
     try:
         slow.open(10)
         wait_for(lambda: not slow.trickling(), timeout=30)
