@@ -38,6 +38,7 @@ from s3batchd.looplag import LoopLagMonitor
 from s3batchd.metrics import Metrics
 from s3batchd.pipeline import Pipeline
 from s3batchd.proxy import Forwarder
+from s3batchd.stall import BodyPace
 from s3batchd.uploads import UploadStore
 
 if TYPE_CHECKING:
@@ -213,5 +214,9 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.active_requests = 0
+    app.state.body_pace = pace = BodyPace.of(
+        settings.server, on_timeout=lambda reason: metrics.body_timeouts.labels(reason).inc()
+    )
+    metrics.slow_bodies.set_function(lambda: pace.slow)
     app.state.authenticator = Authenticator(settings.auth)
     return app

@@ -69,7 +69,10 @@ class ServerConfig(Section):
     max_connections: int = Field(default=1024, gt=0)
     """Open connections (S3 and admin listeners together) beyond which uvicorn answers a
     plain 503 and closes (the admin listener's probes included, so keep it well above the
-    expected clients). Each idle connection costs a few KiB."""
+    expected clients). Each idle connection costs a few KiB. A new connection that reaches
+    the limit first closes the longest-idle connections (no request in flight; clients open
+    a new one), so idle keep-alive connections never lock others out: the 503 comes only
+    when every connection is busy."""
     header_timeout_s: float = Field(default=10.0, gt=0)
     """Longest time for a request's headers to arrive (from the connection opening or the
     previous response); a slower client is disconnected, so trickled headers cannot hold a
@@ -79,6 +82,25 @@ class ServerConfig(Section):
     """Longest wait for the next piece of a request body; a client that stalls longer gets
     400 RequestTimeout (botocore retries it) and its slot is freed for others. Checked a few
     times per timeout, so the answer comes at most a quarter of it (or 1 s) late."""
+    body_min_rate_bytes_s: int = Field(default=1024, gt=0)
+    """Slowest average rate (bytes per second of waiting for it) a request body may keep
+    after ``body_deadline_grace_s``: a body of declared length L (``Content-Length``, or
+    ``x-amz-decoded-content-length`` for aws-chunked) must be complete within
+    ``body_deadline_grace_s + L / body_min_rate_bytes_s`` seconds of waiting, one of unknown
+    length (``Transfer-Encoding: chunked``) must never fall behind the rate; otherwise 400
+    RequestTimeout and the connection is closed. So a client trickling a body (each piece
+    within ``body_timeout_s``) cannot hold a request slot for long. Time the daemon spends
+    passing pieces on (to the bucket) does not count. Checked with ``body_timeout_s``."""
+    body_deadline_grace_s: float = Field(default=10.0, gt=0)
+    """Seconds of waiting for a body before ``body_min_rate_bytes_s`` applies (a slow start,
+    ``Expect: 100-continue``)."""
+    progressing_reserve: float = Field(default=0.25, ge=0, le=1)
+    """Share of ``max_concurrent_requests`` kept for requests whose bodies keep
+    ``body_min_rate_bytes_s``: a body that falls behind the rate (after the grace) holds one
+    of at most ``(1 - progressing_reserve) * max_concurrent_requests`` slow slots until its
+    deadline or until it catches up; one that falls behind while they are all taken gets
+    400 RequestTimeout at once. ``0``: slow bodies may hold every slot (only their deadlines
+    end them)."""
     keep_alive_s: int = Field(default=5, gt=0)
     """Seconds (whole) an idle keep-alive connection stays open. Longer: fewer TCP handshakes
     for clients, more idle sockets held open."""

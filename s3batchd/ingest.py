@@ -71,7 +71,7 @@ async def put_object(call: Call) -> Response:
         max_bytes=limit if put.declared_size is None else settings.limits.max_object_bytes,
         memory_limit=settings.limits.memory_buffer_bytes,
         spill_dir=pipeline.spill_dir,
-        timeout_s=settings.server.body_timeout_s,
+        pace=call.request.app.state.body_pace,
         verifier=chunk_verifier(call.context),
     )
     call.request.state.body_consumed = True

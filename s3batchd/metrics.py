@@ -11,7 +11,7 @@ from collections import Counter as Tally
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -78,6 +78,27 @@ class Metrics:
             "s3batchd_batch_bytes",
             "Tar bytes per uploaded batch",
             buckets=(64 * 1024, 1 << 20, 8 << 20, 64 << 20, 512 << 20, 5 << 30),
+            registry=self.registry,
+        )
+        self.body_timeouts = Counter(
+            "s3batchd_body_timeouts",
+            "Request bodies answered 400 RequestTimeout, by reason: stalled (one wait over "
+            "server.body_timeout_s), deadline (too slow for server.body_min_rate_bytes_s), "
+            "slow_share (fell behind that rate with every slow slot taken)",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("stalled", "deadline", "slow_share"):
+            self.body_timeouts.labels(reason)
+        self.slow_bodies = Gauge(
+            "s3batchd_slow_bodies",
+            "Request bodies behind server.body_min_rate_bytes_s now, each holding one of the "
+            "slow slots (1 - server.progressing_reserve of server.max_concurrent_requests)",
+            registry=self.registry,
+        )
+        self.idle_connections_closed = Counter(
+            "s3batchd_idle_connections_closed",
+            "Idle connections closed to make room for new ones at server.max_connections",
             registry=self.registry,
         )
 

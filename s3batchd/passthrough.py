@@ -137,7 +137,7 @@ async def send_upstream(
         call.request.receive,
         digests,
         max_bytes=put.declared_size,
-        timeout_s=call.settings.server.body_timeout_s,
+        pace=call.request.app.state.body_pace,
         verifier=chunk_verifier(call.context),
     )
     counted = _Counted(pieces)
@@ -205,7 +205,7 @@ async def receive_body(
         max_bytes=max_bytes,
         memory_limit=settings.limits.memory_buffer_bytes if memory_limit is None else memory_limit,
         spill_dir=call.pipeline.spill_dir,
-        timeout_s=settings.server.body_timeout_s,
+        pace=call.request.app.state.body_pace,
         verifier=chunk_verifier(call.context),
     )
 

@@ -14,12 +14,23 @@ connection is closed between ``header_timeout_s`` and a quarter of it later.
 Nor does uvicorn's httptools protocol bound the size of the header section (h11 did, at
 16 KiB): a longer one is answered ``400 RequestHeaderSectionTooLarge`` and the connection
 closed, as S3 does.
+
+uvicorn answers every request ``503`` while ``server.max_connections`` connections are open
+(``limit_concurrency``), even when most of them are idle keep-alive connections: a client that
+opens connections and keeps them idle denied service to all. Here a new connection that
+reaches the limit closes the longest-idle connections first (no request in flight, nothing
+left to send; a connection that has not sent a request yet is idle since it opened; HTTP lets
+a server close an idle persistent connection, and clients retry on a new one). Only when
+every connection is busy are requests refused as before. The idle connections of a server
+are an insertion-ordered dict (longest idle first): a request costs one delete when it
+begins and one insert when its answer ends, no scan.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import ClassVar, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -31,6 +42,13 @@ logger = logging.getLogger(__name__)
 
 MAX_HEADER_SECTION_BYTES = 16 * 1024
 """Longest request line plus headers taken (h11's limit, which the daemon had before)."""
+
+
+class Count(Protocol):
+    """A counter (prometheus_client's ``Counter``)."""
+
+    def inc(self, amount: float = 1) -> None:
+        """Add ``amount``."""
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
@@ -52,6 +70,11 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     _too_large = False
     _began = False
     """A request began during the current read."""
+    _idle: ClassVar[dict[HeaderTimeoutProtocol, None]] = {}
+    """The server's idle connections, longest idle first (each configured class has its own,
+    see ``protocol_with_timeout``)."""
+    idle_closed: ClassVar[Count | None] = None
+    """Counts the idle connections closed to make room (a metric)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the clock for the first request's headers."""
@@ -59,6 +82,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._sweeper = sweeper(self.loop)
         self._sweeper.watch(self, self.header_timeout_s)
         self._start_header_clock()
+        self._idle[self] = None
+        limit = self.limit_concurrency
+        if limit is not None and len(self.connections) >= limit:
+            self._make_room(len(self.connections) - limit + 1)
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; a read that starts and ends inside one header section counts
@@ -73,6 +100,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         """A request begins: its header section is counted from here."""
         super().on_message_begin()
+        self._idle.pop(self, None)
         self._in_headers = self._began = True
         self._counted = 0
         self._whole_chunks = 0
@@ -106,13 +134,37 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if not self.transport.is_closing():
             self._start_header_clock()
+            if self.cycle.response_complete and not self._in_headers:
+                # Not when a pipelined request started (it is the cycle now) or begun.
+                self._idle[self] = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the clock."""
         self._header_deadline = None
+        self._idle.pop(self, None)
         if self._sweeper is not None:
             self._sweeper.forget(self)
         super().connection_lost(exc)
+
+    def _make_room(self, count: int) -> None:
+        """Close up to ``count`` idle connections, the longest idle first (uvicorn refuses
+        every request while the limit is reached)."""
+        closing: list[HeaderTimeoutProtocol] = []
+        for other in self._idle:
+            if len(closing) == count:
+                break
+            transport = other.transport
+            # A closing one goes anyway; one with an answer left to send is not idle.
+            if other is self or transport.is_closing() or transport.get_write_buffer_size():
+                continue
+            closing.append(other)
+        for other in closing:
+            del self._idle[other]
+            other.transport.close()
+        if closing:
+            logger.debug("%d connections open: closed %d idle", len(self.connections), len(closing))
+            if self.idle_closed is not None:
+                self.idle_closed.inc(len(closing))
 
     def _count(self, size: int) -> None:
         self._counted += size
@@ -158,10 +210,17 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         return False
 
 
-def protocol_with_timeout(header_timeout_s: float) -> type[HeaderTimeoutProtocol]:
-    """A protocol class carrying the configured timeout (uvicorn instantiates it)."""
+def protocol_with_timeout(
+    header_timeout_s: float, *, idle_closed: Count | None = None
+) -> type[HeaderTimeoutProtocol]:
+    """A protocol class carrying the configured timeout, its own idle connections and the
+    count of those closed to make room (uvicorn instantiates it)."""
     return type(
         "ConfiguredHeaderTimeoutProtocol",
         (HeaderTimeoutProtocol,),
-        {"header_timeout_s": header_timeout_s},
+        {
+            "header_timeout_s": header_timeout_s,
+            "_idle": {},
+            "idle_closed": idle_closed,
+        },
     )

@@ -45,7 +45,7 @@ from s3batchd.errors import (
 )
 from s3batchd.records import ObjectRecord
 from s3batchd.sigv4 import ChunkVerifier
-from s3batchd.stall import StallWatch
+from s3batchd.stall import BodyPace, StallWatch
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IPV4 = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
@@ -347,15 +347,16 @@ async def read_body(
     max_bytes: int,
     memory_limit: int,
     spill_dir: Path,
-    timeout_s: float,
+    pace: BodyPace,
     verifier: ChunkVerifier | None = None,
 ) -> tuple[BodyBuffer, Digests]:
     """Read and decode the whole body (RequestTimeout when the client stalls longer than
-    ``timeout_s`` between two pieces); the caller closes the buffer."""
+    ``pace.timeout_s`` between two pieces or misses its deadline: stall.py); the caller
+    closes the buffer."""
     body = BodyBuffer(memory_limit=memory_limit, spill_dir=spill_dir)
     try:
         digests = await _read(
-            request, receive, body, max_bytes=max_bytes, timeout_s=timeout_s, verifier=verifier
+            request, receive, body, max_bytes=max_bytes, pace=pace, verifier=verifier
         )
     except BaseException:
         body.close()
@@ -388,12 +389,12 @@ async def _read(
     body: BodyBuffer,
     *,
     max_bytes: int,
-    timeout_s: float,
+    pace: BodyPace,
     verifier: ChunkVerifier | None,
 ) -> Digests:
     digests = Digests(request)
     async for piece in iter_body(
-        request, receive, digests, max_bytes=max_bytes, timeout_s=timeout_s, verifier=verifier
+        request, receive, digests, max_bytes=max_bytes, pace=pace, verifier=verifier
     ):
         body.write(piece)
     return digests
@@ -405,7 +406,7 @@ async def iter_body(
     digests: Digests,
     *,
     max_bytes: int,
-    timeout_s: float,
+    pace: BodyPace,
     verifier: ChunkVerifier | None,
     received: int = 0,
 ) -> AsyncIterator[bytes]:
@@ -414,7 +415,7 @@ async def iter_body(
     ``received``: bytes already taken from this body by an earlier reader."""
     decoder = AwsChunkedDecoder(verifier) if request.aws_chunked else None
     size = received
-    watch = StallWatch(timeout_s)
+    watch = StallWatch(pace.timeout_s, pace=pace, declared=request.declared_size, received=received)
     try:
         while True:
             watch.waiting()
@@ -424,10 +425,10 @@ async def iter_body(
                 if watch.timed_out():
                     raise RequestTimeout() from exc
                 raise
-            watch.arrived()
+            chunk: bytes = message.get("body", b"")
+            watch.arrived(len(chunk))
             if message["type"] == "http.disconnect":
                 raise ClientDisconnectedError()
-            chunk: bytes = message.get("body", b"")
             pieces = decoder.feed(chunk) if decoder is not None else [chunk]
             for piece in pieces:
                 size += len(piece)

@@ -132,7 +132,10 @@ def build_server(
         server_header=False,
         timeout_keep_alive=settings.server.keep_alive_s,
         limit_concurrency=settings.server.max_connections,
-        http=protocol_with_timeout(settings.server.header_timeout_s),
+        http=protocol_with_timeout(
+            settings.server.header_timeout_s,
+            idle_closed=app.state.metrics.idle_connections_closed,
+        ),
         timeout_graceful_shutdown=max(1, int(settings.shutdown.drain_timeout_s)),
         lifespan="on",
         proxy_headers=False,  # X-Forwarded-* are not trusted: the S3 port is not behind a proxy

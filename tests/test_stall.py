@@ -7,7 +7,7 @@ from collections.abc import Coroutine
 
 import pytest
 
-from s3batchd.stall import StallWatch
+from s3batchd.stall import BodyPace, StallWatch
 
 
 async def _wait_piece(watch: StallWatch, arrives_after_s: float) -> str:
@@ -86,3 +86,81 @@ async def _timed(work: Coroutine[None, None, list[str]]) -> tuple[list[str], flo
     started = loop.time()
     result = await work
     return result, loop.time() - started
+
+
+def _pace(*, slow_slots: int = 10) -> BodyPace:
+    """1 s of grace, then 100 bytes per second of waiting; stalls only after 5 s."""
+    return BodyPace(timeout_s=5.0, min_rate=100, grace_s=1.0, slow_slots=slow_slots)
+
+
+async def _trickle(watch: StallWatch, pieces: int, every_s: float, *, size: int = 1) -> str:
+    """``size`` bytes per ``every_s``, each wait well within the stall timeout."""
+    for _ in range(pieces):
+        watch.waiting()
+        try:
+            await asyncio.sleep(every_s)
+        except asyncio.CancelledError:
+            if watch.timed_out():
+                return "timed out"
+            raise
+        watch.arrived(size)
+    return "complete"
+
+
+def test_a_body_behind_the_minimum_rate_misses_its_deadline() -> None:
+    """Declared 50 bytes: complete within 1 s + 50 / 100 s of waiting, or cut off."""
+
+    async def read(declared: int | None) -> str:
+        watch = StallWatch(5.0, pace=_pace(), declared=declared)
+        try:
+            return await _trickle(watch, 40, 0.1)  # 10 bytes/s: 4 s for 40 bytes
+        finally:
+            watch.close()
+
+    assert asyncio.run(read(50)) == "timed out"
+    assert asyncio.run(read(None)) == "timed out"  # unknown length: never behind the rate
+
+
+def test_slow_bodies_hold_only_their_slots_and_give_them_back() -> None:
+    async def main() -> None:
+        pace = _pace(slow_slots=1)
+        first = asyncio.create_task(_slow_then_fast(pace))
+        await asyncio.sleep(0.1)
+        second = asyncio.create_task(_slow_then_fast(pace))
+        # The first falls behind and takes the one slow slot; the second, behind too, is
+        # cut off at once rather than at its deadline (1 s + 10 MB / 100 B/s).
+        assert await second == "timed out"
+        assert pace.slow == 1
+        assert await first == "caught up"
+        assert pace.slow == 0
+
+    asyncio.run(main())
+
+
+async def _slow_then_fast(pace: BodyPace) -> str:
+    watch = StallWatch(5.0, pace=pace, declared=10**7)
+    try:
+        if await _trickle(watch, 30, 0.1) == "timed out":
+            return "timed out"
+        watch.waiting()
+        watch.arrived(10**6)  # a burst: ahead of the rate again
+        watch.waiting()
+        assert not watch.check(asyncio.get_running_loop().time())  # the sweeper's next look
+        return "caught up"
+    finally:
+        watch.close()
+
+
+def test_a_slow_body_that_keeps_the_minimum_rate_is_read_to_its_end() -> None:
+    """400 bytes per second of waiting against a minimum of 100: complete, however long."""
+
+    async def read() -> tuple[str, int]:
+        pace = _pace(slow_slots=0)  # any body behind the rate would be cut off at once
+        watch = StallWatch(5.0, pace=pace, declared=1000)
+        try:
+            got = await _trickle(watch, 50, 0.05, size=20)
+        finally:
+            watch.close()
+        return got, pace.slow
+
+    assert asyncio.run(read()) == ("complete", 0)
