@@ -85,10 +85,10 @@ class ServerConfig(Section):
     of the quota; they share the catalog, the held multipart uploads and the admin port
     (``/metrics`` gives every worker's samples, labelled ``worker``; ``/readyz`` is ready when
     every worker is). Python runs one request at a time
-    per process: more workers use more cores (2 workers on 2 cores: 1.3x the PUT/s of one,
-    bench/README.md). Each worker has its own socket on the port (SO_REUSEPORT), and one that
-    dies is started again. Lowering it moves the batches of the spools no longer used into
-    worker 0's at the next start."""
+    per process: more workers use more cores (2 workers on 2 cores: 1.32x the PUT/s of one in
+    the full benchmark, 1.63x in bench/workers.py; bench/README.md). Each worker has its own
+    socket on the port (SO_REUSEPORT), and one that dies is started again. Lowering it moves
+    the batches of the spools no longer used into worker 0's at the next start."""
     admin_host: str = "127.0.0.1"
     """Address of the admin listener (``/healthz``, ``/readyz``, ``/metrics``). It serves no
     data, so it may listen on the pod IP (``0.0.0.0``) for kubelet probes and Prometheus while
