@@ -88,12 +88,19 @@ def _answers(port: int) -> bool:
         return False
 
 
-@pytest.fixture
-def make_run(tmp_path: Path) -> Iterator[MakeRun]:
-    """What ``make run`` starts, in an empty directory (the admin listener on a free port,
-    through the environment, which ``s3batchd dev`` and the commands both honour)."""
+@pytest.fixture(scope="module")
+def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeRun]:
+    """What ``make run`` starts, in an empty directory, shared by the documents (the admin
+    listener on a free port, through the environment, which ``s3batchd dev`` and the commands
+    both honour). None of the developer's AWS_* or S3BATCHD_* variables get in."""
+    tmp_path = tmp_path_factory.mktemp("make-run")
     port, admin_port = free_ports(2)
-    env = {**os.environ, "S3BATCHD_SERVER__ADMIN_PORT": str(admin_port)}
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("AWS_", "S3BATCHD_"))
+    }
+    env["S3BATCHD_SERVER__ADMIN_PORT"] = str(admin_port)
     output = tmp_path / "make-run.log"
     with output.open("wb") as log:
         process = subprocess.Popen(
@@ -153,3 +160,9 @@ def test_readme_runs_as_written_after_make_run(make_run: MakeRun) -> None:
     printed = run_document(make_run, "README.md")
     assert "hello, s3batchd" in printed
     assert "state:" in printed  # s3batchd status
+
+
+def test_index_format_examples_run_after_make_run(make_run: MakeRun) -> None:
+    printed = run_document(make_run, "docs/index-format.md")
+    assert "GETs for 5 objects" in printed  # reader.get_many
+    assert "extracted" in printed  # s3batchd extract
