@@ -8,7 +8,6 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +15,7 @@ from s3batchd import __version__
 from s3batchd.allocator import limit_arenas
 from s3batchd.catalogcli import get_command, reindex_command
 from s3batchd.config import Settings, is_loopback, load_settings
+from s3batchd.devenv import DevEnvironment, write_config, write_env
 from s3batchd.errors import ConfigError, S3BatchdError
 from s3batchd.logs import setup_logging
 from s3batchd.readcli import extract, ls
@@ -25,9 +25,6 @@ from s3batchd.status import render as render_status
 from s3batchd.upstream import make_client, probe
 from s3batchd.workeradmin import Peers
 from s3batchd.workers import adopt_orphans, run_workers
-
-if TYPE_CHECKING:
-    from s3batchd.devenv import DevEnvironment
 
 #: Exit status when shutdown left sealed batches in the spool (uploaded at the next start).
 EXIT_BATCHES_KEPT = 3
@@ -186,7 +183,6 @@ def dev(data_dir: Path, port: int, bucket: str) -> None:
 
     Writes DATA_DIR/config.toml (the daemon's settings) and DATA_DIR/env.sh (endpoints,
     credentials, S3BATCHD_CONFIG and PATH for a second shell) at every start."""
-    from s3batchd.devenv import DevEnvironment, write_config, write_env
     from s3batchd.seaweed import start_local_s3
 
     s3 = start_local_s3(data_dir / "seaweedfs", buckets=(bucket,))
