@@ -12,6 +12,7 @@ of ``s3batchd dev``), which may be taken on a test machine.
 
 from __future__ import annotations
 
+import codeop
 import os
 import re
 import shutil
@@ -147,6 +148,39 @@ def test_run_blocks_are_found_with_their_lines() -> None:
     text = "a\n```sh run\necho 1\n```\n\n1. item\n\n   ```python run\n   print(2)\n   ```\n"
     assert run_blocks(text) == [Block(2, "sh", "echo 1\n"), Block(8, "python", "print(2)\n")]
     assert run_blocks("```sh\nnot run\n```\n") == []
+
+
+def repl_problem(source: str) -> str | None:
+    """Why pasting ``source`` into Python 3.11's interactive prompt fails, line by line as
+    the prompt compiles it (a statement right after an indented block, without the blank
+    line that ends the block there, is a SyntaxError), or None."""
+    pending: list[str] = []
+    for number, line in enumerate(source.splitlines(), 1):
+        if not pending and not line.strip():
+            continue
+        pending.append(line)
+        try:
+            complete = codeop.compile_command("\n".join(pending), "<stdin>", "single")
+        except SyntaxError as exc:
+            return f"line {number}: {exc.msg}"
+        if complete is not None:
+            pending.clear()
+    return None
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/index-format.md"])
+def test_python_examples_paste_into_the_interactive_prompt(document: str) -> None:
+    blocks = run_blocks((ROOT / document).read_text(encoding="utf-8"))
+    problems = {
+        block.line: repl_problem(block.code) for block in blocks if block.language == "python"
+    }
+    assert {line: problem for line, problem in problems.items() if problem} == {}
+
+
+def test_repl_problem_finds_a_statement_after_a_block() -> None:
+    assert repl_problem("for x in []:\n    pass\nprint(1)\n") is not None
+    assert repl_problem("for x in []:\n    pass\n\nprint(1)\n") is None
+    assert repl_problem("f(\n    1,\n)\nx = 2\n") is None
 
 
 def test_readme_runs_as_written_after_make_run(make_run: MakeRun) -> None:
