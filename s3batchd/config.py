@@ -164,7 +164,8 @@ class UpstreamConfig(Section):
 
     endpoint_url: str = ""
     """Endpoint URL of the S3 service (AWS or any S3-compatible store); empty means AWS's own
-    endpoint for ``region``."""
+    endpoint for ``region`` (``AWS_ENDPOINT_URL`` and an AWS config file's ``endpoint_url`` are
+    ignored: ``make run``'s env.sh points them at the daemon)."""
     region: str = "us-east-1"
     """Region used for request signing and for the default endpoint."""
     prefix: str = "s3batchd/"

@@ -8,12 +8,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from botocore.credentials import Credentials
 from click.testing import CliRunner
 
 from s3batchd.catalog import Catalog, catalog_path
 from s3batchd.cli import main
-from s3batchd.config import load_settings
+from s3batchd.config import Settings, load_settings
 from s3batchd.devenv import DevEnvironment, env_script, write_config, write_env
+from s3batchd.upstream import make_client
 
 #: No credentials anywhere and no instance metadata: nothing can leave 127.0.0.1.
 OFFLINE = {
@@ -120,3 +122,16 @@ def test_get_names_the_catalog_and_endpoint_it_looked_in(tmp_path: Path) -> None
     assert "s3://demo/missing is not in the catalog" in output
     assert str(catalog_path(spool)) in output
     assert "http://127.0.0.1:4567" in output
+
+
+def test_the_daemon_ignores_the_endpoint_env_sh_exports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon started where env.sh was sourced: AWS_ENDPOINT_URL is the daemon itself, so
+    an empty upstream.endpoint_url must still mean AWS, not a loop back to the daemon."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000")
+    settings = Settings()
+    keys = Credentials("key", "secret")
+    client = make_client(settings.upstream, settings.upload, keys)
+    assert client.meta.endpoint_url == "https://s3.us-east-1.amazonaws.com"
+    upstream = settings.upstream.model_copy(update={"endpoint_url": "http://127.0.0.1:4567"})
+    assert make_client(upstream, settings.upload, keys).meta.endpoint_url == upstream.endpoint_url
