@@ -38,11 +38,27 @@ DOCUMENTS = sorted(
 #: Codes the bucket (S3 or SeaweedFS) answers, which the documents quote as its answers
 #: (forwarded to the client, or met by the uploader and the probe), not the daemon's own.
 UPSTREAM_CODES = frozenset(
-    {"NoSuchBucket", "NoSuchUpload", "InvalidBucketName", "ExpiredToken", "BucketAlreadyOwnedByYou"}
+    {
+        "NoSuchBucket",
+        "NoSuchUpload",
+        "InvalidBucketName",
+        "ExpiredToken",
+        "InvalidToken",
+        "BucketAlreadyOwnedByYou",
+    }
 )
 INLINE_CODE = re.compile(r"`([^`\n]+)`")
 FENCE = re.compile(r"^ *```[^\n]*\n(.*?)^ *```", re.MULTILINE | re.DOTALL)
-COMMAND = re.compile(r"(?:^|[\s;|&(`$])s3batchd ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?")
+#: ``s3batchd <command> [<subcommand>]`` where a command line has it: at the start of a line
+#: or code span, after variable assignments, ``$``, ``--``, ``exec``, ``sudo``, a pipe or
+#: ``;``/``&&``, not in words quoted inside code (``used by another s3batchd process``).
+COMMAND = re.compile(
+    r"(?:^\s*|[;|&]\s*|\$\s+|--\s+|\bexec\s+|\bsudo\s+)(?:[A-Z_][A-Z0-9_]*=\S*\s+)*"
+    r"s3batchd ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?",
+    re.MULTILINE,
+)
+#: How the settings quote a key they refuse: documents show it misspelled on purpose.
+REFUSED_KEY = ": Extra inputs are not permitted"
 METRIC = re.compile(r"\bs3batchd_[a-z0-9_]*[a-z0-9]")
 STATUS_CODE = re.compile(r"^[45]\d\d ([A-Z][A-Za-z0-9]+)$")
 ERROR_LIKE = re.compile(
@@ -96,8 +112,10 @@ def unknown_settings(text: str, sections: dict[str, set[str]]) -> set[str]:
     pattern = re.compile(rf"(?<![\w./-])({'|'.join(sections)})\.([a-z_][a-z0-9_]*)(?![\w(-])")
     return {
         f"{section}.{key}"
-        for section, key in pattern.findall(text)
+        for match in pattern.finditer(text)
+        for section, key in [match.groups()]
         if key not in sections[section]
+        and not text.startswith(REFUSED_KEY, match.end())
         and not text_is_file_name(f"{section}.{key}")
         and not module_attribute(section, key)
     }
@@ -149,13 +167,22 @@ def documents() -> dict[str, str]:
 
 def test_the_patterns_find_what_they_should() -> None:
     sections = {"batch": {"linger_ms"}, "spool": {"dir"}}
-    text = "`batch.linger_ms`, batch.lingr, <batch>.tar, spool.dir; `spool.dri`, spool.open()"
+    text = (
+        "`batch.linger_ms`, batch.lingr, <batch>.tar, spool.dir; `spool.dri`, spool.open(), "
+        "`invalid settings: batch.linger: Extra inputs are not permitted`"
+    )
     assert unknown_settings(text, sections) == {"batch.lingr", "spool.dri"}
     text = "run `s3batchd get s3://b/k` or\n```sh\ns3batchd nosuch --x\ns3batchd ls x\n```\n"
     assert unknown_commands(text) == {"s3batchd nosuch"}
     assert unknown_commands("s3batchd does not check it (prose)") == set()
     assert unknown_commands("```sh\nmake run  # s3batchd on port 9000\n```\n") == set()
     assert unknown_commands("`from s3batchd import reader`") == set()
+    assert unknown_commands("`spool.dir: /x is used by another s3batchd process`") == set()
+    text = "```sh\nS3BATCHD_X=1 s3batchd nosuch\nkubectl exec p -- \\\n    s3batchd nope\n```\n"
+    assert unknown_commands(text) == {"s3batchd nosuch", "s3batchd nope"}
+    assert unknown_commands("`sudo -u x s3batchd get s3://b/k | s3batchd typo`") == {
+        "s3batchd typo"
+    }
     text = "`503 SlowDown`, `404 NoSuchThing`, `BadDigestt`, `412 Precondition Failed`, `200 OK`"
     assert unknown_error_codes(text, {"SlowDown", "BadDigest"}) == {"NoSuchThing", "BadDigestt"}
 
