@@ -68,8 +68,8 @@ WORKDIR /var/lib/s3batchd
 
 USER ${UID}:${GID}
 
-# 9000: the S3 API. It listens on 127.0.0.1 only (no authentication; `serve` refuses any other
-#       address), so only containers sharing this container's network namespace reach it: a
+# 9000: the S3 API. It listens on 127.0.0.1 only (auth.mode = "none" by default: `serve` refuses
+#       other addresses unless "sigv4"), so only containers sharing this namespace reach it: a
 #       Kubernetes pod, `network_mode: service:...` in Compose, `docker run --network
 #       container:...`. Publishing it with -p does not work, by design.
 # 9002: the admin listener (/healthz, /readyz, /metrics), 127.0.0.1 by default; set

@@ -24,7 +24,7 @@ $(S3FS_STAMP): tests/s3fs-constraints.txt
 
 install: $(STAMP) $(S3FS_STAMP)  ## create .venv with the daemon, SeaweedFS, aws-cli and the test tools
 
-run: $(STAMP)  ## the daemon in front of an embedded local SeaweedFS (Ctrl-C to stop)
+run: $(STAMP)  ## the daemon in front of an embedded local SeaweedFS; writes .local/env.sh (Ctrl-C to stop)
 	$(BIN)/s3batchd dev --data-dir .local
 
 lint: $(STAMP)

@@ -11,7 +11,13 @@ import click
 from botocore.exceptions import BotoCoreError, ClientError
 
 from s3batchd.catalog import Catalog, CatalogEntry, catalog_path, entries_from_index
-from s3batchd.cliopts import CONFIG_OPTION, ENDPOINT_OPTION, cli_client, settings_or_exit
+from s3batchd.cliopts import (
+    CONFIG_OPTION,
+    ENDPOINT_OPTION,
+    cli_client,
+    endpoint,
+    settings_or_exit,
+)
 from s3batchd.config import Settings
 from s3batchd.objects import read_local
 from s3batchd.reader import Location, ReaderError, get
@@ -31,8 +37,17 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _catalog(settings: Settings) -> Catalog:
-    return Catalog(catalog_path(settings.spool.dir, settings.catalog.path))
+def _catalog_path(settings: Settings) -> Path:
+    return catalog_path(settings.spool.dir, settings.catalog.path)
+
+
+def _configured(settings: Settings) -> bool:
+    """Whether the settings name the catalog's place (else it is ./spool, a default that a
+    command run without S3BATCHD_CONFIG must not create in the working directory)."""
+    return bool(settings.catalog.path) or "dir" in settings.spool.model_fields_set
+
+
+_POINT_AT_DAEMON = "point S3BATCHD_CONFIG (or --config) at the daemon's settings"
 
 
 @click.command("get")
@@ -51,15 +66,22 @@ def get_command(
     """Fetch one object by key through the local catalog (one ranged GET of its tar)."""
     bucket, key = parse_s3_url(url)
     settings = settings_or_exit(config_path)
-    catalog = _catalog(settings)
+    path = _catalog_path(settings)
+    looked = f"looked in the catalog {path}, endpoint {endpoint(settings, endpoint_url) or 'none'}"
+    if not path.is_file():
+        raise click.ClickException(
+            f"{url} is not in the catalog: there is none at {path} ({_POINT_AT_DAEMON}, "
+            "or run `s3batchd reindex s3://BUCKET/PREFIX` with catalog.path set)"
+        )
+    catalog = Catalog(path)
     try:
         entry = catalog.get(bucket, key)
     finally:
         catalog.close()
     if entry is None:
         raise click.ClickException(
-            f"{url} is not in the catalog (written by another host, or older than "
-            "catalog.retention_s): run `s3batchd reindex s3://BUCKET/PREFIX` first"
+            f"{url} is not in the catalog ({looked}): written by another host, or older than "
+            "catalog.retention_s: run `s3batchd reindex s3://BUCKET/PREFIX` first"
         )
     data = _local(settings.spool.dir, entry)
     if data is None:
@@ -102,6 +124,9 @@ def reindex_command(url: str, config_path: Path | None, endpoint_url: str | None
     """Rebuild the catalog from the index objects under s3://BUCKET/PREFIX."""
     bucket, prefix = parse_s3_url(url)
     settings = settings_or_exit(config_path)
+    path = _catalog_path(settings)
+    if not path.is_file() and not _configured(settings):
+        raise click.ClickException(f"no catalog at {path}: {_POINT_AT_DAEMON}, or set catalog.path")
     client = cli_client(settings, endpoint_url)
     try:
         keys = [
@@ -114,7 +139,7 @@ def reindex_command(url: str, config_path: Path | None, endpoint_url: str | None
         ]
     except (ClientError, BotoCoreError) as exc:
         raise click.ClickException(f"cannot list {url}: {exc}") from exc
-    catalog = _catalog(settings)
+    catalog = Catalog(path)
     objects = 0
     try:
         with click.progressbar(keys, label="reading indexes", file=sys.stderr) as progress:

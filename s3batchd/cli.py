@@ -15,6 +15,7 @@ from s3batchd import __version__
 from s3batchd.allocator import limit_arenas
 from s3batchd.catalogcli import get_command, reindex_command
 from s3batchd.config import Settings, is_loopback, load_settings, unknown_variables
+from s3batchd.devenv import DevEnvironment, write_config, write_env
 from s3batchd.errors import ConfigError, S3BatchdError, StartupError
 from s3batchd.logs import setup_logging
 from s3batchd.parkedcli import parked
@@ -216,49 +217,52 @@ def serve_on(
 @click.option("--port", type=int, default=9000, show_default=True, help="Daemon port.")
 @click.option("--bucket", default="demo", show_default=True, help="Bucket created at start.")
 def dev(data_dir: Path, port: int, bucket: str) -> None:
-    """Run a local SeaweedFS and the daemon in front of it (what `make run` does)."""
+    """Run a local SeaweedFS and the daemon in front of it (what `make run` does).
+
+    Writes DATA_DIR/config.toml (the daemon's settings) and DATA_DIR/env.sh (endpoints,
+    credentials, S3BATCHD_CONFIG and PATH for a second shell) at every start."""
     from s3batchd.seaweed import start_local_s3
 
     s3 = start_local_s3(data_dir / "seaweedfs", buckets=(bucket,))
     os.environ["AWS_ACCESS_KEY_ID"] = s3.access_key
     os.environ["AWS_SECRET_ACCESS_KEY"] = s3.secret_key
     try:
-        settings = Settings.model_validate(
-            {
-                "server": {"port": port},
-                "spool": {"dir": data_dir / "spool"},
-                "upstream": {"endpoint_url": s3.endpoint_url},
-            }
+        config = write_config(data_dir, port=port, upstream_url=s3.endpoint_url)
+        settings = _load(config)  # the environment's S3BATCHD_* still win, as for serve
+        daemon_url = f"http://127.0.0.1:{settings.server.port}"
+        env = DevEnvironment(
+            daemon_url=daemon_url,
+            upstream_url=s3.endpoint_url,
+            access_key=s3.access_key,
+            secret_key=s3.secret_key,
+            config=config,
+            bin_dir=Path(sys.executable).parent,
         )
-        _refuse_exposure(settings)
+        env_file = write_env(data_dir, env)
         setup_logging(settings.log)
         _warn_unknown_variables()
-        click.echo(_dev_banner(port, bucket, s3.endpoint_url))
+        click.echo(_dev_banner(env, bucket, env_file))
         status = run(settings)
     finally:
         s3.stop()
     sys.exit(status)
 
 
-def _dev_banner(port: int, bucket: str, upstream: str) -> str:
-    endpoint = f"http://127.0.0.1:{port}"
+def _dev_banner(env: DevEnvironment, bucket: str, env_file: Path) -> str:
     return f"""
-s3batchd listening on {endpoint}  ->  local SeaweedFS S3 at {upstream} (bucket '{bucket}')
+s3batchd listening on {env.daemon_url}
+  in front of a local SeaweedFS S3 at {env.upstream_url} (bucket '{bucket}',
+  access key {env.access_key!r}, secret key {env.secret_key!r})
 
-boto3:
-    import boto3
-    s3 = boto3.client("s3", endpoint_url="{endpoint}", region_name="us-east-1",
-                      aws_access_key_id="any", aws_secret_access_key="any")
-    r = s3.put_object(Bucket="{bucket}", Key="hello.txt", Body=b"hello")
-    print(r["ResponseMetadata"]["HTTPHeaders"]["x-s3batchd-range"])
+In another shell, from this directory:
+    source {env_file}
+    aws s3 cp README.md s3://{bucket}/readme.txt    # through the daemon
+    aws s3 ls s3://{bucket}/                        # read-your-writes
+    s3batchd get s3://{bucket}/readme.txt | head -3 # through the catalog
+    aws --endpoint-url "$UPSTREAM_URL" s3 ls --recursive s3://{bucket}/
+                                                    # the batches, after batch.linger_ms
 
-aws-cli:
-    AWS_ACCESS_KEY_ID=any AWS_SECRET_ACCESS_KEY=any aws --endpoint-url {endpoint} \\
-        s3api put-object --bucket {bucket} --key hello.txt --body README.md
-
-Batches appear in the bucket after batch.linger_ms; list them with:
-    AWS_ACCESS_KEY_ID=s3batchd AWS_SECRET_ACCESS_KEY=s3batchd-local-secret \\
-        aws --endpoint-url {upstream} s3 ls --recursive s3://{bucket}/
+Ctrl-C stops both.
 """
 
 

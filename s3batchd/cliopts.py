@@ -22,7 +22,8 @@ CONFIG_OPTION = click.option(
     help="The daemon's TOML settings (env: S3BATCHD_CONFIG): catalog path and upstream.",
 )
 ENDPOINT_OPTION = click.option(
-    "--endpoint-url", help="S3 endpoint of the bucket (default: upstream.endpoint_url, else AWS)."
+    "--endpoint-url",
+    help="S3 endpoint of the bucket (default: upstream.endpoint_url; one of them is required).",
 )
 
 
@@ -34,9 +35,19 @@ def settings_or_exit(config_path: Path | None) -> Settings:
         raise click.ClickException(str(exc)) from exc
 
 
+def endpoint(settings: Settings, endpoint_url: str | None) -> str:
+    """``--endpoint-url``, else ``upstream.endpoint_url``, else "" (none configured)."""
+    return endpoint_url or settings.upstream.endpoint_url
+
+
 def cli_client(settings: Settings, endpoint_url: str | None) -> S3Client:
-    """A boto3 client for the upstream, optionally at another endpoint."""
-    upstream = settings.upstream
-    if endpoint_url:
-        upstream = upstream.model_copy(update={"endpoint_url": endpoint_url})
+    """A boto3 client for the upstream, optionally at another endpoint. Without one the
+    command stops: a missing S3BATCHD_CONFIG must not quietly send it to AWS instead."""
+    chosen = endpoint(settings, endpoint_url)
+    if not chosen:
+        raise click.ClickException(
+            "no S3 endpoint: set upstream.endpoint_url in the daemon's settings (S3BATCHD_CONFIG "
+            "or --config) or pass --endpoint-url (for AWS itself: https://s3.REGION.amazonaws.com)"
+        )
+    upstream = settings.upstream.model_copy(update={"endpoint_url": chosen})
     return make_client(upstream, settings.upload)

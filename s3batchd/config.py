@@ -110,10 +110,10 @@ class ServerConfig(Section):
     of the quota; they share the catalog, the held multipart uploads and the admin port
     (``/metrics`` gives every worker's samples, labelled ``worker``; ``/readyz`` is ready when
     every worker is). Python runs one request at a time
-    per process: more workers use more cores (2 workers on 2 cores: 1.3x the PUT/s of one,
-    bench/README.md). Each worker has its own socket on the port (SO_REUSEPORT), and one that
-    dies is started again. Lowering it moves the batches of the spools no longer used into
-    worker 0's at the next start."""
+    per process: more workers use more cores (2 workers on 2 cores: 1.32x the PUT/s of one in
+    the full benchmark, 1.63x in bench/workers.py; bench/README.md). Each worker has its own
+    socket on the port (SO_REUSEPORT), and one that dies is started again. Lowering it moves
+    the batches of the spools no longer used into worker 0's at the next start."""
     admin_host: str = "127.0.0.1"
     """Address of the admin listener (``/healthz``, ``/readyz``, ``/metrics``). It serves no
     data, so it may listen on the pod IP (``0.0.0.0``) for kubelet probes and Prometheus while
@@ -192,7 +192,8 @@ class UpstreamConfig(Section):
 
     endpoint_url: str = ""
     """Endpoint URL of the S3 service (AWS or any S3-compatible store); empty means AWS's own
-    endpoint for ``region``."""
+    endpoint for ``region`` (``AWS_ENDPOINT_URL`` and an AWS config file's ``endpoint_url`` are
+    ignored: ``make run``'s env.sh points them at the daemon)."""
     region: str = "us-east-1"
     """Region used for request signing and for the default endpoint."""
     prefix: str = "s3batchd/"

@@ -66,9 +66,10 @@ the spool and choose the batch triggers.
 - Invalid values stop the daemon at start with `invalid settings: <section>.<key>: <reason>`
   (one line on stderr, exit status 2).
 - `s3batchd check-config` validates the settings and prints them as the daemon would use them.
-- `s3batchd dev` (what `make run` runs) does not read a config file: it sets `server.port`,
-  `spool.dir` and `upstream.endpoint_url` itself and takes everything else from the environment
-  and the defaults.
+- `s3batchd dev` (what `make run` runs) ignores `--config` / `S3BATCHD_CONFIG`: it writes
+  `server.port`, `spool.dir` and `upstream.endpoint_url` to `<data dir>/config.toml`, runs with
+  that file plus the environment, and writes `<data dir>/env.sh`, which exports
+  `S3BATCHD_CONFIG` (that file), the endpoints and credentials for a second shell.
 
 Sizes are in bytes (1 KiB = 1,024 bytes, 1 MiB = 1,048,576 bytes, 1 GiB = 1,073,741,824
 bytes); durations carry their unit in the key name (`_ms`, `_s`).

@@ -1,7 +1,8 @@
 """``s3batchd ls`` and ``s3batchd extract``: list and unpack a batch straight from the bucket.
 
 Both read the real bucket (not the daemon) with the upstream settings: ``upstream.endpoint_url``
-(or ``--endpoint-url``) and the AWS default credential chain.
+(or ``--endpoint-url``; without either they stop rather than go to AWS) and the AWS default
+credential chain.
 """
 
 from __future__ import annotations

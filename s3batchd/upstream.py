@@ -67,6 +67,10 @@ def make_client(
         retries={"mode": "standard", "max_attempts": 3},
         max_pool_connections=upload.concurrency * upload.part_concurrency + 4,
         s3={"addressing_style": upstream.addressing_style},
+        # An empty endpoint_url means AWS: not AWS_ENDPOINT_URL, which a shell that sourced
+        # `make run`'s env.sh points at a daemon (possibly this one). botocore >= 1.31 has
+        # the option; botocore-stubs do not list it yet.
+        ignore_configured_endpoint_urls=True,  # type: ignore[call-arg]
     )
     client = upstream_session(credentials).client(
         "s3", endpoint_url=upstream.endpoint_url or None, config=config

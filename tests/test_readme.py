@@ -1,0 +1,202 @@
+"""The documents work as written: their marked examples, pasted in order after ``make run``.
+
+A fenced block whose info string is ``sh run`` or ``python run`` is an example to run. The
+blocks of a document are extracted in order and run in one bash session
+(``set -euo pipefail``) in a fresh directory where ``s3batchd dev --data-dir .local`` (what
+``make run`` runs) serves; ``python run`` blocks go to ``python`` on that shell's PATH (the
+virtual environment's, once ``.local/env.sh`` is sourced), as a reader pasting them into
+``python`` would. Every block must succeed. Blocks that cannot run here (make, docker, kubectl,
+real AWS) stay unmarked. Only the daemon's port differs from the documents' 9000 (the default
+of ``s3batchd dev``), which may be taken on a test machine.
+"""
+
+from __future__ import annotations
+
+import codeop
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from s3batchd.seaweed import free_ports
+from tests.conftest import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+RUN_BLOCK = re.compile(r"^( *)```(sh|python) run\n(.*?)^\1```$", re.MULTILINE | re.DOTALL)
+DOCUMENTED_PORT = "127.0.0.1:9000"
+PY_END = "S3BATCHD_EXAMPLE_END"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One example: where it starts (for messages), its language and its code."""
+
+    line: int
+    language: str
+    code: str
+
+
+def run_blocks(text: str) -> list[Block]:
+    """The ``sh run`` / ``python run`` blocks of a Markdown text, in order, dedented as far as
+    their fence (blocks inside list items are indented)."""
+    found: list[Block] = []
+    for match in RUN_BLOCK.finditer(text):
+        indent = len(match.group(1))
+        lines = match.group(3).splitlines()
+        code = "\n".join(line[indent:] for line in lines) + "\n"
+        found.append(Block(text.count("\n", 0, match.start()) + 1, match.group(2), code))
+    return found
+
+
+def session(document: str, blocks: list[Block], port: int) -> str:
+    """One bash script running ``blocks`` in order, each announced on standard error."""
+    parts = ["set -euo pipefail"]
+    for block in blocks:
+        code = block.code.replace(DOCUMENTED_PORT, f"127.0.0.1:{port}")
+        parts.append(f"echo '>>> {document}:{block.line} ({block.language})' >&2")
+        if block.language == "sh":
+            parts.append(code)
+        else:
+            assert PY_END not in code
+            parts.append(f"python - <<'{PY_END}'\n{code}{PY_END}")
+    return "\n".join(parts) + "\n"
+
+
+@dataclass
+class MakeRun:
+    """``s3batchd dev`` serving in ``directory``."""
+
+    directory: Path
+    port: int
+    env: dict[str, str]
+    output: Path
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeRun]:
+    """What ``make run`` starts, in an empty directory, shared by the documents (the admin
+    listener on a free port, through the environment, which ``s3batchd dev`` and the commands
+    both honour). None of the developer's AWS_* or S3BATCHD_* variables get in."""
+    tmp_path = tmp_path_factory.mktemp("make-run")
+    port, admin_port = free_ports(2)
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("AWS_", "S3BATCHD_"))
+    }
+    env["S3BATCHD_SERVER__ADMIN_PORT"] = str(admin_port)
+    output = tmp_path / "make-run.log"
+    with output.open("wb") as log:
+        process = subprocess.Popen(
+            [str(BIN / "s3batchd"), "dev", "--data-dir", ".local", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: process.poll() is not None or _answers(port), timeout=180)
+        assert process.poll() is None, output.read_text()
+        yield MakeRun(tmp_path, port, env, output)
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C: seal, upload, stop SeaweedFS
+        try:
+            process.wait(120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_document(make_run: MakeRun, document: str) -> str:
+    """Run the marked blocks of ``document``; what the session printed on standard output."""
+    blocks = run_blocks((ROOT / document).read_text(encoding="utf-8"))
+    assert blocks, f"{document} has no `sh run` or `python run` blocks"
+    result = subprocess.run(
+        ["bash", "-c", session(document, blocks, make_run.port)],
+        cwd=make_run.directory,
+        env=make_run.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"a block of {document} failed (the last '>>>' line names it):\n"
+        f"{result.stderr[-6000:]}\n--- stdout ---\n{result.stdout[-3000:]}"
+    )
+    return result.stdout
+
+
+def test_run_blocks_are_found_with_their_lines() -> None:
+    text = "a\n```sh run\necho 1\n```\n\n1. item\n\n   ```python run\n   print(2)\n   ```\n"
+    assert run_blocks(text) == [Block(2, "sh", "echo 1\n"), Block(8, "python", "print(2)\n")]
+    assert run_blocks("```sh\nnot run\n```\n") == []
+
+
+def repl_problem(source: str) -> str | None:
+    """Why pasting ``source`` into Python 3.11's interactive prompt fails, line by line as
+    the prompt compiles it (a statement right after an indented block, without the blank
+    line that ends the block there, is a SyntaxError), or None."""
+    pending: list[str] = []
+    for number, line in enumerate(source.splitlines(), 1):
+        if not pending and not line.strip():
+            continue
+        pending.append(line)
+        try:
+            complete = codeop.compile_command("\n".join(pending), "<stdin>", "single")
+        except SyntaxError as exc:
+            return f"line {number}: {exc.msg}"
+        if complete is not None:
+            pending.clear()
+    return None
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/index-format.md"])
+def test_python_examples_paste_into_the_interactive_prompt(document: str) -> None:
+    blocks = run_blocks((ROOT / document).read_text(encoding="utf-8"))
+    problems = {
+        block.line: repl_problem(block.code) for block in blocks if block.language == "python"
+    }
+    assert {line: problem for line, problem in problems.items() if problem} == {}
+
+
+def test_repl_problem_finds_a_statement_after_a_block() -> None:
+    assert repl_problem("for x in []:\n    pass\nprint(1)\n") is not None
+    assert repl_problem("for x in []:\n    pass\n\nprint(1)\n") is None
+    assert repl_problem("f(\n    1,\n)\nx = 2\n") is None
+
+
+def test_readme_runs_as_written_after_make_run(make_run: MakeRun) -> None:
+    assert shutil.which("curl"), "the README's examples use curl: install it"
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "make run" in text.split("```sh run", 1)[0]
+    assert "source .local/env.sh" in make_run.output.read_text()  # make run says where it is
+    script = "".join(block.code for block in run_blocks(text))
+    for command in ("get", "ls", "extract", "reindex", "status"):
+        assert f"s3batchd {command} " in script or f"s3batchd {command}\n" in script, command
+    printed = run_document(make_run, "README.md")
+    assert "hello, s3batchd" in printed
+    assert "state:" in printed  # s3batchd status
+
+
+def test_index_format_examples_run_after_make_run(make_run: MakeRun) -> None:
+    printed = run_document(make_run, "docs/index-format.md")
+    assert "GETs for 5 objects" in printed  # reader.get_many
+    assert "extracted" in printed  # s3batchd extract
