@@ -250,3 +250,24 @@ def test_a_read_racing_the_seal_finds_the_batch_under_one_of_its_names(
         uploaded=False,
     )
     assert objects.read_local((tmp_path / "spool",), entry, 0, 9) == b"the object"
+
+
+def test_a_corrupt_catalog_is_moved_aside_and_rebuilt_from_the_spool(
+    s3_server: LocalS3, bucket: str, tmp_path: Path
+) -> None:
+    with DaemonProcess(tmp_path, s3_server, batch={"linger_ms": 600_000}) as process:
+        client = process.client()
+        client.put_object(Bucket=bucket, Key="kept", Body=b"in the spool")
+        process.kill()
+        catalog = tmp_path / "spool" / "_catalog" / "catalog.sqlite3"
+        for path in catalog.parent.iterdir():
+            path.unlink()
+        catalog.write_bytes(os.urandom(100_000))
+
+        process.start()
+
+        answer = client.get_object(Bucket=bucket, Key="kept")
+        assert answer["Body"].read() == b"in the spool"
+        [aside] = catalog.parent.glob("catalog.sqlite3.corrupt-*")
+        assert aside.stat().st_size == 100_000
+        assert process.terminate() == 0
