@@ -272,6 +272,39 @@ class Catalog:
                         uploaded=write.uploaded,
                     )
 
+    def replace_batch(
+        self, bucket: str, batch_id: str, tar_key: str, entries: Iterable[IndexEntry]
+    ) -> list[str]:
+        """Make the catalog hold exactly ``entries`` of a recovered batch (none: a quarantined
+        one), in one transaction: rows of members recovery cut off or found damaged go, so
+        their keys are never served from bytes that are not there. Returns those keys."""
+        writes = [CatalogWrite(bucket, batch_id, tar_key, entry, False) for entry in entries]
+        with self._db_lock:
+            self.flush()
+            with self._transaction():
+                before = {
+                    row[0]
+                    for row in self._db.execute(
+                        "SELECT key FROM objects WHERE batch_id = ? AND bucket = ?",
+                        (batch_id, bucket),
+                    )
+                }
+                # All of them first: a key written twice in the batch whose newer member was
+                # lost falls back to the older one (an upsert would keep the newer row).
+                self._db.execute(
+                    "DELETE FROM objects WHERE batch_id = ? AND bucket = ?", (batch_id, bucket)
+                )
+                for write in writes:
+                    self._apply(bucket, batch_id, tar_key, write.entry, uploaded=False)
+                after = {
+                    row[0]
+                    for row in self._db.execute(
+                        "SELECT key FROM objects WHERE batch_id = ? AND bucket = ?",
+                        (batch_id, bucket),
+                    )
+                }
+        return sorted(before - after)
+
     def mark_uploaded(self, batch_id: str) -> None:
         """The batch and its index are in the bucket: read its objects from there."""
         with self._db_lock:

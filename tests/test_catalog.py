@@ -280,3 +280,27 @@ def test_only_the_last_few_corrupt_catalogs_are_kept(tmp_path: Path) -> None:
     kept = _corrupt_copies(path)
     assert len(kept) == CORRUPT_KEPT
     assert kept[-1].read_bytes().startswith(b"not a database %d " % (CORRUPT_KEPT + 2))
+
+
+def test_replace_batch_keeps_exactly_the_recovered_members(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "catalog.sqlite3")
+
+    def entry(key: str, offset: int, mtime: float) -> IndexEntry:
+        return IndexEntry(
+            ObjectRecord(key=key, size=1, md5_hex=EMPTY_MD5, mtime=mtime), key, offset
+        )
+
+    older_a, newer_a, b = entry("a", 512, 1.0), entry("a", 2048, 2.0), entry("b", 4096, 3.0)
+    catalog.put_many("bk", "batch", "tar", [older_a, newer_a, b], uploaded=False)
+    catalog.put_many("bk", "other", "tar2", [entry("c", 512, 1.0)], uploaded=False)
+
+    # Recovery kept only the first member: "a" falls back to it, "b" is gone.
+    assert catalog.replace_batch("bk", "batch", "tar", [older_a]) == ["b"]
+
+    found = catalog.get("bk", "a")
+    assert found is not None and found.offset == 512
+    assert catalog.get("bk", "b") is None
+    assert catalog.get("bk", "c") is not None  # another batch's rows stay
+    assert catalog.replace_batch("bk", "other", "", []) == ["c"]  # quarantined
+    assert catalog.count() == 1
+    catalog.close()
