@@ -13,6 +13,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from s3batchd.catalog import Catalog, CatalogEntry, catalog_path, entries_from_index
 from s3batchd.cliopts import CONFIG_OPTION, ENDPOINT_OPTION, cli_client, settings_or_exit
 from s3batchd.config import Settings
+from s3batchd.errors import CorruptObject
 from s3batchd.objects import read_local
 from s3batchd.reader import Location, ReaderError, get
 from s3batchd.workers import WORKERS_DIR
@@ -61,7 +62,10 @@ def get_command(
             f"{url} is not in the catalog (written by another host, or older than "
             "catalog.retention_s): run `s3batchd reindex s3://BUCKET/PREFIX` first"
         )
-    data = _local(settings.spool.dir, entry)
+    try:
+        data = _local(settings.spool.dir, entry)
+    except CorruptObject as exc:
+        raise click.ClickException(f"cannot read {url}: {exc}") from exc
     if data is None:
         try:
             data = get(cli_client(settings, endpoint_url), _location(entry))
