@@ -2,6 +2,8 @@
 
 SQLite from the standard library, one row per (bucket, key): the latest PUT of a key wins, as
 in S3 (an older record never replaces a newer one, so rebuilding from old batches is safe).
+"Latest" is the larger write stamp (``clock.write_time``, which never goes backwards within a
+daemon), then the larger batch id for two daemons' writes stamped alike.
 Rows expire after ``catalog.retention_s``. The catalog is an index of the spool and of the
 index objects, never the only copy: it is rebuilt from recovered batches at start and from
 index objects by ``s3batchd reindex``. A catalog file found corrupt when opened is moved aside
@@ -84,7 +86,8 @@ ON CONFLICT (bucket, key) DO UPDATE SET
     content_type = excluded.content_type, metadata = excluded.metadata,
     headers = excluded.headers, checksums = excluded.checksums, mtime = excluded.mtime,
     uploaded = excluded.uploaded, etag = excluded.etag
-WHERE excluded.mtime >= objects.mtime
+WHERE excluded.mtime > objects.mtime
+   OR (excluded.mtime = objects.mtime AND excluded.batch_id >= objects.batch_id)
 """
 #: A tombstone hides every object of its key written at or before it, in any order of arrival.
 _TOMBSTONE = """
@@ -360,6 +363,17 @@ class Catalog:
                 (older_than, limit),
             )
             return cursor.rowcount
+
+    def newest_stamp(self) -> float:
+        """The largest write stamp (``mtime``) of any object or tombstone, 0 when none (two
+        lookups in the ``mtime`` indexes)."""
+        with self._db_lock:
+            self.flush()
+            stamps = [
+                self._db.execute(f"SELECT max(mtime) FROM {table}").fetchone()[0]  # noqa: S608  a constant
+                for table in ("objects", "tombstones")
+            ]
+        return max((float(stamp) for stamp in stamps if stamp is not None), default=0.0)
 
     def count(self) -> int:
         """Rows in the catalog."""

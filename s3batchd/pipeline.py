@@ -18,6 +18,7 @@ from s3batchd.batcher import Batcher
 from s3batchd.body import BodyBuffer
 from s3batchd.catalog import FLUSH_DELAY_S, Catalog, CatalogWrite, catalog_path
 from s3batchd.catalogwriter import BUSY_TIMEOUT_S, CatalogWriter
+from s3batchd.clock import observe, write_time
 from s3batchd.concurrency import run_in, run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import InternalError, SpoolError
@@ -212,7 +213,7 @@ class Pipeline:
         ``key``."""
         if self.catalog.get(bucket, key) is None:
             return False
-        record = ObjectRecord(key=key, size=0, md5_hex=EMPTY_MD5, mtime=time.time(), deleted=True)
+        record = ObjectRecord(key=key, size=0, md5_hex=EMPTY_MD5, mtime=write_time(), deleted=True)
         empty = BodyBuffer(memory_limit=0, spill_dir=self.spill_dir)
         entry = await self.batcher.add(
             bucket, record, empty, durability=self.settings.spool.durability
@@ -266,6 +267,9 @@ class Pipeline:
             self._forget_lost(recovery, batch.bucket, batch.batch_id, batch.tar_key, entries)
             await self.uploader.submit(batch)
             self._buckets_seen.add(batch.bucket)
+        # A restart with the system clock behind must not stamp writes older than the ones
+        # the catalog (now holding the recovered batches too) already has.
+        observe(self.catalog.newest_stamp())
         if self.settings.upstream.probe_interval_s > 0:
             self._prober = asyncio.get_running_loop().create_task(self._probe_forever())
             self._prober.add_done_callback(self._prober_done)

@@ -304,3 +304,25 @@ def test_replace_batch_keeps_exactly_the_recovered_members(tmp_path: Path) -> No
     assert catalog.replace_batch("bk", "other", "", []) == ["c"]  # quarantined
     assert catalog.count() == 1
     catalog.close()
+
+
+def test_writes_stamped_alike_are_ordered_by_batch_id_in_any_order_of_arrival(
+    tmp_path: Path,
+) -> None:
+    """Two daemons' writes of a key with the same stamp: the larger batch id wins, whichever
+    is recorded first (a rebuild gives the same answer as the live catalog)."""
+    for order in ((0, 1), (1, 0)):
+        catalog = Catalog(tmp_path / f"catalog-{order[0]}.sqlite3")
+        writes = [
+            ("20261207T000000000Z-hosta-1111-000001", 512),
+            ("20261207T000000000Z-hostb-2222-000001", 1024),
+        ]
+        for index in order:
+            batch_id, offset = writes[index]
+            record = ObjectRecord(key="k", size=1, md5_hex=EMPTY_MD5, mtime=5.0)
+            catalog.put_many(
+                "b", batch_id, "tar", [IndexEntry(record, "k", offset)], uploaded=False
+            )
+        found = catalog.get("b", "k")
+        assert found is not None and found.batch_id == writes[1][0], order
+        catalog.close()

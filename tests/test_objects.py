@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from botocore.exceptions import ClientError
 
-from s3batchd import objects
+from s3batchd import clock, objects
 from s3batchd.catalog import CatalogEntry
 from s3batchd.records import ObjectRecord
 from s3batchd.seaweed import LocalS3
@@ -343,3 +343,37 @@ def test_a_bucket_read_never_serves_bytes_that_do_not_match_the_etag(
         assert _error_of(past_the_cut) == (500, "InternalError")
         beyond = partial(client.get_object, Bucket=bucket, Key="k", Range="bytes=6000-6009")
         assert _error_of(beyond) == (500, "InternalError")
+
+
+def test_the_latest_write_wins_after_the_clock_steps_back(
+    start_daemon: DaemonFactory, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The system clock steps back 5 s (NTP, a resumed VM): the daemon's later writes still win,
+    before and after the upload, and across a restart."""
+    daemon = start_daemon(batch={"linger_ms": 600_000})
+    client = daemon.client()
+    client.put_object(Bucket=bucket, Key="overwritten", Body=b"older")
+    client.put_object(Bucket=bucket, Key="deleted", Body=b"before the delete")
+    client.delete_object(Bucket=bucket, Key="deleted")
+    client.put_object(Bucket=bucket, Key="restarted", Body=b"before the restart")
+    real_time = time.time
+    # In-process daemon: this is its system clock (the test's client signs with it too).
+    monkeypatch.setattr(time, "time", lambda: real_time() - 5.0)
+
+    client.put_object(Bucket=bucket, Key="overwritten", Body=b"newer")
+    client.put_object(Bucket=bucket, Key="deleted", Body=b"after the delete")
+
+    def body(key: str) -> bytes:
+        data: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return data
+
+    assert body("overwritten") == b"newer"
+    assert body("deleted") == b"after the delete"
+    daemon.stop()  # uploads; the catalog remembers the rows
+    monkeypatch.setattr(clock, "_CLOCK", clock.WriteClock())  # as a new process starts
+    daemon = start_daemon(batch={"linger_ms": 600_000})
+    client = daemon.client()
+    assert body("overwritten") == b"newer"
+    assert body("deleted") == b"after the delete"
+    client.put_object(Bucket=bucket, Key="restarted", Body=b"after the restart")
+    assert body("restarted") == b"after the restart"
