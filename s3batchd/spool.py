@@ -343,27 +343,30 @@ def _recover_file(
         logger.warning("ignoring unexpected file in the spool: %s", path)
         return None
     result = scan(path, verify=True)
-    size = path.stat().st_size
-    sealed = path.suffix == SEALED_SUFFIX
-    zeros_after = _zeros_after(path, result.end)
-    if sealed and zeros_after and size >= result.end + len(TAR_END):
-        return _sealed(path, bucket, batch_id, prefix, size, len(result.entries), "recovered")
-    if sealed and not zeros_after:
-        recovery.lost.append(LostObject(bucket, batch_id, _key_of(result.stopped)))
-        logger.error(
-            "sealed batch %s is damaged after byte %d of %d (member %s cut or corrupt): the "
-            "objects after its %d complete members were acknowledged and are lost",
-            path,
-            result.end,
-            size,
-            _key_of(result.stopped) or "with an unreadable header",
-            len(result.entries),
-        )
+    if path.suffix == SEALED_SUFFIX:
+        size = path.stat().st_size
+        if not _zeros_after(path, result.end):
+            _log_sealed_loss(path, result, size)
+            recovery.lost.append(LostObject(bucket, batch_id, _key_of(result.stopped)))
+        elif size >= result.end + len(TAR_END):  # intact: complete members, end marker
+            return _sealed(path, bucket, batch_id, prefix, size, len(result.entries), "recovered")
     if not result.entries:
         if _discard(path, spool_dir):
             recovery.quarantined.append((bucket, batch_id))
         return None
     return _reseal(path, bucket, batch_id, prefix, result)
+
+
+def _log_sealed_loss(path: Path, result: Scan, size: int) -> None:
+    logger.error(
+        "sealed batch %s is damaged after byte %d of %d (member %s cut or corrupt): the "
+        "objects after its %d complete members were acknowledged and are lost",
+        path,
+        result.end,
+        size,
+        _key_of(result.stopped) or "with an unreadable header",
+        len(result.entries),
+    )
 
 
 def _key_of(record: ObjectRecord | None) -> str | None:
