@@ -19,6 +19,7 @@ from s3batchd.cliopts import (
     settings_or_exit,
 )
 from s3batchd.config import Settings
+from s3batchd.errors import CorruptObject
 from s3batchd.objects import read_local
 from s3batchd.reader import Location, ReaderError, get
 from s3batchd.workers import WORKERS_DIR
@@ -83,7 +84,10 @@ def get_command(
             f"{url} is not in the catalog ({looked}): written by another host, or older than "
             "catalog.retention_s: run `s3batchd reindex s3://BUCKET/PREFIX` first"
         )
-    data = _local(settings.spool.dir, entry)
+    try:
+        data = _local(settings.spool.dir, entry)
+    except CorruptObject as exc:
+        raise click.ClickException(f"cannot read {url}: {exc}") from exc
     if data is None:
         try:
             data = get(cli_client(settings, endpoint_url), _location(entry))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 from dataclasses import replace
 from urllib.parse import unquote
 
@@ -14,6 +13,7 @@ from starlette.responses import Response
 
 from s3batchd.body import BodyBuffer
 from s3batchd.catalog import CatalogEntry
+from s3batchd.clock import write_time
 from s3batchd.errors import (
     InternalError,
     InvalidArgument,
@@ -129,7 +129,7 @@ async def copy_object(call: Call) -> Response:
             "without changing the object's metadata, storage class, website redirect location "
             "or encryption attributes."
         )
-    record = replace(entry.record, key=call.target.key, mtime=time.time())
+    record = replace(entry.record, key=call.target.key, mtime=write_time())
     if directive == "REPLACE":
         record = replace(
             record,

@@ -21,6 +21,7 @@ S3BatchdError                      root of everything the daemon raises on purpo
     ├── RequestTimeout (400, a stalled body)
     ├── SlowDown (503, Retry-After)
     └── InternalError (500)
+        └── CorruptObject          stored bytes do not match the object's ETag (never served)
 ```
 """
 
@@ -229,6 +230,11 @@ class SlowDown(S3Error):
 
 class InternalError(S3Error):
     """500, retried by every client."""
+
+
+class CorruptObject(InternalError):
+    """500: the bytes read for an object do not match its length or MD5 (answered instead of
+    the wrong bytes)."""
 
 
 class SignatureDoesNotMatch(S3Error):

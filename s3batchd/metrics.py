@@ -158,6 +158,11 @@ class _PipelineCollector(Collector):
         yield from self._spool(pipeline)
         yield from _parked(pipeline)
         yield from self._savings(stats.records, requests)
+        yield CounterMetricFamily(
+            "s3batchd_recovery_lost_objects",
+            "Acknowledged objects whose bytes start-up recovery did not find (cut or damaged)",
+            value=pipeline.recovery_lost_objects,
+        )
 
     def _spool(self, pipeline: Pipeline) -> Iterator[Metric]:
         yield GaugeMetricFamily(

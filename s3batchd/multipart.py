@@ -26,6 +26,7 @@ from starlette.responses import Response
 
 from s3batchd.body import BodyBuffer
 from s3batchd.checksums import ALGORITHMS, b64, new_hasher
+from s3batchd.clock import write_time
 from s3batchd.concurrency import run_in
 from s3batchd.constants import HEADER_PREFIX, MAX_PART_BYTES, MIN_PART_BYTES
 from s3batchd.copy import batched_source, read_source
@@ -496,7 +497,7 @@ async def _complete_here(
             metadata=metadata_of(headers),
             headers=stored_headers_of(headers),
             checksums=checksums,
-            mtime=time.time(),
+            mtime=write_time(),
             multipart_etag=multipart_etag,
         )
         pipeline = call.pipeline

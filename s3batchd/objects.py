@@ -2,11 +2,18 @@
 
 An object still in the local spool is read from disk; once its batch is uploaded, with one
 ranged GET of the tar. Ranges, conditional headers and checksum mode behave as in S3.
+
+Bytes are verified before any header is sent (bodies are answered from memory): a read from
+the spool hashes the whole member against its recorded MD5 (for a range too, keeping only the
+range); a read from the bucket checks the length it got and, for the whole object, the MD5.
+A mismatch is logged and answered ``500 InternalError`` (``CorruptObject``), never a 200 with
+bytes that do not match the ETag.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import os
 import re
@@ -15,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
@@ -26,6 +33,7 @@ from s3batchd.catalog import Catalog, CatalogEntry
 from s3batchd.concurrency import run_in
 from s3batchd.constants import HEADER_PREFIX
 from s3batchd.errors import (
+    CorruptObject,
     InvalidArgument,
     InvalidRange,
     NoSuchKey,
@@ -158,19 +166,52 @@ async def read_bytes(source: ObjectSource, entry: CatalogEntry, first: int, last
 
     def fetch() -> bytes:
         answer = source.client.get_object(Bucket=entry.bucket, Key=entry.tar_key, Range=byte_range)
-        return answer["Body"].read()
+        data = answer["Body"].read()
+        # Checked here, on the read thread (hashlib lets go of the GIL), not on the loop.
+        if len(data) != last - first + 1:
+            _corrupt(entry, f"{len(data)} bytes read from the bucket for {byte_range}")
+        if first == 0 and last == entry.record.size - 1 and _md5(data) != entry.record.md5_hex:
+            _corrupt(entry, "the bytes read from the bucket do not match its MD5")
+        return data
 
     try:
         return await run_in(source.executor, fetch)
-    except (ClientError, BotoCoreError) as exc:
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+            # The range is inside the object as the catalog knows it: the tar is shorter.
+            _corrupt(entry, f"the tar is shorter than the object's end ({exc})")
         logger.warning("reading s3://%s/%s: %s", entry.bucket, entry.tar_key, exc)
         raise as_s3_error(exc) from exc
+    except BotoCoreError as exc:
+        logger.warning("reading s3://%s/%s: %s", entry.bucket, entry.tar_key, exc)
+        raise as_s3_error(exc) from exc
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _corrupt(entry: CatalogEntry, problem: str) -> NoReturn:
+    """Log a read whose bytes do not match the object and refuse to serve them."""
+    logger.error(
+        "s3://%s/%s (member %s of %s, offset %d, %d bytes): %s; answered 500, not served",
+        entry.bucket,
+        entry.record.key,
+        entry.member,
+        entry.tar_key,
+        entry.offset,
+        entry.record.size,
+        problem,
+    )
+    raise CorruptObject("The object's stored bytes do not match its ETag.")
 
 
 def read_local(
     spool_dirs: tuple[Path, ...], entry: CatalogEntry, first: int, last: int
 ) -> bytes | None:
-    """Bytes ``first..last`` of an object whose batch is still in a spool, else None."""
+    """Bytes ``first..last`` of an object whose batch is still in a spool, else None. The
+    whole member is read and checked against its MD5 (``CorruptObject`` if it does not
+    match: the spool file was damaged after the PUT)."""
     for spool_dir in spool_dirs:
         directory = spool_dir / entry.bucket
         # Open first: sealing renames .open to .tar, so a file missed under its open name was
@@ -182,10 +223,38 @@ def read_local(
             except FileNotFoundError:
                 continue
             try:
-                return os.pread(fd, last - first + 1, entry.offset + first)
+                return _verified_range(fd, entry, first, last)
             finally:
                 os.close(fd)
     return None
+
+
+#: Bytes per read while a member is hashed.
+_READ_CHUNK = 1 << 20
+
+
+def _verified_range(fd: int, entry: CatalogEntry, first: int, last: int) -> bytes:
+    size = entry.record.size
+    if first == 0 and last == size - 1 and size <= _READ_CHUNK:  # the common case: one read
+        data = os.pread(fd, size, entry.offset)
+        if len(data) != size or _md5(data) != entry.record.md5_hex:
+            _corrupt(entry, "the bytes in the spool do not match its MD5")
+        return data
+    digest = hashlib.md5(usedforsecurity=False)
+    kept: list[bytes] = []
+    position = 0
+    while position < size:
+        chunk = os.pread(fd, min(_READ_CHUNK, size - position), entry.offset + position)
+        if not chunk:
+            break
+        digest.update(chunk)
+        end = position + len(chunk)
+        if end > first and position <= last:
+            kept.append(chunk[max(0, first - position) : last + 1 - position])
+        position = end
+    if position != size or digest.hexdigest() != entry.record.md5_hex:
+        _corrupt(entry, "the bytes in the spool do not match its MD5")
+    return b"".join(kept)
 
 
 #: GetObject query parameters that override response headers.

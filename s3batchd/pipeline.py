@@ -18,13 +18,22 @@ from s3batchd.batcher import Batcher
 from s3batchd.body import BodyBuffer
 from s3batchd.catalog import FLUSH_DELAY_S, Catalog, CatalogWrite, catalog_path
 from s3batchd.catalogwriter import BUSY_TIMEOUT_S, CatalogWriter
+from s3batchd.clock import observe, write_time
 from s3batchd.concurrency import run_in, run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import InternalError, SpoolError
 from s3batchd.index import IndexEntry, WriterId
 from s3batchd.objects import ObjectSource
 from s3batchd.records import EMPTY_MD5, ObjectRecord, SealedBatch, SpoolEntry
-from s3batchd.spool import TMP_DIR, batches_on_disk, check_writable, lock_spool, recover, scan
+from s3batchd.spool import (
+    TMP_DIR,
+    Recovery,
+    batches_on_disk,
+    check_writable,
+    lock_spool,
+    recover_all,
+    scan,
+)
 from s3batchd.uploader import ThreadSteps, Uploader, UploadSteps
 from s3batchd.uploadproc import ChildSteps
 from s3batchd.upstream import make_client, probe
@@ -42,6 +51,8 @@ logger = logging.getLogger(__name__)
 QUOTA_HIGH_WATER = 0.9
 #: Sealed batches waiting for upload whose members are kept in memory for their index.
 KEEP_ENTRIES_BATCHES = 4
+#: Keys of objects lost in one recovered batch that are logged one by one.
+LOST_KEYS_LOGGED = 100
 #: How often (at most) expired catalog rows are deleted.
 CATALOG_EXPIRY_INTERVAL_S = 60.0
 
@@ -104,6 +115,8 @@ class Pipeline:
         self.draining = False
         self._lock: BinaryIO | None = None
         self._deadline: float | None = None
+        self.recovery_lost_objects = 0
+        """Acknowledged objects whose bytes start-up recovery did not find."""
         self.upstream_problem: str | None = None
         """What the last upstream probe found wrong (None: reachable, or not probed)."""
         self._prober: asyncio.Task[None] | None = None
@@ -200,7 +213,7 @@ class Pipeline:
         ``key``."""
         if self.catalog.get(bucket, key) is None:
             return False
-        record = ObjectRecord(key=key, size=0, md5_hex=EMPTY_MD5, mtime=time.time(), deleted=True)
+        record = ObjectRecord(key=key, size=0, md5_hex=EMPTY_MD5, mtime=write_time(), deleted=True)
         empty = BodyBuffer(memory_limit=0, spill_dir=self.spill_dir)
         entry = await self.batcher.add(
             bucket, record, empty, durability=self.settings.spool.durability
@@ -252,17 +265,21 @@ class Pipeline:
         # One process per spool: a second one's recovery would truncate the first one's files.
         self._lock = await run_sync(lock_spool, spool_dir)
         await self.uploader.start()
-        leftovers = await run_sync(recover, spool_dir, prefix=self.settings.upstream.prefix)
+        recovery = await run_sync(recover_all, spool_dir, prefix=self.settings.upstream.prefix)
+        leftovers = recovery.batches
         expire_before = self._expiry_due()
         if expire_before is not None:
             self.catalog.expire(expire_before)
+        for bucket, batch_id in recovery.quarantined:
+            self._forget_lost(recovery, bucket, batch_id, "", [])
         for batch in leftovers:
             entries = (await run_sync(scan, batch.path)).entries
-            self.catalog.put_many(
-                batch.bucket, batch.batch_id, batch.tar_key, entries, uploaded=False
-            )
+            self._forget_lost(recovery, batch.bucket, batch.batch_id, batch.tar_key, entries)
             await self.uploader.resume(batch)  # a parked batch stays parked
             self._buckets_seen.add(batch.bucket)
+        # A restart with the system clock behind must not stamp writes older than the ones
+        # the catalog (now holding the recovered batches too) already has.
+        observe(self.catalog.newest_stamp())
         if self.settings.upstream.probe_interval_s > 0:
             self._prober = asyncio.get_running_loop().create_task(self._probe_forever())
             self._prober.add_done_callback(self._prober_done)
@@ -273,6 +290,36 @@ class Pipeline:
             self.settings.spool.durability,
             len(leftovers),
         )
+
+    def _forget_lost(
+        self,
+        recovery: Recovery,
+        bucket: str,
+        batch_id: str,
+        tar_key: str,
+        entries: list[IndexEntry],
+    ) -> None:
+        """Record a recovered batch's objects in the catalog, and stop serving those whose
+        bytes recovery did not find (logged at ERROR and counted: they were acknowledged)."""
+        dropped = self.catalog.replace_batch(bucket, batch_id, tar_key, entries)
+        for key in dropped[:LOST_KEYS_LOGGED]:
+            logger.error(
+                "recovery: s3://%s/%s was acknowledged but its bytes in batch %s are lost; "
+                "it is no longer served",
+                bucket,
+                key,
+                batch_id,
+            )
+        if len(dropped) > LOST_KEYS_LOGGED:
+            logger.error(
+                "recovery: %d more objects of batch %s are lost",
+                len(dropped) - LOST_KEYS_LOGGED,
+                batch_id,
+            )
+        # The catalog knows every acknowledged key (unless it was lost too): the spool alone
+        # knows at most the key of the member it stopped at.
+        in_spool = sum(1 for lost in recovery.lost if lost.batch_id == batch_id)
+        self.recovery_lost_objects += max(len(dropped), in_spool)
 
     async def drain(self) -> bool:
         """Fail readiness, refuse new PUTs, seal open batches and upload them within

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from s3batchd.checksums import (
     decode_content_md5,
     new_hasher,
 )
+from s3batchd.clock import write_time
 from s3batchd.constants import MAX_KEY_BYTES, MAX_USER_METADATA_BYTES
 from s3batchd.errors import (
     BadDigest,
@@ -375,7 +375,7 @@ def build_record(request: PutRequest, digests: Digests, size: int) -> ObjectReco
         metadata=request.metadata,
         headers=request.stored_headers,
         checksums=checksums,
-        mtime=time.time(),
+        mtime=write_time(),
     )
 
 

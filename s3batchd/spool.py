@@ -227,6 +227,9 @@ class Scan:
     end: int
     """Offset just after the last complete member, its zero padding included (beyond the file
     size when a crash cut the padding short: resealing fills it in)."""
+    stopped: ObjectRecord | None = None
+    """The member the scan stopped at because its data was cut short or did not match its
+    MD5 (None: it stopped at the end marker, the end of the file or an unreadable header)."""
 
 
 def scan(path: Path, *, verify: bool = False) -> Scan:
@@ -247,10 +250,12 @@ def scan(path: Path, *, verify: bool = False) -> Scan:
             for info in _members(archive):
                 record = decode_record(info)
                 data_end = info.offset_data + info.size
-                if record is None or data_end > file_size:
+                if record is None:
                     break
-                if verify and not _md5_matches(raw, info.offset_data, record):
-                    break
+                if data_end > file_size or (
+                    verify and not _md5_matches(raw, info.offset_data, record)
+                ):
+                    return Scan(entries, end, record)
                 entries.append(IndexEntry(record=record, member=info.name, offset=info.offset_data))
                 end = info.offset_data + padded(info.size)
         finally:
@@ -283,41 +288,104 @@ def _md5_matches(stream: BinaryIO, offset: int, record: ObjectRecord) -> bool:
     return digest.hexdigest() == record.md5_hex
 
 
+@dataclass(frozen=True, slots=True)
+class LostObject:
+    """An object of a sealed batch (so acknowledged) whose bytes recovery found cut short or
+    damaged."""
+
+    bucket: str
+    batch_id: str
+    key: str | None
+    """None when the member's header itself is unreadable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What ``recover_all`` found."""
+
+    batches: list[SealedBatch]
+    """Batches to upload: sealed as they were, or cut to their complete members and sealed."""
+    lost: list[LostObject]
+    """Members of sealed batches that were cut or damaged (their objects were acknowledged)."""
+    quarantined: list[tuple[str, str]]
+    """(bucket, batch id) of files moved to ``_quarantine/`` (no readable member)."""
+
+
 def recover(spool_dir: Path, *, prefix: str) -> list[SealedBatch]:
+    """The batches of ``recover_all``."""
+    return recover_all(spool_dir, prefix=prefix).batches
+
+
+def recover_all(spool_dir: Path, *, prefix: str) -> Recovery:
     """Make every batch left by an earlier run uploadable.
 
-    Sealed tars are returned as they are. An open file keeps its longest prefix of complete,
-    verified members, is truncated after them and sealed; a file with no readable member is
-    removed if empty and moved to ``_quarantine/`` otherwise.
+    Every file, open or sealed, keeps its longest prefix of complete, MD5-verified members.
+    A sealed tar that ends cleanly after them (end marker, nothing else) is returned as it
+    is; any other file is truncated after them and sealed. A sealed tar's members were all
+    acknowledged, so losing some is logged as an error and reported in ``lost``. A file with
+    no readable member is removed if empty and moved to ``_quarantine/`` otherwise.
     """
-    batches: list[SealedBatch] = []
+    recovery = Recovery([], [], [])
     if not spool_dir.is_dir():
-        return batches
+        return recovery
     for bucket_dir in sorted(p for p in spool_dir.iterdir() if p.is_dir()):
         if bucket_dir.name.startswith("_"):
             continue
         for path in sorted(bucket_dir.iterdir()):
-            batch = _recover_file(path, bucket_dir.name, spool_dir, prefix)
+            batch = _recover_file(path, bucket_dir.name, spool_dir, prefix, recovery)
             if batch is not None:
-                batches.append(batch)
-    return batches
+                recovery.batches.append(batch)
+    return recovery
 
 
-def _recover_file(path: Path, bucket: str, spool_dir: Path, prefix: str) -> SealedBatch | None:
+def _recover_file(
+    path: Path, bucket: str, spool_dir: Path, prefix: str, recovery: Recovery
+) -> SealedBatch | None:
     batch_id = path.name.removesuffix(OPEN_SUFFIX).removesuffix(SEALED_SUFFIX)
     if path.suffix in (UPLOAD_ID_SUFFIX, PARKED_SUFFIX, PARKED_NEW_SUFFIX):
         return None  # read by the uploader before it uploads (or parks) the batch again
     if not is_batch_id(batch_id) or path.suffix not in (OPEN_SUFFIX, SEALED_SUFFIX):
         logger.warning("ignoring unexpected file in the spool: %s", path)
         return None
-    result = scan(path, verify=path.suffix == OPEN_SUFFIX)
-    if not result.entries:
-        _discard(path, spool_dir)
-        return None
+    result = scan(path, verify=True)
     if path.suffix == SEALED_SUFFIX:
         size = path.stat().st_size
-        return _sealed(path, bucket, batch_id, prefix, size, len(result.entries), "recovered")
+        if not _zeros_after(path, result.end):
+            _log_sealed_loss(path, result, size)
+            recovery.lost.append(LostObject(bucket, batch_id, _key_of(result.stopped)))
+        elif size >= result.end + len(TAR_END):  # intact: complete members, end marker
+            return _sealed(path, bucket, batch_id, prefix, size, len(result.entries), "recovered")
+    if not result.entries:
+        if _discard(path, spool_dir):
+            recovery.quarantined.append((bucket, batch_id))
+        return None
     return _reseal(path, bucket, batch_id, prefix, result)
+
+
+def _log_sealed_loss(path: Path, result: Scan, size: int) -> None:
+    logger.error(
+        "sealed batch %s is damaged after byte %d of %d (member %s cut or corrupt): the "
+        "objects after its %d complete members were acknowledged and are lost",
+        path,
+        result.end,
+        size,
+        _key_of(result.stopped) or "with an unreadable header",
+        len(result.entries),
+    )
+
+
+def _key_of(record: ObjectRecord | None) -> str | None:
+    return None if record is None else record.key
+
+
+def _zeros_after(path: Path, end: int) -> bool:
+    """Whether nothing but zeros (an end marker, maybe cut short) follows ``end``."""
+    with path.open("rb") as handle:
+        handle.seek(end)
+        while chunk := handle.read(1 << 16):
+            if chunk.count(0) != len(chunk):
+                return False
+    return True
 
 
 def _reseal(path: Path, bucket: str, batch_id: str, prefix: str, result: Scan) -> SealedBatch:
@@ -333,8 +401,9 @@ def _reseal(path: Path, bucket: str, batch_id: str, prefix: str, result: Scan) -
     finally:
         os.close(fd)
     sealed_path = path.with_suffix(SEALED_SUFFIX)
-    path.rename(sealed_path)
-    fsync_dir(sealed_path.parent)
+    if sealed_path != path:
+        path.rename(sealed_path)
+        fsync_dir(sealed_path.parent)
     total = result.end + len(TAR_END)
     logger.info("recovered %s with %d records", sealed_path, len(result.entries))
     return _sealed(sealed_path, bucket, batch_id, prefix, total, len(result.entries), "recovered")
@@ -355,15 +424,17 @@ def _sealed(
     )
 
 
-def _discard(path: Path, spool_dir: Path) -> None:
+def _discard(path: Path, spool_dir: Path) -> bool:
+    """Remove an empty file (False) or quarantine one with bytes (True)."""
     if path.stat().st_size == 0:
         path.unlink()
-        return
+        return False
     quarantine = spool_dir / QUARANTINE_DIR
     quarantine.mkdir(exist_ok=True)
     target = quarantine / f"{path.parent.name}--{path.name}"
     path.rename(target)
     logger.error("no readable member in %s; moved to %s", path, target)
+    return True
 
 
 def remove(batch: SealedBatch) -> None:

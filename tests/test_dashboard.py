@@ -71,6 +71,7 @@ class FakePipeline:
     uploader: FakeUploader = field(default_factory=FakeUploader)
     batcher: FakeBatcher = field(default_factory=FakeBatcher)
     spool_bytes: int = 4096
+    recovery_lost_objects: int = 0
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,14 @@ import os
 import signal
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from s3batchd import objects
+from s3batchd import clock, objects
 from s3batchd.catalog import CatalogEntry
 from s3batchd.records import ObjectRecord
 from s3batchd.seaweed import LocalS3
@@ -250,3 +251,129 @@ def test_a_read_racing_the_seal_finds_the_batch_under_one_of_its_names(
         uploaded=False,
     )
     assert objects.read_local((tmp_path / "spool",), entry, 0, 9) == b"the object"
+
+
+def test_a_corrupt_catalog_is_moved_aside_and_rebuilt_from_the_spool(
+    s3_server: LocalS3, bucket: str, tmp_path: Path
+) -> None:
+    with DaemonProcess(tmp_path, s3_server, batch={"linger_ms": 600_000}) as process:
+        client = process.client()
+        client.put_object(Bucket=bucket, Key="kept", Body=b"in the spool")
+        process.kill()
+        catalog = tmp_path / "spool" / "_catalog" / "catalog.sqlite3"
+        for path in catalog.parent.iterdir():
+            path.unlink()
+        catalog.write_bytes(os.urandom(100_000))
+
+        process.start()
+
+        answer = client.get_object(Bucket=bucket, Key="kept")
+        assert answer["Body"].read() == b"in the spool"
+        [aside] = catalog.parent.glob("catalog.sqlite3.corrupt-*")
+        assert aside.stat().st_size == 100_000
+        assert process.terminate() == 0
+
+
+def _error_of(call: Any) -> tuple[int, str]:
+    with pytest.raises(ClientError) as caught:
+        call()
+    response = caught.value.response
+    return response["ResponseMetadata"]["HTTPStatusCode"], response["Error"]["Code"]
+
+
+def _flip(path: Path, offset: int) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_spool_read_never_serves_bytes_that_do_not_match_the_etag(
+    start_daemon: DaemonFactory, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon = start_daemon(batch={"linger_ms": 600_000})
+    client = daemon.client(retries={"total_max_attempts": 1})
+    large = os.urandom(3 * 1024 * 1024)  # hashed in several reads
+    puts = {
+        key: client.put_object(Bucket=bucket, Key=key, Body=body)
+        for key, body in (("small", BODY), ("large", large), ("intact", b"intact"))
+    }
+    [spool_file] = (daemon.settings.spool.dir / bucket).iterdir()
+    for key, position in (("small", 5000), ("large", 2_500_000)):
+        offset = int(puts[key]["ResponseMetadata"]["HTTPHeaders"]["x-s3batchd-offset"])
+        _flip(spool_file, offset + position)
+
+    for key in ("small", "large"):
+        whole = partial(client.get_object, Bucket=bucket, Key=key)
+        assert _error_of(whole) == (500, "InternalError")
+        # A range away from the damage is refused too: the object no longer matches its ETag.
+        ranged = partial(client.get_object, Bucket=bucket, Key=key, Range="bytes=0-99")
+        assert _error_of(ranged) == (500, "InternalError")
+    assert client.get_object(Bucket=bucket, Key="intact")["Body"].read() == b"intact"
+    part = client.get_object(Bucket=bucket, Key="intact", Range="bytes=1-3")
+    assert part["Body"].read() == b"nta"
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(f"s3://{bucket}/small" in m and "not served" in m for m in logged), logged
+
+
+@pytest.mark.parametrize("damage", ["flipped-byte", "shorter-tar"])
+def test_a_bucket_read_never_serves_bytes_that_do_not_match_the_etag(
+    start_daemon: DaemonFactory, s3: S3Client, bucket: str, damage: str
+) -> None:
+    daemon = start_daemon(batch={"linger_ms": 600_000})
+    put = daemon.client().put_object(Bucket=bucket, Key="k", Body=BODY)
+    daemon.stop()  # uploads the batch
+    daemon = start_daemon(batch={"linger_ms": 600_000})
+    client = daemon.client(retries={"total_max_attempts": 1})
+    entry = daemon.pipeline.catalog.get(bucket, "k")
+    assert entry is not None and entry.uploaded
+    tar = s3.get_object(Bucket=bucket, Key=entry.tar_key)["Body"].read()
+    offset = int(put["ResponseMetadata"]["HTTPHeaders"]["x-s3batchd-offset"])
+    if damage == "flipped-byte":
+        position = offset + 5000
+        tar = tar[:position] + bytes([tar[position] ^ 0xFF]) + tar[position + 1 :]
+    else:
+        tar = tar[: offset + 5000]
+    s3.put_object(Bucket=bucket, Key=entry.tar_key, Body=tar)
+
+    assert _error_of(lambda: client.get_object(Bucket=bucket, Key="k")) == (500, "InternalError")
+    past_the_cut = partial(client.get_object, Bucket=bucket, Key="k", Range="bytes=4990-5009")
+    if damage == "shorter-tar":
+        assert _error_of(past_the_cut) == (500, "InternalError")
+        beyond = partial(client.get_object, Bucket=bucket, Key="k", Range="bytes=6000-6009")
+        assert _error_of(beyond) == (500, "InternalError")
+
+
+def test_the_latest_write_wins_after_the_clock_steps_back(
+    start_daemon: DaemonFactory, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The system clock steps back 5 s (NTP, a resumed VM): the daemon's later writes still win,
+    before and after the upload, and across a restart."""
+    daemon = start_daemon(batch={"linger_ms": 600_000})
+    client = daemon.client()
+    client.put_object(Bucket=bucket, Key="overwritten", Body=b"older")
+    client.put_object(Bucket=bucket, Key="deleted", Body=b"before the delete")
+    client.delete_object(Bucket=bucket, Key="deleted")
+    client.put_object(Bucket=bucket, Key="restarted", Body=b"before the restart")
+    real_time = time.time
+    # In-process daemon: this is its system clock (the test's client signs with it too).
+    monkeypatch.setattr(time, "time", lambda: real_time() - 5.0)
+
+    client.put_object(Bucket=bucket, Key="overwritten", Body=b"newer")
+    client.put_object(Bucket=bucket, Key="deleted", Body=b"after the delete")
+
+    def body(key: str) -> bytes:
+        data: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return data
+
+    assert body("overwritten") == b"newer"
+    assert body("deleted") == b"after the delete"
+    daemon.stop()  # uploads; the catalog remembers the rows
+    monkeypatch.setattr(clock, "_CLOCK", clock.WriteClock())  # as a new process starts
+    daemon = start_daemon(batch={"linger_ms": 600_000})
+    client = daemon.client()
+    assert body("overwritten") == b"newer"
+    assert body("deleted") == b"after the delete"
+    client.put_object(Bucket=bucket, Key="restarted", Body=b"after the restart")
+    assert body("restarted") == b"after the restart"

@@ -24,6 +24,7 @@ from s3batchd.spool import (
     SpoolFile,
     check_writable,
     recover,
+    recover_all,
     remove,
     scan,
 )
@@ -596,3 +597,77 @@ def test_check_writable(tmp_path: Path) -> None:
     blocker.write_bytes(b"")
     with pytest.raises(SpoolError, match="not writable"):
         check_writable(blocker / "spool")
+
+
+def sealed_spool(tmp_path: Path, members: list[tuple[str, bytes]]) -> tuple[Path, list[int]]:
+    """A sealed tar of ``members`` and the end of each member."""
+    spool = new_spool(tmp_path)
+    written = fill(spool, members, tmp_path)
+    spool.write_end()
+    sealed = spool.finish("linger")
+    return sealed.path, [entry.end for _, entry in written]
+
+
+@pytest.mark.parametrize("inside", ["header", "data", "padding", "end-marker"])
+def test_a_truncated_sealed_tar_is_cut_to_its_last_complete_member(
+    tmp_path: Path, inside: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    members = [("first", payload(700, 1)), ("second", payload(1500, 2)), ("lost", payload(2000, 3))]
+    path, ends = sealed_spool(tmp_path, members)
+    last_start = ends[1]
+    cut = {
+        "header": last_start + 700,
+        "data": ends[2] - 512 - 100,
+        "padding": ends[2] - 10,
+        "end-marker": ends[2] + 600,
+    }[inside]
+    with path.open("r+b") as f:
+        f.truncate(cut)
+    survivors = 3 if inside in ("padding", "end-marker") else 2
+    caplog.set_level(logging.INFO, logger="s3batchd.spool")
+
+    recovery = recover_all(tmp_path, prefix=PREFIX)
+
+    [batch] = recovery.batches
+    assert batch.path == path
+    assert batch.records == survivors
+    assert batch.size == path.stat().st_size == ends[survivors - 1] + len(TAR_END)
+    assert [data for _, data in listed(path)] == [data for _, data in members[:survivors]]
+    assert len(gnu_tar_lists(path)) == survivors
+    if survivors == 3:
+        assert recovery.lost == []
+        return
+    [lost] = recovery.lost
+    # A header cut short names no key (the catalog still knows it: the pipeline's part).
+    assert (lost.bucket, lost.batch_id) == (BUCKET, BATCH_ID)
+    assert lost.key == (None if inside == "header" else "lost")
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(BATCH_ID in message and "lost" in message for message in errors), errors
+
+
+def test_a_sealed_tar_with_a_corrupt_member_keeps_the_members_before_it(tmp_path: Path) -> None:
+    members = [(f"k{i}", payload(600, i)) for i in range(4)]
+    path, ends = sealed_spool(tmp_path, members)
+    with path.open("r+b") as f:
+        f.seek(ends[1] - 512 + 3)  # inside k1's data
+        f.write(b"X")
+
+    recovery = recover_all(tmp_path, prefix=PREFIX)
+
+    [batch] = recovery.batches
+    assert batch.records == 1
+    assert [data for _, data in listed(path)] == [members[0][1]]
+    assert [lost.key for lost in recovery.lost] == ["k1"]
+
+
+def test_an_unreadable_sealed_tar_is_quarantined_not_uploaded(tmp_path: Path) -> None:
+    path, _ = sealed_spool(tmp_path, [("only", payload(900, 1))])
+    with path.open("r+b") as f:
+        f.truncate(700)  # inside the only member's header
+
+    recovery = recover_all(tmp_path, prefix=PREFIX)
+
+    assert recovery.batches == []
+    assert not path.exists()
+    assert (tmp_path / QUARANTINE_DIR / f"{BUCKET}--{BATCH_ID}.tar").stat().st_size == 700
+    assert recovery.quarantined == [(BUCKET, BATCH_ID)]
