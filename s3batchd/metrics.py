@@ -120,6 +120,7 @@ class _PipelineCollector(Collector):
         )
         yield from self._spool(pipeline)
         yield from self._savings(stats.records, requests)
+        yield from self._health(pipeline)
 
     def _spool(self, pipeline: Pipeline) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -169,3 +170,12 @@ class _PipelineCollector(Collector):
             "put_requests_avoided x metrics.put_price_per_1000_usd / 1000",
             value=avoided * self._price / 1000,
         )
+
+    def _health(self, pipeline: Pipeline) -> Iterator[Metric]:
+        if pipeline.upstream_up is not None:  # absent until a probe or an upload says
+            yield GaugeMetricFamily(
+                "s3batchd_upstream_up",
+                "1 if the last upstream probe round or upload attempt reached S3, else 0 "
+                "(a retriable failure: refused or timed-out connection, 5xx, throttling)",
+                value=int(pipeline.upstream_up),
+            )

@@ -485,6 +485,7 @@ class Uploader:
         self._idle.set()
         self.last_error: str | None = None
         self.died: BaseException | None = None
+        self.note_upstream: Callable[[bool], None] = lambda ok: None  # an attempt reached S3?
 
     async def start(self) -> None:
         """Start the upload workers (idempotent)."""
@@ -574,6 +575,7 @@ class Uploader:
     def _note_failure(self, batch: SealedBatch, exc: UploadError, attempt: int) -> None:
         self.stats.retries += 1
         self.last_error = str(exc)
+        self.note_upstream(not exc.retriable)  # a refusal is an answer; retriable: S3 failing
         log = logger.warning if exc.retriable else logger.error
         log("upload of %s failed (attempt %d), will retry: %s", batch.batch_id, attempt + 1, exc)
 

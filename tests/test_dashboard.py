@@ -67,6 +67,7 @@ class FakePipeline:
     uploader: FakeUploader = field(default_factory=FakeUploader)
     batcher: FakeBatcher = field(default_factory=FakeBatcher)
     spool_bytes: int = 4096
+    upstream_up: bool | None = True
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,149 @@
+"""What ``/readyz`` promises: "can take writes". Upstream and per-bucket problems are warnings
+(and metrics), never a reason to take the pod out of its Services; a stranded batch is."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from s3batchd.seaweed import LocalS3, free_ports
+from tests.batches import indexed_objects
+from tests.conftest import DaemonFactory, wait_for
+from tests.faultproxy import FaultProxy
+from tests.test_metrics import scrape
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+def readyz(admin_url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(admin_url + "/readyz", timeout=10) as answer:  # noqa: S310
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def warned_or_unready(admin_url: str, text: str) -> bool:
+    status, body = readyz(admin_url)
+    return status != 200 or text in " ".join(body.get("warnings", []))
+
+
+@pytest.fixture
+def proxy(s3_server: LocalS3) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(int(s3_server.endpoint_url.rsplit(":", 1)[1])).start()
+    yield proxy
+    proxy.stop()
+
+
+def test_an_upstream_refusing_connections_is_a_warning(start_daemon: DaemonFactory) -> None:
+    closed = free_ports(1)[0]  # nothing listens there: connections are refused
+    daemon = start_daemon(
+        upstream={
+            "endpoint_url": f"http://127.0.0.1:{closed}",
+            "probe_interval_s": 0.2,
+            "probe_buckets": ["probed"],
+            "connect_timeout_s": 1,
+        }
+    )
+    wait_for(lambda: warned_or_unready(daemon.admin_url, "s3://probed"))
+    status, body = readyz(daemon.admin_url)
+    assert status == 200, body
+    assert body["status"] == "ready"
+    assert "reasons" not in body
+    [warning] = body["warnings"]
+    assert warning.startswith("upstream unreachable: s3://probed"), warning
+    wait_for(lambda: scrape(daemon.admin_url).get(("s3batchd_upstream_up", ())) == 0)
+
+
+def test_failing_uploads_are_a_warning_and_the_batch_still_goes_up(
+    start_daemon: DaemonFactory, proxy: FaultProxy, s3: S3Client, bucket: str
+) -> None:
+    daemon = start_daemon(
+        upstream={"endpoint_url": proxy.url, "probe_interval_s": 0},
+        batch={"linger_ms": 50},
+    )
+    client = daemon.client()
+    client.put_object(Bucket=bucket, Key="first", Body=b"uploaded")
+    wait_for(lambda: indexed_objects(s3, bucket) == 1)
+    proxy.set("reset", only_method="PUT")
+    client.put_object(Bucket=bucket, Key="second", Body=b"kept in the spool")
+    wait_for(lambda: warned_or_unready(daemon.admin_url, "upstream failing"))
+    status, body = readyz(daemon.admin_url)
+    assert status == 200, body
+    assert any(w.startswith("upstream failing: ") for w in body["warnings"]), body
+    wait_for(lambda: scrape(daemon.admin_url).get(("s3batchd_upstream_up", ())) == 0)
+    proxy.set("pass")
+    wait_for(lambda: indexed_objects(s3, bucket) == 2)
+    wait_for(lambda: readyz(daemon.admin_url) == (200, {"status": "ready"}))
+    assert scrape(daemon.admin_url)[("s3batchd_upstream_up", ())] == 1
+
+
+def test_a_stalled_upstream_is_noticed_within_the_probe_timeout(
+    start_daemon: DaemonFactory, proxy: FaultProxy
+) -> None:
+    proxy.set("blackhole", only_method="GET")  # connections accepted, GETs never answered
+    daemon = start_daemon(
+        upstream={
+            "endpoint_url": proxy.url,
+            "probe_interval_s": 0.2,
+            "probe_buckets": ["stalled"],
+            "read_timeout_s": 60,  # uploads may wait this long; the probe does not
+        }
+    )
+    # Within the wait: a probe with the uploads' timeouts would take 3 x 60 s to give up.
+    wait_for(lambda: warned_or_unready(daemon.admin_url, "s3://stalled"), timeout=30)
+    status, body = readyz(daemon.admin_url)
+    assert status == 200, body
+    assert "s3://stalled" in body["warnings"][0]
+
+
+def probed_buckets(proxy: FaultProxy) -> set[str]:
+    """Buckets the daemon's probe asked about (GETs of the probe key)."""
+    found = set()
+    for line in proxy.request_lines:
+        match = re.match(r"GET /([^/]+)/\S*\.s3batchd-probe ", line)
+        if match:
+            found.add(match.group(1))
+    return found
+
+
+def test_the_probe_asks_a_bounded_set_of_recently_written_buckets(
+    start_daemon: DaemonFactory, proxy: FaultProxy, s3: S3Client
+) -> None:
+    buckets = [f"t-{secrets.token_hex(6)}" for _ in range(25)]
+    for name in buckets:
+        s3.create_bucket(Bucket=name)
+    daemon = start_daemon(
+        upstream={"endpoint_url": proxy.url, "probe_interval_s": 0.1},
+        batch={"linger_ms": 50},
+    )
+    client = daemon.client()
+    for name in buckets:  # one small PUT to each: today every one is probed, forever
+        client.put_object(Bucket=name, Key="k", Body=b"x")
+    wait_for(lambda: daemon.pipeline.uploader.pending == 0 and not daemon.pipeline.spool_bytes)
+    proxy.request_lines.clear()
+    # Enough probe GETs for every bucket to have been asked about twice if all were probed.
+    wait_for(lambda: sum(".s3batchd-probe " in line for line in proxy.request_lines) >= 50)
+    probed = probed_buckets(proxy)
+    assert len(probed) <= 10, sorted(probed)  # upstream.probe_max_buckets
+    assert probed <= set(buckets[-10:])  # the most recently written ones
+
+
+def test_buckets_not_written_for_a_while_are_no_longer_probed(
+    start_daemon: DaemonFactory, s3: S3Client, bucket: str
+) -> None:
+    daemon = start_daemon(
+        upstream={"probe_interval_s": 0.1, "probe_forget_s": 1, "probe_buckets": ["configured"]},
+        batch={"linger_ms": 50},
+    )
+    daemon.client().put_object(Bucket=bucket, Key="k", Body=b"x")
+    wait_for(lambda: bucket in daemon.pipeline.probed_buckets())
+    wait_for(lambda: daemon.pipeline.probed_buckets() == ["configured"])
