@@ -172,6 +172,12 @@ class _PipelineCollector(Collector):
         )
 
     def _health(self, pipeline: Pipeline) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "s3batchd_stranded_batches",
+            "Batches whose seal failed, kept as .open files and sealed again until it works "
+            "(/readyz fails meanwhile)",
+            value=len(pipeline.batcher.stranded),
+        )
         if pipeline.upstream_up is not None:  # absent until a probe or an upload says
             yield GaugeMetricFamily(
                 "s3batchd_upstream_up",

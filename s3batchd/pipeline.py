@@ -333,8 +333,8 @@ class Pipeline:
 
     async def not_ready_reasons(self) -> list[str]:
         """Why this daemon cannot take writes now (empty when it can): draining, the spool
-        not writable or near its quota, the upload workers dead. Upstream and bucket problems
-        are ``warnings()``: the spool absorbs them."""
+        not writable or near its quota, the upload workers dead, a batch stranded. Upstream
+        and bucket problems are ``warnings()``: the spool absorbs them."""
         reasons = []
         if self.draining:
             reasons.append("draining")
@@ -346,6 +346,10 @@ class Pipeline:
             reasons.append(str(exc))
         if self.uploader.died is not None:
             reasons.append(f"upload worker died: {self.uploader.died}")
+        reasons.extend(
+            f"batch {s.batch_id} stranded in {s.path.parent}: its seal failed ({s.error}); retrying"
+            for s in list(self.batcher.stranded.values())
+        )
         return reasons
 
     def warnings(self) -> list[str]:

@@ -298,6 +298,24 @@ def recover(spool_dir: Path, *, prefix: str) -> list[SealedBatch]:
     return batches
 
 
+def reseal_stranded(path: Path, *, bucket: str, spool_dir: Path, prefix: str) -> SealedBatch | None:
+    """Seal the ``.open`` file of a batch whose seal failed, as start-up recovery would: its
+    complete, verified members, truncated after them. A rename that went through before the
+    failure left the ``.tar``, returned as it is; None when nothing is left to upload.
+
+    Raises:
+        OSError: the spool still refuses (the caller tries again later).
+    """
+    sealed_path = path.with_suffix(SEALED_SUFFIX)
+    if not path.exists() and sealed_path.exists():
+        fsync_dir(sealed_path.parent)  # the rename may not be durable yet
+        path = sealed_path
+    elif not path.exists():
+        logger.error("stranded batch %s is gone; nothing to seal", path)
+        return None
+    return _recover_file(path, bucket, spool_dir, prefix)
+
+
 def _recover_file(path: Path, bucket: str, spool_dir: Path, prefix: str) -> SealedBatch | None:
     batch_id = path.name.removesuffix(OPEN_SUFFIX).removesuffix(SEALED_SUFFIX)
     if path.suffix == UPLOAD_ID_SUFFIX:

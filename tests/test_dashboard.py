@@ -52,6 +52,7 @@ class FakeBatcher:
     sealed_by_reason: dict[str, int] = field(default_factory=lambda: {"linger": 2, "bytes": 1})
     open_batches: int = 1
     open_batch_ids: list[str] = field(default_factory=list)
+    stranded: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass

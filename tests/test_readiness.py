@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -147,3 +151,43 @@ def test_buckets_not_written_for_a_while_are_no_longer_probed(
     daemon.client().put_object(Bucket=bucket, Key="k", Body=b"x")
     wait_for(lambda: bucket in daemon.pipeline.probed_buckets())
     wait_for(lambda: daemon.pipeline.probed_buckets() == ["configured"])
+
+
+@contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """``directory`` takes no new, renamed or removed entries, also for root (tests run as
+    root in CI, where a mode of 0555 stops nobody): the immutable attribute as root, the mode
+    otherwise."""
+    as_root = os.geteuid() == 0
+    if as_root:
+        subprocess.run(["chattr", "+i", str(directory)], check=True)
+    else:
+        directory.chmod(0o555)
+    try:
+        yield
+    finally:
+        if as_root:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        else:
+            directory.chmod(0o755)
+
+
+def test_a_seal_that_failed_is_retried_without_a_restart(
+    start_daemon: DaemonFactory, s3: S3Client, bucket: str
+) -> None:
+    daemon = start_daemon(batch={"linger_ms": 600_000, "max_records": 2})
+    client = daemon.client()
+    client.put_object(Bucket=bucket, Key="one", Body=b"first")
+    bucket_dir = daemon.settings.spool.dir / bucket
+    with read_only(bucket_dir):
+        client.put_object(Bucket=bucket, Key="two", Body=b"second")  # seals: rename refused
+        wait_for(lambda: readyz(daemon.admin_url)[0] == 503)
+        body = readyz(daemon.admin_url)[1]
+        [reason] = body["reasons"]
+        [open_file] = bucket_dir.glob("*.open")
+        assert reason.startswith(f"batch {open_file.stem} stranded"), reason
+        assert scrape(daemon.admin_url)[("s3batchd_stranded_batches", ())] == 1
+    wait_for(lambda: indexed_objects(s3, bucket) == 2)
+    wait_for(lambda: readyz(daemon.admin_url) == (200, {"status": "ready"}))
+    assert scrape(daemon.admin_url)[("s3batchd_stranded_batches", ())] == 0
+    assert not list(bucket_dir.iterdir())
