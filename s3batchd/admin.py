@@ -49,7 +49,11 @@ async def readyz(request: Request) -> JSONResponse:
 
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition: with several workers, every worker's samples (labelled
-    ``worker``) unless ``?scope=worker`` asks for this worker's own."""
+    ``worker``) unless ``?scope=worker`` asks for this worker's own. Readiness is evaluated
+    first, for ``s3batchd_ready``."""
+    pipeline = _pipeline(request)
+    if pipeline is not None:
+        await pipeline.not_ready_reasons()
     own = generate_latest(request.app.state.metrics.registry)
     peers: Peers | None = request.app.state.admin_peers
     if peers is not None and request.query_params.get("scope") != WORKER_SCOPE:

@@ -172,6 +172,12 @@ class _PipelineCollector(Collector):
         )
 
     def _health(self, pipeline: Pipeline) -> Iterator[Metric]:
+        if pipeline.last_reasons is not None:
+            yield GaugeMetricFamily(
+                "s3batchd_ready",
+                "1 if this process can take writes (/readyz?scope=worker is 200), else 0",
+                value=int(not pipeline.last_reasons),
+            )
         yield GaugeMetricFamily(
             "s3batchd_stranded_batches",
             "Batches whose seal failed, kept as .open files and sealed again until it works "

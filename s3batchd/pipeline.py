@@ -105,6 +105,8 @@ class Pipeline:
         self.draining = False
         self._lock: BinaryIO | None = None
         self._deadline: float | None = None
+        self.last_reasons: list[str] | None = None
+        """What the last ``not_ready_reasons()`` found (None: not asked yet)."""
         self.upstream_up: bool | None = None
         """Whether the last probe round or upload attempt reached S3 (None: neither yet)."""
         probe_client = partial(
@@ -350,6 +352,7 @@ class Pipeline:
             f"batch {s.batch_id} stranded in {s.path.parent}: its seal failed ({s.error}); retrying"
             for s in list(self.batcher.stranded.values())
         )
+        self.last_reasons = reasons
         return reasons
 
     def warnings(self) -> list[str]:

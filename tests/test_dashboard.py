@@ -69,6 +69,7 @@ class FakePipeline:
     batcher: FakeBatcher = field(default_factory=FakeBatcher)
     spool_bytes: int = 4096
     upstream_up: bool | None = True
+    last_reasons: list[str] | None = field(default_factory=list)
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +82,13 @@ def dashboard() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def exposed(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     """Every sample name the daemon's /metrics can carry."""
+    return exposed_names(tmp_path_factory.mktemp("spool"))
+
+
+def exposed_names(spool_dir: Path) -> set[str]:
+    """Every sample name the daemon's /metrics can carry (``spool_dir``: an empty spool)."""
     metrics = Metrics(put_price_per_1000_usd=0.005)
-    spool = SpoolConfig(dir=tmp_path_factory.mktemp("spool"))
+    spool = SpoolConfig(dir=spool_dir)
     metrics.watch(cast("Pipeline", FakePipeline(settings=FakeSettings(spool=spool))))
     metrics.requests.labels("PutObject", "200").inc()
     text = generate_latest(metrics.registry).decode()

@@ -186,8 +186,12 @@ def test_a_seal_that_failed_is_retried_without_a_restart(
         [reason] = body["reasons"]
         [open_file] = bucket_dir.glob("*.open")
         assert reason.startswith(f"batch {open_file.stem} stranded"), reason
-        assert scrape(daemon.admin_url)[("s3batchd_stranded_batches", ())] == 1
+        metrics = scrape(daemon.admin_url)
+        assert metrics[("s3batchd_stranded_batches", ())] == 1
+        assert metrics[("s3batchd_ready", ())] == 0
     wait_for(lambda: indexed_objects(s3, bucket) == 2)
     wait_for(lambda: readyz(daemon.admin_url) == (200, {"status": "ready"}))
-    assert scrape(daemon.admin_url)[("s3batchd_stranded_batches", ())] == 0
+    metrics = scrape(daemon.admin_url)
+    assert metrics[("s3batchd_stranded_batches", ())] == 0
+    assert metrics[("s3batchd_ready", ())] == 1
     assert not list(bucket_dir.iterdir())
