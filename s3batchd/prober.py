@@ -90,8 +90,8 @@ class Prober:
 
     async def round(self) -> list[str]:
         """Check every target once; remember and return the warnings (empty if fine)."""
-        if self._client is None:
-            self._client = self._client_factory()
+        if self._client is None:  # made on the probe's thread: it reads files, ~50 ms
+            self._client = await run_in(self._executor, self._client_factory)
         results: list[ProbeResult] = []
         for bucket in self.targets():
             probe = partial(check, self._client, bucket, self.config.prefix)

@@ -20,6 +20,7 @@ import pytest
 from s3batchd.seaweed import LocalS3, free_ports
 from tests.batches import indexed_objects
 from tests.conftest import DaemonFactory, wait_for
+from tests.daemon_process import DaemonProcess
 from tests.faultproxy import FaultProxy
 from tests.test_metrics import scrape
 
@@ -195,3 +196,35 @@ def test_a_seal_that_failed_is_retried_without_a_restart(
     assert metrics[("s3batchd_stranded_batches", ())] == 0
     assert metrics[("s3batchd_ready", ())] == 1
     assert not list(bucket_dir.iterdir())
+
+
+def test_every_workers_warnings_are_listed_and_the_daemon_stays_ready(
+    tmp_path: Path, s3_server: LocalS3
+) -> None:
+    closed = free_ports(1)[0]
+    daemon = DaemonProcess(
+        tmp_path,
+        s3_server,
+        server={"workers": 2},
+        upstream={
+            "endpoint_url": f"http://127.0.0.1:{closed}",
+            "probe_interval_s": 0.2,
+            "probe_buckets": ["probed"],
+            "connect_timeout_s": 1,
+        },
+    )
+    with daemon:
+        admin = f"http://127.0.0.1:{daemon.admin_port}"
+        wait_for(lambda: daemon.log().count("Application startup complete") == 2)
+        wait_for(lambda: len(readyz(admin)[1].get("warnings", [])) == 2)
+        status, body = readyz(admin)
+        assert status == 200, body
+        assert sorted(w[: len("worker 0: ")] for w in body["warnings"]) == [
+            "worker 0: ",
+            "worker 1: ",
+        ]
+        assert all("upstream unreachable: s3://probed" in w for w in body["warnings"]), body
+        with urllib.request.urlopen(admin + "/readyz?scope=worker", timeout=10) as answer:  # noqa: S310
+            [own] = json.loads(answer.read())["warnings"]
+        assert own.startswith("upstream unreachable: s3://probed"), own  # this worker's own
+        assert daemon.terminate() == 0
