@@ -195,9 +195,9 @@ class Batcher:
         except (S3BatchdError, OSError) as exc:
             # The file stays as <id>.open, keeping what was durable: sealed by a retry (or by
             # start-up recovery, if the daemon stops first).
+            # Writers waiting for its upload (durability ``upload``) keep waiting for it.
             logger.exception("cannot reseal %s; retrying", spool.path)
             await run_sync(spool.close)
-            self._fail_upload_waiters(spool.batch_id, InternalError("The batch was not stored."))
             self._strand(spool, exc)
             return
         if sealed is None:
@@ -231,7 +231,9 @@ class Batcher:
                 self.stranded[stranded.batch_id] = replace(stranded, error=str(exc))
                 pause = min(pause * 2, STRANDED_RETRY_MAX_S)
         try:
-            if sealed is not None:
+            if sealed is None:
+                self._fail_upload_waiters(stranded.batch_id, InternalError("Nothing was stored."))
+            else:
                 logger.info("sealed stranded batch %s: %d records", sealed.batch_id, sealed.records)
                 self.sealed_by_reason["stranded"] = self.sealed_by_reason.get("stranded", 0) + 1
                 await self._sink.submit(sealed)

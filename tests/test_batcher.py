@@ -503,3 +503,26 @@ async def test_a_batch_stranded_at_shutdown_is_left_to_start_up_recovery(tmp_pat
     [recovered] = recover(tmp_path / "spool", prefix="p/")
     assert keys_in(recovered) == ["a", "b"]
     assert sink.batches == []
+
+
+async def test_a_writer_waiting_for_the_upload_of_a_stranded_batch_gets_it(
+    tmp_path: Path,
+) -> None:
+    sink = FakeSink()
+    batcher = make_batcher(tmp_path, sink, max_records=2)
+    await put(batcher, "a", b"one", tmp_path)
+    body = BodyBuffer(memory_limit=1024 * KB, spill_dir=tmp_path / "bodies")
+    body.write(b"two")
+    with read_only(tmp_path / "spool" / "bkt"):
+        waiting = asyncio.ensure_future(
+            batcher.add("bkt", make_record("b", b"two"), body, durability="upload")
+        )
+        await wait_stranded(batcher)
+        assert not waiting.done()
+    await sink.wait_for(1)
+    batcher.mark_uploaded(sink.batches[0].batch_id)
+    with anyio.fail_after(10):
+        entry = await waiting  # acknowledged once uploaded, not failed on the way
+    assert entry.batch_id == sink.batches[0].batch_id
+    body.close()
+    await batcher.close()
