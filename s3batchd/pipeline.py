@@ -106,6 +106,8 @@ class Pipeline:
         self._lock: BinaryIO | None = None
         self._deadline: float | None = None
         self.last_reasons: list[str] | None = None
+        self._checking_spool = asyncio.Lock()
+        """One spool check at a time: /readyz and /metrics both check, through one file."""
         """What the last ``not_ready_reasons()`` found (None: not asked yet)."""
         self.upstream_up: bool | None = None
         """Whether the last probe round or upload attempt reached S3 (None: neither yet)."""
@@ -343,7 +345,8 @@ class Pipeline:
         if self.spool_bytes >= QUOTA_HIGH_WATER * self.settings.spool.max_bytes:
             reasons.append(f"spool over quota ({self.spool_bytes} bytes)")
         try:
-            await run_sync(check_writable, self.settings.spool.dir)
+            async with self._checking_spool:
+                await run_sync(check_writable, self.settings.spool.dir)
         except SpoolError as exc:
             reasons.append(str(exc))
         if self.uploader.died is not None:

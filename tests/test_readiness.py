@@ -11,6 +11,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -228,3 +229,20 @@ def test_every_workers_warnings_are_listed_and_the_daemon_stays_ready(
             [own] = json.loads(answer.read())["warnings"]
         assert own.startswith("upstream unreachable: s3://probed"), own  # this worker's own
         assert daemon.terminate() == 0
+
+
+def test_concurrent_readiness_checks_and_scrapes_agree_the_spool_is_writable(
+    start_daemon: DaemonFactory,
+) -> None:
+    daemon = start_daemon(upstream={"probe_interval_s": 0})
+
+    def ask(number: int) -> int:
+        if number % 2:
+            scrape(daemon.admin_url)
+            return 200
+        return readyz(daemon.admin_url)[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(400)))
+    assert answers.count(200) == 400
+    assert readyz(daemon.admin_url) == (200, {"status": "ready"})
