@@ -90,16 +90,21 @@ class Prober:
 
     async def round(self) -> list[str]:
         """Check every target once; remember and return the warnings (empty if fine)."""
-        if self._client is None:  # made on the probe's thread: it reads files, ~50 ms
-            self._client = await run_in(self._executor, self._client_factory)
         results: list[ProbeResult] = []
         for bucket in self.targets():
-            probe = partial(check, self._client, bucket, self.config.prefix)
+            probe = partial(check, await self._client_made(), bucket, self.config.prefix)
             results.append(await run_in(self._executor, probe))
         self.warnings = [_warning(result) for result in results if result.problem is not None]
         if results:
             self._note(any(result.up for result in results))
         return self.warnings
+
+    async def _client_made(self) -> S3Client:
+        """The probe's client, made at the first round with a bucket to check (on the probe's
+        thread: it reads files, about 50 ms)."""
+        if self._client is None:
+            self._client = await run_in(self._executor, self._client_factory)
+        return self._client
 
     def start(self) -> None:
         """Start probing every ``probe_interval_s`` (idempotent; ``0``: never)."""

@@ -246,3 +246,25 @@ def test_concurrent_readiness_checks_and_scrapes_agree_the_spool_is_writable(
         answers = list(pool.map(ask, range(400)))
     assert answers.count(200) == 400
     assert readyz(daemon.admin_url) == (200, {"status": "ready"})
+
+
+def test_a_restarted_daemon_probes_only_the_buckets_of_recovered_batches(
+    start_daemon: DaemonFactory, proxy: FaultProxy, s3: S3Client
+) -> None:
+    uploaded, kept = f"t-{secrets.token_hex(6)}", f"t-{secrets.token_hex(6)}"
+    for name in (uploaded, kept):
+        s3.create_bucket(Bucket=name)
+    upstream = {"endpoint_url": proxy.url, "probe_interval_s": 0.1}
+    first = start_daemon(upstream=upstream, batch={"linger_ms": 50})
+    first.client().put_object(Bucket=uploaded, Key="k", Body=b"uploaded")
+    wait_for(lambda: indexed_objects(s3, uploaded) == 1)
+    proxy.set("reset", only_method="PUT")  # the next batch stays in the spool
+    first.client().put_object(Bucket=kept, Key="k", Body=b"kept")
+    wait_for(lambda: first.pipeline.uploader.pending == 1)
+    assert set(first.pipeline.probed_buckets()) == {uploaded, kept}
+    first.server.should_exit = True  # stop without waiting for the upload
+    first.thread.join(60)
+    proxy.set("pass")
+    second = start_daemon(upstream=upstream, batch={"linger_ms": 50})
+    assert second.pipeline.probed_buckets() == [kept]
+    wait_for(lambda: indexed_objects(s3, kept) == 1)
