@@ -29,22 +29,33 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    """Ready to take PUTs: started, not draining, spool writable, under quota, upstream OK.
-    With several workers: every worker is (the reasons name the worker) unless
+    """Whether this daemon can take writes: 503 with ``reasons`` when it cannot (starting,
+    draining, spool not writable or near its quota, upload workers dead, a batch stranded, a
+    worker not answering), else 200. Either way ``warnings`` lists, when there are any,
+    problems that do not stop writes (the upstream or a bucket failing: the spool absorbs
+    them). With several workers: every worker's (each line names its worker) unless
     ``?scope=worker`` asks about this worker only."""
     pipeline = _pipeline(request)
     reasons = ["starting"] if pipeline is None else await pipeline.not_ready_reasons()
+    warnings = [] if pipeline is None else pipeline.warnings()
     peers: Peers | None = request.app.state.admin_peers
     if peers is not None and request.query_params.get("scope") != WORKER_SCOPE:
-        reasons = await all_workers_ready(peers, reasons)
-    if reasons:
-        return JSONResponse({"status": "not ready", "reasons": reasons}, status_code=503)
-    return JSONResponse({"status": "ready"})
+        reasons, warnings = await all_workers_ready(peers, reasons, warnings)
+    body: dict[str, object] = (
+        {"status": "not ready", "reasons": reasons} if reasons else {"status": "ready"}
+    )
+    if warnings:
+        body["warnings"] = warnings
+    return JSONResponse(body, status_code=503 if reasons else 200)
 
 
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition: with several workers, every worker's samples (labelled
-    ``worker``) unless ``?scope=worker`` asks for this worker's own."""
+    ``worker``) unless ``?scope=worker`` asks for this worker's own. Readiness is evaluated
+    first, for ``s3batchd_ready``."""
+    pipeline = _pipeline(request)
+    if pipeline is not None:
+        await pipeline.not_ready_reasons()
     own = generate_latest(request.app.state.metrics.registry)
     peers: Peers | None = request.app.state.admin_peers
     if peers is not None and request.query_params.get("scope") != WORKER_SCOPE:

@@ -11,6 +11,12 @@ Sealing (end marker, fdatasync of the whole tar, rename, hand-over) runs outside
 lock, in a task of its own: the next record opens a new batch at once instead of waiting for
 the old one's fdatasync (tens of milliseconds for a large tar: every PUT of the bucket would
 stall behind it). A bucket's batches reach the sink in the order they were sealed.
+
+A seal that fails (the spool directory briefly read-only, a full disk) leaves the batch
+*stranded*: its ``.open`` file keeps what was durable, and a supervised task seals it as
+start-up recovery would, again and again with a growing pause, until it succeeds; then it goes
+to the sink. While a batch is stranded ``stranded`` lists it (readiness fails, and the
+``s3batchd_stranded_batches`` gauge counts it).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import logging
 import time
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -38,7 +44,7 @@ from s3batchd.errors import (
 )
 from s3batchd.index import WriterId, new_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
-from s3batchd.spool import SpoolFile
+from s3batchd.spool import SpoolFile, reseal_stranded
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +53,9 @@ logger = logging.getLogger(__name__)
 INLINE_APPEND_BYTES = 256 * KB
 #: Spool files synced at once (each runs its group commit's syncs on one of these threads).
 COMMIT_THREADS = 8
+#: Seconds before a failed seal is tried again; the pause doubles up to STRANDED_RETRY_MAX_S.
+STRANDED_RETRY_FIRST_S = 0.5
+STRANDED_RETRY_MAX_S = 30.0
 
 
 class BatchSink(Protocol):
@@ -64,6 +73,19 @@ class _OpenBatch:
     """Resolved when the batch and its index are in the bucket (durability ``upload``)."""
     created: float = field(default_factory=time.monotonic)
     timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(frozen=True)
+class Stranded:
+    """A batch whose seal failed: its file stays ``.open`` until a retry seals it."""
+
+    batch_id: str
+    path: Path
+    bucket: str
+    size: int
+    """Bytes of the file when its seal failed (part of the spool quota)."""
+    error: str
+    """Why the seal failed."""
 
 
 @dataclass(eq=False)
@@ -103,6 +125,8 @@ class Batcher:
         self._sealing_bytes = 0
         """Bytes of batches between leaving ``current`` and reaching the sink (quota)."""
         self.sealed_by_reason: dict[str, int] = {}
+        self.stranded: dict[str, Stranded] = {}
+        """Batches whose seal failed and is being retried, by id."""
         self._commit_threads = ThreadPoolExecutor(COMMIT_THREADS, "s3batchd-commit")
         """Where the spool files' group commits run (commit.py)."""
 
@@ -168,17 +192,53 @@ class Batcher:
         spool = batch.spool
         try:
             sealed = await run_sync(spool.reseal_durable, batch.committer.durable, "failed")
-        except (S3BatchdError, OSError):
-            # The file stays as <id>.open; start-up recovery keeps its complete members.
-            logger.exception("cannot reseal %s; left for recovery at the next start", spool.path)
+        except (S3BatchdError, OSError) as exc:
+            # The file stays as <id>.open, keeping what was durable: sealed by a retry (or by
+            # start-up recovery, if the daemon stops first).
+            # Writers waiting for its upload (durability ``upload``) keep waiting for it.
+            logger.exception("cannot reseal %s; retrying", spool.path)
             await run_sync(spool.close)
-            self._fail_upload_waiters(spool.batch_id, InternalError("The batch was not stored."))
+            self._strand(spool, exc)
             return
         if sealed is None:
             self._fail_upload_waiters(spool.batch_id, InternalError("The batch was not stored."))
             return
         logger.error("spool %s failed; kept its %d durable records", spool.path, sealed.records)
         await self._sink.submit(sealed)
+
+    def _strand(self, spool: SpoolFile, exc: BaseException) -> None:
+        stranded = Stranded(spool.batch_id, spool.path, spool.bucket, spool.position, str(exc))
+        self.stranded[spool.batch_id] = stranded
+        self._spawn(self._retry_seal(stranded))
+
+    async def _retry_seal(self, stranded: Stranded) -> None:
+        """Seal a stranded batch, trying until it works (cancelled at shutdown: start-up
+        recovery seals it then), and hand it to the sink."""
+        pause = STRANDED_RETRY_FIRST_S
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                sealed = await run_sync(
+                    reseal_stranded,
+                    stranded.path,
+                    bucket=stranded.bucket,
+                    spool_dir=self._spool_dir,
+                    prefix=self._prefix,
+                )
+                break
+            except Exception as exc:  # noqa: BLE001  any failure: try again, never drop the batch
+                logger.warning("batch %s still stranded: %s", stranded.batch_id, exc)
+                self.stranded[stranded.batch_id] = replace(stranded, error=str(exc))
+                pause = min(pause * 2, STRANDED_RETRY_MAX_S)
+        try:
+            if sealed is None:
+                self._fail_upload_waiters(stranded.batch_id, InternalError("Nothing was stored."))
+            else:
+                logger.info("sealed stranded batch %s: %d records", sealed.batch_id, sealed.records)
+                self.sealed_by_reason["stranded"] = self.sealed_by_reason.get("stranded", 0) + 1
+                await self._sink.submit(sealed)
+        finally:
+            del self.stranded[stranded.batch_id]
 
     @property
     def buckets(self) -> list[str]:
@@ -194,7 +254,8 @@ class Batcher:
     def open_bytes(self) -> int:
         """Bytes in the open batches."""
         current = sum(s.current.spool.position for s in self._buckets.values() if s.current)
-        return current + self._sealing_bytes
+        stranded = sum(s.size for s in self.stranded.values())
+        return current + self._sealing_bytes + stranded
 
     async def _batch_for(self, state: _Bucket, record: ObjectRecord) -> _OpenBatch:
         batch = state.current

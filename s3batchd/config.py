@@ -212,14 +212,28 @@ class UpstreamConfig(Section):
     """Seconds to wait for a response or more data on an open S3 connection; a stalled call
     fails after it and is retried (another billed request)."""
     probe_interval_s: float = Field(default=15.0, ge=0)
-    """Seconds between the upstream checks behind ``/readyz``: a GET of a missing key under
-    ``prefix`` in every bucket the daemon writes to (plus ``probe_buckets``). ``NoSuchKey`` or
-    ``AccessDenied`` mean the endpoint, bucket and credentials work; anything else makes
-    ``/readyz`` fail. Costs one GET-class request (S3 Standard: $0.0004 per 1,000) per bucket
-    per interval; ``0`` turns the checks off."""
+    """Seconds between the upstream checks behind ``/readyz``'s warnings and the
+    ``s3batchd_upstream_up`` gauge: a GET of a missing key under ``prefix`` in the buckets the
+    daemon recently wrote to (``probe_max_buckets``, ``probe_forget_s``) plus
+    ``probe_buckets``, one after the other (a check never overlaps the one before).
+    ``NoSuchKey`` or ``AccessDenied`` mean the endpoint, bucket and credentials work; anything
+    else is a warning in ``/readyz`` (it stays ready: the spool absorbs an outage). Costs one
+    GET-class request (S3 Standard: $0.0004 per 1,000) per probed bucket per interval; ``0``
+    turns the checks off."""
     probe_buckets: tuple[str, ...] = ()
     """Buckets to check before the daemon has written to any; ``s3batchd check-config`` tests
     them too (or the ones given with ``--bucket``). In the environment: a JSON list."""
+    probe_max_buckets: int = Field(default=10, gt=0)
+    """The probe checks at most this many of the buckets the daemon writes to: the most
+    recently written ones (plus every one of ``probe_buckets``). Bounds its cost whatever the
+    number of buckets: with the defaults, at most 40 GETs a minute."""
+    probe_forget_s: float = Field(default=900.0, gt=0)
+    """Seconds after its last batch was written that a bucket is no longer probed (a
+    restarted daemon knows only the buckets of the batches it recovered)."""
+    probe_timeout_s: float = Field(default=3.0, gt=0)
+    """Seconds a probe request may take (connect and answer, one attempt, no retries) before
+    it counts as a failure: an upstream that accepts connections and never answers is noticed
+    within it, not after the uploads' ``read_timeout_s``."""
 
     @field_validator("prefix")
     @classmethod

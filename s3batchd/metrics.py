@@ -163,6 +163,7 @@ class _PipelineCollector(Collector):
             "Acknowledged objects whose bytes start-up recovery did not find (cut or damaged)",
             value=pipeline.recovery_lost_objects,
         )
+        yield from self._health(pipeline)
 
     def _spool(self, pipeline: Pipeline) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -212,6 +213,27 @@ class _PipelineCollector(Collector):
             "put_requests_avoided x metrics.put_price_per_1000_usd / 1000",
             value=avoided * self._price / 1000,
         )
+
+    def _health(self, pipeline: Pipeline) -> Iterator[Metric]:
+        if pipeline.last_reasons is not None:
+            yield GaugeMetricFamily(
+                "s3batchd_ready",
+                "1 if this process can take writes (/readyz?scope=worker is 200), else 0",
+                value=int(not pipeline.last_reasons),
+            )
+        yield GaugeMetricFamily(
+            "s3batchd_stranded_batches",
+            "Batches whose seal failed, kept as .open files and sealed again until it works "
+            "(/readyz fails meanwhile)",
+            value=len(pipeline.batcher.stranded),
+        )
+        if pipeline.upstream_up is not None:  # absent until a probe or an upload says
+            yield GaugeMetricFamily(
+                "s3batchd_upstream_up",
+                "1 if the last upstream probe round or upload attempt reached S3, else 0 "
+                "(a retriable failure: refused or timed-out connection, 5xx, throttling)",
+                value=int(pipeline.upstream_up),
+            )
 
 
 def parked_by_bucket(pipeline: Pipeline) -> tuple[Tally[str], Tally[str]]:

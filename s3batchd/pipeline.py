@@ -19,11 +19,12 @@ from s3batchd.body import BodyBuffer
 from s3batchd.catalog import FLUSH_DELAY_S, Catalog, CatalogWrite, catalog_path
 from s3batchd.catalogwriter import BUSY_TIMEOUT_S, CatalogWriter
 from s3batchd.clock import observe, write_time
-from s3batchd.concurrency import run_in, run_sync
+from s3batchd.concurrency import run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import InternalError, SpoolError
 from s3batchd.index import IndexEntry, WriterId
 from s3batchd.objects import ObjectSource
+from s3batchd.prober import Prober
 from s3batchd.records import EMPTY_MD5, ObjectRecord, SealedBatch, SpoolEntry
 from s3batchd.spool import (
     TMP_DIR,
@@ -36,7 +37,7 @@ from s3batchd.spool import (
 )
 from s3batchd.uploader import ThreadSteps, Uploader, UploadSteps
 from s3batchd.uploadproc import ChildSteps
-from s3batchd.upstream import make_client, probe
+from s3batchd.upstream import make_client
 
 if TYPE_CHECKING:
     from botocore.credentials import Credentials
@@ -88,6 +89,7 @@ class Pipeline:
             sink=self,
         )
         self.uploader.on_uploaded = self._uploaded
+        self.uploader.note_upstream = self.note_upstream
         path = catalog_path(settings.spool.dir, settings.catalog.path)
         # Its WAL checkpoints (an fsync each) run on the catalog's thread, not on the loop.
         self.catalog = Catalog(path, auto_checkpoint=False)
@@ -109,7 +111,6 @@ class Pipeline:
         """Catalog writes that no request waits for: the rows of a batch going to the
         uploader, uploaded batches, expiry, WAL checkpoints."""
         self._catalog_thread_closed = False
-        self._buckets_seen: set[str] = set(settings.upstream.probe_buckets)
         self.metrics: Metrics | None = None
         self.drained: bool | None = None
         self.draining = False
@@ -117,10 +118,20 @@ class Pipeline:
         self._deadline: float | None = None
         self.recovery_lost_objects = 0
         """Acknowledged objects whose bytes start-up recovery did not find."""
-        self.upstream_problem: str | None = None
-        """What the last upstream probe found wrong (None: reachable, or not probed)."""
-        self._prober: asyncio.Task[None] | None = None
-        self._probe_executor = ThreadPoolExecutor(1, "s3batchd-probe")
+        self.last_reasons: list[str] | None = None
+        """What the last ``not_ready_reasons()`` found (None: not asked yet)."""
+        self._checking_spool = asyncio.Lock()
+        """One spool check at a time: /readyz and /metrics both check, through one file."""
+        self.upstream_up: bool | None = None
+        """Whether the last probe round or upload attempt reached S3 (None: neither yet)."""
+        probe_client = partial(
+            make_client,
+            settings.upstream,
+            settings.upload,
+            credentials,
+            timeout_s=settings.upstream.probe_timeout_s,
+        )
+        self.prober = Prober(settings.upstream, probe_client, note=self.note_upstream)
         self.read_executor = ThreadPoolExecutor(4, "s3batchd-read")
 
     def parts_at_once(self) -> int:
@@ -204,6 +215,7 @@ class Pipeline:
             # A backlog (the bucket is slow or down): do not hold every batch's index in
             # memory; it is then rendered from the tar.
             batch = dataclasses.replace(batch, index_fragments=None)
+        self.prober.buckets.written(batch.bucket)
         await self.uploader.submit(batch)
 
     async def hide(self, bucket: str, key: str) -> bool:
@@ -239,7 +251,13 @@ class Pipeline:
         self._expired_at = now
         return now - self.settings.catalog.retention_s
 
+    def note_upstream(self, ok: bool) -> None:
+        """A probe round or an upload attempt reached S3 (``ok``) or did not: the
+        ``s3batchd_upstream_up`` gauge."""
+        self.upstream_up = ok
+
     def _uploaded(self, batch: SealedBatch, seconds: float) -> None:
+        self.note_upstream(True)
         self.batcher.mark_uploaded(batch.batch_id)
         expire_before = self._expiry_due()
 
@@ -276,13 +294,11 @@ class Pipeline:
             entries = (await run_sync(scan, batch.path)).entries
             self._forget_lost(recovery, batch.bucket, batch.batch_id, batch.tar_key, entries)
             await self.uploader.resume(batch)  # a parked batch stays parked
-            self._buckets_seen.add(batch.bucket)
+            self.prober.buckets.written(batch.bucket)
         # A restart with the system clock behind must not stamp writes older than the ones
         # the catalog (now holding the recovered batches too) already has.
         observe(self.catalog.newest_stamp())
-        if self.settings.upstream.probe_interval_s > 0:
-            self._prober = asyncio.get_running_loop().create_task(self._probe_forever())
-            self._prober.add_done_callback(self._prober_done)
+        self.prober.start()
         logger.info(
             "s3batchd started: writer %s, spool %s (durability %s), %d batches recovered",
             self.writer,
@@ -336,41 +352,15 @@ class Pipeline:
         self.drained = await self.uploader.drain(remaining)
         return self.drained
 
-    def buckets(self) -> list[str]:
-        """Buckets this daemon writes to (and the configured probe buckets)."""
-        return sorted(self._buckets_seen | set(self.batcher.buckets))
-
-    async def probe_upstream(self) -> str | None:
-        """Check every known bucket once; remember and return what is wrong (None if fine)."""
-        upstream = self.settings.upstream
-        problems = []
-        for bucket in self.buckets():
-            problem = await run_in(
-                self._probe_executor, partial(probe, self.client, bucket, upstream.prefix)
-            )
-            if problem is not None:
-                problems.append(problem)
-        self.upstream_problem = "; ".join(problems) or None
-        return self.upstream_problem
-
-    async def _probe_forever(self) -> None:
-        while True:
-            await self.probe_upstream()
-            await asyncio.sleep(self.settings.upstream.probe_interval_s)
-
-    def _prober_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self.upstream_problem = f"upstream probe stopped: {task.exception()}"
-            logger.error("upstream probe stopped", exc_info=task.exception())
+    def probed_buckets(self) -> list[str]:
+        """The buckets the next probe round checks."""
+        return self.prober.targets()
 
     async def close(self) -> bool:
         """Drain (if not done yet, within what is left of the timeout), then stop uploading.
         True if nothing was left in the spool."""
         await self.drain()
-        if self._prober is not None:
-            self._prober.cancel()
-            await asyncio.gather(self._prober, return_exceptions=True)
-        self._probe_executor.shutdown(wait=False, cancel_futures=True)
+        await self.prober.close()
         self.read_executor.shutdown(wait=False, cancel_futures=True)
         remaining = max(0.0, (self._deadline or 0) - time.monotonic())
         uploaded = await self.uploader.close(remaining)
@@ -403,20 +393,32 @@ class Pipeline:
         return self.spool_bytes + incoming > self.settings.spool.max_bytes
 
     async def not_ready_reasons(self) -> list[str]:
-        """Why the daemon should not get traffic now (empty when ready)."""
+        """Why this daemon cannot take writes now (empty when it can): draining, the spool
+        not writable or near its quota, the upload workers dead, a batch stranded. Upstream
+        and bucket problems are ``warnings()``: the spool absorbs them."""
         reasons = []
         if self.draining:
             reasons.append("draining")
         if self.spool_bytes >= QUOTA_HIGH_WATER * self.settings.spool.max_bytes:
             reasons.append(f"spool over quota ({self.spool_bytes} bytes)")
         try:
-            await run_sync(check_writable, self.settings.spool.dir)
+            async with self._checking_spool:
+                await run_sync(check_writable, self.settings.spool.dir)
         except SpoolError as exc:
             reasons.append(str(exc))
         if self.uploader.died is not None:
             reasons.append(f"upload worker died: {self.uploader.died}")
-        elif self.uploader.pending and self.uploader.last_error:
-            reasons.append(f"upstream failing: {self.uploader.last_error}")
-        if self.upstream_problem is not None:
-            reasons.append(f"upstream unreachable: {self.upstream_problem}")
+        reasons.extend(
+            f"batch {s.batch_id} stranded in {s.path.parent}: its seal failed ({s.error}); retrying"
+            for s in list(self.batcher.stranded.values())
+        )
+        self.last_reasons = reasons
         return reasons
+
+    def warnings(self) -> list[str]:
+        """Problems that do not stop this daemon from taking writes: the upstream or a
+        bucket failing (uploads, the probe)."""
+        warnings = []
+        if self.uploader.pending and self.uploader.last_error:
+            warnings.append(f"upstream failing: {self.uploader.last_error}")
+        return warnings + self.prober.warnings

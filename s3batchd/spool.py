@@ -338,6 +338,28 @@ def recover_all(spool_dir: Path, *, prefix: str) -> Recovery:
     return recovery
 
 
+def reseal_stranded(path: Path, *, bucket: str, spool_dir: Path, prefix: str) -> SealedBatch | None:
+    """Seal the ``.open`` file of a batch whose seal failed, as start-up recovery would: its
+    complete, verified members, truncated after them. A rename that went through before the
+    failure left the ``.tar``, returned as it is; None when nothing is left to upload.
+
+    Raises:
+        OSError: the spool still refuses (the caller tries again later).
+    """
+    sealed_path = path.with_suffix(SEALED_SUFFIX)
+    if not path.exists() and sealed_path.exists():
+        fsync_dir(sealed_path.parent)  # the rename may not be durable yet
+        path = sealed_path
+    elif not path.exists():
+        logger.error("stranded batch %s is gone; nothing to seal", path)
+        return None
+    recovery = Recovery([], [], [])
+    sealed = _recover_file(path, bucket, spool_dir, prefix, recovery)
+    for lost in recovery.lost:  # acknowledged, so logged as recovery logs them
+        logger.error("stranded batch %s: s3://%s/%s is lost", lost.batch_id, bucket, lost.key)
+    return sealed
+
+
 def _recover_file(
     path: Path, bucket: str, spool_dir: Path, prefix: str, recovery: Recovery
 ) -> SealedBatch | None:

@@ -524,6 +524,7 @@ class Uploader:
         self._unparked: dict[str, ParkedState] = {}
         """Parked batches being tried again, with the state they were parked with."""
         self._closing = False
+        self.note_upstream: Callable[[bool], None] = lambda ok: None  # an attempt reached S3?
 
     async def start(self) -> None:
         """Start the upload workers (idempotent)."""
@@ -625,6 +626,7 @@ class Uploader:
         self.stats.failed(exc.reason)
         self.stats.retries += 1
         self.last_error = str(exc)
+        self.note_upstream(not exc.retriable)  # a refusal is an answer; retriable: S3 failing
         if parks(exc):
             return  # logged by _park
         log = logger.warning if exc.retriable else logger.error

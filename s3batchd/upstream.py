@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from botocore.auth import AUTH_TYPE_MAPS, S3SigV4Auth
@@ -57,14 +58,17 @@ def make_client(
     upstream: UpstreamConfig | UpstreamSettings,
     upload: UploadConfig | UploadSettings,
     credentials: Credentials | None = None,
+    *,
+    timeout_s: float | None = None,
 ) -> S3Client:
     """One client shared by every upload thread (clients are thread-safe, sessions are not),
-    signing with ``credentials`` (default: ``upstream_credentials()``)."""
+    signing with ``credentials`` (default: ``upstream_credentials()``). ``timeout_s``: one
+    attempt, connecting and answering within that many seconds each (the probe's client)."""
     config = Config(
         region_name=upstream.region,
-        connect_timeout=upstream.connect_timeout_s,
-        read_timeout=upstream.read_timeout_s,
-        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=upstream.connect_timeout_s if timeout_s is None else timeout_s,
+        read_timeout=upstream.read_timeout_s if timeout_s is None else timeout_s,
+        retries={"mode": "standard", "max_attempts": 3 if timeout_s is None else 1},
         max_pool_connections=upload.concurrency * upload.part_concurrency + 4,
         s3={"addressing_style": upstream.addressing_style},
         # An empty endpoint_url means AWS: not AWS_ENDPOINT_URL, which a shell that sourced
@@ -95,22 +99,38 @@ def _python_signer(signature_version: str, **_: object) -> str | None:
     return _PYTHON_S3V4 if signature_version in ("v4", "s3v4") else None
 
 
-def probe(client: S3Client, bucket: str, prefix: str) -> str | None:
-    """One cheap authenticated request to ``bucket``; None if S3 answered as expected, else
-    what is wrong. A GET of a key that does not exist needs only s3:GetObject: NoSuchKey (or
-    AccessDenied without s3:ListBucket) proves the endpoint, the bucket and the credentials."""
+@dataclass(frozen=True)
+class ProbeResult:
+    """What one probe request found."""
+
+    up: bool
+    """S3 answered, and not with a server error (whatever it said about the bucket)."""
+    problem: str | None
+    """What is wrong; None when S3 answered as expected."""
+
+
+def check(client: S3Client, bucket: str, prefix: str) -> ProbeResult:
+    """One cheap authenticated request to ``bucket``. A GET of a key that does not exist
+    needs only s3:GetObject: NoSuchKey (or AccessDenied without s3:ListBucket) proves the
+    endpoint, the bucket and the credentials."""
     try:
         client.get_object(Bucket=bucket, Key=f"{prefix}.s3batchd-probe")
     except ClientError as exc:
         code = code_of(exc)
         if code in ("NoSuchKey", "AccessDenied", "404", "403"):
-            return None
-        return f"s3://{bucket}: {code or status_of(exc)}: {exc}"
+            return ProbeResult(up=True, problem=None)
+        problem = f"s3://{bucket}: {code or status_of(exc)}: {exc}"
+        return ProbeResult(up=status_of(exc) < 500, problem=problem)
     except NoCredentialsError:
-        return f"s3://{bucket}: no upstream credentials found (yet)"
+        return ProbeResult(up=False, problem=f"s3://{bucket}: no upstream credentials found (yet)")
     except (BotoCoreError, OSError) as exc:
-        return f"s3://{bucket}: unreachable: {exc}"
-    return None
+        return ProbeResult(up=False, problem=f"s3://{bucket}: unreachable: {exc}")
+    return ProbeResult(up=True, problem=None)
+
+
+def probe(client: S3Client, bucket: str, prefix: str) -> str | None:
+    """``check``'s problem: None if S3 answered as expected, else what is wrong."""
+    return check(client, bucket, prefix).problem
 
 
 def status_of(exc: ClientError) -> int:

@@ -9,8 +9,8 @@ labelled with its worker's index. Counters then never go back in time between sc
 (Prometheus would read that as a reset), and ``sum`` over ``worker`` gives the daemon's totals.
 A worker that does not answer within ``PEER_TIMEOUT_S`` (it is being started again) is left
 out of that scrape. ``/readyz`` asks every other worker the same way (``/readyz?scope=worker``)
-and lists their reasons, each named after its worker; one that does not answer is a reason
-too (its share of the connections is not being served).
+and lists their reasons and warnings, each named after its worker; one that does not answer
+is a reason too (its share of the connections is not being served).
 """
 
 from __future__ import annotations
@@ -62,24 +62,34 @@ async def all_workers_metrics(peers: Peers, own: bytes) -> bytes:
     return merge(texts)
 
 
-async def all_workers_ready(peers: Peers, own: list[str]) -> list[str]:
-    """Why the daemon is not ready, ``own`` being this worker's reasons: every worker's
-    reasons, each prefixed with its worker (empty: every worker is ready)."""
+async def all_workers_ready(
+    peers: Peers, own: list[str], own_warnings: list[str]
+) -> tuple[list[str], list[str]]:
+    """Why the daemon is not ready and its warnings, ``own`` and ``own_warnings`` being this
+    worker's: every worker's, each prefixed with its worker (no reasons: every worker is
+    ready). A worker that does not answer is a reason."""
     reasons = {peers.index: own}
+    warnings = {peers.index: own_warnings}
     for index, answer in await _ask_others(peers, "/readyz", also_ok=503):
-        reasons[index] = _reasons(answer)
-    return [f"worker {i}: {reason}" for i, found in sorted(reasons.items()) for reason in found]
+        reasons[index] = _listed(answer, "reasons")
+        warnings[index] = [] if isinstance(answer, BaseException) else _listed(answer, "warnings")
+    return _by_worker(reasons), _by_worker(warnings)
 
 
-def _reasons(answer: httpx.Response | BaseException) -> list[str]:
-    """A worker's ``/readyz?scope=worker`` reasons (its answer is 200 or 503 with JSON)."""
+def _by_worker(found: dict[int, list[str]]) -> list[str]:
+    return [f"worker {i}: {line}" for i, lines in sorted(found.items()) for line in lines]
+
+
+def _listed(answer: httpx.Response | BaseException, key: str) -> list[str]:
+    """A worker's ``/readyz?scope=worker`` ``reasons`` or ``warnings`` (its answer is 200 or
+    503 with JSON); without an answer, the reason why."""
     if isinstance(answer, BaseException):
         return [_no_answer(answer)]
     try:
-        listed = answer.json().get("reasons", [])
+        listed = answer.json().get(key, [])
     except (ValueError, AttributeError) as exc:  # not the JSON object a worker answers
-        return [_no_answer(exc)]
-    return [str(reason) for reason in listed] if isinstance(listed, list) else [str(listed)]
+        return [_no_answer(exc)] if key == "reasons" else []
+    return [str(line) for line in listed] if isinstance(listed, list) else [str(listed)]
 
 
 def _no_answer(problem: BaseException) -> str:

@@ -48,6 +48,8 @@ class FaultProxy:
         self.port = free_ports(1)[0]
         self.mode = Mode()
         self.decisions: Counter[str] = Counter()
+        self.request_lines: list[str] = []
+        """The request line (method, target, version) of every request, in arrival order."""
         self.parts_in_flight = 0
         """UploadPart requests being handled now (read by tests; changed on the proxy's loop)."""
         self.most_parts_in_flight = 0
@@ -124,6 +126,7 @@ class FaultProxy:
                 if request is None:
                     return
                 method = request.split(b" ", 1)[0].decode()
+                self.request_lines.append(request.split(b"\r\n", 1)[0].decode())
                 part = b"partNumber=" in request.split(b"\r\n", 1)[0]
                 self.parts_in_flight += part
                 self.most_parts_in_flight = max(self.most_parts_in_flight, self.parts_in_flight)

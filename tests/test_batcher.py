@@ -20,8 +20,9 @@ from s3batchd.constants import KB, TAR_END
 from s3batchd.errors import SlowDown, SpoolError
 from s3batchd.index import WriterId, is_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
-from s3batchd.spool import SpoolFile, scan
+from s3batchd.spool import SpoolFile, recover, scan
 from s3batchd.tarmember import encode_header, padded
+from tests.test_readiness import read_only
 
 pytestmark = pytest.mark.anyio
 
@@ -462,3 +463,66 @@ async def test_one_spool_per_bucket(tmp_path: Path) -> None:
     assert keys_in(by_bucket["beta"]) == ["k1", "k3"]
     assert all(b.path.parent.name == b.bucket for b in sink.batches)
     assert sink.reasons == ["flush", "flush"]
+
+
+async def wait_stranded(batcher: Batcher) -> None:
+    with anyio.fail_after(10):
+        while not batcher.stranded:  # noqa: ASYNC110  no event to wait on; bounded above
+            await asyncio.sleep(0.01)
+
+
+async def test_a_failed_seal_is_retried_until_the_directory_takes_it(tmp_path: Path) -> None:
+    sink = FakeSink()
+    batcher = make_batcher(tmp_path, sink, max_records=2)
+    await put(batcher, "a", b"one", tmp_path)
+    with read_only(tmp_path / "spool" / "bkt"):
+        await put(batcher, "b", b"two", tmp_path)  # acknowledged; its seal cannot rename
+        await wait_stranded(batcher)
+        [stranded] = batcher.stranded.values()
+        assert stranded.path.suffix == ".open"
+        assert stranded.path.exists()
+        assert batcher.open_bytes == stranded.size  # still counted against the quota
+        assert sink.batches == []
+    await sink.wait_for(1)
+    assert keys_in(sink.batches[0]) == ["a", "b"]
+    assert batcher.stranded == {}
+    assert batcher.open_bytes == 0
+    await batcher.close()
+
+
+async def test_a_batch_stranded_at_shutdown_is_left_to_start_up_recovery(tmp_path: Path) -> None:
+    sink = FakeSink()
+    batcher = make_batcher(tmp_path, sink, max_records=2)
+    await put(batcher, "a", b"one", tmp_path)
+    with read_only(tmp_path / "spool" / "bkt"):
+        await put(batcher, "b", b"two", tmp_path)
+        await wait_stranded(batcher)
+        await batcher.close()  # stops retrying
+    [left] = (tmp_path / "spool" / "bkt").iterdir()
+    assert left.suffix == ".open"
+    [recovered] = recover(tmp_path / "spool", prefix="p/")
+    assert keys_in(recovered) == ["a", "b"]
+    assert sink.batches == []
+
+
+async def test_a_writer_waiting_for_the_upload_of_a_stranded_batch_gets_it(
+    tmp_path: Path,
+) -> None:
+    sink = FakeSink()
+    batcher = make_batcher(tmp_path, sink, max_records=2)
+    await put(batcher, "a", b"one", tmp_path)
+    body = BodyBuffer(memory_limit=1024 * KB, spill_dir=tmp_path / "bodies")
+    body.write(b"two")
+    with read_only(tmp_path / "spool" / "bkt"):
+        waiting = asyncio.ensure_future(
+            batcher.add("bkt", make_record("b", b"two"), body, durability="upload")
+        )
+        await wait_stranded(batcher)
+        assert not waiting.done()
+    await sink.wait_for(1)
+    batcher.mark_uploaded(sink.batches[0].batch_id)
+    with anyio.fail_after(10):
+        entry = await waiting  # acknowledged once uploaded, not failed on the way
+    assert entry.batch_id == sink.batches[0].batch_id
+    body.close()
+    await batcher.close()

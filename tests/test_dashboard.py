@@ -56,6 +56,7 @@ class FakeBatcher:
     sealed_by_reason: dict[str, int] = field(default_factory=lambda: {"linger": 2, "bytes": 1})
     open_batches: int = 1
     open_batch_ids: list[str] = field(default_factory=list)
+    stranded: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,6 +73,8 @@ class FakePipeline:
     batcher: FakeBatcher = field(default_factory=FakeBatcher)
     spool_bytes: int = 4096
     recovery_lost_objects: int = 0
+    upstream_up: bool | None = True
+    last_reasons: list[str] | None = field(default_factory=list)
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +87,13 @@ def dashboard() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def exposed(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     """Every sample name the daemon's /metrics can carry."""
+    return exposed_names(tmp_path_factory.mktemp("spool"))
+
+
+def exposed_names(spool_dir: Path) -> set[str]:
+    """Every sample name the daemon's /metrics can carry (``spool_dir``: an empty spool)."""
     metrics = Metrics(put_price_per_1000_usd=0.005)
-    spool = SpoolConfig(dir=tmp_path_factory.mktemp("spool"))
+    spool = SpoolConfig(dir=spool_dir)
     metrics.watch(cast("Pipeline", FakePipeline(settings=FakeSettings(spool=spool))))
     metrics.requests.labels("PutObject", "200").inc()
     text = generate_latest(metrics.registry).decode()

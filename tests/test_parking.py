@@ -109,7 +109,14 @@ def test_refused_buckets_do_not_hold_up_the_others(
         tmp_path,
         restricted_s3,
         env=DAEMON_ENV,
-        upload={"concurrency": 2, "child_processes": child_processes},
+        # Parked batches are not tried again while the test looks at them: a retry in
+        # progress takes a batch out of the parked counts for a moment.
+        upload={
+            "concurrency": 2,
+            "child_processes": child_processes,
+            "parked_retry_base_s": 3600,
+            "parked_retry_max_s": 7200,
+        },
         batch={"max_records": 1},
     )
     with daemon:
