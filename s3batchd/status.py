@@ -75,6 +75,9 @@ def render(ready: dict[str, object], samples: Samples) -> str:
     reasons = ready.get("reasons")
     listed = [str(reason) for reason in reasons] if isinstance(reasons, list) else []
     state = "ready" if is_ready(ready) else "NOT READY: " + "; ".join(listed)
+    warnings = ready.get("warnings")
+    if isinstance(warnings, list) and warnings:  # upstream or bucket trouble: writes go on
+        state += "; warnings: " + "; ".join(str(warning) for warning in warnings)
     sealed = _by(samples, "s3batchd_batches_sealed_total", "reason")
     by_reason = ", ".join(f"{reason} {count:.0f}" for reason, count in sorted(sealed.items()))
     upstream = _total(samples, "s3batchd_upstream_requests_total")

@@ -166,6 +166,15 @@ def test_status_never_shows_negative_savings() -> None:
     assert "no savings yet" in savings
 
 
+def test_status_shows_readiness_warnings_and_stays_ready() -> None:
+    ready: dict[str, object] = {
+        "status": "ready",
+        "warnings": ["upstream unreachable: s3://b: timed out"],
+    }
+    output = render_status(ready, {})
+    assert "state:     ready; warnings: upstream unreachable: s3://b: timed out" in output
+
+
 def test_check_config_refuses_a_variable_that_names_no_setting() -> None:
     status, output = run(["check-config", "--offline"], env={"S3BATCHD_SERVER_PORT": "9001"})
     assert status == 2, output
