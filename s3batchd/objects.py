@@ -199,6 +199,23 @@ RESPONSE_OVERRIDES = {
 }
 
 
+#: What a header value cannot hold: control characters other than tab (CR and LF would end
+#: the header, NUL is refused by HTTP parsers) and anything beyond Latin-1, the wire's
+#: encoding of header values.
+_NOT_IN_A_HEADER = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
+
+
+def override_value(parameter: str, value: str) -> str:
+    """A ``response-*`` override's value, if a response header can carry it (400
+    InvalidArgument otherwise: the answer would be cut short or refused on the way out)."""
+    if _NOT_IN_A_HEADER.search(value):
+        raise InvalidArgument(
+            f"{parameter} holds a character a response header cannot carry "
+            "(a control character or one beyond Latin-1)."
+        )
+    return value
+
+
 async def get_object(
     source: ObjectSource,
     bucket: str,
@@ -215,7 +232,7 @@ async def get_object(
     out = object_headers(entry, headers)
     for parameter, header in RESPONSE_OVERRIDES.items():
         if query and parameter in query:
-            out[header] = query[parameter]
+            out[header] = override_value(parameter, query[parameter])
     if not check_conditions(entry, headers):
         keep = ("ETag", "Last-Modified")
         return Response(status_code=304, headers={k: out[k] for k in keep})

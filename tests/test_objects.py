@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import signal
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -218,6 +220,33 @@ def test_overrides_list_buckets_and_odd_keys(daemon: Daemon, bucket: str) -> Non
     assert head["x-s3batchd-range"] == put["ResponseMetadata"]["HTTPHeaders"]["x-s3batchd-range"]
     # ListBuckets is forwarded: the bucket's own answer.
     assert bucket in [b["Name"] for b in client.list_buckets()["Buckets"]]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["text/html%0D%0AX-Injected:%201", "text/html%0Aevil", "a%00b", "%E2%82%AC", "%FF"],
+)
+def test_response_override_a_header_cannot_carry_is_invalid_argument(
+    daemon: Daemon, bucket: str, value: str
+) -> None:
+    """CR, LF, NUL or a character beyond Latin-1 in a ``response-*`` override: 400, and the
+    connection keeps serving (it was dropped with a traceback, or answered 500)."""
+    client = daemon.client()
+    client.put_object(Bucket=bucket, Key="doc", Body=b"odd override")
+    port = daemon.settings.server.port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for query in (f"response-content-type={value}", f"response-expires={value}"):
+            sock.sendall(f"GET /{bucket}/doc?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            answer = http.client.HTTPResponse(sock, method="GET")
+            answer.begin()
+            body = answer.read()
+            assert answer.status == 400, body
+            assert b"<Code>InvalidArgument</Code>" in body
+            assert answer.getheader("X-Injected") is None
+        sock.sendall(f"GET /{bucket}/doc HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        answer = http.client.HTTPResponse(sock, method="GET")
+        answer.begin()
+        assert (answer.status, answer.read()) == (200, b"odd override")
 
 
 def test_a_read_racing_the_seal_finds_the_batch_under_one_of_its_names(
