@@ -67,11 +67,11 @@ class S3Front:
             await self.app(scope, receive, send)  # lifespan
             return
         started = time.perf_counter()
+        state = scope.setdefault("state", {})
         if not scope["path"].startswith("/"):
-            _to_origin_form(scope)
+            state["authority"] = _to_origin_form(scope)
         request_id = new_request_id()
         scope["app"] = self.app
-        state = scope.setdefault("state", {})
         state["request_id"] = request_id
         request = Request(scope, receive)
         try:
@@ -112,12 +112,15 @@ def new_request_id() -> str:
     return f"{random.getrandbits(64):016X}"
 
 
-def _to_origin_form(scope: Scope) -> None:
+def _to_origin_form(scope: Scope) -> str:
+    """Reduce an absolute-form target (``http://host/path``) to its path; its authority
+    (``host[:port]``), which dispatch.serve holds to ``server.allowed_hosts`` as a Host."""
     raw: bytes = scope.get("raw_path") or scope["path"].encode()
     _, _, rest = raw.partition(b"://")
-    _, slash, path = rest.partition(b"/")
+    authority, slash, path = rest.partition(b"/")
     scope["raw_path"] = slash + path or b"/"
     scope["path"] = unquote(scope["raw_path"].decode("latin-1"))
+    return authority.decode("latin-1")
 
 
 async def s3_endpoint(request: Request) -> Response:

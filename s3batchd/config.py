@@ -59,7 +59,10 @@ class ServerConfig(Section):
     """Host header names (without the port) the S3 listener answers; ``<bucket>.<domain>`` of
     ``virtual_host_domains`` is allowed too. Anything else gets 400 InvalidRequest, so a web
     page whose DNS name rebinds to 127.0.0.1 cannot write through the daemon. ``["*"]``
-    allows any Host. In the environment: a JSON list."""
+    allows any Host. The host an absolute-form target names (``PUT http://host/bucket/key``)
+    must be allowed too, and a request without a Host, with an empty one or with a malformed
+    one (``[::1]evil.com``) gets the same 400 whatever this says. In the environment: a JSON
+    list."""
     max_concurrent_requests: int = Field(default=256, gt=0)
     """S3 requests served at once; more get 503 SlowDown with Retry-After (every client
     retries). Memory: up to limits.memory_buffer_bytes per request in flight."""

@@ -45,7 +45,10 @@ async def serve(request: Request) -> Response:
     state = request.app.state
     server = state.settings.server
     headers = request_headers(request.scope)
-    check_host(headers.get("host", ""), server.allowed_hosts, server.virtual_host_domains)
+    check_host(headers.get("host"), server.allowed_hosts, server.virtual_host_domains)
+    authority = request.scope["state"].get("authority")
+    if authority is not None:  # absolute-form target: its host is held to the same list
+        check_host(authority, server.allowed_hosts, server.virtual_host_domains)
     target = parse_target(request.scope, headers, server.virtual_host_domains)
     authenticator: Authenticator = state.authenticator
     context = authenticator.verify(request.scope, target.bucket, target.key, target.virtual)
