@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
@@ -24,6 +25,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from s3batchd.auth import Authenticator
+from s3batchd.buckets import BucketCheck, head_bucket
 from s3batchd.config import Settings
 from s3batchd.credentials import upstream_credentials
 from s3batchd.dispatch import serve
@@ -143,9 +145,10 @@ async def s3_endpoint(request: Request) -> Response:
 
 def error_xml(exc: S3Error, *, resource: str, request_id: str) -> bytes:
     """The S3 XML body of an error."""
+    details = "".join(f"<{name}>{escape(value)}</{name}>" for name, value in exc.details.items())
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{exc.code}</Code><Message>{escape(exc.message)}</Message>"
+        f"<Error><Code>{exc.code}</Code><Message>{escape(exc.message)}</Message>{details}"
         f"<Resource>{escape(resource)}</Resource><RequestId>{request_id}</RequestId></Error>"
     ).encode()
 
@@ -198,6 +201,16 @@ def create_app(
             lag.start()
         app.state.pipeline = pipeline
         app.state.forwarder = Forwarder(settings.upstream, credentials)
+        app.state.buckets = BucketCheck(
+            partial(
+                head_bucket,
+                app.state.forwarder,
+                timeout_s=settings.upstream.bucket_check_timeout_s,
+            ),
+            ttl_s=settings.upstream.bucket_check_ttl_s,
+            missing_ttl_s=settings.upstream.bucket_missing_ttl_s,
+            on_answer=lambda answer: metrics.bucket_checks.labels(answer.value).inc(),
+        )
         if spools:
             pipeline.spools = (settings.spool.dir, *(d for d in spools if d != settings.spool.dir))
         app.state.uploads = UploadStore(
@@ -207,6 +220,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.buckets.close()
             await app.state.forwarder.aclose()
             await pipeline.close()
             app.state.uploads.close()

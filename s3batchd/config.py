@@ -185,6 +185,25 @@ class UpstreamConfig(Section):
     read_timeout_s: float = Field(default=60.0, gt=0)
     """Seconds to wait for a response or more data on an open S3 connection; a stalled call
     fails after it and is retried (another billed request)."""
+    bucket_check_ttl_s: float = Field(default=3600.0, gt=0)
+    """Seconds a bucket's HeadBucket answer is trusted once it said the bucket exists (or
+    ``403 AccessDenied``, when the credentials lack ``s3:ListBucket``). Before the first
+    batched write to a bucket (PutObject, a held CreateMultipartUpload, a CopyObject of a
+    batched object) the daemon asks the upstream whether it exists, so a 200 is never given
+    for a bucket the upstream says does not exist; an expired answer is refreshed in the
+    background, without holding up writes. Costs one HEAD (a GET-class request) per bucket
+    per this many seconds; the cache keeps 4,096 buckets per worker process
+    (docs/operations.md#missing-buckets)."""
+    bucket_missing_ttl_s: float = Field(default=5.0, gt=0)
+    """Seconds a ``404`` answer (writes get ``404 NoSuchBucket``, nothing is spooled) or no
+    answer at all (upstream unreachable or failing: writes are accepted) is kept before the
+    bucket is asked again. Shorter: a bucket created outside the daemon takes writes sooner,
+    for a HEAD per bucket this often while it is missing. CreateBucket through the daemon
+    drops the answer at once."""
+    bucket_check_timeout_s: float = Field(default=2.0, gt=0)
+    """Seconds to connect and to wait for the HeadBucket answer; without one the write is
+    accepted (buffering through an outage is the point). The first write to a bucket waits
+    at most about this long while the upstream does not answer."""
     probe_interval_s: float = Field(default=15.0, ge=0)
     """Seconds between the upstream checks behind ``/readyz``: a GET of a missing key under
     ``prefix`` in every bucket the daemon writes to (plus ``probe_buckets``). ``NoSuchKey`` or

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from s3batchd.auth import Authenticator
+from s3batchd.buckets import BucketCheck
 from s3batchd.copy import copy_object, parse_copy_source
 from s3batchd.errors import MalformedXML, NotImplementedS3
 from s3batchd.ingest import hide_batched, put_object, written_upstream
@@ -21,7 +22,7 @@ from s3batchd.multipart import MULTIPART_HANDLERS, list_multipart_uploads
 from s3batchd.objects import get_object
 from s3batchd.operations import operation_of
 from s3batchd.passthrough import Call, forward, read_small_body, send_upstream
-from s3batchd.proxy import read_all, relay_read
+from s3batchd.proxy import read_all, relay, relay_read
 from s3batchd.s3api import SUBRESOURCES, check_bucket, check_host, check_key, parse_target
 from s3batchd.s3xml import local_name
 
@@ -97,6 +98,17 @@ async def delete_object(call: Call) -> Response:
     return await written_upstream(call, upstream)
 
 
+async def bucket_write(call: Call) -> Response:
+    """CreateBucket / DeleteBucket: forwarded; once the bucket said yes, what the daemon knew
+    of the bucket's existence is dropped (a new bucket takes writes at once)."""
+    call.allow()
+    upstream = await send_upstream(call)
+    if upstream.status_code < 300:
+        buckets: BucketCheck = call.request.app.state.buckets
+        buckets.forget(call.target.bucket)
+    return relay(upstream)
+
+
 async def delete_objects(call: Call) -> Response:
     """DeleteObjects: the request goes to the bucket; the batched keys it deleted (each
     without a VersionId and not listed as an error) are hidden before the answer."""
@@ -153,5 +165,7 @@ HANDLERS: dict[str, Handler] = {
     "DeleteObjects": delete_objects,
     "CopyObject": copy_object,
     "ListMultipartUploads": list_multipart_uploads,
+    "CreateBucket": bucket_write,
+    "DeleteBucket": bucket_write,
     **MULTIPART_HANDLERS,
 }
