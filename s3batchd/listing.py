@@ -5,7 +5,8 @@ Pagination is by key: a page asks the bucket for the keys after the cursor (``st
 and merges them with the catalog's; the continuation token (v2) or marker (v1) is the last key
 or common prefix returned. A common prefix as cursor is skipped on the next page, on both
 sides, so the keys under it are not listed again. Where the catalog has nothing under the
-prefix, the bucket's answer is relayed unchanged.
+prefix, the bucket's answer is relayed unchanged, and so is every later page of that listing
+(its continuation token is the bucket's, not the daemon's).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class _Page:
 async def list_objects_merged(call: Call) -> Response:
     """ListObjects (v1) and ListObjectsV2."""
     query = parse_list_query(call.target.query)
+    if query.foreign_token:
+        return await forward(call)  # a listing the bucket began: only it can go on
     pipeline = call.pipeline
     bucket = call.target.bucket
     catalog = pipeline.catalog

@@ -267,6 +267,14 @@ class ListQuery:
     token: str | None
     start_after: str
     marker: str
+    foreign_token: bool = False
+    """The continuation token is not the daemon's: the bucket gave it for a listing that
+    was forwarded, and only the bucket can continue it."""
+
+
+#: Starts every continuation token the daemon gives (``~`` is not in the URL-safe base64
+#: alphabet of the rest), so a token the bucket gave is told apart.
+TOKEN_MARK = "~"  # noqa: S105  a marker, not a secret
 
 
 def parse_list_query(query: dict[str, str]) -> ListQuery:
@@ -280,9 +288,12 @@ def parse_list_query(query: dict[str, str]) -> ListQuery:
     v2 = query.get("list-type") == "2"
     token = query.get("continuation-token")
     after = query.get("start-after", "") if v2 else query.get("marker", "")
-    if v2 and token:
+    foreign = False
+    if v2 and token and not token.startswith(TOKEN_MARK):
+        foreign = True
+    elif v2 and token:
         try:
-            after = base64.urlsafe_b64decode(token.encode()).decode("utf-8")
+            after = base64.urlsafe_b64decode(token[len(TOKEN_MARK) :].encode()).decode("utf-8")
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidArgument("The continuation token provided is incorrect.") from exc
     return ListQuery(
@@ -295,6 +306,7 @@ def parse_list_query(query: dict[str, str]) -> ListQuery:
         token=token,
         start_after=query.get("start-after", ""),
         marker=query.get("marker", ""),
+        foreign_token=foreign,
     )
 
 
@@ -350,7 +362,7 @@ def list_xml(bucket: str, query: ListQuery, items: list[ListItem], truncated: bo
         if query.start_after:
             parts.append(f"<StartAfter>{escape(enc(query.start_after))}</StartAfter>")
         if truncated:
-            token = base64.urlsafe_b64encode(last.encode()).decode()
+            token = TOKEN_MARK + base64.urlsafe_b64encode(last.encode()).decode()
             parts.append(f"<NextContinuationToken>{token}</NextContinuationToken>")
     else:
         parts.append(f"<Marker>{escape(enc(query.marker))}</Marker>")
