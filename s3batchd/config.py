@@ -179,6 +179,13 @@ class UpstreamConfig(Section):
     """How the bucket goes into upstream URLs (botocore's ``addressing_style``): ``path``
     (``https://endpoint/bucket/key``), ``virtual`` (``https://bucket.endpoint/key``) or
     ``auto`` (botocore chooses)."""
+    list_batch_objects: bool = False
+    """Whether listings through the daemon (ListObjects, ListObjectsV2) show the batch objects
+    (the tars and indexes under ``prefix``) when they do not ask for ``prefix``. ``false``:
+    ``aws s3 sync s3://bucket/ dir`` or ``aws s3 ls --recursive`` through the daemon see the
+    application's objects only, not every batch; a listing whose prefix starts with
+    ``prefix`` shows them, and GET of a batch by its key works either way. An empty ``prefix``
+    hides nothing. ``true``: every listing shows them, as the bucket's own does."""
     connect_timeout_s: float = Field(default=5.0, gt=0)
     """Seconds to open a connection to S3. Shorter: an unreachable endpoint is noticed, and
     the attempt retried, sooner."""
