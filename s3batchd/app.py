@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
@@ -24,6 +25,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from s3batchd.auth import Authenticator
+from s3batchd.buckets import BucketCheck, head_bucket
 from s3batchd.config import Settings
 from s3batchd.credentials import upstream_credentials
 from s3batchd.dispatch import serve
@@ -68,11 +70,11 @@ class S3Front:
             await self.app(scope, receive, send)  # lifespan
             return
         started = time.perf_counter()
+        state = scope.setdefault("state", {})
         if not scope["path"].startswith("/"):
-            _to_origin_form(scope)
+            state["authority"] = _to_origin_form(scope)
         request_id = new_request_id()
         scope["app"] = self.app
-        state = scope.setdefault("state", {})
         state["request_id"] = request_id
         request = Request(scope, receive)
         try:
@@ -113,12 +115,15 @@ def new_request_id() -> str:
     return f"{random.getrandbits(64):016X}"
 
 
-def _to_origin_form(scope: Scope) -> None:
+def _to_origin_form(scope: Scope) -> str:
+    """Reduce an absolute-form target (``http://host/path``) to its path; its authority
+    (``host[:port]``), which dispatch.serve holds to ``server.allowed_hosts`` as a Host."""
     raw: bytes = scope.get("raw_path") or scope["path"].encode()
     _, _, rest = raw.partition(b"://")
-    _, slash, path = rest.partition(b"/")
+    authority, slash, path = rest.partition(b"/")
     scope["raw_path"] = slash + path or b"/"
     scope["path"] = unquote(scope["raw_path"].decode("latin-1"))
+    return authority.decode("latin-1")
 
 
 async def s3_endpoint(request: Request) -> Response:
@@ -141,9 +146,10 @@ async def s3_endpoint(request: Request) -> Response:
 
 def error_xml(exc: S3Error, *, resource: str, request_id: str) -> bytes:
     """The S3 XML body of an error."""
+    details = "".join(f"<{name}>{escape(value)}</{name}>" for name, value in exc.details.items())
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{exc.code}</Code><Message>{escape(exc.message)}</Message>"
+        f"<Error><Code>{exc.code}</Code><Message>{escape(exc.message)}</Message>{details}"
         f"<Resource>{escape(resource)}</Resource><RequestId>{request_id}</RequestId></Error>"
     ).encode()
 
@@ -196,6 +202,16 @@ def create_app(
             lag.start()
         app.state.pipeline = pipeline
         app.state.forwarder = Forwarder(settings.upstream, credentials)
+        app.state.buckets = BucketCheck(
+            partial(
+                head_bucket,
+                app.state.forwarder,
+                timeout_s=settings.upstream.bucket_check_timeout_s,
+            ),
+            ttl_s=settings.upstream.bucket_check_ttl_s,
+            missing_ttl_s=settings.upstream.bucket_missing_ttl_s,
+            on_answer=lambda answer: metrics.bucket_checks.labels(answer.value).inc(),
+        )
         if spools:
             pipeline.spools = (settings.spool.dir, *(d for d in spools if d != settings.spool.dir))
         app.state.uploads = UploadStore(
@@ -205,6 +221,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.buckets.close()
             await app.state.forwarder.aclose()
             await pipeline.close()
             app.state.uploads.close()

@@ -62,7 +62,10 @@ class ServerConfig(Section):
     """Host header names (without the port) the S3 listener answers; ``<bucket>.<domain>`` of
     ``virtual_host_domains`` is allowed too. Anything else gets 400 InvalidRequest, so a web
     page whose DNS name rebinds to 127.0.0.1 cannot write through the daemon. ``["*"]``
-    allows any Host. In the environment: a JSON list."""
+    allows any Host. The host an absolute-form target names (``PUT http://host/bucket/key``)
+    must be allowed too, and a request without a Host, with an empty one or with a malformed
+    one (``[::1]evil.com``) gets the same 400 whatever this says. In the environment: a JSON
+    list."""
     max_concurrent_requests: int = Field(default=256, gt=0)
     """S3 requests served at once; more get 503 SlowDown with Retry-After (every client
     retries). Memory: up to limits.memory_buffer_bytes per request in flight."""
@@ -205,12 +208,38 @@ class UpstreamConfig(Section):
     """How the bucket goes into upstream URLs (botocore's ``addressing_style``): ``path``
     (``https://endpoint/bucket/key``), ``virtual`` (``https://bucket.endpoint/key``) or
     ``auto`` (botocore chooses)."""
+    list_batch_objects: bool = False
+    """Whether listings through the daemon (ListObjects, ListObjectsV2) show the batch objects
+    (the tars and indexes under ``prefix``) when they do not ask for ``prefix``. ``false``:
+    ``aws s3 sync s3://bucket/ dir`` or ``aws s3 ls --recursive`` through the daemon see the
+    application's objects only, not every batch; a listing whose prefix starts with
+    ``prefix`` shows them, and GET of a batch by its key works either way. An empty ``prefix``
+    hides nothing. ``true``: every listing shows them, as the bucket's own does."""
     connect_timeout_s: float = Field(default=5.0, gt=0)
     """Seconds to open a connection to S3. Shorter: an unreachable endpoint is noticed, and
     the attempt retried, sooner."""
     read_timeout_s: float = Field(default=60.0, gt=0)
     """Seconds to wait for a response or more data on an open S3 connection; a stalled call
     fails after it and is retried (another billed request)."""
+    bucket_check_ttl_s: float = Field(default=3600.0, gt=0)
+    """Seconds a bucket's HeadBucket answer is trusted once it said the bucket exists (or
+    ``403 AccessDenied``, when the credentials lack ``s3:ListBucket``). Before the first
+    batched write to a bucket (PutObject, a held CreateMultipartUpload, a CopyObject of a
+    batched object) the daemon asks the upstream whether it exists, so a 200 is never given
+    for a bucket the upstream says does not exist; an expired answer is refreshed in the
+    background, without holding up writes. Costs one HEAD (a GET-class request) per bucket
+    per this many seconds; the cache keeps 4,096 buckets per worker process
+    (docs/operations.md#missing-buckets)."""
+    bucket_missing_ttl_s: float = Field(default=5.0, gt=0)
+    """Seconds a ``404`` answer (writes get ``404 NoSuchBucket``, nothing is spooled) or no
+    answer at all (upstream unreachable or failing: writes are accepted) is kept before the
+    bucket is asked again. Shorter: a bucket created outside the daemon takes writes sooner,
+    for a HEAD per bucket this often while it is missing. CreateBucket through the daemon
+    drops the answer at once."""
+    bucket_check_timeout_s: float = Field(default=2.0, gt=0)
+    """Seconds to connect and to wait for the HeadBucket answer; without one the write is
+    accepted (buffering through an outage is the point). The first write to a bucket waits
+    at most about this long while the upstream does not answer."""
     probe_interval_s: float = Field(default=15.0, ge=0)
     """Seconds between the upstream checks behind ``/readyz``'s warnings and the
     ``s3batchd_upstream_up`` gauge: a GET of a missing key under ``prefix`` in the buckets the

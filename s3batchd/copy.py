@@ -22,7 +22,7 @@ from s3batchd.errors import (
     PreconditionFailed,
 )
 from s3batchd.index import iso_time
-from s3batchd.ingest import requested_durability, store, written_upstream
+from s3batchd.ingest import requested_durability, require_bucket, store, written_upstream
 from s3batchd.objects import (
     check_conditions,
     http_date,
@@ -121,6 +121,7 @@ async def copy_object(call: Call) -> Response:
     tagging = headers.get("x-amz-tagging-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE") or tagging not in ("COPY", "REPLACE"):
         raise InvalidArgument("Unknown metadata or tagging directive.")
+    await require_bucket(call)
     data = await read_source(call, entry, None)
     source_key = entry.record.key
     if directive == "COPY" and (entry.bucket, source_key) == (call.target.bucket, call.target.key):

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from s3batchd.auth import Authenticator
+from s3batchd.buckets import BucketCheck
 from s3batchd.copy import copy_object, parse_copy_source
 from s3batchd.errors import MalformedXML, NotImplementedS3
 from s3batchd.ingest import hide_batched, put_object, written_upstream
@@ -21,7 +22,7 @@ from s3batchd.multipart import MULTIPART_HANDLERS, list_multipart_uploads
 from s3batchd.objects import get_object
 from s3batchd.operations import operation_of
 from s3batchd.passthrough import Call, forward, read_small_body, send_upstream
-from s3batchd.proxy import read_all, relay_read
+from s3batchd.proxy import read_all, relay, relay_read
 from s3batchd.s3api import SUBRESOURCES, check_bucket, check_host, check_key, parse_target
 from s3batchd.s3xml import local_name
 
@@ -45,7 +46,10 @@ async def serve(request: Request) -> Response:
     state = request.app.state
     server = state.settings.server
     headers = request_headers(request.scope)
-    check_host(headers.get("host", ""), server.allowed_hosts, server.virtual_host_domains)
+    check_host(headers.get("host"), server.allowed_hosts, server.virtual_host_domains)
+    authority = request.scope["state"].get("authority")
+    if authority is not None:  # absolute-form target: its host is held to the same list
+        check_host(authority, server.allowed_hosts, server.virtual_host_domains)
     target = parse_target(request.scope, headers, server.virtual_host_domains)
     authenticator: Authenticator = state.authenticator
     context = authenticator.verify(request.scope, target.bucket, target.key, target.virtual)
@@ -92,6 +96,17 @@ async def delete_object(call: Call) -> Response:
     call.allow()
     upstream = await send_upstream(call)
     return await written_upstream(call, upstream)
+
+
+async def bucket_write(call: Call) -> Response:
+    """CreateBucket / DeleteBucket: forwarded; once the bucket said yes, what the daemon knew
+    of the bucket's existence is dropped (a new bucket takes writes at once)."""
+    call.allow()
+    upstream = await send_upstream(call)
+    if upstream.status_code < 300:
+        buckets: BucketCheck = call.request.app.state.buckets
+        buckets.forget(call.target.bucket)
+    return relay(upstream)
 
 
 async def delete_objects(call: Call) -> Response:
@@ -150,5 +165,7 @@ HANDLERS: dict[str, Handler] = {
     "DeleteObjects": delete_objects,
     "CopyObject": copy_object,
     "ListMultipartUploads": list_multipart_uploads,
+    "CreateBucket": bucket_write,
+    "DeleteBucket": bucket_write,
     **MULTIPART_HANDLERS,
 }

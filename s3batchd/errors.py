@@ -18,6 +18,7 @@ S3BatchdError                      root of everything the daemon raises on purpo
     ├── InvalidDigest, BadDigest, XAmzContentSHA256Mismatch
     ├── NotImplementedS3
     ├── NoSuchKey (404), PreconditionFailed (412), InvalidRange (416)
+    ├── NoSuchBucket (404, the bucket is named in <BucketName>)
     ├── RequestTimeout (400, a stalled body)
     ├── SlowDown (503, Retry-After)
     └── InternalError (500)
@@ -119,6 +120,8 @@ class S3Error(S3BatchdError):
         super().__init__(message or self.default_message)
         self.message = message or self.default_message
         self.headers = headers or {}
+        self.details: dict[str, str] = {}
+        """More elements of the XML error (S3's ``<BucketName>`` of NoSuchBucket)."""
 
 
 class AccessDenied(S3Error):
@@ -196,6 +199,14 @@ class NotImplementedS3(S3Error):
 
 class NoSuchKey(S3Error):
     code, status_code, default_message = "NoSuchKey", 404, "The specified key does not exist."
+
+
+class NoSuchBucket(S3Error):
+    code, status_code, default_message = "NoSuchBucket", 404, "The specified bucket does not exist"
+
+    def __init__(self, bucket: str) -> None:
+        super().__init__()
+        self.details["BucketName"] = bucket
 
 
 class PreconditionFailed(S3Error):

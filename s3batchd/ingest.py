@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from s3batchd.auth import chunk_verifier
 from s3batchd.body import BodyBuffer
+from s3batchd.buckets import BucketCheck
 from s3batchd.config import DURABILITY_ORDER, Durability, Settings
 from s3batchd.constants import HEADER_PREFIX, MAX_SINGLE_PUT_BYTES
 from s3batchd.errors import (
@@ -65,6 +66,7 @@ async def put_object(call: Call) -> Response:
     if pipeline.draining:
         raise SlowDown("The daemon is shutting down.", headers=RETRY_SOON)
     check_quota(pipeline, put.declared_size or 0)
+    await require_bucket(call)
     body, digests = await read_body(
         put,
         call.request.receive,
@@ -90,6 +92,13 @@ async def put_object(call: Call) -> Response:
         return await store(call, pipeline, record, body, durability)
     finally:
         body.close()
+
+
+async def require_bucket(call: Call) -> None:
+    """404 NoSuchBucket, before anything is read or spooled, when the upstream says the
+    request's bucket does not exist (buckets.py: cached, one HeadBucket per bucket)."""
+    buckets: BucketCheck = call.request.app.state.buckets
+    await buckets.require(call.target.bucket)
 
 
 def check_quota(pipeline: Pipeline, incoming: int) -> None:

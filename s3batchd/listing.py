@@ -5,7 +5,14 @@ Pagination is by key: a page asks the bucket for the keys after the cursor (``st
 and merges them with the catalog's; the continuation token (v2) or marker (v1) is the last key
 or common prefix returned. A common prefix as cursor is skipped on the next page, on both
 sides, so the keys under it are not listed again. Where the catalog has nothing under the
-prefix, the bucket's answer is relayed unchanged.
+prefix (and no batch object is to be hidden), the bucket's answer is relayed unchanged, and so
+is every later page of that listing (its continuation token is the bucket's, not the daemon's).
+
+The daemon's own batch objects (tars and indexes under ``upstream.prefix``) are left out of
+listings that do not ask for that prefix, unless ``upstream.list_batch_objects`` is set: an
+``aws s3 sync s3://bucket/ dir`` through the daemon must not download every batch. They are
+contiguous in key order, so a page of the bucket's listing that ends among them is followed by
+one request for the keys after them (never one request per page of them).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from xml.etree import ElementTree
 from starlette.responses import Response
 
 from s3batchd.catalog import Catalog
+from s3batchd.config import UpstreamConfig
 from s3batchd.errors import MalformedXML
 from s3batchd.objects import ListItem, ListQuery, common_prefix, list_xml, parse_list_query
 from s3batchd.passthrough import Call, forward
@@ -32,14 +40,17 @@ class _Page:
 async def list_objects_merged(call: Call) -> Response:
     """ListObjects (v1) and ListObjectsV2."""
     query = parse_list_query(call.target.query)
+    if query.foreign_token:
+        return await forward(call)  # a listing the bucket began: only it can go on
     pipeline = call.pipeline
     bucket = call.target.bucket
     catalog = pipeline.catalog
     allowed = call.settings.passthrough.allows(call.operation)
-    if allowed and next(catalog.iter_keys(bucket, query.prefix, ""), None) is None:
+    hidden = hidden_prefix(call.settings.upstream, query.prefix)
+    if allowed and not hidden and next(catalog.iter_keys(bucket, query.prefix, ""), None) is None:
         return await forward(call)
-    mine = catalog_page(catalog, bucket, query)
-    theirs = await _upstream_page(call, query) if allowed else _Page([], truncated=False)
+    mine = catalog_page(catalog, bucket, query, hidden=hidden)
+    theirs = await _upstream_page(call, query, hidden) if allowed else _Page([], truncated=False)
     if isinstance(theirs, Response):
         return theirs
     merged: dict[str, ListItem] = {item.name: item for item in theirs.items}
@@ -63,38 +74,70 @@ async def list_objects_merged(call: Call) -> Response:
 _AFTER_ALL = "\U0010ffff"
 
 
-def catalog_page(catalog: Catalog, bucket: str, query: ListQuery) -> _Page:
-    """Up to ``max_keys + 1`` listing items of the batched keys, rolled up by the delimiter.
-    The keys under a common prefix are skipped with a new range scan, not read one by one:
-    a top-level listing of a million keys under ``logs/`` is one item, not a million rows
-    read on the event loop."""
+def hidden_prefix(upstream: UpstreamConfig, prefix: str) -> str:
+    """The key prefix a listing of ``prefix`` leaves out: the daemon's batch objects
+    (``upstream.prefix``), unless the listing asks for them (its prefix starts with
+    ``upstream.prefix``), cannot reach them, or ``upstream.list_batch_objects`` is set; ""
+    when nothing is left out. An empty ``upstream.prefix`` hides nothing."""
+    batches = upstream.prefix
+    if upstream.list_batch_objects or not batches or prefix.startswith(batches):
+        return ""
+    return batches if batches.startswith(prefix) else ""
+
+
+def catalog_page(catalog: Catalog, bucket: str, query: ListQuery, *, hidden: str = "") -> _Page:
+    """Up to ``max_keys + 1`` listing items of the batched keys, rolled up by the delimiter,
+    none under ``hidden``. The keys under a common prefix (or ``hidden``) are skipped with a
+    new range scan, not read one by one: a top-level listing of a million keys under
+    ``logs/`` is one item, not a million rows read on the event loop."""
     items: list[ListItem] = []
     after = query.after
     rolled = query.delimiter and after.startswith(query.prefix)
     if rolled and common_prefix(after, query.prefix, query.delimiter) == after:
         after += _AFTER_ALL  # continuing after a rolled-up prefix: none of its keys again
     while True:
-        rolled_up = None
+        resume = None
         for entry in catalog.iter_keys(bucket, query.prefix, after):
             key = entry.record.key
+            if hidden and key.startswith(hidden):
+                resume = max(hidden + _AFTER_ALL, key)  # on after the hidden keys
+                break
             common = common_prefix(key, query.prefix, query.delimiter)
             if common is not None:
                 if common == query.after or (items and items[-1].name == common):
                     continue
                 items.append(ListItem(common, prefix=True))
-                rolled_up = common
+                resume = common + _AFTER_ALL
             else:
                 items.append(ListItem.of_record(entry.record))
             if len(items) > query.max_keys:
                 return _Page(items[: query.max_keys + 1], truncated=True)
-            if rolled_up is not None:
+            if resume is not None:
                 break  # skip the prefix's other keys with one new range scan, not one by one
-        if rolled_up is None:
+        if resume is None:
             return _Page(items, truncated=False)
-        after = rolled_up + _AFTER_ALL
+        after = resume
 
 
-async def _upstream_page(call: Call, query: ListQuery) -> _Page | Response:
+async def _upstream_page(call: Call, query: ListQuery, hidden: str) -> _Page | Response:
+    """Up to ``max_keys + 1`` listing items of the bucket after ``query.after``, none under
+    ``hidden``: a page that ends among those is continued after them (one request more)."""
+    page = await _fetch(call, query, query.after)
+    if isinstance(page, Response) or not hidden:
+        return page
+    items = [item for item in page.items if not item.name.startswith(hidden)]
+    ended_hidden = page.truncated and page.items and page.items[-1].name.startswith(hidden)
+    if not ended_hidden or len(items) > query.max_keys:
+        return _Page(items, page.truncated)
+    rest = await _fetch(call, query, max(page.items[-1].name, hidden + _AFTER_ALL))
+    if isinstance(rest, Response):
+        return rest
+    items += [item for item in rest.items if not item.name.startswith(hidden)]
+    return _Page(items, rest.truncated)
+
+
+async def _fetch(call: Call, query: ListQuery, after: str) -> _Page | Response:
+    """One ListObjectsV2 page of the bucket after ``after``."""
     parameters = [
         ("list-type", "2"),
         ("encoding-type", "url"),
@@ -103,8 +146,8 @@ async def _upstream_page(call: Call, query: ListQuery) -> _Page | Response:
     ]
     if query.delimiter:
         parameters.append(("delimiter", query.delimiter))
-    if query.after:
-        parameters.append(("start-after", query.after))
+    if after:
+        parameters.append(("start-after", after))
     upstream = await call.forwarder.send("GET", call.target.bucket, "", parameters, {})
     body = await read_all(upstream)
     if upstream.status_code != 200:

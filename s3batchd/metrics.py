@@ -49,6 +49,13 @@ class Metrics:
         self.received_bytes = Counter(
             "s3batchd_received_bytes", "Decoded object bytes accepted", registry=self.registry
         )
+        self.bucket_checks = Counter(
+            "s3batchd_bucket_checks",
+            "HeadBucket checks before writes to a bucket, by answer: exists, denied (403: "
+            "accepted), missing (writes get NoSuchBucket), unreachable (accepted)",
+            ["result"],
+            registry=self.registry,
+        )
         self.ack_latency = Histogram(
             "s3batchd_ack_latency_seconds",
             "Time from request to acknowledged PutObject",

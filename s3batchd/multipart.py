@@ -53,6 +53,7 @@ from s3batchd.ingest import (
     hide_batched,
     put_response_headers,
     requested_durability,
+    require_bucket,
 )
 from s3batchd.passthrough import (
     Call,
@@ -127,6 +128,7 @@ async def create_multipart_upload(call: Call) -> Response:
     if checksum_type not in ("", "COMPOSITE", "FULL_OBJECT"):
         raise InvalidArgument(f"Unsupported checksum type: {checksum_type}")
     metadata_of(headers)  # MetadataTooLarge before anything is kept
+    await require_bucket(call)
     upload = _store(call).create(
         call.target.bucket,
         call.target.key,

@@ -268,6 +268,23 @@ RESPONSE_OVERRIDES = {
 }
 
 
+#: What a header value cannot hold: control characters other than tab (CR and LF would end
+#: the header, NUL is refused by HTTP parsers) and anything beyond Latin-1, the wire's
+#: encoding of header values.
+_NOT_IN_A_HEADER = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
+
+
+def override_value(parameter: str, value: str) -> str:
+    """A ``response-*`` override's value, if a response header can carry it (400
+    InvalidArgument otherwise: the answer would be cut short or refused on the way out)."""
+    if _NOT_IN_A_HEADER.search(value):
+        raise InvalidArgument(
+            f"{parameter} holds a character a response header cannot carry "
+            "(a control character or one beyond Latin-1)."
+        )
+    return value
+
+
 async def get_object(
     source: ObjectSource,
     bucket: str,
@@ -284,7 +301,7 @@ async def get_object(
     out = object_headers(entry, headers)
     for parameter, header in RESPONSE_OVERRIDES.items():
         if query and parameter in query:
-            out[header] = query[parameter]
+            out[header] = override_value(parameter, query[parameter])
     if not check_conditions(entry, headers):
         keep = ("ETag", "Last-Modified")
         return Response(status_code=304, headers={k: out[k] for k in keep})
@@ -319,6 +336,14 @@ class ListQuery:
     token: str | None
     start_after: str
     marker: str
+    foreign_token: bool = False
+    """The continuation token is not the daemon's: the bucket gave it for a listing that
+    was forwarded, and only the bucket can continue it."""
+
+
+#: Starts every continuation token the daemon gives (``~`` is not in the URL-safe base64
+#: alphabet of the rest), so a token the bucket gave is told apart.
+TOKEN_MARK = "~"  # noqa: S105  a marker, not a secret
 
 
 def parse_list_query(query: dict[str, str]) -> ListQuery:
@@ -332,9 +357,12 @@ def parse_list_query(query: dict[str, str]) -> ListQuery:
     v2 = query.get("list-type") == "2"
     token = query.get("continuation-token")
     after = query.get("start-after", "") if v2 else query.get("marker", "")
-    if v2 and token:
+    foreign = False
+    if v2 and token and not token.startswith(TOKEN_MARK):
+        foreign = True
+    elif v2 and token:
         try:
-            after = base64.urlsafe_b64decode(token.encode()).decode("utf-8")
+            after = base64.urlsafe_b64decode(token[len(TOKEN_MARK) :].encode()).decode("utf-8")
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidArgument("The continuation token provided is incorrect.") from exc
     return ListQuery(
@@ -347,6 +375,7 @@ def parse_list_query(query: dict[str, str]) -> ListQuery:
         token=token,
         start_after=query.get("start-after", ""),
         marker=query.get("marker", ""),
+        foreign_token=foreign,
     )
 
 
@@ -402,7 +431,7 @@ def list_xml(bucket: str, query: ListQuery, items: list[ListItem], truncated: bo
         if query.start_after:
             parts.append(f"<StartAfter>{escape(enc(query.start_after))}</StartAfter>")
         if truncated:
-            token = base64.urlsafe_b64encode(last.encode()).decode()
+            token = TOKEN_MARK + base64.urlsafe_b64encode(last.encode()).decode()
             parts.append(f"<NextContinuationToken>{token}</NextContinuationToken>")
     else:
         parts.append(f"<Marker>{escape(enc(query.marker))}</Marker>")

@@ -119,6 +119,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         """Stop the clock once a request's headers are complete."""
         self._in_headers = False
         self._header_deadline = None
+        if not self.url.startswith(b"/"):
+            # Absolute form (``PUT http://host/key``): uvicorn keeps only the path, but the
+            # host it names is held to ``server.allowed_hosts`` like a Host (dispatch.serve).
+            self.scope["state"]["authority"] = authority_of(self.url)
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
@@ -224,3 +228,10 @@ def protocol_with_timeout(
             "idle_closed": idle_closed,
         },
     )
+
+
+def authority_of(target: bytes) -> str:
+    """The ``host[:port]`` of an absolute-form request target (empty when it has none)."""
+    _, _, rest = target.partition(b"://")
+    end = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    return rest[:end].decode("latin-1")

@@ -132,11 +132,14 @@ class Forwarder:
         body: bytes | AsyncIterable[bytes] = b"",
         length: int | None = None,
         payload_hash: str = UNSIGNED_PAYLOAD,
+        *,
+        timeout_s: float | None = None,
     ) -> httpx.Response:
         """Send one signed request; the response is open (streaming) and must be closed.
 
         ``body`` is bytes, or an iterable of ``length`` bytes in all (S3 needs the length
-        up front) whose ``x-amz-content-sha256`` is ``payload_hash``. Raises
+        up front) whose ``x-amz-content-sha256`` is ``payload_hash``; ``timeout_s`` bounds
+        each phase (connect, send, wait) instead of ``upstream.*_timeout_s``. Raises
         ServiceUnavailable when the endpoint cannot be reached."""
         url = self.url(bucket, key, query)
         out = dict(headers)
@@ -147,7 +150,13 @@ class Forwarder:
             out["content-length"] = str(length or 0)
         out["accept-encoding"] = "identity"
         signed = self._sign(method, url, out, payload_hash, await self._frozen())
-        request = self._client.build_request(method, url, headers=signed, content=body)
+        request = self._client.build_request(
+            method,
+            url,
+            headers=signed,
+            content=body,
+            timeout=httpx.USE_CLIENT_DEFAULT if timeout_s is None else httpx.Timeout(timeout_s),
+        )
         try:
             return await self._client.send(request, stream=True)
         except httpx.TransportError as exc:

@@ -139,12 +139,23 @@ def _virtual_bucket(host: str, domains: tuple[str, ...]) -> str | None:
     return None
 
 
-def check_host(host: str, allowed: tuple[str, ...], domains: tuple[str, ...]) -> None:
-    """Refuse a Host header that names none of the allowed hosts (DNS-rebinding defence)."""
-    if not host or "*" in allowed:
+#: ``host[:port]`` of a Host header or an absolute-form target's authority: a bracketed IPv6
+#: literal or a name (no userinfo, no spaces), then an optional port, and nothing else.
+_HOST = re.compile(r"^(?:\[([0-9A-Fa-f:.]+)\]|([^\[\]:@/?#\s]+))(?::\d*)?$")
+
+
+def check_host(host: str | None, allowed: tuple[str, ...], domains: tuple[str, ...]) -> None:
+    """Refuse a request whose Host header (or absolute-form authority) is missing, empty,
+    malformed or names none of the allowed hosts (DNS-rebinding defence): 400 InvalidRequest,
+    as S3 answers an HTTP/1.1 request without Host. ``["*"]`` allows any well-formed name."""
+    if not host:
+        raise InvalidRequest("The request has no Host (or an empty one).")
+    match = _HOST.match(host)
+    if match is None:
+        raise InvalidRequest(f"Host {host!r} is not a host name with an optional port.")
+    if "*" in allowed:
         return
-    name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
-    name = name.lower()
+    name = (match[1] or match[2]).lower()
     if name in allowed or any(name.endswith("." + domain) for domain in domains):
         return
     raise InvalidRequest(f"Host {name!r} is not served here (server.allowed_hosts).")

@@ -23,6 +23,7 @@ from tests.awscli import aws
 from tests.batches import Location, fetch, indexed_objects, indexes, keys
 from tests.conftest import CHECKSUM_MODES, ChecksumMode, Daemon, DaemonFactory, wait_for
 from tests.daemon_process import DaemonProcess
+from tests.faultproxy import FaultProxy
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -198,16 +199,28 @@ def test_zero_length_object_has_no_range(daemon: Daemon, s3: S3Client, bucket: s
     assert answer["ETag"] == '"d41d8cd98f00b204e9800998ecf8427e"'
 
 
-def test_upload_failure_is_retried_until_it_succeeds(daemon: Daemon, s3: S3Client) -> None:
-    missing = f"t-late-{os.getpid()}-{random.randrange(1 << 30)}"
-    location = put(daemon.client(), missing, "k", b"kept until the bucket exists")
-    wait_for(lambda: daemon.pipeline.uploader.stats.retries >= 2, timeout=15)
-    assert daemon.pipeline.uploader.pending == 1
-    s3.create_bucket(Bucket=missing)
-    wait_for(lambda: indexed_objects(s3, missing) == 1, timeout=15)
-    assert fetch(s3, location) == b"kept until the bucket exists"
-    assert daemon.pipeline.uploader.stats.requests["PutObject", "http_404"] >= 2
-    assert not list((daemon.settings.spool.dir / missing).iterdir())  # local copy removed
+def test_upload_failure_is_retried_until_it_succeeds(
+    start_daemon: DaemonFactory, s3_server: LocalS3, s3: S3Client
+) -> None:
+    # The bucket check before the first write cannot tell (a policy without s3:ListBucket:
+    # HeadBucket is 403), so a PUT to a bucket that does not exist yet is accepted, and its
+    # upload fails until the bucket is created.
+    proxy = FaultProxy(int(s3_server.endpoint_url.rsplit(":", 1)[1])).start()
+    try:
+        proxy.set("error", status=403, code="AccessDenied", only_method="HEAD")
+        daemon = start_daemon(upstream={"endpoint_url": proxy.url})
+        missing = f"t-late-{os.getpid()}-{random.randrange(1 << 30)}"
+        location = put(daemon.client(), missing, "k", b"kept until the bucket exists")
+        wait_for(lambda: daemon.pipeline.uploader.stats.retries >= 2, timeout=15)
+        assert daemon.pipeline.uploader.pending == 1
+        s3.create_bucket(Bucket=missing)
+        wait_for(lambda: indexed_objects(s3, missing) == 1, timeout=15)
+        assert fetch(s3, location) == b"kept until the bucket exists"
+        assert daemon.pipeline.uploader.stats.requests["PutObject", "http_404"] >= 2
+        assert not list((daemon.settings.spool.dir / missing).iterdir())  # local copy removed
+        daemon.stop()
+    finally:
+        proxy.stop()
 
 
 def test_virtual_hosted_style(daemon: Daemon, s3: S3Client, bucket: str) -> None:

@@ -29,6 +29,71 @@ def test_foreign_host_is_refused(start_daemon: DaemonFactory, bucket: str) -> No
     assert ok.status == 200
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        "PUT /{bucket}/k HTTP/1.1\r\n",
+        "PUT /{bucket}/k HTTP/1.0\r\n",
+        "PUT /{bucket}/k HTTP/1.1\r\nHost: \r\n",
+        "PUT /{bucket}/k HTTP/1.1\r\nHost: [::1]evil.example\r\n",
+        "PUT /{bucket}/k HTTP/1.1\r\nHost: [::1]evil.example:{port}\r\n",
+        "PUT /{bucket}/k HTTP/1.1\r\nHost: 127.0.0.1@evil.example\r\n",
+        "PUT http://evil.example/{bucket}/k HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        "PUT http://evil.example:{port}/{bucket}/k HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n",
+        "PUT http://127.0.0.1:{port}/{bucket}/k HTTP/1.1\r\nHost: evil.example\r\n",
+    ],
+    ids=[
+        "missing",
+        "http10-missing",
+        "empty",
+        "ipv6-suffix",
+        "ipv6-suffix-port",
+        "userinfo",
+        "absolute-form",
+        "absolute-form-port",
+        "absolute-form-allowed-foreign-host",
+    ],
+)
+def test_host_allowlist_covers_every_way_to_name_a_host(
+    start_daemon: DaemonFactory, bucket: str, head: str
+) -> None:
+    """A missing or empty Host, a name after an IPv6 literal, and the authority of an
+    absolute-form target are all held against ``server.allowed_hosts``."""
+    daemon = start_daemon()
+    port = daemon.settings.server.port
+    raw = head.format(bucket=bucket, port=port) + "Content-Length: 1\r\n\r\nx"
+    answer = send_raw(port, raw.encode())
+    assert answer.status == 400, answer.body
+    assert b"<Code>InvalidRequest</Code>" in answer.body
+    assert daemon.pipeline.catalog.count() == 0
+
+
+def test_unparsable_absolute_form_target_is_refused(
+    start_daemon: DaemonFactory, bucket: str
+) -> None:
+    """``http://[::1]evil.example/...`` is no URL: the HTTP parser answers 400 itself."""
+    daemon = start_daemon()
+    port = daemon.settings.server.port
+    head = f"PUT http://[::1]evil.example/{bucket}/k HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    answer = send_raw(port, (head + "Content-Length: 1\r\n\r\nx").encode())
+    assert answer.status == 400
+    assert daemon.pipeline.catalog.count() == 0
+
+
+def test_allowed_hosts_in_every_form_are_served(start_daemon: DaemonFactory, bucket: str) -> None:
+    daemon = start_daemon()
+    port = daemon.settings.server.port
+    for head in (
+        f"PUT /{bucket}/a HTTP/1.1\r\nHost: [::1]:{port}\r\n",
+        f"PUT /{bucket}/b HTTP/1.1\r\nHost: [::1]\r\n",
+        f"PUT /{bucket}/c HTTP/1.0\r\nHost: 127.0.0.1\r\n",
+        f"PUT http://localhost:{port}/{bucket}/d HTTP/1.1\r\nHost: localhost:{port}\r\n",
+    ):
+        answer = send_raw(port, (head + "Content-Length: 1\r\n\r\nx").encode())
+        assert answer.status == 200, (head, answer.body)
+    assert daemon.pipeline.catalog.count() == 4
+
+
 def _stall(port: int, bucket: str, key: str) -> socket.socket:
     """A client that sends headers and a tenth of its body, then goes quiet."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)

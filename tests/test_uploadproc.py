@@ -143,7 +143,9 @@ def test_ctrl_c_does_not_stop_the_upload_processes(
 def test_a_shutdown_that_cannot_wait_kills_the_uploads_and_keeps_the_batch(
     start_daemon: DaemonFactory, proxy: FaultProxy, s3: S3Client, bucket: str
 ) -> None:
-    proxy.set("blackhole")
+    # Uploads only (PUT): the HeadBucket before the first write must not be the request the
+    # wait below sees blackholed.
+    proxy.set("blackhole", only_method="PUT")
     upstream = {"endpoint_url": proxy.url, "read_timeout_s": 60}
     daemon = start_daemon(
         upstream=upstream, batch={"linger_ms": 100}, upload=CHILD, shutdown={"drain_timeout_s": 1}
