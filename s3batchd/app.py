@@ -40,6 +40,7 @@ from s3batchd.looplag import LoopLagMonitor
 from s3batchd.metrics import Metrics
 from s3batchd.pipeline import Pipeline
 from s3batchd.proxy import Forwarder
+from s3batchd.s3api import authority_of
 from s3batchd.stall import BodyPace
 from s3batchd.uploads import UploadStore
 
@@ -119,11 +120,12 @@ def _to_origin_form(scope: Scope) -> str:
     """Reduce an absolute-form target (``http://host/path``) to its path; its authority
     (``host[:port]``), which dispatch.serve holds to ``server.allowed_hosts`` as a Host."""
     raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    authority = authority_of(raw)
     _, _, rest = raw.partition(b"://")
-    authority, slash, path = rest.partition(b"/")
-    scope["raw_path"] = slash + path or b"/"
+    path = rest[len(authority.encode("latin-1")) :].partition(b"?")[0]
+    scope["raw_path"] = path if path.startswith(b"/") else b"/" + path
     scope["path"] = unquote(scope["raw_path"].decode("latin-1"))
-    return authority.decode("latin-1")
+    return authority
 
 
 async def s3_endpoint(request: Request) -> Response:

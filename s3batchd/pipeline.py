@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 #: Readiness fails once the spool holds this share of ``spool.max_bytes``, before PUTs are
 #: refused, so an orchestrator can steer traffic away first.
 QUOTA_HIGH_WATER = 0.9
+#: Seconds a readiness check waits for the spool's write test: a file system that hangs makes
+#: /readyz and /metrics answer "not ready" instead of hanging with it.
+SPOOL_CHECK_TIMEOUT_S = 5.0
 #: Sealed batches waiting for upload whose members are kept in memory for their index.
 KEEP_ENTRIES_BATCHES = 4
 #: Keys of objects lost in one recovered batch that are logged one by one.
@@ -120,8 +123,10 @@ class Pipeline:
         """Acknowledged objects whose bytes start-up recovery did not find."""
         self.last_reasons: list[str] | None = None
         """What the last ``not_ready_reasons()`` found (None: not asked yet)."""
-        self._checking_spool = asyncio.Lock()
-        """One spool check at a time: /readyz and /metrics both check, through one file."""
+        self._spool_check: asyncio.Future[None] | None = None
+        """The spool's write test in progress: one at a time (/readyz and /metrics both
+        check, through one file), shared by the callers that come meanwhile, and never a
+        second thread while a hung one is still waiting on the file system."""
         self.upstream_up: bool | None = None
         """Whether the last probe round or upload attempt reached S3 (None: neither yet)."""
         probe_client = partial(
@@ -401,11 +406,22 @@ class Pipeline:
             reasons.append("draining")
         if self.spool_bytes >= QUOTA_HIGH_WATER * self.settings.spool.max_bytes:
             reasons.append(f"spool over quota ({self.spool_bytes} bytes)")
+        if self._spool_check is None or self._spool_check.done():
+            self._spool_check = asyncio.ensure_future(
+                run_sync(check_writable, self.settings.spool.dir)
+            )
+            # Its outcome is read by whoever waits; one that finishes after every waiter gave
+            # up is read here, not reported as "never retrieved".
+            self._spool_check.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:
-            async with self._checking_spool:
-                await run_sync(check_writable, self.settings.spool.dir)
+            await asyncio.wait_for(asyncio.shield(self._spool_check), SPOOL_CHECK_TIMEOUT_S)
         except SpoolError as exc:
             reasons.append(str(exc))
+        except TimeoutError:
+            reasons.append(
+                f"spool directory {self.settings.spool.dir} does not answer: its write test "
+                f"has taken more than {SPOOL_CHECK_TIMEOUT_S:.0f} s"
+            )
         if self.uploader.died is not None:
             reasons.append(f"upload worker died: {self.uploader.died}")
         reasons.extend(

@@ -114,7 +114,11 @@ class Prober:
 
     async def _forever(self) -> None:
         while True:
-            await self.round()
+            try:
+                await self.round()
+            except Exception as exc:
+                logger.exception("upstream probe round failed")
+                self.warnings = [f"upstream probe failed: {exc}"]
             await asyncio.sleep(self.config.probe_interval_s)
 
     def _done(self, task: asyncio.Task[None]) -> None:

@@ -36,6 +36,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from s3batchd.app import error_xml, new_request_id
 from s3batchd.errors import RequestHeaderSectionTooLarge
+from s3batchd.s3api import authority_of
 from s3batchd.sweeper import Sweeper, sweeper
 
 logger = logging.getLogger(__name__)
@@ -228,10 +229,3 @@ def protocol_with_timeout(
             "idle_closed": idle_closed,
         },
     )
-
-
-def authority_of(target: bytes) -> str:
-    """The ``host[:port]`` of an absolute-form request target (empty when it has none)."""
-    _, _, rest = target.partition(b"://")
-    end = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
-    return rest[:end].decode("latin-1")

@@ -97,15 +97,23 @@ def _no_answer(problem: BaseException) -> str:
 
 
 async def _ask_others(
-    peers: Peers, path: str, *, also_ok: int = 200
+    peers: Peers,
+    path: str,
+    *,
+    method: str = "GET",
+    body: dict[str, object] | None = None,
+    also_ok: int | None = 200,
 ) -> list[tuple[int, httpx.Response | BaseException]]:
-    """Every other worker's answer to ``path?scope=worker`` (or why there is none: an error
-    status other than ``also_ok``, a refused connection, no answer within the timeout)."""
+    """Every other worker's answer to ``method path?scope=worker`` (with ``body`` as JSON), or
+    why there is none: an error status other than ``also_ok`` (None: any status is an
+    answer), a refused connection, no answer within the timeout."""
     others = [(i, url) for i, url in enumerate(peers.urls) if i != peers.index]
 
     async def ask(client: httpx.AsyncClient, url: str) -> httpx.Response:
-        answer = await client.get(f"{url}{path}", params={"scope": WORKER_SCOPE})
-        if answer.status_code not in (200, also_ok):
+        answer = await client.request(
+            method, f"{url}{path}", params={"scope": WORKER_SCOPE}, json=body
+        )
+        if also_ok is not None and answer.status_code not in (200, also_ok):
             answer.raise_for_status()
         return answer
 
@@ -121,23 +129,14 @@ async def ask_others(
 ) -> list[object]:
     """Every other worker's JSON answer to ``method path?scope=worker`` (with ``body`` as
     JSON), whatever its status; a worker that does not answer is logged and left out."""
-    others = [url for i, url in enumerate(peers.urls) if i != peers.index]
-    async with httpx.AsyncClient(timeout=PEER_TIMEOUT_S, trust_env=False) as client:
-        answers = await asyncio.gather(
-            *(
-                client.request(method, f"{url}{path}", params={"scope": WORKER_SCOPE}, json=body)
-                for url in others
-            ),
-            return_exceptions=True,
-        )
     found: list[object] = []
-    for url, answer in zip(others, answers, strict=True):
+    for index, answer in await _ask_others(peers, path, method=method, body=body, also_ok=None):
         try:
             if isinstance(answer, BaseException):
                 raise answer
             found.append(answer.json())
         except (httpx.HTTPError, ValueError) as exc:
-            logger.warning("worker at %s did not answer %s %s: %s", url, method, path, exc)
+            logger.warning("worker %d did not answer %s %s: %s", index, method, path, exc)
     return found
 
 

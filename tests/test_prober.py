@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from s3batchd.prober import RecentBuckets
+import asyncio
+from typing import TYPE_CHECKING
+
+from s3batchd.config import UpstreamConfig
+from s3batchd.prober import Prober, RecentBuckets
+from s3batchd.seaweed import LocalS3
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 def test_only_the_most_recently_written_buckets_are_kept() -> None:
@@ -28,3 +36,41 @@ def test_buckets_not_written_for_forget_s_are_forgotten() -> None:
     assert recent.recent(now=60) == ["new", "old"]
     assert recent.recent(now=61) == ["new"]
     assert recent.recent(now=111) == []
+
+
+def test_a_round_that_fails_does_not_stop_the_probe(s3_server: LocalS3, bucket: str) -> None:
+    # The probe's client cannot be made at the first round (say the credentials file is
+    # briefly unreadable): the round fails, the probe keeps going and reports S3 up next time.
+    made = 0
+
+    def client() -> S3Client:
+        nonlocal made
+        made += 1
+        if made == 1:
+            raise RuntimeError("cannot read the credentials file")
+        return s3_server.client()
+
+    noted: list[bool] = []
+    config = UpstreamConfig(
+        endpoint_url=s3_server.endpoint_url, probe_interval_s=0.05, probe_buckets=(bucket,)
+    )
+
+    async def main() -> list[str]:
+        answered = asyncio.Event()
+
+        def note(up: bool) -> None:
+            noted.append(up)
+            answered.set()
+
+        prober = Prober(config, client, note=note)
+        prober.start()
+        try:
+            async with asyncio.timeout(30):
+                await answered.wait()
+        finally:
+            await prober.close()
+        return prober.warnings
+
+    assert asyncio.run(main()) == []
+    assert made == 2
+    assert noted[0] is True

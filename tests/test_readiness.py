@@ -8,6 +8,8 @@ import os
 import re
 import secrets
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from s3batchd import pipeline as pipeline_module
 from s3batchd.seaweed import LocalS3, free_ports
 from tests.batches import indexed_objects
 from tests.conftest import DaemonFactory, wait_for
@@ -268,3 +271,31 @@ def test_a_restarted_daemon_probes_only_the_buckets_of_recovered_batches(
     second = start_daemon(upstream=upstream, batch={"linger_ms": 50})
     assert second.pipeline.probed_buckets() == [kept]
     wait_for(lambda: indexed_objects(s3, kept) == 1)
+
+
+def test_a_spool_that_hangs_makes_readiness_fail_instead_of_hanging(
+    start_daemon: DaemonFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file system that stops answering (a hung network disk): the write test's thread
+    # blocks. /readyz (and /metrics, which evaluates readiness) must still answer, not ready,
+    # and never start a second blocked thread.
+    daemon = start_daemon()
+    release = threading.Event()
+    started: list[float] = []
+
+    def hanging(spool_dir: Path) -> None:
+        started.append(time.monotonic())
+        release.wait(30)
+
+    monkeypatch.setattr(pipeline_module, "check_writable", hanging)
+    monkeypatch.setattr(pipeline_module, "SPOOL_CHECK_TIMEOUT_S", 0.2)
+    try:
+        for _ in range(3):
+            status, body = readyz(daemon.admin_url)
+            assert status == 503, body
+            assert any("does not answer" in reason for reason in body["reasons"]), body
+        assert scrape(daemon.admin_url)[("s3batchd_ready", ())] == 0
+        assert len(started) == 1  # one write test, still waiting, shared by every check
+    finally:
+        release.set()
+    wait_for(lambda: readyz(daemon.admin_url) == (200, {"status": "ready"}))
