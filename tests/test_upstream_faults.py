@@ -234,6 +234,25 @@ def test_clients_hanging_up_while_the_bucket_is_slow_do_not_break_forwarding(
     assert answer["Body"].read() == b"from the bucket"
 
 
+def test_a_delete_whose_client_hangs_up_still_hides_the_batched_object(
+    proxy: FaultProxy, start_daemon: DaemonFactory, bucket: str
+) -> None:
+    # Unlike a GET, a forwarded write is not given up when its client leaves: the bucket
+    # applies it anyway, so the daemon must still do its part (here: hide the batched key).
+    daemon = start_daemon(upstream={"endpoint_url": proxy.url}, batch={"linger_ms": 600_000})
+    client = daemon.client(retries={"total_max_attempts": 1})
+    client.put_object(Bucket=bucket, Key="d", Body=b"batched")
+    proxy.set("slow", delay_s=1, only_method="DELETE")
+    request = f"DELETE /{bucket}/d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    with _send(daemon.settings.server.port, request):  # hangs up once it reached the bucket
+        wait_for(lambda: proxy.decisions["slow"] == 1, timeout=30)
+    wait_for(lambda: _finished(daemon, "204") == 1, timeout=30)
+    proxy.set("pass")
+    with pytest.raises(ClientError) as gone:
+        client.get_object(Bucket=bucket, Key="d")
+    assert gone.value.response["Error"]["Code"] == "NoSuchKey"
+
+
 def test_an_abort_the_bucket_refuses_can_be_retried(
     start_daemon: DaemonFactory, proxy: FaultProxy, bucket: str
 ) -> None:
