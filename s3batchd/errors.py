@@ -21,8 +21,9 @@ S3BatchdError                      root of everything the daemon raises on purpo
     ├── NoSuchBucket (404, the bucket is named in <BucketName>)
     ├── RequestTimeout (400, a stalled body)
     ├── SlowDown (503, Retry-After)
-    └── InternalError (500)
-        └── CorruptObject          stored bytes do not match the object's ETag (never served)
+    ├── InternalError (500)
+    │   └── CorruptObject          stored bytes do not match the object's ETag (never served)
+    └── ClientClosedRequest (499, never sent: the client is gone; counted in the metrics)
 ```
 """
 
@@ -322,3 +323,12 @@ class EntityTooSmall(S3Error):
 class MalformedXML(S3Error):
     code, status_code = "MalformedXML", 400
     default_message = "The XML you provided was not well-formed or did not validate."
+
+
+class ClientClosedRequest(S3Error):
+    """The client hung up while its forwarded GET or HEAD waited for the bucket's answer; the
+    upstream request was given up. Nothing reaches the client: 499 (nginx's "client closed
+    request") only labels ``s3batchd_requests_total``."""
+
+    code, status_code = "ClientClosedRequest", 499
+    default_message = "The client closed the connection before the answer was ready."

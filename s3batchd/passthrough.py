@@ -15,7 +15,7 @@ from s3batchd.body import BodyBuffer
 from s3batchd.constants import HEADER_PREFIX, MAX_SINGLE_PUT_BYTES
 from s3batchd.errors import AccessDenied
 from s3batchd.operations import AUTH_PARAMETERS
-from s3batchd.proxy import Forwarder, Query, forward_headers, relay
+from s3batchd.proxy import Forwarder, Query, forward_headers, relay, unless_client_leaves
 from s3batchd.reframe import STREAMING_UNSIGNED_TRAILER, framed_length, reframe
 from s3batchd.s3api import (
     Digests,
@@ -27,6 +27,8 @@ from s3batchd.s3api import (
     verify_body,
 )
 
+#: Methods without side effects in the bucket: given up when their client hangs up.
+SAFE_METHODS = frozenset({"GET", "HEAD"})
 #: Largest XML request body read whole (DeleteObjects of 1,000 keys, a part list of 10,000).
 MAX_XML_BODY = 4 * 1024 * 1024
 
@@ -97,7 +99,14 @@ async def forward(
     """Forward the request as it is (its body streamed, verified on the way) and relay the
     bucket's answer."""
     call.allow(operation)
-    upstream = await send_upstream(call, query=query)
+    sending = send_upstream(call, query=query)
+    if call.request.method in SAFE_METHODS and not call.has_body():
+        # A client that hangs up frees its slot and pooled connection now, not when a slow
+        # bucket answers. A PUT, POST or DELETE runs on: the bucket may apply it all the
+        # same, and the daemon's own records must follow what the bucket did.
+        upstream = await unless_client_leaves(call.request.receive, sending)
+    else:
+        upstream = await sending
     return relay(upstream, head=call.head)
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -25,7 +25,13 @@ from starlette.responses import Response, StreamingResponse
 
 from s3batchd.config import UpstreamConfig
 from s3batchd.credentials import LateCredentials, NoCredentialsYetError, upstream_credentials
-from s3batchd.errors import RETRY_SOON, InvalidArgument, NoUpstreamCredentials, ServiceUnavailable
+from s3batchd.errors import (
+    RETRY_SOON,
+    ClientClosedRequest,
+    InvalidArgument,
+    NoUpstreamCredentials,
+    ServiceUnavailable,
+)
 
 if TYPE_CHECKING:
     from botocore.credentials import Credentials, ReadOnlyCredentials
@@ -262,6 +268,46 @@ class _Relayed(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self._upstream.aclose()
+
+
+async def unless_client_leaves(
+    receive: Receive, sending: Coroutine[Any, Any, httpx.Response]
+) -> httpx.Response:
+    """The bucket's answer from ``sending``, unless the client hangs up first: then the
+    upstream request is cancelled, which closes its pooled connection and frees it (and the
+    request's slot) at once instead of when a slow bucket answers, and ClientClosedRequest
+    is raised.
+
+    For requests without a body only (``receive`` then gives nothing but the disconnect),
+    and only where nothing is left to do after the answer but relay it: for a GET or HEAD,
+    not sending it on, or not waiting for it, changes nothing the client could see.
+    """
+    answer = asyncio.ensure_future(sending)
+    left = asyncio.ensure_future(_client_left(receive))
+    try:
+        await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        await _abandon(answer)
+        raise
+    finally:
+        left.cancel()
+    if not answer.done():
+        await _abandon(answer)
+        raise ClientClosedRequest()
+    return answer.result()
+
+
+async def _client_left(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _abandon(answer: asyncio.Future[httpx.Response]) -> None:
+    """Cancel an upstream request; an answer that arrived meanwhile is closed."""
+    answer.cancel()
+    await asyncio.wait((answer,))
+    if not answer.cancelled() and answer.exception() is None:
+        await answer.result().aclose()
 
 
 def relay(upstream: httpx.Response, *, head: bool = False) -> Response:

@@ -92,7 +92,11 @@ class FaultProxy:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._client, "127.0.0.1", self.port)
+            # asyncio's default backlog (100) overflows when hundreds of connections arrive
+            # at once and the proxy's loop is slow to accept (a loaded machine): the kernel
+            # drops the SYNs and the daemon's connect times out after the client's 1 s and
+            # 3 s SYN retries. 1024 queues them all (net.core.somaxconn is 4096).
+            asyncio.start_server(self._client, "127.0.0.1", self.port, backlog=1024)
         )
         self._ready.set()
         self._loop.run_forever()

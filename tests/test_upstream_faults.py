@@ -17,11 +17,13 @@ from botocore.exceptions import ClientError
 
 from s3batchd.seaweed import LocalS3, start_local_s3
 from tests.batches import Location, fetch, indexed_objects, indexes, keys
-from tests.conftest import DaemonFactory, wait_for
+from tests.conftest import Daemon, DaemonFactory, wait_for
 from tests.faultproxy import FaultProxy
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from s3batchd.metrics import Metrics
 
 
 def _port(server: LocalS3) -> int:
@@ -172,30 +174,83 @@ def _hang_up_after_sending(port: int, request: bytes) -> None:
         connection.sendall(request)
 
 
+def _send(port: int, request: bytes) -> socket.socket:
+    connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+    connection.sendall(request)
+    return connection
+
+
+def _finished(daemon: Daemon, status: str | None = None) -> float:
+    """Requests the daemon is done with (answered, or given up when the client left)."""
+    metrics: Metrics = daemon.app.state.metrics
+    return sum(
+        sample.value
+        for metric in metrics.requests.collect()
+        for sample in metric.samples
+        if sample.name == "s3batchd_requests_total" and status in (None, sample.labels["status"])
+    )
+
+
 def test_clients_hanging_up_while_the_bucket_is_slow_do_not_break_forwarding(
     proxy: FaultProxy, start_daemon: DaemonFactory, s3: S3Client, bucket: str
 ) -> None:
     # The proxy fixture comes first so that it outlives the daemon (torn down before it).
     s3.put_object(Bucket=bucket, Key="unbatched", Body=b"from the bucket")
     daemon = start_daemon(upstream={"endpoint_url": proxy.url, "connect_timeout_s": 2})
-    proxy.set("slow", delay_s=0.3, only_method="GET")
+    # The bucket answers a GET only after a minute, longer than any wait below: a request
+    # whose client is gone frees its request slot and pooled connection only if the daemon
+    # lets it go when the client leaves, not when the bucket answers.
+    proxy.set("slow", delay_s=60, only_method="GET")
     request = f"GET /{bucket}/unbatched HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
-    # More abandoned requests than the forwarder's pool has connections (256), in two waves
-    # below server.max_concurrent_requests (256).
     port = daemon.settings.server.port
+    # As many requests as the daemon serves at once, which is also the forwarder's pool size
+    # (256): each wave reaches the bucket only if every slot and every connection is free.
+    slots = daemon.settings.server.max_concurrent_requests
+    assert slots == 256
+    for wave in range(2):
+        connections = []
+        for number in range(1, slots + 1):
+            connections.append(_send(port, request))
+            # One request at a time, each sent once the previous one reached the bucket: the
+            # daemon is never handed hundreds at once, so no connection to the bucket waits
+            # behind the others' work on a loaded machine (its connect timeout is 2 s).
+            reached = wave * slots + number
+            wait_for(lambda: proxy.decisions["slow"] == reached, timeout=30, interval=0.002)  # noqa: B023
+        for connection in connections:
+            connection.close()
+        # The next wave comes once the daemon is done with this one (no pause): it gives up
+        # each request as its client leaves, long before the bucket would answer.
+        wait_for(lambda: _finished(daemon) == (wave + 1) * slots, timeout=30)  # noqa: B023
+    assert proxy.decisions["slow"] == 2 * slots
+    assert _finished(daemon, "499") == 2 * slots
+    assert daemon.app.state.active_requests == 0
+    # Clients that hang up straight after sending, before or while the daemon forwards.
     with ThreadPoolExecutor(50) as pool:
-        for _ in range(2):
-            list(pool.map(lambda _: _hang_up_after_sending(port, request), range(150)))
-            time.sleep(1)  # the bucket's late answers arrive for clients that are gone
-    # Every request is forwarded. Those beyond the pool's 256 connections wait for one to be
-    # given back, up to the pool timeout (connect_timeout_s, 2 s): on a busy machine the first
-    # wave can still hold some when the pause ends (in CI 8 of 300 reached the proxy later).
-    wait_for(lambda: proxy.decisions["slow"] >= 300, timeout=10)
-    assert proxy.decisions["slow"] == 300
+        list(pool.map(lambda _: _hang_up_after_sending(port, request), range(300)))
+    wait_for(lambda: _finished(daemon) == 2 * slots + 300, timeout=30)
     proxy.set("pass")
     client = daemon.client(retries={"total_max_attempts": 1})
     answer = client.get_object(Bucket=bucket, Key="unbatched")
     assert answer["Body"].read() == b"from the bucket"
+
+
+def test_a_delete_whose_client_hangs_up_still_hides_the_batched_object(
+    proxy: FaultProxy, start_daemon: DaemonFactory, bucket: str
+) -> None:
+    # Unlike a GET, a forwarded write is not given up when its client leaves: the bucket
+    # applies it anyway, so the daemon must still do its part (here: hide the batched key).
+    daemon = start_daemon(upstream={"endpoint_url": proxy.url}, batch={"linger_ms": 600_000})
+    client = daemon.client(retries={"total_max_attempts": 1})
+    client.put_object(Bucket=bucket, Key="d", Body=b"batched")
+    proxy.set("slow", delay_s=1, only_method="DELETE")
+    request = f"DELETE /{bucket}/d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    with _send(daemon.settings.server.port, request):  # hangs up once it reached the bucket
+        wait_for(lambda: proxy.decisions["slow"] == 1, timeout=30)
+    wait_for(lambda: _finished(daemon, "204") == 1, timeout=30)
+    proxy.set("pass")
+    with pytest.raises(ClientError) as gone:
+        client.get_object(Bucket=bucket, Key="d")
+    assert gone.value.response["Error"]["Code"] == "NoSuchKey"
 
 
 def test_an_abort_the_bucket_refuses_can_be_retried(
