@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -18,6 +19,7 @@ from s3batchd.errors import InvalidTag, MalformedXML
 from s3batchd.subresources import parse_tagging, tagging_header, tags_of
 from tests.batches import indexes
 from tests.conftest import Daemon, DaemonFactory, wait_for
+from tests.daemon_process import DaemonProcess
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -299,3 +301,38 @@ def test_the_canned_acl_is_recorded_and_not_copied(daemon: Daemon, bucket: str) 
     assert (acl("src"), acl("copy"), acl("acl")) == ("bucket-owner-full-control", None, "private")
     head = client.head_object(Bucket=bucket, Key="src")["ResponseMetadata"]["HTTPHeaders"]
     assert "x-amz-acl" not in head  # S3 returns no ACL on GET / HEAD
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_update_is_in_the_spool_before_its_answer(
+    s3_server: LocalS3, s3: S3Client, bucket: str, tmp_path: Path, workers: int
+) -> None:
+    """kill -9 right after the answers, the catalog lost too: the open batches recovered from
+    the spool give the object its new tags (with two workers, the PUT and the update may land
+    in different workers' batches)."""
+    process = DaemonProcess(
+        tmp_path,
+        s3_server,
+        batch={"linger_ms": 600_000},
+        spool={"durability": "fsync"},
+        server={"workers": workers},
+    )
+    try:
+        process.start()
+        client = process.client()
+        client.put_object(Bucket=bucket, Key="k", Body=b"data", Tagging="a=1")
+        client.put_object_tagging(
+            Bucket=bucket, Key="k", Tagging={"TagSet": [{"Key": "b", "Value": "2"}]}
+        )
+        client.put_object_acl(Bucket=bucket, Key="k", ACL="bucket-owner-full-control")
+        process.kill()
+        shutil.rmtree(tmp_path / "spool" / "_catalog")
+        process.start()
+        client = process.client()
+        assert _tags(client, bucket, "k") == [{"Key": "b", "Value": "2"}]
+        assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"data"
+        assert process.terminate() == 0
+    finally:
+        process.close()
+    headers = [u["headers"] for d in indexes(s3, bucket) for u in d.get("updates", [])]
+    assert {"x-amz-tagging": "b=2", "x-amz-acl": "bucket-owner-full-control"} in headers
