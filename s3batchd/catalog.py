@@ -114,12 +114,15 @@ ON CONFLICT (bucket, key) DO UPDATE SET
     object_mtime = excluded.object_mtime, mtime = excluded.mtime, headers = excluded.headers
 WHERE excluded.mtime > updates.mtime
 """
-#: Objects with their latest attribute update's headers (NULL when none applies). An update's
-#: ``object_mtime`` matches its object's stamp within 1.5 ms: an index gives stamps truncated
-#: to milliseconds, the spool exactly, and a catalog may hold one from each.
+#: Objects with their latest attribute update's headers (NULL when none applies). An update
+#: names its object by the object's stamp to the millisecond: an index gives stamps truncated
+#: to milliseconds (``index.iso_time``), the spool exactly, and a catalog may hold one from
+#: each. (Whole microseconds first, as iso_time rounds them: an integer below 2**53.)
 _SELECT = """
 SELECT o.*, u.headers FROM objects o LEFT JOIN updates u
-ON u.bucket = o.bucket AND u.key = o.key AND abs(u.object_mtime - o.mtime) < 0.0015
+ON u.bucket = o.bucket AND u.key = o.key
+AND CAST(round(u.object_mtime * 1000000) AS INTEGER) / 1000
+  = CAST(round(o.mtime * 1000000) AS INTEGER) / 1000
 """
 
 

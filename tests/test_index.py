@@ -129,3 +129,27 @@ def test_updates_travel_through_the_index_in_any_order(tmp_path: Path) -> None:
         found = catalog.get("b", "k")
         assert found is not None and found.record.headers == {}  # not the older object's
         catalog.close()
+
+
+def test_an_update_names_its_object_to_the_millisecond(tmp_path: Path) -> None:
+    """The catalog may hold an object's exact stamp (from the spool) and an update naming it
+    by its index stamp (truncated to milliseconds), or the other way round; a newer object
+    of the key one millisecond later is another object."""
+    exact = 1_765_000_000.1234567
+    indexed = datetime.fromisoformat(iso_time(exact).replace("Z", "+00:00")).timestamp()
+    for object_stamp, named in ((exact, indexed), (indexed, exact)):
+        catalog = Catalog(tmp_path / f"{object_stamp}.sqlite3")
+        record = ObjectRecord(key="k", size=0, md5_hex=EMPTY_MD5, mtime=object_stamp)
+        catalog.put("b", "batch", "tar", IndexEntry(record, "k", 512), uploaded=True)
+        tags = {"x-amz-tagging": "a=1"}
+        update = ObjectRecord(
+            key="k", size=0, md5_hex=EMPTY_MD5, mtime=exact + 1, headers=tags, update_of=named
+        )
+        catalog.put("b", "batch", "tar", IndexEntry(update, "k", 0), uploaded=True)
+        found = catalog.get("b", "k")
+        assert found is not None and found.record.headers == tags
+        newer = ObjectRecord(key="k", size=0, md5_hex=EMPTY_MD5, mtime=exact + 0.001)
+        catalog.put("b", "batch2", "tar2", IndexEntry(newer, "k", 512), uploaded=True)
+        found = catalog.get("b", "k")
+        assert found is not None and found.record.headers == {}
+        catalog.close()
