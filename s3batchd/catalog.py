@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from s3batchd.index import IndexEntry
-from s3batchd.records import EMPTY_MD5, ObjectRecord
+from s3batchd.records import EMPTY_MD5, ObjectRecord, updated_headers
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,6 +69,15 @@ CREATE TABLE IF NOT EXISTS tombstones (
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tombstones_mtime ON tombstones (mtime);
+CREATE TABLE IF NOT EXISTS updates (
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    object_mtime REAL NOT NULL,
+    mtime REAL NOT NULL,
+    headers TEXT NOT NULL,
+    PRIMARY KEY (bucket, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS updates_mtime ON updates (mtime);
 """
 #: Columns added after the first release, for catalogs created before them.
 _MIGRATIONS = {"etag": "ALTER TABLE objects ADD COLUMN etag TEXT NOT NULL DEFAULT ''"}
@@ -96,6 +105,25 @@ ON CONFLICT (bucket, key) DO UPDATE SET mtime = excluded.mtime
 WHERE excluded.mtime > tombstones.mtime
 """
 _BURY = "DELETE FROM objects WHERE bucket = ? AND key = ? AND mtime <= ?"
+#: The latest attribute update of a key (PutObjectTagging, PutObjectAcl...), in any order of
+#: arrival. It applies to the object it names (by write stamp) only: a newer PUT of the key
+#: has no tags or ACL but its own.
+_UPDATE = """
+INSERT INTO updates (bucket, key, object_mtime, mtime, headers) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (bucket, key) DO UPDATE SET
+    object_mtime = excluded.object_mtime, mtime = excluded.mtime, headers = excluded.headers
+WHERE excluded.mtime > updates.mtime
+"""
+#: Objects with their latest attribute update's headers (NULL when none applies). An update
+#: names its object by the object's stamp to the millisecond: an index gives stamps truncated
+#: to milliseconds (``index.iso_time``), the spool exactly, and a catalog may hold one from
+#: each. (Whole microseconds first, as iso_time rounds them: an integer below 2**53.)
+_SELECT = """
+SELECT o.*, u.headers FROM objects o LEFT JOIN updates u
+ON u.bucket = o.bucket AND u.key = o.key
+AND CAST(round(u.object_mtime * 1000000) AS INTEGER) / 1000
+  = CAST(round(o.mtime * 1000000) AS INTEGER) / 1000
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +219,7 @@ class Catalog:
         to the uploader): one SQLite transaction per PUT cost more than the rest of the
         catalog's work. The catalog is rebuilt from the spool at start, so a crash loses
         nothing that was not already on disk."""
-        if entry.record.deleted:
+        if entry.record.deleted or entry.record.update_of is not None:
             self.put_all([CatalogWrite(bucket, batch_id, tar_key, entry, uploaded)])
             return
         row = _row(bucket, batch_id, tar_key, entry, uploaded=uploaded)
@@ -246,6 +274,9 @@ class Catalog:
         if record.deleted:
             self._db.execute(_TOMBSTONE, (bucket, record.key, record.mtime))
             self._db.execute(_BURY, (bucket, record.key, record.mtime))
+        elif record.update_of is not None:
+            update = (bucket, record.key, record.update_of, record.mtime, _json(record.headers))
+            self._db.execute(_UPDATE, update)
         else:
             self._db.execute(_UPSERT, _row(bucket, batch_id, tar_key, entry, uploaded=uploaded))
 
@@ -327,7 +358,7 @@ class Catalog:
         with self._db_lock:
             self.flush()
             row = self._db.execute(
-                "SELECT * FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
+                _SELECT + "WHERE o.bucket = ? AND o.key = ?", (bucket, key)
             ).fetchone()
         return None if row is None else _entry(row)
 
@@ -342,8 +373,8 @@ class Catalog:
                 # A range scan plus a check in Python: SQLite's substr() stops at a NUL, which
                 # S3 keys may contain.
                 rows = self._db.execute(
-                    "SELECT * FROM objects WHERE bucket = ? AND key > ? AND key >= ? "
-                    "ORDER BY key LIMIT ?",
+                    _SELECT + "WHERE o.bucket = ? AND o.key > ? AND o.key >= ? "
+                    "ORDER BY o.key LIMIT ?",
                     (bucket, after, prefix, _PAGE_ROWS),
                 ).fetchall()
             for row in rows:
@@ -365,21 +396,22 @@ class Catalog:
                 "(SELECT bucket, key FROM objects WHERE mtime < ? LIMIT ?)",
                 (older_than, limit),
             )
-            self._db.execute(
-                "DELETE FROM tombstones WHERE (bucket, key) IN "
-                "(SELECT bucket, key FROM tombstones WHERE mtime < ? LIMIT ?)",
-                (older_than, limit),
-            )
+            for table in ("tombstones", "updates"):
+                self._db.execute(
+                    f"DELETE FROM {table} WHERE (bucket, key) IN "  # noqa: S608  a constant
+                    f"(SELECT bucket, key FROM {table} WHERE mtime < ? LIMIT ?)",
+                    (older_than, limit),
+                )
             return cursor.rowcount
 
     def newest_stamp(self) -> float:
-        """The largest write stamp (``mtime``) of any object or tombstone, 0 when none (two
-        lookups in the ``mtime`` indexes)."""
+        """The largest write stamp (``mtime``) of any object, tombstone or attribute update,
+        0 when none (lookups in the ``mtime`` indexes)."""
         with self._db_lock:
             self.flush()
             stamps = [
                 self._db.execute(f"SELECT max(mtime) FROM {table}").fetchone()[0]  # noqa: S608  a constant
-                for table in ("objects", "tombstones")
+                for table in ("objects", "tombstones", "updates")
             ]
         return max((float(stamp) for stamp in stamps if stamp is not None), default=0.0)
 
@@ -539,14 +571,18 @@ def _entry(row: tuple[Any, ...]) -> CatalogEntry:
         mtime,
         uploaded,
         etag,
+        update,
     ) = row
+    stored = json.loads(headers)
+    if update is not None:
+        stored = updated_headers(stored, json.loads(update))
     record = ObjectRecord(
         key=key,
         size=length,
         md5_hex=md5,
         content_type=content_type,
         metadata=json.loads(metadata),
-        headers=json.loads(headers),
+        headers=stored,
         checksums=json.loads(checksums),
         mtime=mtime,
         multipart_etag=etag,
@@ -555,7 +591,8 @@ def _entry(row: tuple[Any, ...]) -> CatalogEntry:
 
 
 def entries_from_index(document: dict[str, Any]) -> list[IndexEntry]:
-    """The objects of an index document (see docs/index-format.md) as catalog entries."""
+    """The objects, tombstones and attribute updates of an index document (see
+    docs/index-format.md) as catalog entries."""
     entries = []
     for obj in document["objects"]:
         modified = datetime.fromisoformat(obj["last_modified"].replace("Z", "+00:00"))
@@ -581,4 +618,19 @@ def entries_from_index(document: dict[str, Any]) -> list[IndexEntry]:
             deleted=True,
         )
         entries.append(IndexEntry(record=record, member=tombstone["member"], offset=0))
+    for update in document.get("updates", []):
+        record = ObjectRecord(
+            key=update["key"],
+            size=0,
+            md5_hex=EMPTY_MD5,
+            headers=update["headers"],
+            mtime=_stamp(update["updated_at"]),
+            update_of=_stamp(update["object_modified"]),
+        )
+        entries.append(IndexEntry(record=record, member=update["member"], offset=0))
     return entries
+
+
+def _stamp(text: str) -> float:
+    """An index timestamp (``2026-11-21T15:29:08.868Z``) as Unix time."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

@@ -154,7 +154,9 @@ def reindex_command(url: str, config_path: Path | None, endpoint_url: str | None
                 catalog.put_many(
                     bucket, document["batch_id"], document["tar"]["key"], entries, uploaded=True
                 )
-                objects += len(entries)
+                objects += sum(
+                    1 for e in entries if not e.record.deleted and e.record.update_of is None
+                )
     except (ClientError, BotoCoreError, ValueError, KeyError) as exc:
         raise click.ClickException(f"cannot reindex {url}: {exc}") from exc
     finally:

@@ -138,10 +138,15 @@ async def copy_object(call: Call) -> Response:
             metadata=metadata_of(headers),
             headers=stored_headers_of(headers),
         )
-    # Tags follow their own directive (S3 keeps the source's unless told to replace them).
-    kept = {k: v for k, v in record.headers.items() if k != "x-amz-tagging"}
+    # Tags follow their own directive (S3 keeps the source's unless told to replace them);
+    # the ACL is never copied: the copy's is the request's (default private).
+    kept = {k: v for k, v in record.headers.items() if k not in ("x-amz-tagging", "x-amz-acl")}
     tags = (headers if tagging == "REPLACE" else entry.record.headers).get("x-amz-tagging")
     record = replace(record, headers=kept | ({"x-amz-tagging": tags} if tags else {}))
+    if "x-amz-acl" in headers:
+        record = replace(
+            record, headers=record.headers | {"x-amz-acl": headers["x-amz-acl"].strip().lower()}
+        )
     pipeline = call.pipeline
     body = BodyBuffer(memory_limit=len(data), spill_dir=pipeline.spill_dir)
     body.write(data)

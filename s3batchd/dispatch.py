@@ -1,5 +1,6 @@
 """Which handler serves a request: the daemon's own (PutObject batching, reads of batched
-keys, client multipart uploads, merged listings, deletes of batched keys) or forwarding."""
+keys, client multipart uploads, merged listings, deletes of batched keys, tags, ACLs and
+attributes of batched keys) or forwarding."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from s3batchd.passthrough import Call, forward, read_small_body, send_upstream
 from s3batchd.proxy import read_all, relay, relay_read
 from s3batchd.s3api import SUBRESOURCES, check_bucket, check_host, check_key, parse_target
 from s3batchd.s3xml import local_name
+from s3batchd.subresources import OPERATIONS as SUBRESOURCE_OPERATIONS
+from s3batchd.subresources import object_subresource
 
 logger = logging.getLogger(__name__)
 
@@ -168,4 +171,5 @@ HANDLERS: dict[str, Handler] = {
     "CreateBucket": bucket_write,
     "DeleteBucket": bucket_write,
     **MULTIPART_HANDLERS,
+    **dict.fromkeys(SUBRESOURCE_OPERATIONS, object_subresource),
 }

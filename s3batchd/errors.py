@@ -19,6 +19,7 @@ S3BatchdError                      root of everything the daemon raises on purpo
     ├── NotImplementedS3
     ├── NoSuchKey (404), PreconditionFailed (412), InvalidRange (416)
     ├── NoSuchBucket (404, the bucket is named in <BucketName>)
+    ├── InvalidTag (400, a tag set S3 refuses)
     ├── RequestTimeout (400, a stalled body)
     ├── SlowDown (503, Retry-After)
     ├── InternalError (500)
@@ -147,6 +148,14 @@ class InvalidArgument(S3Error):
 
 class InvalidRequest(S3Error):
     code, status_code, default_message = "InvalidRequest", 400, "Invalid Request"
+
+
+class InvalidTag(S3Error):
+    code, status_code, default_message = (
+        "InvalidTag",
+        400,
+        "The tag provided was not a valid tag.",
+    )
 
 
 class MissingContentLength(S3Error):

@@ -109,24 +109,32 @@ def render_index(
     }
     if fragments is None:
         fragments = [index_fragment(entry) for entry in entries or ()]
-    objects = [f for f in fragments if not f.startswith(_TOMBSTONE_MARK)]
+    marks = (_TOMBSTONE_MARK, _UPDATE_MARK)
+    objects = [f for f in fragments if not f.startswith(marks)]
     tombstones = [f[len(_TOMBSTONE_MARK) :] for f in fragments if f.startswith(_TOMBSTONE_MARK)]
+    updates = [f[len(_UPDATE_MARK) :] for f in fragments if f.startswith(_UPDATE_MARK)]
     parts = [_dumps(head)[:-1], b',"objects":[', b",".join(objects), b"]"]
     if tombstones:
         parts += [b',"tombstones":[', b",".join(tombstones), b"]"]
+    if updates:
+        parts += [b',"updates":[', b",".join(updates), b"]"]
     parts.append(b"}\n")
     return b"".join(parts)
 
 
 #: Prefix of a tombstone's fragment (never the start of a JSON object).
 _TOMBSTONE_MARK = b"T"
+#: Prefix of an attribute update's fragment.
+_UPDATE_MARK = b"U"
 
 
 def index_fragment(entry: IndexEntry) -> bytes:
-    """One member's part of the index: its ``objects`` entry, or its ``tombstones`` entry
-    behind a marker."""
+    """One member's part of the index: its ``objects`` entry, or its ``tombstones`` or
+    ``updates`` entry behind a marker."""
     if entry.record.deleted:
         return _TOMBSTONE_MARK + _dumps(_tombstone(entry))
+    if entry.record.update_of is not None:
+        return _UPDATE_MARK + _dumps(_update(entry, entry.record.update_of))
     return _dumps(_object(entry))
 
 
@@ -164,6 +172,17 @@ def _tombstone(entry: IndexEntry) -> dict[str, object]:
         "key": record.key,
         "member": entry.member,
         "deleted_at": iso_time(record.mtime),
+    }
+
+
+def _update(entry: IndexEntry, update_of: float) -> dict[str, object]:
+    record = entry.record
+    return {
+        "key": record.key,
+        "member": entry.member,
+        "object_modified": iso_time(update_of),
+        "updated_at": iso_time(record.mtime),
+        "headers": record.headers,
     }
 
 

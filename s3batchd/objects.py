@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import partial
 from typing import TYPE_CHECKING, NoReturn
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 from xml.sax.saxutils import escape
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -67,6 +67,10 @@ class ObjectSource:
     """Threads for reads, apart from the spool's (fdatasync must not wait behind a GET)."""
 
 
+#: Stored headers a GET or HEAD does not return (GetObjectTagging, GetObjectAcl do).
+_NOT_ANSWERED = frozenset({"x-amz-tagging", "x-amz-acl"})
+
+
 def object_headers(entry: CatalogEntry, headers: dict[str, str]) -> dict[str, str]:
     """The headers S3 returns for an object (and where it lives in its batch)."""
     record = entry.record
@@ -82,14 +86,11 @@ def object_headers(entry: CatalogEntry, headers: dict[str, str]) -> dict[str, st
     if record.size:
         out[f"{HEADER_PREFIX}range"] = f"bytes={entry.offset}-{entry.offset + record.size - 1}"
     out.update(
-        {
-            name.title(): value
-            for name, value in record.headers.items()
-            if not name.startswith("x-amz-tagging")
-        }
+        {name.title(): value for name, value in record.headers.items() if name not in _NOT_ANSWERED}
     )
-    if "x-amz-tagging" in record.headers:
-        out["x-amz-tagging-count"] = str(record.headers["x-amz-tagging"].count("=") or 0)
+    tags = len(parse_qsl(record.headers.get("x-amz-tagging", ""), keep_blank_values=True))
+    if tags:
+        out["x-amz-tagging-count"] = str(tags)
     out.update({f"x-amz-meta-{name}": value for name, value in record.metadata.items()})
     if headers.get("x-amz-checksum-mode", "").upper() == "ENABLED" and record.checksums:
         out.update({f"x-amz-checksum-{a}": v for a, v in record.checksums.items()})

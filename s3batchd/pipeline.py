@@ -25,7 +25,7 @@ from s3batchd.errors import InternalError, SpoolError
 from s3batchd.index import IndexEntry, WriterId
 from s3batchd.objects import ObjectSource
 from s3batchd.prober import Prober
-from s3batchd.records import EMPTY_MD5, ObjectRecord, SealedBatch, SpoolEntry
+from s3batchd.records import EMPTY_MD5, UPDATED_HEADERS, ObjectRecord, SealedBatch, SpoolEntry
 from s3batchd.spool import (
     TMP_DIR,
     Recovery,
@@ -237,6 +237,25 @@ class Pipeline:
         )
         await self.written(record, entry, uploaded=False)
         return True
+
+    async def update(self, bucket: str, current: ObjectRecord, headers: dict[str, str]) -> None:
+        """Give the batched object ``current`` new tags and canned ACL (``headers``: its
+        ``UPDATED_HEADERS`` after the change, the absent ones removed): an attribute update is
+        appended to the bucket's batch, durable like a PUT, recorded in the catalog now and
+        in the batch's index."""
+        record = ObjectRecord(
+            key=current.key,
+            size=0,
+            md5_hex=EMPTY_MD5,
+            headers={name: headers[name] for name in UPDATED_HEADERS if name in headers},
+            mtime=write_time(),
+            update_of=current.mtime,
+        )
+        empty = BodyBuffer(memory_limit=0, spill_dir=self.spill_dir)
+        entry = await self.batcher.add(
+            bucket, record, empty, durability=self.settings.spool.durability
+        )
+        await self.written(record, entry, uploaded=False)
 
     async def discard_parked(self, batch_id: str) -> SealedBatch | None:
         """Delete a parked batch for good (``s3batchd parked discard``) and forget its objects

@@ -7,6 +7,16 @@ from pathlib import Path
 
 #: MD5 of no bytes (a tombstone's data).
 EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
+#: Stored headers an attribute update replaces (PutObjectTagging, PutObjectAcl...): the
+#: others stay those of the object's PUT.
+UPDATED_HEADERS = ("x-amz-tagging", "x-amz-acl")
+
+
+def updated_headers(headers: dict[str, str], update: dict[str, str]) -> dict[str, str]:
+    """An object's stored ``headers`` after an attribute update carrying ``update``."""
+    kept = {name: value for name, value in headers.items() if name not in UPDATED_HEADERS}
+    kept.update({name: value for name, value in update.items() if name in UPDATED_HEADERS})
+    return kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +43,10 @@ class ObjectRecord:
     (``<hex MD5 of the parts' MD5s>-<parts>``, unquoted); empty otherwise."""
     deleted: bool = False
     """A tombstone: the key was deleted (or overwritten in the bucket) at ``mtime``; no data."""
+    update_of: float | None = None
+    """An attribute update (no data): the object of ``key`` written at this stamp has, since
+    ``mtime``, the ``UPDATED_HEADERS`` given in ``headers`` (its tags and canned ACL) and no
+    others of them."""
 
     @property
     def etag(self) -> str:

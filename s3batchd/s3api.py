@@ -61,6 +61,7 @@ STORED_HEADERS = (
     "x-amz-tagging",
     "x-amz-storage-class",
     "x-amz-website-redirect-location",
+    "x-amz-acl",
 )
 #: Sub-resources that make a PUT something other than PutObject. Other query parameters
 #: (``x-id=PutObject``, presigned-URL auth parameters) do not change what a PUT means.
@@ -263,8 +264,9 @@ UNSUPPORTED_HEADERS = (
     "x-amz-grant-read-acp",
     "x-amz-grant-full-control",
 )
-#: Values that are the bucket's behaviour anyway, so they are accepted (not recorded: they
-#: describe the bucket, not the object).
+#: Values that are the bucket's behaviour anyway, so they are accepted. The canned ACL is
+#: recorded (GetObjectAcl answers it); others (public-read, ...) cannot be batched: a batched
+#: object's bytes are inside a private tar that no object ACL makes readable to others.
 ACCEPTED_VALUES = {
     "x-amz-server-side-encryption": ("aes256",),  # SSE-S3, S3's default for every object
     "x-amz-acl": ("private", "bucket-owner-full-control"),
@@ -325,6 +327,8 @@ def stored_headers_of(headers: dict[str, str]) -> dict[str, str]:
             stored["content-encoding"] = ",".join(remaining)
         else:
             del stored["content-encoding"]
+    if "x-amz-acl" in stored:  # one of ACCEPTED_VALUES (unbatchable checked it)
+        stored["x-amz-acl"] = stored["x-amz-acl"].strip().lower()
     return stored
 
 

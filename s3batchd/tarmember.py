@@ -31,6 +31,7 @@ _HEADER = PAX_PREFIX + "header."
 _CHECKSUM = PAX_PREFIX + "checksum."
 _MULTIPART_ETAG = PAX_PREFIX + "etag"
 _DELETED = PAX_PREFIX + "deleted"
+_UPDATE_OF = PAX_PREFIX + "update-of"
 
 
 def padded(size: int) -> int:
@@ -173,6 +174,8 @@ def _pax_records(record: ObjectRecord) -> dict[str, str]:
         pax[_MULTIPART_ETAG] = record.multipart_etag
     if record.deleted:
         pax[_DELETED] = "1"
+    if record.update_of is not None:
+        pax[_UPDATE_OF] = repr(record.update_of)
     pax.update(_prefixed(_META, record.metadata))
     pax.update(_prefixed(_HEADER, record.headers))
     pax.update(_prefixed(_CHECKSUM, record.checksums))
@@ -199,6 +202,7 @@ def decode_record(info: tarfile.TarInfo) -> ObjectRecord | None:
         mtime=float(pax.get(_MTIME, info.mtime)),
         multipart_etag=pax.get(_MULTIPART_ETAG, ""),
         deleted=pax.get(_DELETED) == "1",
+        update_of=float(pax[_UPDATE_OF]) if _UPDATE_OF in pax else None,
     )
 
 
