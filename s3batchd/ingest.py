@@ -31,6 +31,7 @@ from s3batchd.records import ObjectRecord, SpoolEntry
 from s3batchd.s3api import (
     PutRequest,
     build_record,
+    check_sse_c,
     parse_put,
     read_body,
     unbatchable,
@@ -48,6 +49,7 @@ async def put_object(call: Call) -> Response:
     settings = call.settings
     pipeline = call.pipeline
     headers = call.headers
+    check_sse_c(headers)
     can_forward = settings.passthrough.allows("PutObject")
     reason = unbatchable(headers)
     if reason is not None:
