@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
@@ -24,6 +25,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from s3batchd.auth import Authenticator
+from s3batchd.bucketmodes import BucketModes, look_up
 from s3batchd.config import Settings
 from s3batchd.credentials import upstream_credentials
 from s3batchd.dispatch import serve
@@ -196,6 +198,9 @@ def create_app(
             lag.start()
         app.state.pipeline = pipeline
         app.state.forwarder = Forwarder(settings.upstream, credentials)
+        app.state.bucket_modes = BucketModes(
+            partial(look_up, pipeline.client), refresh_s=settings.batch.bucket_modes_refresh_s
+        )
         if spools:
             pipeline.spools = (settings.spool.dir, *(d for d in spools if d != settings.spool.dir))
         app.state.uploads = UploadStore(
@@ -206,6 +211,7 @@ def create_app(
             yield
         finally:
             await app.state.forwarder.aclose()
+            await app.state.bucket_modes.close()
             await pipeline.close()
             app.state.uploads.close()
             await lag.stop()

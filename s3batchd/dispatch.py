@@ -140,6 +140,21 @@ def _deleted(keys: list[str], answer: bytes) -> list[str]:
     return [key for key in keys if key not in failed]
 
 
+#: Bucket sub-resources whose change changes what bucketmodes knows of the bucket.
+MODE_SUBRESOURCES = frozenset({"versioning", "object-lock", "encryption"})
+
+
+async def configure_bucket(call: Call) -> Response:
+    """CreateBucket, DeleteBucket and bucket sub-resource changes: forwarded; once the bucket
+    accepted a change of its versioning, object lock or default encryption (or the bucket
+    itself), the daemon's cached mode of it is dropped."""
+    response = await forward(call)
+    bucket_wide = call.operation in ("CreateBucket", "DeleteBucket")
+    if response.status_code < 300 and (bucket_wide or MODE_SUBRESOURCES & call.target.query.keys()):
+        call.bucket_modes.invalidate(call.target.bucket)
+    return response
+
+
 HANDLERS: dict[str, Handler] = {
     "PutObject": put_object,
     "GetObject": read_object,
@@ -151,4 +166,8 @@ HANDLERS: dict[str, Handler] = {
     "CopyObject": copy_object,
     "ListMultipartUploads": list_multipart_uploads,
     **MULTIPART_HANDLERS,
+    "CreateBucket": configure_bucket,
+    "DeleteBucket": configure_bucket,
+    "PutBucketSubresource": configure_bucket,
+    "DeleteBucketSubresource": configure_bucket,
 }
