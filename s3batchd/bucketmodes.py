@@ -14,9 +14,10 @@ What is assumed when a call fails:
   ``s3:GetBucketObjectLockConfiguration`` or ``s3:GetEncryptionConfiguration``): that feature
   is off, and a warning says so at each lookup. Versioning and object lock then go
   unnoticed: grant the actions (docs/operations.md).
-- Anything else (the bucket unreachable, throttled, missing): the last known mode, or a plain
-  bucket when none is known yet (the daemon keeps batching while the bucket is away, as it always
-  did), looked up again after ``FAILED_RETRY_S``.
+- Anything else (the bucket unreachable, throttled, missing), or no answer to a first lookup
+  within ``FIRST_LOOKUP_WAIT_S``: the last known mode, or a plain bucket when none is known
+  yet (the daemon keeps batching while the bucket is away, as it always did), looked up again
+  after ``FAILED_RETRY_S``.
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from s3batchd.concurrency import run_sync
+from s3batchd.concurrency import run_in
 from s3batchd.errors import S3BatchdError
 from s3batchd.upstream import ACCESS_DENIED_CODES, code_of
 
@@ -46,6 +49,10 @@ logger = logging.getLogger(__name__)
 CAPACITY = 10_000
 #: Seconds until a bucket whose lookup failed is asked again.
 FAILED_RETRY_S = 30.0
+#: Seconds a PUT waits for the first lookup of its bucket; after that it goes on as into a
+#: plain bucket (the lookup goes on too), so a bucket that does not answer (an outage, a
+#: stalled connection) does not hold PUTs for the client's read timeout.
+FIRST_LOOKUP_WAIT_S = 5.0
 
 SSE = "x-amz-server-side-encryption"
 SSE_KMS_KEY = "x-amz-server-side-encryption-aws-kms-key-id"
@@ -117,11 +124,18 @@ def decide(
     if mode.versioned and versioned_buckets == "forward":
         return f"Versioning is {mode.versioning} on the bucket: its objects are not batched.", {}
     default = mode.encryption
+    if SSE in headers and default is not None and default.algorithm != "AES256":
+        return f"{SSE}: AES256 differs from the bucket's default {default.algorithm}.", {}
+    return None, encryption_of(mode, headers)
+
+
+def encryption_of(mode: BucketMode, headers: Mapping[str, str]) -> dict[str, str]:
+    """The encryption headers of a batched object written with ``headers`` into a bucket of
+    ``mode``: SSE-S3 when asked for, else the bucket's default (``decide`` has forwarded
+    what the bucket would encrypt otherwise)."""
     if SSE in headers:
-        if default is not None and default.algorithm != "AES256":
-            return f"{SSE}: AES256 differs from the bucket's default {default.algorithm}.", {}
-        return None, Encryption("AES256").headers()
-    return None, {} if default is None else default.headers()
+        return Encryption("AES256").headers()
+    return {} if mode.encryption is None else mode.encryption.headers()
 
 
 def look_up(client: S3Client, bucket: str) -> BucketMode:
@@ -222,10 +236,15 @@ class BucketModes:
         *,
         refresh_s: float,
         capacity: int = CAPACITY,
+        first_wait_s: float = FIRST_LOOKUP_WAIT_S,
     ) -> None:
         self._lookup = lookup
         self._refresh_s = refresh_s
         self._capacity = capacity
+        self._first_wait_s = first_wait_s
+        # Its own threads: a lookup stalled on the network never holds up spool I/O, and
+        # close() leaves it behind without waiting.
+        self._executor = ThreadPoolExecutor(2, "s3batchd-bucketmodes")
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._pending: dict[str, asyncio.Task[BucketMode]] = {}
         self._tasks: set[asyncio.Task[BucketMode]] = set()
@@ -237,11 +256,27 @@ class BucketModes:
         """The bucket's mode (an upstream lookup only on a miss)."""
         entry = self._entries.get(bucket)
         if entry is None:
-            return await asyncio.shield(self._refresh(bucket))
+            return await self._first(bucket)
         self._entries.move_to_end(bucket)
         if time.monotonic() >= entry.expires:
             self._refresh(bucket)
         return entry.mode
+
+    async def _first(self, bucket: str) -> BucketMode:
+        task = self._refresh(bucket)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self._first_wait_s)
+        except TimeoutError:
+            logger.warning(
+                "s3://%s: its configuration was not read within %.0f s; written to as a plain"
+                " bucket until it is",
+                bucket,
+                self._first_wait_s,
+            )
+            assumed = BucketMode(known=False)
+            if bucket not in self._entries:  # expired at once: the lookup still runs
+                self._store(bucket, assumed, 0)
+            return assumed
 
     def invalidate(self, bucket: str) -> None:
         """Forget the bucket's mode: its configuration changed (or may have)."""
@@ -267,7 +302,7 @@ class BucketModes:
     async def _look_up(self, bucket: str) -> BucketMode:
         epoch = self._epoch
         try:
-            mode = await run_sync(self._lookup, bucket)
+            mode = await run_in(self._executor, partial(self._lookup, bucket))
             ttl = self._refresh_s
         except LookupFailedError as exc:
             old = self._entries.get(bucket)
@@ -295,6 +330,7 @@ class BucketModes:
 
     async def close(self) -> None:
         """Cancel the lookups still running (their waiters get CancelledError)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
         tasks = list(self._tasks)
         self._pending.clear()
         for task in tasks:

@@ -286,3 +286,25 @@ async def _the_cache_is_bounded() -> None:
         for bucket in ("a", "b", "c", "a"):
             await modes.get(bucket)
     assert lookup.calls == ["a", "b", "c", "a"]
+
+
+def test_a_first_lookup_without_an_answer_does_not_hold_puts() -> None:
+    asyncio.run(_first_lookup_without_an_answer())
+
+
+async def _first_lookup_without_an_answer() -> None:
+    """The bucket does not answer: PUTs go on as into a plain bucket, and the answer, when it
+    comes, is used from then on (one lookup in all)."""
+    lookup = _FakeLookup()
+    lookup.modes["b"] = BucketMode(object_lock=True)
+    lookup.release.clear()
+    async with BucketModes(lookup, refresh_s=300, first_wait_s=0.01) as modes:
+        assert await modes.get("b") == BucketMode(known=False)
+        assert await modes.get("b") == BucketMode(known=False)
+        lookup.release.set()
+        for _ in range(3000):
+            if (await modes.get("b")).object_lock:
+                break
+            await asyncio.sleep(0.01)
+        assert (await modes.get("b")).object_lock
+    assert lookup.calls == ["b"]

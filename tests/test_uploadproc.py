@@ -103,7 +103,8 @@ def test_a_killed_upload_process_fails_only_its_attempt(
     bucket: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    proxy.set("blackhole")
+    # PUTs only: the bucket's configuration (GETs, s3batchd.bucketmodes) is read first.
+    proxy.set("blackhole", only_method="PUT")
     daemon = start_daemon(
         upstream={"endpoint_url": proxy.url, "read_timeout_s": 60},
         batch={"linger_ms": 100},
@@ -143,7 +144,7 @@ def test_ctrl_c_does_not_stop_the_upload_processes(
 def test_a_shutdown_that_cannot_wait_kills_the_uploads_and_keeps_the_batch(
     start_daemon: DaemonFactory, proxy: FaultProxy, s3: S3Client, bucket: str
 ) -> None:
-    proxy.set("blackhole")
+    proxy.set("blackhole", only_method="PUT")  # the uploads; bucketmodes' GETs pass
     upstream = {"endpoint_url": proxy.url, "read_timeout_s": 60}
     daemon = start_daemon(
         upstream=upstream, batch={"linger_ms": 100}, upload=CHILD, shutdown={"drain_timeout_s": 1}
