@@ -288,6 +288,65 @@ async def _the_cache_is_bounded() -> None:
     assert lookup.calls == ["a", "b", "c", "a"]
 
 
+def test_multipart_upload_into_a_versioned_bucket_is_the_buckets(
+    daemon: Daemon, s3: S3Client
+) -> None:
+    bucket = _versioned_bucket(s3)
+    client = daemon.client()
+    upload = client.create_multipart_upload(Bucket=bucket, Key="m")["UploadId"]
+    part = client.upload_part(Bucket=bucket, Key="m", UploadId=upload, PartNumber=1, Body=b"p")
+    done = client.complete_multipart_upload(
+        Bucket=bucket,
+        Key="m",
+        UploadId=upload,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+    )
+    assert done.get("VersionId")
+    assert s3.get_object(Bucket=bucket, Key="m")["Body"].read() == b"p"
+    assert daemon.pipeline.catalog.count() == 0
+
+
+def test_held_multipart_upload_echoes_its_encryption(
+    daemon: Daemon, bucket: str, s3: S3Client
+) -> None:
+    client = daemon.client()
+    created = client.create_multipart_upload(Bucket=bucket, Key="m", ServerSideEncryption="AES256")
+    assert created["ServerSideEncryption"] == "AES256"
+    upload = created["UploadId"]
+    part = client.upload_part(Bucket=bucket, Key="m", UploadId=upload, PartNumber=1, Body=b"p")
+    done = client.complete_multipart_upload(
+        Bucket=bucket,
+        Key="m",
+        UploadId=upload,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+    )
+    assert "x-s3batchd-tar" in done["ResponseMetadata"]["HTTPHeaders"]
+    assert done["ServerSideEncryption"] == "AES256"
+    assert client.head_object(Bucket=bucket, Key="m")["ServerSideEncryption"] == "AES256"
+
+
+def test_copy_of_a_batched_object_into_a_versioned_bucket_is_written_there(
+    daemon: Daemon, s3: S3Client, bucket: str
+) -> None:
+    client = daemon.client()
+    source = client.put_object(
+        Bucket=bucket, Key="src", Body=b"data", Metadata={"m": "1"}, ContentType="text/plain"
+    )
+    assert _batched(source)
+    target = _versioned_bucket(s3)
+    copied = client.copy_object(
+        Bucket=target, Key="dst", CopySource={"Bucket": bucket, "Key": "src"}
+    )
+    assert copied.get("VersionId")
+    assert copied["CopyObjectResult"]["ETag"] == source["ETag"]
+    [version] = client.list_object_versions(Bucket=target)["Versions"]
+    assert version["VersionId"] == copied["VersionId"]
+    back = s3.get_object(Bucket=target, Key="dst")
+    assert back["Body"].read() == b"data"
+    assert back["Metadata"] == {"m": "1"}
+    assert back["ContentType"] == "text/plain"
+
+
 def test_a_first_lookup_without_an_answer_does_not_hold_puts() -> None:
     asyncio.run(_first_lookup_without_an_answer())
 
