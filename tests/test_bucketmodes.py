@@ -9,6 +9,7 @@ the pure functions only).
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import threading
 from datetime import UTC, datetime, timedelta
@@ -26,10 +27,15 @@ from s3batchd.bucketmodes import (
 )
 from tests.batches import indexed_objects, indexes
 from tests.conftest import Daemon, DaemonFactory, wait_for
+from tests.faultproxy import FaultProxy
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import PutObjectOutputTypeDef
+
+    from s3batchd.seaweed import LocalS3
 
 
 def _batched(answer: PutObjectOutputTypeDef) -> bool:
@@ -367,3 +373,29 @@ async def _first_lookup_without_an_answer() -> None:
             await asyncio.sleep(0.01)
         assert (await modes.get("b")).object_lock
     assert lookup.calls == ["b"]
+
+
+@pytest.fixture
+def proxy(s3_server: LocalS3) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the session's SeaweedFS."""
+    fault_proxy = FaultProxy(int(s3_server.endpoint_url.rsplit(":", 1)[1])).start()
+    yield fault_proxy
+    fault_proxy.stop()
+
+
+def test_configuration_reads_denied_leave_the_bucket_plain(
+    proxy: FaultProxy,
+    start_daemon: DaemonFactory,
+    s3: S3Client,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A policy without s3:GetBucketVersioning etc.: the features are assumed off, and the
+    log says which action to grant (docs/operations.md#iam-policy)."""
+    daemon = start_daemon(upstream={"endpoint_url": proxy.url})
+    bucket = _versioned_bucket(s3)
+    proxy.set("error", status=403, code="AccessDenied", only_method="GET")
+    with caplog.at_level(logging.WARNING, logger="s3batchd.bucketmodes"):
+        answer = daemon.client().put_object(Bucket=bucket, Key="k", Body=b"x")
+    proxy.set("pass")
+    assert _batched(answer)
+    assert "GetBucketVersioning: AccessDenied; assumed off" in caplog.text
