@@ -399,3 +399,14 @@ def test_configuration_reads_denied_leave_the_bucket_plain(
     proxy.set("pass")
     assert _batched(answer)
     assert "GetBucketVersioning: AccessDenied; assumed off" in caplog.text
+
+
+def test_without_forwarding_a_versioned_bucket_refuses_puts(
+    start_daemon: DaemonFactory, s3: S3Client
+) -> None:
+    daemon = start_daemon(passthrough={"operations": []})
+    bucket = _versioned_bucket(s3)
+    with pytest.raises(ClientError) as refused:
+        daemon.client().put_object(Bucket=bucket, Key="k", Body=b"x")
+    assert refused.value.response["Error"]["Code"] == "NotImplemented"
+    assert "Versioning is Enabled" in refused.value.response["Error"]["Message"]
