@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from s3batchd.auth import Authenticator
+from s3batchd.bucketmodes import BucketModes, look_up
 from s3batchd.buckets import BucketCheck, head_bucket
 from s3batchd.config import Settings
 from s3batchd.credentials import upstream_credentials
@@ -214,6 +215,9 @@ def create_app(
             missing_ttl_s=settings.upstream.bucket_missing_ttl_s,
             on_answer=lambda answer: metrics.bucket_checks.labels(answer.value).inc(),
         )
+        app.state.bucket_modes = BucketModes(
+            partial(look_up, pipeline.client), refresh_s=settings.batch.bucket_modes_refresh_s
+        )
         if spools:
             pipeline.spools = (settings.spool.dir, *(d for d in spools if d != settings.spool.dir))
         app.state.uploads = UploadStore(
@@ -225,6 +229,7 @@ def create_app(
         finally:
             await app.state.buckets.close()
             await app.state.forwarder.aclose()
+            await app.state.bucket_modes.close()
             await pipeline.close()
             app.state.uploads.close()
             await lag.stop()

@@ -188,6 +188,18 @@ class BatchConfig(Section):
     Objects above ``limits.max_object_bytes`` are forwarded too, whatever this says.
     Forwarding needs ``PutObject`` (and the multipart operations) in ``passthrough``; without
     it, larger objects are batched up to ``limits.max_object_bytes``."""
+    versioned_buckets: Literal["forward", "batch"] = "forward"
+    """PutObject into a bucket with versioning Enabled or Suspended: ``forward`` sends each one
+    to the bucket (it gets its version id, ListObjectVersions and versioned deletes see it);
+    ``batch`` batches it anyway, and the object then has no version of its own: only its tar
+    is versioned (docs/passthrough.md#per-bucket-decisions). Object Lock buckets are never
+    batched, whatever this says."""
+    bucket_modes_refresh_s: float = Field(default=300.0, gt=0)
+    """Seconds a bucket's versioning, object lock and default encryption (read with
+    GetBucketVersioning, GetObjectLockConfiguration and GetBucketEncryption when the daemon
+    first writes to it) are trusted before they are read again in the background. A change
+    made through the daemon is noticed at once; one made elsewhere within this time. Costs 3
+    GET-class requests per bucket per interval while the bucket is written to."""
 
 
 class UpstreamConfig(Section):

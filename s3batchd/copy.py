@@ -4,16 +4,21 @@ and the request is forwarded."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
+import time
 from dataclasses import replace
 from urllib.parse import unquote
+from xml.sax.saxutils import escape
 
 from starlette.responses import Response
 
 from s3batchd.body import BodyBuffer
+from s3batchd.bucketmodes import ENCRYPTION_HEADERS, decide
 from s3batchd.catalog import CatalogEntry
 from s3batchd.clock import write_time
+from s3batchd.constants import HEADER_PREFIX
 from s3batchd.errors import (
     InternalError,
     InvalidArgument,
@@ -22,16 +27,26 @@ from s3batchd.errors import (
     PreconditionFailed,
 )
 from s3batchd.index import iso_time
-from s3batchd.ingest import requested_durability, require_bucket, store, written_upstream
+from s3batchd.ingest import (
+    hide_batched,
+    requested_durability,
+    require_bucket,
+    store,
+    written_upstream,
+)
 from s3batchd.objects import (
     check_conditions,
     http_date,
     read_bytes,
 )
 from s3batchd.passthrough import Call, send_upstream
+from s3batchd.proxy import forward_headers, read_all, relay_read
+from s3batchd.records import ObjectRecord
 from s3batchd.s3api import (
     DEFAULT_CONTENT_TYPE,
+    STORED_HEADERS,
     check_bucket,
+    check_sse_c,
     metadata_of,
     stored_headers_of,
     unbatchable,
@@ -112,10 +127,16 @@ async def copy_object(call: Call) -> Response:
         upstream = await send_upstream(call)
         return await written_upstream(call, upstream)
     headers = call.headers
-    # The copy of a batched object is batched too: what a batched object cannot have
-    # (SSE-C/KMS, object lock, grants) is refused, never dropped.
+    check_sse_c(headers)
+    # Into a bucket whose objects are not batched (object lock, versioning), the copy is
+    # written to the bucket; otherwise it is batched too, and what a batched object cannot
+    # have (SSE-C/KMS, object lock, grants) is refused, never dropped.
+    mode = await call.bucket_modes.get(call.target.bucket)
+    to_bucket, encryption = decide(
+        mode, headers, versioned_buckets=call.settings.batch.versioned_buckets
+    )
     reason = unbatchable({k: v for k, v in headers.items() if k not in _COPY_ONLY})
-    if reason is not None:
+    if reason is not None and to_bucket is None:
         raise NotImplementedS3(f"The copy source is a batched object: {reason}")
     directive = headers.get("x-amz-metadata-directive", "COPY").upper()
     tagging = headers.get("x-amz-tagging-directive", "COPY").upper()
@@ -147,6 +168,11 @@ async def copy_object(call: Call) -> Response:
         record = replace(
             record, headers=record.headers | {"x-amz-acl": headers["x-amz-acl"].strip().lower()}
         )
+    # The copy's encryption is the target's (asked for, or the bucket's default), as in S3.
+    plain = {k: v for k, v in record.headers.items() if k not in ENCRYPTION_HEADERS}
+    record = replace(record, headers=plain | encryption)
+    if to_bucket is not None:
+        return await _copy_to_bucket(call, record, data)
     pipeline = call.pipeline
     body = BodyBuffer(memory_limit=len(data), spill_dir=pipeline.spill_dir)
     body.write(data)
@@ -162,4 +188,46 @@ async def copy_object(call: Call) -> Response:
     ).encode()
     out = {k: v for k, v in stored.headers.items() if k.lower() != "content-length"}
     out["Last-Modified"] = http_date(record.mtime)
+    return Response(xml, media_type="application/xml", headers=out)
+
+
+#: Copy request headers that say how to copy, not what the new object is.
+_COPY_DIRECTIVES = frozenset({"x-amz-metadata-directive", "x-amz-tagging-directive"})
+
+
+async def _copy_to_bucket(call: Call, record: ObjectRecord, data: bytes) -> Response:
+    """A copy of a batched object into a bucket whose objects are not batched: a PutObject
+    of the bytes and of the new object's headers (the copy request's own, such as object
+    lock, ACL or encryption, reach the bucket), answered as a CopyObject."""
+    call.allow("PutObject")
+    headers = {
+        name: value
+        for name, value in forward_headers(call.headers, HEADER_PREFIX).items()
+        if not name.startswith(("x-amz-copy-source", "x-amz-meta-", "x-amz-checksum-"))
+        and name not in _COPY_DIRECTIVES
+        and name not in STORED_HEADERS
+        and name not in ("content-type", "content-md5")
+    }
+    headers.update({f"x-amz-meta-{name}": value for name, value in record.metadata.items()})
+    headers.update({k: v for k, v in record.headers.items() if k not in ENCRYPTION_HEADERS})
+    headers["content-type"] = record.content_type
+    digest = hashlib.md5(data, usedforsecurity=False).digest()
+    headers["content-md5"] = base64.b64encode(digest).decode()
+    target = call.target
+    upstream = await call.forwarder.send("PUT", target.bucket, target.key, [], headers, data)
+    answer = await read_all(upstream)
+    if upstream.status_code >= 300:
+        return relay_read(upstream, answer)
+    await hide_batched(call, target.bucket, target.key)
+    now = time.time()
+    xml = (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<CopyObjectResult xmlns="{_S3_NS}">'
+        f"<LastModified>{iso_time(now)}</LastModified>"
+        f"<ETag>{escape(upstream.headers.get('etag', record.etag))}</ETag></CopyObjectResult>"
+    ).encode()
+    out = {
+        name: upstream.headers[name]
+        for name in ("x-amz-version-id", *ENCRYPTION_HEADERS)
+        if name in upstream.headers
+    }
     return Response(xml, media_type="application/xml", headers=out)

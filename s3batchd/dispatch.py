@@ -23,7 +23,7 @@ from s3batchd.multipart import MULTIPART_HANDLERS, list_multipart_uploads
 from s3batchd.objects import get_object
 from s3batchd.operations import operation_of
 from s3batchd.passthrough import Call, forward, read_small_body, send_upstream
-from s3batchd.proxy import read_all, relay, relay_read
+from s3batchd.proxy import read_all, relay_read
 from s3batchd.s3api import SUBRESOURCES, check_bucket, check_host, check_key, parse_target
 from s3batchd.s3xml import local_name
 from s3batchd.subresources import OPERATIONS as SUBRESOURCE_OPERATIONS
@@ -101,17 +101,6 @@ async def delete_object(call: Call) -> Response:
     return await written_upstream(call, upstream)
 
 
-async def bucket_write(call: Call) -> Response:
-    """CreateBucket / DeleteBucket: forwarded; once the bucket said yes, what the daemon knew
-    of the bucket's existence is dropped (a new bucket takes writes at once)."""
-    call.allow()
-    upstream = await send_upstream(call)
-    if upstream.status_code < 300:
-        buckets: BucketCheck = call.request.app.state.buckets
-        buckets.forget(call.target.bucket)
-    return relay(upstream)
-
-
 async def delete_objects(call: Call) -> Response:
     """DeleteObjects: the request goes to the bucket; the batched keys it deleted (each
     without a VersionId and not listed as an error) are hidden before the answer."""
@@ -158,6 +147,25 @@ def _deleted(keys: list[str], answer: bytes) -> list[str]:
     return [key for key in keys if key not in failed]
 
 
+#: Bucket sub-resources whose change changes what bucketmodes knows of the bucket.
+MODE_SUBRESOURCES = frozenset({"versioning", "object-lock", "encryption"})
+
+
+async def configure_bucket(call: Call) -> Response:
+    """CreateBucket, DeleteBucket and bucket sub-resource changes: forwarded; once the bucket
+    accepted a change of its versioning, object lock or default encryption (or the bucket
+    itself), the daemon's cached mode of it is dropped, and after CreateBucket or DeleteBucket
+    what it knew of the bucket's existence too (a new bucket takes writes at once)."""
+    response = await forward(call)
+    bucket_wide = call.operation in ("CreateBucket", "DeleteBucket")
+    if response.status_code < 300 and bucket_wide:
+        buckets: BucketCheck = call.request.app.state.buckets
+        buckets.forget(call.target.bucket)
+    if response.status_code < 300 and (bucket_wide or MODE_SUBRESOURCES & call.target.query.keys()):
+        call.bucket_modes.invalidate(call.target.bucket)
+    return response
+
+
 HANDLERS: dict[str, Handler] = {
     "PutObject": put_object,
     "GetObject": read_object,
@@ -168,8 +176,10 @@ HANDLERS: dict[str, Handler] = {
     "DeleteObjects": delete_objects,
     "CopyObject": copy_object,
     "ListMultipartUploads": list_multipart_uploads,
-    "CreateBucket": bucket_write,
-    "DeleteBucket": bucket_write,
     **MULTIPART_HANDLERS,
     **dict.fromkeys(SUBRESOURCE_OPERATIONS, object_subresource),
+    "CreateBucket": configure_bucket,
+    "DeleteBucket": configure_bucket,
+    "PutBucketSubresource": configure_bucket,
+    "DeleteBucketSubresource": configure_bucket,
 }

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from s3batchd.auth import chunk_verifier
 from s3batchd.body import BodyBuffer
+from s3batchd.bucketmodes import ENCRYPTION_HEADERS, decide
 from s3batchd.buckets import BucketCheck
 from s3batchd.config import DURABILITY_ORDER, Durability, Settings
 from s3batchd.constants import HEADER_PREFIX, MAX_SINGLE_PUT_BYTES
@@ -32,6 +33,7 @@ from s3batchd.records import ObjectRecord, SpoolEntry
 from s3batchd.s3api import (
     PutRequest,
     build_record,
+    check_sse_c,
     parse_put,
     read_body,
     unbatchable,
@@ -49,16 +51,24 @@ async def put_object(call: Call) -> Response:
     settings = call.settings
     pipeline = call.pipeline
     headers = call.headers
+    check_sse_c(headers)
     can_forward = settings.passthrough.allows("PutObject")
     reason = unbatchable(headers)
     if reason is not None:
         headers, reason = _conditions(pipeline, call, reason)
+    encryption: dict[str, str] = {}
+    if reason is None:
+        mode = await call.bucket_modes.get(call.target.bucket)
+        reason, encryption = decide(
+            mode, headers, versioned_buckets=settings.batch.versioned_buckets
+        )
     if reason is not None:
         if not can_forward:
             raise NotImplementedS3(reason)
         return await forward_write(call)
     limit = MAX_SINGLE_PUT_BYTES if can_forward else settings.limits.max_object_bytes
     put = parse_put(call.target, headers, max_bytes=limit)
+    put.stored_headers.update(encryption)
     threshold = forward_threshold(settings)
     if can_forward and put.declared_size is not None and put.declared_size >= threshold:
         return await forward_write(call, put)
@@ -142,6 +152,9 @@ async def written_upstream(call: Call, upstream: httpx.Response) -> Response:
     """Relay the bucket's answer to a forwarded write, after hiding an older batched object
     of the same key when the write succeeded."""
     if upstream.status_code < 300:
+        if "x-amz-version-id" in upstream.headers:
+            # The bucket keeps versions: if it was thought not to, it changed since.
+            call.bucket_modes.noticed_versions(call.target.bucket)
         try:
             await hide_batched(call, call.target.bucket, call.target.key)
         except BaseException:
@@ -233,4 +246,5 @@ def put_response_headers(record: ObjectRecord, entry: SpoolEntry) -> dict[str, s
         headers[f"x-amz-checksum-{algorithm}"] = value
     if record.checksums:
         headers["x-amz-checksum-type"] = "FULL_OBJECT"
+    headers.update({n: record.headers[n] for n in ENCRYPTION_HEADERS if n in record.headers})
     return headers

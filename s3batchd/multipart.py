@@ -25,6 +25,7 @@ from xml.sax.saxutils import escape, unescape
 from starlette.responses import Response
 
 from s3batchd.body import BodyBuffer
+from s3batchd.bucketmodes import ENCRYPTION_HEADERS, decide, encryption_of
 from s3batchd.checksums import ALGORITHMS, b64, new_hasher
 from s3batchd.clock import write_time
 from s3batchd.concurrency import run_in
@@ -67,6 +68,7 @@ from s3batchd.proxy import forward_headers, read_all, relay_read
 from s3batchd.records import ObjectRecord
 from s3batchd.s3api import (
     DEFAULT_CONTENT_TYPE,
+    check_sse_c,
     metadata_of,
     parse_body,
     stored_headers_of,
@@ -119,7 +121,14 @@ async def create_multipart_upload(call: Call) -> Response:
     """CreateMultipartUpload: held by the daemon unless its headers ask for what a batched
     object cannot have (then the bucket's own upload from the start)."""
     headers = call.headers
+    check_sse_c(headers)
     if unbatchable(headers) is not None:
+        return await forward(call)
+    mode = await call.bucket_modes.get(call.target.bucket)
+    reason, encryption = decide(
+        mode, headers, versioned_buckets=call.settings.batch.versioned_buckets
+    )
+    if reason is not None:
         return await forward(call)
     algorithm = headers.get("x-amz-checksum-algorithm", "").lower()
     if algorithm and algorithm not in ALGORITHMS:
@@ -136,7 +145,7 @@ async def create_multipart_upload(call: Call) -> Response:
         checksum_algorithm=algorithm,
         checksum_type=checksum_type or ("COMPOSITE" if algorithm else ""),
     )
-    out = {}
+    out = dict(encryption)  # S3 echoes the upload's encryption
     if algorithm:
         out["x-amz-checksum-algorithm"] = algorithm.upper()
         out["x-amz-checksum-type"] = upload.checksum_type
@@ -491,13 +500,14 @@ async def _complete_here(
         multipart_etag = _multipart_etag([part.md5_hex for part in parts])
         checksums = {upload.checksum_algorithm: b64(full.digest())} if full else {}
         headers = upload.headers
+        mode = await call.bucket_modes.get(upload.bucket)
         record = ObjectRecord(
             key=upload.key,
             size=body.size,
             md5_hex=md5.hexdigest(),
             content_type=headers.get("content-type") or DEFAULT_CONTENT_TYPE,
             metadata=metadata_of(headers),
-            headers=stored_headers_of(headers),
+            headers=stored_headers_of(headers) | encryption_of(mode, headers),
             checksums=checksums,
             mtime=write_time(),
             multipart_etag=multipart_etag,
@@ -527,7 +537,9 @@ async def _complete_here(
     store.save(upload)
     store.drop_parts(upload)
     location = {
-        k: v for k, v in put_response_headers(record, entry).items() if k.startswith(HEADER_PREFIX)
+        k: v
+        for k, v in put_response_headers(record, entry).items()
+        if k.startswith(HEADER_PREFIX) or k in ENCRYPTION_HEADERS
     }
     return _xml(xml, location)
 

@@ -35,6 +35,7 @@ MAX_XML_BODY = 4 * 1024 * 1024
 if TYPE_CHECKING:
     import httpx
 
+    from s3batchd.bucketmodes import BucketModes
     from s3batchd.config import Settings
     from s3batchd.pipeline import Pipeline
     from s3batchd.sigv4 import AuthContext
@@ -61,6 +62,12 @@ class Call:
         """The daemon's batcher, uploader and catalog."""
         pipeline: Pipeline = self.request.app.state.pipeline
         return pipeline
+
+    @property
+    def bucket_modes(self) -> BucketModes:
+        """Each bucket's versioning, object lock and default encryption."""
+        modes: BucketModes = self.request.app.state.bucket_modes
+        return modes
 
     @property
     def forwarder(self) -> Forwarder:

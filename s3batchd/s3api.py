@@ -273,6 +273,25 @@ ACCEPTED_VALUES = {
 }
 
 
+SSE_C_KEY_HEADERS = (
+    "x-amz-server-side-encryption-customer-key",
+    "x-amz-server-side-encryption-customer-key-md5",
+)
+
+
+def check_sse_c(headers: dict[str, str]) -> None:
+    """InvalidArgument, as S3 answers, for an SSE-C key without its algorithm header (the key
+    would otherwise be dropped and the object stored unencrypted)."""
+    if "x-amz-server-side-encryption-customer-algorithm" in headers:
+        return
+    for name in SSE_C_KEY_HEADERS:
+        if name in headers:
+            raise InvalidArgument(
+                "Requests specifying Server Side Encryption with Customer provided keys must"
+                " provide a valid encryption algorithm."
+            )
+
+
 def unbatchable(headers: dict[str, str]) -> str | None:
     """Why a PutObject with these headers cannot be batched (it can still be forwarded), or
     None."""

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import json
 import logging
 import os
 import random
@@ -22,7 +23,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from s3batchd.bucketmodes import SSE, tar_encryption
 from s3batchd.concurrency import run_in, run_sync
 from s3batchd.constants import MAX_PART_BYTES, MAX_PARTS, MIN_PART_BYTES
 from s3batchd.errors import ConflictError, UploadError
@@ -116,6 +118,22 @@ def crc32_header(hex_crc: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_crc)).decode()
 
 
+#: In a member's index fragment only when it has stored encryption headers.
+_SSE_MARK = f'"{SSE}"'.encode()
+
+
+def encrypted_members(batch: SealedBatch) -> Iterable[Mapping[str, str]]:
+    """The stored headers of those members of ``batch`` that may carry encryption headers
+    (from the index fragments when the batch has them, else read back from the tar)."""
+    if batch.index_fragments is None:
+        return [entry.record.headers for entry in scan(batch.path).entries]
+    return [
+        json.loads(fragment)["headers"]
+        for fragment in batch.index_fragments
+        if _SSE_MARK in fragment and fragment.startswith(b"{")  # objects, not tombstones
+    ]
+
+
 def needs_multipart(size: int, config: UploadConfig | UploadSettings) -> bool:
     """Whether a tar of ``size`` bytes is uploaded in parts."""
     return size >= config.multipart_threshold_bytes
@@ -158,14 +176,18 @@ class BatchUpload:
         self._parts_at_once = parts_at_once or (lambda: config.part_concurrency)
 
     def tar(self, batch: SealedBatch) -> None:
-        """Upload the tar under its key, unless an earlier attempt already did."""
+        """Upload the tar under its key, unless an earlier attempt already did; encrypted as
+        strongly as its most demanding member asked (bucketmodes.tar_encryption)."""
         metadata = {META_BATCH_ID: batch.batch_id, META_TAR_CRC32: file_crc32(batch.path)}
+        encryption = tar_encryption(encrypted_members(batch))
         if needs_multipart(batch.size, self._config):
-            self._multipart(batch, metadata)
+            self._multipart(batch, metadata, encryption)
         else:
-            self._single(batch, metadata)
+            self._single(batch, metadata, encryption)
 
-    def _single(self, batch: SealedBatch, metadata: dict[str, str]) -> None:
+    def _single(
+        self, batch: SealedBatch, metadata: dict[str, str], encryption: dict[str, Any]
+    ) -> None:
         with batch.path.open("rb") as body:
             try:
                 self._call(
@@ -180,12 +202,15 @@ class BatchUpload:
                         IfNoneMatch="*",
                         # Computed once for the metadata: botocore would read the file again.
                         ChecksumCRC32=crc32_header(metadata[META_TAR_CRC32]),
+                        **encryption,
                     ),
                 )
             except ClientError as exc:
                 self._settle_conflict(exc, batch, metadata)
 
-    def _multipart(self, batch: SealedBatch, metadata: dict[str, str]) -> None:
+    def _multipart(
+        self, batch: SealedBatch, metadata: dict[str, str], encryption: dict[str, Any]
+    ) -> None:
         self._abort_leftover(batch)
         created = self._call(
             "CreateMultipartUpload",
@@ -195,6 +220,7 @@ class BatchUpload:
                 ContentType=TAR_CONTENT_TYPE,
                 Metadata=metadata,
                 ChecksumAlgorithm="CRC32",
+                **encryption,
             ),
         )
         upload_id = created["UploadId"]
@@ -317,13 +343,17 @@ class BatchUpload:
     def index(self, batch: SealedBatch) -> None:
         """Write the index JSON beside the tar (the batch's commit marker)."""
         fragments = batch.index_fragments
+        entries = scan(batch.path).entries if fragments is None else None
         body = render_index(
             bucket=batch.bucket,
             batch_id=batch.batch_id,
             tar_key=batch.tar_key,
             tar_size=batch.size,
-            entries=scan(batch.path).entries if fragments is None else None,
+            entries=entries,
             fragments=None if fragments is None else list(fragments),
+        )
+        encryption = tar_encryption(
+            encrypted_members(batch) if entries is None else (e.record.headers for e in entries)
         )
         try:
             self._call(
@@ -335,6 +365,8 @@ class BatchUpload:
                     ContentType=INDEX_CONTENT_TYPE,
                     Metadata={META_BATCH_ID: batch.batch_id},
                     IfNoneMatch="*",
+                    # It lists the members' keys and metadata: encrypted as the tar is.
+                    **encryption,
                 ),
             )
         except ClientError as exc:

@@ -103,7 +103,8 @@ def test_a_killed_upload_process_fails_only_its_attempt(
     bucket: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    proxy.set("blackhole")
+    # PUTs only: the bucket's configuration (GETs, s3batchd.bucketmodes) is read first.
+    proxy.set("blackhole", only_method="PUT")
     daemon = start_daemon(
         upstream={"endpoint_url": proxy.url, "read_timeout_s": 60},
         batch={"linger_ms": 100},
