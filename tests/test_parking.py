@@ -12,6 +12,7 @@ import json
 import pickle
 import random
 import tarfile
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -385,3 +386,48 @@ def test_parked_commands_reach_every_worker(restricted_s3: LocalS3, tmp_path: Pa
         assert _by_label(samples, "s3batchd_parked_batches", "bucket") == {"denied-w": 18}
         assert sum(_by_label(samples, "s3batchd_upload_failures_total", "reason").values()) == 0
         assert single.terminate() == EXIT_BATCHES_KEPT
+
+
+#: Parked batches are not tried again while a test looks at them.
+NO_RETRY = {"parked_retry_base_s": 3600, "parked_retry_max_s": 7200}
+
+
+def _status(url: str, method: str = "GET", body: bytes = b"", **headers: str) -> int:
+    """The HTTP status of a request to the admin listener."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    connection.request(method, parts.path, body=body, headers=headers)
+    reply = connection.getresponse()
+    reply.read()
+    connection.close()
+    return reply.status
+
+
+def test_parked_commands_need_a_json_body(restricted_s3: LocalS3, tmp_path: Path) -> None:
+    admin = restricted_s3.client()
+    denied = "denied-csrf"
+    admin.create_bucket(Bucket=denied)
+    daemon = DaemonProcess(
+        tmp_path, restricted_s3, env=DAEMON_ENV, batch={"max_records": 1}, upload=NO_RETRY
+    )
+    spool = tmp_path / "spool" / denied
+    with daemon:
+        daemon.client().put_object(Bucket=denied, Key="k", Body=b"v")
+        wait_for(lambda: len(list(spool.glob("*.parked"))) == 1, timeout=60)
+        batch_id = next(spool.glob("*.parked")).stem
+        base = f"http://127.0.0.1:{daemon.admin_port}/parked"
+        # What a web page may send cross-site without a CORS preflight.
+        for path, body in (("/discard", {"batch_id": batch_id}), ("/retry", {"all": True})):
+            for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+                status = _status(
+                    base + path, "POST", json.dumps(body).encode(), **{"Content-Type": content_type}
+                )
+                assert status == 415, (path, content_type)
+        assert _status(base + "/retry", "POST", json.dumps({"all": True}).encode()) == 415
+        assert len(list(spool.glob("*.tar"))) == 1
+        code, output = _cli(
+            "parked", "discard", batch_id, "--yes", "--config", str(daemon.config_path)
+        )
+        assert code == 0, output
+        assert not list(spool.glob("*.tar"))
+        daemon.terminate()
