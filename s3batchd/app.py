@@ -212,6 +212,7 @@ def create_app(
             missing_ttl_s=settings.upstream.bucket_missing_ttl_s,
             on_answer=lambda answer: metrics.bucket_checks.labels(answer.value).inc(),
         )
+        pipeline.bucket_missing = app.state.buckets.missing
         if spools:
             pipeline.spools = (settings.spool.dir, *(d for d in spools if d != settings.spool.dir))
         app.state.uploads = UploadStore(

@@ -18,7 +18,10 @@ nothing, 5xx, other      accepted (buffering is      ``upstream.bucket_missing_t
 Only a write to a bucket without an entry, or whose "missing" entry expired, waits for the
 check; concurrent ones share one HeadBucket. Any other expired entry accepts the write at once
 and is refreshed in the background. A successful CreateBucket or DeleteBucket through the
-daemon drops the bucket's entry (``forget``). Each worker process keeps its own cache.
+daemon drops the bucket's entry (``forget``). An upload that finds the bucket missing (its batch
+parked for NoSuchBucket) marks it missing as a 404 would (``missing``), so a bucket deleted
+after its check stops taking writes at once instead of after ``upstream.bucket_check_ttl_s``.
+Each worker process keeps its own cache.
 """
 
 from __future__ import annotations
@@ -122,6 +125,17 @@ class BucketCheck:
         # Shielded: a client that goes away does not cancel the answer others wait for.
         if await asyncio.shield(self._ask(bucket)) is Answer.MISSING:
             raise NoSuchBucket(bucket)
+
+    def missing(self, bucket: str) -> None:
+        """An upload found ``bucket`` missing (NoSuchBucket): writes to it get NoSuchBucket
+        until the entry expires (``upstream.bucket_missing_ttl_s``), then it is asked again."""
+        self._entries[bucket] = _Entry(Answer.MISSING, self._clock() + self._ttl[Answer.MISSING])
+        self._entries.move_to_end(bucket)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+        logger.info(
+            "bucket %s is missing upstream (an upload found): writes to it get NoSuchBucket", bucket
+        )
 
     def forget(self, bucket: str) -> None:
         """Drop what is known about ``bucket`` (it was created or deleted through the

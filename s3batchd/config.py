@@ -350,6 +350,11 @@ class UploadConfig(Section):
     parked_retry_max_s: float = Field(default=1800.0, gt=0)
     """Seconds: cap of the wait between attempts at a parked batch. Each attempt costs one or
     two requests; a parked batch is never dropped but by ``s3batchd parked discard``."""
+    parked_max_bucket_fraction: float = Field(default=0.25, gt=0, le=1)
+    """Share of ``spool.max_bytes`` (with ``server.workers`` > 1: of each worker's share) that
+    one bucket's parked batches may take. Past it, new batched PUTs to that bucket get ``503
+    SlowDown`` naming the refusal while the other buckets keep being served, so one bucket the
+    daemon may not write cannot fill the spool (docs/operations.md, "Parked batches")."""
 
 
 class LimitsConfig(Section):

@@ -22,7 +22,13 @@ from s3batchd.errors import (
     PreconditionFailed,
 )
 from s3batchd.index import iso_time
-from s3batchd.ingest import requested_durability, require_bucket, store, written_upstream
+from s3batchd.ingest import (
+    check_refusals,
+    requested_durability,
+    require_bucket,
+    store,
+    written_upstream,
+)
 from s3batchd.objects import (
     check_conditions,
     http_date,
@@ -122,6 +128,7 @@ async def copy_object(call: Call) -> Response:
     if directive not in ("COPY", "REPLACE") or tagging not in ("COPY", "REPLACE"):
         raise InvalidArgument("Unknown metadata or tagging directive.")
     await require_bucket(call)
+    check_refusals(call.pipeline, call.target.bucket)
     data = await read_source(call, entry, None)
     source_key = entry.record.key
     if directive == "COPY" and (entry.bucket, source_key) == (call.target.bucket, call.target.key):

@@ -23,6 +23,7 @@ from s3batchd.errors import (
     PreconditionFailed,
     SlowDown,
     SpoolError,
+    UploadRefused,
 )
 from s3batchd.objects import etag_matches
 from s3batchd.passthrough import Call, send_buffer, send_upstream
@@ -67,6 +68,7 @@ async def put_object(call: Call) -> Response:
         raise SlowDown("The daemon is shutting down.", headers=RETRY_SOON)
     check_quota(pipeline, put.declared_size or 0)
     await require_bucket(call)
+    check_refusals(pipeline, call.target.bucket)
     body, digests = await read_body(
         put,
         call.request.receive,
@@ -108,6 +110,17 @@ def check_quota(pipeline: Pipeline, incoming: int) -> None:
         raise SlowDown("The local spool is full; uploads are catching up.", headers=RETRY_SOON)
 
 
+def check_refusals(pipeline: Pipeline, bucket: str) -> None:
+    """503 SlowDown if ``bucket``'s parked batches take more than their share of the spool
+    (``upload.parked_max_bucket_fraction``): the other buckets keep being served."""
+    refusal = pipeline.refusal(bucket)
+    if refusal is not None:
+        raise SlowDown(
+            f"Uploads to this bucket are refused upstream ({refusal}); see `s3batchd parked list`.",
+            headers=RETRY_SOON,
+        )
+
+
 async def store(
     call: Call, pipeline: Pipeline, record: ObjectRecord, body: BodyBuffer, durability: Durability
 ) -> Response:
@@ -123,6 +136,11 @@ async def append(
     bucket = call.target.bucket
     try:
         entry = await pipeline.batcher.add(bucket, record, body, durability=durability)
+    except UploadRefused as exc:
+        # Parked, not lost: readable by key while it waits in the spool.
+        if exc.entry is not None:
+            await pipeline.written(record, exc.entry, uploaded=False)
+        raise exc.error from exc
     except SpoolError as exc:
         logger.error("spool failure for s3://%s/%s: %s", bucket, record.key, exc)  # noqa: TRY400  the cause is in the message
         if isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.ENOSPC:
