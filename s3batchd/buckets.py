@@ -109,6 +109,15 @@ class BucketCheck:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def accepts(self, bucket: str) -> bool:
+        """Whether a fresh cached answer accepts a write to ``bucket``: the hot path of a PUT,
+        without a coroutine. False: ``require`` decides (and may wait for HeadBucket)."""
+        entry = self._entries.get(bucket)
+        if entry is None or entry.answer is Answer.MISSING or entry.expires <= self._clock():
+            return False
+        self._entries.move_to_end(bucket)
+        return True
+
     async def require(self, bucket: str) -> None:
         """Return if a write to ``bucket`` may be accepted; NoSuchBucket if the upstream
         said it does not exist."""
@@ -178,10 +187,13 @@ class BucketCheck:
 
 async def head_bucket(forwarder: Forwarder, bucket: str, *, timeout_s: float) -> int | None:
     """HeadBucket with the daemon's own credentials (those its uploads use): the status, or
-    None when the upstream did not answer within ``timeout_s`` (or at all)."""
+    None when the upstream did not answer within ``timeout_s`` (or at all). ``timeout_s`` is
+    one deadline for the whole call: httpx's timeouts apply to each phase and each read, so
+    an upstream answering a byte at a time would never trip them."""
     try:
-        answer = await forwarder.send("HEAD", bucket, "", [], {}, timeout_s=timeout_s)
-    except ServiceUnavailable:  # unreachable, timed out, or no credentials yet
+        async with asyncio.timeout(timeout_s):
+            answer = await forwarder.send("HEAD", bucket, "", [], {}, timeout_s=timeout_s)
+            await answer.aclose()
+    except (ServiceUnavailable, TimeoutError):  # unreachable, timed out, or no credentials yet
         return None
-    await answer.aclose()
     return answer.status_code

@@ -237,9 +237,9 @@ class UpstreamConfig(Section):
     for a HEAD per bucket this often while it is missing. CreateBucket through the daemon
     drops the answer at once."""
     bucket_check_timeout_s: float = Field(default=2.0, gt=0)
-    """Seconds to connect and to wait for the HeadBucket answer; without one the write is
-    accepted (buffering through an outage is the point). The first write to a bucket waits
-    at most about this long while the upstream does not answer."""
+    """Seconds for the whole HeadBucket (connect, send, answer: one deadline); without an
+    answer in time the write is accepted (buffering through an outage is the point). The
+    first write to a bucket waits at most this long while the upstream does not answer."""
     probe_interval_s: float = Field(default=15.0, ge=0)
     """Seconds between the upstream checks behind ``/readyz``'s warnings and the
     ``s3batchd_upstream_up`` gauge: a GET of a missing key under ``prefix`` in the buckets the

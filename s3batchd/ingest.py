@@ -67,7 +67,9 @@ async def put_object(call: Call) -> Response:
     if pipeline.draining:
         raise SlowDown("The daemon is shutting down.", headers=RETRY_SOON)
     check_quota(pipeline, put.declared_size or 0)
-    await require_bucket(call)
+    buckets: BucketCheck = call.request.app.state.buckets
+    if not buckets.accepts(call.target.bucket):  # not known to exist: may wait for HeadBucket
+        await buckets.require(call.target.bucket)
     check_refusals(pipeline, call.target.bucket)
     body, digests = await read_body(
         put,
@@ -100,7 +102,8 @@ async def require_bucket(call: Call) -> None:
     """404 NoSuchBucket, before anything is read or spooled, when the upstream says the
     request's bucket does not exist (buckets.py: cached, one HeadBucket per bucket)."""
     buckets: BucketCheck = call.request.app.state.buckets
-    await buckets.require(call.target.bucket)
+    if not buckets.accepts(call.target.bucket):
+        await buckets.require(call.target.bucket)
 
 
 def check_quota(pipeline: Pipeline, incoming: int) -> None:
