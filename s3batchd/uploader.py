@@ -662,11 +662,6 @@ class Uploader:
         if earlier is None:
             self._count_parked(batch, +1)
         self._refused_with[batch.bucket] = error.reason
-        if self.on_parked is not None:
-            try:
-                self.on_parked(batch, error)
-            except Exception:  # waiters or the bucket check must not stop uploads
-                logger.exception("after parking %s", batch.batch_id)
         attempts = 1 if earlier is None else earlier.attempts + 1
         now = time.time()
         wait = retry_wait_s(attempts, self._config, self._rng)
@@ -682,6 +677,11 @@ class Uploader:
         except OSError:  # parked in memory all the same; after a restart tried at once
             logger.exception("cannot write the parked state of %s", batch.batch_id)
         self._hold(batch, state)
+        if self.on_parked is not None:  # once the state is on disk: the batch is kept
+            try:
+                self.on_parked(batch, error)
+            except Exception:  # waiters or the bucket check must not stop uploads
+                logger.exception("after parking %s", batch.batch_id)
         logger.error(
             "parked batch %s of bucket %s (%d records, %d bytes; %s, attempt %d): %s; next "
             "attempt in %.0f s, or `s3batchd parked retry`",

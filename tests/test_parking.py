@@ -493,6 +493,7 @@ def test_a_bucket_deleted_after_its_check_answers_no_such_bucket_once_refused(
         client.put_object(Bucket=bucket, Key="second", Body=b"2")  # still cached as existing
         spool = tmp_path / "spool" / bucket
         wait_for(lambda: len(list(spool.glob("*.parked"))) == 1, timeout=60)
+        wait_for(lambda: f"bucket {bucket} is missing upstream" in daemon.log(), timeout=60)
         refused = _error_of(lambda: client.put_object(Bucket=bucket, Key="third", Body=b"3"))
         assert (refused["status"], refused["Code"]) == (404, "NoSuchBucket")
         assert len(list(spool.glob("*.tar"))) == 1  # nothing more was spooled
