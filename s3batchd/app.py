@@ -218,6 +218,7 @@ def create_app(
         app.state.bucket_modes = BucketModes(
             partial(look_up, pipeline.client), refresh_s=settings.batch.bucket_modes_refresh_s
         )
+        pipeline.bucket_missing = app.state.buckets.missing
         if spools:
             pipeline.spools = (settings.spool.dir, *(d for d in spools if d != settings.spool.dir))
         app.state.uploads = UploadStore(

@@ -39,8 +39,10 @@ from s3batchd.errors import (
     RETRY_SOON,
     InternalError,
     S3BatchdError,
+    S3Error,
     SlowDown,
     SpoolFailedError,
+    UploadRefused,
 )
 from s3batchd.index import WriterId, new_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
@@ -159,7 +161,10 @@ class Batcher:
                 await self._abandon(state, batch)
                 raise
         if level == "upload":
-            await asyncio.shield(batch.uploaded)
+            try:
+                await asyncio.shield(batch.uploaded)
+            except UploadRefused as exc:  # parked: the object waits in the spool, at ``entry``
+                raise UploadRefused(exc.error, entry) from None
         return entry
 
     def mark_uploaded(self, batch_id: str) -> None:
@@ -167,6 +172,10 @@ class Batcher:
         future = self._uploaded.pop(batch_id, None)
         if future is not None and not future.done():
             future.set_result(None)
+
+    def refuse_upload_waiters(self, batch_id: str, error: S3Error) -> None:
+        """The uploader parked a batch: writers waiting for its upload get ``error``."""
+        self._fail_upload_waiters(batch_id, UploadRefused(error))
 
     def fail_upload_waiters(self, exc: BaseException) -> None:
         """Shutdown: batches still waiting for upload will not be uploaded by this process."""

@@ -18,7 +18,10 @@ nothing, 5xx, other      accepted (buffering is      ``upstream.bucket_missing_t
 Only a write to a bucket without an entry, or whose "missing" entry expired, waits for the
 check; concurrent ones share one HeadBucket. Any other expired entry accepts the write at once
 and is refreshed in the background. A successful CreateBucket or DeleteBucket through the
-daemon drops the bucket's entry (``forget``). Each worker process keeps its own cache.
+daemon drops the bucket's entry (``forget``). An upload that finds the bucket missing (its batch
+parked for NoSuchBucket) marks it missing as a 404 would (``missing``), so a bucket deleted
+after its check stops taking writes at once instead of after ``upstream.bucket_check_ttl_s``.
+Each worker process keeps its own cache.
 """
 
 from __future__ import annotations
@@ -106,6 +109,15 @@ class BucketCheck:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def accepts(self, bucket: str) -> bool:
+        """Whether a fresh cached answer accepts a write to ``bucket``: the hot path of a PUT,
+        without a coroutine. False: ``require`` decides (and may wait for HeadBucket)."""
+        entry = self._entries.get(bucket)
+        if entry is None or entry.answer is Answer.MISSING or entry.expires <= self._clock():
+            return False
+        self._entries.move_to_end(bucket)
+        return True
+
     async def require(self, bucket: str) -> None:
         """Return if a write to ``bucket`` may be accepted; NoSuchBucket if the upstream
         said it does not exist."""
@@ -122,6 +134,17 @@ class BucketCheck:
         # Shielded: a client that goes away does not cancel the answer others wait for.
         if await asyncio.shield(self._ask(bucket)) is Answer.MISSING:
             raise NoSuchBucket(bucket)
+
+    def missing(self, bucket: str) -> None:
+        """An upload found ``bucket`` missing (NoSuchBucket): writes to it get NoSuchBucket
+        until the entry expires (``upstream.bucket_missing_ttl_s``), then it is asked again."""
+        self._entries[bucket] = _Entry(Answer.MISSING, self._clock() + self._ttl[Answer.MISSING])
+        self._entries.move_to_end(bucket)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+        logger.info(
+            "bucket %s is missing upstream (an upload found): writes to it get NoSuchBucket", bucket
+        )
 
     def forget(self, bucket: str) -> None:
         """Drop what is known about ``bucket`` (it was created or deleted through the
@@ -164,10 +187,13 @@ class BucketCheck:
 
 async def head_bucket(forwarder: Forwarder, bucket: str, *, timeout_s: float) -> int | None:
     """HeadBucket with the daemon's own credentials (those its uploads use): the status, or
-    None when the upstream did not answer within ``timeout_s`` (or at all)."""
+    None when the upstream did not answer within ``timeout_s`` (or at all). ``timeout_s`` is
+    one deadline for the whole call: httpx's timeouts apply to each phase and each read, so
+    an upstream answering a byte at a time would never trip them."""
     try:
-        answer = await forwarder.send("HEAD", bucket, "", [], {}, timeout_s=timeout_s)
-    except ServiceUnavailable:  # unreachable, timed out, or no credentials yet
+        async with asyncio.timeout(timeout_s):
+            answer = await forwarder.send("HEAD", bucket, "", [], {}, timeout_s=timeout_s)
+            await answer.aclose()
+    except (ServiceUnavailable, TimeoutError):  # unreachable, timed out, or no credentials yet
         return None
-    await answer.aclose()
     return answer.status_code

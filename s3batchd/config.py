@@ -249,9 +249,9 @@ class UpstreamConfig(Section):
     for a HEAD per bucket this often while it is missing. CreateBucket through the daemon
     drops the answer at once."""
     bucket_check_timeout_s: float = Field(default=2.0, gt=0)
-    """Seconds to connect and to wait for the HeadBucket answer; without one the write is
-    accepted (buffering through an outage is the point). The first write to a bucket waits
-    at most about this long while the upstream does not answer."""
+    """Seconds for the whole HeadBucket (connect, send, answer: one deadline); without an
+    answer in time the write is accepted (buffering through an outage is the point). The
+    first write to a bucket waits at most this long while the upstream does not answer."""
     probe_interval_s: float = Field(default=15.0, ge=0)
     """Seconds between the upstream checks behind ``/readyz``'s warnings and the
     ``s3batchd_upstream_up`` gauge: a GET of a missing key under ``prefix`` in the buckets the
@@ -362,6 +362,11 @@ class UploadConfig(Section):
     parked_retry_max_s: float = Field(default=1800.0, gt=0)
     """Seconds: cap of the wait between attempts at a parked batch. Each attempt costs one or
     two requests; a parked batch is never dropped but by ``s3batchd parked discard``."""
+    parked_max_bucket_fraction: float = Field(default=0.25, gt=0, le=1)
+    """Share of ``spool.max_bytes`` (with ``server.workers`` > 1: of each worker's share) that
+    one bucket's parked batches may take. Past it, new batched PUTs to that bucket get ``503
+    SlowDown`` naming the refusal while the other buckets keep being served, so one bucket the
+    daemon may not write cannot fill the spool (docs/operations.md, "Parked batches")."""
 
 
 class LimitsConfig(Section):

@@ -28,6 +28,7 @@ from s3batchd.errors import (
 )
 from s3batchd.index import iso_time
 from s3batchd.ingest import (
+    check_refusals,
     hide_batched,
     requested_durability,
     require_bucket,
@@ -143,6 +144,7 @@ async def copy_object(call: Call) -> Response:
     if directive not in ("COPY", "REPLACE") or tagging not in ("COPY", "REPLACE"):
         raise InvalidArgument("Unknown metadata or tagging directive.")
     await require_bucket(call)
+    check_refusals(call.pipeline, call.target.bucket)
     data = await read_source(call, entry, None)
     source_key = entry.record.key
     if directive == "COPY" and (entry.bucket, source_key) == (call.target.bucket, call.target.key):

@@ -9,6 +9,7 @@ S3BatchdError                      root of everything the daemon raises on purpo
 ├── UploadError(retriable, reason) an upstream S3 call failed; ``retriable`` says whether to retry,
 │   │                              ``reason`` which of ``FAILURE_REASONS`` it was (metrics, parking)
 │   └── ConflictError              the key exists upstream and holds another object
+├── UploadRefused(error, entry)    a batch that ``upload``-durability writers wait for was parked
 └── S3Error(code, status_code)     answered to the client as S3 XML (rendered in app.py only)
     ├── AccessDenied, InvalidBucketName, KeyTooLongError, InvalidArgument, InvalidRequest
     ├── SignatureDoesNotMatch, InvalidAccessKeyId, RequestTimeTooSkewed (403)
@@ -29,6 +30,11 @@ S3BatchdError                      root of everything the daemon raises on purpo
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from s3batchd.records import SpoolEntry
 
 
 class S3BatchdError(Exception):
@@ -341,3 +347,48 @@ class ClientClosedRequest(S3Error):
 
     code, status_code = "ClientClosedRequest", 499
     default_message = "The client closed the connection before the answer was ready."
+
+
+class UploadRefused(S3BatchdError):
+    """A batch was parked while writers with durability ``upload`` waited for it: ``error`` is
+    what they are answered, ``entry`` where one writer's object waits in the spool."""
+
+    def __init__(self, error: S3Error, entry: SpoolEntry | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.entry = entry
+
+
+#: How the refusal of a parked batch is named to clients, by ``UploadError.reason``.
+REFUSAL_NAMES = {
+    "no_such_bucket": "NoSuchBucket",
+    "access_denied": "AccessDenied",
+    "invalid_bucket_name": "InvalidBucketName",
+    "kms": "a KMS error",
+    "conflict": "another object under the batch key",
+}
+
+
+def refusal_name(reason: str) -> str:
+    """The refusal of reason ``reason`` as a client reads it in a message."""
+    return REFUSAL_NAMES.get(reason, reason)
+
+
+def refusal_error(bucket: str, reason: str) -> S3Error:
+    """The answer to a writer waiting (durability ``upload``) for a batch parked for
+    ``reason``: the S3 error the bucket would have given it, saying the object is kept."""
+    message = (
+        f"The upload was refused upstream ({refusal_name(reason)}); the object is kept in the "
+        "daemon's spool, see `s3batchd parked list`."
+    )
+    error: S3Error
+    if reason == "no_such_bucket":
+        error = NoSuchBucket(bucket)
+    elif reason in ("access_denied", "kms"):
+        error = AccessDenied()
+    elif reason == "invalid_bucket_name":
+        error = InvalidBucketName()
+    else:
+        error = InternalError()
+    error.message = message
+    return error

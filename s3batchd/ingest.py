@@ -24,6 +24,7 @@ from s3batchd.errors import (
     PreconditionFailed,
     SlowDown,
     SpoolError,
+    UploadRefused,
 )
 from s3batchd.objects import etag_matches
 from s3batchd.passthrough import Call, send_buffer, send_upstream
@@ -76,7 +77,10 @@ async def put_object(call: Call) -> Response:
     if pipeline.draining:
         raise SlowDown("The daemon is shutting down.", headers=RETRY_SOON)
     check_quota(pipeline, put.declared_size or 0)
-    await require_bucket(call)
+    buckets: BucketCheck = call.request.app.state.buckets
+    if not buckets.accepts(call.target.bucket):  # not known to exist: may wait for HeadBucket
+        await buckets.require(call.target.bucket)
+    check_refusals(pipeline, call.target.bucket)
     body, digests = await read_body(
         put,
         call.request.receive,
@@ -108,7 +112,8 @@ async def require_bucket(call: Call) -> None:
     """404 NoSuchBucket, before anything is read or spooled, when the upstream says the
     request's bucket does not exist (buckets.py: cached, one HeadBucket per bucket)."""
     buckets: BucketCheck = call.request.app.state.buckets
-    await buckets.require(call.target.bucket)
+    if not buckets.accepts(call.target.bucket):
+        await buckets.require(call.target.bucket)
 
 
 def check_quota(pipeline: Pipeline, incoming: int) -> None:
@@ -116,6 +121,17 @@ def check_quota(pipeline: Pipeline, incoming: int) -> None:
     backpressure instead of loss (every S3 client retries it)."""
     if pipeline.over_quota(incoming):
         raise SlowDown("The local spool is full; uploads are catching up.", headers=RETRY_SOON)
+
+
+def check_refusals(pipeline: Pipeline, bucket: str) -> None:
+    """503 SlowDown if ``bucket``'s parked batches take more than their share of the spool
+    (``upload.parked_max_bucket_fraction``): the other buckets keep being served."""
+    refusal = pipeline.refusal(bucket)
+    if refusal is not None:
+        raise SlowDown(
+            f"Uploads to this bucket are refused upstream ({refusal}); see `s3batchd parked list`.",
+            headers=RETRY_SOON,
+        )
 
 
 async def store(
@@ -133,6 +149,11 @@ async def append(
     bucket = call.target.bucket
     try:
         entry = await pipeline.batcher.add(bucket, record, body, durability=durability)
+    except UploadRefused as exc:
+        # Parked, not lost: readable by key while it waits in the spool.
+        if exc.entry is not None:
+            await pipeline.written(record, exc.entry, uploaded=False)
+        raise exc.error from exc
     except SpoolError as exc:
         logger.error("spool failure for s3://%s/%s: %s", bucket, record.key, exc)  # noqa: TRY400  the cause is in the message
         if isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.ENOSPC:

@@ -5,7 +5,10 @@
 - ``POST /parked/discard`` with ``{"batch_id": "..."}``: delete one from the spool for good.
 
 They change state, so they answer only requests from a loopback address, whatever address
-the admin listener is bound to. With several workers the worker that got the request asks the
+the admin listener is bound to, and the POSTs only with ``Content-Type: application/json``
+(415 otherwise): a web page in a browser on the same host may send a ``text/plain`` POST to
+loopback without asking first, but a JSON one needs a CORS preflight, which this listener never
+allows (cross-site request forgery). With several workers the worker that got the request asks the
 others too (on their private loopback admin listeners, ``?scope=worker``) and merges.
 """
 
@@ -36,6 +39,14 @@ def _refusal(request: Request) -> JSONResponse | None:
         return JSONResponse({"error": "parked batches are managed from loopback only"}, 403)
     if getattr(request.app.state, "pipeline", None) is None:
         return JSONResponse({"error": "starting"}, 503)
+    return None
+
+
+def _not_json(request: Request) -> JSONResponse | None:
+    """A 415 unless the POST says its body is JSON (what the CLI and the workers send)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        return JSONResponse({"error": "send the body as Content-Type: application/json"}, 415)
     return None
 
 
@@ -84,7 +95,7 @@ async def list_parked(request: Request) -> JSONResponse:
 
 async def retry_parked(request: Request) -> JSONResponse:
     """Queue parked batches for an attempt now; answers the ids queued."""
-    refusal = _refusal(request)
+    refusal = _refusal(request) or _not_json(request)
     if refusal is not None:
         return refusal
     body = await _body(request)
@@ -101,7 +112,7 @@ async def retry_parked(request: Request) -> JSONResponse:
 
 async def discard_parked(request: Request) -> JSONResponse:
     """Delete one parked batch from the spool for good (the CLI asks for confirmation)."""
-    refusal = _refusal(request)
+    refusal = _refusal(request) or _not_json(request)
     if refusal is not None:
         return refusal
     body = await _body(request)

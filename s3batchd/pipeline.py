@@ -21,7 +21,13 @@ from s3batchd.catalogwriter import BUSY_TIMEOUT_S, CatalogWriter
 from s3batchd.clock import observe, write_time
 from s3batchd.concurrency import run_sync
 from s3batchd.config import Settings
-from s3batchd.errors import InternalError, SpoolError
+from s3batchd.errors import (
+    InternalError,
+    SpoolError,
+    UploadError,
+    refusal_error,
+    refusal_name,
+)
 from s3batchd.index import IndexEntry, WriterId
 from s3batchd.objects import ObjectSource
 from s3batchd.prober import Prober
@@ -93,6 +99,12 @@ class Pipeline:
         )
         self.uploader.on_uploaded = self._uploaded
         self.uploader.note_upstream = self.note_upstream
+        self.uploader.on_parked = self._parked
+        self.bucket_missing: Callable[[str], None] = lambda bucket: None
+        """Told of each bucket an upload found missing (the bucket check, ``buckets.py``)."""
+        self._parked_cap = int(
+            settings.spool.max_bytes * settings.upload.parked_max_bucket_fraction
+        )
         path = catalog_path(settings.spool.dir, settings.catalog.path)
         # Its WAL checkpoints (an fsync each) run on the catalog's thread, not on the loop.
         self.catalog = Catalog(path, auto_checkpoint=False)
@@ -279,6 +291,22 @@ class Pipeline:
         """A probe round or an upload attempt reached S3 (``ok``) or did not: the
         ``s3batchd_upstream_up`` gauge."""
         self.upstream_up = ok
+
+    def _parked(self, batch: SealedBatch, error: UploadError) -> None:
+        """A batch was parked: its ``upload``-durability writers get the refusal, and a
+        bucket found missing is marked so in the bucket check."""
+        self.batcher.refuse_upload_waiters(
+            batch.batch_id, refusal_error(batch.bucket, error.reason)
+        )
+        if error.reason == "no_such_bucket":
+            self.bucket_missing(batch.bucket)
+
+    def refusal(self, bucket: str) -> str | None:
+        """Why new batched writes to ``bucket`` are refused (its parked batches take more than
+        ``upload.parked_max_bucket_fraction`` of the spool); None: they are taken."""
+        if self.uploader.parked_bytes(bucket) <= self._parked_cap:
+            return None
+        return refusal_name(self.uploader.refused_with(bucket))
 
     def _uploaded(self, batch: SealedBatch, seconds: float) -> None:
         self.note_upstream(True)

@@ -6,7 +6,9 @@ be this batch and the upload moves on. Failures are retried with capped exponent
 and full jitter, without a limit while data is pending: nothing sealed is dropped. A failure a
 retry cannot fix by itself, of one bucket or batch (``parking.parks``: NoSuchBucket,
 AccessDenied, a KMS refusal, ...), parks the batch instead: it waits on a timer, not in an
-upload worker, so one bucket's refusals never hold up the other buckets' batches.
+upload worker, so one bucket's refusals never hold up the other buckets' batches, and
+``parked_bytes`` / ``refused_with`` tell the front when a bucket's parked batches take more than
+their share of the spool (``upload.parked_max_bucket_fraction``).
 """
 
 from __future__ import annotations
@@ -555,6 +557,13 @@ class Uploader:
         self._parked: dict[str, ParkedBatch] = {}
         self._unparked: dict[str, ParkedState] = {}
         """Parked batches being tried again, with the state they were parked with."""
+        self._parked_bytes: Counter[str] = Counter()
+        """Bytes of parked batches by bucket (those being tried again included: they count
+        until they are uploaded or parked anew)."""
+        self._refused_with: dict[str, str] = {}
+        """The reason of each bucket's latest parked batch (``UploadError.reason``)."""
+        self.on_parked: Callable[[SealedBatch, UploadError], None] | None = None
+        """Called with each batch parked and the failure that parked it."""
         self._closing = False
         self.note_upstream: Callable[[bool], None] = lambda ok: None  # an attempt reached S3?
 
@@ -635,7 +644,8 @@ class Uploader:
                     return True
             else:
                 self.last_error = None
-                self._unparked.pop(batch.batch_id, None)
+                if self._unparked.pop(batch.batch_id, None) is not None:
+                    self._count_parked(batch, -1)
                 if self.on_uploaded is not None:
                     try:
                         self.on_uploaded(batch, time.monotonic() - started)
@@ -664,9 +674,26 @@ class Uploader:
         log = logger.warning if exc.retriable else logger.error
         log("upload of %s failed (attempt %d), will retry: %s", batch.batch_id, attempt + 1, exc)
 
+    def parked_bytes(self, bucket: str) -> int:
+        """Bytes of ``bucket``'s parked batches in the spool."""
+        return self._parked_bytes[bucket]
+
+    def refused_with(self, bucket: str) -> str:
+        """Why ``bucket``'s latest parked batch was parked (``UploadError.reason``)."""
+        return self._refused_with.get(bucket, "other")
+
+    def _count_parked(self, batch: SealedBatch, sign: int) -> None:
+        self._parked_bytes[batch.bucket] += sign * batch.size
+        if self._parked_bytes[batch.bucket] <= 0:
+            del self._parked_bytes[batch.bucket]
+            self._refused_with.pop(batch.bucket, None)
+
     async def _park(self, batch: SealedBatch, error: UploadError) -> None:
         """Keep ``batch`` on disk and out of the workers until its next attempt is due."""
         earlier = self._unparked.pop(batch.batch_id, None)
+        if earlier is None:
+            self._count_parked(batch, +1)
+        self._refused_with[batch.bucket] = error.reason
         attempts = 1 if earlier is None else earlier.attempts + 1
         now = time.time()
         wait = retry_wait_s(attempts, self._config, self._rng)
@@ -682,6 +709,11 @@ class Uploader:
         except OSError:  # parked in memory all the same; after a restart tried at once
             logger.exception("cannot write the parked state of %s", batch.batch_id)
         self._hold(batch, state)
+        if self.on_parked is not None:  # once the state is on disk: the batch is kept
+            try:
+                self.on_parked(batch, error)
+            except Exception:  # waiters or the bucket check must not stop uploads
+                logger.exception("after parking %s", batch.batch_id)
         logger.error(
             "parked batch %s of bucket %s (%d records, %d bytes; %s, attempt %d): %s; next "
             "attempt in %.0f s, or `s3batchd parked retry`",
@@ -723,6 +755,8 @@ class Uploader:
             await self.submit(batch)
             return
         self.pending_bytes += batch.size
+        self._count_parked(batch, +1)
+        self._refused_with[batch.bucket] = state.reason
         self._hold(batch, state)
 
     @property
@@ -751,6 +785,7 @@ class Uploader:
             self._hold(parked.batch, parked.state)
             raise
         self.pending_bytes -= parked.batch.size
+        self._count_parked(parked.batch, -1)
         return parked.batch
 
     def _upload_once(self, batch: SealedBatch) -> None:

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import pytest
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from s3batchd.buckets import BucketCheck
+from s3batchd.buckets import BucketCheck, head_bucket
+from s3batchd.config import UpstreamConfig
 from s3batchd.errors import NoSuchBucket
+from s3batchd.proxy import Forwarder
 from s3batchd.seaweed import LocalS3
 from tests.conftest import Daemon, DaemonFactory, wait_for
 from tests.faultproxy import FaultProxy
@@ -235,5 +240,74 @@ def test_a_client_gone_does_not_cancel_the_check_others_wait_for() -> None:
         assert head.calls == ["a"]
         await check.require("a")
         assert head.calls == ["a"]
+
+    asyncio.run(scenario())
+
+
+def _trickling_server(stop: threading.Event) -> tuple[socket.socket, threading.Thread]:
+    """A loopback HTTP server that answers a 200 one header byte every 0.1 s for 20 s: each
+    read gets data in time, only an overall deadline stops waiting for it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nx-slow: ")
+            for _ in range(200):
+                if stop.wait(0.1):
+                    return
+                try:
+                    connection.sendall(b"a")
+                except OSError:
+                    return  # the client gave up
+            connection.sendall(b"\r\ncontent-length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def test_the_check_has_one_overall_deadline() -> None:
+    """``upstream.bucket_check_timeout_s`` bounds the whole HeadBucket, not each read: an
+    upstream that answers a byte at a time does not hold a write past it."""
+    stop = threading.Event()
+    listener, thread = _trickling_server(stop)
+    port = listener.getsockname()[1]
+    forwarder = Forwarder(
+        UpstreamConfig(endpoint_url=f"http://127.0.0.1:{port}"), Credentials("key", "secret")
+    )
+
+    async def scenario() -> int | None:
+        try:
+            return await head_bucket(forwarder, "b", timeout_s=0.5)
+        finally:
+            await forwarder.aclose()
+
+    try:
+        assert asyncio.run(scenario()) is None  # no answer in time (old code: 200, 20 s on)
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def test_a_fresh_positive_answer_is_known_without_waiting() -> None:
+    async def scenario() -> None:
+        clock = _Clock()
+        check = BucketCheck(_FakeHead({"gone": 404}), ttl_s=60, missing_ttl_s=5, clock=clock)
+        assert not check.accepts("b")  # nothing known yet
+        await check.require("b")
+        assert check.accepts("b")
+        with pytest.raises(NoSuchBucket):
+            await check.require("gone")
+        assert not check.accepts("gone")
+        clock.now += 61
+        assert not check.accepts("b")  # expired: the awaited path refreshes it
+        check.missing("b")  # an upload found it missing
+        assert not check.accepts("b")
+        with pytest.raises(NoSuchBucket):
+            await check.require("b")
+        await check.close()
 
     asyncio.run(scenario())

@@ -12,17 +12,22 @@ import json
 import pickle
 import random
 import tarfile
+import urllib.parse
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
+import boto3
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
 from s3batchd.cli import EXIT_BATCHES_KEPT, main
 from s3batchd.config import UploadConfig
+from s3batchd.constants import MB
 from s3batchd.errors import FAILURE_REASONS, ConflictError, UploadError
 from s3batchd.metrics import OTHER_BUCKETS, PARKED_BUCKET_LABELS, parked_by_bucket
 from s3batchd.parking import parks, retry_wait_s
@@ -40,7 +45,7 @@ if TYPE_CHECKING:
 DAEMON_KEY, DAEMON_SECRET = "parking-daemon", "parking-daemon-secret"
 DAEMON_ENV = {"AWS_ACCESS_KEY_ID": DAEMON_KEY, "AWS_SECRET_ACCESS_KEY": DAEMON_SECRET}
 #: The buckets the daemon's key may write (every other bucket answers AccessDenied).
-WRITABLE = ("good-threads", "good-child", "later")
+WRITABLE = ("good-threads", "good-child", "later", "good-quota", "gone-soon")
 
 
 @pytest.fixture(scope="module")
@@ -386,3 +391,173 @@ def test_parked_commands_reach_every_worker(restricted_s3: LocalS3, tmp_path: Pa
         assert _by_label(samples, "s3batchd_parked_batches", "bucket") == {"denied-w": 18}
         assert sum(_by_label(samples, "s3batchd_upload_failures_total", "reason").values()) == 0
         assert single.terminate() == EXIT_BATCHES_KEPT
+
+
+#: Parked batches are not tried again while a test looks at them.
+NO_RETRY = {"parked_retry_base_s": 3600, "parked_retry_max_s": 7200}
+
+
+def _error_of(call: Any) -> dict[str, Any]:
+    """The S3 error a boto3 call raised (its code, message, HTTP status)."""
+    with pytest.raises(ClientError) as raised:
+        call()
+    response = raised.value.response
+    return {**response["Error"], "status": response["ResponseMetadata"]["HTTPStatusCode"]}
+
+
+def _status(url: str, method: str = "GET", body: bytes = b"", **headers: str) -> int:
+    """The HTTP status of a request to the admin listener."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    connection.request(method, parts.path, body=body, headers=headers)
+    reply = connection.getresponse()
+    reply.read()
+    connection.close()
+    return reply.status
+
+
+def _all_parked(folder: Path, count: int) -> bool:
+    return len(list(folder.glob("*.parked"))) == count
+
+
+def test_a_refusing_bucket_gets_a_bounded_share_of_the_spool(
+    restricted_s3: LocalS3, tmp_path: Path
+) -> None:
+    admin = restricted_s3.client()
+    good, denied = "good-quota", "denied-quota"
+    for bucket in (good, denied):
+        admin.create_bucket(Bucket=bucket)
+    daemon = DaemonProcess(
+        tmp_path,
+        restricted_s3,
+        env=DAEMON_ENV,
+        spool={"max_bytes": 1 * MB},
+        batch={"max_records": 1},
+        upload=NO_RETRY,
+    )
+    body = b"x" * 20_000
+    parked_dir = tmp_path / "spool" / denied
+    with daemon:
+        client = daemon.client()
+        accepted = 0
+        while accepted < 100:  # a steady writer (the spool holds about 50 such batches)
+            try:
+                client.put_object(Bucket=denied, Key=f"w/{accepted}", Body=body)
+            except ClientError as exc:
+                refused: dict[str, Any] = {**exc.response["Error"]}
+                refused["status"] = exc.response["ResponseMetadata"]["HTTPStatusCode"]
+                break
+            accepted += 1
+            wait_for(partial(_all_parked, parked_dir, accepted), timeout=60)
+        else:
+            pytest.fail("every PUT to the refusing bucket was taken")
+        assert refused["status"] == 503
+        assert refused["Code"] == "SlowDown"
+        assert "AccessDenied" in refused["Message"]
+        assert "parked" in refused["Message"]
+        # A quarter of the spool (the default cap), give or take one batch.
+        assert accepted <= (MB // 4) // len(body) + 1
+        # Every other bucket is still served, and the daemon is ready.
+        for number in range(3):
+            client.put_object(Bucket=good, Key=f"k/{number}", Body=body)
+        assert _status(f"http://127.0.0.1:{daemon.admin_port}/readyz") == 200
+        assert (
+            _error_of(lambda: client.put_object(Bucket=denied, Key="more", Body=b"y"))["Code"]
+            == "SlowDown"
+        )
+        # Discarding a parked batch makes room for the bucket again.
+        batch_id = next(parked_dir.glob("*.parked")).stem
+        code, output = _cli(
+            "parked", "discard", batch_id, "--yes", "--config", str(daemon.config_path)
+        )
+        assert code == 0, output
+        client.put_object(Bucket=denied, Key="after-discard", Body=b"z")
+        assert daemon.terminate() == EXIT_BATCHES_KEPT
+
+
+def test_a_bucket_deleted_after_its_check_answers_no_such_bucket_once_refused(
+    restricted_s3: LocalS3, tmp_path: Path
+) -> None:
+    admin = restricted_s3.client()
+    bucket = "gone-soon"
+    admin.create_bucket(Bucket=bucket)
+    daemon = DaemonProcess(
+        tmp_path, restricted_s3, env=DAEMON_ENV, batch={"max_records": 1}, upload=NO_RETRY
+    )
+    with daemon:
+        client = daemon.client()
+        client.put_object(Bucket=bucket, Key="first", Body=b"1")  # the check: it exists
+        wait_for(lambda: len(_keys(admin, bucket)) == 2, timeout=60)
+        for key in _keys(admin, bucket):
+            admin.delete_object(Bucket=bucket, Key=key)
+        admin.delete_bucket(Bucket=bucket)
+        client.put_object(Bucket=bucket, Key="second", Body=b"2")  # still cached as existing
+        spool = tmp_path / "spool" / bucket
+        wait_for(lambda: len(list(spool.glob("*.parked"))) == 1, timeout=60)
+        wait_for(lambda: f"bucket {bucket} is missing upstream" in daemon.log(), timeout=60)
+        refused = _error_of(lambda: client.put_object(Bucket=bucket, Key="third", Body=b"3"))
+        assert (refused["status"], refused["Code"]) == (404, "NoSuchBucket")
+        assert len(list(spool.glob("*.tar"))) == 1  # nothing more was spooled
+        assert daemon.terminate() == EXIT_BATCHES_KEPT
+
+
+def test_upload_durability_writers_get_the_refusal_of_a_parked_batch(
+    restricted_s3: LocalS3, tmp_path: Path
+) -> None:
+    admin = restricted_s3.client()
+    denied = "denied-upload"
+    admin.create_bucket(Bucket=denied)
+    daemon = DaemonProcess(
+        tmp_path,
+        restricted_s3,
+        env=DAEMON_ENV,
+        spool={"durability": "upload"},
+        batch={"linger_ms": 50},
+        upload=NO_RETRY,
+    )
+    with daemon:
+        # A read timeout in place of the hang of old code, so the test ends by itself.
+        client = boto3.client(
+            "s3",
+            endpoint_url=daemon.url,
+            region_name="us-east-1",
+            aws_access_key_id="app-key",
+            aws_secret_access_key="app-secret",
+            config=Config(read_timeout=30, retries={"total_max_attempts": 1}),
+        )
+        refused = _error_of(lambda: client.put_object(Bucket=denied, Key="k", Body=b"kept"))
+        assert (refused["status"], refused["Code"]) == (403, "AccessDenied")
+        # Not lost: parked in the spool, and readable through the daemon.
+        assert len(list((tmp_path / "spool" / denied).glob("*.parked"))) == 1
+        assert client.get_object(Bucket=denied, Key="k")["Body"].read() == b"kept"
+        assert daemon.terminate() == EXIT_BATCHES_KEPT
+
+
+def test_parked_commands_need_a_json_body(restricted_s3: LocalS3, tmp_path: Path) -> None:
+    admin = restricted_s3.client()
+    denied = "denied-csrf"
+    admin.create_bucket(Bucket=denied)
+    daemon = DaemonProcess(
+        tmp_path, restricted_s3, env=DAEMON_ENV, batch={"max_records": 1}, upload=NO_RETRY
+    )
+    spool = tmp_path / "spool" / denied
+    with daemon:
+        daemon.client().put_object(Bucket=denied, Key="k", Body=b"v")
+        wait_for(lambda: len(list(spool.glob("*.parked"))) == 1, timeout=60)
+        batch_id = next(spool.glob("*.parked")).stem
+        base = f"http://127.0.0.1:{daemon.admin_port}/parked"
+        # What a web page may send cross-site without a CORS preflight.
+        for path, body in (("/discard", {"batch_id": batch_id}), ("/retry", {"all": True})):
+            for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+                status = _status(
+                    base + path, "POST", json.dumps(body).encode(), **{"Content-Type": content_type}
+                )
+                assert status == 415, (path, content_type)
+        assert _status(base + "/retry", "POST", json.dumps({"all": True}).encode()) == 415
+        assert len(list(spool.glob("*.tar"))) == 1
+        code, output = _cli(
+            "parked", "discard", batch_id, "--yes", "--config", str(daemon.config_path)
+        )
+        assert code == 0, output
+        assert not list(spool.glob("*.tar"))
+        daemon.terminate()
