@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -110,12 +111,25 @@ class DaemonProcess:
                 env=self._env,
             )
         deadline = time.monotonic() + timeout
-        while "Application startup complete" not in self.log()[seen:]:
+        # The lifespan's "Application startup complete" comes before uvicorn listens on the
+        # sockets bound at start: until then a connection is refused.
+        while "Application startup complete" not in self.log()[seen:] or not self._listening():
             if self.process.poll() is not None:
                 raise RuntimeError(f"s3batchd exited {self.process.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"s3batchd did not start:\n{self.log()}")
             time.sleep(0.05)
+
+    def _listening(self) -> bool:
+        """Whether the S3 and admin ports take connections."""
+        for port in (self.port, self.admin_port):
+            if not port:
+                continue
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                return False
+        return True
 
     def client(self, checksums: ChecksumMode = "when_supported") -> S3Client:
         """A boto3 client pointed at the daemon."""
