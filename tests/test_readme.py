@@ -1,13 +1,14 @@
 """The documents work as written: their marked examples, pasted in order after ``make run``.
 
-A fenced block whose info string is ``sh run`` or ``python run`` is an example to run. The
-blocks of a document are extracted in order and run in one bash session
+A fenced block whose info string is ``sh run``, ``python run`` or ``js run`` is an example to
+run. The blocks of a document are extracted in order and run in one bash session
 (``set -euo pipefail``) in a fresh directory where ``s3batchd dev --data-dir .local`` (what
 ``make run`` runs) serves; ``python run`` blocks go to ``python`` on that shell's PATH (the
 virtual environment's, once ``.local/env.sh`` is sourced), as a reader pasting them into
-``python`` would. Every block must succeed. Blocks that cannot run here (make, docker, kubectl,
-real AWS) stay unmarked. Only the daemon's port differs from the documents' 9000 (the default
-of ``s3batchd dev``), which may be taken on a test machine.
+``python`` would, ``js run`` blocks to ``node`` as an ES module (top-level ``await``, the
+shell's exported variables in ``process.env``). Every block must succeed. Blocks that cannot
+run here (make, docker, kubectl, real AWS) stay unmarked. Only the daemon's port differs from
+the documents' 9000 (the default of ``s3batchd dev``), which may be taken on a test machine.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-RUN_BLOCK = re.compile(r"^( *)```(sh|python) run\n(.*?)^\1```$", re.MULTILINE | re.DOTALL)
+RUN_BLOCK = re.compile(r"^( *)```(sh|python|js) run\n(.*?)^\1```$", re.MULTILINE | re.DOTALL)
 DOCUMENTED_PORT = "127.0.0.1:9000"
 PY_END = "S3BATCHD_EXAMPLE_END"
 
@@ -67,7 +68,8 @@ def session(document: str, blocks: list[Block], port: int) -> str:
             parts.append(code)
         else:
             assert PY_END not in code
-            parts.append(f"python - <<'{PY_END}'\n{code}{PY_END}")
+            interpreter = "python -" if block.language == "python" else "node --input-type=module -"
+            parts.append(f"{interpreter} <<'{PY_END}'\n{code}{PY_END}")
     return "\n".join(parts) + "\n"
 
 
@@ -148,6 +150,7 @@ def test_run_blocks_are_found_with_their_lines() -> None:
     text = "a\n```sh run\necho 1\n```\n\n1. item\n\n   ```python run\n   print(2)\n   ```\n"
     assert run_blocks(text) == [Block(2, "sh", "echo 1\n"), Block(8, "python", "print(2)\n")]
     assert run_blocks("```sh\nnot run\n```\n") == []
+    assert run_blocks("```js run\nconsole.log(3)\n```\n") == [Block(1, "js", "console.log(3)\n")]
 
 
 def repl_problem(source: str) -> str | None:
@@ -185,6 +188,7 @@ def test_repl_problem_finds_a_statement_after_a_block() -> None:
 
 def test_readme_runs_as_written_after_make_run(make_run: MakeRun) -> None:
     assert shutil.which("curl"), "the README's examples use curl: install it"
+    assert shutil.which("node"), "the README's JavaScript example needs node: `make test`"
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "make run" in text.split("```sh run", 1)[0]
     assert "source .local/env.sh" in make_run.output.read_text()  # make run says where it is
@@ -193,6 +197,7 @@ def test_readme_runs_as_written_after_make_run(make_run: MakeRun) -> None:
         assert f"s3batchd {command} " in script or f"s3batchd {command}\n" in script, command
     printed = run_document(make_run, "README.md")
     assert "hello, s3batchd" in printed
+    assert "206 hello, s3batchd" in printed  # the js block's ranged fetch
     assert "state:" in printed  # s3batchd status
 
 
