@@ -6,9 +6,30 @@ run. The blocks of a document are extracted in order and run in one bash session
 ``make run`` runs) serves; ``python run`` blocks go to ``python`` on that shell's PATH (the
 virtual environment's, once ``.local/env.sh`` is sourced), as a reader pasting them into
 ``python`` would, ``js run`` blocks to ``node`` as an ES module (top-level ``await``, the
-shell's exported variables in ``process.env``). Every block must succeed. Blocks that cannot
-run here (make, docker, kubectl, real AWS) stay unmarked. Only the daemon's port differs from
-the documents' 9000 (the default of ``s3batchd dev``), which may be taken on a test machine.
+shell's exported variables in ``process.env``). Every block must succeed. Only the ports differ
+from the documents' 9000 and 9002 (the defaults of ``s3batchd dev``), which may be taken on a
+test machine.
+
+The documents run: README.md, docs/index-format.md, docs/operations.md, docs/passthrough.md,
+docs/compatibility.md and docs/durability.md, each in a session of its own against the one
+``s3batchd dev`` of this module. What stays unmarked, and why it cannot run here:
+
+- ``make run`` / ``make test`` / ``make install``: ``make run`` is what the fixture starts (a
+  second one would need the same ports), ``make test`` would run this suite inside itself;
+- ``docker``, ``docker compose``: no container runtime on a test machine, and the image build
+  downloads a base image;
+- ``kubectl``, ``eksctl``, ``aws ecr|iam|eks``: a cluster and an AWS account;
+- ``aws s3api ... --bucket BUCKET`` / ``example-bucket`` (lifecycle rules, bucket creation in a
+  region): placeholders for the reader's real bucket on AWS;
+- ``systemctl``, ``journalctl``, ``install`` into ``/etc`` and ``/opt``: root on a host with
+  systemd;
+- ``s3batchd serve|status|... --config /etc/s3batchd.toml`` (README, "Running it"): a
+  production layout this machine does not have; the same commands run against ``make run``'s
+  settings in the blocks that are marked;
+- JSON policies and rules, YAML manifests and alerting rules, sizing formulas, key layouts:
+  not commands (tests/test_deploy.py, test_deploy_guide.py and test_alerts.py check them).
+
+deploy/README.md has only those kinds, so it has no marked block.
 """
 
 from __future__ import annotations
@@ -34,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 RUN_BLOCK = re.compile(r"^( *)```(sh|python|js) run\n(.*?)^\1```$", re.MULTILINE | re.DOTALL)
 DOCUMENTED_PORT = "127.0.0.1:9000"
+DOCUMENTED_ADMIN_PORT = "127.0.0.1:9002"
 PY_END = "S3BATCHD_EXAMPLE_END"
 
 
@@ -58,11 +80,12 @@ def run_blocks(text: str) -> list[Block]:
     return found
 
 
-def session(document: str, blocks: list[Block], port: int) -> str:
+def session(document: str, blocks: list[Block], port: int, admin_port: int) -> str:
     """One bash script running ``blocks`` in order, each announced on standard error."""
     parts = ["set -euo pipefail"]
     for block in blocks:
         code = block.code.replace(DOCUMENTED_PORT, f"127.0.0.1:{port}")
+        code = code.replace(DOCUMENTED_ADMIN_PORT, f"127.0.0.1:{admin_port}")
         parts.append(f"echo '>>> {document}:{block.line} ({block.language})' >&2")
         if block.language == "sh":
             parts.append(code)
@@ -79,6 +102,7 @@ class MakeRun:
 
     directory: Path
     port: int
+    admin_port: int
     env: dict[str, str]
     output: Path
 
@@ -116,7 +140,7 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeRun]:
     try:
         wait_for(lambda: process.poll() is not None or _answers(port), timeout=180)
         assert process.poll() is None, output.read_text()
-        yield MakeRun(tmp_path, port, env, output)
+        yield MakeRun(tmp_path, port, admin_port, env, output)
     finally:
         process.send_signal(signal.SIGINT)  # Ctrl-C: seal, upload, stop SeaweedFS
         try:
@@ -131,7 +155,7 @@ def run_document(make_run: MakeRun, document: str) -> str:
     blocks = run_blocks((ROOT / document).read_text(encoding="utf-8"))
     assert blocks, f"{document} has no `sh run` or `python run` blocks"
     result = subprocess.run(
-        ["bash", "-c", session(document, blocks, make_run.port)],
+        ["bash", "-c", session(document, blocks, make_run.port, make_run.admin_port)],
         cwd=make_run.directory,
         env=make_run.env,
         capture_output=True,
@@ -205,3 +229,24 @@ def test_index_format_examples_run_after_make_run(make_run: MakeRun) -> None:
     printed = run_document(make_run, "docs/index-format.md")
     assert "GETs for 5 objects" in printed  # reader.get_many
     assert "extracted" in printed  # s3batchd extract
+
+
+#: What each further document's session must print: a sign its last examples ran.
+FURTHER_DOCUMENTS = {
+    "docs/operations.md": "s3batchd/",  # the batch's day in the bucket
+    "docs/passthrough.md": "NoSuchKey",
+    "docs/compatibility.md": "download: s3://demo/sync/",
+    "docs/durability.md": "application/json",  # the index's ContentType
+}
+
+
+@pytest.mark.parametrize("document", sorted(FURTHER_DOCUMENTS))
+def test_further_documents_run_after_make_run(make_run: MakeRun, document: str) -> None:
+    printed = run_document(make_run, document)
+    assert FURTHER_DOCUMENTS[document] in printed
+
+
+def test_deploy_readme_has_nothing_to_run_here() -> None:
+    """Its examples need docker, kubectl, AWS or systemd (the module docstring): if one that
+    can run here is added, mark it and move the document to ``FURTHER_DOCUMENTS``."""
+    assert run_blocks((ROOT / "deploy" / "README.md").read_text(encoding="utf-8")) == []
