@@ -5,8 +5,9 @@ run. The blocks of a document are extracted in order and run in one bash session
 (``set -euo pipefail``) in a fresh directory where ``s3batchd dev --data-dir .local`` (what
 ``make run`` runs) serves; ``python run`` blocks go to ``python`` on that shell's PATH (the
 virtual environment's, once ``.local/env.sh`` is sourced), as a reader pasting them into
-``python`` would, ``js run`` blocks to ``node`` as an ES module (top-level ``await``, the
-shell's exported variables in ``process.env``). Every block must succeed. Only the ports differ
+``python`` would, ``js run`` blocks to ``node`` as an ES module (the shell's exported
+variables in ``process.env``; they must paste into ``node``'s prompt as well,
+``node_repl_problem``). Every block must succeed. Only the ports differ
 from the documents' 9000 and 9002 (the defaults of ``s3batchd dev``), which may be taken on a
 test machine.
 
@@ -202,6 +203,41 @@ def test_python_examples_paste_into_the_interactive_prompt(document: str) -> Non
         block.line: repl_problem(block.code) for block in blocks if block.language == "python"
     }
     assert {line: problem for line, problem in problems.items() if problem} == {}
+
+
+def node_repl_problem(source: str) -> str | None:
+    """Why pasting ``source`` into ``node``'s interactive prompt does not do what running it as
+    a module does, or None: a line starting with ``.`` is a REPL command there, and the prompt
+    runs the next pasted line without waiting for a top-level ``await`` (a ``const`` assigned
+    by one is still undefined), so the code must also compile as a CommonJS script."""
+    for number, line in enumerate(source.splitlines(), 1):
+        if line.lstrip().startswith("."):
+            return f"line {number}: the prompt takes a line starting with '.' for a command"
+    check = subprocess.run(
+        ["node", "--check", "--input-type=commonjs", "-"],
+        input=source,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check.returncode != 0:
+        errors = [line for line in check.stderr.splitlines() if "Error" in line]
+        return f"not a script (a top-level await?): {errors[:1]}"
+    return None
+
+
+def test_js_examples_paste_into_the_node_prompt() -> None:
+    blocks = run_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
+    js = [block for block in blocks if block.language == "js"]
+    assert js
+    problems = {block.line: node_repl_problem(block.code) for block in js}
+    assert {line: problem for line, problem in problems.items() if problem} == {}
+
+
+def test_node_repl_problem_finds_top_level_await_and_dot_lines() -> None:
+    assert node_repl_problem("const a = await f();\nconsole.log(a);\n") is not None
+    assert node_repl_problem("f()\n  .then(console.log);\n") is not None
+    assert node_repl_problem("f().then(async (a) => {\n  console.log(await a);\n});\n") is None
 
 
 def test_repl_problem_finds_a_statement_after_a_block() -> None:
