@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 S3FS_VENV := .venv-s3fs
 S3FS_STAMP := $(S3FS_VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck format crash-test clean
+.PHONY: install run test lint typecheck format crash-test clean node
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck $(S3FS_STAMP)  ## everything CI runs: format, lint, types, the whole test suite
+test: lint typecheck $(S3FS_STAMP) node  ## everything CI runs: format, lint, types, the whole test suite
 	$(BIN)/pytest
+
+# Node.js runs the README's JavaScript example (tests/test_readme.py): installed when missing.
+node:
+	@command -v node >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y nodejs; \
+		else sudo apt-get update && sudo apt-get install -y nodejs; fi; }
 
 crash-test: $(STAMP)  ## the long kill -9 test (40 rounds; CI runs 3 inside `make test`)
 	$(BIN)/pytest tests/test_crash.py -s --crash-rounds 40
