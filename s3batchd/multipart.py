@@ -356,13 +356,13 @@ async def _write_conditions(call: Call) -> None:
     key's current object: the batched one, else the bucket's."""
     if CONDITIONAL_HEADERS & call.headers.keys():
         etag = await _current_etag(call)
-        check_write_conditions(call.headers, etag, "CompleteMultipartUpload")
+        check_write_conditions(call.headers, etag)
 
 
 async def _batched_conditions(call: Call) -> Call:
     """A Complete the bucket assembles: conditions on a key whose current object is batched
     are decided here (the bucket does not hold it) and not sent on; else the bucket decides."""
-    rest = decided_here(call.pipeline, call, "CompleteMultipartUpload")
+    rest = decided_here(call.pipeline, call)
     return call if rest is None else dataclasses.replace(call, headers=rest)
 
 

@@ -1,0 +1,88 @@
+"""What works against the bucket works through the daemon, for batched keys too.
+
+Each behaviour is checked twice with boto3: against SeaweedFS directly, for a key it holds, and
+through the daemon, for a key the daemon batched (it lives in a tar, not under its own key). The
+answers must agree. Groups from a run of the Ceph s3-tests suite through the daemon.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from tests.conftest import Daemon
+
+
+def _batched(answer: Any) -> bool:
+    return "x-s3batchd-tar" in answer["ResponseMetadata"]["HTTPHeaders"]
+
+
+def _error(call: Any, **kwargs: Any) -> tuple[int, str]:
+    """The status and code of a call that must fail."""
+    with pytest.raises(ClientError) as caught:
+        call(**kwargs)
+    answer = caught.value.response
+    return answer["ResponseMetadata"]["HTTPStatusCode"], answer["Error"]["Code"]
+
+
+def _put_outcomes(client: S3Client, bucket: str, key: str) -> list[object]:
+    """The outcomes of conditional PUTs of a key that holds b"first": a matching and a
+    different ETag in If-None-Match, and If-Match on a key that does not exist."""
+    etag = client.put_object(Bucket=bucket, Key=key, Body=b"first")["ETag"]
+    outcomes: list[object] = [
+        _error(client.put_object, Bucket=bucket, Key=key, Body=b"x", IfNoneMatch=etag),
+    ]
+    client.put_object(Bucket=bucket, Key=key, Body=b"second", IfNoneMatch='"0123abcd"')
+    outcomes.append(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    outcomes.append(
+        _error(client.put_object, Bucket=bucket, Key=f"{key}-none", Body=b"x", IfMatch=etag)
+    )
+    return outcomes
+
+
+def test_put_if_none_match_etag_is_decided_as_the_bucket_does(
+    daemon: Daemon, s3: S3Client, bucket: str
+) -> None:
+    """``If-None-Match: <etag>``: 412 when the key's ETag is one of the list, else written."""
+    client = daemon.client()
+    direct = _put_outcomes(s3, bucket, "direct/k")
+    through = _put_outcomes(client, bucket, "batched/k")
+    assert daemon.pipeline.catalog.get(bucket, "batched/k") is not None
+    assert through == direct
+    assert direct[:2] == [(412, "PreconditionFailed"), b"second"]
+
+
+def _delete_outcomes(client: S3Client, bucket: str, prefix: str) -> list[object]:
+    """DeleteObjects with ETag conditions: one that holds, one that does not; then which of
+    the keys are left."""
+    keys = [f"{prefix}/match", f"{prefix}/differ"]
+    etags = [client.put_object(Bucket=bucket, Key=key, Body=key.encode())["ETag"] for key in keys]
+    answer = client.delete_objects(
+        Bucket=bucket,
+        Delete={
+            "Objects": [
+                {"Key": keys[0], "ETag": etags[0]},
+                {"Key": keys[1], "ETag": '"0123456789abcdef0123456789abcdef"'},
+            ]
+        },
+    )
+    deleted = sorted(d["Key"].removeprefix(prefix) for d in answer.get("Deleted", []))
+    errors = sorted((e["Key"].removeprefix(prefix), e["Code"]) for e in answer.get("Errors", []))
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/").get("Contents", [])
+    return [deleted, errors, sorted(o["Key"].removeprefix(prefix) for o in listed)]
+
+
+def test_delete_objects_with_etag_conditions_on_batched_keys(
+    daemon: Daemon, s3: S3Client, bucket: str
+) -> None:
+    """The daemon decides an ETag condition on a batched key (the bucket does not hold it)."""
+    direct = _delete_outcomes(s3, bucket, "direct")
+    through = _delete_outcomes(daemon.client(), bucket, "batched")
+    assert through == direct
+    assert direct[0] == ["/match"]
+    assert direct[2] == ["/differ"]
