@@ -17,7 +17,7 @@ from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 from s3batchd.catalog import Catalog
-from s3batchd.errors import MalformedXML
+from s3batchd.errors import MalformedXML, PreconditionFailed
 from s3batchd.objects import etag_matches
 from s3batchd.s3xml import local_name
 
@@ -88,3 +88,17 @@ def add_errors(answer: bytes, errors: str) -> bytes:
     if end < 0:
         return answer
     return answer[:end] + errors.encode() + answer[end:]
+
+
+def decided_delete(catalog: Catalog, bucket: str, key: str, headers: dict[str, str]) -> bool:
+    """DeleteObject's ``If-Match`` on a batched key, against the batched ETag: 412 when it
+    differs; True when it held (the request goes on without it), False when the bucket
+    decides (no condition, or the key is not batched)."""
+    if "if-match" not in headers:
+        return False
+    entry = catalog.get(bucket, key)
+    if entry is None:
+        return False
+    if not etag_matches(headers["if-match"], entry.record.etag):
+        raise PreconditionFailed()
+    return True

@@ -16,7 +16,13 @@ from starlette.types import Scope
 from s3batchd.auth import Authenticator
 from s3batchd.buckets import BucketCheck
 from s3batchd.copy import copy_object, parse_copy_source
-from s3batchd.deletes import add_errors, content_md5, decide_conditions, refused_errors
+from s3batchd.deletes import (
+    add_errors,
+    content_md5,
+    decide_conditions,
+    decided_delete,
+    refused_errors,
+)
 from s3batchd.errors import MalformedXML, NotImplementedS3
 from s3batchd.ingest import hide_batched, put_object, written_upstream
 from s3batchd.listing import list_objects_merged
@@ -91,6 +97,10 @@ async def delete_object(call: Call) -> Response:
     bucket said yes, a batched object of the key is hidden (tombstone)."""
     if "versionId" in call.target.query:
         return await forward(call)  # one version: the batched (latest) object stays
+    target = call.target
+    if decided_delete(call.pipeline.catalog, target.bucket, target.key, call.headers):
+        headers = {name: value for name, value in call.headers.items() if name != "if-match"}
+        call = dataclasses.replace(call, headers=headers)
     if not call.settings.passthrough.allows("DeleteObject"):
         if await hide_batched(call, call.target.bucket, call.target.key):
             return Response(status_code=204)

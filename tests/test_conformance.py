@@ -86,3 +86,19 @@ def test_delete_objects_with_etag_conditions_on_batched_keys(
     assert through == direct
     assert direct[0] == ["/match"]
     assert direct[2] == ["/differ"]
+
+
+def _delete_one_outcomes(client: S3Client, bucket: str, key: str) -> list[object]:
+    """DeleteObject with If-Match: a different ETag, then the right one; then what is left."""
+    etag = client.put_object(Bucket=bucket, Key=key, Body=b"x")["ETag"]
+    wrong = '"0123456789abcdef0123456789abcdef"'
+    outcomes: list[object] = [_error(client.delete_object, Bucket=bucket, Key=key, IfMatch=wrong)]
+    client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
+    outcomes.append(_error(client.head_object, Bucket=bucket, Key=key))
+    return outcomes
+
+
+def test_delete_object_if_match_on_a_batched_key(daemon: Daemon, s3: S3Client, bucket: str) -> None:
+    direct = _delete_one_outcomes(s3, bucket, "direct/one")
+    through = _delete_one_outcomes(daemon.client(), bucket, "batched/one")
+    assert through == direct
