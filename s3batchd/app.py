@@ -38,6 +38,7 @@ from s3batchd.errors import (
 from s3batchd.index import WriterId
 from s3batchd.looplag import LoopLagMonitor
 from s3batchd.metrics import Metrics
+from s3batchd.owners import Owners
 from s3batchd.pipeline import Pipeline
 from s3batchd.proxy import Forwarder
 from s3batchd.stall import BodyPace
@@ -212,6 +213,7 @@ def create_app(
             missing_ttl_s=settings.upstream.bucket_missing_ttl_s,
             on_answer=lambda answer: metrics.bucket_checks.labels(answer.value).inc(),
         )
+        app.state.owners = Owners()
         if spools:
             pipeline.spools = (settings.spool.dir, *(d for d in spools if d != settings.spool.dir))
         app.state.uploads = UploadStore(

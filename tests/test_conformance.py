@@ -12,10 +12,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.batches import indexed_objects
+from tests.conftest import wait_for
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-    from tests.conftest import Daemon
+    from tests.conftest import Daemon, DaemonFactory
 
 
 def _batched(answer: Any) -> bool:
@@ -102,3 +105,90 @@ def test_delete_object_if_match_on_a_batched_key(daemon: Daemon, s3: S3Client, b
     direct = _delete_one_outcomes(s3, bucket, "direct/one")
     through = _delete_one_outcomes(daemon.client(), bucket, "batched/one")
     assert through == direct
+
+
+def _write_mixed(daemon: Daemon, s3: S3Client, bucket: str) -> None:
+    """Keys a/ and c/ in the bucket itself, b/ and d/ batched by the daemon."""
+    for key in ("a/1", "c/3"):
+        s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    client = daemon.client()
+    for key in ("b/2", "d/4"):
+        assert _batched(client.put_object(Bucket=bucket, Key=key, Body=key.encode()))
+
+
+def test_list_objects_v2_echoes_the_continuation_token(
+    daemon: Daemon, s3: S3Client, bucket: str
+) -> None:
+    _write_mixed(daemon, s3, bucket)
+    client = daemon.client()
+    seen: list[str] = []
+    token = None
+    while True:
+        kwargs: dict[str, Any] = {"ContinuationToken": token} if token else {}
+        page = client.list_objects_v2(Bucket=bucket, MaxKeys=1, **kwargs)
+        assert page.get("ContinuationToken") == token
+        seen += [item["Key"] for item in page.get("Contents", [])]
+        if not page["IsTruncated"]:
+            break
+        token = page["NextContinuationToken"]
+    assert seen == ["a/1", "b/2", "c/3", "d/4"]
+
+
+@pytest.mark.parametrize("uploaded", [False, True])
+def test_list_objects_v2_fetch_owner(
+    start_daemon: DaemonFactory, s3: S3Client, bucket: str, uploaded: bool
+) -> None:
+    """FetchOwner: every object has the Owner the bucket reports for objects the daemon's
+    credentials wrote (batched objects are held in tars the daemon wrote): the owner of a
+    batch in the bucket, or before one was uploaded the bucket's owner."""
+    daemon = start_daemon(batch={"linger_ms": 50}) if uploaded else start_daemon()
+    _write_mixed(daemon, s3, bucket)
+    if uploaded:
+        wait_for(lambda: indexed_objects(s3, bucket) == 2)
+    direct = s3.list_objects_v2(Bucket=bucket, FetchOwner=True)["Contents"]
+    owner = direct[0]["Owner"]
+    assert owner.get("ID")
+    for fetch in (True, False):
+        listed = daemon.client().list_objects_v2(Bucket=bucket, FetchOwner=fetch)["Contents"]
+        assert [item["Key"] for item in listed] == ["a/1", "b/2", "c/3", "d/4"]
+        assert [item.get("Owner") for item in listed] == [owner if fetch else None] * 4
+    # ListObjects (v1) always lists owners, in the bucket as through the daemon.
+    assert s3.list_objects(Bucket=bucket)["Contents"][0]["Owner"] == owner
+    listed = daemon.client().list_objects(Bucket=bucket)["Contents"]
+    assert [item.get("Owner") for item in listed] == [owner] * 4
+
+
+@pytest.mark.parametrize("parameter", ["allow-unordered=true", "unknown-option=1"])
+def test_unknown_list_parameters_keep_the_merge(
+    daemon: Daemon, s3: S3Client, bucket: str, parameter: str
+) -> None:
+    """S3 ignores list parameters it does not know (RGW's ``allow-unordered``): the listing
+    is still the merged one, with the batched keys."""
+    _write_mixed(daemon, s3, bucket)
+    client = daemon.client()
+
+    def add_parameter(request: Any, **_: Any) -> None:
+        request.url += f"&{parameter}" if "?" in request.url else f"?{parameter}"
+
+    for operation in ("ListObjectsV2", "ListObjects"):
+        client.meta.events.register(f"before-sign.s3.{operation}", add_parameter)
+    for version in (client.list_objects_v2, client.list_objects):
+        keys = [item["Key"] for item in version(Bucket=bucket)["Contents"]]
+        assert keys == ["a/1", "b/2", "c/3", "d/4"]
+
+
+def test_a_daemon_token_stays_with_the_daemon_when_the_batched_keys_are_gone(
+    daemon: Daemon, s3: S3Client, bucket: str
+) -> None:
+    """A listing the daemon began goes on with its token even when no batched key is left
+    under the prefix (the bucket does not know the daemon's token)."""
+    for key in ("p/1", "p/3"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    client = daemon.client()
+    client.put_object(Bucket=bucket, Key="p/2", Body=b"x")
+    first = client.list_objects_v2(Bucket=bucket, Prefix="p/", MaxKeys=1)
+    token = first["NextContinuationToken"]
+    client.delete_object(Bucket=bucket, Key="p/2")
+    rest = client.list_objects_v2(Bucket=bucket, Prefix="p/", ContinuationToken=token)
+    assert rest["ContinuationToken"] == token
+    assert [item["Key"] for item in first["Contents"] + rest["Contents"]] == ["p/1", "p/3"]
