@@ -192,3 +192,33 @@ def test_a_daemon_token_stays_with_the_daemon_when_the_batched_keys_are_gone(
     rest = client.list_objects_v2(Bucket=bucket, Prefix="p/", ContinuationToken=token)
     assert rest["ContinuationToken"] == token
     assert [item["Key"] for item in first["Contents"] + rest["Contents"]] == ["p/1", "p/3"]
+
+
+def _copy_range_outcomes(client: S3Client, bucket: str, source: str) -> list[tuple[int, str]]:
+    """UploadPartCopy of a 10-byte source with ranges past its end."""
+    client.put_object(Bucket=bucket, Key=source, Body=b"0123456789")
+    upload = client.create_multipart_upload(Bucket=bucket, Key=f"{source}-copy")["UploadId"]
+    outcomes = [
+        _error(
+            client.upload_part_copy,
+            Bucket=bucket,
+            Key=f"{source}-copy",
+            UploadId=upload,
+            PartNumber=1,
+            CopySource={"Bucket": bucket, "Key": source},
+            CopySourceRange=byte_range,
+        )
+        for byte_range in ("bytes=0-21", "bytes=10-12", "bytes=2-10")
+    ]
+    client.abort_multipart_upload(Bucket=bucket, Key=f"{source}-copy", UploadId=upload)
+    return outcomes
+
+
+def test_copy_range_past_the_end_is_invalid_range(
+    daemon: Daemon, s3: S3Client, bucket: str
+) -> None:
+    direct = _copy_range_outcomes(s3, bucket, "direct/src")
+    through = _copy_range_outcomes(daemon.client(), bucket, "batched/src")
+    assert daemon.pipeline.catalog.get(bucket, "batched/src") is not None
+    assert through == direct
+    assert [code for _, code in direct] == ["InvalidRange"] * 3
