@@ -7,9 +7,15 @@ answers must agree. Groups from a run of the Ceph s3-tests suite through the dae
 
 from __future__ import annotations
 
+import re
+import urllib.error
+import urllib.request
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from botocore.auth import S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from tests.batches import indexed_objects
@@ -18,6 +24,7 @@ from tests.conftest import wait_for
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+    from s3batchd.seaweed import LocalS3
     from tests.conftest import Daemon, DaemonFactory
 
 
@@ -222,3 +229,41 @@ def test_copy_range_past_the_end_is_invalid_range(
     assert daemon.pipeline.catalog.get(bucket, "batched/src") is not None
     assert through == direct
     assert [code for _, code in direct] == ["InvalidRange"] * 3
+
+
+def _presigned_statuses(
+    endpoint: str, credentials: Credentials, bucket: str, key: str
+) -> list[tuple[int, str]]:
+    """Status and error code of SigV4 presigned GETs whose X-Amz-Expires is 0, negative, or
+    past the 7-day limit (botocore's own signer: the CRT one refuses to sign them)."""
+    outcomes = []
+    for expires in (0, -7, 604801):
+        request = AWSRequest("GET", f"{endpoint}/{bucket}/{key}")
+        S3SigV4QueryAuth(credentials, "s3", "us-east-1", expires=expires).add_auth(request)
+        assert request.url is not None
+        try:
+            with urllib.request.urlopen(request.url, timeout=10) as answer:  # noqa: S310
+                outcomes.append((answer.status, ""))
+        except urllib.error.HTTPError as error:
+            code = re.search(rb"<Code>([^<]*)</Code>", error.read())
+            error.close()
+            outcomes.append((error.code, code[1].decode() if code else ""))
+    return outcomes
+
+
+def test_presigned_expiry_out_of_range_is_access_denied(
+    start_daemon: DaemonFactory, s3_server: LocalS3, s3: S3Client, bucket: str
+) -> None:
+    daemon = start_daemon(
+        auth={
+            "mode": "sigv4",
+            "access_keys": [{"access_key_id": "app-key", "secret_access_key": "app-secret"}],
+        }
+    )
+    s3.put_object(Bucket=bucket, Key="direct", Body=b"x")
+    assert _batched(daemon.client().put_object(Bucket=bucket, Key="batched", Body=b"x"))
+    theirs = Credentials(s3_server.access_key, s3_server.secret_key)
+    direct = _presigned_statuses(s3_server.endpoint_url, theirs, bucket, "direct")
+    mine = Credentials("app-key", "app-secret")
+    assert _presigned_statuses(daemon.url, mine, bucket, "batched") == direct
+    assert direct[0] == (403, "AccessDenied")
