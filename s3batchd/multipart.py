@@ -32,6 +32,7 @@ from s3batchd.constants import HEADER_PREFIX, MAX_PART_BYTES, MIN_PART_BYTES
 from s3batchd.copy import batched_source, read_source
 from s3batchd.errors import (
     RETRY_SOON,
+    BadDigest,
     EntityTooLarge,
     EntityTooSmall,
     InvalidArgument,
@@ -490,6 +491,7 @@ async def _complete_here(
             body.write(data)
         multipart_etag = _multipart_etag([part.md5_hex for part in parts])
         checksums = {upload.checksum_algorithm: b64(full.digest())} if full else {}
+        _check_object_checksum(call.headers, upload, parts, checksums)
         headers = upload.headers
         record = ObjectRecord(
             key=upload.key,
@@ -530,6 +532,27 @@ async def _complete_here(
         k: v for k, v in put_response_headers(record, entry).items() if k.startswith(HEADER_PREFIX)
     }
     return _xml(xml, location)
+
+
+def _check_object_checksum(
+    headers: dict[str, str], upload: Upload, parts: list[Part], checksums: dict[str, str]
+) -> None:
+    """BadDigest unless Complete's ``x-amz-checksum-<algorithm>`` (of the upload's algorithm)
+    is the object's checksum: the composite one (``<checksum of checksums>-<parts>``) or the
+    full-object one, by the upload's checksum type. Without an algorithm it is ignored, as
+    the bucket ignores it."""
+    algorithm = upload.checksum_algorithm
+    given = headers.get(f"x-amz-checksum-{algorithm}") if algorithm else None
+    if given is None:
+        return
+    if upload.checksum_type == "COMPOSITE":
+        expected = _composite(algorithm, [part.checksum for part in parts])
+    else:
+        expected = checksums[algorithm]
+    if given.strip() != expected:
+        raise BadDigest(
+            f"The {algorithm.upper()} you specified did not match the calculated checksum."
+        )
 
 
 def _multipart_etag(md5s: list[str]) -> str:

@@ -7,9 +7,11 @@ answers must agree. Groups from a run of the Ceph s3-tests suite through the dae
 
 from __future__ import annotations
 
+import base64
 import re
 import urllib.error
 import urllib.request
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -32,12 +34,16 @@ def _batched(answer: Any) -> bool:
     return "x-s3batchd-tar" in answer["ResponseMetadata"]["HTTPHeaders"]
 
 
+def _status_code(error: ClientError) -> tuple[int, str]:
+    answer = error.response
+    return answer["ResponseMetadata"]["HTTPStatusCode"], answer["Error"]["Code"]
+
+
 def _error(call: Any, **kwargs: Any) -> tuple[int, str]:
     """The status and code of a call that must fail."""
     with pytest.raises(ClientError) as caught:
         call(**kwargs)
-    answer = caught.value.response
-    return answer["ResponseMetadata"]["HTTPStatusCode"], answer["Error"]["Code"]
+    return _status_code(caught.value)
 
 
 def _put_outcomes(client: S3Client, bucket: str, key: str) -> list[object]:
@@ -267,3 +273,54 @@ def test_presigned_expiry_out_of_range_is_access_denied(
     mine = Credentials("app-key", "app-secret")
     assert _presigned_statuses(daemon.url, mine, bucket, "batched") == direct
     assert direct[0] == (403, "AccessDenied")
+
+
+def _complete_with_checksum(
+    client: S3Client, bucket: str, key: str, value: str, upload: str | None = None, **create: Any
+) -> str:
+    """Complete a one-part upload with ``x-amz-checksum-crc32: value`` (the object's
+    checksum, not the XML body's): the outcome."""
+    if upload is None:
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key, **create)["UploadId"]
+    part = client.upload_part(
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload,
+        PartNumber=1,
+        Body=b"X" * 8,
+        ChecksumAlgorithm="CRC32",
+    )
+    listed: dict[str, Any] = {"PartNumber": 1, "ETag": part["ETag"]}
+    if "ChecksumCRC32" in part:
+        listed["ChecksumCRC32"] = part["ChecksumCRC32"]
+    try:
+        answer = client.complete_multipart_upload(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload,
+            MultipartUpload={"Parts": [listed]},  # type: ignore[list-item]
+            ChecksumCRC32=value,
+        )
+    except ClientError as error:
+        status, code = _status_code(error)
+        return f"{status} {code}"
+    return f"200 {answer.get('ChecksumCRC32')}"
+
+
+@pytest.mark.parametrize(
+    "create", [{}, {"ChecksumAlgorithm": "CRC32", "ChecksumType": "FULL_OBJECT"}]
+)
+def test_complete_checksum_header_is_the_objects(
+    daemon: Daemon, s3: S3Client, bucket: str, create: dict[str, Any]
+) -> None:
+    """CompleteMultipartUpload's ``x-amz-checksum-*`` header is the object's checksum: a
+    malformed or wrong one is the bucket's BadDigest (or ignored for an upload that asked for
+    no checksum), never checked against the XML body. Held uploads and forwarded ones."""
+    full = base64.b64encode(zlib.crc32(b"X" * 8).to_bytes(4, "big")).decode()
+    client = daemon.client()
+    for value in ("notvalid!!", "AAAAAA==", full):
+        direct = _complete_with_checksum(s3, bucket, "direct", value, **create)
+        held = _complete_with_checksum(client, bucket, "held", value, **create)
+        theirs = s3.create_multipart_upload(Bucket=bucket, Key="forwarded", **create)["UploadId"]
+        forwarded = _complete_with_checksum(client, bucket, "forwarded", value, theirs)
+        assert (held, forwarded) == (direct, direct), value
