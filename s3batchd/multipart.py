@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import itertools
 import logging
 import re
 import time
@@ -463,16 +464,7 @@ async def _complete_here(
     call: Call, upload: Upload, listed: list[tuple[int, str, dict[str, str]]]
 ) -> Response:
     store = _store(call)
-    parts: list[Part] = []
-    for number, etag, checksums in listed:
-        if parts and number <= parts[-1].number:
-            raise InvalidPartOrder()
-        part = upload.parts.get(number)
-        if part is None or etag.strip('"') != part.md5_hex:
-            raise InvalidPart()
-        if any(value != part.checksum for value in checksums.values()):
-            raise InvalidPart()
-        parts.append(part)
+    parts, listed_checksums = _chosen_parts(upload, listed)
     if any(part.size < MIN_PART_BYTES for part in parts[:-1]):
         raise EntityTooSmall()
     body = BodyBuffer(
@@ -485,6 +477,7 @@ async def _complete_here(
             data = store.read_part(upload, part.number)
             if hashlib.md5(data, usedforsecurity=False).hexdigest() != part.md5_hex:
                 raise InvalidPart("A part's bytes changed on disk; upload it again.")
+            _check_listed_checksums(data, listed_checksums[part.number])
             md5.update(data)
             if full is not None:
                 full.update(data)
@@ -532,6 +525,44 @@ async def _complete_here(
         k: v for k, v in put_response_headers(record, entry).items() if k.startswith(HEADER_PREFIX)
     }
     return _xml(xml, location)
+
+
+def _chosen_parts(
+    upload: Upload, listed: list[tuple[int, str, dict[str, str]]]
+) -> tuple[list[Part], dict[int, dict[str, str]]]:
+    """The parts a Complete's list names, in order, with the checksums listed for each.
+
+    A part number may be listed once per upload of it (a client that sent a part again
+    lists both ETags, in a row): the part is the upload that finished last, the one kept,
+    and one of the ETags listed for it must be its. Only the latest upload of a part number
+    is kept, so listing an earlier one alone is InvalidPart, as in S3."""
+    parts: list[Part] = []
+    checksums: dict[int, dict[str, str]] = {}
+    for number, entries in itertools.groupby(listed, key=lambda entry: entry[0]):
+        if parts and number <= parts[-1].number:
+            raise InvalidPartOrder()
+        part = upload.parts.get(number)
+        if part is None:
+            raise InvalidPart()
+        matching = [sums for _, etag, sums in entries if etag.strip('"') == part.md5_hex]
+        if not matching:
+            raise InvalidPart()
+        parts.append(part)
+        checksums[number] = matching[-1]
+    return parts, checksums
+
+
+def _check_listed_checksums(data: bytes, listed: dict[str, str]) -> None:
+    """BadDigest unless each checksum listed for a part (of an algorithm S3 knows) is that
+    of its bytes, as the bucket answers."""
+    for algorithm, value in listed.items():
+        if algorithm not in ALGORITHMS:
+            continue
+        hasher = new_hasher(algorithm)
+        hasher.update(data)
+        if value != b64(hasher.digest()):
+            name = algorithm.upper()
+            raise BadDigest(f"The {name} listed for a part is not the part's checksum.")
 
 
 def _check_object_checksum(

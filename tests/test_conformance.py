@@ -324,3 +324,55 @@ def test_complete_checksum_header_is_the_objects(
         theirs = s3.create_multipart_upload(Bucket=bucket, Key="forwarded", **create)["UploadId"]
         forwarded = _complete_with_checksum(client, bucket, "forwarded", value, theirs)
         assert (held, forwarded) == (direct, direct), value
+
+
+def _resent_part_outcomes(client: S3Client, bucket: str, prefix: str) -> list[object]:
+    """Part 1 sent twice (X, then Y: Y finished last), Complete listing part 1 once per
+    upload (X's ETag, then Y's; and the other way round); a listed checksum that is not the
+    part's. The bytes stored, or the error."""
+    outcomes: list[object] = []
+    for order in ((0, 1), (1, 0), (1,), (0, 0, 1)):
+        key = f"{prefix}/{''.join(map(str, order))}"
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        etags = [
+            client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=body)[
+                "ETag"
+            ]
+            for body in (b"X" * 8, b"Y" * 8)
+        ]
+        parts: Any = [{"PartNumber": 1, "ETag": etags[i]} for i in order]
+        client.complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
+        )
+        outcomes.append(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    key = f"{prefix}/checksum"
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="CRC32")[
+        "UploadId"
+    ]
+    etag = client.upload_part(
+        Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"Z", ChecksumAlgorithm="CRC32"
+    )["ETag"]
+    parts = [{"PartNumber": 1, "ETag": etag, "ChecksumCRC32": "AAAAAA=="}]
+    outcomes.append(
+        _error(
+            client.complete_multipart_upload,
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload,
+            MultipartUpload={"Parts": parts},
+        )
+    )
+    return outcomes
+
+
+def test_resent_part_and_part_list_checks_as_the_bucket(
+    daemon: Daemon, s3: S3Client, bucket: str
+) -> None:
+    """A part sent again: the one that finished last is the part (S3 keeps the most recently
+    completed upload of a part number), and a Complete that lists the part number once per
+    upload, the last-finished one among them, is accepted; a listed checksum that is not the
+    part's is BadDigest."""
+    direct = _resent_part_outcomes(s3, bucket, "direct")
+    through = _resent_part_outcomes(daemon.client(), bucket, "held")
+    assert through == direct
+    assert direct == [b"Y" * 8] * 4 + [(400, "BadDigest")]
