@@ -376,3 +376,37 @@ def test_resent_part_and_part_list_checks_as_the_bucket(
     through = _resent_part_outcomes(daemon.client(), bucket, "held")
     assert through == direct
     assert direct == [b"Y" * 8] * 4 + [(400, "BadDigest")]
+
+
+def _complete_if_none_match(client: S3Client, bucket: str, key: str) -> list[object]:
+    """CompleteMultipartUpload with If-None-Match naming the key's ETag, then another."""
+    etag = client.put_object(Bucket=bucket, Key=key, Body=b"first")["ETag"]
+    outcomes: list[object] = []
+    for condition in (etag, '"0123abcd"'):
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        part = client.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"second"
+        )
+        parts: Any = [{"PartNumber": 1, "ETag": part["ETag"]}]
+        try:
+            client.complete_multipart_upload(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload,
+                MultipartUpload={"Parts": parts},
+                IfNoneMatch=condition,
+            )
+            outcomes.append(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        except ClientError as error:
+            outcomes.append(_status_code(error))
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+    return outcomes
+
+
+def test_complete_if_none_match_etag_on_a_batched_key(
+    daemon: Daemon, s3: S3Client, bucket: str
+) -> None:
+    direct = _complete_if_none_match(s3, bucket, "direct/mpu")
+    through = _complete_if_none_match(daemon.client(), bucket, "batched/mpu")
+    assert through == direct
+    assert direct == [(412, "PreconditionFailed"), b"second"]
