@@ -39,6 +39,7 @@ from s3batchd.errors import (
 from s3batchd.index import WriterId
 from s3batchd.looplag import LoopLagMonitor
 from s3batchd.metrics import Metrics
+from s3batchd.owners import Owners
 from s3batchd.pipeline import Pipeline
 from s3batchd.proxy import Forwarder
 from s3batchd.s3api import authority_of
@@ -219,6 +220,7 @@ def create_app(
             partial(look_up, pipeline.client), refresh_s=settings.batch.bucket_modes_refresh_s
         )
         pipeline.bucket_missing = app.state.buckets.missing
+        app.state.owners = Owners()
         if spools:
             pipeline.spools = (settings.spool.dir, *(d for d in spools if d != settings.spool.dir))
         app.state.uploads = UploadStore(

@@ -22,6 +22,7 @@ from s3batchd.constants import HEADER_PREFIX
 from s3batchd.errors import (
     InternalError,
     InvalidArgument,
+    InvalidRange,
     InvalidRequest,
     NotImplementedS3,
     PreconditionFailed,
@@ -91,8 +92,10 @@ def copy_range(value: str, size: int) -> tuple[int, int]:
             "first and last are the zero-based offsets of the first and last bytes to copy"
         )
     first, last = int(match[1]), int(match[2])
-    if first > last or last >= size:
+    if first > last:
         raise InvalidArgument(f"Range specified is not valid for source object of size: {size}")
+    if last >= size:
+        raise InvalidRange(f"Range specified is not valid for source object of size: {size}")
     return first, last
 
 

@@ -5,6 +5,7 @@ attributes of batched keys) or forwarding."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from xml.etree import ElementTree
@@ -16,6 +17,13 @@ from starlette.types import Scope
 from s3batchd.auth import Authenticator
 from s3batchd.buckets import BucketCheck
 from s3batchd.copy import copy_object, parse_copy_source
+from s3batchd.deletes import (
+    add_errors,
+    content_md5,
+    decide_conditions,
+    decided_delete,
+    refused_errors,
+)
 from s3batchd.errors import MalformedXML, NotImplementedS3
 from s3batchd.ingest import hide_batched, put_object, written_upstream
 from s3batchd.listing import list_objects_merged
@@ -92,6 +100,10 @@ async def delete_object(call: Call) -> Response:
     bucket said yes, a batched object of the key is hidden (tombstone)."""
     if "versionId" in call.target.query:
         return await forward(call)  # one version: the batched (latest) object stays
+    target = call.target
+    if decided_delete(call.pipeline.catalog, target.bucket, target.key, call.headers):
+        headers = {name: value for name, value in call.headers.items() if name != "if-match"}
+        call = dataclasses.replace(call, headers=headers)
     if not call.settings.passthrough.allows("DeleteObject"):
         if await hide_batched(call, call.target.bucket, call.target.key):
             return Response(status_code=204)
@@ -103,18 +115,49 @@ async def delete_object(call: Call) -> Response:
 
 async def delete_objects(call: Call) -> Response:
     """DeleteObjects: the request goes to the bucket; the batched keys it deleted (each
-    without a VersionId and not listed as an error) are hidden before the answer."""
+    without a VersionId and not listed as an error) are hidden before the answer. ETag
+    conditions on batched keys are decided here (deletes.py)."""
     call.allow()
     body = await read_small_body(call)
     keys = _unversioned_keys(body)
-    upstream = await send_upstream(call, body=body)
+    decision = decide_conditions(call.pipeline.catalog, call.target.bucket, body)
+    errors = refused_errors(decision.refused)
+    if decision.remaining == 0 and decision.refused:
+        return Response(_DELETE_RESULT.format(errors), media_type="application/xml")
+    if decision.changed:
+        call = dataclasses.replace(call, headers=_redigested(call.headers, decision.body))
+    upstream = await send_upstream(call, body=decision.body)
     data = await read_all(upstream)
-    if upstream.status_code == 200:
-        # Concurrently: with durability fsync or upload each tombstone waits for its batch.
-        await asyncio.gather(
-            *(hide_batched(call, call.target.bucket, key) for key in _deleted(keys, data))
-        )
-    return relay_read(upstream, data)
+    if upstream.status_code != 200:
+        return relay_read(upstream, data)
+    data = add_errors(data, errors)
+    # Concurrently: with durability fsync or upload each tombstone waits for its batch.
+    await asyncio.gather(
+        *(hide_batched(call, call.target.bucket, key) for key in _deleted(keys, data))
+    )
+    response = relay_read(upstream, data)
+    response.raw_headers = [
+        (name, value) for name, value in response.raw_headers if name != b"content-length"
+    ]
+    response.raw_headers.append((b"content-length", str(len(data)).encode()))
+    return response
+
+
+def _redigested(headers: dict[str, str], body: bytes) -> dict[str, str]:
+    """The request's headers for a rewritten body: its Content-MD5, no client checksums."""
+    kept = {
+        name: value
+        for name, value in headers.items()
+        if name != "content-md5" and not name.startswith(("x-amz-checksum-", "x-amz-sdk-"))
+    }
+    kept["content-md5"] = content_md5(body)
+    return kept
+
+
+_DELETE_RESULT = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    '<DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{}</DeleteResult>'
+)
 
 
 def _unversioned_keys(body: bytes) -> list[str]:

@@ -192,9 +192,9 @@ async def hide_batched(call: Call, bucket: str, key: str) -> bool:
 
 def _conditions(pipeline: Pipeline, call: Call, reason: str) -> tuple[dict[str, str], str | None]:
     """Conditional writes against a batched key are decided here (the bucket does not hold
-    it yet): ``If-None-Match: *`` fails, ``If-Match`` compares the batched ETag and, when it
-    holds, the object is batched. Otherwise the bucket decides (the PUT is forwarded)."""
-    rest = decided_here(pipeline, call, "PutObject")
+    it yet): ``If-None-Match`` and ``If-Match`` compare the batched ETag and, when they
+    hold, the object is batched. Otherwise the bucket decides (the PUT is forwarded)."""
+    rest = decided_here(pipeline, call)
     if rest is None:
         return call.headers, reason
     return rest, unbatchable(rest)
@@ -203,7 +203,7 @@ def _conditions(pipeline: Pipeline, call: Call, reason: str) -> tuple[dict[str, 
 CONDITIONAL_HEADERS = frozenset({"if-match", "if-none-match"})
 
 
-def decided_here(pipeline: Pipeline, call: Call, operation: str) -> dict[str, str] | None:
+def decided_here(pipeline: Pipeline, call: Call) -> dict[str, str] | None:
     """A write's conditional headers when the key's current object is batched (the bucket
     does not hold it): checked against that object, and the headers without them returned.
     None when the bucket decides (no condition, or nothing batched under the key)."""
@@ -213,18 +213,17 @@ def decided_here(pipeline: Pipeline, call: Call, operation: str) -> dict[str, st
     entry = pipeline.catalog.get(call.target.bucket, call.target.key)
     if entry is None:
         return None
-    check_write_conditions(headers, entry.record.etag, operation)
+    check_write_conditions(headers, entry.record.etag)
     return {k: v for k, v in headers.items() if k not in CONDITIONAL_HEADERS}
 
 
-def check_write_conditions(headers: dict[str, str], etag: str | None, operation: str) -> None:
-    """``If-None-Match: *`` and ``If-Match`` of a write against the ETag of the key's current
-    object (None: there is none)."""
-    if "if-none-match" in headers:
-        if headers["if-none-match"].strip() != "*":
-            raise NotImplementedS3(f"If-None-Match on {operation} only takes '*'.")
-        if etag is not None:
-            raise PreconditionFailed()
+def check_write_conditions(headers: dict[str, str], etag: str | None) -> None:
+    """``If-None-Match`` (``*`` or a list of ETags) and ``If-Match`` of a write against the
+    ETag of the key's current object (None: there is none), as S3 decides them: 412 when
+    If-None-Match names the current ETag (``*``: any), or If-Match does not."""
+    none_match = headers.get("if-none-match")
+    if none_match is not None and etag is not None and etag_matches(none_match, etag):
+        raise PreconditionFailed()
     if "if-match" in headers:
         if etag is None:
             raise NoSuchKey()

@@ -6,7 +6,10 @@ and merges them with the catalog's; the continuation token (v2) or marker (v1) i
 or common prefix returned. A common prefix as cursor is skipped on the next page, on both
 sides, so the keys under it are not listed again. Where the catalog has nothing under the
 prefix (and no batch object is to be hidden), the bucket's answer is relayed unchanged, and so
-is every later page of that listing (its continuation token is the bucket's, not the daemon's).
+is every later page of that listing (its continuation token is the bucket's, not the
+daemon's); a listing that has the daemon's token stays with the daemon. Owners (v1, and v2
+with ``fetch-owner=true``) are the bucket's for its objects and ``owners.py``'s for batched
+ones.
 
 The daemon's own batch objects (tars and indexes under ``upstream.prefix``) are left out of
 listings that do not ask for that prefix, unless ``upstream.list_batch_objects`` is set: an
@@ -17,7 +20,7 @@ one request for the keys after them (never one request per page of them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import unquote_plus
 from xml.etree import ElementTree
 
@@ -27,6 +30,7 @@ from s3batchd.catalog import Catalog
 from s3batchd.config import UpstreamConfig
 from s3batchd.errors import MalformedXML
 from s3batchd.objects import ListItem, ListQuery, common_prefix, list_xml, parse_list_query
+from s3batchd.owners import Owners
 from s3batchd.passthrough import Call, forward
 from s3batchd.proxy import read_all
 
@@ -47,9 +51,16 @@ async def list_objects_merged(call: Call) -> Response:
     catalog = pipeline.catalog
     allowed = call.settings.passthrough.allows(call.operation)
     hidden = hidden_prefix(call.settings.upstream, query.prefix)
-    if allowed and not hidden and next(catalog.iter_keys(bucket, query.prefix, ""), None) is None:
+    # A token of the daemon's (query.token, not foreign) means the daemon began this listing:
+    # only it can go on, even when no batched key is left under the prefix.
+    relayable = not query.token and not hidden
+    if allowed and relayable and next(catalog.iter_keys(bucket, query.prefix, ""), None) is None:
         return await forward(call)
     mine = catalog_page(catalog, bucket, query, hidden=hidden)
+    if query.fetch_owner and any(not item.prefix for item in mine.items):
+        owners: Owners = call.request.app.state.owners
+        owner = await owners.of(call, bucket)
+        mine = _Page([replace(item, owner=owner) for item in mine.items], mine.truncated)
     theirs = await _upstream_page(call, query, hidden) if allowed else _Page([], truncated=False)
     if isinstance(theirs, Response):
         return theirs
@@ -146,6 +157,8 @@ async def _fetch(call: Call, query: ListQuery, after: str) -> _Page | Response:
     ]
     if query.delimiter:
         parameters.append(("delimiter", query.delimiter))
+    if query.fetch_owner:
+        parameters.append(("fetch-owner", "true"))
     if after:
         parameters.append(("start-after", after))
     upstream = await call.forwarder.send("GET", call.target.bucket, "", parameters, {})
@@ -154,6 +167,13 @@ async def _fetch(call: Call, query: ListQuery, after: str) -> _Page | Response:
         headers = {k: v for k, v in upstream.headers.items() if k.lower() == "content-type"}
         return Response(body, status_code=upstream.status_code, headers=headers)
     return _parse(body, query)
+
+
+def _owner(node: ElementTree.Element, ns: str) -> tuple[str, str] | None:
+    owner = node.find(f"{ns}Owner")
+    if owner is None:
+        return None
+    return owner.findtext(f"{ns}ID") or "", owner.findtext(f"{ns}DisplayName") or ""
 
 
 def _parse(body: bytes, query: ListQuery) -> _Page:
@@ -178,6 +198,7 @@ def _parse(body: bytes, query: ListQuery) -> _Page:
                     etag=node.findtext(f"{ns}ETag") or "",
                     size=int(node.findtext(f"{ns}Size") or 0),
                     storage_class=node.findtext(f"{ns}StorageClass") or "STANDARD",
+                    owner=_owner(node, ns),
                 )
             )
         elif tag == "CommonPrefixes":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import itertools
 import logging
 import re
 import time
@@ -33,6 +34,7 @@ from s3batchd.constants import HEADER_PREFIX, MAX_PART_BYTES, MIN_PART_BYTES
 from s3batchd.copy import batched_source, read_source
 from s3batchd.errors import (
     RETRY_SOON,
+    BadDigest,
     EntityTooLarge,
     EntityTooSmall,
     InvalidArgument,
@@ -365,13 +367,13 @@ async def _write_conditions(call: Call) -> None:
     key's current object: the batched one, else the bucket's."""
     if CONDITIONAL_HEADERS & call.headers.keys():
         etag = await _current_etag(call)
-        check_write_conditions(call.headers, etag, "CompleteMultipartUpload")
+        check_write_conditions(call.headers, etag)
 
 
 async def _batched_conditions(call: Call) -> Call:
     """A Complete the bucket assembles: conditions on a key whose current object is batched
     are decided here (the bucket does not hold it) and not sent on; else the bucket decides."""
-    rest = decided_here(call.pipeline, call, "CompleteMultipartUpload")
+    rest = decided_here(call.pipeline, call)
     return call if rest is None else dataclasses.replace(call, headers=rest)
 
 
@@ -471,16 +473,7 @@ async def _complete_here(
     call: Call, upload: Upload, listed: list[tuple[int, str, dict[str, str]]]
 ) -> Response:
     store = _store(call)
-    parts: list[Part] = []
-    for number, etag, checksums in listed:
-        if parts and number <= parts[-1].number:
-            raise InvalidPartOrder()
-        part = upload.parts.get(number)
-        if part is None or etag.strip('"') != part.md5_hex:
-            raise InvalidPart()
-        if any(value != part.checksum for value in checksums.values()):
-            raise InvalidPart()
-        parts.append(part)
+    parts, listed_checksums = _chosen_parts(upload, listed)
     if any(part.size < MIN_PART_BYTES for part in parts[:-1]):
         raise EntityTooSmall()
     body = BodyBuffer(
@@ -493,12 +486,14 @@ async def _complete_here(
             data = store.read_part(upload, part.number)
             if hashlib.md5(data, usedforsecurity=False).hexdigest() != part.md5_hex:
                 raise InvalidPart("A part's bytes changed on disk; upload it again.")
+            _check_listed_checksums(data, listed_checksums[part.number])
             md5.update(data)
             if full is not None:
                 full.update(data)
             body.write(data)
         multipart_etag = _multipart_etag([part.md5_hex for part in parts])
         checksums = {upload.checksum_algorithm: b64(full.digest())} if full else {}
+        _check_object_checksum(call.headers, upload, parts, checksums)
         headers = upload.headers
         mode = await call.bucket_modes.get(upload.bucket)
         record = ObjectRecord(
@@ -542,6 +537,65 @@ async def _complete_here(
         if k.startswith(HEADER_PREFIX) or k in ENCRYPTION_HEADERS
     }
     return _xml(xml, location)
+
+
+def _chosen_parts(
+    upload: Upload, listed: list[tuple[int, str, dict[str, str]]]
+) -> tuple[list[Part], dict[int, dict[str, str]]]:
+    """The parts a Complete's list names, in order, with the checksums listed for each.
+
+    A part number may be listed once per upload of it (a client that sent a part again
+    lists both ETags, in a row): the part is the upload that finished last, the one kept,
+    and one of the ETags listed for it must be its. Only the latest upload of a part number
+    is kept, so listing an earlier one alone is InvalidPart, as in S3."""
+    parts: list[Part] = []
+    checksums: dict[int, dict[str, str]] = {}
+    for number, entries in itertools.groupby(listed, key=lambda entry: entry[0]):
+        if parts and number <= parts[-1].number:
+            raise InvalidPartOrder()
+        part = upload.parts.get(number)
+        if part is None:
+            raise InvalidPart()
+        matching = [sums for _, etag, sums in entries if etag.strip('"') == part.md5_hex]
+        if not matching:
+            raise InvalidPart()
+        parts.append(part)
+        checksums[number] = matching[-1]
+    return parts, checksums
+
+
+def _check_listed_checksums(data: bytes, listed: dict[str, str]) -> None:
+    """BadDigest unless each checksum listed for a part (of an algorithm S3 knows) is that
+    of its bytes, as the bucket answers."""
+    for algorithm, value in listed.items():
+        if algorithm not in ALGORITHMS:
+            continue
+        hasher = new_hasher(algorithm)
+        hasher.update(data)
+        if value != b64(hasher.digest()):
+            name = algorithm.upper()
+            raise BadDigest(f"The {name} listed for a part is not the part's checksum.")
+
+
+def _check_object_checksum(
+    headers: dict[str, str], upload: Upload, parts: list[Part], checksums: dict[str, str]
+) -> None:
+    """BadDigest unless Complete's ``x-amz-checksum-<algorithm>`` (of the upload's algorithm)
+    is the object's checksum: the composite one (``<checksum of checksums>-<parts>``) or the
+    full-object one, by the upload's checksum type. Without an algorithm it is ignored, as
+    the bucket ignores it."""
+    algorithm = upload.checksum_algorithm
+    given = headers.get(f"x-amz-checksum-{algorithm}") if algorithm else None
+    if given is None:
+        return
+    if upload.checksum_type == "COMPOSITE":
+        expected = _composite(algorithm, [part.checksum for part in parts])
+    else:
+        expected = checksums[algorithm]
+    if given.strip() != expected:
+        raise BadDigest(
+            f"The {algorithm.upper()} you specified did not match the calculated checksum."
+        )
 
 
 def _multipart_etag(md5s: list[str]) -> str:

@@ -340,6 +340,8 @@ class ListQuery:
     foreign_token: bool = False
     """The continuation token is not the daemon's: the bucket gave it for a listing that
     was forwarded, and only the bucket can continue it."""
+    fetch_owner: bool = False
+    """Objects are listed with their Owner (always in v1, with ``fetch-owner=true`` in v2)."""
 
 
 #: Starts every continuation token the daemon gives (``~`` is not in the URL-safe base64
@@ -377,6 +379,7 @@ def parse_list_query(query: dict[str, str]) -> ListQuery:
         start_after=query.get("start-after", ""),
         marker=query.get("marker", ""),
         foreign_token=foreign,
+        fetch_owner=not v2 or query.get("fetch-owner", "").lower() == "true",
     )
 
 
@@ -390,6 +393,8 @@ class ListItem:
     etag: str = ""
     size: int = 0
     storage_class: str = "STANDARD"
+    owner: tuple[str, str] | None = None
+    """``(ID, DisplayName)``, when the listing shows owners and it is known."""
 
     @classmethod
     def of_record(cls, record: ObjectRecord) -> ListItem:
@@ -409,6 +414,14 @@ def common_prefix(key: str, prefix: str, delimiter: str) -> str | None:
         return None
     position = key.find(delimiter, len(prefix))
     return None if position < 0 else key[: position + len(delimiter)]
+
+
+def _owner_xml(owner: tuple[str, str] | None) -> str:
+    if owner is None:
+        return ""
+    return (
+        f"<Owner><ID>{escape(owner[0])}</ID><DisplayName>{escape(owner[1])}</DisplayName></Owner>"
+    )
 
 
 def list_xml(bucket: str, query: ListQuery, items: list[ListItem], truncated: bool) -> bytes:
@@ -442,6 +455,7 @@ def list_xml(bucket: str, query: ListQuery, items: list[ListItem], truncated: bo
         f"<Contents><Key>{escape(enc(item.name))}</Key>"
         f"<LastModified>{item.last_modified}</LastModified>"
         f"<ETag>{escape(item.etag)}</ETag><Size>{item.size}</Size>"
+        f"{_owner_xml(item.owner) if query.fetch_owner else ''}"
         f"<StorageClass>{escape(item.storage_class)}</StorageClass></Contents>"
         for item in items
         if not item.prefix

@@ -52,6 +52,38 @@ LIST_PARAMETERS = frozenset(
         "max-uploads",
     }
 )
+#: Bucket sub-resources S3 knows (a GET of the bucket with one of them is not a listing). A
+#: GET with other parameters only is a listing: S3 ignores list parameters it does not know
+#: (RGW's ``allow-unordered``), so they must not turn the listing into a forwarded call that
+#: misses the batched keys.
+BUCKET_SUBRESOURCES = frozenset(
+    {
+        "accelerate",
+        "acl",
+        "analytics",
+        "cors",
+        "encryption",
+        "intelligent-tiering",
+        "inventory",
+        "lifecycle",
+        "logging",
+        "metadataConfiguration",
+        "metadataTable",
+        "metrics",
+        "notification",
+        "object-lock",
+        "ownershipControls",
+        "policy",
+        "policyStatus",
+        "publicAccessBlock",
+        "replication",
+        "requestPayment",
+        "session",
+        "tagging",
+        "versioning",
+        "website",
+    }
+)
 #: Query parameters that only carry authentication (presigned URLs) or SDK hints.
 AUTH_PARAMETERS = frozenset(
     {
@@ -98,7 +130,7 @@ def _bucket_operation(method: str, query: dict[str, str]) -> str:
         for parameter, name in _BUCKET_GET.items():
             if parameter in query:
                 return name
-        if others:
+        if BUCKET_SUBRESOURCES.intersection(others):
             return "GetBucketSubresource"
         return "ListObjectsV2" if query.get("list-type") == "2" else "ListObjects"
     if method == "POST" and "delete" in query:

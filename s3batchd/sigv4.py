@@ -658,10 +658,12 @@ def _presign_window(request: _Request, policy: _Policy) -> str:
     moment = _parse_amz_date(amz_date)
     if moment is None:
         raise AuthorizationQueryParametersError("X-Amz-Date must be in the ISO8601 Long Format.")
-    if not expires_text.isdigit() or not 0 < int(expires_text) <= MAX_PRESIGN_EXPIRES:
+    if not expires_text.isdigit() or int(expires_text) > MAX_PRESIGN_EXPIRES:
         raise AuthorizationQueryParametersError(
-            f"X-Amz-Expires must be a number of seconds from 1 to {MAX_PRESIGN_EXPIRES}."
+            f"X-Amz-Expires must be a number of seconds from 0 to {MAX_PRESIGN_EXPIRES}."
         )
+    if int(expires_text) == 0:
+        raise AccessDenied("Request has expired")  # as S3: valid for no time at all
     if moment - policy.now > policy.max_skew:
         raise AccessDenied("Request is not yet valid")
     if policy.now > moment + timedelta(seconds=int(expires_text)):

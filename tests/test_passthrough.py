@@ -587,7 +587,7 @@ def test_upload_part_copy_from_batched_and_unbatched_sources(
     client.put_object(Bucket=bucket, Key="src", Body=b"0123456789")  # batched
     upload_id = client.create_multipart_upload(Bucket=bucket, Key="joined")["UploadId"]
     source: CopySourceTypeDef = {"Bucket": bucket, "Key": "src"}
-    for wrong in ("bytes=0-", "bytes=-3", "bytes=5-2", "bytes=2-10", "2-5"):
+    for wrong in ("bytes=0-", "bytes=-3", "bytes=5-2", "2-5"):
         with pytest.raises(ClientError) as refused:
             client.upload_part_copy(
                 Bucket=bucket,
@@ -598,6 +598,16 @@ def test_upload_part_copy_from_batched_and_unbatched_sources(
                 CopySourceRange=wrong,
             )
         assert refused.value.response["Error"]["Code"] == "InvalidArgument", wrong
+    with pytest.raises(ClientError) as past_the_end:  # as the bucket answers (test_conformance)
+        client.upload_part_copy(
+            Bucket=bucket,
+            Key="joined",
+            UploadId=upload_id,
+            PartNumber=1,
+            CopySource=source,
+            CopySourceRange="bytes=2-10",
+        )
+    assert past_the_end.value.response["Error"]["Code"] == "InvalidRange"
     copied = client.upload_part_copy(
         Bucket=bucket,
         Key="joined",
