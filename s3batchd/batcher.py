@@ -218,7 +218,7 @@ class Batcher:
         while True:
             await asyncio.sleep(pause)
             try:
-                sealed = await run_sync(
+                recovery = await run_sync(
                     reseal_stranded,
                     stranded.path,
                     bucket=stranded.bucket,
@@ -230,6 +230,7 @@ class Batcher:
                 logger.warning("batch %s still stranded: %s", stranded.batch_id, exc)
                 self.stranded[stranded.batch_id] = replace(stranded, error=str(exc))
                 pause = min(pause * 2, STRANDED_RETRY_MAX_S)
+        sealed = recovery.batches[0] if recovery.batches else None
         try:
             if sealed is None:
                 self._fail_upload_waiters(stranded.batch_id, InternalError("Nothing was stored."))
