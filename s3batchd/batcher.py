@@ -44,7 +44,7 @@ from s3batchd.errors import (
 )
 from s3batchd.index import WriterId, new_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
-from s3batchd.spool import SpoolFile, reseal_stranded
+from s3batchd.spool import Recovery, SpoolFile, reseal_stranded
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,10 @@ class BatchSink(Protocol):
 
     async def submit(self, batch: SealedBatch) -> None:
         """Take ownership of a sealed batch."""
+
+    async def recovered(self, recovery: Recovery) -> None:
+        """Take ownership of the batch recovery resealed (a stranded one), after making the
+        catalog hold exactly its surviving members (it may have lost some)."""
 
 
 @dataclass(eq=False)
@@ -237,7 +241,7 @@ class Batcher:
             else:
                 logger.info("sealed stranded batch %s: %d records", sealed.batch_id, sealed.records)
                 self.sealed_by_reason["stranded"] = self.sealed_by_reason.get("stranded", 0) + 1
-                await self._sink.submit(sealed)
+            await self._sink.recovered(recovery)
         finally:
             del self.stranded[stranded.batch_id]
 

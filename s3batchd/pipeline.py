@@ -218,6 +218,22 @@ class Pipeline:
         self.prober.buckets.written(batch.bucket)
         await self.uploader.submit(batch)
 
+    async def recovered(self, recovery: Recovery) -> None:
+        """A stranded batch resealed (``Batcher._retry_seal``): the catalog is made to hold
+        exactly its surviving members, as at start-up (a member recovery skipped or cut off
+        answers 404, not 500 from bytes that are gone), then it goes to the uploader."""
+
+        def replace() -> None:
+            for bucket, batch_id in recovery.quarantined:
+                self._forget_lost(recovery, bucket, batch_id, "", [])
+            for batch in recovery.batches:
+                entries = recovery.entries[batch.batch_id]
+                self._forget_lost(recovery, batch.bucket, batch.batch_id, batch.tar_key, entries)
+
+        await self._in_catalog_thread(replace, "catalog after resealing a stranded batch")
+        for batch in recovery.batches:
+            await self.submit(batch)
+
     async def hide(self, bucket: str, key: str) -> bool:
         """Stop serving the batched object of ``key`` (it was deleted, or overwritten in the
         bucket): a tombstone is appended to the bucket's batch, durable like a PUT, recorded
