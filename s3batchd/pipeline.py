@@ -21,7 +21,7 @@ from s3batchd.catalogwriter import BUSY_TIMEOUT_S, CatalogWriter
 from s3batchd.clock import observe, write_time
 from s3batchd.concurrency import run_sync
 from s3batchd.config import Settings
-from s3batchd.errors import InternalError, SpoolError
+from s3batchd.errors import InternalError, S3BatchdError, SpoolError, StartupError
 from s3batchd.index import IndexEntry, WriterId
 from s3batchd.objects import ObjectSource
 from s3batchd.prober import Prober
@@ -92,7 +92,10 @@ class Pipeline:
         self.uploader.note_upstream = self.note_upstream
         path = catalog_path(settings.spool.dir, settings.catalog.path)
         # Its WAL checkpoints (an fsync each) run on the catalog's thread, not on the loop.
-        self.catalog = Catalog(path, auto_checkpoint=False)
+        try:
+            self.catalog = Catalog(path, auto_checkpoint=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StartupError(f"{self._catalog_setting}: cannot open the catalog: {exc}") from exc
         # Several workers: a read on any of them must see every acknowledged write, so PUTs
         # wait for their rows' group commit (single process: rows are queued, and every read
         # flushes the queue first).
@@ -292,8 +295,31 @@ class Pipeline:
             self.metrics.batch_records.observe(batch.records)
             self.metrics.batch_bytes.observe(batch.size)
 
+    @property
+    def _catalog_setting(self) -> str:
+        """The setting that names where the catalog is."""
+        return "catalog.path" if self.settings.catalog.path else "spool.dir"
+
     async def start(self) -> None:
-        """Check the spool, start uploading, and queue what an earlier run left behind."""
+        """Check the spool, start uploading, and queue what an earlier run left behind.
+
+        Raises:
+            StartupError: the spool or the catalog failed (one line naming the setting and
+                the path; the uploader is stopped again).
+        """
+        try:
+            await self._start()
+        except (S3BatchdError, OSError, sqlite3.Error) as exc:
+            await self.uploader.close()
+            if self._lock is not None:
+                self._lock.close()
+            if isinstance(exc, sqlite3.Error):
+                path = self.catalog.path
+                raise StartupError(f"{self._catalog_setting}: catalog {path}: {exc}") from exc
+            spool_dir = self.settings.spool.dir
+            raise StartupError(f"spool.dir: cannot start on {spool_dir}: {exc}") from exc
+
+    async def _start(self) -> None:
         spool_dir = self.settings.spool.dir
         await run_sync(check_writable, spool_dir)
         # One process per spool: a second one's recovery would truncate the first one's files.
