@@ -33,7 +33,6 @@ from s3batchd.spool import (
     check_writable,
     lock_spool,
     recover_all,
-    scan,
 )
 from s3batchd.uploader import ThreadSteps, Uploader, UploadSteps
 from s3batchd.uploadproc import ChildSteps
@@ -333,7 +332,7 @@ class Pipeline:
         for bucket, batch_id in recovery.quarantined:
             self._forget_lost(recovery, bucket, batch_id, "", [])
         for batch in leftovers:
-            entries = (await run_sync(scan, batch.path)).entries
+            entries = recovery.entries[batch.batch_id]  # verified by recovery: not read again
             self._forget_lost(recovery, batch.bucket, batch.batch_id, batch.tar_key, entries)
             await self.uploader.resume(batch)  # a parked batch stays parked
             self.prober.buckets.written(batch.bucket)
