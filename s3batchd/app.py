@@ -35,6 +35,7 @@ from s3batchd.errors import (
     InternalError,
     S3Error,
     SlowDown,
+    StartupError,
 )
 from s3batchd.index import WriterId
 from s3batchd.looplag import LoopLagMonitor
@@ -197,10 +198,16 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # One credential lookup for the process: the uploads' client and the forwarder.
         credentials = upstream_credentials()
-        pipeline = Pipeline(settings, client=client, writer=writer, credentials=credentials)
-        pipeline.metrics = metrics
-        metrics.watch(pipeline)
-        await pipeline.start()
+        try:
+            pipeline = Pipeline(settings, client=client, writer=writer, credentials=credentials)
+            pipeline.metrics = metrics
+            metrics.watch(pipeline)
+            await pipeline.start()
+        except StartupError as exc:
+            # Printed as one line by the CLI (cli.serve_on); server.DrainingServer keeps
+            # uvicorn from logging it as a traceback.
+            app.state.startup_error = exc
+            raise
         lag = LoopLagMonitor(metrics.loop_lag, interval_s=settings.metrics.loop_lag_interval_s)
         if settings.metrics.loop_lag_interval_s > 0:
             lag.start()

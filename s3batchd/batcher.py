@@ -46,7 +46,7 @@ from s3batchd.errors import (
 )
 from s3batchd.index import WriterId, new_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
-from s3batchd.spool import SpoolFile, reseal_stranded
+from s3batchd.spool import Recovery, SpoolFile, reseal_stranded
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,10 @@ class BatchSink(Protocol):
 
     async def submit(self, batch: SealedBatch) -> None:
         """Take ownership of a sealed batch."""
+
+    async def recovered(self, recovery: Recovery) -> None:
+        """Take ownership of the batch recovery resealed (a stranded one), after making the
+        catalog hold exactly its surviving members (it may have lost some)."""
 
 
 @dataclass(eq=False)
@@ -227,7 +231,7 @@ class Batcher:
         while True:
             await asyncio.sleep(pause)
             try:
-                sealed = await run_sync(
+                recovery = await run_sync(
                     reseal_stranded,
                     stranded.path,
                     bucket=stranded.bucket,
@@ -239,13 +243,14 @@ class Batcher:
                 logger.warning("batch %s still stranded: %s", stranded.batch_id, exc)
                 self.stranded[stranded.batch_id] = replace(stranded, error=str(exc))
                 pause = min(pause * 2, STRANDED_RETRY_MAX_S)
+        sealed = recovery.batches[0] if recovery.batches else None
         try:
             if sealed is None:
                 self._fail_upload_waiters(stranded.batch_id, InternalError("Nothing was stored."))
             else:
                 logger.info("sealed stranded batch %s: %d records", sealed.batch_id, sealed.records)
                 self.sealed_by_reason["stranded"] = self.sealed_by_reason.get("stranded", 0) + 1
-                await self._sink.submit(sealed)
+            await self._sink.recovered(recovery)
         finally:
             del self.stranded[stranded.batch_id]
 

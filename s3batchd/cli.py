@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -28,6 +29,9 @@ from s3batchd.status import render as render_status
 from s3batchd.upstream import make_client, probe
 from s3batchd.workeradmin import Peers
 from s3batchd.workers import adopt_orphans, run_workers
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 logger = logging.getLogger(__name__)
 
@@ -194,16 +198,25 @@ def serve_on(
     try:
         server.run(sockets=sockets)
     except SystemExit:  # uvicorn's own status 3 when the lifespan startup failed
-        return EXIT_START_FAILED
+        return _start_failed(app)
     finally:
         for sock in sockets:
             sock.close()
     if not server.started:
-        return EXIT_START_FAILED
+        return _start_failed(app)
     pipeline = getattr(app.state, "pipeline", None)
     if pipeline is not None and pipeline.drained is False:
         return EXIT_BATCHES_KEPT
     return 0
+
+
+def _start_failed(app: Starlette) -> int:
+    """Exit status 1; a ``StartupError`` raised in the lifespan (the pipeline's start) printed
+    as the one line a pre-flight failure is (server.DrainingServer kept uvicorn quiet)."""
+    error = getattr(app.state, "startup_error", None)
+    if error is not None:
+        click.echo(f"Error: {error}", err=True)
+    return EXIT_START_FAILED
 
 
 @main.command()

@@ -23,7 +23,9 @@ from s3batchd.concurrency import run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import (
     InternalError,
+    S3BatchdError,
     SpoolError,
+    StartupError,
     UploadError,
     refusal_error,
     refusal_name,
@@ -39,7 +41,6 @@ from s3batchd.spool import (
     check_writable,
     lock_spool,
     recover_all,
-    scan,
 )
 from s3batchd.uploader import ThreadSteps, Uploader, UploadSteps
 from s3batchd.uploadproc import ChildSteps
@@ -107,7 +108,10 @@ class Pipeline:
         )
         path = catalog_path(settings.spool.dir, settings.catalog.path)
         # Its WAL checkpoints (an fsync each) run on the catalog's thread, not on the loop.
-        self.catalog = Catalog(path, auto_checkpoint=False)
+        try:
+            self.catalog = Catalog(path, auto_checkpoint=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StartupError(f"{self._catalog_setting}: cannot open the catalog: {exc}") from exc
         # Several workers: a read on any of them must see every acknowledged write, so PUTs
         # wait for their rows' group commit (single process: rows are queued, and every read
         # flushes the queue first).
@@ -235,6 +239,22 @@ class Pipeline:
         self.prober.buckets.written(batch.bucket)
         await self.uploader.submit(batch)
 
+    async def recovered(self, recovery: Recovery) -> None:
+        """A stranded batch resealed (``Batcher._retry_seal``): the catalog is made to hold
+        exactly its surviving members, as at start-up (a member recovery skipped or cut off
+        answers 404, not 500 from bytes that are gone), then it goes to the uploader."""
+
+        def replace() -> None:
+            for bucket, batch_id in recovery.quarantined:
+                self._forget_lost(recovery, bucket, batch_id, "", [])
+            for batch in recovery.batches:
+                entries = recovery.entries[batch.batch_id]
+                self._forget_lost(recovery, batch.bucket, batch.batch_id, batch.tar_key, entries)
+
+        await self._in_catalog_thread(replace, "catalog after resealing a stranded batch")
+        for batch in recovery.batches:
+            await self.submit(batch)
+
     async def hide(self, bucket: str, key: str) -> bool:
         """Stop serving the batched object of ``key`` (it was deleted, or overwritten in the
         bucket): a tombstone is appended to the bucket's batch, durable like a PUT, recorded
@@ -328,8 +348,31 @@ class Pipeline:
             self.metrics.batch_records.observe(batch.records)
             self.metrics.batch_bytes.observe(batch.size)
 
+    @property
+    def _catalog_setting(self) -> str:
+        """The setting that names where the catalog is."""
+        return "catalog.path" if self.settings.catalog.path else "spool.dir"
+
     async def start(self) -> None:
-        """Check the spool, start uploading, and queue what an earlier run left behind."""
+        """Check the spool, start uploading, and queue what an earlier run left behind.
+
+        Raises:
+            StartupError: the spool or the catalog failed (one line naming the setting and
+                the path; the uploader is stopped again).
+        """
+        try:
+            await self._start()
+        except (S3BatchdError, OSError, sqlite3.Error) as exc:
+            await self.uploader.close()
+            if self._lock is not None:
+                self._lock.close()
+            if isinstance(exc, sqlite3.Error):
+                path = self.catalog.path
+                raise StartupError(f"{self._catalog_setting}: catalog {path}: {exc}") from exc
+            spool_dir = self.settings.spool.dir
+            raise StartupError(f"spool.dir: cannot start on {spool_dir}: {exc}") from exc
+
+    async def _start(self) -> None:
         spool_dir = self.settings.spool.dir
         await run_sync(check_writable, spool_dir)
         # One process per spool: a second one's recovery would truncate the first one's files.
@@ -343,7 +386,7 @@ class Pipeline:
         for bucket, batch_id in recovery.quarantined:
             self._forget_lost(recovery, bucket, batch_id, "", [])
         for batch in leftovers:
-            entries = (await run_sync(scan, batch.path)).entries
+            entries = recovery.entries[batch.batch_id]  # verified by recovery: not read again
             self._forget_lost(recovery, batch.bucket, batch.batch_id, batch.tar_key, entries)
             await self.uploader.resume(batch)  # a parked batch stays parked
             self.prober.buckets.written(batch.bucket)

@@ -46,11 +46,33 @@ class DrainingServer(uvicorn.Server):
         logger.info("signal %d: draining (new PUTs get 503 SlowDown)", sig)
         self._drain = asyncio.get_event_loop().create_task(self._drain_then_exit(pipeline))
 
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve; uvicorn's report of a ``StartupError`` in the lifespan is left out."""
+        quiet = _QuietStartupError(self._app)
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        uvicorn_log.addFilter(quiet)
+        try:
+            await super().serve(sockets)
+        finally:
+            uvicorn_log.removeFilter(quiet)
+
     async def _drain_then_exit(self, pipeline: Pipeline) -> None:
         try:
             await pipeline.drain()
         finally:
             self.should_exit = True
+
+
+class _QuietStartupError(logging.Filter):
+    """Drops what uvicorn logs once the lifespan failed with a ``StartupError`` (its traceback,
+    "Application startup failed. Exiting."): the CLI prints the error as one line."""
+
+    def __init__(self, app: Starlette) -> None:
+        super().__init__()
+        self._app = app
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(self._app.state, "startup_error", None) is None
 
 
 def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:

@@ -7,7 +7,8 @@ Layout under ``spool.dir``::
     <bucket>/<batch id>.upload-id  the id of its multipart upload while one is open
     <bucket>/<batch id>.parked     why its upload failed non-retriably, when it is tried again
                                    (``parking``)
-    _quarantine/               files recovery could not read, kept for an operator
+    _quarantine/               files recovery could not read, kept for an operator, and
+                               ``<bucket>--<id>.<offset>.cut``: bytes it dropped from a batch
     _tmp/                      large request bodies while they are being received
 
 Internal directories start with ``_``, which no bucket name can.
@@ -24,7 +25,7 @@ import hashlib
 import logging
 import os
 import tarfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -228,17 +229,25 @@ class Scan:
     """Offset just after the last complete member, its zero padding included (beyond the file
     size when a crash cut the padding short: resealing fills it in)."""
     stopped: ObjectRecord | None = None
-    """The member the scan stopped at because its data was cut short or did not match its
-    MD5 (None: it stopped at the end marker, the end of the file or an unreadable header)."""
+    """The member the scan stopped at because its data was cut short (None: it stopped at the
+    end marker, the end of the file or an unreadable header)."""
+    spans: list[tuple[int, int]] = field(default_factory=list)
+    """Where each of ``entries`` lies in the file: its header's first byte, its end."""
+    damaged: list[tuple[ObjectRecord, int, int]] = field(default_factory=list)
+    """With ``verify``: complete members whose data does not match their MD5 (record, first
+    byte of the header, end), skipped."""
 
 
 def scan(path: Path, *, verify: bool = False) -> Scan:
     """Read the members of a (possibly torn) spool tar.
 
-    Stops at the end marker, at the first incomplete or unreadable member, and, with
-    ``verify``, at the first member whose data does not match its recorded MD5.
+    Stops at the end marker and at the first incomplete or unreadable member. With ``verify``,
+    a complete member whose data does not match its recorded MD5 is left out of ``entries``
+    and listed in ``damaged`` (its header gave its size, so the members after it are found).
     """
     entries: list[IndexEntry] = []
+    spans: list[tuple[int, int]] = []
+    damaged: list[tuple[ObjectRecord, int, int]] = []
     end = 0
     with path.open("rb") as raw:
         file_size = os.fstat(raw.fileno()).st_size
@@ -252,15 +261,17 @@ def scan(path: Path, *, verify: bool = False) -> Scan:
                 data_end = info.offset_data + info.size
                 if record is None:
                     break
-                if data_end > file_size or (
-                    verify and not _md5_matches(raw, info.offset_data, record)
-                ):
-                    return Scan(entries, end, record)
+                if data_end > file_size:
+                    return Scan(entries, end, record, spans, damaged)
+                start, end = end, info.offset_data + padded(info.size)
+                if verify and not _md5_matches(raw, info.offset_data, record):
+                    damaged.append((record, start, end))
+                    continue
                 entries.append(IndexEntry(record=record, member=info.name, offset=info.offset_data))
-                end = info.offset_data + padded(info.size)
+                spans.append((start, end))
         finally:
             archive.close()
-    return Scan(entries, end)
+    return Scan(entries, end, None, spans, damaged)
 
 
 def _members(archive: tarfile.TarFile) -> list[tarfile.TarInfo]:
@@ -309,6 +320,9 @@ class Recovery:
     """Members of sealed batches that were cut or damaged (their objects were acknowledged)."""
     quarantined: list[tuple[str, str]]
     """(bucket, batch id) of files moved to ``_quarantine/`` (no readable member)."""
+    entries: dict[str, list[IndexEntry]] = field(default_factory=dict)
+    """The verified members of each of ``batches`` by batch id, at their offsets in its file
+    as it is now (the catalog's rows for it, without reading the file again)."""
 
 
 def recover(spool_dir: Path, *, prefix: str) -> list[SealedBatch]:
@@ -319,11 +333,16 @@ def recover(spool_dir: Path, *, prefix: str) -> list[SealedBatch]:
 def recover_all(spool_dir: Path, *, prefix: str) -> Recovery:
     """Make every batch left by an earlier run uploadable.
 
-    Every file, open or sealed, keeps its longest prefix of complete, MD5-verified members.
-    A sealed tar that ends cleanly after them (end marker, nothing else) is returned as it
-    is; any other file is truncated after them and sealed. A sealed tar's members were all
-    acknowledged, so losing some is logged as an error and reported in ``lost``. A file with
-    no readable member is removed if empty and moved to ``_quarantine/`` otherwise.
+    Every file, open or sealed, keeps its complete, MD5-verified members: the scan stops at
+    the first member cut short or with an unreadable header, and skips (its header giving
+    its size) a complete member whose data does not match its MD5. A sealed tar with nothing
+    else (every member verified, then the end marker) is returned as it is. In any other
+    file, the bytes recovery is about to drop (skipped members, the tail after the last
+    complete member) are first copied to ``_quarantine/`` (``_save_cut``), then the file is
+    rewritten without the skipped members, cut after the last complete one and sealed. A
+    sealed tar's members were all acknowledged, so losing some is logged as an error and
+    reported in ``lost``. A file with no readable member is removed if empty and moved to
+    ``_quarantine/`` otherwise.
     """
     recovery = Recovery([], [], [])
     if not spool_dir.is_dir():
@@ -338,26 +357,29 @@ def recover_all(spool_dir: Path, *, prefix: str) -> Recovery:
     return recovery
 
 
-def reseal_stranded(path: Path, *, bucket: str, spool_dir: Path, prefix: str) -> SealedBatch | None:
+def reseal_stranded(path: Path, *, bucket: str, spool_dir: Path, prefix: str) -> Recovery:
     """Seal the ``.open`` file of a batch whose seal failed, as start-up recovery would: its
-    complete, verified members, truncated after them. A rename that went through before the
-    failure left the ``.tar``, returned as it is; None when nothing is left to upload.
+    complete, verified members, the rest quarantined. A rename that went through before the
+    failure left the ``.tar``, taken as it is if intact. The batch (if anything is left to
+    upload) is in ``batches``, its members in ``entries``.
 
     Raises:
         OSError: the spool still refuses (the caller tries again later).
     """
+    recovery = Recovery([], [], [])
     sealed_path = path.with_suffix(SEALED_SUFFIX)
     if not path.exists() and sealed_path.exists():
         fsync_dir(sealed_path.parent)  # the rename may not be durable yet
         path = sealed_path
     elif not path.exists():
         logger.error("stranded batch %s is gone; nothing to seal", path)
-        return None
-    recovery = Recovery([], [], [])
+        return recovery
     sealed = _recover_file(path, bucket, spool_dir, prefix, recovery)
+    if sealed is not None:
+        recovery.batches.append(sealed)
     for lost in recovery.lost:  # acknowledged, so logged as recovery logs them
         logger.error("stranded batch %s: s3://%s/%s is lost", lost.batch_id, bucket, lost.key)
-    return sealed
+    return recovery
 
 
 def _recover_file(
@@ -370,18 +392,113 @@ def _recover_file(
         logger.warning("ignoring unexpected file in the spool: %s", path)
         return None
     result = scan(path, verify=True)
-    if path.suffix == SEALED_SUFFIX:
-        size = path.stat().st_size
-        if not _zeros_after(path, result.end):
+    size = path.stat().st_size
+    sealed = path.suffix == SEALED_SUFFIX
+    clean_tail = _zeros_after(path, result.end)
+    if sealed:
+        for record, _, _ in result.damaged:
+            recovery.lost.append(LostObject(bucket, batch_id, record.key))
+        if not clean_tail:
             _log_sealed_loss(path, result, size)
             recovery.lost.append(LostObject(bucket, batch_id, _key_of(result.stopped)))
-        elif size >= result.end + len(TAR_END):  # intact: complete members, end marker
+        elif not result.damaged and size >= result.end + len(TAR_END):  # intact
+            recovery.entries[batch_id] = result.entries
             return _sealed(path, bucket, batch_id, prefix, size, len(result.entries), "recovered")
     if not result.entries:
         if _discard(path, spool_dir):
             recovery.quarantined.append((bucket, batch_id))
         return None
+    _save_cut(path, bucket, batch_id, spool_dir, result, size if not clean_tail else None)
+    if result.damaged:
+        result = _rewrite(path, bucket, batch_id, spool_dir, result)
+    recovery.entries[batch_id] = result.entries
     return _reseal(path, bucket, batch_id, prefix, result)
+
+
+def _save_cut(
+    path: Path, bucket: str, batch_id: str, spool_dir: Path, result: Scan, size: int | None
+) -> None:
+    """Copy, durably, the bytes recovery is about to drop from ``path`` to
+    ``_quarantine/<bucket>--<batch id>.<offset>.cut``, one file per range, named by where it
+    started in ``path``: each damaged member (header and data, so ``tar -t`` lists it) and,
+    when ``size`` is given (something but zeros follows the last complete member), the tail
+    from there to ``size``."""
+    ranges = [(start, end, record.key) for record, start, end in result.damaged]
+    if size is not None:
+        ranges.append((result.end, size, _key_of(result.stopped) or "an unreadable header"))
+    if not ranges:
+        return
+    quarantine = _quarantine_dir(spool_dir)
+    with path.open("rb") as source:
+        for start, end, what in ranges:
+            target = quarantine / f"{bucket}--{batch_id}.{start}.cut"
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+            try:
+                _copy_range(source, start, end, fd)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            logger.error(
+                "%s: bytes %d-%d (from member %s) do not verify; copied to %s",
+                path,
+                start,
+                end,
+                what,
+                target,
+            )
+    fsync_dir(quarantine)
+
+
+def _quarantine_dir(spool_dir: Path) -> Path:
+    quarantine = spool_dir / QUARANTINE_DIR
+    if not quarantine.is_dir():
+        quarantine.mkdir(exist_ok=True)
+        fsync_dir(spool_dir)
+    return quarantine
+
+
+def _copy_range(source: BinaryIO, start: int, end: int, fd: int) -> None:
+    source.seek(start)
+    remaining = end - start
+    while remaining > 0:
+        chunk = source.read(min(remaining, 1 << 20))
+        if not chunk:
+            return  # the file ends first (a tail cut short)
+        write_all(fd, chunk)
+        remaining -= len(chunk)
+
+
+def _rewrite(path: Path, bucket: str, batch_id: str, spool_dir: Path, result: Scan) -> Scan:
+    """Replace ``path`` (atomically, durably) by its verified members alone, without an end
+    marker: the damaged ones are skipped (their bytes were saved by ``_save_cut``). Returns
+    the scan of the new file."""
+    tmp_dir = spool_dir / TMP_DIR
+    tmp_dir.mkdir(exist_ok=True)
+    tmp = tmp_dir / f"{bucket}--{path.name}.rewrite"
+    entries: list[IndexEntry] = []
+    spans: list[tuple[int, int]] = []
+    position = 0
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+    try:
+        with path.open("rb") as source:
+            for entry, (start, end) in zip(result.entries, result.spans, strict=True):
+                _copy_range(source, start, end, fd)
+                entries.append(replace(entry, offset=position + entry.offset - start))
+                spans.append((position, position + end - start))
+                position += end - start
+        # The last member's padding may be cut short in the source: ``_reseal`` fills it in.
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    tmp.rename(path)
+    fsync_dir(path.parent)
+    logger.warning(
+        "rewrote %s without its %d damaged members: %d members kept",
+        path,
+        len(result.damaged),
+        len(entries),
+    )
+    return Scan(entries, position, None, spans)
 
 
 def _log_sealed_loss(path: Path, result: Scan, size: int) -> None:
@@ -451,10 +568,11 @@ def _discard(path: Path, spool_dir: Path) -> bool:
     if path.stat().st_size == 0:
         path.unlink()
         return False
-    quarantine = spool_dir / QUARANTINE_DIR
-    quarantine.mkdir(exist_ok=True)
+    quarantine = _quarantine_dir(spool_dir)
     target = quarantine / f"{path.parent.name}--{path.name}"
     path.rename(target)
+    fsync_dir(quarantine)
+    fsync_dir(path.parent)
     logger.error("no readable member in %s; moved to %s", path, target)
     return True
 

@@ -803,6 +803,8 @@ class Uploader:
 
     async def drain(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109  a deadline is the API
         """Wait until every submitted batch is uploaded; False if ``timeout`` passed first."""
+        if self._idle.is_set():  # wait_for with a timeout of 0 times out even then
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:

@@ -20,7 +20,7 @@ from s3batchd.constants import KB, TAR_END
 from s3batchd.errors import SlowDown, SpoolError
 from s3batchd.index import WriterId, is_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
-from s3batchd.spool import SpoolFile, recover, scan
+from s3batchd.spool import Recovery, SpoolFile, recover, scan
 from s3batchd.tarmember import encode_header, padded
 from tests.test_readiness import read_only
 
@@ -46,6 +46,11 @@ class FakeSink:
         assert batch.path.exists()  # handed over sealed and on disk
         self.batches.append(batch)
         self._changed.set()
+
+    async def recovered(self, recovery: Recovery) -> None:
+        for batch in recovery.batches:
+            assert len(recovery.entries[batch.batch_id]) == batch.records
+            await self.submit(batch)
 
     async def wait_for(self, count: int) -> None:
         with anyio.fail_after(10):

@@ -19,6 +19,7 @@ from tests.batches import Location, fetch, indexed_objects
 from tests.conftest import DaemonFactory, wait_for
 from tests.daemon_process import DaemonProcess
 from tests.faultproxy import FaultProxy
+from tests.test_readiness import read_only
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -250,3 +251,89 @@ def test_a_sealed_tar_cut_inside_a_member_is_cut_to_its_complete_members(
         status, code, _ = code_of(lambda: client.get_object(Bucket=bucket, Key="lost"))
         assert (status, code) == (404, "NoSuchKey")
         assert process.terminate() == 0
+
+
+def test_a_sealed_tar_with_a_damaged_member_keeps_the_members_after_it(
+    s3_server: LocalS3, s3: S3Client, bucket: str, tmp_path: Path
+) -> None:
+    """One member's data damaged in the middle of a sealed tar: the restart skips it (404),
+    serves and uploads every other member (after it too), as a tar GNU tar lists, and keeps
+    the damaged bytes in ``_quarantine/``."""
+    [dead_port] = free_ports(1)
+    keys = ["first", "damaged", "third", "fourth"]
+    bodies = {key: os.urandom(700 + 300 * i) for i, key in enumerate(keys)}
+    with DaemonProcess(
+        tmp_path,
+        s3_server,
+        upstream={"endpoint_url": f"http://127.0.0.1:{dead_port}"},
+        batch={"max_records": 4, "linger_ms": 600_000},
+    ) as process:
+        client = process.client()
+        puts = {
+            key: client.put_object(Bucket=bucket, Key=key, Body=body)
+            for key, body in bodies.items()
+        }
+        sealed = tmp_path / "spool" / bucket
+        wait_for(lambda: any(p.suffix == ".tar" for p in sealed.iterdir()))
+        assert client.get_object(Bucket=bucket, Key="fourth")["Body"].read() == bodies["fourth"]
+        process.kill()
+    [tar] = [p for p in sealed.iterdir() if p.suffix == ".tar"]
+    damaged = Location.from_headers(puts["damaged"]["ResponseMetadata"]["HTTPHeaders"])
+    with tar.open("r+b") as f:
+        f.seek(damaged.offset + 10)
+        f.write(b"\xff\x00")
+
+    with DaemonProcess(tmp_path, s3_server) as process:
+        client = process.client()
+        kept = ["first", "third", "fourth"]
+        for key in kept:
+            answer = client.get_object(Bucket=bucket, Key=key)
+            assert answer["ETag"] == puts[key]["ETag"]
+            assert answer["Body"].read() == bodies[key]
+        status, code, _ = code_of(lambda: client.get_object(Bucket=bucket, Key="damaged"))
+        assert (status, code) == (404, "NoSuchKey")
+        admin_url = f"http://127.0.0.1:{process.admin_port}"
+        assert _metric(admin_url, "s3batchd_recovery_lost_objects_total") == 1
+        [saved] = (tmp_path / "spool" / "_quarantine").iterdir()
+        assert saved.name.startswith(f"{bucket}--{tar.stem}.")
+        assert bodies["damaged"][12:] in saved.read_bytes()
+        wait_for(lambda: indexed_objects(s3, bucket) == 3)
+        uploaded = tmp_path / "uploaded.tar"
+        uploaded.write_bytes(s3.get_object(Bucket=bucket, Key=damaged.tar_key)["Body"].read())
+        listing = subprocess.run(
+            ["tar", "-tf", str(uploaded)], capture_output=True, text=True, check=False, timeout=60
+        )
+        assert (listing.returncode, listing.stderr) == (0, "")
+        assert listing.stdout.split() == kept
+        for key in kept:
+            answer = client.get_object(Bucket=bucket, Key=key)  # from the bucket now
+            assert answer["Body"].read() == bodies[key]
+        assert process.terminate() == 0
+
+
+def test_a_stranded_batch_resealed_without_a_damaged_member_stops_serving_it(
+    start_daemon: DaemonFactory, s3: S3Client, bucket: str
+) -> None:
+    """A batch whose seal failed is sealed by a retry; a member damaged meanwhile is left
+    out, and the catalog follows: its key answers 404, not 500 from bytes that are gone."""
+    daemon = start_daemon(batch={"linger_ms": 600_000, "max_records": 3})
+    client = daemon.client()
+    bodies = {"one": b"first" * 100, "two": b"second" * 100, "three": b"third" * 100}
+    puts = {
+        key: client.put_object(Bucket=bucket, Key=key, Body=body)
+        for key, body in list(bodies.items())[:2]
+    }
+    bucket_dir = daemon.settings.spool.dir / bucket
+    with read_only(bucket_dir):
+        puts["three"] = client.put_object(Bucket=bucket, Key="three", Body=bodies["three"])
+        wait_for(lambda: bool(daemon.pipeline.batcher.stranded))
+        [open_file] = bucket_dir.glob("*.open")
+        last = Location.from_headers(puts["three"]["ResponseMetadata"]["HTTPHeaders"])
+        with open_file.open("r+b") as f:
+            f.seek(last.offset + 3)
+            f.write(b"X")
+    wait_for(lambda: indexed_objects(s3, bucket) == 2)
+    for key in ("one", "two"):
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == bodies[key]
+    status, code, _ = code_of(lambda: client.get_object(Bucket=bucket, Key="three"))
+    assert (status, code) == (404, "NoSuchKey")

@@ -344,18 +344,27 @@ def test_recover_drops_a_last_member_whose_data_is_garbage(tmp_path: Path, garba
     assert len(gnu_tar_lists(batch.path)) == 2
 
 
-def test_recover_keeps_only_the_prefix_before_a_corrupt_member(tmp_path: Path) -> None:
+def test_recover_skips_a_corrupt_member_and_keeps_the_ones_after_it(tmp_path: Path) -> None:
     spool = new_spool(tmp_path)
-    written = fill(spool, [(f"k{i}", payload(600, i)) for i in range(4)], tmp_path)
+    members = [(f"k{i}", payload(600, i)) for i in range(4)]
+    written = fill(spool, members, tmp_path)
     spool.close()
+    original = spool.path.read_bytes()
     with spool.path.open("r+b") as f:
         f.seek(written[1][1].offset)
         f.write(b"X")
 
     [batch] = recover(tmp_path, prefix=PREFIX)
 
-    assert batch.records == 1
-    assert [record for record, _ in listed(batch.path)] == [written[0][0]]
+    kept = [0, 2, 3]
+    assert batch.records == 3
+    assert listed(batch.path) == [(written[i][0], members[i][1]) for i in kept]
+    assert len(gnu_tar_lists(batch.path)) == 3
+    start = written[0][1].end
+    saved = tmp_path / QUARANTINE_DIR / f"{BUCKET}--{BATCH_ID}.{start}.cut"
+    damaged = bytearray(original[start : written[1][1].end])
+    damaged[written[1][1].offset - start] = ord("X")
+    assert saved.read_bytes() == bytes(damaged)
 
 
 def test_unreadable_open_file_is_quarantined(tmp_path: Path) -> None:
@@ -645,9 +654,23 @@ def test_a_truncated_sealed_tar_is_cut_to_its_last_complete_member(
     assert any(BATCH_ID in message and "lost" in message for message in errors), errors
 
 
-def test_a_sealed_tar_with_a_corrupt_member_keeps_the_members_before_it(tmp_path: Path) -> None:
+def sealed_members(path: Path) -> list[tuple[ObjectRecord, bytes]]:
+    """Every member of a sealed tar, each read at the offset recovery's entries give."""
+    entries = scan(path, verify=True).entries
+    with path.open("rb") as f:
+        out = []
+        for entry in entries:
+            f.seek(entry.offset)
+            out.append((entry.record, f.read(entry.record.size)))
+    return out
+
+
+def test_a_sealed_tar_with_a_corrupt_member_keeps_every_member_that_verifies(
+    tmp_path: Path,
+) -> None:
     members = [(f"k{i}", payload(600, i)) for i in range(4)]
     path, ends = sealed_spool(tmp_path, members)
+    original = path.read_bytes()
     with path.open("r+b") as f:
         f.seek(ends[1] - 512 + 3)  # inside k1's data
         f.write(b"X")
@@ -655,9 +678,59 @@ def test_a_sealed_tar_with_a_corrupt_member_keeps_the_members_before_it(tmp_path
     recovery = recover_all(tmp_path, prefix=PREFIX)
 
     [batch] = recovery.batches
-    assert batch.records == 1
-    assert [data for _, data in listed(path)] == [members[0][1]]
+    kept = [members[i] for i in (0, 2, 3)]
+    assert batch.records == 3
+    assert batch.size == path.stat().st_size
+    assert [(r.key, data) for r, data in listed(path)] == kept
+    assert len(gnu_tar_lists(path)) == 3
     assert [lost.key for lost in recovery.lost] == ["k1"]
+    # The entries recovery returns point at the exact bytes, whose MD5 is the ETag.
+    entries = recovery.entries[BATCH_ID]
+    with path.open("rb") as f:
+        for entry, (key, data) in zip(entries, kept, strict=True):
+            f.seek(entry.offset)
+            assert (entry.record.key, f.read(entry.record.size)) == (key, data)
+            assert entry.record.md5_hex == hashlib.md5(data, usedforsecurity=False).hexdigest()
+    # The damaged member, header included, is kept for an operator.
+    saved = tmp_path / QUARANTINE_DIR / f"{BUCKET}--{BATCH_ID}.{ends[0]}.cut"
+    damaged = bytearray(original[ends[0] : ends[1]])
+    damaged[ends[1] - 512 + 3 - ends[0]] = ord("X")
+    assert saved.read_bytes() == bytes(damaged)
+
+
+def test_one_corrupt_member_of_a_thousand_loses_only_that_one(tmp_path: Path) -> None:
+    members = [(f"k{i:04d}", payload(100 + i % 7, i)) for i in range(1000)]
+    path, ends = sealed_spool(tmp_path, members)
+    with path.open("r+b") as f:
+        f.seek(ends[1] - 512 + 3)  # inside member 2's data
+        f.write(b"\0\0")
+
+    recovery = recover_all(tmp_path, prefix=PREFIX)
+
+    [batch] = recovery.batches
+    assert batch.records == 999
+    assert [lost.key for lost in recovery.lost] == ["k0001"]
+    assert [(r.key, data) for r, data in sealed_members(path)] == members[:1] + members[2:]
+    assert len(gnu_tar_lists(path)) == 999
+
+
+def test_bytes_cut_from_a_sealed_tar_are_copied_to_quarantine_first(tmp_path: Path) -> None:
+    members = [("first", payload(700, 1)), ("second", payload(1500, 2)), ("third", payload(900, 3))]
+    path, ends = sealed_spool(tmp_path, members)
+    original = path.read_bytes()
+    with path.open("r+b") as f:  # a broken header: the size of what follows is unknown
+        f.seek(ends[0] + 10)
+        f.write(b"\xff\xff")
+
+    recovery = recover_all(tmp_path, prefix=PREFIX)
+
+    [batch] = recovery.batches
+    assert batch.records == 1
+    saved = tmp_path / QUARANTINE_DIR / f"{BUCKET}--{BATCH_ID}.{ends[0]}.cut"
+    broken = bytearray(original[ends[0] :])
+    broken[10:12] = b"\xff\xff"
+    assert saved.read_bytes() == bytes(broken)
+    assert [lost.key for lost in recovery.lost] == [None]
 
 
 def test_an_unreadable_sealed_tar_is_quarantined_not_uploaded(tmp_path: Path) -> None:

@@ -158,3 +158,33 @@ def test_spool_used_by_another_daemon(start_daemon: DaemonFactory, tmp_path: Pat
     assert status == EXIT_START_FAILED
     assert "spool.dir" in line
     assert f"{spool} is used by another s3batchd process" in line
+
+
+#: A batch id as the spool names its files.
+BATCH_ID = "20261121T143000123Z-test-0001-000001"
+QUIET = '[log]\nlevel = "ERROR"'
+
+
+def test_catalog_path_that_is_a_directory(tmp_path: Path) -> None:
+    """Reaches the pipeline's start (the directory exists, so the pre-flight check passes)."""
+    catalog = tmp_path / "catalog-dir"
+    catalog.mkdir()
+    config, env = config_file(tmp_path, f'{QUIET}\n[catalog]\npath = "{catalog}"')
+    status, [line] = serve(config, env)
+    assert status == EXIT_START_FAILED
+    assert "catalog.path" in line
+    assert str(catalog) in line
+
+
+@pytest.mark.parametrize("suffix", [".open", ".tar"])
+def test_a_batch_file_recovery_cannot_read(tmp_path: Path, suffix: str) -> None:
+    """A spool file that recovery cannot open, even as root (a directory where a batch file
+    is expected): one line naming spool.dir and the file, from inside the lifespan."""
+    spool = tmp_path / "spool"
+    unreadable = spool / "bucket" / (BATCH_ID + suffix)
+    unreadable.mkdir(parents=True)
+    config, env = config_file(tmp_path, QUIET, spool=spool)
+    status, [line] = serve(config, env)
+    assert status == EXIT_START_FAILED
+    assert "spool.dir" in line
+    assert str(unreadable) in line
