@@ -66,14 +66,19 @@ def batch_created(batch_id: str) -> datetime:
     return datetime.strptime(stamp, "%Y%m%d%H%M%S%f").replace(tzinfo=UTC)
 
 
+#: How the keys of a batch's tar and index end.
+TAR_SUFFIX = ".tar"
+INDEX_SUFFIX = ".index.json"
+
+
 def tar_key(prefix: str, batch_id: str) -> str:
     """Upstream key of a batch's tar: ``<prefix>YYYY/MM/DD/<batch id>.tar``."""
-    return f"{_stem(prefix, batch_id)}.tar"
+    return _stem(prefix, batch_id) + TAR_SUFFIX
 
 
 def index_key(prefix: str, batch_id: str) -> str:
     """Upstream key of a batch's index, beside its tar."""
-    return f"{_stem(prefix, batch_id)}.index.json"
+    return _stem(prefix, batch_id) + INDEX_SUFFIX
 
 
 def _stem(prefix: str, batch_id: str) -> str:

@@ -49,7 +49,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from s3batchd.constants import HEADER_PREFIX, MB
 from s3batchd.errors import IndexFormatError, InvalidDigest, S3BatchdError
-from s3batchd.index import check_object, parse_index, updated_objects
+from s3batchd.index import (
+    INDEX_SUFFIX,
+    TAR_SUFFIX,
+    check_object,
+    parse_index,
+    updated_objects,
+)
 from s3batchd.records import byte_range as range_header
 from s3batchd.s3.checksums import ALGORITHMS, Hasher, decode_checksum, new_hasher
 
@@ -78,8 +84,6 @@ __all__ = [
     "verify",
 ]
 
-TAR_SUFFIX = ".tar"
-INDEX_SUFFIX = ".index.json"
 #: Defaults of :func:`get_many` and :func:`iter_batch`.
 DEFAULT_CONCURRENCY = 8
 DEFAULT_MAX_GAP = 64 * 1024

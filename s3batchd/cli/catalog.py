@@ -15,13 +15,13 @@ from s3batchd.cli.options import (
     cli_client,
     endpoint,
     settings_or_exit,
+    spools,
 )
 from s3batchd.config import Settings
 from s3batchd.errors import CorruptObject
 from s3batchd.handlers.get import read_local
-from s3batchd.index import entries_from_index
+from s3batchd.index import INDEX_SUFFIX, entries_from_index
 from s3batchd.reader import Location, ReaderError, get, load_index, parse_s3_url
-from s3batchd.server.workers import WORKERS_DIR
 
 
 def _bucket_and_key(url: str) -> tuple[str, str]:
@@ -80,7 +80,7 @@ def get_command(
             "catalog.retention_s: run `s3batchd reindex s3://BUCKET/PREFIX` first"
         )
     try:
-        data = _local(settings.spool.dir, entry)
+        data = _local(settings, entry)
     except CorruptObject as exc:
         raise click.ClickException(f"cannot read {url}: {exc}") from exc
     if data is None:
@@ -106,13 +106,11 @@ def _location(entry: CatalogEntry) -> Location:
     )
 
 
-def _local(spool_dir: Path, entry: CatalogEntry) -> bytes | None:
+def _local(settings: Settings, entry: CatalogEntry) -> bytes | None:
     """The object from a batch still in the spool (not uploaded yet), if there."""
     if entry.uploaded:
         return None
-    workers = spool_dir / WORKERS_DIR
-    others = tuple(sorted(workers.iterdir())) if workers.is_dir() else ()
-    return read_local((spool_dir, *others), entry, 0, entry.record.size - 1)
+    return read_local(tuple(spools(settings)), entry, 0, entry.record.size - 1)
 
 
 @click.command("reindex")
@@ -134,7 +132,7 @@ def reindex_command(url: str, config_path: Path | None, endpoint_url: str | None
                 Bucket=bucket, Prefix=prefix
             )
             for item in page.get("Contents", [])
-            if item["Key"].endswith(".index.json")
+            if item["Key"].endswith(INDEX_SUFFIX)
         ]
     except (ClientError, BotoCoreError) as exc:
         raise click.ClickException(f"cannot list {url}: {exc}") from exc

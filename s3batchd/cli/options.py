@@ -1,4 +1,5 @@
-"""What the client-side commands (get, ls, extract, reindex) share: options, settings, client."""
+"""What the client-side commands (get, ls, extract, reindex, parked) share: options, settings,
+client, the spool folders."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import click
 
 from s3batchd.config import Settings, load_settings
 from s3batchd.errors import ConfigError
+from s3batchd.server.workers import WORKERS_DIR
 from s3batchd.upload.upstream import make_client
 
 if TYPE_CHECKING:
@@ -51,3 +53,12 @@ def cli_client(settings: Settings, endpoint_url: str | None) -> S3Client:
         )
     upstream = settings.upstream.model_copy(update={"endpoint_url": chosen})
     return make_client(upstream, settings.upload)
+
+
+def spools(settings: Settings) -> list[Path]:
+    """Every spool folder of the daemon on disk: ``spool.dir`` and its workers'
+    (``_workers/<i>``, also of workers no longer configured)."""
+    base = settings.spool.dir
+    workers = base / WORKERS_DIR
+    others = sorted(p for p in workers.iterdir() if p.is_dir()) if workers.is_dir() else []
+    return [base, *others]
