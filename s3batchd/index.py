@@ -1,6 +1,9 @@
 """Batch naming (writer id, batch id, upstream keys) and the JSON index beside each tar: written
-(``render_index``) and parsed (``parse_index``, ``entries_from_index``, ``updated_objects``) here
-only. The format is docs/index-format.md."""
+(``render_index``, ``index_fragment``) and parsed (``parse_index``, ``entries_from_index``,
+``updated_objects``, ``fragment_object``) here only. The format is docs/index-format.md.
+
+Somewhat over 400 lines on purpose: the writer and the one parser of what it writes stay side by
+side, so that a change of the format is one diff in one module (issue 22)."""
 
 from __future__ import annotations
 
@@ -148,6 +151,15 @@ def index_fragment(entry: IndexEntry) -> bytes:
     if entry.record.update_of is not None:
         return _UPDATE_MARK + _dumps(_update(entry, entry.record.update_of))
     return _dumps(_object(entry))
+
+
+def fragment_object(fragment: bytes) -> dict[str, Any] | None:
+    """The ``objects`` entry an ``index_fragment`` holds, None for a tombstone's or an
+    attribute update's."""
+    if fragment.startswith((_TOMBSTONE_MARK, _UPDATE_MARK)):
+        return None
+    entry: dict[str, Any] = json.loads(fragment)
+    return entry
 
 
 #: json.dumps with arguments other than the defaults builds an encoder per call; one per PUT

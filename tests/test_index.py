@@ -21,6 +21,7 @@ from s3batchd.index import (
     IndexEntry,
     _object,
     entries_from_index,
+    fragment_object,
     index_fragment,
     iso_time,
     iso_utc,
@@ -271,8 +272,10 @@ def test_parse_index_names_what_is_wrong(path: list[object], value: object, mess
     record = ObjectRecord(key="k", size=1, md5_hex="0" * 32, mtime=1.0)
     entries = [IndexEntry(record, "k", 1536), IndexEntry(gone, "g", 0), IndexEntry(update, "k", 0)]
     document = parse_index(_index(entries))
+    malformed = _malformed(document, path, value)
     with pytest.raises(IndexFormatError, match=re.escape(message)):
-        parse_index(_malformed(document, path, value), where="s3://b/x.index.json")
+        parse_index(malformed, where="s3://b/x.index.json")
+    assert not index_validator().is_valid(json.loads(malformed))  # the schema refuses it too
     with pytest.raises(IndexFormatError, match="is not JSON"):
         parse_index(b"{")
 
@@ -320,3 +323,13 @@ def test_one_byte_range_for_the_response_header_and_the_reader() -> None:
     assert byte_range(1536, 0) is None
     spooled = SpoolEntry("b", BATCH_ID, "t.tar", "m", offset=512, length=3, end=1536)
     assert spooled.byte_range == "bytes=512-514"
+
+
+def test_fragment_object_is_the_objects_entry_of_a_fragment() -> None:
+    record = ObjectRecord(key="k", size=1, md5_hex="0" * 32, mtime=1.0, headers={"a": "b"})
+    entry = IndexEntry(record, "k", 1536)
+    assert fragment_object(index_fragment(entry)) == _object(entry)
+    gone = ObjectRecord(key="k", size=0, md5_hex=EMPTY_MD5, mtime=2.0, deleted=True)
+    update = ObjectRecord(key="k", size=0, md5_hex=EMPTY_MD5, mtime=3.0, update_of=1.0)
+    assert fragment_object(index_fragment(IndexEntry(gone, "k", 0))) is None
+    assert fragment_object(index_fragment(IndexEntry(update, "k", 0))) is None
