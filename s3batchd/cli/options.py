@@ -3,8 +3,9 @@ client, the spool folders."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -16,12 +17,22 @@ from s3batchd.upload.upstream import make_client
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-CONFIG_OPTION = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="S3BATCHD_CONFIG",
-    help="The daemon's TOML settings (env: S3BATCHD_CONFIG): catalog path and upstream.",
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_option(help_text: str) -> Callable[[F], F]:
+    """``--config PATH`` (env ``S3BATCHD_CONFIG``) into ``config_path``, with ``help_text``."""
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="S3BATCHD_CONFIG",
+        help=help_text,
+    )
+
+
+CONFIG_OPTION = config_option(
+    "The daemon's TOML settings (env: S3BATCHD_CONFIG): catalog path and upstream."
 )
 ENDPOINT_OPTION = click.option(
     "--endpoint-url",
