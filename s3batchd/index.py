@@ -260,8 +260,8 @@ def parse_index(body: bytes | str, *, where: str = "the document") -> dict[str, 
 
 def check_index(document: object, *, where: str = "the document") -> dict[str, Any]:
     """``document`` itself once it is known to be an index of this format and version: every
-    field a reader uses is there with its type, in ``objects``, ``tombstones`` and ``updates``.
-    Unknown fields are left alone.
+    field of docs/index-format.md is there with its type, in ``objects``, ``tombstones`` and
+    ``updates`` too. Unknown fields are left alone.
 
     Raises:
         IndexFormatError: naming the first field that is missing or of another type.
@@ -274,6 +274,8 @@ def check_index(document: object, *, where: str = "the document") -> dict[str, A
             f"{where} has index version {version!r}; this s3batchd knows version {INDEX_VERSION}"
         )
     _need(document, "batch_id", str, where)
+    _need_time(document, "created_at", where)
+    _need(document, "writer", str, where)
     tar = _need(document, "tar", dict, where)
     _need(tar, "bucket", str, f"{where}: tar")
     _need(tar, "key", str, f"{where}: tar")

@@ -247,6 +247,8 @@ def _malformed(document: dict[str, object], path: list[object], value: object) -
         (["version"], 2, "index version 2"),
         (["version"], True, "index version True"),
         (["batch_id"], ..., "batch_id is missing"),
+        (["created_at"], ..., "created_at is missing"),
+        (["writer"], 7, "writer is 7, not a str"),
         (["tar", "size"], "8192", "tar: size is '8192', not a int"),
         (["objects"], ..., "objects is missing"),
         (["objects"], {}, "objects is {}, not a list"),
