@@ -4,6 +4,7 @@
 S3BatchdError                      root of everything the daemon raises on purpose
 ├── ConfigError                    settings missing or invalid (refused at start)
 ├── StartupError                   a listener, the spool or the catalog is unusable at start
+├── IndexFormatError               a document is not a batch index of a version s3batchd knows
 ├── SpoolError                     the local spool cannot take or keep data
 │   └── SpoolFailedError           a write or fdatasync failed: the file acknowledges nothing more
 ├── UploadError(retriable, reason) an upstream S3 call failed; ``retriable`` says whether to retry,
@@ -48,6 +49,11 @@ class ConfigError(S3BatchdError):
 class StartupError(S3BatchdError):
     """The daemon cannot start: a port is taken, the spool or the catalog is unusable. The
     message names the setting and the path or address."""
+
+
+class IndexFormatError(S3BatchdError):
+    """A document is not a batch index (docs/index-format.md) of a version s3batchd knows:
+    the message names the first field that is missing or of another type."""
 
 
 class SpoolError(S3BatchdError):

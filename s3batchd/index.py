@@ -1,4 +1,9 @@
-"""Batch naming (writer id, batch id, upstream keys) and the JSON index written beside each tar."""
+"""Batch naming (writer id, batch id, upstream keys) and the JSON index beside each tar: written
+(``render_index``, ``index_fragment``) and parsed (``parse_index``, ``entries_from_index``,
+``updated_objects``, ``fragment_object``) here only. The format is docs/index-format.md.
+
+Somewhat over 400 lines on purpose: the writer and the one parser of what it writes stay side by
+side, so that a change of the format is one diff in one module (issue 22)."""
 
 from __future__ import annotations
 
@@ -9,11 +14,16 @@ import re
 import secrets
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from s3batchd.constants import INDEX_FORMAT, INDEX_VERSION
-from s3batchd.records import ObjectRecord
+from s3batchd.errors import IndexFormatError
+from s3batchd.records import EMPTY_MD5, ObjectRecord, updated_headers
+
+T = TypeVar("T")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
 _BATCH_ID = re.compile(
@@ -59,14 +69,19 @@ def batch_created(batch_id: str) -> datetime:
     return datetime.strptime(stamp, "%Y%m%d%H%M%S%f").replace(tzinfo=UTC)
 
 
+#: How the keys of a batch's tar and index end.
+TAR_SUFFIX = ".tar"
+INDEX_SUFFIX = ".index.json"
+
+
 def tar_key(prefix: str, batch_id: str) -> str:
     """Upstream key of a batch's tar: ``<prefix>YYYY/MM/DD/<batch id>.tar``."""
-    return f"{_stem(prefix, batch_id)}.tar"
+    return _stem(prefix, batch_id) + TAR_SUFFIX
 
 
 def index_key(prefix: str, batch_id: str) -> str:
     """Upstream key of a batch's index, beside its tar."""
-    return f"{_stem(prefix, batch_id)}.index.json"
+    return _stem(prefix, batch_id) + INDEX_SUFFIX
 
 
 def _stem(prefix: str, batch_id: str) -> str:
@@ -136,6 +151,15 @@ def index_fragment(entry: IndexEntry) -> bytes:
     if entry.record.update_of is not None:
         return _UPDATE_MARK + _dumps(_update(entry, entry.record.update_of))
     return _dumps(_object(entry))
+
+
+def fragment_object(fragment: bytes) -> dict[str, Any] | None:
+    """The ``objects`` entry an ``index_fragment`` holds, None for a tombstone's or an
+    attribute update's."""
+    if fragment.startswith((_TOMBSTONE_MARK, _UPDATE_MARK)):
+        return None
+    entry: dict[str, Any] = json.loads(fragment)
+    return entry
 
 
 #: json.dumps with arguments other than the defaults builds an encoder per call; one per PUT
@@ -210,3 +234,202 @@ def iso_time(timestamp: float) -> str:
 def _second(seconds: int) -> str:
     """``YYYY-MM-DDTHH:MM:SS`` of a whole Unix second, UTC."""
     return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+# --- parsing -----------------------------------------------------------------------------------
+#
+# Everything that reads an index (the catalog's reindex, the reader library, ``s3batchd ls`` and
+# ``extract``) checks it here, against the fields docs/index-format.md lists (their types; the
+# patterns are the schema's, docs/index.schema.json, which the tests hold every index to).
+
+_TEXT_MAPS = ("metadata", "headers", "checksums")
+
+
+def parse_index(body: bytes | str, *, where: str = "the document") -> dict[str, Any]:
+    """The index document in ``body``, checked as :func:`check_index` does.
+
+    Raises:
+        IndexFormatError: ``body`` is not JSON or not an index of this version.
+    """
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise IndexFormatError(f"{where} is not JSON: {exc}") from exc
+    return check_index(document, where=where)
+
+
+def check_index(document: object, *, where: str = "the document") -> dict[str, Any]:
+    """``document`` itself once it is known to be an index of this format and version: every
+    field of docs/index-format.md is there with its type, in ``objects``, ``tombstones`` and
+    ``updates`` too. Unknown fields are left alone.
+
+    Raises:
+        IndexFormatError: naming the first field that is missing or of another type.
+    """
+    if not isinstance(document, dict) or document.get("format") != INDEX_FORMAT:
+        raise IndexFormatError(f"{where} is not an s3batchd index")
+    version = document.get("version")
+    if version != INDEX_VERSION or not _is_int(version):
+        raise IndexFormatError(
+            f"{where} has index version {version!r}; this s3batchd knows version {INDEX_VERSION}"
+        )
+    _need(document, "batch_id", str, where)
+    _need_time(document, "created_at", where)
+    _need(document, "writer", str, where)
+    tar = _need(document, "tar", dict, where)
+    _need(tar, "bucket", str, f"{where}: tar")
+    _need(tar, "key", str, f"{where}: tar")
+    _need_size(tar, "size", f"{where}: tar")
+    for n, item in enumerate(_list(document, "objects", where, required=True)):
+        check_object(item, where=f"{where}: objects[{n}]")
+    for n, item in enumerate(_list(document, "tombstones", where)):
+        place = f"{where}: tombstones[{n}]"
+        _need_key(item, place)
+        _need(item, "member", str, place)
+        _need_time(item, "deleted_at", place)
+    for n, item in enumerate(_list(document, "updates", where)):
+        place = f"{where}: updates[{n}]"
+        _need_key(item, place)
+        _need(item, "member", str, place)
+        _need_time(item, "object_modified", place)
+        _need_time(item, "updated_at", place)
+        _need_texts(item, "headers", place)
+    return document
+
+
+def check_object(entry: object, *, where: str = "the index entry") -> dict[str, Any]:
+    """``entry`` itself once it is known to be an entry of an index's ``objects``.
+
+    Raises:
+        IndexFormatError: naming the first field that is missing or of another type.
+    """
+    if not isinstance(entry, dict):
+        raise IndexFormatError(f"{where} is not an object: {entry!r:.200}")
+    _need_key(entry, where)
+    _need(entry, "member", str, where)
+    _need_size(entry, "offset", where)
+    _need_size(entry, "length", where)
+    _need(entry, "etag", str, where)
+    if "md5" in entry:
+        _need(entry, "md5", str, where)
+    _need(entry, "content_type", str, where)
+    for name in _TEXT_MAPS:
+        _need_texts(entry, name, where)
+    _need_time(entry, "last_modified", where)
+    return entry
+
+
+def parse_time(text: str) -> float:
+    """An index timestamp (``2026-11-21T15:29:08.868Z``, as :func:`iso_time` writes it) as
+    Unix time."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def updated_objects(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``objects`` of a checked index as a reader sees them: each with the tags and canned
+    ACL of the latest of the index's ``updates`` that names it (by its ``last_modified``), as
+    docs/index-format.md says. Objects without one are the entries themselves; the others are
+    copies, so the document is not changed."""
+    latest: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for update in document.get("updates", ()):
+        named = (update["key"], update["object_modified"])
+        found = latest.get(named)
+        # The timestamps have one format: their text sorts as their time.
+        if found is None or update["updated_at"] > found["updated_at"]:
+            latest[named] = update
+    objects: list[dict[str, Any]] = document["objects"]
+    if not latest:
+        return objects
+    seen = []
+    for entry in objects:
+        update = latest.get((entry["key"], entry["last_modified"]))
+        if update is not None:
+            entry = {**entry, "headers": updated_headers(entry["headers"], update["headers"])}
+        seen.append(entry)
+    return seen
+
+
+def entries_from_index(document: Mapping[str, Any]) -> list[IndexEntry]:
+    """The objects, tombstones and attribute updates of a checked index as the entries they
+    were rendered from (the catalog's reindex)."""
+    entries = []
+    for obj in document["objects"]:
+        record = ObjectRecord(
+            key=obj["key"],
+            size=obj["length"],
+            md5_hex=obj.get("md5") or obj["etag"].strip('"'),
+            content_type=obj["content_type"],
+            metadata=obj["metadata"],
+            headers=obj["headers"],
+            checksums=obj["checksums"],
+            mtime=parse_time(obj["last_modified"]),
+            multipart_etag=obj["etag"].strip('"') if "md5" in obj else "",
+        )
+        entries.append(IndexEntry(record=record, member=obj["member"], offset=obj["offset"]))
+    for tombstone in document.get("tombstones", ()):
+        record = ObjectRecord(
+            key=tombstone["key"],
+            size=0,
+            md5_hex=EMPTY_MD5,
+            mtime=parse_time(tombstone["deleted_at"]),
+            deleted=True,
+        )
+        entries.append(IndexEntry(record=record, member=tombstone["member"], offset=0))
+    for update in document.get("updates", ()):
+        record = ObjectRecord(
+            key=update["key"],
+            size=0,
+            md5_hex=EMPTY_MD5,
+            headers=update["headers"],
+            mtime=parse_time(update["updated_at"]),
+            update_of=parse_time(update["object_modified"]),
+        )
+        entries.append(IndexEntry(record=record, member=update["member"], offset=0))
+    return entries
+
+
+def _list(
+    document: Mapping[str, Any], name: str, where: str, *, required: bool = False
+) -> list[Any]:
+    if name not in document and not required:
+        return []
+    return _need(document, name, list, where)
+
+
+def _need(item: object, name: str, kind: type[T], where: str) -> T:
+    if not isinstance(item, dict):
+        raise IndexFormatError(f"{where} is not an object: {item!r:.200}")
+    value = item.get(name)
+    if not isinstance(value, kind):
+        shown = "missing" if name not in item else f"{value!r:.100}, not a {kind.__name__}"
+        raise IndexFormatError(f"{where}: {name} is {shown}")
+    return value
+
+
+def _need_key(item: object, where: str) -> None:
+    if not _need(item, "key", str, where):
+        raise IndexFormatError(f"{where}: key is empty")
+
+
+def _need_size(item: object, name: str, where: str) -> None:
+    value = _need(item, name, int, where)
+    if isinstance(value, bool) or value < 0:
+        raise IndexFormatError(f"{where}: {name} is {value!r}, not a size")
+
+
+def _need_texts(item: object, name: str, where: str) -> None:
+    values = _need(item, name, dict, where)
+    if not all(isinstance(value, str) for value in values.values()):
+        raise IndexFormatError(f"{where}: {name} has values that are not strings")
+
+
+def _need_time(item: object, name: str, where: str) -> None:
+    text = _need(item, name, str, where)
+    try:
+        parse_time(text)
+    except ValueError as exc:
+        raise IndexFormatError(f"{where}: {name} {text!r:.100} is not a timestamp") from exc
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 import threading
 from collections import deque
@@ -48,8 +47,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from s3batchd.constants import HEADER_PREFIX, INDEX_FORMAT, INDEX_VERSION, MB
-from s3batchd.errors import InvalidDigest, S3BatchdError
+from s3batchd.constants import HEADER_PREFIX, MB
+from s3batchd.errors import IndexFormatError, InvalidDigest, S3BatchdError
+from s3batchd.index import (
+    INDEX_SUFFIX,
+    TAR_SUFFIX,
+    check_object,
+    parse_index,
+    updated_objects,
+)
+from s3batchd.records import byte_range as range_header
 from s3batchd.s3.checksums import ALGORITHMS, Hasher, decode_checksum, new_hasher
 
 if TYPE_CHECKING:
@@ -77,8 +84,6 @@ __all__ = [
     "verify",
 ]
 
-TAR_SUFFIX = ".tar"
-INDEX_SUFFIX = ".index.json"
 #: Defaults of :func:`get_many` and :func:`iter_batch`.
 DEFAULT_CONCURRENCY = 8
 DEFAULT_MAX_GAP = 64 * 1024
@@ -188,20 +193,14 @@ class Location:
         """The location of one entry of an index's ``objects`` (the tar at ``bucket`` /
         ``tar_key``, which need not be the ``tar`` the index names if it was copied)."""
         try:
-            offset, length = entry["offset"], entry["length"]
-            etag, checksums = entry["etag"], entry.get("checksums", {})
-        except (KeyError, TypeError) as exc:
-            raise NotABatchError(f"not an index entry: {entry!r:.200}") from exc
-        if not (_is_int(offset) and _is_int(length) and isinstance(etag, str)):
-            raise NotABatchError(f"not an index entry: {entry!r:.200}")
+            check_object(entry)
+        except IndexFormatError as exc:
+            raise NotABatchError(f"not an index entry: {exc}") from exc
+        etag = entry["etag"]
         md5 = entry.get("md5")
-        if isinstance(md5, str):  # an assembled multipart upload: its ETag is not an MD5
+        if md5 is not None:  # an assembled multipart upload: its ETag is not an MD5
             etag = f'"{md5}"'
-        if not isinstance(checksums, dict) or not all(
-            isinstance(v, str) for v in checksums.values()
-        ):
-            raise NotABatchError(f"invalid checksums in index entry: {entry!r:.200}")
-        return cls(bucket, tar_key, offset, length, etag, checksums)
+        return cls(bucket, tar_key, entry["offset"], entry["length"], etag, entry["checksums"])
 
     @property
     def end(self) -> int:
@@ -211,9 +210,7 @@ class Location:
     @property
     def byte_range(self) -> str | None:
         """``bytes=<first>-<last>`` for a ranged GET, or None for a zero-length object."""
-        if self.length == 0:
-            return None
-        return f"bytes={self.offset}-{self.end - 1}"
+        return range_header(self.offset, self.length)
 
     @property
     def url(self) -> str:
@@ -241,12 +238,17 @@ class ReadStats:
             self.objects += objects
 
 
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> ``(bucket, key)``; ReaderError when it is not one."""
+def parse_s3_url(url: str, *, prefix: bool = False) -> tuple[str, str]:
+    """``s3://bucket/key`` -> ``(bucket, key)``; ReaderError when it is not one.
+
+    With ``prefix``, the part after the bucket is a key prefix and may be empty
+    (``s3://bucket`` and ``s3://bucket/`` give ``(bucket, "")``)."""
     if not url.startswith("s3://"):
         raise ReaderError(f"not an s3:// URL: {url!r}")
     bucket, _, key = url.removeprefix("s3://").partition("/")
-    if not bucket or not key:
+    if not bucket:
+        raise ReaderError(f"no bucket in {url!r}")
+    if not key and not prefix:
         raise ReaderError(f"not an s3://<bucket>/<key> URL: {url!r}")
     return bucket, key
 
@@ -476,7 +478,8 @@ def get_many(
 def load_index(
     client: S3Client, bucket: str, key: str, *, stats: ReadStats | None = None
 ) -> dict[str, Any]:
-    """The index document of a batch, given its tar key or its index key.
+    """The index document of a batch, given its tar key or its index key, as stored (see
+    docs/index-format.md; :func:`iter_batch` applies its ``updates`` to its objects).
 
     Raises:
         NotABatchError: the key is neither, or the document is not an s3batchd index of a
@@ -488,20 +491,9 @@ def load_index(
     index_key = index_key_for(key)
     body = _get(client, bucket, index_key, None, stats)
     try:
-        document = json.loads(body)
-    except ValueError as exc:
-        raise NotABatchError(f"s3://{bucket}/{index_key} is not JSON: {exc}") from exc
-    if not isinstance(document, dict) or document.get("format") != INDEX_FORMAT:
-        raise NotABatchError(f"s3://{bucket}/{index_key} is not an s3batchd index")
-    if document.get("version") != INDEX_VERSION:
-        raise NotABatchError(
-            f"s3://{bucket}/{index_key} has index version {document.get('version')!r}; this "
-            f"reader knows version {INDEX_VERSION}"
-        )
-    objects = document.get("objects")
-    if not isinstance(objects, list) or not all(isinstance(o, dict) for o in objects):
-        raise NotABatchError(f"s3://{bucket}/{index_key} has no list of objects")
-    return document
+        return parse_index(body, where=f"s3://{bucket}/{index_key}")
+    except IndexFormatError as exc:
+        raise NotABatchError(str(exc)) from exc
 
 
 def locations(bucket: str, tar_key: str, index: Mapping[str, Any]) -> list[Location]:
@@ -521,14 +513,16 @@ def iter_batch(
 ) -> Iterator[tuple[dict[str, Any], bytes]]:
     """Every object of a batch as ``(index entry, data)``, in index order, each verified.
 
-    ``tar_key`` may also be the index key. After the index (one GET), the tar is read with
-    coalesced ranged GETs of at most ``max_span`` bytes (a small batch in one GET),
-    ``max_concurrency`` at a time; at most that many spans are held in memory. Raises as
-    :func:`load_index` and :func:`get` do, when the failing part is reached.
+    The entries are the index's ``objects`` with the tags and canned ACL of the index's
+    ``updates`` applied (docs/index-format.md). ``tar_key`` may also be the index key. After
+    the index (one GET), the tar is read with coalesced ranged GETs of at most ``max_span``
+    bytes (a small batch in one GET), ``max_concurrency`` at a time; at most that many spans
+    are held in memory. Raises as :func:`load_index` and :func:`get` do, when the failing part
+    is reached.
     """
     _check_limits(max_concurrency, max_gap, max_span)
     index = load_index(client, bucket, tar_key, stats=stats)
-    entries: list[dict[str, Any]] = index["objects"]
+    entries = updated_objects(index)
     wanted = locations(bucket, tar_key_for(tar_key), index)
     spans = _plan(enumerate(wanted), max_gap, max_span)
     for found in _fetch_in_order(client, spans, max_concurrency, stats, window=max_concurrency):
@@ -542,7 +536,7 @@ def iter_batch(
 def _get_range(
     client: S3Client, bucket: str, key: str, start: int, end: int, stats: ReadStats | None
 ) -> bytes:
-    data = _get(client, bucket, key, f"bytes={start}-{end - 1}", stats)
+    data = _get(client, bucket, key, range_header(start, end - start), stats)
     if len(data) != end - start:
         raise IntegrityError(
             f"s3://{bucket}/{key}: asked for bytes {start}-{end - 1} ({end - start} bytes), "
@@ -623,7 +617,3 @@ def _decode_checksum(algorithm: str, value: str) -> bytes:
         return decode_checksum(algorithm, value)
     except InvalidDigest as exc:
         raise ReaderError(f"{algorithm} checksum {value!r}: {exc}") from exc
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -12,6 +12,15 @@ EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 UPDATED_HEADERS = ("x-amz-tagging", "x-amz-acl")
 
 
+def byte_range(offset: int, length: int) -> str | None:
+    """``bytes=<first>-<last>`` for a ranged GET of ``length`` bytes at ``offset`` (the
+    ``x-s3batchd-range`` header), or None when ``length`` is 0: an empty range cannot be
+    asked for."""
+    if length == 0:
+        return None
+    return f"bytes={offset}-{offset + length - 1}"
+
+
 def updated_headers(headers: dict[str, str], update: dict[str, str]) -> dict[str, str]:
     """An object's stored ``headers`` after an attribute update carrying ``update``."""
     kept = {name: value for name, value in headers.items() if name not in UPDATED_HEADERS}
@@ -73,9 +82,7 @@ class SpoolEntry:
     @property
     def byte_range(self) -> str | None:
         """``bytes=first-last`` for a ranged GET, or None for an empty object."""
-        if self.length == 0:
-            return None
-        return f"bytes={self.offset}-{self.offset + self.length - 1}"
+        return byte_range(self.offset, self.length)
 
 
 @dataclass(frozen=True, slots=True)

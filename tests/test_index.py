@@ -1,20 +1,36 @@
-"""index: the time format (formatted once per second) and members' index fragments (compact
-ASCII JSON of their objects), each the same as the plain way."""
+"""index: the time format (formatted once per second), members' index fragments (compact
+ASCII JSON of their objects), each the same as the plain way, and the one parser every reader of
+an index uses (the catalog's reindex, the reader library, ``s3batchd ls``)."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from s3batchd.catalog.store import Catalog, entries_from_index
-from s3batchd.index import IndexEntry, _object, index_fragment, iso_time, iso_utc, render_index
-from s3batchd.records import EMPTY_MD5, ObjectRecord
+from s3batchd.catalog.store import Catalog
+from s3batchd.errors import IndexFormatError
+from s3batchd.index import (
+    IndexEntry,
+    _object,
+    entries_from_index,
+    fragment_object,
+    index_fragment,
+    iso_time,
+    iso_utc,
+    parse_index,
+    parse_time,
+    render_index,
+    updated_objects,
+)
+from s3batchd.records import EMPTY_MD5, ObjectRecord, SpoolEntry, byte_range
 from s3batchd.spool.tarmember import decode_record, encode_header
 from tests.batches import index_validator
 
@@ -153,3 +169,169 @@ def test_an_update_names_its_object_to_the_millisecond(tmp_path: Path) -> None:
         found = catalog.get("b", "k")
         assert found is not None and found.record.headers == {}
         catalog.close()
+
+
+BATCH_ID = "20270115T080000000Z-host-68522f62-000007"
+
+
+def _index(entries: list[IndexEntry]) -> bytes:
+    return render_index(
+        bucket="bucket",
+        batch_id=BATCH_ID,
+        tar_key=f"p/2027/01/15/{BATCH_ID}.tar",
+        tar_size=8192,
+        entries=entries,
+    )
+
+
+def test_a_rendered_index_parses_back_to_the_entries_it_was_rendered_from() -> None:
+    plain = ObjectRecord(
+        key="a/b",
+        size=3,
+        md5_hex="9" * 32,
+        content_type="text/plain",
+        metadata={"owner": "me"},
+        headers={"cache-control": "no-cache", "x-amz-tagging": "a=1"},
+        checksums={"crc32": "NSRBwg=="},
+        mtime=1_800_000_000.25,
+    )
+    assembled = ObjectRecord(
+        key="big", size=10, md5_hex="1" * 32, mtime=1_800_000_001.5, multipart_etag="2" * 32 + "-3"
+    )
+    tombstone = ObjectRecord(
+        key="gone", size=0, md5_hex=EMPTY_MD5, mtime=1_800_000_002.0, deleted=True
+    )
+    update = ObjectRecord(
+        key="a/b",
+        size=0,
+        md5_hex=EMPTY_MD5,
+        headers={"x-amz-acl": "private"},
+        mtime=1_800_000_003.125,
+        update_of=1_800_000_000.25,
+    )
+    entries = [
+        IndexEntry(plain, "a/b", 1536),
+        IndexEntry(assembled, "big", 3584),
+        IndexEntry(tombstone, "gone", 0),
+        IndexEntry(update, "a/b", 0),
+    ]
+    body = _index(entries)
+    document = parse_index(body)
+    assert document == json.loads(body)
+    index_validator().validate(document)
+    assert entries_from_index(document) == entries
+
+
+def test_parse_time_reads_what_iso_time_writes() -> None:
+    assert parse_time(iso_time(1_800_000_000.25)) == 1_800_000_000.25
+    assert parse_time("1970-01-01T00:00:00.000Z") == 0.0
+
+
+def _malformed(document: dict[str, object], path: list[object], value: object) -> bytes:
+    """``document`` with the field at ``path`` set to ``value`` (removed when it is ...)."""
+    changed = json.loads(json.dumps(document))
+    place = changed
+    for step in path[:-1]:
+        place = place[step]
+    if value is ...:
+        del place[path[-1]]
+    else:
+        place[path[-1]] = value
+    return json.dumps(changed).encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (["format"], "other", "is not an s3batchd index"),
+        (["version"], 2, "index version 2"),
+        (["version"], True, "index version True"),
+        (["batch_id"], ..., "batch_id is missing"),
+        (["created_at"], ..., "created_at is missing"),
+        (["writer"], 7, "writer is 7, not a str"),
+        (["tar", "size"], "8192", "tar: size is '8192', not a int"),
+        (["objects"], ..., "objects is missing"),
+        (["objects"], {}, "objects is {}, not a list"),
+        (["objects", 0], [1], "objects[0] is not an object"),
+        (["objects", 0, "key"], ..., "objects[0]: key is missing"),
+        (["objects", 0, "key"], "", "objects[0]: key is empty"),
+        (["objects", 0, "offset"], -512, "objects[0]: offset is -512, not a size"),
+        (["objects", 0, "length"], True, "objects[0]: length is True, not a size"),
+        (["objects", 0, "etag"], None, "objects[0]: etag is None, not a str"),
+        (["objects", 0, "headers"], {"x": 1}, "objects[0]: headers has values that are not"),
+        (["objects", 0, "checksums"], ..., "objects[0]: checksums is missing"),
+        (["objects", 0, "last_modified"], 12, "objects[0]: last_modified is 12, not a str"),
+        (["objects", 0, "last_modified"], "soon", "last_modified 'soon' is not a timestamp"),
+        (["updates"], None, "updates is None, not a list"),
+        (["updates", 0, "headers"], ..., "updates[0]: headers is missing"),
+        (["updates", 0, "object_modified"], "x", "updates[0]: object_modified 'x' is not"),
+        (["tombstones", 0, "deleted_at"], ..., "tombstones[0]: deleted_at is missing"),
+    ],
+)
+def test_parse_index_names_what_is_wrong(path: list[object], value: object, message: str) -> None:
+    gone = ObjectRecord(key="gone", size=0, md5_hex=EMPTY_MD5, mtime=2.0, deleted=True)
+    update = ObjectRecord(key="k", size=0, md5_hex=EMPTY_MD5, mtime=3.0, update_of=1.0)
+    record = ObjectRecord(key="k", size=1, md5_hex="0" * 32, mtime=1.0)
+    entries = [IndexEntry(record, "k", 1536), IndexEntry(gone, "g", 0), IndexEntry(update, "k", 0)]
+    document = parse_index(_index(entries))
+    malformed = _malformed(document, path, value)
+    with pytest.raises(IndexFormatError, match=re.escape(message)):
+        parse_index(malformed, where="s3://b/x.index.json")
+    assert not index_validator().is_valid(json.loads(malformed))  # the schema refuses it too
+    with pytest.raises(IndexFormatError, match="is not JSON"):
+        parse_index(b"{")
+
+
+def test_updated_objects_apply_the_latest_update_naming_each_object() -> None:
+    first = ObjectRecord(
+        key="k",
+        size=1,
+        md5_hex="0" * 32,
+        mtime=100.0,
+        headers={"cache-control": "no-cache", "x-amz-tagging": "a=1"},
+    )
+    second = ObjectRecord(key="k", size=1, md5_hex="1" * 32, mtime=200.0, headers={})
+
+    def update(at: float, of: float, headers: dict[str, str]) -> IndexEntry:
+        record = ObjectRecord(
+            key="k", size=0, md5_hex=EMPTY_MD5, mtime=at, headers=headers, update_of=of
+        )
+        return IndexEntry(record, "k", 0)
+
+    entries = [
+        IndexEntry(first, "k", 1536),
+        update(150.0, 100.0, {"x-amz-tagging": "late=1", "x-amz-acl": "private"}),
+        update(120.0, 100.0, {"x-amz-tagging": "early=1"}),  # older: listed later, still older
+        IndexEntry(second, "k", 3584),
+        update(250.0, 999.0, {"x-amz-tagging": "other=1"}),  # names no object of this batch
+    ]
+    document = parse_index(_index(entries))
+    stored = json.loads(json.dumps(document["objects"]))
+    seen = updated_objects(document)
+    assert seen[0]["headers"] == {
+        "cache-control": "no-cache",
+        "x-amz-tagging": "late=1",
+        "x-amz-acl": "private",
+    }
+    assert seen[1] == stored[1]  # no update names it
+    assert document["objects"] == stored  # the document is left as it was
+    plain = parse_index(_index(entries[:1]))
+    assert updated_objects(plain) == plain["objects"]
+
+
+def test_one_byte_range_for_the_response_header_and_the_reader() -> None:
+    assert byte_range(1536, 10) == "bytes=1536-1545"
+    assert byte_range(1536, 1) == "bytes=1536-1536"
+    assert byte_range(1536, 0) is None
+    spooled = SpoolEntry("b", BATCH_ID, "t.tar", "m", offset=512, length=3, end=1536)
+    assert spooled.byte_range == "bytes=512-514"
+
+
+def test_fragment_object_is_the_objects_entry_of_a_fragment() -> None:
+    record = ObjectRecord(key="k", size=1, md5_hex="0" * 32, mtime=1.0, headers={"a": "b"})
+    entry = IndexEntry(record, "k", 1536)
+    assert fragment_object(index_fragment(entry)) == _object(entry)
+    gone = ObjectRecord(key="k", size=0, md5_hex=EMPTY_MD5, mtime=2.0, deleted=True)
+    update = ObjectRecord(key="k", size=0, md5_hex=EMPTY_MD5, mtime=3.0, update_of=1.0)
+    assert fragment_object(index_fragment(IndexEntry(gone, "k", 0))) is None
+    assert fragment_object(index_fragment(IndexEntry(update, "k", 0))) is None

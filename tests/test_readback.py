@@ -4,6 +4,7 @@ before and after the flush, with the reader library, and with ``s3batchd get``."
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,3 +109,45 @@ def test_reindex_rebuilds_the_catalog_from_index_objects(
     bad = CliRunner().invoke(main, ["get", "not-a-url"], env=env)
     assert bad.exit_code == 2
     assert "not an s3:// URL" in bad.output
+
+
+def test_reindex_names_the_field_of_a_malformed_index(
+    s3_server: LocalS3, s3: S3Client, bucket: str, tmp_path: Path
+) -> None:
+    """An index that is not of the format stops the reindex with one line naming the key and
+    the field (it used to escape as an AttributeError traceback)."""
+    key = "s3batchd/2027/01/15/20270115T080000000Z-host-68522f62-000007.index.json"
+    document = {
+        "format": "s3batchd.index",
+        "version": 1,
+        "batch_id": "20270115T080000000Z-host-68522f62-000007",
+        "created_at": "2027-01-15T08:00:00.000Z",
+        "writer": "host-68522f62",
+        "tar": {"bucket": bucket, "key": key.removesuffix(".index.json") + ".tar", "size": 3072},
+        "objects": [
+            {
+                "key": "k",
+                "member": "k",
+                "offset": 1536,
+                "length": 1,
+                "etag": '"0cc175b9c0f1b6a831c399e269772661"',
+                "content_type": "binary/octet-stream",
+                "metadata": {},
+                "headers": {},
+                "checksums": {},
+                "last_modified": 1800000000,
+            }
+        ],
+    }
+    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(document).encode())
+    env = {
+        "S3BATCHD_SPOOL__DIR": str(tmp_path / "spool"),
+        "S3BATCHD_UPSTREAM__ENDPOINT_URL": s3_server.endpoint_url,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+    }
+    result = CliRunner().invoke(main, ["reindex", f"s3://{bucket}/s3batchd/"], env=env)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert f"cannot reindex s3://{bucket}/s3batchd/: s3://{bucket}/{key}" in result.output
+    assert "objects[0]: last_modified is 1800000000, not a str" in result.output

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import random
+import re
 import traceback
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -292,6 +293,48 @@ def test_cli_ls(
     configured = CliRunner(env={**env, "S3BATCHD_CONFIG": str(config)}).invoke(ls, [url])
     assert configured.exit_code == 0, explain(configured)
     assert configured.stdout == result.stdout
+
+
+def test_iter_batch_and_ls_give_the_tags_and_acl_of_the_index_updates(
+    quiet_daemon: Daemon, s3: S3Client, s3_server: LocalS3, bucket: str
+) -> None:
+    client = quiet_daemon.client()
+    put(client, bucket, "tagged", b"one", Tagging="old=1", CacheControl="no-cache")
+    put(client, bucket, "plain", b"two")
+    client.put_object_tagging(
+        Bucket=bucket, Key="tagged", Tagging={"TagSet": [{"Key": "new", "Value": "2"}]}
+    )
+    client.put_object_acl(Bucket=bucket, Key="tagged", ACL="bucket-owner-full-control")
+    quiet_daemon.stop()
+    document = only_batch(s3, bucket)
+    assert len(document["updates"]) == 2
+    assert document["objects"][0]["headers"]["x-amz-tagging"] == "old=1"  # as written
+    current = {
+        "cache-control": "no-cache",
+        "x-amz-tagging": "new=2",
+        "x-amz-acl": "bucket-owner-full-control",
+    }
+    read = list(reader.iter_batch(s3, bucket, document["tar"]["key"]))
+    assert [entry["headers"] for entry, _ in read] == [current, {}]
+    assert [data for _, data in read] == [b"one", b"two"]
+    assert reader.load_index(s3, bucket, document["tar"]["key"]) == document  # as stored
+    listed = cli(s3_server, "ls", "--json", f"s3://{bucket}/{document['tar']['key']}")
+    assert listed.exit_code == 0, explain(listed)
+    assert [json.loads(line)["headers"] for line in listed.stdout.splitlines()] == [current, {}]
+
+
+def test_parse_s3_url_for_keys_and_for_prefixes() -> None:
+    assert reader.parse_s3_url("s3://b/k/x.tar") == ("b", "k/x.tar")
+    assert reader.parse_s3_url("s3://b/", prefix=True) == ("b", "")
+    assert reader.parse_s3_url("s3://b", prefix=True) == ("b", "")
+    assert reader.parse_s3_url("s3://b/p/", prefix=True) == ("b", "p/")
+    for url, message in (
+        ("b/k", "not an s3:// URL"),
+        ("s3:///k", "no bucket in"),
+        ("s3://b/", "not an s3://<bucket>/<key> URL"),
+    ):
+        with pytest.raises(reader.ReaderError, match=re.escape(message)):
+            reader.parse_s3_url(url)
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from s3batchd.index import IndexEntry
-from s3batchd.records import EMPTY_MD5, ObjectRecord, updated_headers
+from s3batchd.index import entries_from_index as entries_from_index  # moved to index.py
+from s3batchd.records import ObjectRecord, updated_headers
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -588,49 +589,3 @@ def _entry(row: tuple[Any, ...]) -> CatalogEntry:
         multipart_etag=etag,
     )
     return CatalogEntry(bucket, batch_id, tar_key, member, offset, record, bool(uploaded))
-
-
-def entries_from_index(document: dict[str, Any]) -> list[IndexEntry]:
-    """The objects, tombstones and attribute updates of an index document (see
-    docs/index-format.md) as catalog entries."""
-    entries = []
-    for obj in document["objects"]:
-        modified = datetime.fromisoformat(obj["last_modified"].replace("Z", "+00:00"))
-        record = ObjectRecord(
-            key=obj["key"],
-            size=obj["length"],
-            md5_hex=obj.get("md5") or obj["etag"].strip('"'),
-            content_type=obj["content_type"],
-            metadata=obj["metadata"],
-            headers=obj["headers"],
-            checksums=obj["checksums"],
-            mtime=modified.timestamp(),
-            multipart_etag=obj["etag"].strip('"') if "md5" in obj else "",
-        )
-        entries.append(IndexEntry(record=record, member=obj["member"], offset=obj["offset"]))
-    for tombstone in document.get("tombstones", []):
-        deleted = datetime.fromisoformat(tombstone["deleted_at"].replace("Z", "+00:00"))
-        record = ObjectRecord(
-            key=tombstone["key"],
-            size=0,
-            md5_hex=EMPTY_MD5,
-            mtime=deleted.timestamp(),
-            deleted=True,
-        )
-        entries.append(IndexEntry(record=record, member=tombstone["member"], offset=0))
-    for update in document.get("updates", []):
-        record = ObjectRecord(
-            key=update["key"],
-            size=0,
-            md5_hex=EMPTY_MD5,
-            headers=update["headers"],
-            mtime=_stamp(update["updated_at"]),
-            update_of=_stamp(update["object_modified"]),
-        )
-        entries.append(IndexEntry(record=record, member=update["member"], offset=0))
-    return entries
-
-
-def _stamp(text: str) -> float:
-    """An index timestamp (``2026-11-21T15:29:08.868Z``) as Unix time."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

@@ -2,40 +2,35 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 from botocore.exceptions import BotoCoreError, ClientError
 
-from s3batchd.catalog.store import Catalog, CatalogEntry, catalog_path, entries_from_index
+from s3batchd.catalog.store import Catalog, CatalogEntry, catalog_path
 from s3batchd.cli.options import (
     CONFIG_OPTION,
     ENDPOINT_OPTION,
     cli_client,
     endpoint,
     settings_or_exit,
+    spools,
 )
 from s3batchd.config import Settings
 from s3batchd.errors import CorruptObject
 from s3batchd.handlers.get import read_local
-from s3batchd.reader import Location, ReaderError, get
-from s3batchd.server.workers import WORKERS_DIR
-
-if TYPE_CHECKING:
-    pass
+from s3batchd.index import INDEX_SUFFIX, entries_from_index
+from s3batchd.reader import Location, ReaderError, get, load_index, parse_s3_url
 
 
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> (bucket, key)."""
-    if not url.startswith("s3://"):
-        raise click.BadParameter(f"not an s3:// URL: {url}")
-    bucket, _, key = url[5:].partition("/")
-    if not bucket:
-        raise click.BadParameter(f"no bucket in {url}")
-    return bucket, key
+def _bucket_and_key(url: str) -> tuple[str, str]:
+    """``s3://bucket[/key or prefix]`` -> (bucket, key), as the reader parses it; a usage error
+    otherwise."""
+    try:
+        return parse_s3_url(url, prefix=True)
+    except ReaderError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 def _catalog_path(settings: Settings) -> Path:
@@ -65,7 +60,7 @@ def get_command(
     url: str, output: Path | None, config_path: Path | None, endpoint_url: str | None
 ) -> None:
     """Fetch one object by key through the local catalog (one ranged GET of its tar)."""
-    bucket, key = parse_s3_url(url)
+    bucket, key = _bucket_and_key(url)
     settings = settings_or_exit(config_path)
     path = _catalog_path(settings)
     looked = f"looked in the catalog {path}, endpoint {endpoint(settings, endpoint_url) or 'none'}"
@@ -85,7 +80,7 @@ def get_command(
             "catalog.retention_s: run `s3batchd reindex s3://BUCKET/PREFIX` first"
         )
     try:
-        data = _local(settings.spool.dir, entry)
+        data = _local(settings, entry)
     except CorruptObject as exc:
         raise click.ClickException(f"cannot read {url}: {exc}") from exc
     if data is None:
@@ -111,13 +106,11 @@ def _location(entry: CatalogEntry) -> Location:
     )
 
 
-def _local(spool_dir: Path, entry: CatalogEntry) -> bytes | None:
+def _local(settings: Settings, entry: CatalogEntry) -> bytes | None:
     """The object from a batch still in the spool (not uploaded yet), if there."""
     if entry.uploaded:
         return None
-    workers = spool_dir / WORKERS_DIR
-    others = tuple(sorted(workers.iterdir())) if workers.is_dir() else ()
-    return read_local((spool_dir, *others), entry, 0, entry.record.size - 1)
+    return read_local(tuple(spools(settings)), entry, 0, entry.record.size - 1)
 
 
 @click.command("reindex")
@@ -126,7 +119,7 @@ def _local(spool_dir: Path, entry: CatalogEntry) -> bytes | None:
 @ENDPOINT_OPTION
 def reindex_command(url: str, config_path: Path | None, endpoint_url: str | None) -> None:
     """Rebuild the catalog from the index objects under s3://BUCKET/PREFIX."""
-    bucket, prefix = parse_s3_url(url)
+    bucket, prefix = _bucket_and_key(url)
     settings = settings_or_exit(config_path)
     path = _catalog_path(settings)
     if not path.is_file() and not _configured(settings):
@@ -139,7 +132,7 @@ def reindex_command(url: str, config_path: Path | None, endpoint_url: str | None
                 Bucket=bucket, Prefix=prefix
             )
             for item in page.get("Contents", [])
-            if item["Key"].endswith(".index.json")
+            if item["Key"].endswith(INDEX_SUFFIX)
         ]
     except (ClientError, BotoCoreError) as exc:
         raise click.ClickException(f"cannot list {url}: {exc}") from exc
@@ -148,8 +141,7 @@ def reindex_command(url: str, config_path: Path | None, endpoint_url: str | None
     try:
         with click.progressbar(keys, label="reading indexes", file=sys.stderr) as progress:
             for key in progress:
-                body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-                document = json.loads(body)
+                document = load_index(client, bucket, key)
                 entries = entries_from_index(document)
                 catalog.put_many(
                     bucket, document["batch_id"], document["tar"]["key"], entries, uploaded=True
@@ -157,7 +149,7 @@ def reindex_command(url: str, config_path: Path | None, endpoint_url: str | None
                 objects += sum(
                     1 for e in entries if not e.record.deleted and e.record.update_of is None
                 )
-    except (ClientError, BotoCoreError, ValueError, KeyError) as exc:
+    except ReaderError as exc:
         raise click.ClickException(f"cannot reindex {url}: {exc}") from exc
     finally:
         catalog.close()

@@ -16,6 +16,7 @@ from s3batchd import __version__
 from s3batchd.allocator import limit_arenas
 from s3batchd.cli.catalog import get_command, reindex_command
 from s3batchd.cli.devenv import DevEnvironment, write_config, write_env
+from s3batchd.cli.options import config_option
 from s3batchd.cli.parked import parked
 from s3batchd.cli.preflight import check_storage
 from s3batchd.cli.read import extract, ls
@@ -46,12 +47,8 @@ EXIT_NOT_READY = 1
 #: Only that: the systemd unit counts it as success, so a failed start must never return it.
 EXIT_BATCHES_KEPT = 3
 
-_CONFIG_OPTION = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="S3BATCHD_CONFIG",
-    help="TOML settings file (env: S3BATCHD_CONFIG). S3BATCHD_<SECTION>__<KEY> overrides it.",
+_CONFIG_OPTION = config_option(
+    "TOML settings file (env: S3BATCHD_CONFIG). S3BATCHD_<SECTION>__<KEY> overrides it."
 )
 
 

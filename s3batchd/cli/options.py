@@ -1,25 +1,38 @@
-"""What the client-side commands (get, ls, extract, reindex) share: options, settings, client."""
+"""What the client-side commands (get, ls, extract, reindex, parked) share: options, settings,
+client, the spool folders."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from s3batchd.config import Settings, load_settings
 from s3batchd.errors import ConfigError
+from s3batchd.server.workers import WORKERS_DIR
 from s3batchd.upload.upstream import make_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-CONFIG_OPTION = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="S3BATCHD_CONFIG",
-    help="The daemon's TOML settings (env: S3BATCHD_CONFIG): catalog path and upstream.",
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_option(help_text: str) -> Callable[[F], F]:
+    """``--config PATH`` (env ``S3BATCHD_CONFIG``) into ``config_path``, with ``help_text``."""
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="S3BATCHD_CONFIG",
+        help=help_text,
+    )
+
+
+CONFIG_OPTION = config_option(
+    "The daemon's TOML settings (env: S3BATCHD_CONFIG): catalog path and upstream."
 )
 ENDPOINT_OPTION = click.option(
     "--endpoint-url",
@@ -51,3 +64,12 @@ def cli_client(settings: Settings, endpoint_url: str | None) -> S3Client:
         )
     upstream = settings.upstream.model_copy(update={"endpoint_url": chosen})
     return make_client(upstream, settings.upload)
+
+
+def spools(settings: Settings) -> list[Path]:
+    """Every spool folder of the daemon on disk: ``spool.dir`` and its workers'
+    (``_workers/<i>``, also of workers no longer configured)."""
+    base = settings.spool.dir
+    workers = base / WORKERS_DIR
+    others = sorted(p for p in workers.iterdir() if p.is_dir()) if workers.is_dir() else []
+    return [base, *others]

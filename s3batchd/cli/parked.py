@@ -16,24 +16,15 @@ from pathlib import Path
 import click
 
 from s3batchd.catalog.store import Catalog, catalog_path
-from s3batchd.cli.options import CONFIG_OPTION, settings_or_exit
+from s3batchd.cli.options import CONFIG_OPTION, settings_or_exit, spools
 from s3batchd.config import Settings
 from s3batchd.errors import SpoolError
-from s3batchd.server.workers import WORKERS_DIR
 from s3batchd.spool.files import lock_spool
 from s3batchd.spool.parking import ParkedOnDisk, discard, export, find, parked_on_disk
 
 URL_OPTION = click.option(
     "--url", help="Admin URL of the daemon (default: from server.admin_host/port)."
 )
-
-
-def spools(settings: Settings) -> list[Path]:
-    """Every spool folder of the daemon: ``spool.dir`` and its workers' (``_workers/<i>``)."""
-    base = settings.spool.dir
-    workers = base / WORKERS_DIR
-    others = sorted(p for p in workers.iterdir() if p.is_dir()) if workers.is_dir() else []
-    return [base, *others]
 
 
 def admin_url(settings: Settings, url: str | None) -> str:

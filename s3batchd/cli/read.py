@@ -14,13 +14,13 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from s3batchd.cli.options import CONFIG_OPTION, ENDPOINT_OPTION, cli_client, settings_or_exit
+from s3batchd.index import parse_time, updated_objects
 from s3batchd.reader import (
     IntegrityError,
     Location,
@@ -33,6 +33,9 @@ from s3batchd.reader import (
     load_index,
     parse_s3_url,
     tar_key_for,
+)
+from s3batchd.reader import (
+    locations as locations_of,
 )
 
 if TYPE_CHECKING:
@@ -76,19 +79,11 @@ def _clear_errors() -> Iterator[None]:
 
 
 def _index(client: S3Client, bucket: str, key: str) -> tuple[dict[str, Any], list[Location]]:
-    """The index and the location of every object (in the tar the URL names)."""
+    """The index (checked by ``load_index``) and the location of every object (in the tar the
+    URL names)."""
     with _clear_errors():
         index = load_index(client, bucket, key)
-        tar_key = tar_key_for(key)
-        entries = index["objects"]
-        tar = index.get("tar")
-        if not isinstance(tar, dict) or not isinstance(tar.get("size"), int):
-            raise NotABatchError(f"s3://{bucket}/{key}: the index has no tar size")
-        for entry in entries:
-            if not isinstance(entry.get("key"), str) or not entry["key"]:
-                raise NotABatchError(f"s3://{bucket}/{key}: an index entry has no key")
-        locations = [Location.from_index_entry(bucket, tar_key, entry) for entry in entries]
-    return index, locations
+        return index, locations_of(bucket, tar_key_for(key), index)
 
 
 def shown(key: str) -> str:
@@ -117,7 +112,7 @@ def ls(url: str, as_json: bool, config_path: Path | None, endpoint_url: str | No
     """
     bucket, key = _target(url)
     index, _ = _index(_client(config_path, endpoint_url), bucket, key)
-    for entry in index["objects"]:
+    for entry in updated_objects(index):
         if as_json:
             click.echo(json.dumps(entry, separators=(",", ":")))
         else:
@@ -249,7 +244,7 @@ def _extract_one(
     except OSError as exc:
         return f"cannot create its directory ({exc.strerror}; a symlink or file in the way?)"
     try:
-        return _write_file(tar, parent, name, location, entry.get("last_modified"))
+        return _write_file(tar, parent, name, location, parse_time(entry["last_modified"]))
     except OSError as exc:
         return f"cannot write it ({exc.strerror})"
     finally:
@@ -275,7 +270,7 @@ def _open_dirs(root: int, parts: list[str]) -> int:
 
 
 def _write_file(
-    tar: IO[bytes], parent: int, name: str, location: Location, last_modified: object
+    tar: IO[bytes], parent: int, name: str, location: Location, mtime: float
 ) -> str | None:
     """Copy the object's bytes to a new temporary file beside ``name``, verify them, and
     rename it over ``name`` (which replaces a file or link there, never writes through it)."""
@@ -302,9 +297,7 @@ def _write_file(
             checker.check()
         except IntegrityError as exc:
             return f"corrupt: {exc}"
-        mtime = _timestamp(last_modified)
-        if mtime is not None:
-            os.utime(fd, (mtime, mtime))
+        os.utime(fd, (mtime, mtime))
         os.rename(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
         keep = True
     finally:
@@ -318,12 +311,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _timestamp(value: object) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None

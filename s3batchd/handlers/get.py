@@ -40,7 +40,7 @@ from s3batchd.errors import (
     PreconditionFailed,
 )
 from s3batchd.index import iso_time
-from s3batchd.records import ObjectRecord
+from s3batchd.records import ObjectRecord, byte_range
 from s3batchd.spool.files import OPEN_SUFFIX, SEALED_SUFFIX
 from s3batchd.upload.upstream import as_s3_error
 
@@ -70,8 +70,9 @@ def object_headers(entry: CatalogEntry, headers: dict[str, str]) -> dict[str, st
         f"{HEADER_PREFIX}offset": str(entry.offset),
         f"{HEADER_PREFIX}length": str(record.size),
     }
-    if record.size:
-        out[f"{HEADER_PREFIX}range"] = f"bytes={entry.offset}-{entry.offset + record.size - 1}"
+    spanned = byte_range(entry.offset, record.size)
+    if spanned is not None:
+        out[f"{HEADER_PREFIX}range"] = spanned
     out.update(
         {name.title(): value for name, value in record.headers.items() if name not in _NOT_ANSWERED}
     )
@@ -149,15 +150,14 @@ async def read_bytes(source: ObjectSource, entry: CatalogEntry, first: int, last
         if data is not None:
             return data
     # Uploaded (or uploaded and deleted locally since the lookup): one ranged GET of the tar.
-    start = entry.offset + first
-    byte_range = f"bytes={start}-{entry.offset + last}"
+    span = f"bytes={entry.offset + first}-{entry.offset + last}"
 
     def fetch() -> bytes:
-        answer = source.client.get_object(Bucket=entry.bucket, Key=entry.tar_key, Range=byte_range)
+        answer = source.client.get_object(Bucket=entry.bucket, Key=entry.tar_key, Range=span)
         data = answer["Body"].read()
         # Checked here, on the read thread (hashlib lets go of the GIL), not on the loop.
         if len(data) != last - first + 1:
-            _corrupt(entry, f"{len(data)} bytes read from the bucket for {byte_range}")
+            _corrupt(entry, f"{len(data)} bytes read from the bucket for {span}")
         if first == 0 and last == entry.record.size - 1 and _md5(data) != entry.record.md5_hex:
             _corrupt(entry, "the bytes read from the bucket do not match its MD5")
         return data

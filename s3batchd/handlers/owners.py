@@ -1,11 +1,15 @@
-"""The ``Owner`` a listing shows for batched objects.
+"""The owner of batched objects: the ``Owner`` of listings and of GetObjectAcl, and the bucket's
+owner a ``bucket-owner-full-control`` grant names.
 
-ListObjects (v1) and ListObjectsV2 with ``fetch-owner=true`` give every object its owner. A
-batched object is held in a tar the daemon wrote, so its owner is the one the bucket reports
-for the daemon's objects: read from the bucket's listing of one batch object (under
-``upstream.prefix``), or, before any batch reached the bucket, from the bucket's ACL (its owner,
-who owns every object when ACLs are disabled, the S3 default since 2023). Found once per bucket
-and kept (4,096 buckets); a bucket where neither answers gets no ``Owner`` for batched objects.
+ListObjects (v1) and ListObjectsV2 with ``fetch-owner=true`` give every object its owner, and
+GetObjectAcl names it. A batched object is held in a tar the daemon wrote, so its owner is the
+one the bucket reports for the daemon's objects: read from the bucket's listing of one batch
+object (under ``upstream.prefix``), or, before any batch reached the bucket, from the bucket's
+ACL (its owner, who owns every object when ACLs are disabled, the S3 default since 2023). The
+owner of the batch objects is kept once found; the bucket's owner stands in for it (and the
+listing is asked again next time) until a batch is in the bucket, as the owner of the daemon's
+objects may be another account. Both are kept for 4,096 buckets; a bucket where neither answers
+gets no ``Owner`` for batched objects in a listing and a 503 for GetObjectAcl.
 """
 
 from __future__ import annotations
@@ -30,26 +34,42 @@ MAX_BUCKETS = 4096
 
 
 class Owners:
-    """The owner of the daemon's objects, per bucket."""
+    """The owner of the daemon's objects and the owner of the bucket, per bucket."""
 
     def __init__(self, max_buckets: int = MAX_BUCKETS) -> None:
-        self._known: OrderedDict[str, Owner] = OrderedDict()
+        self._objects: OrderedDict[str, Owner] = OrderedDict()
+        self._buckets: OrderedDict[str, Owner] = OrderedDict()
         self._max = max_buckets
 
     async def of(self, call: Call, bucket: str) -> Owner | None:
         """The owner batched objects in ``bucket`` are listed with, None if unknown."""
-        owner = self._known.get(bucket)
-        if owner is not None:
-            self._known.move_to_end(bucket)
-            return owner
-        owner = await _ask(call, bucket, _batch_listing(call)) or await _ask(
-            call, bucket, [("acl", "")]
-        )
-        if owner is not None:
-            self._known[bucket] = owner
-            while len(self._known) > self._max:
-                self._known.popitem(last=False)
+        owner = self._recall(self._objects, bucket)
+        if owner is None:
+            owner = await _ask(call, bucket, _batch_listing(call))
+            if owner is None:  # no batch in the bucket yet: asked again next time
+                return await self.of_bucket(call, bucket)
+            self._keep(self._objects, bucket, owner)
         return owner
+
+    async def of_bucket(self, call: Call, bucket: str) -> Owner | None:
+        """The owner of ``bucket`` (its ACL's ``Owner``), None if unknown."""
+        owner = self._recall(self._buckets, bucket)
+        if owner is None:
+            owner = await _ask(call, bucket, [("acl", "")])
+            if owner is not None:
+                self._keep(self._buckets, bucket, owner)
+        return owner
+
+    def _recall(self, known: OrderedDict[str, Owner], bucket: str) -> Owner | None:
+        owner = known.get(bucket)
+        if owner is not None:
+            known.move_to_end(bucket)
+        return owner
+
+    def _keep(self, known: OrderedDict[str, Owner], bucket: str, owner: Owner) -> None:
+        known[bucket] = owner
+        while len(known) > self._max:
+            known.popitem(last=False)
 
 
 def _batch_listing(call: Call) -> list[tuple[str, str]]:

@@ -16,10 +16,8 @@ from urllib.parse import parse_qsl, quote
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
-from botocore.exceptions import BotoCoreError, ClientError
 from starlette.responses import Response
 
-from s3batchd.concurrency import run_in
 from s3batchd.errors import (
     InvalidArgument,
     InvalidRequest,
@@ -30,6 +28,7 @@ from s3batchd.errors import (
 )
 from s3batchd.forward.passthrough import Call, forward, read_small_body
 from s3batchd.handlers.get import http_date
+from s3batchd.handlers.owners import Owner, Owners
 from s3batchd.s3.api import ACCEPTED_VALUES, UNSUPPORTED_HEADERS
 from s3batchd.s3.xml import local_name
 
@@ -176,7 +175,7 @@ async def delete_tagging(call: Call, entry: CatalogEntry) -> Response:
 async def get_acl(call: Call, entry: CatalogEntry) -> Response:
     """GetObjectAcl of a batched object: its owner is the daemon's upstream identity (the
     daemon uploads its batch), its grants those of its canned ACL."""
-    owner_id, owner_name = await object_owner(call, entry)
+    owner_id, owner_name = await object_owner(call)
     grants = [(owner_id, owner_name)]
     if entry.record.headers.get("x-amz-acl") == "bucket-owner-full-control":
         bucket_owner = await bucket_owner_of(call)
@@ -205,7 +204,7 @@ async def put_acl(call: Call, entry: CatalogEntry) -> Response:
             raise InvalidRequest("Specify either a canned ACL (x-amz-acl) or an ACL document.")
         canned = canned_acl(call.headers["x-amz-acl"])
     elif body:
-        canned = await _policy_acl(call, entry, body)
+        canned = await _policy_acl(call, body)
     else:
         raise InvalidRequest("PutObjectAcl needs an x-amz-acl header or an ACL document.")
     headers = dict(entry.record.headers)
@@ -229,13 +228,13 @@ def canned_acl(value: str) -> str:
     return canned
 
 
-async def _policy_acl(call: Call, entry: CatalogEntry, body: bytes) -> str:
+async def _policy_acl(call: Call, body: bytes) -> str:
     """The canned ACL an AccessControlPolicy document amounts to: ``private`` when every
     grant is FULL_CONTROL to the owner; anything else is NotImplemented, naming the grant."""
     root = _parse(body)
     if local_name(root.tag) != "AccessControlPolicy":
         raise MalformedXML()
-    owner_id, _ = await object_owner(call, entry)
+    owner_id, _ = await object_owner(call)
     for node in root.iter():
         if local_name(node.tag) != "Grant":
             continue
@@ -254,51 +253,25 @@ async def _policy_acl(call: Call, entry: CatalogEntry, body: bytes) -> str:
     return "private"
 
 
-async def object_owner(call: Call, entry: CatalogEntry) -> tuple[str, str]:
-    """The canonical id and display name of a batched object's owner, as the bucket answers
-    for the objects the daemon writes: the owner of its batch tar once that is uploaded
-    (asked once per bucket), before that the bucket's owner (the owner of every object of a
-    bucket that enforces bucket ownership, S3's default)."""
-    state = call.request.app.state
-    bucket = call.target.bucket
-    owners: dict[str, tuple[str, str]] = getattr(state, "tar_owners", {})
-    if bucket in owners:
-        return owners[bucket]
-    if not entry.uploaded:
-        return await bucket_owner_of(call)
-    pipeline = call.pipeline
-    answer = await _ask(
-        pipeline, lambda: pipeline.client.get_object_acl(Bucket=bucket, Key=entry.tar_key)
-    )
-    owners[bucket] = _owner_of(answer)
-    state.tar_owners = owners
-    return owners[bucket]
+async def object_owner(call: Call) -> Owner:
+    """The owner of the batched objects of the call's bucket (``owners.Owners.of``)."""
+    owners: Owners = call.request.app.state.owners
+    return _known(await owners.of(call, call.target.bucket))
 
 
-async def bucket_owner_of(call: Call) -> tuple[str, str]:
-    """The canonical id and display name of the bucket's owner, asked once per bucket."""
-    state = call.request.app.state
-    bucket = call.target.bucket
-    owners: dict[str, tuple[str, str]] = getattr(state, "bucket_owners", {})
-    if bucket not in owners:
-        pipeline = call.pipeline
-        answer = await _ask(pipeline, lambda: pipeline.client.get_bucket_acl(Bucket=bucket))
-        owners[bucket] = _owner_of(answer)
-        state.bucket_owners = owners
-    return owners[bucket]
+async def bucket_owner_of(call: Call) -> Owner:
+    """The owner of the call's bucket (``owners.Owners.of_bucket``)."""
+    owners: Owners = call.request.app.state.owners
+    return _known(await owners.of_bucket(call, call.target.bucket))
 
 
-async def _ask(pipeline: Pipeline, request: Callable[[], object]) -> object:
-    try:
-        return await run_in(pipeline.read_executor, request)
-    except (BotoCoreError, ClientError) as exc:
-        raise ServiceUnavailable(f"The bucket's owner could not be asked: {exc}") from exc
-
-
-def _owner_of(answer: object) -> tuple[str, str]:
-    owner = answer.get("Owner", {}) if isinstance(answer, dict) else {}
-    owner_id = str(owner.get("ID", ""))
-    return owner_id, str(owner.get("DisplayName", owner_id))
+def _known(owner: Owner | None) -> Owner:
+    if owner is None:  # the refusals are in the daemon's log (owners._ask)
+        raise ServiceUnavailable(
+            "The owner could not be asked: the bucket refused a listing of the batch objects "
+            "and its ACL to the daemon (see its log)."
+        )
+    return owner
 
 
 def _user(owner_id: str, name: str) -> str:

@@ -17,7 +17,6 @@ import asyncio
 import base64
 import hashlib
 import io
-import json
 import logging
 import os
 import random
@@ -36,7 +35,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from s3batchd.concurrency import run_in, run_sync
 from s3batchd.constants import MAX_PART_BYTES, MAX_PARTS, MIN_PART_BYTES
 from s3batchd.errors import ConflictError, UploadError
-from s3batchd.index import render_index
+from s3batchd.index import fragment_object, render_index
 from s3batchd.records import SealedBatch
 from s3batchd.spool.files import remove, remove_durably, scan, upload_id_path, write_durably
 from s3batchd.spool.parking import (
@@ -129,11 +128,8 @@ def encrypted_members(batch: SealedBatch) -> Iterable[Mapping[str, str]]:
     (from the index fragments when the batch has them, else read back from the tar)."""
     if batch.index_fragments is None:
         return [entry.record.headers for entry in scan(batch.path).entries]
-    return [
-        json.loads(fragment)["headers"]
-        for fragment in batch.index_fragments
-        if _SSE_MARK in fragment and fragment.startswith(b"{")  # objects, not tombstones
-    ]
+    found = (fragment_object(f) for f in batch.index_fragments if _SSE_MARK in f)
+    return [entry["headers"] for entry in found if entry is not None]
 
 
 def needs_multipart(size: int, config: UploadConfig | UploadSettings) -> bool:
