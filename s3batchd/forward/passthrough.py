@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from s3batchd.batching.pipeline import Pipeline
     from s3batchd.config import Settings
-    from s3batchd.s3.sigv4 import AuthContext
+    from s3batchd.s3.signing import AuthContext
     from s3batchd.upload.bucketmodes import BucketModes
 
 

@@ -45,7 +45,7 @@ from s3batchd.s3.checksums import (
     decode_content_md5,
     new_hasher,
 )
-from s3batchd.s3.sigv4 import ChunkVerifier
+from s3batchd.s3.chunkchain import ChunkVerifier
 from s3batchd.s3.stall import BodyPace, StallWatch
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
