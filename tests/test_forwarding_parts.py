@@ -28,7 +28,7 @@ from s3batchd.forward.reframe import framed_length, reframe
 from s3batchd.handlers.completion import bucket_part_etags
 from s3batchd.index import IndexEntry, index_fragment, render_index
 from s3batchd.records import EMPTY_MD5, ObjectRecord
-from s3batchd.s3.api import Target
+from s3batchd.s3.addressing import Target
 from s3batchd.s3.awschunked import AwsChunkedDecoder
 from s3batchd.s3.body import BodyBuffer
 from s3batchd.s3.checksums import b64, new_hasher
