@@ -23,7 +23,8 @@ from bench.servers import BUCKET
 from s3batchd.config import UploadConfig, UpstreamConfig
 from s3batchd.records import SealedBatch
 from s3batchd.spool.files import recover
-from s3batchd.upload.uploader import ThreadSteps, Uploader
+from s3batchd.upload.attempt import ThreadSteps
+from s3batchd.upload.uploader import Uploader
 from s3batchd.upload.upstream import make_client
 
 PREFIX = "bench-upload/"

@@ -2,6 +2,12 @@
 
 This is the only module that reads the environment or configuration files. Every key, its
 default, unit and cost is documented in ``config.example.toml`` and ``docs/configuration.md``.
+
+Longer than the other modules on purpose: it is the schema, one section class per TOML table,
+and every field carries the docstring ``docs/configuration.md`` is generated from
+(``use_attribute_docstrings``, ``s3batchd.cli.configref``), so about half of its lines are those
+docstrings; the loading code is the last hundred lines. One module keeps every key of the file
+in one place to read and to add to.
 """
 
 from __future__ import annotations

@@ -30,6 +30,11 @@ ReaderError(S3BatchdError)
 Locations are trusted only as far as they go: the bucket and tar key come from the caller (an
 index copied or replicated to another bucket still reads from where it is now, not from the
 ``tar.bucket`` recorded in it).
+
+One module of about 600 lines, on purpose: it is the public library, imported whole as
+``s3batchd.reader`` by applications (and the CLI) without the daemon; its parts (locations,
+verification, coalesced ranged reads, the index, whole-tar downloads) share the ranged GET and
+the S3-error mapping below. Should it grow, it becomes a package re-exporting these names.
 """
 
 from __future__ import annotations

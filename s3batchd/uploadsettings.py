@@ -3,7 +3,7 @@
 The upload process (``s3batchd.upload.proc``) gets its settings as these instead of the
 pydantic models of ``s3batchd.config``: the process then never imports pydantic, whose models
 and core take about 12 MiB of its memory beside boto3 (bench/README.md). The functions both
-processes share (``upstream.make_client``, ``uploader.run_attempt``, ``logs.setup_logging``)
+processes share (``upstream.make_client``, ``attempt.run_attempt``, ``logs.setup_logging``)
 accept either.
 """
 

@@ -119,11 +119,17 @@ DaemonFactory = Callable[..., Daemon]
 
 @pytest.fixture
 def start_daemon(
-    tmp_path: Path, s3_server: LocalS3, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[DaemonFactory]:
+    tmp_path: Path,
+    s3_server: LocalS3,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> DaemonFactory:
     """Start s3batchd in a thread; sections override the test settings. Its upstream
-    credentials come from the standard AWS chain (here: the environment), as in production."""
-    started: list[Daemon] = []
+    credentials come from the standard AWS chain (here: the environment), as in production.
+
+    Each daemon is stopped before the fixtures the test set up are torn down (a fault proxy
+    in front of the upstream, above all): its shutdown drain still reaches the upstream
+    instead of retrying a closed port until ``shutdown.drain_timeout_s`` (10 s) is up."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
 
@@ -138,13 +144,12 @@ def start_daemon(
             assert time.monotonic() < deadline, "daemon did not start in 30 s"
             time.sleep(0.02)
         daemon = Daemon(settings, server, thread, app.state.pipeline, app)
-        started.append(daemon)
+        # A finalizer of the test item added now runs before those of the fixtures set up
+        # so far (pytest runs them last in, first out).
+        request.node.addfinalizer(lambda: daemon.stop() if daemon.thread.is_alive() else None)
         return daemon
 
-    yield start
-    for daemon in started:
-        if daemon.thread.is_alive():
-            daemon.stop()
+    return start
 
 
 @pytest.fixture

@@ -25,10 +25,10 @@ from s3batchd.config import UpstreamConfig
 from s3batchd.errors import BadDigest, ServiceUnavailable
 from s3batchd.forward.proxy import Forwarder
 from s3batchd.forward.reframe import framed_length, reframe
-from s3batchd.handlers.multipart import bucket_part_etags
+from s3batchd.handlers.completion import bucket_part_etags
 from s3batchd.index import IndexEntry, entries_from_index, index_fragment, render_index
 from s3batchd.records import EMPTY_MD5, ObjectRecord
-from s3batchd.s3.api import Target
+from s3batchd.s3.addressing import Target
 from s3batchd.s3.awschunked import AwsChunkedDecoder
 from s3batchd.s3.body import BodyBuffer
 from s3batchd.s3.checksums import b64, new_hasher

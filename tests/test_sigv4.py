@@ -38,15 +38,10 @@ from s3batchd.errors import (
     SignatureDoesNotMatch,
 )
 from s3batchd.s3.awschunked import AwsChunkedDecoder
-from s3batchd.s3.sigv4 import (
-    AuthContext,
-    ChunkVerifier,
-    Credentials,
-    StreamingSigning,
-    derive_signing_key,
-    is_anonymous,
-    verify_request,
-)
+from s3batchd.s3.chunkchain import ChunkVerifier, StreamingSigning
+from s3batchd.s3.signatures import is_anonymous, verify_request
+from s3batchd.s3.signing import AuthContext, Credentials
+from s3batchd.s3.sigv4 import derive_signing_key
 from tests.wire import WIRE_DIR
 
 if TYPE_CHECKING:

@@ -18,7 +18,8 @@ from s3batchd.index import WriterId, new_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch
 from s3batchd.s3.body import BodyBuffer
 from s3batchd.spool.files import SpoolFile
-from s3batchd.upload.uploader import BatchUpload, FileSection, UploadStats
+from s3batchd.upload.batchupload import BatchUpload, FileSection
+from s3batchd.upload.stats import UploadStats
 from s3batchd.upload.upstream import make_client
 
 if TYPE_CHECKING:

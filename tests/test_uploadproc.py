@@ -174,7 +174,8 @@ def test_upload_processes_take_the_daemons_environment(
     wait_for(lambda: indexed_objects(s3, bucket) == 2)
     first.stop()
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    second = start_daemon(batch={"linger_ms": 100}, upload=CHILD)
+    # Its uploads can never succeed: its stop has nothing to wait for.
+    second = start_daemon(batch={"linger_ms": 100}, upload=CHILD, shutdown={"drain_timeout_s": 0})
     put_many(second.client(), bucket, 2, "bad")
     wait_for(lambda: "SignatureDoesNotMatch" in (second.pipeline.uploader.last_error or ""))
     assert indexed_objects(s3, bucket) == 2

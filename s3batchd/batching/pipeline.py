@@ -41,9 +41,10 @@ from s3batchd.spool.files import (
     lock_spool,
     recover_all,
 )
+from s3batchd.upload.attempt import ThreadSteps, UploadSteps
 from s3batchd.upload.prober import Prober
 from s3batchd.upload.proc import ChildSteps
-from s3batchd.upload.uploader import ThreadSteps, Uploader, UploadSteps
+from s3batchd.upload.uploader import Uploader
 from s3batchd.upload.upstream import make_client
 
 if TYPE_CHECKING:

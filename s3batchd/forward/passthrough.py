@@ -14,10 +14,10 @@ from s3batchd.constants import HEADER_PREFIX, MAX_SINGLE_PUT_BYTES
 from s3batchd.errors import AccessDenied
 from s3batchd.forward.proxy import Forwarder, Query, forward_headers, relay, unless_client_leaves
 from s3batchd.forward.reframe import STREAMING_UNSIGNED_TRAILER, framed_length, reframe
+from s3batchd.s3.addressing import Target
 from s3batchd.s3.api import (
     Digests,
     PutRequest,
-    Target,
     iter_body,
     parse_body,
     read_body,
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from s3batchd.batching.pipeline import Pipeline
     from s3batchd.config import Settings
-    from s3batchd.s3.sigv4 import AuthContext
+    from s3batchd.s3.signing import AuthContext
     from s3batchd.upload.bucketmodes import BucketModes
 
 

@@ -42,10 +42,10 @@ from s3batchd.handlers.put import (
 )
 from s3batchd.index import iso_time
 from s3batchd.records import ObjectRecord
+from s3batchd.s3.addressing import check_bucket
 from s3batchd.s3.api import (
     DEFAULT_CONTENT_TYPE,
     STORED_HEADERS,
-    check_bucket,
     check_sse_c,
     metadata_of,
     stored_headers_of,

@@ -28,11 +28,13 @@ from s3batchd.handlers.deletes import (
 )
 from s3batchd.handlers.get import get_object
 from s3batchd.handlers.listing import list_objects_merged
-from s3batchd.handlers.multipart import MULTIPART_HANDLERS, list_multipart_uploads
+from s3batchd.handlers.multipart import MULTIPART_HANDLERS
 from s3batchd.handlers.put import hide_batched, put_object, written_upstream
 from s3batchd.handlers.subresources import OPERATIONS as SUBRESOURCE_OPERATIONS
 from s3batchd.handlers.subresources import object_subresource
-from s3batchd.s3.api import SUBRESOURCES, check_bucket, check_host, check_key, parse_target
+from s3batchd.handlers.uploadlisting import list_multipart_uploads
+from s3batchd.s3.addressing import check_bucket, check_host, check_key, parse_target
+from s3batchd.s3.api import SUBRESOURCES
 from s3batchd.s3.auth import Authenticator
 from s3batchd.s3.operations import operation_of
 from s3batchd.s3.xml import local_name

@@ -1,33 +1,30 @@
-"""The S3 PutObject subset: addressing, header rules, body decoding and verification.
+"""The S3 PutObject subset: header rules, body decoding and verification.
 
-``parse_target`` finds the bucket and key (path-style or virtual-hosted), ``PutRequest``
-holds what the headers say, ``receive_object`` reads and verifies the body. Everything that
-is wrong raises an ``S3Error``; app.py renders it.
+``PutRequest`` holds what the headers say (``parse_put`` / ``parse_body``), ``read_body`` reads
+the body (aws-chunked decoded, stalls detected) and ``verify_body`` checks it against the
+declared digests and length. Everything that is wrong raises an ``S3Error``; the server renders
+it. What a request addresses (bucket, key, Host) is :mod:`s3batchd.s3.addressing`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote_to_bytes
 
-from starlette.types import Receive, Scope
+from starlette.types import Receive
 
 from s3batchd.clock import write_time
-from s3batchd.constants import MAX_KEY_BYTES, MAX_USER_METADATA_BYTES
+from s3batchd.constants import MAX_USER_METADATA_BYTES
 from s3batchd.errors import (
     BadDigest,
     EntityTooLarge,
     IncompleteBody,
     InvalidArgument,
-    InvalidBucketName,
     InvalidRequest,
-    KeyTooLongError,
     MetadataTooLarge,
     MissingContentLength,
     NotImplementedS3,
@@ -35,6 +32,7 @@ from s3batchd.errors import (
     XAmzContentSHA256Mismatch,
 )
 from s3batchd.records import ObjectRecord
+from s3batchd.s3.addressing import Target
 from s3batchd.s3.awschunked import AwsChunkedDecoder
 from s3batchd.s3.body import BodyBuffer
 from s3batchd.s3.checksums import (
@@ -45,11 +43,9 @@ from s3batchd.s3.checksums import (
     decode_content_md5,
     new_hasher,
 )
-from s3batchd.s3.sigv4 import ChunkVerifier
+from s3batchd.s3.chunkchain import ChunkVerifier
 from s3batchd.s3.stall import BodyPace, StallWatch
 
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_IPV4 = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 #: Headers stored with the object (besides Content-Type and x-amz-meta-*).
 STORED_HEADERS = (
@@ -92,104 +88,6 @@ SUBRESOURCES = frozenset(
     }
 )
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """What a request addresses."""
-
-    bucket: str
-    key: str
-    """Empty for bucket-level requests."""
-    query: dict[str, str]
-    virtual: bool = False
-    """Whether the bucket came from the Host header (virtual-hosted style)."""
-
-
-def parse_target(scope: Scope, headers: dict[str, str], domains: tuple[str, ...]) -> Target:
-    """Bucket and key of a request, path-style or ``<bucket>.<domain>`` virtual-hosted."""
-    raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-    raw_path = raw_path.split(b"?", 1)[0]
-    path = _decode_path(raw_path)
-    query_string: bytes = scope.get("query_string", b"")
-    query = (
-        dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
-        if query_string
-        else {}
-    )
-    bucket = _virtual_bucket(headers.get("host", ""), domains)
-    virtual = bucket is not None
-    if bucket is None:
-        bucket, _, key = path.lstrip("/").partition("/")
-    else:
-        key = path[1:] if path.startswith("/") else path
-    return Target(bucket=bucket, key=key, query=query, virtual=virtual)
-
-
-def _decode_path(raw_path: bytes) -> str:
-    try:
-        return unquote_to_bytes(raw_path).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidArgument("Object keys must be valid UTF-8.") from exc
-
-
-def _virtual_bucket(host: str, domains: tuple[str, ...]) -> str | None:
-    name = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else ""
-    for domain in domains:
-        if name.endswith("." + domain):
-            return name[: -len(domain) - 1]
-    return None
-
-
-#: ``host[:port]`` of a Host header or an absolute-form target's authority: a bracketed IPv6
-#: literal or a name (no userinfo, no spaces), then an optional port, and nothing else.
-_HOST = re.compile(r"^(?:\[([0-9A-Fa-f:.]+)\]|([^\[\]:@/?#\s]+))(?::\d*)?$")
-
-
-def authority_of(target: bytes) -> str:
-    """The ``host[:port]`` of an absolute-form request target (empty when it has none)."""
-    _, _, rest = target.partition(b"://")
-    end = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
-    return rest[:end].decode("latin-1")
-
-
-def check_host(host: str | None, allowed: tuple[str, ...], domains: tuple[str, ...]) -> None:
-    """Refuse a request whose Host header (or absolute-form authority) is missing, empty,
-    malformed or names none of the allowed hosts (DNS-rebinding defence): 400 InvalidRequest,
-    as S3 answers an HTTP/1.1 request without Host. ``["*"]`` allows any well-formed name."""
-    if not host:
-        raise InvalidRequest("The request has no Host (or an empty one).")
-    _check_named_host(host, allowed, domains)
-
-
-@functools.lru_cache(maxsize=256)
-def _check_named_host(host: str, allowed: tuple[str, ...], domains: tuple[str, ...]) -> None:
-    """check_host for a non-empty Host. A client sends the same Host on every request, so an
-    accepted one is remembered (a refusal raises, and is not); the regular expression per
-    request showed as 1 us in the PUT path."""
-    if not host:
-        raise InvalidRequest("The request has no Host (or an empty one).")
-    match = _HOST.match(host)
-    if match is None:
-        raise InvalidRequest(f"Host {host!r} is not a host name with an optional port.")
-    if "*" in allowed:
-        return
-    name = (match[1] or match[2]).lower()
-    if name in allowed or any(name.endswith("." + domain) for domain in domains):
-        return
-    raise InvalidRequest(f"Host {name!r} is not served here (server.allowed_hosts).")
-
-
-def check_bucket(bucket: str) -> None:
-    """S3 bucket naming rules (3-63 chars of a-z 0-9 . -, not an IP address)."""
-    if not _BUCKET.match(bucket) or ".." in bucket or _IPV4.match(bucket):
-        raise InvalidBucketName(f"The specified bucket is not valid: {bucket!r}")
-
-
-def check_key(key: str) -> None:
-    """S3 key rules: 1 to 1,024 bytes of UTF-8."""
-    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
-        raise KeyTooLongError()
 
 
 @dataclass(slots=True)

@@ -9,7 +9,9 @@ from starlette.types import Scope
 
 from s3batchd.config import AccessKey, AuthConfig
 from s3batchd.errors import AccessDenied
-from s3batchd.s3.sigv4 import AuthContext, ChunkVerifier, Credentials, verify_request
+from s3batchd.s3.chunkchain import ChunkVerifier
+from s3batchd.s3.signatures import verify_request
+from s3batchd.s3.signing import AuthContext, Credentials
 
 
 class Authenticator:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from s3batchd.errors import IncompleteBody, InvalidRequest
 
 if TYPE_CHECKING:
-    from s3batchd.s3.sigv4 import ChunkVerifier
+    from s3batchd.s3.chunkchain import ChunkVerifier
 
 _MAX_LINE = 4096
 _HEX = frozenset("0123456789abcdefABCDEF")

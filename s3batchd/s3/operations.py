@@ -9,7 +9,7 @@ named below.
 
 from __future__ import annotations
 
-from s3batchd.s3.api import Target
+from s3batchd.s3.addressing import Target
 
 #: Object-level sub-resources with a name of their own, by method.
 _OBJECT_SUBRESOURCES: dict[str, dict[str, str]] = {

@@ -38,7 +38,7 @@ from s3batchd.forward.proxy import Forwarder
 from s3batchd.handlers.dispatch import serve
 from s3batchd.handlers.owners import Owners
 from s3batchd.index import WriterId
-from s3batchd.s3.api import authority_of
+from s3batchd.s3.addressing import authority_of
 from s3batchd.s3.auth import Authenticator
 from s3batchd.s3.stall import BodyPace
 from s3batchd.server.looplag import LoopLagMonitor

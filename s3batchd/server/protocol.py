@@ -35,7 +35,7 @@ from typing import ClassVar, Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from s3batchd.errors import RequestHeaderSectionTooLarge
-from s3batchd.s3.api import authority_of
+from s3batchd.s3.addressing import authority_of
 from s3batchd.server.app import error_xml, new_request_id
 from s3batchd.sweeper import Sweeper, sweeper
 

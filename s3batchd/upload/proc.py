@@ -40,7 +40,7 @@ from s3batchd.allocator import child_env
 from s3batchd.errors import UploadError
 from s3batchd.logs import setup_logging
 from s3batchd.records import SealedBatch
-from s3batchd.upload.uploader import Attempt, run_attempt
+from s3batchd.upload.attempt import Attempt, run_attempt
 from s3batchd.upload.upstream import make_client
 from s3batchd.uploadsettings import LogSettings, UploadSettings, UpstreamSettings
 
