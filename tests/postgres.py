@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from s3batchd.seaweed import free_ports
+from s3batchd.cli.seaweed import free_ports
 
 #: Where Debian's packages put the server programs (one folder per major version).
 DEBIAN_BIN = Path("/usr/lib/postgresql")

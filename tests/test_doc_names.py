@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from s3batchd import errors
-from s3batchd.cli import main
+from s3batchd.cli.main import main
 from s3batchd.config import Settings
 from tests.conftest import Daemon, wait_for
 
