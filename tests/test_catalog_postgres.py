@@ -1,0 +1,198 @@
+"""The shared catalog in PostgreSQL (s3batchd/catalog/postgres.py) against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import psycopg
+import pytest
+
+from s3batchd.catalog.postgres import SCHEMA_VERSION, PostgresCatalog
+from s3batchd.cli.seaweed import free_ports
+from s3batchd.errors import CatalogUnavailable
+from s3batchd.index import IndexEntry
+from s3batchd.records import EMPTY_MD5, ObjectRecord
+
+T = TypeVar("T")
+
+
+def run(dsn: str, work: Callable[[PostgresCatalog], Awaitable[T]]) -> T:
+    """``work`` with a catalog on ``dsn``, closed afterwards."""
+
+    async def main() -> T:
+        catalog = PostgresCatalog(dsn, timeout_s=2)
+        try:
+            return await work(catalog)
+        finally:
+            await catalog.close()
+
+    return asyncio.run(main())
+
+
+def obj(key: str, mtime: float, body: bytes = b"x", **fields: object) -> IndexEntry:
+    record = ObjectRecord(
+        key=key,
+        size=len(body),
+        md5_hex="0" * 32,
+        mtime=mtime,
+        metadata={"a": "1"},
+        **fields,  # type: ignore[arg-type]
+    )
+    return IndexEntry(record=record, member=f"m/{key}", offset=512)
+
+
+def tombstone(key: str, mtime: float) -> IndexEntry:
+    record = ObjectRecord(key=key, size=0, md5_hex=EMPTY_MD5, mtime=mtime, deleted=True)
+    return IndexEntry(record=record, member=f"t/{key}", offset=0)
+
+
+def test_a_batch_is_read_back_by_key(postgres_dsn: str) -> None:
+    async def work(catalog: PostgresCatalog) -> None:
+        counts = await catalog.put_batch("b", "batch1", "t/batch1.tar", [obj("k", 10.0)])
+        assert counts == (1, 0, 0, 0)
+        answer = await catalog.get("b", "k")
+        entry = answer.visible()
+        assert entry is not None
+        assert (entry.batch_id, entry.tar_key, entry.member, entry.offset) == (
+            "batch1",
+            "t/batch1.tar",
+            "m/k",
+            512,
+        )
+        assert entry.record.metadata == {"a": "1"}
+        assert entry.record.mtime == 10.0
+        assert entry.uploaded
+        assert (await catalog.get("b", "other")).visible() is None
+        assert (await catalog.get("other-bucket", "k")).visible() is None
+
+    run(postgres_dsn, work)
+
+
+def test_latest_write_wins_in_any_order_with_batch_id_tie_break(postgres_dsn: str) -> None:
+    async def work(catalog: PostgresCatalog) -> None:
+        await catalog.put_batch("b", "b2", "t2", [obj("k", 20.0, b"new")])
+        await catalog.put_batch("b", "b1", "t1", [obj("k", 10.0, b"old")])  # arrives late
+        entry = (await catalog.get("b", "k")).visible()
+        assert entry is not None and entry.batch_id == "b2"
+        # Two daemons stamped alike: the larger batch id wins, whichever came first.
+        await catalog.put_batch("b", "z-batch", "tz", [obj("same", 5.0)])
+        await catalog.put_batch("b", "a-batch", "ta", [obj("same", 5.0)])
+        entry = (await catalog.get("b", "same")).visible()
+        assert entry is not None and entry.batch_id == "z-batch"
+        # A key written twice in one batch: its later write.
+        await catalog.put_batch(
+            "b", "b3", "t3", [obj("twice", 30.0, b"1"), obj("twice", 31.0, b"22")]
+        )
+        entry = (await catalog.get("b", "twice")).visible()
+        assert entry is not None and entry.record.size == 2
+
+    run(postgres_dsn, work)
+
+
+def test_tombstones_hide_older_writes_in_any_order(postgres_dsn: str) -> None:
+    async def work(catalog: PostgresCatalog) -> None:
+        await catalog.put_batch("b", "b1", "t1", [obj("k", 10.0), obj("keep", 10.0)])
+        counts = await catalog.put_batch("b", "b2", "t2", [tombstone("k", 11.0)])
+        assert counts == (0, 1, 1, 0)
+        answer = await catalog.get("b", "k")
+        assert answer.visible() is None and answer.tombstone == 11.0
+        # An older write arriving after the delete stays hidden.
+        await catalog.put_batch("b", "b0", "t0", [obj("k", 9.0)])
+        assert (await catalog.get("b", "k")).visible() is None
+        # A newer one is seen.
+        await catalog.put_batch("b", "b3", "t3", [obj("k", 12.0)])
+        assert (await catalog.get("b", "k")).visible() is not None
+        assert await catalog.tombstones("b", ["k", "keep", "none"]) == {"k": 11.0}
+        # Written and deleted in one batch: deleted.
+        await catalog.put_batch("b", "b4", "t4", [obj("gone", 20.0), tombstone("gone", 21.0)])
+        assert (await catalog.get("b", "gone")).visible() is None
+
+    run(postgres_dsn, work)
+
+
+def test_attribute_updates_apply_to_the_object_they_name(postgres_dsn: str) -> None:
+    async def work(catalog: PostgresCatalog) -> None:
+        await catalog.put_batch("b", "b1", "t1", [obj("k", 10.0)])
+        update = ObjectRecord(
+            key="k",
+            size=0,
+            md5_hex=EMPTY_MD5,
+            headers={"x-amz-tagging": "a=b"},
+            mtime=11.0,
+            update_of=10.0,
+        )
+        await catalog.put_batch("b", "b2", "t2", [IndexEntry(update, "u/k", 0)])
+        entry = (await catalog.get("b", "k")).visible()
+        assert entry is not None and entry.record.headers.get("x-amz-tagging") == "a=b"
+        await catalog.put_batch("b", "b3", "t3", [obj("k", 12.0)])  # a new object: no tags
+        entry = (await catalog.get("b", "k")).visible()
+        assert entry is not None and "x-amz-tagging" not in entry.record.headers
+
+    run(postgres_dsn, work)
+
+
+def test_pages_in_s3_order_under_a_prefix(postgres_dsn: str) -> None:
+    keys = ["a", "p/1", "p/2", "p/\u00e9", "p/\U0001f600", "p\xff", "q", "p/3"]
+
+    async def work(catalog: PostgresCatalog) -> None:
+        await catalog.put_batch("b", "b1", "t1", [obj(key, 10.0) for key in keys])
+        await catalog.put_batch("b", "b2", "t2", [tombstone("p/3", 11.0)])
+        page = await catalog.page("b", "p/", "", 10)
+        assert [e.record.key for e in page] == ["p/1", "p/2", "p/\u00e9", "p/\U0001f600"]
+        page = await catalog.page("b", "p/", "p/1", 2)
+        assert [e.record.key for e in page] == ["p/2", "p/\u00e9"]
+        everything = await catalog.page("b", "", "", 100)
+        expected = sorted(set(keys) - {"p/3"}, key=lambda k: k.encode())
+        assert [e.record.key for e in everything] == expected
+
+    run(postgres_dsn, work)
+
+
+def test_expiry_is_bounded_and_catches_up(postgres_dsn: str) -> None:
+    async def work(catalog: PostgresCatalog) -> None:
+        await catalog.put_batch("b", "b1", "t1", [obj(f"old{n}", 1.0) for n in range(5)])
+        await catalog.put_batch("b", "b2", "t2", [obj("new", 100.0), tombstone("old-t", 1.0)])
+        assert await catalog.count() == 5 + 1
+        assert await catalog.expire(50.0, limit=2) == 2
+        assert await catalog.count() == 4
+        while await catalog.expire(50.0, limit=2):
+            pass
+        assert [e.record.key for e in await catalog.page("b", "", "", 10)] == ["new"]
+        assert await catalog.tombstones("b", ["old-t"]) == {}
+
+    run(postgres_dsn, work)
+
+
+def test_schema_is_versioned_and_migration_is_idempotent(postgres_dsn: str) -> None:
+    assert run(postgres_dsn, lambda catalog: catalog.migrate()) == 0
+    assert run(postgres_dsn, lambda catalog: catalog.migrate()) == SCHEMA_VERSION
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        assert connection.execute("SELECT version FROM s3batchd_schema").fetchall() == [
+            (SCHEMA_VERSION,)
+        ]
+        connection.execute("UPDATE s3batchd_schema SET version = version + 1")
+    with pytest.raises(CatalogUnavailable, match="newer than"):
+        run(postgres_dsn, lambda catalog: catalog.migrate())
+
+
+def test_an_unreachable_database_fails_fast_and_is_counted() -> None:
+    dsn = f"postgresql://nobody:x@127.0.0.1:{free_ports(1)[0]}/none"
+
+    async def work(catalog: PostgresCatalog) -> None:
+        for _ in range(2):
+            with pytest.raises(CatalogUnavailable, match="migrate failed"):
+                await catalog.get("b", "k")
+        assert catalog.errors["migrate"] == 2
+
+    asyncio.run(_with_timeout(dsn, work))
+
+
+async def _with_timeout(dsn: str, work: Callable[[PostgresCatalog], Awaitable[None]]) -> None:
+    catalog = PostgresCatalog(dsn, timeout_s=0.5)
+    try:
+        async with asyncio.timeout(30):
+            await work(catalog)
+    finally:
+        await catalog.close()
