@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import psycopg
 import pytest
+from click.testing import CliRunner
+from psycopg import sql
 
 from s3batchd.catalog.postgres import SCHEMA_VERSION, PostgresCatalog
-from s3batchd.cli.seaweed import free_ports
+from s3batchd.cli.main import main
+from s3batchd.cli.seaweed import LocalS3, free_ports
 from s3batchd.errors import CatalogUnavailable
 from s3batchd.index import IndexEntry
 from s3batchd.records import EMPTY_MD5, ObjectRecord
+from tests.conftest import DaemonFactory
+from tests.postgres import LocalPostgres
 
 T = TypeVar("T")
 
@@ -196,3 +202,78 @@ async def _with_timeout(dsn: str, work: Callable[[PostgresCatalog], Awaitable[No
             await work(catalog)
     finally:
         await catalog.close()
+
+
+def cli_env(s3_server: LocalS3, dsn: str) -> dict[str, str]:
+    return {
+        "S3BATCHD_CATALOG__BACKEND": "postgres",
+        "S3BATCHD_CATALOG__DSN": dsn,
+        "S3BATCHD_UPSTREAM__ENDPOINT_URL": s3_server.endpoint_url,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+    }
+
+
+def test_catalog_migrate_command(postgres_dsn: str, s3_server: LocalS3) -> None:
+    env = cli_env(s3_server, postgres_dsn)
+    first = CliRunner().invoke(main, ["catalog", "migrate"], env=env)
+    assert first.exit_code == 0, first.output
+    assert f"version 0 -> {SCHEMA_VERSION}" in first.output
+    again = CliRunner().invoke(main, ["catalog", "migrate"], env=env)
+    assert f"version {SCHEMA_VERSION} -> {SCHEMA_VERSION}" in again.output
+    unreachable = {**env, "S3BATCHD_CATALOG__DSN": f"postgresql://x@127.0.0.1:{free_ports(1)[0]}/x"}
+    failed = CliRunner().invoke(main, ["catalog", "migrate"], env=unreachable)
+    assert failed.exit_code == 1
+    assert "migrate failed" in failed.output
+
+
+def test_reindex_fills_the_postgres_catalog(
+    start_daemon: DaemonFactory, postgres_dsn: str, s3_server: LocalS3, bucket: str
+) -> None:
+    daemon = start_daemon(catalog={"backend": "postgres", "dsn": postgres_dsn})
+    client = daemon.client()
+    for n in range(20):
+        client.put_object(Bucket=bucket, Key=f"x/{n}", Body=b"%d" % n)
+    client.delete_object(Bucket=bucket, Key="x/3")
+    daemon.stop()  # drained: uploaded, and the rows written
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        assert connection.execute("SELECT count(*) FROM s3batchd_objects").fetchone() == (19,)
+        connection.execute("TRUNCATE s3batchd_objects, s3batchd_tombstones, s3batchd_updates")
+    result = CliRunner().invoke(
+        main, ["reindex", f"s3://{bucket}/"], env=cli_env(s3_server, postgres_dsn)
+    )
+    assert result.exit_code == 0, result.output
+    assert "20 objects in the PostgreSQL catalog" in result.output
+
+    async def work(catalog: PostgresCatalog) -> list[str]:
+        return [entry.record.key for entry in await catalog.page(bucket, "x/", "", 100)]
+
+    keys = run(postgres_dsn, work)
+    assert sorted(keys) == sorted(f"x/{n}" for n in range(20) if n != 3)
+
+
+def test_a_role_without_create_uses_a_current_schema(
+    postgres_dsn: str, postgres_server: LocalPostgres
+) -> None:
+    assert run(postgres_dsn, lambda catalog: catalog.migrate()) == 0  # as the owner
+    role = f"daemon_{secrets.token_hex(4)}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        connection.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'daemon-secret'").format(sql.Identifier(role))
+        )
+        connection.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        connection.execute(
+            sql.SQL(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON s3batchd_objects, s3batchd_tombstones, "
+                "s3batchd_updates TO {role}; GRANT SELECT ON s3batchd_schema TO {role}"
+            ).format(role=sql.Identifier(role))
+        )
+    database = postgres_dsn.rsplit("/", 1)[1]
+    dsn = f"postgresql://{role}:daemon-secret@127.0.0.1:{postgres_server.port}/{database}"
+
+    async def work(catalog: PostgresCatalog) -> None:
+        assert await catalog.migrate() == SCHEMA_VERSION
+        await catalog.put_batch("b", "b1", "t1", [obj("k", 1.0)])
+        assert (await catalog.get("b", "k")).visible() is not None
+
+    run(dsn, work)

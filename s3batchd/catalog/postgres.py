@@ -253,13 +253,16 @@ class PostgresCatalog:
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-                await conn.execute(
-                    "CREATE TABLE IF NOT EXISTS s3batchd_schema (version integer NOT NULL)"
-                )
-                row = await (
-                    await conn.execute("SELECT max(version) FROM s3batchd_schema")
-                ).fetchone()
-                found = int(row[0]) if row is not None and row[0] is not None else 0
+                # No DDL when the schema is current: the daemons' role may lack CREATE.
+                cursor = await conn.execute("SELECT to_regclass('s3batchd_schema') IS NOT NULL")
+                exists = await cursor.fetchone()
+                found = 0
+                if exists is not None and exists[0]:
+                    cursor = await conn.execute("SELECT max(version) FROM s3batchd_schema")
+                    row = await cursor.fetchone()
+                    found = int(row[0]) if row is not None and row[0] is not None else 0
+                else:
+                    await conn.execute("CREATE TABLE s3batchd_schema (version integer NOT NULL)")
                 if found > SCHEMA_VERSION:
                     raise CatalogUnavailable(
                         f"catalog.dsn: the catalog's schema is version {found}, newer than "

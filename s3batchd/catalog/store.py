@@ -18,7 +18,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -137,6 +137,10 @@ class CatalogEntry:
     offset: int
     record: ObjectRecord
     uploaded: bool
+
+
+#: How handlers find the object a read of (bucket, key) serves (``Pipeline.lookup``).
+Lookup = Callable[[str, str], Awaitable[CatalogEntry | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +365,15 @@ class Catalog:
                 _SELECT + "WHERE o.bucket = ? AND o.key = ?", (bucket, key)
             ).fetchone()
         return None if row is None else _entry(row)
+
+    def tombstone(self, bucket: str, key: str) -> float | None:
+        """The stamp of the latest delete of ``key`` this catalog knows, or None."""
+        with self._db_lock:
+            self.flush()
+            row = self._db.execute(
+                "SELECT mtime FROM tombstones WHERE bucket = ? AND key = ?", (bucket, key)
+            ).fetchone()
+        return None if row is None else float(row[0])
 
     def iter_keys(self, bucket: str, prefix: str, after: str) -> Iterator[CatalogEntry]:
         """Objects of ``bucket`` whose key starts with ``prefix`` and sorts after ``after``,
