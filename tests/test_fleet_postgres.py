@@ -222,12 +222,16 @@ def _outage(server: LocalPostgres, a: DaemonProcess, b: DaemonProcess, bucket: s
         wait_for(lambda: _errors(a) > 0)
         assert ready(a) == 200
         assert ready(b) == 200
+        # A delete through B while B cannot know whether the key is batched: still hidden.
+        reader.delete_object(Bucket=bucket, Key="load/00002")
         server.start()
         wait_for(lambda: len(written) >= during + 200)
     finally:
         stop.set()
         thread.join(60)
     assert failures == []
+    del written["load/00002"]
+    wait_for(lambda: not readable(writer, bucket, "load/00002"))
 
     def all_readable_through_b() -> bool:
         return all(readable(reader, bucket, key) for key in sorted(written)[-1:])

@@ -282,9 +282,13 @@ class Pipeline:
         """Stop serving the batched object of ``key`` (it was deleted, or overwritten in the
         bucket): a tombstone is appended to the bucket's batch, durable like a PUT, recorded
         in the catalog now and in the batch's index. False when nothing was batched under
-        ``key``."""
-        if await self.lookup(bucket, key) is None:
-            return False
+        ``key``. With the PostgreSQL catalog unavailable, whether another daemon batched the
+        key is unknown: the tombstone is written anyway (it hides nothing if none was)."""
+        try:
+            if await self.lookup(bucket, key) is None:
+                return False
+        except SlowDown:
+            logger.info("s3://%s/%s: tombstone written, the catalog being unavailable", bucket, key)
         record = ObjectRecord(key=key, size=0, md5_hex=EMPTY_MD5, mtime=write_time(), deleted=True)
         empty = BodyBuffer(memory_limit=0, spill_dir=self.spill_dir)
         entry = await self.batcher.add(
