@@ -123,6 +123,11 @@ def test_written_through_a_read_through_b(
     assert {key for key, _, _ in listed} == set(KEYS)
     page = reader.list_objects_v2(Bucket=bucket, Prefix="dir/", Delimiter="/")
     assert [p["Prefix"] for p in page["CommonPrefixes"]] == ["dir/sub/"]
+    metrics = scrape(b)
+    assert ("s3batchd_catalog_rows", (("backend", "postgres"),)) in metrics  # counted at start
+    assert metrics[("s3batchd_catalog_rows", (("backend", "sqlite"),))] == 0  # B wrote nothing
+    errors = {k: v for k, v in metrics.items() if k[0] == "s3batchd_catalog_errors_total"}
+    assert len(errors) == 6 and sum(errors.values()) == 0
 
 
 def test_a_rollout_with_empty_spools_reads_everything(

@@ -25,6 +25,7 @@ from s3batchd.catalog.store import (
     CatalogEntry,
     CatalogWrite,
     catalog_path,
+    count_rows,
     entries_from_index,
 )
 from s3batchd.catalog.writer import BUSY_TIMEOUT_S, CatalogWriter
@@ -367,7 +368,7 @@ class Pipeline:
             self.catalog.mark_uploaded(batch.batch_id)
             if expire_before is not None:
                 self.catalog.expire(expire_before)
-                self.catalog_rows = self.catalog.count()
+                self.catalog_rows = count_rows(self.catalog.path)
             self.catalog.checkpoint()
 
         self._in_catalog_thread(record, f"catalog update after uploading {batch.batch_id}")
@@ -463,7 +464,7 @@ class Pipeline:
         # A restart with the system clock behind must not stamp writes older than the ones
         # the catalog (now holding the recovered batches too) already has.
         observe(self.catalog.newest_stamp())
-        self.catalog_rows = self.catalog.count()
+        self.catalog_rows = await run_sync(count_rows, self.catalog.path)
         if self.shared is not None:
             await self.shared.start()
         self.prober.start()

@@ -73,6 +73,8 @@ class SharedWriter:
         self._retention_s = retention_s
         self._queue: deque[_Pending] = deque()
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._maintained_at = 0.0
@@ -101,8 +103,9 @@ class SharedWriter:
     ) -> None:
         """Queue an uploaded batch; ``load`` gives its index entries."""
         self._queue.append(_Pending(bucket, batch_id, tar_key, load))
+        self._idle.clear()
         while len(self._queue) > MAX_PENDING_BATCHES:
-            dropped = self._queue.popleft()
+            dropped = self._queue.popleft()  # the queue stays non-empty: not idle
             self.dropped_batches += 1
             logger.error(
                 "catalog: batch %s of s3://%s not written to PostgreSQL (%d batches waiting); "
@@ -116,11 +119,9 @@ class SharedWriter:
     async def close(self, timeout: float = 0) -> bool:  # noqa: ASYNC109  a deadline is the API
         """Write what is queued within ``timeout`` seconds, then stop and close the pool;
         True when nothing was left."""
-        deadline = time.monotonic() + timeout
-        while self._queue and time.monotonic() < deadline and self._task is not None:
-            if self._task.done():
-                break
-            await asyncio.sleep(0.05)
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout)
         left = len(self._queue)
         self._closing = True
         if self._task is not None:
@@ -153,6 +154,8 @@ class SharedWriter:
                 delay = min(delay * 2, _RETRY_MAX_S)
                 continue
             self._queue.popleft()
+            if not self._queue:
+                self._idle.set()
             self.written_batches += 1
             delay = _RETRY_FIRST_S
             self._note_success()
