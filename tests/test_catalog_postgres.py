@@ -12,7 +12,9 @@ import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
-from s3batchd.catalog.postgres import SCHEMA_VERSION, PostgresCatalog
+from s3batchd.catalog.postgres import SCHEMA_VERSION, PostgresCatalog, SharedAnswer
+from s3batchd.catalog.shared import newest
+from s3batchd.catalog.store import CatalogEntry
 from s3batchd.cli.main import main
 from s3batchd.cli.seaweed import LocalS3, free_ports
 from s3batchd.errors import CatalogUnavailable
@@ -277,3 +279,26 @@ def test_a_role_without_create_uses_a_current_schema(
         assert (await catalog.get("b", "k")).visible() is not None
 
     run(dsn, work)
+
+
+def _entry(batch_id: str, mtime: float) -> CatalogEntry:
+    record = ObjectRecord(key="k", size=1, md5_hex="0" * 32, mtime=mtime)
+    return CatalogEntry("b", batch_id, "t", "m", 512, record, uploaded=True)
+
+
+def test_a_read_serves_the_later_write_of_either_catalog() -> None:
+    own, other = _entry("2-a", 10.0), _entry("1-b", 10.5)
+    assert newest(own, None, SharedAnswer(other, None)) is other
+    assert newest(other, None, SharedAnswer(own, None)) is other
+    # The same stamp: the larger batch id; the same write (an index stamp is milliseconds,
+    # the own one exact): the own one, read from the spool while it is there.
+    tie = _entry("3-c", 10.0)
+    assert newest(own, None, SharedAnswer(tie, None)) is tie
+    exact = _entry("2-a", 10.0004)
+    assert newest(exact, None, SharedAnswer(_entry("2-a", 10.0), None)) is exact
+    # A delete known to either side hides what is not newer than it.
+    assert newest(own, None, SharedAnswer(None, 10.0)) is None
+    assert newest(None, 11.0, SharedAnswer(other, None)) is None
+    assert newest(own, 9.0, SharedAnswer(None, None)) is own
+    assert newest(None, None, SharedAnswer(other, 10.5)) is None
+    assert newest(None, None, SharedAnswer(None, None)) is None

@@ -259,3 +259,22 @@ def _errors(daemon: DaemonProcess) -> float:
         for (name, labels), value in scrape(daemon).items()
         if name == "s3batchd_catalog_errors_total"
     )
+
+
+def test_tags_set_through_a_are_read_through_b(
+    two: tuple[DaemonProcess, DaemonProcess], bucket: str
+) -> None:
+    a, b = two
+    through_a, through_b = a.client(), b.client()
+    through_a.put_object(Bucket=bucket, Key="tagged", Body=b"x")
+    wait_for(lambda: readable(through_b, bucket, "tagged"))
+    through_a.put_object_tagging(
+        Bucket=bucket, Key="tagged", Tagging={"TagSet": [{"Key": "team", "Value": "blue"}]}
+    )
+
+    def tagged_in_b() -> bool:
+        tags = through_b.get_object_tagging(Bucket=bucket, Key="tagged")["TagSet"]
+        return tags == [{"Key": "team", "Value": "blue"}]
+
+    wait_for(tagged_in_b)
+    assert through_b.get_object(Bucket=bucket, Key="tagged")["Body"].read() == b"x"
