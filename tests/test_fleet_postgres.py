@@ -278,3 +278,26 @@ def test_tags_set_through_a_are_read_through_b(
 
     wait_for(tagged_in_b)
     assert through_b.get_object(Bucket=bucket, Key="tagged")["Body"].read() == b"x"
+
+
+def test_batches_left_for_postgres_at_shutdown_are_written_after_a_restart(
+    tmp_path: Path, s3_server: LocalS3, bucket: str
+) -> None:
+    server = start_local_postgres()
+    try:
+        spool = tmp_path / "a"
+        with fleet_daemon(spool, s3_server, server.dsn()) as a:
+            server.stop()
+            for n in range(5):
+                a.client().put_object(Bucket=bucket, Key=f"left/{n}", Body=b"%d" % n)
+            assert a.terminate() == 0  # uploaded; their rows could not be written
+        assert (spool / "spool" / "_catalog" / "postgres-pending.json").is_file()
+        server.start()
+        with fleet_daemon(tmp_path / "b", s3_server, server.dsn()) as b:
+            assert not readable(b.client(), bucket, "left/0")
+            with fleet_daemon(spool, s3_server, server.dsn()):  # the same spool again
+                for n in range(5):
+                    wait_for(lambda n=n: readable(b.client(), bucket, f"left/{n}"))  # type: ignore[misc]
+        assert not (spool / "spool" / "_catalog" / "postgres-pending.json").exists()
+    finally:
+        server.remove()

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, BinaryIO
 from s3batchd.batching.batcher import Batcher
 from s3batchd.batching.source import ObjectSource
 from s3batchd.catalog.postgres import PostgresCatalog
-from s3batchd.catalog.shared import SharedWriter, newest
+from s3batchd.catalog.shared import PendingBatch, SharedWriter, newest
 from s3batchd.catalog.store import (
+    CATALOG_DIR,
     FLUSH_DELAY_S,
     Catalog,
     CatalogEntry,
@@ -142,7 +143,12 @@ class Pipeline:
                 settings.catalog.dsn.get_secret_value(),
                 timeout_s=settings.catalog.postgres_timeout_s,
             )
-            self.shared = SharedWriter(shared, retention_s=settings.catalog.retention_s)
+            self.shared = SharedWriter(
+                shared,
+                retention_s=settings.catalog.retention_s,
+                # This worker's spool: a batch is uploaded by the process that spooled it.
+                pending_path=settings.spool.dir / CATALOG_DIR / "postgres-pending.json",
+            )
         self.spill_dir = settings.spool.dir / TMP_DIR
         """Where received bodies larger than ``limits.memory_buffer_bytes`` wait."""
         self.spools: tuple[Path, ...] = (settings.spool.dir,)
@@ -373,9 +379,8 @@ class Pipeline:
 
         self._in_catalog_thread(record, f"catalog update after uploading {batch.batch_id}")
         if self.shared is not None:
-            self.shared.submit(
-                batch.bucket, batch.batch_id, batch.tar_key, partial(self._index_entries, batch)
-            )
+            pending = PendingBatch(batch.bucket, batch.batch_id, batch.tar_key, batch.index_key)
+            self.shared.submit(pending, partial(self._index_entries, batch))
         if self.on_uploaded is not None:
             self.on_uploaded(batch, seconds)
 
@@ -390,9 +395,12 @@ class Pipeline:
                 tar_size=batch.size,
                 fragments=list(batch.index_fragments),
             )
-        else:
-            answer = self.client.get_object(Bucket=batch.bucket, Key=batch.index_key)
-            body = answer["Body"].read()
+            return entries_from_index(json.loads(body))
+        return self._index_from_bucket(batch.bucket, batch.index_key)
+
+    def _index_from_bucket(self, bucket: str, key: str) -> list[IndexEntry]:
+        """The entries of the index object ``key``. Blocking."""
+        body = self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
         return entries_from_index(json.loads(body))
 
     async def lookup(self, bucket: str, key: str) -> CatalogEntry | None:
@@ -466,7 +474,7 @@ class Pipeline:
         observe(self.catalog.newest_stamp())
         self.catalog_rows = await run_sync(count_rows, self.catalog.path)
         if self.shared is not None:
-            await self.shared.start()
+            await self.shared.start(self._index_from_bucket)
         self.prober.start()
         logger.info(
             "s3batchd started: writer %s, spool %s (durability %s), %d batches recovered",
