@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 S3FS_VENV := .venv-s3fs
 S3FS_STAMP := $(S3FS_VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck format crash-test clean node
+.PHONY: install run test lint typecheck format crash-test clean node postgres
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ lint: $(STAMP)  ## format, lint, and the import layers of docs/architecture.md (
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck $(S3FS_STAMP) node  ## everything CI runs: format, lint, types, the whole test suite
+test: lint typecheck $(S3FS_STAMP) node postgres  ## everything CI runs: format, lint, types, the whole test suite
 	$(BIN)/pytest
 
 # Node.js runs the README's JavaScript example (tests/test_readme.py): installed when missing.
@@ -43,6 +43,16 @@ node:
 	@command -v node >/dev/null || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y nodejs; \
 		else sudo apt-get update && sudo apt-get install -y nodejs; fi; }
+
+# PostgreSQL runs the shared catalog's tests (tests/postgres.py starts a private server with
+# initdb): Debian's postgresql is installed when initdb is missing. Debian keeps initdb in
+# /usr/lib/postgresql/<version>/bin, not on PATH, so both places are looked at.
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
+		else sudo apt-get update && \
+			sudo DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; fi; }
 
 crash-test: $(STAMP)  ## the long kill -9 test (40 rounds; CI runs 3 inside `make test`)
 	$(BIN)/pytest tests/test_crash.py -s --crash-rounds 40

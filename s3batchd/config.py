@@ -508,6 +508,26 @@ class AuthConfig(Section):
 class CatalogConfig(Section):
     """The local catalog of objects this daemon wrote (GET, HEAD and List through it)."""
 
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    """Where the catalog shared by the daemons in front of a bucket lives. ``sqlite``: the
+    embedded catalog of this daemon (``path``). ``postgres``: one catalog for the fleet in
+    PostgreSQL 14 or newer (``dsn``): every daemon writes a batch's rows there in one
+    statement once its index is uploaded and reads every key written through any daemon;
+    the SQLite catalog stays this daemon's cache of its own writes (its batches not uploaded
+    yet are read from its spool). When PostgreSQL fails, PUTs are still taken, this daemon's
+    own keys stay readable, other reads answer ``503 SlowDown`` with ``Retry-After`` and
+    readiness is not affected (docs/operations.md, "A fleet")."""
+    dsn: SecretStr = SecretStr("")
+    """libpq connection URI of the PostgreSQL catalog (``backend = "postgres"``), e.g.
+    ``postgresql://s3batchd@db.internal:5432/s3batchd?sslmode=verify-full``. Keep the
+    password out of the file: libpq reads ``PGPASSWORD`` (or ``PGPASSFILE``) from the
+    environment, or pass the whole URI as ``S3BATCHD_CATALOG__DSN`` (e.g. from a Kubernetes
+    Secret). Never logged. The schema is created or migrated at start (``s3batchd catalog
+    migrate`` does it ahead of a rollout)."""
+    postgres_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    """Seconds a PostgreSQL catalog call may take (connecting included) before the read that
+    needs it answers ``503 SlowDown``; a batch's write is retried in the background."""
+
     path: str = ""
     """SQLite file of the catalog (key -> batch, offset, attributes) behind GET, HEAD and
     ListObjects through the daemon; empty means ``<spool.dir>/_catalog/catalog.sqlite3``. It is
@@ -516,6 +536,12 @@ class CatalogConfig(Section):
     """Seconds an object stays readable by key through the daemon after it was written (7 days
     by default); afterwards GET and HEAD answer ``404 NoSuchKey``. Disk: one catalog row (about
     300 bytes plus its metadata) per object written in that time."""
+
+    @model_validator(mode="after")
+    def _dsn_for_postgres(self) -> CatalogConfig:
+        if self.backend == "postgres" and not self.dsn.get_secret_value():
+            raise ValueError("catalog.backend = 'postgres' needs catalog.dsn")
+        return self
 
 
 class MetricsConfig(Section):

@@ -11,6 +11,7 @@ S3BatchdError                      root of everything the daemon raises on purpo
 │   │                              ``reason`` which of ``FAILURE_REASONS`` it was (metrics, parking)
 │   └── ConflictError              the key exists upstream and holds another object
 ├── UploadRefused(error, entry)    a batch that ``upload``-durability writers wait for was parked
+├── CatalogUnavailable             the shared catalog (PostgreSQL) failed or is out of reach
 └── S3Error(code, status_code)     answered to the client as S3 XML (rendered in app.py only)
     ├── AccessDenied, InvalidBucketName, KeyTooLongError, InvalidArgument, InvalidRequest
     ├── SignatureDoesNotMatch, InvalidAccessKeyId, RequestTimeTooSkewed (403)
@@ -62,6 +63,11 @@ class SpoolError(S3BatchdError):
 
 class SpoolFailedError(SpoolError):
     """A write or fdatasync failed; the spool file acknowledges nothing more."""
+
+
+class CatalogUnavailable(S3BatchdError):
+    """The shared catalog (``catalog.backend = "postgres"``) could not be reached or failed a
+    query. PUTs are still taken; a read that needs it answers ``503 SlowDown``."""
 
 
 #: Why an upload failed: the ``reason`` of an UploadError, the label values of

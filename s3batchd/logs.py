@@ -44,3 +44,6 @@ def setup_logging(config: LogConfig | LogSettings) -> None:
     for name in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").disabled = True
+    # The PostgreSQL catalog's pool warns at every failed connection attempt (one per read
+    # while the database is down); the catalog logs an outage once and counts every failure.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)

@@ -1,5 +1,6 @@
 """Fixtures: a real SeaweedFS (``weed mini``) per session, a bucket per test, and s3batchd
-itself served by uvicorn in a thread (or as a subprocess where signals matter)."""
+itself served by uvicorn in a thread (or as a subprocess where signals matter); a real
+PostgreSQL server (tests/postgres.py) per session, with a fresh database per test."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
+import psycopg
 import pytest
 from botocore.config import Config
+from psycopg import sql
 from starlette.applications import Starlette
 
 from s3batchd.batching.pipeline import Pipeline
 from s3batchd.cli.seaweed import LocalS3, start_local_s3
 from s3batchd.config import Settings
 from s3batchd.server.serve import DrainingServer, build_server
+from tests.postgres import LocalPostgres, start_local_postgres
 from tests.sections import daemon_sections
 
 if TYPE_CHECKING:
@@ -54,6 +58,24 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
     server = start_local_s3(tmp_path_factory.mktemp("seaweedfs"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """A real PostgreSQL server on 127.0.0.1 for the whole session (initdb in a temporary
+    folder, as an unprivileged user under root), stopped by PID and removed afterwards."""
+    server = start_local_postgres()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: LocalPostgres) -> str:
+    """The libpq URI of a fresh, empty database on the session's PostgreSQL server."""
+    name = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(postgres_server.dsn(), autocommit=True) as connection:
+        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return postgres_server.dsn(name)
 
 
 @pytest.fixture

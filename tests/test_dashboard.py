@@ -65,6 +65,22 @@ class FakeSettings:
 
 
 @dataclass
+class FakeSharedCatalog:
+    """What the collector reads of the PostgreSQL catalog."""
+
+    rows: int | None = 10
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class FakeShared:
+    """What the collector reads of the shared catalog's writer."""
+
+    catalog: FakeSharedCatalog = field(default_factory=FakeSharedCatalog)
+    pending: int = 0
+
+
+@dataclass
 class FakePipeline:
     """What ``metrics._PipelineCollector`` reads from a pipeline."""
 
@@ -75,6 +91,8 @@ class FakePipeline:
     recovery_lost_objects: int = 0
     upstream_up: bool | None = True
     last_reasons: list[str] | None = field(default_factory=list)
+    catalog_rows: int | None = 0
+    shared: FakeShared | None = field(default_factory=FakeShared)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import sqlite3
 import time
@@ -16,21 +17,35 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from s3batchd.batching.batcher import Batcher
 from s3batchd.batching.source import ObjectSource
-from s3batchd.catalog.store import FLUSH_DELAY_S, Catalog, CatalogWrite, catalog_path
+from s3batchd.catalog.postgres import PostgresCatalog
+from s3batchd.catalog.shared import PendingBatch, SharedWriter, newest
+from s3batchd.catalog.store import (
+    CATALOG_DIR,
+    FLUSH_DELAY_S,
+    Catalog,
+    CatalogEntry,
+    CatalogWrite,
+    catalog_path,
+    count_rows,
+    entries_from_index,
+)
 from s3batchd.catalog.writer import BUSY_TIMEOUT_S, CatalogWriter
 from s3batchd.clock import observe, write_time
 from s3batchd.concurrency import run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import (
+    RETRY_SOON,
+    CatalogUnavailable,
     InternalError,
     S3BatchdError,
+    SlowDown,
     SpoolError,
     StartupError,
     UploadError,
     refusal_error,
     refusal_name,
 )
-from s3batchd.index import IndexEntry, WriterId
+from s3batchd.index import IndexEntry, WriterId, render_index
 from s3batchd.records import EMPTY_MD5, UPDATED_HEADERS, ObjectRecord, SealedBatch, SpoolEntry
 from s3batchd.s3.body import BodyBuffer
 from s3batchd.spool.files import (
@@ -120,6 +135,21 @@ class Pipeline:
             if settings.server.workers > 1
             else None
         )
+        self.catalog_rows: int | None = None
+        """Objects in the SQLite catalog at the last expiry round (the metrics)."""
+        self.shared: SharedWriter | None = None
+        """The fleet's catalog in PostgreSQL (``catalog.backend = "postgres"``), else None."""
+        if settings.catalog.backend == "postgres":
+            shared = PostgresCatalog(
+                settings.catalog.dsn.get_secret_value(),
+                timeout_s=settings.catalog.postgres_timeout_s,
+            )
+            self.shared = SharedWriter(
+                shared,
+                retention_s=settings.catalog.retention_s,
+                # This worker's spool: a batch is uploaded by the process that spooled it.
+                pending_path=settings.spool.dir / CATALOG_DIR / "postgres-pending.json",
+            )
         self.spill_dir = settings.spool.dir / TMP_DIR
         """Where received bodies larger than ``limits.memory_buffer_bytes`` wait."""
         self.spools: tuple[Path, ...] = (settings.spool.dir,)
@@ -260,9 +290,13 @@ class Pipeline:
         """Stop serving the batched object of ``key`` (it was deleted, or overwritten in the
         bucket): a tombstone is appended to the bucket's batch, durable like a PUT, recorded
         in the catalog now and in the batch's index. False when nothing was batched under
-        ``key``."""
-        if self.catalog.get(bucket, key) is None:
-            return False
+        ``key``. With the PostgreSQL catalog unavailable, whether another daemon batched the
+        key is unknown: the tombstone is written anyway (it hides nothing if none was)."""
+        try:
+            if await self.lookup(bucket, key) is None:
+                return False
+        except SlowDown:
+            logger.info("s3://%s/%s: tombstone written, the catalog being unavailable", bucket, key)
         record = ObjectRecord(key=key, size=0, md5_hex=EMPTY_MD5, mtime=write_time(), deleted=True)
         empty = BodyBuffer(memory_limit=0, spill_dir=self.spill_dir)
         entry = await self.batcher.add(
@@ -341,11 +375,58 @@ class Pipeline:
             self.catalog.mark_uploaded(batch.batch_id)
             if expire_before is not None:
                 self.catalog.expire(expire_before)
+                self.catalog_rows = count_rows(self.catalog.path)
             self.catalog.checkpoint()
 
         self._in_catalog_thread(record, f"catalog update after uploading {batch.batch_id}")
+        if self.shared is not None:
+            pending = PendingBatch(batch.bucket, batch.batch_id, batch.tar_key, batch.index_key)
+            self.shared.submit(pending, partial(self._index_entries, batch))
         if self.on_uploaded is not None:
             self.on_uploaded(batch, seconds)
+
+    def _index_entries(self, batch: SealedBatch) -> list[IndexEntry]:
+        """The entries of an uploaded batch's index, as the bucket has them (rendered again
+        from the members kept in memory, else read from the bucket). Blocking."""
+        if batch.index_fragments is not None:
+            body = render_index(
+                bucket=batch.bucket,
+                batch_id=batch.batch_id,
+                tar_key=batch.tar_key,
+                tar_size=batch.size,
+                fragments=list(batch.index_fragments),
+            )
+            return entries_from_index(json.loads(body))
+        return self._index_from_bucket(batch.bucket, batch.index_key)
+
+    def _index_from_bucket(self, bucket: str, key: str) -> list[IndexEntry]:
+        """The entries of the index object ``key``. Blocking."""
+        body = self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return entries_from_index(json.loads(body))
+
+    async def lookup(self, bucket: str, key: str) -> CatalogEntry | None:
+        """The batched object a read of ``key`` serves, or None (the bucket decides).
+
+        With the PostgreSQL catalog: the later of this daemon's own and the fleet's. When
+        PostgreSQL fails, this daemon's own object of the key is served (its latest write,
+        which a write through another daemon may have replaced meanwhile); without one the
+        read answers 503 SlowDown: whether another daemon batched the key is unknown.
+
+        Raises:
+            SlowDown: the shared catalog is unavailable and this daemon has no object of the
+                key.
+        """
+        local = self.catalog.get(bucket, key)
+        if self.shared is None:
+            return local
+        try:
+            answer = await self.shared.catalog.get(bucket, key)
+        except CatalogUnavailable as exc:
+            if local is not None:
+                return local
+            logger.debug("read of s3://%s/%s: %s", bucket, key, exc)
+            raise SlowDown("The catalog is unavailable; please retry.", headers=RETRY_SOON) from exc
+        return newest(local, self.catalog.tombstone(bucket, key), answer)
 
     @property
     def _catalog_setting(self) -> str:
@@ -392,6 +473,9 @@ class Pipeline:
         # A restart with the system clock behind must not stamp writes older than the ones
         # the catalog (now holding the recovered batches too) already has.
         observe(self.catalog.newest_stamp())
+        self.catalog_rows = await run_sync(count_rows, self.catalog.path)
+        if self.shared is not None:
+            await self.shared.start(self._index_from_bucket)
         self.prober.start()
         logger.info(
             "s3batchd started: writer %s, spool %s (durability %s), %d batches recovered",
@@ -467,6 +551,11 @@ class Pipeline:
         )
         if self.catalog_writer is not None:
             await self.catalog_writer.close()
+        if self.shared is not None:
+            # Uploaded batches' rows: within what is left of the drain timeout, at least one
+            # PostgreSQL timeout (anything left is in the bucket's indexes for reindex).
+            left = max(0.0, (self._deadline or 0) - time.monotonic())
+            await self.shared.close(max(left, self.settings.catalog.postgres_timeout_s))
         self._catalog_thread_closed = True
         await run_sync(self._catalog_thread.shutdown, wait=True)  # its queued work done
         self.catalog.close()

@@ -18,7 +18,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,6 +140,10 @@ class CatalogEntry:
     uploaded: bool
 
 
+#: How handlers find the object a read of (bucket, key) serves (``Pipeline.lookup``).
+Lookup = Callable[[str, str], Awaitable[CatalogEntry | None]]
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogWrite:
     """One object (or tombstone) to record."""
@@ -161,6 +165,17 @@ def retained(writes: list[T]) -> list[T]:
         len(writes) - MAX_RETAINED,
     )
     return writes[-MAX_RETAINED:]
+
+
+def count_rows(path: Path) -> int:
+    """Objects in the catalog at ``path``, counted through a read-only connection of its own
+    (WAL: writers and the daemon's connection are not held up; a count of ten million rows
+    reads an index for about a second). Blocking."""
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT count(*) FROM objects").fetchone()[0])
+    finally:
+        db.close()
 
 
 def catalog_path(spool_dir: Path, configured: str = "") -> Path:
@@ -362,6 +377,15 @@ class Catalog:
                 _SELECT + "WHERE o.bucket = ? AND o.key = ?", (bucket, key)
             ).fetchone()
         return None if row is None else _entry(row)
+
+    def tombstone(self, bucket: str, key: str) -> float | None:
+        """The stamp of the latest delete of ``key`` this catalog knows, or None."""
+        with self._db_lock:
+            self.flush()
+            row = self._db.execute(
+                "SELECT mtime FROM tombstones WHERE bucket = ? AND key = ?", (bucket, key)
+            ).fetchone()
+        return None if row is None else float(row[0])
 
     def iter_keys(self, bucket: str, prefix: str, after: str) -> Iterator[CatalogEntry]:
         """Objects of ``bucket`` whose key starts with ``prefix`` and sorts after ``after``,

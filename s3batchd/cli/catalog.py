@@ -1,13 +1,17 @@
-"""``s3batchd get`` and ``s3batchd reindex``: the catalog from the command line."""
+"""``s3batchd get``, ``s3batchd reindex`` and ``s3batchd catalog migrate``: the catalog from the
+command line."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from botocore.exceptions import BotoCoreError, ClientError
 
+from s3batchd.catalog.postgres import SCHEMA_VERSION, PostgresCatalog
 from s3batchd.catalog.store import Catalog, CatalogEntry, catalog_path
 from s3batchd.cli.options import (
     CONFIG_OPTION,
@@ -18,10 +22,13 @@ from s3batchd.cli.options import (
     spools,
 )
 from s3batchd.config import Settings
-from s3batchd.errors import CorruptObject
+from s3batchd.errors import CatalogUnavailable, CorruptObject
 from s3batchd.handlers.get import read_local
-from s3batchd.index import INDEX_SUFFIX, entries_from_index
+from s3batchd.index import INDEX_SUFFIX, IndexEntry, entries_from_index
 from s3batchd.reader import Location, ReaderError, get, load_index, parse_s3_url
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 def _bucket_and_key(url: str) -> tuple[str, str]:
@@ -118,11 +125,13 @@ def _local(settings: Settings, entry: CatalogEntry) -> bytes | None:
 @CONFIG_OPTION
 @ENDPOINT_OPTION
 def reindex_command(url: str, config_path: Path | None, endpoint_url: str | None) -> None:
-    """Rebuild the catalog from the index objects under s3://BUCKET/PREFIX."""
+    """Rebuild the catalog from the index objects under s3://BUCKET/PREFIX (the SQLite
+    catalog of the daemon's settings, or the PostgreSQL one with catalog.backend = "postgres")."""
     bucket, prefix = _bucket_and_key(url)
     settings = settings_or_exit(config_path)
     path = _catalog_path(settings)
-    if not path.is_file() and not _configured(settings):
+    shared = settings.catalog.backend == "postgres"
+    if not shared and not path.is_file() and not _configured(settings):
         raise click.ClickException(f"no catalog at {path}: {_POINT_AT_DAEMON}, or set catalog.path")
     client = cli_client(settings, endpoint_url)
     try:
@@ -136,6 +145,10 @@ def reindex_command(url: str, config_path: Path | None, endpoint_url: str | None
         ]
     except (ClientError, BotoCoreError) as exc:
         raise click.ClickException(f"cannot list {url}: {exc}") from exc
+    if shared:
+        objects = asyncio.run(_reindex_shared(settings, client, bucket, keys))
+        click.echo(f"{len(keys)} indexes, {objects} objects in the PostgreSQL catalog")
+        return
     catalog = Catalog(path)
     objects = 0
     try:
@@ -146,11 +159,71 @@ def reindex_command(url: str, config_path: Path | None, endpoint_url: str | None
                 catalog.put_many(
                     bucket, document["batch_id"], document["tar"]["key"], entries, uploaded=True
                 )
-                objects += sum(
-                    1 for e in entries if not e.record.deleted and e.record.update_of is None
-                )
+                objects += _objects(entries)
     except ReaderError as exc:
         raise click.ClickException(f"cannot reindex {url}: {exc}") from exc
     finally:
         catalog.close()
     click.echo(f"{len(keys)} indexes, {objects} objects in the catalog {catalog.path}")
+
+
+def _objects(entries: list[IndexEntry]) -> int:
+    return sum(1 for e in entries if not e.record.deleted and e.record.update_of is None)
+
+
+async def _reindex_shared(
+    settings: Settings, client: S3Client, bucket: str, keys: list[str]
+) -> int:
+    """Write every index of ``keys`` into the PostgreSQL catalog (one statement each);
+    the objects written."""
+    catalog = _postgres(settings)
+    objects = 0
+    try:
+        await catalog.migrate()
+        with click.progressbar(keys, label="reading indexes", file=sys.stderr) as progress:
+            for key in progress:
+                document = load_index(client, bucket, key)
+                entries = entries_from_index(document)
+                await catalog.put_batch(
+                    bucket, document["batch_id"], document["tar"]["key"], entries
+                )
+                objects += _objects(entries)
+    except (ReaderError, CatalogUnavailable) as exc:
+        raise click.ClickException(f"cannot reindex s3://{bucket}: {exc}") from exc
+    finally:
+        await catalog.close()
+    return objects
+
+
+def _postgres(settings: Settings) -> PostgresCatalog:
+    return PostgresCatalog(
+        settings.catalog.dsn.get_secret_value(), timeout_s=settings.catalog.postgres_timeout_s
+    )
+
+
+@click.group("catalog")
+def catalog_group() -> None:
+    """The catalog's schema (catalog.backend = "postgres")."""
+
+
+@catalog_group.command("migrate")
+@CONFIG_OPTION
+def migrate_command(config_path: Path | None) -> None:
+    """Create or migrate the PostgreSQL catalog's schema (daemons also do it at start)."""
+    settings = settings_or_exit(config_path)
+    if settings.catalog.backend != "postgres":
+        click.echo("catalog.backend is sqlite: each daemon creates its catalog at start")
+        return
+
+    async def migrate() -> int:
+        catalog = _postgres(settings)
+        try:
+            return await catalog.migrate()
+        finally:
+            await catalog.close()
+
+    try:
+        found = asyncio.run(migrate())
+    except CatalogUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"PostgreSQL catalog schema: version {found} -> {SCHEMA_VERSION}")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal, Union, get_args, get_origin
 
 import annotated_types
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
 from s3batchd.config import Settings
@@ -140,6 +140,8 @@ def describe_default(key: str, info: FieldInfo) -> str:
         return f"`{value!r}`"
     if isinstance(value, str | Path):
         return f"`{json.dumps(str(value))}`"
+    if isinstance(value, SecretStr):
+        return f"`{json.dumps(value.get_secret_value())}`"
     if isinstance(value, tuple | list):
         return f"`{json.dumps([str(item) for item in value])}`"
     raise TypeError(f"{key}: cannot describe the default {value!r}")
@@ -185,6 +187,8 @@ def _base_type(key: str, annotation: object) -> str:
             fields = ", ".join(f"`{name}`" for name in args[0].model_fields)
             return f"list of tables ({fields})"
     simple = {str: "string", int: "integer", float: "float", bool: "boolean", Path: "path"}
+    if annotation is SecretStr:
+        return "string (secret: never logged)"
     if isinstance(annotation, type) and annotation in simple:
         return simple[annotation]
     raise TypeError(f"{key}: cannot describe the type {annotation!r}")

@@ -14,7 +14,7 @@ import click
 
 from s3batchd import __version__
 from s3batchd.allocator import limit_arenas
-from s3batchd.cli.catalog import get_command, reindex_command
+from s3batchd.cli.catalog import catalog_group, get_command, reindex_command
 from s3batchd.cli.devenv import DevEnvironment, write_config, write_env
 from s3batchd.cli.options import config_option
 from s3batchd.cli.parked import parked
@@ -278,6 +278,7 @@ Ctrl-C stops both.
 
 main.add_command(get_command)
 main.add_command(reindex_command)
+main.add_command(catalog_group)
 main.add_command(ls)
 main.add_command(extract)
 main.add_command(parked)

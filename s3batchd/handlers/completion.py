@@ -89,14 +89,14 @@ async def _write_conditions(call: Call) -> None:
 async def _batched_conditions(call: Call) -> Call:
     """A Complete the bucket assembles: conditions on a key whose current object is batched
     are decided here (the bucket does not hold it) and not sent on; else the bucket decides."""
-    rest = decided_here(call.pipeline, call)
+    rest = await decided_here(call.pipeline, call)
     return call if rest is None else dataclasses.replace(call, headers=rest)
 
 
 async def _current_etag(call: Call) -> str | None:
     """The ETag of the key's current object (batched, else in the bucket), None if none."""
     bucket, key = call.target.bucket, call.target.key
-    entry = call.pipeline.catalog.get(bucket, key)
+    entry = await call.pipeline.lookup(bucket, key)
     if entry is not None:
         return entry.record.etag
     answer = await call.forwarder.send("HEAD", bucket, key, [], {})

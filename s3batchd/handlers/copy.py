@@ -73,13 +73,13 @@ def parse_copy_source(value: str) -> tuple[str, str, str | None]:
     return bucket, key, version
 
 
-def batched_source(call: Call) -> CatalogEntry | None:
+async def batched_source(call: Call) -> CatalogEntry | None:
     """The catalog entry of the copy source when the daemon batched it (and no version is
     asked for), else None."""
     bucket, key, version = parse_copy_source(call.headers["x-amz-copy-source"])
     if version is not None:
         return None
-    return call.pipeline.catalog.get(bucket, key)
+    return await call.pipeline.lookup(bucket, key)
 
 
 def copy_range(value: str, size: int) -> tuple[int, int]:
@@ -125,7 +125,7 @@ async def read_source(call: Call, entry: CatalogEntry, byte_range: str | None) -
 
 async def copy_object(call: Call) -> Response:
     """CopyObject."""
-    entry = batched_source(call)
+    entry = await batched_source(call)
     if entry is None:
         call.allow()
         upstream = await send_upstream(call)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
-from s3batchd.catalog.store import Catalog
+from s3batchd.catalog.store import Lookup
 from s3batchd.errors import MalformedXML, PreconditionFailed
 from s3batchd.handlers.get import etag_matches
 from s3batchd.s3.xml import local_name
@@ -38,7 +38,7 @@ class DeleteDecision:
     """True when ``body`` differs from the client's (its digests no longer hold)."""
 
 
-def decide_conditions(catalog: Catalog, bucket: str, body: bytes) -> DeleteDecision:
+async def decide_conditions(lookup: Lookup, bucket: str, body: bytes) -> DeleteDecision:
     """Judge the ETag conditions of the document's unversioned objects whose key is batched."""
     try:
         root = ElementTree.fromstring(body)  # noqa: S314  no entities are expanded by expat here
@@ -53,7 +53,7 @@ def decide_conditions(catalog: Catalog, bucket: str, body: bytes) -> DeleteDecis
         if "ETag" not in fields or "Key" not in fields or "VersionId" in fields:
             continue
         key = fields["Key"].text or ""
-        entry = catalog.get(bucket, key)
+        entry = await lookup(bucket, key)
         if entry is None:
             continue  # the bucket holds the key's current object: it decides
         decision.changed = True
@@ -90,13 +90,13 @@ def add_errors(answer: bytes, errors: str) -> bytes:
     return answer[:end] + errors.encode() + answer[end:]
 
 
-def decided_delete(catalog: Catalog, bucket: str, key: str, headers: dict[str, str]) -> bool:
+async def decided_delete(lookup: Lookup, bucket: str, key: str, headers: dict[str, str]) -> bool:
     """DeleteObject's ``If-Match`` on a batched key, against the batched ETag: 412 when it
     differs; True when it held (the request goes on without it), False when the bucket
     decides (no condition, or the key is not batched)."""
     if "if-match" not in headers:
         return False
-    entry = catalog.get(bucket, key)
+    entry = await lookup(bucket, key)
     if entry is None:
         return False
     if not etag_matches(headers["if-match"], entry.record.etag):

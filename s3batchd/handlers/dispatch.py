@@ -85,7 +85,7 @@ async def read_object(call: Call) -> Response:
     bucket."""
     pipeline = call.pipeline
     target = call.target
-    entry = pipeline.catalog.get(target.bucket, target.key)
+    entry = await pipeline.lookup(target.bucket, target.key)
     if entry is None:
         return await forward(call)
     other = sorted(SUBRESOURCES.intersection(target.query))
@@ -93,7 +93,7 @@ async def read_object(call: Call) -> Response:
         raise NotImplementedS3(f"{call.request.method} ?{other[0]} of a batched object.")
     source = pipeline.object_source()
     return await get_object(
-        source, target.bucket, target.key, call.headers, head=call.head, query=target.query
+        source, entry, target.key, call.headers, head=call.head, query=target.query
     )
 
 
@@ -103,7 +103,7 @@ async def delete_object(call: Call) -> Response:
     if "versionId" in call.target.query:
         return await forward(call)  # one version: the batched (latest) object stays
     target = call.target
-    if decided_delete(call.pipeline.catalog, target.bucket, target.key, call.headers):
+    if await decided_delete(call.pipeline.lookup, target.bucket, target.key, call.headers):
         headers = {name: value for name, value in call.headers.items() if name != "if-match"}
         call = dataclasses.replace(call, headers=headers)
     if not call.settings.passthrough.allows("DeleteObject"):
@@ -122,7 +122,7 @@ async def delete_objects(call: Call) -> Response:
     call.allow()
     body = await read_small_body(call)
     keys = _unversioned_keys(body)
-    decision = decide_conditions(call.pipeline.catalog, call.target.bucket, body)
+    decision = await decide_conditions(call.pipeline.lookup, call.target.bucket, body)
     errors = refused_errors(decision.refused)
     if decision.remaining == 0 and decision.refused:
         return Response(_DELETE_RESULT.format(errors), media_type="application/xml")

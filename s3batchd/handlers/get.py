@@ -275,15 +275,15 @@ def override_value(parameter: str, value: str) -> str:
 
 async def get_object(
     source: ObjectSource,
-    bucket: str,
+    entry: CatalogEntry | None,
     key: str,
     headers: dict[str, str],
     *,
     head: bool,
     query: dict[str, str] | None = None,
 ) -> Response:
-    """GetObject / HeadObject (``query``: the ``response-*`` header overrides)."""
-    entry = source.catalog.get(bucket, key)
+    """GetObject / HeadObject of the batched object ``entry`` of ``key`` (``Pipeline.lookup``;
+    ``query``: the ``response-*`` header overrides)."""
     if entry is None:
         raise NoSuchKey(f"The specified key does not exist: {key}")
     out = object_headers(entry, headers)

@@ -20,15 +20,17 @@ one request for the keys after them (never one request per page of them).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from urllib.parse import unquote_plus
 from xml.etree import ElementTree
 
 from starlette.responses import Response
 
-from s3batchd.catalog.store import Catalog
+from s3batchd.catalog.postgres import PostgresCatalog
+from s3batchd.catalog.store import Catalog, CatalogEntry
 from s3batchd.config import UpstreamConfig
-from s3batchd.errors import MalformedXML
+from s3batchd.errors import RETRY_SOON, CatalogUnavailable, MalformedXML, SlowDown
 from s3batchd.forward.passthrough import Call, forward
 from s3batchd.forward.proxy import read_all
 from s3batchd.handlers.get import ListItem, ListQuery, common_prefix, list_xml, parse_list_query
@@ -54,9 +56,18 @@ async def list_objects_merged(call: Call) -> Response:
     # A token of the daemon's (query.token, not foreign) means the daemon began this listing:
     # only it can go on, even when no batched key is left under the prefix.
     relayable = not query.token and not hidden
-    if allowed and relayable and next(catalog.iter_keys(bucket, query.prefix, ""), None) is None:
-        return await forward(call)
-    mine = catalog_page(catalog, bucket, query, hidden=hidden)
+    shared = pipeline.shared.catalog if pipeline.shared is not None else None
+    try:
+        if allowed and relayable and await _nothing_batched(catalog, shared, bucket, query.prefix):
+            return await forward(call)
+        if shared is None:
+            scan = local_scan(catalog, bucket, query.prefix)
+            mine = await catalog_page(scan, query, hidden=hidden)
+        else:
+            mine = await _with_shared(catalog, shared, bucket, query, hidden)
+    except CatalogUnavailable as exc:
+        # Batched keys of other daemons would be missing from the listing: not a listing.
+        raise SlowDown("The catalog is unavailable; please retry.", headers=RETRY_SOON) from exc
     if query.fetch_owner and any(not item.prefix for item in mine.items):
         owners: Owners = call.request.app.state.owners
         owner = await owners.of(call, bucket)
@@ -96,7 +107,108 @@ def hidden_prefix(upstream: UpstreamConfig, prefix: str) -> str:
     return batches if batches.startswith(prefix) else ""
 
 
-def catalog_page(catalog: Catalog, bucket: str, query: ListQuery, *, hidden: str = "") -> _Page:
+#: The batched objects of a bucket under a listing's prefix after a key, in S3 order.
+Scan = Callable[[str], AsyncIterator[CatalogEntry]]
+#: Rows per query of the PostgreSQL catalog in a listing.
+_SHARED_PAGE_ROWS = 256
+
+
+def local_scan(catalog: Catalog, bucket: str, prefix: str) -> Scan:
+    """The daemon's own catalog as a ``Scan``."""
+
+    async def scan(after: str) -> AsyncIterator[CatalogEntry]:
+        for entry in catalog.iter_keys(bucket, prefix, after):
+            yield entry
+
+    return scan
+
+
+def shared_scan(shared: PostgresCatalog, local: Catalog, bucket: str, prefix: str) -> Scan:
+    """The fleet's catalog as a ``Scan``, without the objects this daemon's own deletes
+    hide (not in it until their batch is uploaded)."""
+
+    async def scan(after: str) -> AsyncIterator[CatalogEntry]:
+        while True:
+            rows = await shared.page(bucket, prefix, after, _SHARED_PAGE_ROWS)
+            for entry in rows:
+                deleted = local.tombstone(bucket, entry.record.key)
+                if deleted is None or deleted < entry.record.mtime:
+                    yield entry
+            if len(rows) < _SHARED_PAGE_ROWS:
+                return
+            after = rows[-1].record.key
+
+    return scan
+
+
+def unhidden_scan(scan: Scan, shared: PostgresCatalog, bucket: str) -> Scan:
+    """``scan`` (the daemon's own catalog) without the objects a delete through another
+    daemon hides (one query of the fleet's tombstones per ``_SHARED_PAGE_ROWS`` objects)."""
+
+    async def filtered(after: str) -> AsyncIterator[CatalogEntry]:
+        chunk: list[CatalogEntry] = []
+        async for entry in scan(after):
+            chunk.append(entry)
+            if len(chunk) >= _SHARED_PAGE_ROWS:
+                for kept in await _unhidden(chunk, shared, bucket):
+                    yield kept
+                chunk = []
+        for kept in await _unhidden(chunk, shared, bucket):
+            yield kept
+
+    return filtered
+
+
+async def _unhidden(
+    entries: list[CatalogEntry], shared: PostgresCatalog, bucket: str
+) -> list[CatalogEntry]:
+    deletes = await shared.tombstones(bucket, [entry.record.key for entry in entries])
+    return [entry for entry in entries if deletes.get(entry.record.key, -1.0) < entry.record.mtime]
+
+
+async def _nothing_batched(
+    catalog: Catalog, shared: PostgresCatalog | None, bucket: str, prefix: str
+) -> bool:
+    """Whether no daemon batched a key under ``prefix`` (the bucket's listing is the answer)."""
+    if next(catalog.iter_keys(bucket, prefix, ""), None) is not None:
+        return False
+    return shared is None or not await shared.page(bucket, prefix, "", 1)
+
+
+async def _with_shared(
+    catalog: Catalog,
+    shared: PostgresCatalog,
+    bucket: str,
+    query: ListQuery,
+    hidden: str,
+) -> _Page:
+    """The listing items of the batched keys of every daemon: this daemon's own (``mine``,
+    read again without what other daemons deleted) merged with the fleet's catalog, the
+    later object of a key winning."""
+    own = unhidden_scan(local_scan(catalog, bucket, query.prefix), shared, bucket)
+    mine = await catalog_page(own, query, hidden=hidden)
+    fleet = await catalog_page(
+        shared_scan(shared, catalog, bucket, query.prefix), query, hidden=hidden
+    )
+    merged: dict[str, ListItem] = {item.name: item for item in fleet.items}
+    for item in mine.items:
+        other = merged.get(item.name)
+        if other is None or item.prefix or item.last_modified >= other.last_modified:
+            merged[item.name] = item
+    names = sorted(merged, key=lambda name: name.encode("utf-8", "surrogatepass"))
+    bounds = [side.items[-1].name for side in (mine, fleet) if side.truncated and side.items]
+    if bounds:
+        bound = min(bounds, key=lambda name: name.encode("utf-8", "surrogatepass"))
+        names = [
+            name
+            for name in names
+            if name.encode("utf-8", "surrogatepass") <= bound.encode("utf-8", "surrogatepass")
+        ]
+    truncated = mine.truncated or fleet.truncated or len(names) > query.max_keys
+    return _Page([merged[name] for name in names[: query.max_keys + 1]], truncated)
+
+
+async def catalog_page(scan: Scan, query: ListQuery, *, hidden: str = "") -> _Page:
     """Up to ``max_keys + 1`` listing items of the batched keys, rolled up by the delimiter,
     none under ``hidden``. The keys under a common prefix (or ``hidden``) are skipped with a
     new range scan, not read one by one: a top-level listing of a million keys under
@@ -108,7 +220,7 @@ def catalog_page(catalog: Catalog, bucket: str, query: ListQuery, *, hidden: str
         after += _AFTER_ALL  # continuing after a rolled-up prefix: none of its keys again
     while True:
         resume = None
-        for entry in catalog.iter_keys(bucket, query.prefix, after):
+        async for entry in scan(after):
             key = entry.record.key
             if hidden and key.startswith(hidden):
                 resume = max(hidden + _AFTER_ALL, key)  # on after the hidden keys

@@ -254,7 +254,7 @@ async def upload_part_copy(call: Call) -> Response:
     if upload is None:
         return await forward(call)
     number = _part_number(call)
-    entry = batched_source(call)
+    entry = await batched_source(call)
     if entry is None:
         call.allow()
         upstream_id = await _promote_locked(call, upload.upload_id)

@@ -56,7 +56,7 @@ async def put_object(call: Call) -> Response:
     can_forward = settings.passthrough.allows("PutObject")
     reason = unbatchable(headers)
     if reason is not None:
-        headers, reason = _conditions(pipeline, call, reason)
+        headers, reason = await _conditions(pipeline, call, reason)
     encryption: dict[str, str] = {}
     if reason is None:
         mode = await call.bucket_modes.get(call.target.bucket)
@@ -190,11 +190,13 @@ async def hide_batched(call: Call, bucket: str, key: str) -> bool:
     return await call.pipeline.hide(bucket, key)
 
 
-def _conditions(pipeline: Pipeline, call: Call, reason: str) -> tuple[dict[str, str], str | None]:
+async def _conditions(
+    pipeline: Pipeline, call: Call, reason: str
+) -> tuple[dict[str, str], str | None]:
     """Conditional writes against a batched key are decided here (the bucket does not hold
     it yet): ``If-None-Match`` and ``If-Match`` compare the batched ETag and, when they
     hold, the object is batched. Otherwise the bucket decides (the PUT is forwarded)."""
-    rest = decided_here(pipeline, call)
+    rest = await decided_here(pipeline, call)
     if rest is None:
         return call.headers, reason
     return rest, unbatchable(rest)
@@ -203,14 +205,14 @@ def _conditions(pipeline: Pipeline, call: Call, reason: str) -> tuple[dict[str, 
 CONDITIONAL_HEADERS = frozenset({"if-match", "if-none-match"})
 
 
-def decided_here(pipeline: Pipeline, call: Call) -> dict[str, str] | None:
+async def decided_here(pipeline: Pipeline, call: Call) -> dict[str, str] | None:
     """A write's conditional headers when the key's current object is batched (the bucket
     does not hold it): checked against that object, and the headers without them returned.
     None when the bucket decides (no condition, or nothing batched under the key)."""
     headers = call.headers
     if not CONDITIONAL_HEADERS & headers.keys():
         return None
-    entry = pipeline.catalog.get(call.target.bucket, call.target.key)
+    entry = await pipeline.lookup(call.target.bucket, call.target.key)
     if entry is None:
         return None
     check_write_conditions(headers, entry.record.etag)

@@ -77,7 +77,7 @@ async def object_subresource(call: Call) -> Response:
     """Get/Put/DeleteObjectTagging, Get/PutObjectAcl, GetObjectAttributes."""
     if "versionId" in call.target.query:
         return await forward(call)  # a batched object has no version id of its own
-    entry = call.pipeline.catalog.get(call.target.bucket, call.target.key)
+    entry = await call.pipeline.lookup(call.target.bucket, call.target.key)
     if entry is None:
         return await forward(call)
     return await _SERVED[call.operation](call, entry)

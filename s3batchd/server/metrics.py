@@ -178,6 +178,7 @@ class _PipelineCollector(Collector):
             value=pipeline.recovery_lost_objects,
         )
         yield from self._health(pipeline)
+        yield from _catalog(pipeline)
 
     def _spool(self, pipeline: Pipeline) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -285,3 +286,37 @@ def _parked(pipeline: Pipeline) -> Iterator[Metric]:
         size.add_metric([label], sizes[label])
     yield count
     yield size
+
+
+def _catalog(pipeline: Pipeline) -> Iterator[Metric]:
+    """Rows of the daemon's SQLite catalog and of the shared PostgreSQL one, and the shared
+    catalog's failures (``catalog.backend = "postgres"``)."""
+    rows = GaugeMetricFamily(
+        "s3batchd_catalog_rows",
+        "Objects in the catalog, by backend: sqlite (this daemon's own, counted at each expiry "
+        "round) and postgres (the fleet's, exact below a million rows, the planner's estimate "
+        "above)",
+        labels=["backend"],
+    )
+    if pipeline.catalog_rows is not None:
+        rows.add_metric(["sqlite"], pipeline.catalog_rows)
+    shared = pipeline.shared
+    if shared is not None and shared.catalog.rows is not None:
+        rows.add_metric(["postgres"], shared.catalog.rows)
+    yield rows
+    errors = CounterMetricFamily(
+        "s3batchd_catalog_errors",
+        "Failed calls to the PostgreSQL catalog, by operation (read, list, write, expire, "
+        "count, migrate): reads answered 503 SlowDown, writes retried",
+        labels=["backend", "operation"],
+    )
+    if shared is not None:
+        for operation in ("read", "list", "write", "expire", "count", "migrate"):
+            errors.add_metric(["postgres", operation], shared.catalog.errors.get(operation, 0))
+    yield errors
+    yield GaugeMetricFamily(
+        "s3batchd_catalog_pending_batches",
+        "Uploaded batches whose rows are not in the PostgreSQL catalog yet (retried while it "
+        "fails; 0 with catalog.backend = sqlite)",
+        value=0 if shared is None else shared.pending,
+    )

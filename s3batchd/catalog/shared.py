@@ -1,0 +1,260 @@
+"""The daemon's side of the shared catalog (``catalog.backend = "postgres"``): the background
+task that writes each uploaded batch's rows into it, and the rule that merges its answers with
+the daemon's own SQLite catalog.
+
+The writer is supervised: one task, a FIFO of uploaded batches, each written in one statement
+once its index is in the bucket. While PostgreSQL fails the batches wait in memory (at most
+``MAX_PENDING_BATCHES``, the oldest dropped beyond with an error: their indexes are in the
+bucket and ``s3batchd reindex`` writes them) and the writer retries with a capped backoff. The
+same task deletes expired rows in bounded rounds and counts the rows for the metrics. Batches
+still waiting at shutdown are named in a file of the spool (``save_pending``) and written after
+the next start, from their index objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from s3batchd.catalog.postgres import PostgresCatalog, SharedAnswer
+from s3batchd.catalog.store import CatalogEntry
+from s3batchd.concurrency import run_sync
+from s3batchd.errors import CatalogUnavailable
+from s3batchd.index import IndexEntry
+
+logger = logging.getLogger(__name__)
+
+#: Uploaded batches kept for the shared catalog while it fails.
+MAX_PENDING_BATCHES = 10_000
+#: Seconds between two expiry and counting rounds.
+MAINTENANCE_INTERVAL_S = 60.0
+#: Objects deleted per expiry statement (a round repeats it up to ``_EXPIRY_STATEMENTS``).
+EXPIRY_LIMIT = 2000
+_EXPIRY_STATEMENTS = 10
+_RETRY_FIRST_S = 0.25
+_RETRY_MAX_S = 5.0
+
+
+def newest(
+    local: CatalogEntry | None, local_tombstone: float | None, shared: SharedAnswer
+) -> CatalogEntry | None:
+    """The object a read serves: the later of the daemon's own and the shared catalog's (by
+    write stamp, then batch id; the own one when both are the same write), unless a delete
+    at or after it, known to either, hides it."""
+    candidates = [entry for entry in (local, shared.visible()) if entry is not None]
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda entry: (entry.record.mtime, entry.batch_id))
+    deletes = [stamp for stamp in (local_tombstone, shared.tombstone) if stamp is not None]
+    if deletes and max(deletes) >= best.record.mtime:
+        return None
+    return best
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBatch:
+    """An uploaded batch whose rows are not in the shared catalog yet."""
+
+    bucket: str
+    batch_id: str
+    tar_key: str
+    index_key: str
+
+
+def save_pending(path: Path, batches: list[PendingBatch]) -> None:
+    """Name ``batches`` in ``path`` (replaced atomically; removed when there are none)."""
+    if not batches:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    document = [
+        {"bucket": b.bucket, "batch_id": b.batch_id, "tar_key": b.tar_key, "index_key": b.index_key}
+        for b in batches
+    ]
+    partial.write_text(json.dumps(document))
+    partial.replace(path)
+
+
+def load_pending(path: Path) -> list[PendingBatch]:
+    """The batches ``save_pending`` named in ``path`` (none when there is no file)."""
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    return [PendingBatch(**item) for item in document]
+
+
+@dataclass
+class _Pending:
+    batch: PendingBatch
+    load: Callable[[], list[IndexEntry]]
+    """Reads the batch's index entries (blocking: run on a thread)."""
+    entries: list[IndexEntry] | None = None
+
+
+class SharedWriter:
+    """Writes uploaded batches into the shared catalog, in upload order, retrying while it
+    fails; expires old rows and counts rows every ``MAINTENANCE_INTERVAL_S``."""
+
+    def __init__(self, catalog: PostgresCatalog, *, retention_s: float, pending_path: Path) -> None:
+        self.catalog = catalog
+        self._pending_path = pending_path
+        """Names the batches left at shutdown (``save_pending``), until they are written."""
+        self._pending_saved = False
+        self._retention_s = retention_s
+        self._queue: deque[_Pending] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._maintained_at = 0.0
+        self.failing = False
+        """Whether the last write or maintenance round failed (logged once per outage)."""
+        self.written_batches = 0
+        self.dropped_batches = 0
+
+    @property
+    def pending(self) -> int:
+        """Uploaded batches not in the shared catalog yet."""
+        return len(self._queue)
+
+    async def start(self, load_index: Callable[[str, str], list[IndexEntry]]) -> None:
+        """Make the schema current (a failure is logged: the writer retries), queue the
+        batches the last run left (``load_index(bucket, index key)`` reads their entries from
+        the bucket) and start."""
+        try:
+            await self.catalog.migrate()
+        except CatalogUnavailable as exc:
+            self._note_failure(exc)
+        left = await run_sync(load_pending, self._pending_path)
+        for batch in left:
+            self.submit(batch, partial(load_index, batch.bucket, batch.index_key))
+        self._pending_saved = bool(left)
+        if left:
+            logger.info("catalog: %d batches left by the last run queued for PostgreSQL", len(left))
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="s3batchd-shared-catalog")
+            self._task.add_done_callback(self._died)
+
+    def submit(self, batch: PendingBatch, load: Callable[[], list[IndexEntry]]) -> None:
+        """Queue an uploaded batch; ``load`` gives its index entries."""
+        self._queue.append(_Pending(batch, load))
+        self._idle.clear()
+        while len(self._queue) > MAX_PENDING_BATCHES:
+            dropped = self._queue.popleft()  # the queue stays non-empty: not idle
+            self.dropped_batches += 1
+            logger.error(
+                "catalog: batch %s of s3://%s not written to PostgreSQL (%d batches waiting); "
+                "its index is in the bucket: s3batchd reindex writes it",
+                dropped.batch.batch_id,
+                dropped.batch.bucket,
+                len(self._queue),
+            )
+        self._wake.set()
+
+    async def close(self, timeout: float = 0) -> list[PendingBatch]:  # noqa: ASYNC109  a deadline is the API
+        """Write what is queued within ``timeout`` seconds, then stop and close the pool;
+        the batches left."""
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout)
+        left = len(self._queue)
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.catalog.close()
+        if left:
+            logger.error(
+                "catalog: %d uploaded batches not written to PostgreSQL at shutdown (written "
+                "after the next start on this spool; s3batchd reindex writes them too)",
+                left,
+            )
+        pending = [item.batch for item in self._queue]
+        if pending or self._pending_saved:
+            try:
+                await run_sync(save_pending, self._pending_path, pending)
+            except OSError:
+                logger.exception("catalog: cannot name the batches left for PostgreSQL")
+        return pending
+
+    async def _run(self) -> None:
+        delay = _RETRY_FIRST_S
+        while not self._closing:
+            await self._maintain()
+            if not self._queue:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), MAINTENANCE_INTERVAL_S)
+                continue
+            try:
+                await self._write(self._queue[0])
+            except CatalogUnavailable as exc:
+                self._note_failure(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+                continue
+            self._queue.popleft()
+            if not self._queue:
+                await self._forget_saved()
+                self._idle.set()
+            self.written_batches += 1
+            delay = _RETRY_FIRST_S
+            self._note_success()
+
+    async def _write(self, pending: _Pending) -> None:
+        batch = pending.batch
+        if pending.entries is None:
+            try:
+                pending.entries = await run_sync(pending.load)
+            except Exception as exc:  # reading the index again is retried, whatever failed
+                raise CatalogUnavailable(f"index of {batch.batch_id}: {exc}") from exc
+        await self.catalog.put_batch(batch.bucket, batch.batch_id, batch.tar_key, pending.entries)
+
+    async def _maintain(self) -> None:
+        now = time.time()
+        if now - self._maintained_at < MAINTENANCE_INTERVAL_S:
+            return
+        self._maintained_at = now
+        try:
+            for _ in range(_EXPIRY_STATEMENTS):
+                if await self.catalog.expire(now - self._retention_s, EXPIRY_LIMIT) < EXPIRY_LIMIT:
+                    break
+            await self.catalog.count()
+        except CatalogUnavailable as exc:
+            self._note_failure(exc)
+
+    async def _forget_saved(self) -> None:
+        """Every batch the last run left is written: its list goes."""
+        if self._pending_saved:
+            self._pending_saved = False
+            try:
+                await run_sync(save_pending, self._pending_path, [])
+            except OSError:
+                logger.exception("catalog: cannot remove %s", self._pending_path)
+
+    def _note_failure(self, exc: CatalogUnavailable) -> None:
+        if not self.failing:
+            logger.error("catalog: %s (retrying; PUTs are still taken)", exc)
+        self.failing = True
+
+    def _note_success(self) -> None:
+        if self.failing:
+            logger.info("catalog: PostgreSQL writes resumed (%d batches waiting)", len(self._queue))
+        self.failing = False
+
+    def _died(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        logger.error("catalog: the PostgreSQL writer stopped", exc_info=task.exception())

@@ -1,0 +1,304 @@
+"""The shared catalog in PostgreSQL (s3batchd/catalog/postgres.py) against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from psycopg import sql
+
+from s3batchd.catalog.postgres import SCHEMA_VERSION, PostgresCatalog, SharedAnswer
+from s3batchd.catalog.shared import newest
+from s3batchd.catalog.store import CatalogEntry
+from s3batchd.cli.main import main
+from s3batchd.cli.seaweed import LocalS3, free_ports
+from s3batchd.errors import CatalogUnavailable
+from s3batchd.index import IndexEntry
+from s3batchd.records import EMPTY_MD5, ObjectRecord
+from tests.conftest import DaemonFactory
+from tests.postgres import LocalPostgres
+
+T = TypeVar("T")
+
+
+def run(dsn: str, work: Callable[[PostgresCatalog], Awaitable[T]]) -> T:
+    """``work`` with a catalog on ``dsn``, closed afterwards."""
+
+    async def main() -> T:
+        catalog = PostgresCatalog(dsn, timeout_s=2)
+        try:
+            return await work(catalog)
+        finally:
+            await catalog.close()
+
+    return asyncio.run(main())
+
+
+def obj(key: str, mtime: float, body: bytes = b"x", **fields: object) -> IndexEntry:
+    record = ObjectRecord(
+        key=key,
+        size=len(body),
+        md5_hex="0" * 32,
+        mtime=mtime,
+        metadata={"a": "1"},
+        **fields,  # type: ignore[arg-type]
+    )
+    return IndexEntry(record=record, member=f"m/{key}", offset=512)
+
+
+def tombstone(key: str, mtime: float) -> IndexEntry:
+    record = ObjectRecord(key=key, size=0, md5_hex=EMPTY_MD5, mtime=mtime, deleted=True)
+    return IndexEntry(record=record, member=f"t/{key}", offset=0)
+
+
+def test_a_batch_is_read_back_by_key(postgres_dsn: str) -> None:
+    async def work(catalog: PostgresCatalog) -> None:
+        counts = await catalog.put_batch("b", "batch1", "t/batch1.tar", [obj("k", 10.0)])
+        assert counts == (1, 0, 0, 0)
+        answer = await catalog.get("b", "k")
+        entry = answer.visible()
+        assert entry is not None
+        assert (entry.batch_id, entry.tar_key, entry.member, entry.offset) == (
+            "batch1",
+            "t/batch1.tar",
+            "m/k",
+            512,
+        )
+        assert entry.record.metadata == {"a": "1"}
+        assert entry.record.mtime == 10.0
+        assert entry.uploaded
+        assert (await catalog.get("b", "other")).visible() is None
+        assert (await catalog.get("other-bucket", "k")).visible() is None
+
+    run(postgres_dsn, work)
+
+
+def test_latest_write_wins_in_any_order_with_batch_id_tie_break(postgres_dsn: str) -> None:
+    async def work(catalog: PostgresCatalog) -> None:
+        await catalog.put_batch("b", "b2", "t2", [obj("k", 20.0, b"new")])
+        await catalog.put_batch("b", "b1", "t1", [obj("k", 10.0, b"old")])  # arrives late
+        entry = (await catalog.get("b", "k")).visible()
+        assert entry is not None and entry.batch_id == "b2"
+        # Two daemons stamped alike: the larger batch id wins, whichever came first.
+        await catalog.put_batch("b", "z-batch", "tz", [obj("same", 5.0)])
+        await catalog.put_batch("b", "a-batch", "ta", [obj("same", 5.0)])
+        entry = (await catalog.get("b", "same")).visible()
+        assert entry is not None and entry.batch_id == "z-batch"
+        # A key written twice in one batch: its later write.
+        await catalog.put_batch(
+            "b", "b3", "t3", [obj("twice", 30.0, b"1"), obj("twice", 31.0, b"22")]
+        )
+        entry = (await catalog.get("b", "twice")).visible()
+        assert entry is not None and entry.record.size == 2
+
+    run(postgres_dsn, work)
+
+
+def test_tombstones_hide_older_writes_in_any_order(postgres_dsn: str) -> None:
+    async def work(catalog: PostgresCatalog) -> None:
+        await catalog.put_batch("b", "b1", "t1", [obj("k", 10.0), obj("keep", 10.0)])
+        counts = await catalog.put_batch("b", "b2", "t2", [tombstone("k", 11.0)])
+        assert counts == (0, 1, 1, 0)
+        answer = await catalog.get("b", "k")
+        assert answer.visible() is None and answer.tombstone == 11.0
+        # An older write arriving after the delete stays hidden.
+        await catalog.put_batch("b", "b0", "t0", [obj("k", 9.0)])
+        assert (await catalog.get("b", "k")).visible() is None
+        # A newer one is seen.
+        await catalog.put_batch("b", "b3", "t3", [obj("k", 12.0)])
+        assert (await catalog.get("b", "k")).visible() is not None
+        assert await catalog.tombstones("b", ["k", "keep", "none"]) == {"k": 11.0}
+        # Written and deleted in one batch: deleted.
+        await catalog.put_batch("b", "b4", "t4", [obj("gone", 20.0), tombstone("gone", 21.0)])
+        assert (await catalog.get("b", "gone")).visible() is None
+
+    run(postgres_dsn, work)
+
+
+def test_attribute_updates_apply_to_the_object_they_name(postgres_dsn: str) -> None:
+    async def work(catalog: PostgresCatalog) -> None:
+        await catalog.put_batch("b", "b1", "t1", [obj("k", 10.0)])
+        update = ObjectRecord(
+            key="k",
+            size=0,
+            md5_hex=EMPTY_MD5,
+            headers={"x-amz-tagging": "a=b"},
+            mtime=11.0,
+            update_of=10.0,
+        )
+        await catalog.put_batch("b", "b2", "t2", [IndexEntry(update, "u/k", 0)])
+        entry = (await catalog.get("b", "k")).visible()
+        assert entry is not None and entry.record.headers.get("x-amz-tagging") == "a=b"
+        await catalog.put_batch("b", "b3", "t3", [obj("k", 12.0)])  # a new object: no tags
+        entry = (await catalog.get("b", "k")).visible()
+        assert entry is not None and "x-amz-tagging" not in entry.record.headers
+
+    run(postgres_dsn, work)
+
+
+def test_pages_in_s3_order_under_a_prefix(postgres_dsn: str) -> None:
+    keys = ["a", "p/1", "p/2", "p/\u00e9", "p/\U0001f600", "p\xff", "q", "p/3"]
+
+    async def work(catalog: PostgresCatalog) -> None:
+        await catalog.put_batch("b", "b1", "t1", [obj(key, 10.0) for key in keys])
+        await catalog.put_batch("b", "b2", "t2", [tombstone("p/3", 11.0)])
+        page = await catalog.page("b", "p/", "", 10)
+        assert [e.record.key for e in page] == ["p/1", "p/2", "p/\u00e9", "p/\U0001f600"]
+        page = await catalog.page("b", "p/", "p/1", 2)
+        assert [e.record.key for e in page] == ["p/2", "p/\u00e9"]
+        everything = await catalog.page("b", "", "", 100)
+        expected = sorted(set(keys) - {"p/3"}, key=lambda k: k.encode())
+        assert [e.record.key for e in everything] == expected
+
+    run(postgres_dsn, work)
+
+
+def test_expiry_is_bounded_and_catches_up(postgres_dsn: str) -> None:
+    async def work(catalog: PostgresCatalog) -> None:
+        await catalog.put_batch("b", "b1", "t1", [obj(f"old{n}", 1.0) for n in range(5)])
+        await catalog.put_batch("b", "b2", "t2", [obj("new", 100.0), tombstone("old-t", 1.0)])
+        assert await catalog.count() == 5 + 1
+        assert await catalog.expire(50.0, limit=2) == 2
+        assert await catalog.count() == 4
+        while await catalog.expire(50.0, limit=2):
+            pass
+        assert [e.record.key for e in await catalog.page("b", "", "", 10)] == ["new"]
+        assert await catalog.tombstones("b", ["old-t"]) == {}
+
+    run(postgres_dsn, work)
+
+
+def test_schema_is_versioned_and_migration_is_idempotent(postgres_dsn: str) -> None:
+    assert run(postgres_dsn, lambda catalog: catalog.migrate()) == 0
+    assert run(postgres_dsn, lambda catalog: catalog.migrate()) == SCHEMA_VERSION
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        assert connection.execute("SELECT version FROM s3batchd_schema").fetchall() == [
+            (SCHEMA_VERSION,)
+        ]
+        connection.execute("UPDATE s3batchd_schema SET version = version + 1")
+    with pytest.raises(CatalogUnavailable, match="newer than"):
+        run(postgres_dsn, lambda catalog: catalog.migrate())
+
+
+def test_an_unreachable_database_fails_fast_and_is_counted() -> None:
+    dsn = f"postgresql://nobody:x@127.0.0.1:{free_ports(1)[0]}/none"
+
+    async def work(catalog: PostgresCatalog) -> None:
+        for _ in range(2):
+            with pytest.raises(CatalogUnavailable, match="migrate failed"):
+                await catalog.get("b", "k")
+        assert catalog.errors["migrate"] == 2
+
+    asyncio.run(_with_timeout(dsn, work))
+
+
+async def _with_timeout(dsn: str, work: Callable[[PostgresCatalog], Awaitable[None]]) -> None:
+    catalog = PostgresCatalog(dsn, timeout_s=0.5)
+    try:
+        async with asyncio.timeout(30):
+            await work(catalog)
+    finally:
+        await catalog.close()
+
+
+def cli_env(s3_server: LocalS3, dsn: str) -> dict[str, str]:
+    return {
+        "S3BATCHD_CATALOG__BACKEND": "postgres",
+        "S3BATCHD_CATALOG__DSN": dsn,
+        "S3BATCHD_UPSTREAM__ENDPOINT_URL": s3_server.endpoint_url,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+    }
+
+
+def test_catalog_migrate_command(postgres_dsn: str, s3_server: LocalS3) -> None:
+    env = cli_env(s3_server, postgres_dsn)
+    first = CliRunner().invoke(main, ["catalog", "migrate"], env=env)
+    assert first.exit_code == 0, first.output
+    assert f"version 0 -> {SCHEMA_VERSION}" in first.output
+    again = CliRunner().invoke(main, ["catalog", "migrate"], env=env)
+    assert f"version {SCHEMA_VERSION} -> {SCHEMA_VERSION}" in again.output
+    unreachable = {**env, "S3BATCHD_CATALOG__DSN": f"postgresql://x@127.0.0.1:{free_ports(1)[0]}/x"}
+    failed = CliRunner().invoke(main, ["catalog", "migrate"], env=unreachable)
+    assert failed.exit_code == 1
+    assert "migrate failed" in failed.output
+
+
+def test_reindex_fills_the_postgres_catalog(
+    start_daemon: DaemonFactory, postgres_dsn: str, s3_server: LocalS3, bucket: str
+) -> None:
+    daemon = start_daemon(catalog={"backend": "postgres", "dsn": postgres_dsn})
+    client = daemon.client()
+    for n in range(20):
+        client.put_object(Bucket=bucket, Key=f"x/{n}", Body=b"%d" % n)
+    client.delete_object(Bucket=bucket, Key="x/3")
+    daemon.stop()  # drained: uploaded, and the rows written
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        assert connection.execute("SELECT count(*) FROM s3batchd_objects").fetchone() == (19,)
+        connection.execute("TRUNCATE s3batchd_objects, s3batchd_tombstones, s3batchd_updates")
+    result = CliRunner().invoke(
+        main, ["reindex", f"s3://{bucket}/"], env=cli_env(s3_server, postgres_dsn)
+    )
+    assert result.exit_code == 0, result.output
+    assert "20 objects in the PostgreSQL catalog" in result.output
+
+    async def work(catalog: PostgresCatalog) -> list[str]:
+        return [entry.record.key for entry in await catalog.page(bucket, "x/", "", 100)]
+
+    keys = run(postgres_dsn, work)
+    assert sorted(keys) == sorted(f"x/{n}" for n in range(20) if n != 3)
+
+
+def test_a_role_without_create_uses_a_current_schema(
+    postgres_dsn: str, postgres_server: LocalPostgres
+) -> None:
+    assert run(postgres_dsn, lambda catalog: catalog.migrate()) == 0  # as the owner
+    role = f"daemon_{secrets.token_hex(4)}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        connection.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'daemon-secret'").format(sql.Identifier(role))
+        )
+        connection.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        connection.execute(
+            sql.SQL(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON s3batchd_objects, s3batchd_tombstones, "
+                "s3batchd_updates TO {role}; GRANT SELECT ON s3batchd_schema TO {role}"
+            ).format(role=sql.Identifier(role))
+        )
+    database = postgres_dsn.rsplit("/", 1)[1]
+    dsn = f"postgresql://{role}:daemon-secret@127.0.0.1:{postgres_server.port}/{database}"
+
+    async def work(catalog: PostgresCatalog) -> None:
+        assert await catalog.migrate() == SCHEMA_VERSION
+        await catalog.put_batch("b", "b1", "t1", [obj("k", 1.0)])
+        assert (await catalog.get("b", "k")).visible() is not None
+
+    run(dsn, work)
+
+
+def _entry(batch_id: str, mtime: float) -> CatalogEntry:
+    record = ObjectRecord(key="k", size=1, md5_hex="0" * 32, mtime=mtime)
+    return CatalogEntry("b", batch_id, "t", "m", 512, record, uploaded=True)
+
+
+def test_a_read_serves_the_later_write_of_either_catalog() -> None:
+    own, other = _entry("2-a", 10.0), _entry("1-b", 10.5)
+    assert newest(own, None, SharedAnswer(other, None)) is other
+    assert newest(other, None, SharedAnswer(own, None)) is other
+    # The same stamp: the larger batch id; the same write (an index stamp is milliseconds,
+    # the own one exact): the own one, read from the spool while it is there.
+    tie = _entry("3-c", 10.0)
+    assert newest(own, None, SharedAnswer(tie, None)) is tie
+    exact = _entry("2-a", 10.0004)
+    assert newest(exact, None, SharedAnswer(_entry("2-a", 10.0), None)) is exact
+    # A delete known to either side hides what is not newer than it.
+    assert newest(own, None, SharedAnswer(None, 10.0)) is None
+    assert newest(None, 11.0, SharedAnswer(other, None)) is None
+    assert newest(own, 9.0, SharedAnswer(None, None)) is own
+    assert newest(None, None, SharedAnswer(other, 10.5)) is None
+    assert newest(None, None, SharedAnswer(None, None)) is None
