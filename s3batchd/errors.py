@@ -5,12 +5,17 @@ S3BatchdError                      root of everything the daemon raises on purpo
 ├── ConfigError                    settings missing or invalid (refused at start)
 ├── StartupError                   a listener, the spool or the catalog is unusable at start
 ├── SpoolError                     the local spool cannot take or keep data
-│   └── SpoolFailedError           a write or fdatasync failed: the file acknowledges nothing more
+│   ├── SpoolFailedError           a write or fdatasync failed: the file acknowledges nothing more
+│   │   └── FailedDiskFull         ... because the file system was full (also a DiskFull)
+│   └── DiskFull                   the spool's file system is full (ENOSPC, or SQLITE_FULL of
+│                                  the catalog): answered 503 SlowDown, like backpressure
+├── Draining                       the daemon is shutting down: the batcher takes no new records
 ├── UploadError(retriable, reason) an upstream S3 call failed; ``retriable`` says whether to retry,
 │   │                              ``reason`` which of ``FAILURE_REASONS`` it was (metrics, parking)
 │   └── ConflictError              the key exists upstream and holds another object
 ├── UploadRefused(error, entry)    a batch that ``upload``-durability writers wait for was parked
-└── S3Error(code, status_code)     answered to the client as S3 XML (rendered in app.py only)
+└── S3Error(code, status_code)     answered to the client as S3 XML (rendered in app.py only;
+    │                              server/errormap.py maps every other class here to one)
     ├── AccessDenied, InvalidBucketName, KeyTooLongError, InvalidArgument, InvalidRequest
     ├── SignatureDoesNotMatch, InvalidAccessKeyId, RequestTimeTooSkewed (403)
     ├── AuthorizationHeaderMalformed, AuthorizationQueryParametersError (400)
@@ -31,6 +36,7 @@ S3BatchdError                      root of everything the daemon raises on purpo
 
 from __future__ import annotations
 
+from errno import ENOSPC
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -56,6 +62,36 @@ class SpoolError(S3BatchdError):
 
 class SpoolFailedError(SpoolError):
     """A write or fdatasync failed; the spool file acknowledges nothing more."""
+
+
+class DiskFull(SpoolError):
+    """The spool's file system is full: a spool file's append was rolled back (ENOSPC), or
+    the catalog kept there could not commit (SQLITE_FULL). Nothing acknowledged was lost;
+    uploads free the room, so the client is told to retry."""
+
+
+class FailedDiskFull(SpoolFailedError, DiskFull):
+    """An fdatasync found the file system full: the file acknowledges nothing more, and the
+    client is answered as for a full disk."""
+
+
+def with_disk_full(exc: SpoolError) -> SpoolError:
+    """``exc`` as a DiskFull (caused by ``exc``) when the write it reports found the file
+    system full; else ``exc`` itself."""
+    cause = exc.__cause__
+    if isinstance(exc, DiskFull) or not isinstance(cause, OSError) or cause.errno != ENOSPC:
+        return exc
+    full = FailedDiskFull(str(exc)) if isinstance(exc, SpoolFailedError) else DiskFull(str(exc))
+    full.__cause__ = exc
+    return full
+
+
+class Draining(S3BatchdError):
+    """The daemon is shutting down: the batcher takes no new records (the client retries
+    against another instance)."""
+
+    def __init__(self, message: str = "The daemon is shutting down.") -> None:
+        super().__init__(message)
 
 
 #: Why an upload failed: the ``reason`` of an UploadError, the label values of

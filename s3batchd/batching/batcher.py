@@ -34,13 +34,14 @@ from s3batchd.concurrency import run_sync
 from s3batchd.config import BatchConfig, Durability
 from s3batchd.constants import KB, TAR_END
 from s3batchd.errors import (
-    RETRY_SOON,
+    Draining,
     InternalError,
     S3BatchdError,
     S3Error,
-    SlowDown,
+    SpoolError,
     SpoolFailedError,
     UploadRefused,
+    with_disk_full,
 )
 from s3batchd.index import WriterId, new_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
@@ -147,7 +148,7 @@ class Batcher:
         """Append a record and wait until it is as durable as asked (default: the configured
         level); returns where it landed."""
         if self._closed:
-            raise SlowDown("The daemon is shutting down.", headers=RETRY_SOON)
+            raise Draining
         level = durability or self._durability
         state = self._buckets.get(bucket)
         if state is None:  # not setdefault: a _Bucket and its lock per call showed in profiles
@@ -161,9 +162,9 @@ class Batcher:
         if level != "none":
             try:
                 await batch.committer.wait_durable(entry.end)
-            except SpoolFailedError:
+            except SpoolFailedError as exc:
                 await self._abandon(state, batch)
-                raise
+                raise with_disk_full(exc)  # noqa: B904  chained by with_disk_full
         if level == "upload":
             try:
                 await asyncio.shield(batch.uploaded)
@@ -304,10 +305,13 @@ class Batcher:
     async def _append(
         self, batch: _OpenBatch, record: ObjectRecord, body: BodyBuffer
     ) -> SpoolEntry:
-        if body.in_memory and record.size <= INLINE_APPEND_BYTES:
-            entry = batch.spool.append(record, body)
-        else:
-            entry = await run_sync(batch.spool.append, record, body)
+        try:
+            if body.in_memory and record.size <= INLINE_APPEND_BYTES:
+                entry = batch.spool.append(record, body)
+            else:
+                entry = await run_sync(batch.spool.append, record, body)
+        except SpoolError as exc:
+            raise with_disk_full(exc)  # noqa: B904  chained by with_disk_full
         batch.committer.written = batch.spool.position
         return entry
 

@@ -22,6 +22,7 @@ from s3batchd.clock import observe, write_time
 from s3batchd.concurrency import run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import (
+    DiskFull,
     InternalError,
     S3BatchdError,
     SpoolError,
@@ -195,7 +196,7 @@ class Pipeline:
         self._flush_scheduled = False
         try:
             flushed = self.catalog.try_flush()
-        except sqlite3.Error:
+        except (sqlite3.Error, DiskFull):
             logger.exception("catalog write failed")
             return
         if not flushed and not self._catalog_thread_closed:

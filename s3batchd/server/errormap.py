@@ -1,0 +1,69 @@
+"""Which S3 error answers an exception: the one map from the exception tree (errors.py) to
+what a client is told.
+
+An ``S3Error`` (raised by the HTTP-level layers: s3, handlers, forward) is its own answer.
+Every other exception is a domain error (spool, batching, upload, catalog), which never names
+an HTTP status: ``ANSWERS`` gives, by exception class (the nearest class in its MRO), the S3
+error, its message and its extra headers. Anything not in the tree is a bug: logged with its
+traceback by ``app.s3_endpoint`` and answered ``500 InternalError`` (never a traceback on the
+wire). ``app.render_s3_error`` turns the result into the S3 XML answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from s3batchd.errors import (
+    RETRY_SOON,
+    DiskFull,
+    Draining,
+    InternalError,
+    S3Error,
+    SlowDown,
+    SpoolError,
+    UploadRefused,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """How a domain error is answered."""
+
+    error: type[S3Error]
+    """The S3 error (its code and status)."""
+    message: str | None = None
+    """The message; None: the exception's own (written for clients)."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Headers added to the answer."""
+    logged: bool = False
+    """Logged at ERROR with the exception's message (it names paths, not fit for clients)."""
+
+
+#: Domain errors by class; a subclass not listed is answered as its nearest listed base.
+ANSWERS: Mapping[type[BaseException], Answer] = {
+    Draining: Answer(SlowDown, headers=RETRY_SOON),
+    DiskFull: Answer(SlowDown, "The local spool's disk is full.", RETRY_SOON, logged=True),
+    SpoolError: Answer(InternalError, "The object could not be stored; please retry.", logged=True),
+}
+
+
+def answer_of(exc: BaseException) -> Answer | None:
+    """The answer listed for ``exc``'s class or its nearest base; None when none is."""
+    for kind in type(exc).__mro__:
+        answer = ANSWERS.get(kind)
+        if answer is not None:
+            return answer
+    return None
+
+
+def s3_error_of(exc: BaseException) -> S3Error:
+    """The S3 error a client is answered for ``exc``."""
+    if isinstance(exc, S3Error):
+        return exc
+    if isinstance(exc, UploadRefused):
+        return exc.error
+    answer = answer_of(exc)
+    if answer is None:
+        return InternalError()
+    return answer.error(answer.message or str(exc), headers=dict(answer.headers))
