@@ -13,7 +13,10 @@ S3BatchdError                      root of everything the daemon raises on purpo
 ├── UploadError(retriable, reason) an upstream S3 call failed; ``retriable`` says whether to retry,
 │   │                              ``reason`` which of ``FAILURE_REASONS`` it was (metrics, parking)
 │   └── ConflictError              the key exists upstream and holds another object
-├── UploadRefused(error, entry)    a batch that ``upload``-durability writers wait for was parked
+├── UploadRefused(bucket, reason, entry)  a batch ``upload``-durability writers wait for was
+│                                  parked: answered as the bucket refused it (NoSuchBucket, ...)
+├── NotStored                      a batch ``upload``-durability writers wait for will not be
+│                                  stored or uploaded (500 InternalError, the message as it is)
 └── S3Error(code, status_code)     answered to the client as S3 XML (rendered in app.py only;
     │                              server/errormap.py maps every other class here to one)
     ├── AccessDenied, InvalidBucketName, KeyTooLongError, InvalidArgument, InvalidRequest
@@ -386,13 +389,23 @@ class ClientClosedRequest(S3Error):
 
 
 class UploadRefused(S3BatchdError):
-    """A batch was parked while writers with durability ``upload`` waited for it: ``error`` is
-    what they are answered, ``entry`` where one writer's object waits in the spool."""
+    """A batch of ``bucket`` was parked for ``reason`` (one of ``FAILURE_REASONS``) while
+    writers with durability ``upload`` waited for it; ``entry`` is where one writer's object
+    waits in the spool."""
 
-    def __init__(self, error: S3Error, entry: SpoolEntry | None = None) -> None:
-        super().__init__(error.message)
-        self.error = error
+    def __init__(self, bucket: str, reason: str, entry: SpoolEntry | None = None) -> None:
+        super().__init__(
+            f"The upload was refused upstream ({refusal_name(reason)}); the object is kept in "
+            "the daemon's spool, see `s3batchd parked list`."
+        )
+        self.bucket = bucket
+        self.reason = reason
         self.entry = entry
+
+
+class NotStored(S3BatchdError):
+    """A writer waiting for its batch's upload (durability ``upload``) will not see it: the
+    batch was not stored, or not uploaded before shutdown. The message is the client's."""
 
 
 #: How the refusal of a parked batch is named to clients, by ``UploadError.reason``.
@@ -408,23 +421,3 @@ REFUSAL_NAMES = {
 def refusal_name(reason: str) -> str:
     """The refusal of reason ``reason`` as a client reads it in a message."""
     return REFUSAL_NAMES.get(reason, reason)
-
-
-def refusal_error(bucket: str, reason: str) -> S3Error:
-    """The answer to a writer waiting (durability ``upload``) for a batch parked for
-    ``reason``: the S3 error the bucket would have given it, saying the object is kept."""
-    message = (
-        f"The upload was refused upstream ({refusal_name(reason)}); the object is kept in the "
-        "daemon's spool, see `s3batchd parked list`."
-    )
-    error: S3Error
-    if reason == "no_such_bucket":
-        error = NoSuchBucket(bucket)
-    elif reason in ("access_denied", "kms"):
-        error = AccessDenied()
-    elif reason == "invalid_bucket_name":
-        error = InvalidBucketName()
-    else:
-        error = InternalError()
-    error.message = message
-    return error

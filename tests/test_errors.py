@@ -11,6 +11,7 @@ from s3batchd.errors import (
     Draining,
     FailedDiskFull,
     NoSuchBucket,
+    NotStored,
     SpoolError,
     SpoolFailedError,
     UploadRefused,
@@ -38,6 +39,7 @@ NOT_STORED: Answer = (500, "InternalError", "The object could not be stored; ple
         (SpoolError("cannot append to /spool/x.open: [Errno 5] EIO"), NOT_STORED),
         (SpoolFailedError("fdatasync of /spool/x.open failed"), NOT_STORED),
         (Draining(), (503, "SlowDown", "The daemon is shutting down.", {"Retry-After": "1"})),
+        (NotStored("Nothing was stored."), (500, "InternalError", "Nothing was stored.", {})),
         (
             ValueError("a bug"),
             (500, "InternalError", "We encountered an internal error. Please try again.", {}),
@@ -48,10 +50,34 @@ def test_domain_errors_are_answered_by_their_class(exc: BaseException, expected:
     assert answer(exc) == expected
 
 
-def test_an_s3_error_is_its_own_answer_and_a_refusal_its_error() -> None:
-    refused = NoSuchBucket("gone")
-    assert s3_error_of(refused) is refused
-    assert s3_error_of(UploadRefused(refused)) is refused
+def test_an_s3_error_is_its_own_answer() -> None:
+    missing = NoSuchBucket("gone")
+    assert s3_error_of(missing) is missing
+
+
+KEPT = (
+    "The upload was refused upstream ({}); the object is kept in the daemon's spool, see "
+    "`s3batchd parked list`."
+)
+
+
+@pytest.mark.parametrize(
+    ("reason", "status", "code", "name"),
+    [
+        ("no_such_bucket", 404, "NoSuchBucket", "NoSuchBucket"),
+        ("access_denied", 403, "AccessDenied", "AccessDenied"),
+        ("kms", 403, "AccessDenied", "a KMS error"),
+        ("invalid_bucket_name", 400, "InvalidBucketName", "InvalidBucketName"),
+        ("conflict", 500, "InternalError", "another object under the batch key"),
+        ("other", 500, "InternalError", "other"),
+    ],
+)
+def test_a_parked_upload_is_answered_as_the_bucket_refused_it(
+    reason: str, status: int, code: str, name: str
+) -> None:
+    error = s3_error_of(UploadRefused("bkt", reason))
+    assert (error.status_code, error.code, error.message) == (status, code, KEPT.format(name))
+    assert error.details == ({"BucketName": "bkt"} if code == "NoSuchBucket" else {})
 
 
 def test_an_answer_is_a_new_error_each_time() -> None:

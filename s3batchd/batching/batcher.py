@@ -35,9 +35,8 @@ from s3batchd.config import BatchConfig, Durability
 from s3batchd.constants import KB, TAR_END
 from s3batchd.errors import (
     Draining,
-    InternalError,
+    NotStored,
     S3BatchdError,
-    S3Error,
     SpoolError,
     SpoolFailedError,
     UploadRefused,
@@ -169,7 +168,7 @@ class Batcher:
             try:
                 await asyncio.shield(batch.uploaded)
             except UploadRefused as exc:  # parked: the object waits in the spool, at ``entry``
-                raise UploadRefused(exc.error, entry) from None
+                raise UploadRefused(exc.bucket, exc.reason, entry) from None
         return entry
 
     def mark_uploaded(self, batch_id: str) -> None:
@@ -178,9 +177,10 @@ class Batcher:
         if future is not None and not future.done():
             future.set_result(None)
 
-    def refuse_upload_waiters(self, batch_id: str, error: S3Error) -> None:
-        """The uploader parked a batch: writers waiting for its upload get ``error``."""
-        self._fail_upload_waiters(batch_id, UploadRefused(error))
+    def refuse_upload_waiters(self, batch_id: str, bucket: str, reason: str) -> None:
+        """The uploader parked a batch of ``bucket`` for ``reason``: writers waiting for its
+        upload get UploadRefused."""
+        self._fail_upload_waiters(batch_id, UploadRefused(bucket, reason))
 
     def fail_upload_waiters(self, exc: BaseException) -> None:
         """Shutdown: batches still waiting for upload will not be uploaded by this process."""
@@ -215,7 +215,7 @@ class Batcher:
             self._strand(spool, exc)
             return
         if sealed is None:
-            self._fail_upload_waiters(spool.batch_id, InternalError("The batch was not stored."))
+            self._fail_upload_waiters(spool.batch_id, NotStored("The batch was not stored."))
             return
         logger.error("spool %s failed; kept its %d durable records", spool.path, sealed.records)
         await self._sink.submit(sealed)
@@ -247,7 +247,7 @@ class Batcher:
         sealed = recovery.batches[0] if recovery.batches else None
         try:
             if sealed is None:
-                self._fail_upload_waiters(stranded.batch_id, InternalError("Nothing was stored."))
+                self._fail_upload_waiters(stranded.batch_id, NotStored("Nothing was stored."))
             else:
                 logger.info("sealed stranded batch %s: %d records", sealed.batch_id, sealed.records)
                 self.sealed_by_reason["stranded"] = self.sealed_by_reason.get("stranded", 0) + 1

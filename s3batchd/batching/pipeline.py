@@ -23,12 +23,11 @@ from s3batchd.concurrency import run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import (
     DiskFull,
-    InternalError,
+    NotStored,
     S3BatchdError,
     SpoolError,
     StartupError,
     UploadError,
-    refusal_error,
     refusal_name,
 )
 from s3batchd.index import IndexEntry, WriterId
@@ -316,9 +315,7 @@ class Pipeline:
     def _parked(self, batch: SealedBatch, error: UploadError) -> None:
         """A batch was parked: its ``upload``-durability writers get the refusal, and a
         bucket found missing is marked so in the bucket check."""
-        self.batcher.refuse_upload_waiters(
-            batch.batch_id, refusal_error(batch.bucket, error.reason)
-        )
+        self.batcher.refuse_upload_waiters(batch.batch_id, batch.bucket, error.reason)
         if error.reason == "no_such_bucket":
             self.bucket_missing(batch.bucket)
 
@@ -463,7 +460,7 @@ class Pipeline:
         if self._lock is not None:
             self._lock.close()
         self.batcher.fail_upload_waiters(
-            InternalError("The object's batch was not uploaded before shutdown; retry.")
+            NotStored("The object's batch was not uploaded before shutdown; retry.")
         )
         if self.catalog_writer is not None:
             await self.catalog_writer.close()

@@ -16,9 +16,13 @@ from dataclasses import dataclass, field
 
 from s3batchd.errors import (
     RETRY_SOON,
+    AccessDenied,
     DiskFull,
     Draining,
     InternalError,
+    InvalidBucketName,
+    NoSuchBucket,
+    NotStored,
     S3Error,
     SlowDown,
     SpoolError,
@@ -43,6 +47,7 @@ class Answer:
 #: Domain errors by class; a subclass not listed is answered as its nearest listed base.
 ANSWERS: Mapping[type[BaseException], Answer] = {
     Draining: Answer(SlowDown, headers=RETRY_SOON),
+    NotStored: Answer(InternalError),
     DiskFull: Answer(SlowDown, "The local spool's disk is full.", RETRY_SOON, logged=True),
     SpoolError: Answer(InternalError, "The object could not be stored; please retry.", logged=True),
 }
@@ -62,8 +67,26 @@ def s3_error_of(exc: BaseException) -> S3Error:
     if isinstance(exc, S3Error):
         return exc
     if isinstance(exc, UploadRefused):
-        return exc.error
+        return refusal_error(exc)
     answer = answer_of(exc)
     if answer is None:
         return InternalError()
     return answer.error(answer.message or str(exc), headers=dict(answer.headers))
+
+
+#: The S3 error a bucket gives for an upload refused for ``UploadError.reason`` (others: 500).
+REFUSALS: Mapping[str, type[S3Error]] = {
+    "no_such_bucket": NoSuchBucket,
+    "access_denied": AccessDenied,
+    "kms": AccessDenied,
+    "invalid_bucket_name": InvalidBucketName,
+}
+
+
+def refusal_error(refused: UploadRefused) -> S3Error:
+    """The answer to a writer waiting (durability ``upload``) for a batch that was parked:
+    the S3 error the bucket would have given it, saying the object is kept."""
+    kind = REFUSALS.get(refused.reason, InternalError)
+    error = NoSuchBucket(refused.bucket) if kind is NoSuchBucket else kind()
+    error.message = str(refused)
+    return error
