@@ -15,6 +15,8 @@ S3BatchdError                      root of everything the daemon raises on purpo
 │   └── ConflictError              the key exists upstream and holds another object
 ├── UploadRefused(bucket, reason, entry)  a batch ``upload``-durability writers wait for was
 │                                  parked: answered as the bucket refused it (NoSuchBucket, ...)
+├── UpstreamFailed(code, status)   a read of the bucket on a client's behalf failed: answered as
+│                                  the bucket answered, or 503 (unreachable, no credentials yet)
 ├── NotStored                      a batch ``upload``-durability writers wait for will not be
 │                                  stored or uploaded (500 InternalError, the message as it is)
 └── S3Error(code, status_code)     answered to the client as S3 XML (rendered in app.py only;
@@ -386,6 +388,18 @@ class ClientClosedRequest(S3Error):
 
     code, status_code = "ClientClosedRequest", 499
     default_message = "The client closed the connection before the answer was ready."
+
+
+class UpstreamFailed(S3BatchdError):
+    """A call of the daemon's own client on a client's behalf (a read of an uploaded object)
+    failed: the bucket refused it (``code``, ``status``; the message is the bucket's), or
+    did not answer (``status`` 0), or the daemon has no credentials yet."""
+
+    def __init__(self, message: str, *, code: str, status: int, no_credentials: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.no_credentials = no_credentials
 
 
 class UploadRefused(S3BatchdError):

@@ -23,10 +23,13 @@ from s3batchd.errors import (
     InvalidBucketName,
     NoSuchBucket,
     NotStored,
+    NoUpstreamCredentials,
     S3Error,
+    ServiceUnavailable,
     SlowDown,
     SpoolError,
     UploadRefused,
+    UpstreamFailed,
 )
 
 
@@ -68,6 +71,8 @@ def s3_error_of(exc: BaseException) -> S3Error:
         return exc
     if isinstance(exc, UploadRefused):
         return refusal_error(exc)
+    if isinstance(exc, UpstreamFailed):
+        return upstream_error(exc)
     answer = answer_of(exc)
     if answer is None:
         return InternalError()
@@ -89,4 +94,17 @@ def refusal_error(refused: UploadRefused) -> S3Error:
     kind = REFUSALS.get(refused.reason, InternalError)
     error = NoSuchBucket(refused.bucket) if kind is NoSuchBucket else kind()
     error.message = str(refused)
+    return error
+
+
+def upstream_error(failed: UpstreamFailed) -> S3Error:
+    """The bucket's refusal as the bucket gave it (a status below 400: 502); 503 when it
+    could not be reached or the daemon has no credentials yet (clients retry 503)."""
+    if failed.no_credentials:
+        return NoUpstreamCredentials(headers=RETRY_SOON)
+    if failed.status == 0:
+        return ServiceUnavailable(headers=RETRY_SOON)
+    error = S3Error(str(failed) or None)
+    error.code = failed.code or "InternalError"
+    error.status_code = failed.status if failed.status >= 400 else 502
     return error
