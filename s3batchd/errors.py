@@ -1,42 +1,63 @@
-"""The exception tree of s3batchd.
+"""The exception tree of s3batchd: every class the package raises on purpose.
+
+Domain errors (the spool, batching, upload and catalog layers) name no HTTP status; the one
+map from a class to the S3 error a client is answered (code, status, message, headers such as
+Retry-After) is ``server/errormap.py``. Only the HTTP-level layers (s3, handlers, forward,
+server) raise ``S3Error`` subclasses, which are their own answer; ``server/app.py`` renders
+them as S3 XML, in one place.
 
 ```
 S3BatchdError                      root of everything the daemon raises on purpose
 ├── ConfigError                    settings missing or invalid (refused at start)
 ├── StartupError                   a listener, the spool or the catalog is unusable at start
-├── SpoolError                     the local spool cannot take or keep data
+├── SpoolError                     the local spool cannot take or keep data (500 InternalError)
 │   ├── SpoolFailedError           a write or fdatasync failed: the file acknowledges nothing more
 │   │   └── FailedDiskFull         ... because the file system was full (also a DiskFull)
 │   └── DiskFull                   the spool's file system is full (ENOSPC, or SQLITE_FULL of
-│                                  the catalog): answered 503 SlowDown, like backpressure
+│                                  the catalog): 503 SlowDown, Retry-After, like backpressure
 ├── Draining                       the daemon is shutting down: the batcher takes no new records
-├── UploadError(retriable, reason) an upstream S3 call failed; ``retriable`` says whether to retry,
-│   │                              ``reason`` which of ``FAILURE_REASONS`` it was (metrics, parking)
-│   └── ConflictError              the key exists upstream and holds another object
+│                                  (503 SlowDown, Retry-After)
+├── NotStored                      a batch ``upload``-durability writers wait for will not be
+│                                  stored or uploaded (500 InternalError, the message as it is)
 ├── UploadRefused(bucket, reason, entry)  a batch ``upload``-durability writers wait for was
 │                                  parked: answered as the bucket refused it (NoSuchBucket, ...)
 ├── UpstreamFailed(code, status)   a read of the bucket on a client's behalf failed: answered as
 │                                  the bucket answered, or 503 (unreachable, no credentials yet)
-├── NotStored                      a batch ``upload``-durability writers wait for will not be
-│                                  stored or uploaded (500 InternalError, the message as it is)
-└── S3Error(code, status_code)     answered to the client as S3 XML (rendered in app.py only;
-    │                              server/errormap.py maps every other class here to one)
-    ├── AccessDenied, InvalidBucketName, KeyTooLongError, InvalidArgument, InvalidRequest
+├── UploadError(retriable, reason) an upstream S3 call failed; ``retriable`` says whether to retry,
+│   │                              ``reason`` which of ``FAILURE_REASONS`` it was (metrics, parking)
+│   └── ConflictError              the key exists upstream and holds another object
+├── LookupFailedError              a bucket's configuration could not be read (bucketmodes.py)
+├── ReaderError                    the reader library's (defined in reader.py, its public API)
+│   ├── NotFoundError              the tar or index key does not exist
+│   ├── NotABatchError             not an s3batchd batch this reader understands
+│   ├── FetchError                 an S3 request failed (the boto3 exception is the cause)
+│   └── IntegrityError             bytes read do not match the length, ETag or a checksum
+└── S3Error(code, status_code)     answered to the client as S3 XML, as it is
+    ├── AccessDenied (403), InvalidBucketName (400), KeyTooLongError (400)
+    ├── InvalidArgument, InvalidRequest, InvalidTag, MalformedXML (400)
     ├── SignatureDoesNotMatch, InvalidAccessKeyId, RequestTimeTooSkewed (403)
     ├── AuthorizationHeaderMalformed, AuthorizationQueryParametersError (400)
-    ├── MissingContentLength, IncompleteBody, EntityTooLarge, MetadataTooLarge
+    ├── MissingContentLength (411), EntityTooLarge, EntityTooSmall, MetadataTooLarge (400)
+    ├── IncompleteBody (400)
+    │   └── ClientDisconnectedError    the client went away before its whole body (never sent)
     ├── RequestHeaderSectionTooLarge (answered by protocol.py: no request exists yet)
-    ├── InvalidDigest, BadDigest, XAmzContentSHA256Mismatch
-    ├── NotImplementedS3
+    ├── InvalidDigest, BadDigest, XAmzContentSHA256Mismatch (400)
+    ├── NotImplementedS3 (501 NotImplemented)
     ├── NoSuchKey (404), PreconditionFailed (412), InvalidRange (416)
     ├── NoSuchBucket (404, the bucket is named in <BucketName>)
-    ├── InvalidTag (400, a tag set S3 refuses)
+    ├── NoSuchUpload (404), InvalidPart, InvalidPartOrder (400)
     ├── RequestTimeout (400, a stalled body)
     ├── SlowDown (503, Retry-After)
+    ├── ServiceUnavailable (503, the bucket could not be reached)
+    │   └── NoUpstreamCredentials  the daemon's credential chain has found nothing yet
     ├── InternalError (500)
     │   └── CorruptObject          stored bytes do not match the object's ETag (never served)
     └── ClientClosedRequest (499, never sent: the client is gone; counted in the metrics)
 ```
+
+Outside the tree, because they must subclass another library's class: ``NoCredentialsYetError``
+(upload/credentials.py, a botocore ``NoCredentialsError``, so botocore retries it) and
+``ConfigRefused`` (cli/main.py, a ``click.ClickException``: one line on stderr, exit status 2).
 """
 
 from __future__ import annotations
@@ -222,6 +243,10 @@ class EntityTooLarge(S3Error):
     default_message = "Your proposed upload exceeds the maximum allowed object size."
 
 
+class ClientDisconnectedError(IncompleteBody):
+    """The client went away before sending the whole body."""
+
+
 class RequestHeaderSectionTooLarge(S3Error):
     code, status_code = "RequestHeaderSectionTooLarge", 400
     default_message = "Your request header section exceeds the maximum allowed size."
@@ -400,6 +425,10 @@ class UpstreamFailed(S3BatchdError):
         self.code = code
         self.status = status
         self.no_credentials = no_credentials
+
+
+class LookupFailedError(S3BatchdError):
+    """A bucket's configuration could not be read (other than AccessDenied)."""
 
 
 class UploadRefused(S3BatchdError):

@@ -29,7 +29,6 @@ from s3batchd.batching.pipeline import Pipeline
 from s3batchd.config import Settings
 from s3batchd.errors import (
     RETRY_SOON,
-    S3BatchdError,
     S3Error,
     SlowDown,
     StartupError,
@@ -143,14 +142,13 @@ async def s3_endpoint(request: Request) -> Response:
         return await serve(request)
     except S3Error:
         raise
-    except S3BatchdError as exc:  # a domain error: errormap.py says how it is answered
-        answer = answer_of(exc)
-        if answer is not None and answer.logged:
-            logger.error("%s %s: %s", request.method, request.url.path, exc)  # noqa: TRY400  the cause is in the message
-        raise s3_error_of(exc) from exc
     except Exception as exc:
-        # Never a traceback on the wire: log it, answer InternalError (clients retry it).
-        logger.exception("unexpected error serving %s %s", request.method, request.url.path)
+        answer = answer_of(exc)  # a domain error: errormap.py says how it is answered
+        if answer is None:
+            # Never a traceback on the wire: log it, answer InternalError (clients retry it).
+            logger.exception("unexpected error serving %s %s", request.method, request.url.path)
+        elif answer.logged:
+            logger.error("%s %s: %s", request.method, request.url.path, exc)  # noqa: TRY400  the cause is in the message
         raise s3_error_of(exc) from exc
     finally:
         state.active_requests -= 1
