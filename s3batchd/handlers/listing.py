@@ -28,11 +28,11 @@ from starlette.responses import Response
 
 from s3batchd.catalog.store import Catalog
 from s3batchd.config import UpstreamConfig
-from s3batchd.errors import MalformedXML
 from s3batchd.forward.passthrough import Call, forward
 from s3batchd.forward.proxy import read_all
 from s3batchd.handlers.get import ListItem, ListQuery, common_prefix, list_xml, parse_list_query
 from s3batchd.handlers.owners import Owners
+from s3batchd.s3.xml import parse
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +177,7 @@ def _owner(node: ElementTree.Element, ns: str) -> tuple[str, str] | None:
 
 
 def _parse(body: bytes, query: ListQuery) -> _Page:
-    try:
-        root = ElementTree.fromstring(body)  # noqa: S314  expat expands no entities
-    except ElementTree.ParseError as exc:
-        raise MalformedXML("The bucket's listing could not be parsed.") from exc
+    root = parse(body, "The bucket's listing could not be parsed.")
     ns = root.tag.partition("}")[0] + "}" if root.tag.startswith("{") else ""
     encoded = (root.findtext(f"{ns}EncodingType") or "").lower() == "url"
 

@@ -76,7 +76,7 @@ from s3batchd.s3.api import (
 )
 from s3batchd.s3.body import BodyBuffer
 from s3batchd.s3.checksums import ALGORITHMS, b64, new_hasher
-from s3batchd.s3.xml import local_name
+from s3batchd.s3.xml import local_name, parse, parse_or_none
 from s3batchd.spool.uploads import Part, Upload, UploadStore
 from s3batchd.upload.bucketmodes import ENCRYPTION_HEADERS, decide, encryption_of
 
@@ -445,10 +445,7 @@ def _without_declaration(document: str) -> str:
 
 
 def _listed_parts(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
-    try:
-        root = ElementTree.fromstring(body)  # noqa: S314  expat expands no entities
-    except ElementTree.ParseError as exc:
-        raise MalformedXML() from exc
+    root = parse(body)
     listed = []
     for node in root:
         if local_name(node.tag) != "Part":
@@ -700,7 +697,7 @@ async def list_multipart_uploads(call: Call) -> Response:
         data = await read_all(answer)
         if answer.status_code != 200:
             return Response(data, status_code=answer.status_code, media_type="application/xml")
-        root = _parse_listing(data)
+        root = parse(data, "The bucket's upload listing could not be parsed.")
         entries.extend(_their_uploads(root, moved))
         paging, prefixes = _their_paging(root, moved)
     entries.sort(key=lambda entry: (entry[0], entry[1]))
@@ -741,13 +738,6 @@ def _upload_xml(key: str, upload_id: str, initiated: str) -> str:
     )
 
 
-def _parse_listing(data: bytes) -> ElementTree.Element:
-    try:
-        return ElementTree.fromstring(data)  # noqa: S314  expat expands no entities
-    except ElementTree.ParseError as exc:
-        raise MalformedXML("The bucket's upload listing could not be parsed.") from exc
-
-
 def _their_uploads(
     root: ElementTree.Element, moved: dict[str, str]
 ) -> list[tuple[str, float, str]]:
@@ -776,9 +766,8 @@ def upstream_error(status: int, body: bytes) -> S3Error:
 
 
 def _find(body: bytes, name: str) -> str:
-    try:
-        root = ElementTree.fromstring(body)  # noqa: S314  expat expands no entities
-    except ElementTree.ParseError:
+    root = parse_or_none(body)
+    if root is None:
         return ""
     for node in root.iter():
         if local_name(node.tag) == name:
