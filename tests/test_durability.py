@@ -216,14 +216,20 @@ def refusal_of(call: Callable[[], Any]) -> tuple[int, str, str, str | None] | No
     return None
 
 
+@pytest.mark.parametrize("catalog", ["in the spool", "elsewhere"])
 def test_a_full_disk_answers_a_delete_as_it_answers_a_put(
-    s3_server: LocalS3, s3: S3Client, bucket: str, tmp_path: Path
+    s3_server: LocalS3, s3: S3Client, bucket: str, tmp_path: Path, catalog: str
 ) -> None:
-    """Deleting a batched key writes the catalog and appends a tombstone to the spool, both
-    on the spool's disk: when it is full the DELETE is refused as a PUT is (503 SlowDown,
-    Retry-After), not as an internal error."""
+    """Deleting a batched key writes the catalog and appends a tombstone to the spool: when
+    the disk is full (the catalog's, if it is in the spool; else the tombstone's) the DELETE
+    is refused as a PUT is (503 SlowDown, Retry-After), not as an internal error."""
+    elsewhere = {"path": str(tmp_path / "catalog" / "catalog.sqlite3")}
     with DaemonProcess(
-        tmp_path, s3_server, wrapper=small_disk_spool(tmp_path), batch={"linger_ms": 60_000}
+        tmp_path,
+        s3_server,
+        wrapper=small_disk_spool(tmp_path),
+        batch={"linger_ms": 60_000},
+        catalog=elsewhere if catalog == "elsewhere" else {},
     ) as process:
         client = process.client()
         victims = [f"v/{number}" for number in range(8)]
