@@ -4,7 +4,9 @@ Domain errors (the spool, batching, upload and catalog layers) name no HTTP stat
 map from a class to the S3 error a client is answered (code, status, message, headers such as
 Retry-After) is ``server/errormap.py``. Only the HTTP-level layers (s3, handlers, forward,
 server) raise ``S3Error`` subclasses, which are their own answer; ``server/app.py`` renders
-them as S3 XML, in one place.
+them as S3 XML, in one place. The module is long because it is the whole tree: some fifty
+declarative classes of a few lines each, kept together so that the drawing below is checked
+against one file (tests/test_errors.py).
 
 ```
 S3BatchdError                      root of everything the daemon raises on purpose
