@@ -1,38 +1,73 @@
-"""The exception tree of s3batchd.
+"""The exception tree of s3batchd: every class the package raises on purpose.
+
+Domain errors (the spool, batching, upload and catalog layers) name no HTTP status; the one
+map from a class to the S3 error a client is answered (code, status, message, headers such as
+Retry-After) is ``server/errormap.py``. Only the HTTP-level layers (s3, handlers, forward,
+server) raise ``S3Error`` subclasses, which are their own answer; ``server/app.py`` renders
+them as S3 XML, in one place. The module is long because it is the whole tree: some fifty
+declarative classes of a few lines each, kept together so that the drawing below is checked
+against one file (tests/test_errors.py).
 
 ```
 S3BatchdError                      root of everything the daemon raises on purpose
 ├── ConfigError                    settings missing or invalid (refused at start)
 ├── StartupError                   a listener, the spool or the catalog is unusable at start
-├── IndexFormatError               a document is not a batch index of a version s3batchd knows
-├── SpoolError                     the local spool cannot take or keep data
-│   └── SpoolFailedError           a write or fdatasync failed: the file acknowledges nothing more
+├── SpoolError                     the local spool cannot take or keep data (500 InternalError)
+│   ├── SpoolFailedError           a write or fdatasync failed: the file acknowledges nothing more
+│   │   └── FailedDiskFull         ... because the file system was full (also a DiskFull)
+│   └── DiskFull                   the spool's file system is full (ENOSPC, or SQLITE_FULL of
+│                                  the catalog): 503 SlowDown, Retry-After, like backpressure
+├── Draining                       the daemon is shutting down: the batcher takes no new records
+│                                  (503 SlowDown, Retry-After)
+├── NotStored                      a batch ``upload``-durability writers wait for will not be
+│                                  stored or uploaded (500 InternalError, the message as it is)
+├── UploadRefused(bucket, reason, entry)  a batch ``upload``-durability writers wait for was
+│                                  parked: answered as the bucket refused it (NoSuchBucket, ...)
+├── UpstreamFailed(code, status)   a read of the bucket on a client's behalf failed: answered as
+│                                  the bucket answered, or 503 (unreachable, no credentials yet)
 ├── UploadError(retriable, reason) an upstream S3 call failed; ``retriable`` says whether to retry,
 │   │                              ``reason`` which of ``FAILURE_REASONS`` it was (metrics, parking)
 │   └── ConflictError              the key exists upstream and holds another object
-├── UploadRefused(error, entry)    a batch that ``upload``-durability writers wait for was parked
-├── CatalogUnavailable             the shared catalog (PostgreSQL) failed or is out of reach
-└── S3Error(code, status_code)     answered to the client as S3 XML (rendered in app.py only)
-    ├── AccessDenied, InvalidBucketName, KeyTooLongError, InvalidArgument, InvalidRequest
+├── IndexFormatError               a document is not a batch index of a version s3batchd knows
+├── CatalogUnavailable             the shared catalog (PostgreSQL) failed or is out of reach:
+│                                  503 SlowDown for a read that needs it
+├── LookupFailedError              a bucket's configuration could not be read (bucketmodes.py)
+├── ReaderError                    the reader library's (defined in reader.py, its public API)
+│   ├── NotFoundError              the tar or index key does not exist
+│   ├── NotABatchError             not an s3batchd batch this reader understands
+│   ├── FetchError                 an S3 request failed (the boto3 exception is the cause)
+│   └── IntegrityError             bytes read do not match the length, ETag or a checksum
+└── S3Error(code, status_code)     answered to the client as S3 XML, as it is
+    ├── AccessDenied (403), InvalidBucketName (400), KeyTooLongError (400)
+    ├── InvalidArgument, InvalidRequest, InvalidTag, MalformedXML (400)
     ├── SignatureDoesNotMatch, InvalidAccessKeyId, RequestTimeTooSkewed (403)
     ├── AuthorizationHeaderMalformed, AuthorizationQueryParametersError (400)
-    ├── MissingContentLength, IncompleteBody, EntityTooLarge, MetadataTooLarge
+    ├── MissingContentLength (411), EntityTooLarge, EntityTooSmall, MetadataTooLarge (400)
+    ├── IncompleteBody (400)
+    │   └── ClientDisconnectedError    the client went away before its whole body (never sent)
     ├── RequestHeaderSectionTooLarge (answered by protocol.py: no request exists yet)
-    ├── InvalidDigest, BadDigest, XAmzContentSHA256Mismatch
-    ├── NotImplementedS3
+    ├── InvalidDigest, BadDigest, XAmzContentSHA256Mismatch (400)
+    ├── NotImplementedS3 (501 NotImplemented)
     ├── NoSuchKey (404), PreconditionFailed (412), InvalidRange (416)
     ├── NoSuchBucket (404, the bucket is named in <BucketName>)
-    ├── InvalidTag (400, a tag set S3 refuses)
+    ├── NoSuchUpload (404), InvalidPart, InvalidPartOrder (400)
     ├── RequestTimeout (400, a stalled body)
     ├── SlowDown (503, Retry-After)
+    ├── ServiceUnavailable (503, the bucket could not be reached)
+    │   └── NoUpstreamCredentials  the daemon's credential chain has found nothing yet
     ├── InternalError (500)
     │   └── CorruptObject          stored bytes do not match the object's ETag (never served)
     └── ClientClosedRequest (499, never sent: the client is gone; counted in the metrics)
 ```
+
+Outside the tree, because they must subclass another library's class: ``NoCredentialsYetError``
+(upload/credentials.py, a botocore ``NoCredentialsError``, so botocore retries it) and
+``ConfigRefused`` (cli/main.py, a ``click.ClickException``: one line on stderr, exit status 2).
 """
 
 from __future__ import annotations
 
+from errno import ENOSPC
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -68,6 +103,36 @@ class SpoolFailedError(SpoolError):
 class CatalogUnavailable(S3BatchdError):
     """The shared catalog (``catalog.backend = "postgres"``) could not be reached or failed a
     query. PUTs are still taken; a read that needs it answers ``503 SlowDown``."""
+
+
+class DiskFull(SpoolError):
+    """The spool's file system is full: a spool file's append was rolled back (ENOSPC), or
+    the catalog kept there could not commit (SQLITE_FULL). Nothing acknowledged was lost;
+    uploads free the room, so the client is told to retry."""
+
+
+class FailedDiskFull(SpoolFailedError, DiskFull):
+    """An fdatasync found the file system full: the file acknowledges nothing more, and the
+    client is answered as for a full disk."""
+
+
+def with_disk_full(exc: SpoolError) -> SpoolError:
+    """``exc`` as a DiskFull (caused by ``exc``) when the write it reports found the file
+    system full; else ``exc`` itself."""
+    cause = exc.__cause__
+    if isinstance(exc, DiskFull) or not isinstance(cause, OSError) or cause.errno != ENOSPC:
+        return exc
+    full = FailedDiskFull(str(exc)) if isinstance(exc, SpoolFailedError) else DiskFull(str(exc))
+    full.__cause__ = exc
+    return full
+
+
+class Draining(S3BatchdError):
+    """The daemon is shutting down: the batcher takes no new records (the client retries
+    against another instance)."""
+
+    def __init__(self, message: str = "The daemon is shutting down.") -> None:
+        super().__init__(message)
 
 
 #: Why an upload failed: the ``reason`` of an UploadError, the label values of
@@ -191,6 +256,10 @@ class IncompleteBody(S3Error):
 class EntityTooLarge(S3Error):
     code, status_code = "EntityTooLarge", 400
     default_message = "Your proposed upload exceeds the maximum allowed object size."
+
+
+class ClientDisconnectedError(IncompleteBody):
+    """The client went away before sending the whole body."""
 
 
 class RequestHeaderSectionTooLarge(S3Error):
@@ -361,14 +430,40 @@ class ClientClosedRequest(S3Error):
     default_message = "The client closed the connection before the answer was ready."
 
 
-class UploadRefused(S3BatchdError):
-    """A batch was parked while writers with durability ``upload`` waited for it: ``error`` is
-    what they are answered, ``entry`` where one writer's object waits in the spool."""
+class UpstreamFailed(S3BatchdError):
+    """A call of the daemon's own client on a client's behalf (a read of an uploaded object)
+    failed: the bucket refused it (``code``, ``status``; the message is the bucket's), or
+    did not answer (``status`` 0), or the daemon has no credentials yet."""
 
-    def __init__(self, error: S3Error, entry: SpoolEntry | None = None) -> None:
-        super().__init__(error.message)
-        self.error = error
+    def __init__(self, message: str, *, code: str, status: int, no_credentials: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.no_credentials = no_credentials
+
+
+class LookupFailedError(S3BatchdError):
+    """A bucket's configuration could not be read (other than AccessDenied)."""
+
+
+class UploadRefused(S3BatchdError):
+    """A batch of ``bucket`` was parked for ``reason`` (one of ``FAILURE_REASONS``) while
+    writers with durability ``upload`` waited for it; ``entry`` is where one writer's object
+    waits in the spool."""
+
+    def __init__(self, bucket: str, reason: str, entry: SpoolEntry | None = None) -> None:
+        super().__init__(
+            f"The upload was refused upstream ({refusal_name(reason)}); the object is kept in "
+            "the daemon's spool, see `s3batchd parked list`."
+        )
+        self.bucket = bucket
+        self.reason = reason
         self.entry = entry
+
+
+class NotStored(S3BatchdError):
+    """A writer waiting for its batch's upload (durability ``upload``) will not see it: the
+    batch was not stored, or not uploaded before shutdown. The message is the client's."""
 
 
 #: How the refusal of a parked batch is named to clients, by ``UploadError.reason``.
@@ -384,23 +479,3 @@ REFUSAL_NAMES = {
 def refusal_name(reason: str) -> str:
     """The refusal of reason ``reason`` as a client reads it in a message."""
     return REFUSAL_NAMES.get(reason, reason)
-
-
-def refusal_error(bucket: str, reason: str) -> S3Error:
-    """The answer to a writer waiting (durability ``upload``) for a batch parked for
-    ``reason``: the S3 error the bucket would have given it, saying the object is kept."""
-    message = (
-        f"The upload was refused upstream ({refusal_name(reason)}); the object is kept in the "
-        "daemon's spool, see `s3batchd parked list`."
-    )
-    error: S3Error
-    if reason == "no_such_bucket":
-        error = NoSuchBucket(bucket)
-    elif reason in ("access_denied", "kms"):
-        error = AccessDenied()
-    elif reason == "invalid_bucket_name":
-        error = InvalidBucketName()
-    else:
-        error = InternalError()
-    error.message = message
-    return error

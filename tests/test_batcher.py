@@ -16,10 +16,11 @@ import pytest
 from s3batchd.batching.batcher import INLINE_APPEND_BYTES, Batcher
 from s3batchd.config import BatchConfig, Durability
 from s3batchd.constants import KB, TAR_END
-from s3batchd.errors import SlowDown, SpoolError
+from s3batchd.errors import DiskFull, Draining, S3BatchdError, SlowDown, SpoolError
 from s3batchd.index import WriterId, is_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
 from s3batchd.s3.body import BodyBuffer
+from s3batchd.server.errormap import s3_error_of
 from s3batchd.spool.files import Recovery, SpoolFile, recover, scan
 from s3batchd.spool.tarmember import encode_header, padded
 from tests.test_readiness import read_only
@@ -120,6 +121,15 @@ async def put(
         return await batcher.add(bucket, make_record(key, data), body)
     finally:
         body.close()
+
+
+async def put_answered(batcher: Batcher, key: str, data: bytes, tmp_path: Path) -> SpoolEntry:
+    """``put``, its failure raised as the S3 error a client would be answered
+    (server/errormap.py)."""
+    try:
+        return await put(batcher, key, data, tmp_path)
+    except S3BatchdError as exc:
+        raise s3_error_of(exc) from exc
 
 
 def keys_in(batch: SealedBatch) -> list[str]:
@@ -411,6 +421,20 @@ async def test_failed_append_raises_and_leaves_no_empty_batch(tmp_path: Path) ->
     assert list((tmp_path / "spool").rglob("*.open")) == []
 
 
+async def test_an_append_that_finds_the_disk_full_raises_disk_full(tmp_path: Path) -> None:
+    batcher = make_batcher(tmp_path, FakeSink())
+    body = FullDiskBody(memory_limit=1024 * KB, spill_dir=tmp_path / "bodies")
+    body.write(b"abc")
+    try:
+        with pytest.raises(DiskFull) as caught:
+            await batcher.add("bkt", make_record("lost", b"abc"), body)
+    finally:
+        body.close()
+        await batcher.close()
+    assert "No space left on device" in str(caught.value)
+    assert type(caught.value.__cause__) is SpoolError  # what the spool file raised
+
+
 async def test_close_seals_open_batches_and_refuses_new_records(tmp_path: Path) -> None:
     sink = FakeSink()
     batcher = make_batcher(tmp_path, sink)
@@ -424,8 +448,10 @@ async def test_close_seals_open_batches_and_refuses_new_records(tmp_path: Path) 
         ("beta", "shutdown", 1),
     ]
     assert batcher.open_batches == 0
-    with pytest.raises(SlowDown) as caught:
+    with pytest.raises(Draining):
         await put(batcher, "late", b"3", tmp_path)
+    with pytest.raises(SlowDown) as caught:
+        await put_answered(batcher, "late", b"3", tmp_path)
     assert caught.value.status_code == 503
     assert caught.value.headers == {"Retry-After": "1"}
     await batcher.close()  # idempotent

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 import pytest
 from botocore.exceptions import ClientError
 
+from s3batchd.errors import LookupFailedError
 from s3batchd.upload.bucketmodes import (
     BucketMode,
     BucketModes,
     Encryption,
-    LookupFailedError,
     tar_encryption,
 )
 from tests.batches import indexed_objects, indexes

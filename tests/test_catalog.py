@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from s3batchd.catalog.store import CORRUPT_KEPT, Catalog, CatalogWrite
 from s3batchd.catalog.writer import CatalogWriter
+from s3batchd.errors import DiskFull
 from s3batchd.handlers.get import ListQuery, common_prefix
 from s3batchd.handlers.listing import catalog_page, local_scan
 from s3batchd.index import IndexEntry
@@ -69,6 +70,23 @@ def test_objects_stay_queued_while_another_process_holds_the_write_lock(tmp_path
     assert catalog.pending == 0
     found = catalog.get("b", "k")
     assert found is not None and found.offset == 512
+    catalog.close()
+
+
+def test_a_full_disk_keeps_objects_queued_and_says_so(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "catalog.sqlite3")
+    pages = catalog._db.execute("PRAGMA page_count").fetchone()[0]
+    catalog._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
+    for number in range(200):
+        record = ObjectRecord(key=f"k{number:03}" * 20, size=0, md5_hex=EMPTY_MD5, mtime=1.0)
+        catalog.put("b", "batch", "tar", IndexEntry(record, "k", 512), uploaded=False)
+    with pytest.raises(DiskFull, match="database or disk is full"):
+        catalog.flush()
+    assert catalog.pending == 200
+    catalog._db.execute(f"PRAGMA max_page_count = {pages * 100}")  # room again
+    catalog.flush()
+    assert catalog.pending == 0
+    assert catalog.get("b", "k000" * 20) is not None
     catalog.close()
 
 

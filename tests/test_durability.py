@@ -7,6 +7,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,22 +154,10 @@ def test_full_disk_rolls_back_and_pushes_back(
 ) -> None:
     """The spool on a 2 MiB tmpfs (in a private mount namespace): ENOSPC mid-write."""
     proxy.set("blackhole")
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    wrapper = (
-        "unshare",
-        "--user",
-        "--map-root-user",
-        "--mount",
-        "sh",
-        "-c",
-        'mount -t tmpfs -o size=2m tmpfs "$0" && exec "$@"',
-        str(spool),
-    )
     with DaemonProcess(
         tmp_path,
         s3_server,
-        wrapper=wrapper,
+        wrapper=small_disk_spool(tmp_path),
         batch={"linger_ms": 60_000},
         upstream={"endpoint_url": proxy.url, "read_timeout_s": 1, "connect_timeout_s": 1},
         shutdown={"drain_timeout_s": 30},
@@ -191,6 +180,84 @@ def test_full_disk_rolls_back_and_pushes_back(
     assert indexed_objects(s3, bucket) == len(acked)
     for key, location in acked.items():
         assert fetch(s3, location) == body, key
+
+
+def small_disk_spool(tmp_path: Path) -> tuple[str, ...]:
+    """The daemon's wrapper that puts its spool (``tmp_path/spool``) on a 2 MiB tmpfs, in a
+    private mount namespace."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    return (
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        'mount -t tmpfs -o size=2m tmpfs "$0" && exec "$@"',
+        str(spool),
+    )
+
+
+def refusal_of(call: Callable[[], Any]) -> tuple[int, str, str, str | None] | None:
+    """Status, code, message and Retry-After of a request the daemon refuses; None when it
+    takes it."""
+    try:
+        call()
+    except ClientError as exc:
+        meta = exc.response["ResponseMetadata"]
+        error = exc.response["Error"]
+        return (
+            meta["HTTPStatusCode"],
+            error["Code"],
+            error["Message"],
+            meta["HTTPHeaders"].get("retry-after"),
+        )
+    return None
+
+
+@pytest.mark.parametrize("catalog", ["in the spool", "elsewhere"])
+def test_a_full_disk_answers_a_delete_as_it_answers_a_put(
+    s3_server: LocalS3, s3: S3Client, bucket: str, tmp_path: Path, catalog: str
+) -> None:
+    """Deleting a batched key writes the catalog and appends a tombstone to the spool: when
+    the disk is full (the catalog's, if it is in the spool; else the tombstone's) the DELETE
+    is refused as a PUT is (503 SlowDown, Retry-After), not as an internal error."""
+    elsewhere = {"path": str(tmp_path / "catalog" / "catalog.sqlite3")}
+    with DaemonProcess(
+        tmp_path,
+        s3_server,
+        wrapper=small_disk_spool(tmp_path),
+        batch={"linger_ms": 60_000},
+        catalog=elsewhere if catalog == "elsewhere" else {},
+    ) as process:
+        client = process.client()
+        victims = [f"v/{number}" for number in range(8)]
+        for key in victims:
+            client.put_object(Bucket=bucket, Key=key, Body=b"x")
+        # Fill the disk to its last bytes: large bodies, then smaller ones, then empty ones.
+        put_refused = None
+        for size in (300 * KB, 16 * KB, 1 * KB, 0):
+            body = os.urandom(size)
+            for number in range(20):
+                put_refused = refusal_of(
+                    partial(
+                        client.put_object, Bucket=bucket, Key=f"fill/{size}/{number}", Body=body
+                    )
+                )
+                if put_refused is not None:
+                    break
+            else:
+                pytest.fail(f"the 2 MiB disk took 20 more bodies of {size} bytes")
+        assert put_refused == (503, "SlowDown", "The local spool's disk is full.", "1")
+        # A tombstone may need less room than an empty object: some deletes may still fit.
+        for key in victims:
+            delete_refused = refusal_of(partial(client.delete_object, Bucket=bucket, Key=key))
+            if delete_refused is not None:
+                break
+        else:
+            pytest.fail("every tombstone found room on the full disk")
+        assert delete_refused == put_refused
 
 
 def _metric(admin_url: str, name: str) -> float:

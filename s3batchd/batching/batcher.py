@@ -34,13 +34,13 @@ from s3batchd.concurrency import run_sync
 from s3batchd.config import BatchConfig, Durability
 from s3batchd.constants import KB, TAR_END
 from s3batchd.errors import (
-    RETRY_SOON,
-    InternalError,
+    Draining,
+    NotStored,
     S3BatchdError,
-    S3Error,
-    SlowDown,
+    SpoolError,
     SpoolFailedError,
     UploadRefused,
+    with_disk_full,
 )
 from s3batchd.index import WriterId, new_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
@@ -147,7 +147,7 @@ class Batcher:
         """Append a record and wait until it is as durable as asked (default: the configured
         level); returns where it landed."""
         if self._closed:
-            raise SlowDown("The daemon is shutting down.", headers=RETRY_SOON)
+            raise Draining
         level = durability or self._durability
         state = self._buckets.get(bucket)
         if state is None:  # not setdefault: a _Bucket and its lock per call showed in profiles
@@ -161,14 +161,14 @@ class Batcher:
         if level != "none":
             try:
                 await batch.committer.wait_durable(entry.end)
-            except SpoolFailedError:
+            except SpoolFailedError as exc:
                 await self._abandon(state, batch)
-                raise
+                raise with_disk_full(exc)  # noqa: B904  chained by with_disk_full
         if level == "upload":
             try:
                 await asyncio.shield(batch.uploaded)
             except UploadRefused as exc:  # parked: the object waits in the spool, at ``entry``
-                raise UploadRefused(exc.error, entry) from None
+                raise UploadRefused(exc.bucket, exc.reason, entry) from None
         return entry
 
     def mark_uploaded(self, batch_id: str) -> None:
@@ -177,9 +177,10 @@ class Batcher:
         if future is not None and not future.done():
             future.set_result(None)
 
-    def refuse_upload_waiters(self, batch_id: str, error: S3Error) -> None:
-        """The uploader parked a batch: writers waiting for its upload get ``error``."""
-        self._fail_upload_waiters(batch_id, UploadRefused(error))
+    def refuse_upload_waiters(self, batch_id: str, bucket: str, reason: str) -> None:
+        """The uploader parked a batch of ``bucket`` for ``reason``: writers waiting for its
+        upload get UploadRefused."""
+        self._fail_upload_waiters(batch_id, UploadRefused(bucket, reason))
 
     def fail_upload_waiters(self, exc: BaseException) -> None:
         """Shutdown: batches still waiting for upload will not be uploaded by this process."""
@@ -214,7 +215,7 @@ class Batcher:
             self._strand(spool, exc)
             return
         if sealed is None:
-            self._fail_upload_waiters(spool.batch_id, InternalError("The batch was not stored."))
+            self._fail_upload_waiters(spool.batch_id, NotStored("The batch was not stored."))
             return
         logger.error("spool %s failed; kept its %d durable records", spool.path, sealed.records)
         await self._sink.submit(sealed)
@@ -246,7 +247,7 @@ class Batcher:
         sealed = recovery.batches[0] if recovery.batches else None
         try:
             if sealed is None:
-                self._fail_upload_waiters(stranded.batch_id, InternalError("Nothing was stored."))
+                self._fail_upload_waiters(stranded.batch_id, NotStored("Nothing was stored."))
             else:
                 logger.info("sealed stranded batch %s: %d records", sealed.batch_id, sealed.records)
                 self.sealed_by_reason["stranded"] = self.sealed_by_reason.get("stranded", 0) + 1
@@ -304,10 +305,13 @@ class Batcher:
     async def _append(
         self, batch: _OpenBatch, record: ObjectRecord, body: BodyBuffer
     ) -> SpoolEntry:
-        if body.in_memory and record.size <= INLINE_APPEND_BYTES:
-            entry = batch.spool.append(record, body)
-        else:
-            entry = await run_sync(batch.spool.append, record, body)
+        try:
+            if body.in_memory and record.size <= INLINE_APPEND_BYTES:
+                entry = batch.spool.append(record, body)
+            else:
+                entry = await run_sync(batch.spool.append, record, body)
+        except SpoolError as exc:
+            raise with_disk_full(exc)  # noqa: B904  chained by with_disk_full
         batch.committer.written = batch.spool.position
         return entry
 

@@ -34,15 +34,13 @@ from s3batchd.clock import observe, write_time
 from s3batchd.concurrency import run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import (
-    RETRY_SOON,
     CatalogUnavailable,
-    InternalError,
+    DiskFull,
+    NotStored,
     S3BatchdError,
-    SlowDown,
     SpoolError,
     StartupError,
     UploadError,
-    refusal_error,
     refusal_name,
 )
 from s3batchd.index import IndexEntry, WriterId, render_index
@@ -226,7 +224,7 @@ class Pipeline:
         self._flush_scheduled = False
         try:
             flushed = self.catalog.try_flush()
-        except sqlite3.Error:
+        except (sqlite3.Error, DiskFull):
             logger.exception("catalog write failed")
             return
         if not flushed and not self._catalog_thread_closed:
@@ -295,7 +293,7 @@ class Pipeline:
         try:
             if await self.lookup(bucket, key) is None:
                 return False
-        except SlowDown:
+        except CatalogUnavailable:
             logger.info("s3://%s/%s: tombstone written, the catalog being unavailable", bucket, key)
         record = ObjectRecord(key=key, size=0, md5_hex=EMPTY_MD5, mtime=write_time(), deleted=True)
         empty = BodyBuffer(memory_limit=0, spill_dir=self.spill_dir)
@@ -350,9 +348,7 @@ class Pipeline:
     def _parked(self, batch: SealedBatch, error: UploadError) -> None:
         """A batch was parked: its ``upload``-durability writers get the refusal, and a
         bucket found missing is marked so in the bucket check."""
-        self.batcher.refuse_upload_waiters(
-            batch.batch_id, refusal_error(batch.bucket, error.reason)
-        )
+        self.batcher.refuse_upload_waiters(batch.batch_id, batch.bucket, error.reason)
         if error.reason == "no_such_bucket":
             self.bucket_missing(batch.bucket)
 
@@ -410,11 +406,12 @@ class Pipeline:
         With the PostgreSQL catalog: the later of this daemon's own and the fleet's. When
         PostgreSQL fails, this daemon's own object of the key is served (its latest write,
         which a write through another daemon may have replaced meanwhile); without one the
-        read answers 503 SlowDown: whether another daemon batched the key is unknown.
+        read fails (503 SlowDown, server/errormap.py): whether another daemon batched the key
+        is unknown.
 
         Raises:
-            SlowDown: the shared catalog is unavailable and this daemon has no object of the
-                key.
+            CatalogUnavailable: the shared catalog is unavailable and this daemon has no
+                object of the key.
         """
         local = self.catalog.get(bucket, key)
         if self.shared is None:
@@ -425,7 +422,7 @@ class Pipeline:
             if local is not None:
                 return local
             logger.debug("read of s3://%s/%s: %s", bucket, key, exc)
-            raise SlowDown("The catalog is unavailable; please retry.", headers=RETRY_SOON) from exc
+            raise
         return newest(local, self.catalog.tombstone(bucket, key), answer)
 
     @property
@@ -547,7 +544,7 @@ class Pipeline:
         if self._lock is not None:
             self._lock.close()
         self.batcher.fail_upload_waiters(
-            InternalError("The object's batch was not uploaded before shutdown; retry.")
+            NotStored("The object's batch was not uploaded before shutdown; retry.")
         )
         if self.catalog_writer is not None:
             await self.catalog_writer.close()

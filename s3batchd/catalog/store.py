@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from s3batchd.errors import DiskFull
 from s3batchd.index import IndexEntry
 from s3batchd.index import entries_from_index as entries_from_index  # moved to index.py
 from s3batchd.records import ObjectRecord, updated_headers
@@ -249,7 +250,8 @@ class Catalog:
 
     def flush(self) -> None:
         """Write the queued objects (one transaction). When it fails (another process held
-        the write lock too long, the disk is full) they stay queued for the next flush."""
+        the write lock too long, the disk is full: DiskFull) they stay queued for the next
+        flush."""
         with self._db_lock:
             with self._pending_lock:
                 rows, self._pending = self._pending, []
@@ -258,8 +260,10 @@ class Catalog:
             try:
                 with self._transaction():
                     self._db.executemany(_UPSERT, rows)
-            except sqlite3.Error:
+            except sqlite3.Error as exc:
                 self._requeue(rows)
+                if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                    raise DiskFull(f"catalog {self.path}: {exc}") from exc
                 raise
 
     def try_flush(self) -> bool:
@@ -459,13 +463,19 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None:
-            self._db.execute("ROLLBACK")
+            self._roll_back()
             return
         try:
             self._db.execute("COMMIT")
         except sqlite3.Error:
-            self._db.execute("ROLLBACK")  # never leave the connection inside a transaction
+            self._roll_back()  # never leave the connection inside a transaction
             raise
+
+    def _roll_back(self) -> None:
+        # A statement or a COMMIT that found the disk full has rolled the transaction back
+        # already: a ROLLBACK then would fail and hide why.
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
 
 def _open(path: Path, busy_timeout_s: float, *, auto_checkpoint: bool) -> sqlite3.Connection:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from s3batchd.errors import NoSuchBucket, ServiceUnavailable
+from s3batchd.upload.upstream import failure_reason
 
 if TYPE_CHECKING:
     from s3batchd.forward.proxy import Forwarder
@@ -61,13 +62,15 @@ def answer_of(status: int | None) -> Answer:
     """The meaning of a HeadBucket status (None: no answer)."""
     if status is None:
         return Answer.UNKNOWN
-    if status == 404:
-        return Answer.MISSING
-    if status == 403:
-        return Answer.DENIED
     if status < 400:
         return Answer.EXISTS  # 301 / 307: the bucket exists, in another region
-    return Answer.UNKNOWN
+    # A HEAD answer has no body, so no error code: HeadBucket's 404 is NoSuchBucket.
+    reason = failure_reason("NoSuchBucket" if status == 404 else "", status)
+    return _ANSWERS.get(reason, Answer.UNKNOWN)
+
+
+#: What a HeadBucket refusal says about the bucket, by ``upstream.failure_reason``.
+_ANSWERS = {"no_such_bucket": Answer.MISSING, "access_denied": Answer.DENIED}
 
 
 @dataclass(slots=True)

@@ -13,7 +13,6 @@ import hashlib
 import itertools
 import logging
 import re
-from xml.etree import ElementTree
 from xml.sax.saxutils import escape, unescape
 
 from starlette.responses import Response
@@ -51,7 +50,7 @@ from s3batchd.records import ObjectRecord
 from s3batchd.s3.api import DEFAULT_CONTENT_TYPE, metadata_of, stored_headers_of
 from s3batchd.s3.body import BodyBuffer
 from s3batchd.s3.checksums import ALGORITHMS, b64, new_hasher
-from s3batchd.s3.xml import local_name
+from s3batchd.s3.xml import local_name, parse
 from s3batchd.spool.uploads import Part, Upload
 from s3batchd.upload.bucketmodes import ENCRYPTION_HEADERS, encryption_of
 
@@ -161,10 +160,7 @@ def _without_declaration(document: str) -> str:
 
 
 def _listed_parts(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
-    try:
-        root = ElementTree.fromstring(body)  # noqa: S314  expat expands no entities
-    except ElementTree.ParseError as exc:
-        raise MalformedXML() from exc
+    root = parse(body)
     listed = []
     for node in root:
         if local_name(node.tag) != "Part":

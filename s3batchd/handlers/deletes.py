@@ -17,9 +17,9 @@ from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 from s3batchd.catalog.store import Lookup
-from s3batchd.errors import MalformedXML, PreconditionFailed
+from s3batchd.errors import PreconditionFailed
 from s3batchd.handlers.get import etag_matches
-from s3batchd.s3.xml import local_name
+from s3batchd.s3.xml import local_name, parse
 
 _FAILED = "At least one of the pre-conditions you specified did not hold"
 
@@ -40,10 +40,7 @@ class DeleteDecision:
 
 async def decide_conditions(lookup: Lookup, bucket: str, body: bytes) -> DeleteDecision:
     """Judge the ETag conditions of the document's unversioned objects whose key is batched."""
-    try:
-        root = ElementTree.fromstring(body)  # noqa: S314  no entities are expanded by expat here
-    except ElementTree.ParseError as exc:
-        raise MalformedXML() from exc
+    root = parse(body)
     decision = DeleteDecision(body)
     for node in list(root):
         if local_name(node.tag) != "Object":

@@ -8,13 +8,12 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
-from xml.etree import ElementTree
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
-from s3batchd.errors import MalformedXML, NotImplementedS3
+from s3batchd.errors import NotImplementedS3
 from s3batchd.forward.buckets import BucketCheck
 from s3batchd.forward.passthrough import Call, forward, read_small_body, send_upstream
 from s3batchd.forward.proxy import read_all, relay_read
@@ -37,7 +36,7 @@ from s3batchd.s3.addressing import check_bucket, check_host, check_key, parse_ta
 from s3batchd.s3.api import SUBRESOURCES
 from s3batchd.s3.auth import Authenticator
 from s3batchd.s3.operations import operation_of
-from s3batchd.s3.xml import local_name
+from s3batchd.s3.xml import local_name, parse, parse_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -164,10 +163,7 @@ _DELETE_RESULT = (
 
 def _unversioned_keys(body: bytes) -> list[str]:
     """The keys of a Delete document's objects that name no version."""
-    try:
-        root = ElementTree.fromstring(body)  # noqa: S314  no entities are expanded by expat here
-    except ElementTree.ParseError as exc:
-        raise MalformedXML() from exc
+    root = parse(body)
     keys = []
     for node in root:
         if local_name(node.tag) != "Object":
@@ -181,9 +177,8 @@ def _unversioned_keys(body: bytes) -> list[str]:
 def _deleted(keys: list[str], answer: bytes) -> list[str]:
     """Those of ``keys`` a DeleteResult does not list under Error (all of them were asked
     for; in quiet mode only errors are listed)."""
-    try:
-        root = ElementTree.fromstring(answer)  # noqa: S314  the bucket's answer, no entities
-    except ElementTree.ParseError:
+    root = parse_or_none(answer)
+    if root is None:
         return []  # not a DeleteResult: hide nothing the bucket may not have deleted
     failed: set[str] = set()
     for node in root:

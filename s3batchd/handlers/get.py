@@ -42,7 +42,7 @@ from s3batchd.errors import (
 from s3batchd.index import iso_time
 from s3batchd.records import ObjectRecord, byte_range
 from s3batchd.spool.files import OPEN_SUFFIX, SEALED_SUFFIX
-from s3batchd.upload.upstream import as_s3_error
+from s3batchd.upload.upstream import upstream_failed
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -169,10 +169,10 @@ async def read_bytes(source: ObjectSource, entry: CatalogEntry, first: int, last
             # The range is inside the object as the catalog knows it: the tar is shorter.
             _corrupt(entry, f"the tar is shorter than the object's end ({exc})")
         logger.warning("reading s3://%s/%s: %s", entry.bucket, entry.tar_key, exc)
-        raise as_s3_error(exc) from exc
+        raise upstream_failed(exc) from exc
     except BotoCoreError as exc:
         logger.warning("reading s3://%s/%s: %s", entry.bucket, entry.tar_key, exc)
-        raise as_s3_error(exc) from exc
+        raise upstream_failed(exc) from exc
 
 
 def _md5(data: bytes) -> str:

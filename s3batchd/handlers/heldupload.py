@@ -5,13 +5,11 @@ passed on unchanged.
 
 from __future__ import annotations
 
-from xml.etree import ElementTree
-
 from starlette.responses import Response
 
 from s3batchd.errors import NoSuchUpload, S3Error
 from s3batchd.forward.passthrough import Call
-from s3batchd.s3.xml import local_name
+from s3batchd.s3.xml import local_name, parse_or_none
 from s3batchd.spool.uploads import Upload, UploadStore
 
 __all__ = [
@@ -76,9 +74,8 @@ def upstream_error(status: int, body: bytes) -> S3Error:
 
 def find_text(body: bytes, name: str) -> str:
     """The text of the first ``name`` element of an XML answer; empty if none or unparsable."""
-    try:
-        root = ElementTree.fromstring(body)  # noqa: S314  expat expands no entities
-    except ElementTree.ParseError:
+    root = parse_or_none(body)
+    if root is None:
         return ""
     for node in root.iter():
         if local_name(node.tag) == name:

@@ -30,11 +30,11 @@ from starlette.responses import Response
 from s3batchd.catalog.postgres import PostgresCatalog
 from s3batchd.catalog.store import Catalog, CatalogEntry
 from s3batchd.config import UpstreamConfig
-from s3batchd.errors import RETRY_SOON, CatalogUnavailable, MalformedXML, SlowDown
 from s3batchd.forward.passthrough import Call, forward
 from s3batchd.forward.proxy import read_all
 from s3batchd.handlers.get import ListItem, ListQuery, common_prefix, list_xml, parse_list_query
 from s3batchd.handlers.owners import Owners
+from s3batchd.s3.xml import parse
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,17 +57,15 @@ async def list_objects_merged(call: Call) -> Response:
     # only it can go on, even when no batched key is left under the prefix.
     relayable = not query.token and not hidden
     shared = pipeline.shared.catalog if pipeline.shared is not None else None
-    try:
-        if allowed and relayable and await _nothing_batched(catalog, shared, bucket, query.prefix):
-            return await forward(call)
-        if shared is None:
-            scan = local_scan(catalog, bucket, query.prefix)
-            mine = await catalog_page(scan, query, hidden=hidden)
-        else:
-            mine = await _with_shared(catalog, shared, bucket, query, hidden)
-    except CatalogUnavailable as exc:
-        # Batched keys of other daemons would be missing from the listing: not a listing.
-        raise SlowDown("The catalog is unavailable; please retry.", headers=RETRY_SOON) from exc
+    # A CatalogUnavailable from PostgreSQL fails the listing (503 SlowDown, errormap): batched
+    # keys of other daemons would be missing from it.
+    if allowed and relayable and await _nothing_batched(catalog, shared, bucket, query.prefix):
+        return await forward(call)
+    if shared is None:
+        scan = local_scan(catalog, bucket, query.prefix)
+        mine = await catalog_page(scan, query, hidden=hidden)
+    else:
+        mine = await _with_shared(catalog, shared, bucket, query, hidden)
     if query.fetch_owner and any(not item.prefix for item in mine.items):
         owners: Owners = call.request.app.state.owners
         owner = await owners.of(call, bucket)
@@ -289,10 +287,7 @@ def _owner(node: ElementTree.Element, ns: str) -> tuple[str, str] | None:
 
 
 def _parse(body: bytes, query: ListQuery) -> _Page:
-    try:
-        root = ElementTree.fromstring(body)  # noqa: S314  expat expands no entities
-    except ElementTree.ParseError as exc:
-        raise MalformedXML("The bucket's listing could not be parsed.") from exc
+    root = parse(body, "The bucket's listing could not be parsed.")
     ns = root.tag.partition("}")[0] + "}" if root.tag.startswith("{") else ""
     encoded = (root.findtext(f"{ns}EncodingType") or "").lower() == "url"
 

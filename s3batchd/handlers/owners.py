@@ -17,10 +17,9 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING
-from xml.etree import ElementTree
 
 from s3batchd.forward.proxy import read_all
-from s3batchd.s3.xml import local_name
+from s3batchd.s3.xml import local_name, parse_or_none
 
 if TYPE_CHECKING:
     from s3batchd.forward.passthrough import Call
@@ -93,9 +92,8 @@ async def _ask(call: Call, bucket: str, query: list[tuple[str, str]]) -> Owner |
 
 def owner_in(body: bytes) -> Owner | None:
     """The first ``Owner`` (ID, DisplayName) in an S3 XML document."""
-    try:
-        root = ElementTree.fromstring(body)  # noqa: S314  the bucket's answer, no entities
-    except ElementTree.ParseError:
+    root = parse_or_none(body)
+    if root is None:
         return None
     for node in root.iter():
         if local_name(node.tag) == "Owner":

@@ -3,7 +3,6 @@ its headers ask for what a batched object cannot have."""
 
 from __future__ import annotations
 
-import errno
 import logging
 from typing import TYPE_CHECKING
 
@@ -14,13 +13,12 @@ from s3batchd.config import DURABILITY_ORDER, Durability, Settings
 from s3batchd.constants import HEADER_PREFIX, MAX_SINGLE_PUT_BYTES
 from s3batchd.errors import (
     RETRY_SOON,
-    InternalError,
+    Draining,
     InvalidArgument,
     NoSuchKey,
     NotImplementedS3,
     PreconditionFailed,
     SlowDown,
-    SpoolError,
     UploadRefused,
 )
 from s3batchd.forward.buckets import BucketCheck
@@ -75,7 +73,7 @@ async def put_object(call: Call) -> Response:
         return await forward_write(call, put)
     durability = requested_durability(headers, settings.spool.durability)
     if pipeline.draining:
-        raise SlowDown("The daemon is shutting down.", headers=RETRY_SOON)
+        raise Draining
     check_quota(pipeline, put.declared_size or 0)
     buckets: BucketCheck = call.request.app.state.buckets
     if not buckets.accepts(call.target.bucket):  # not known to exist: may wait for HeadBucket
@@ -153,12 +151,7 @@ async def append(
         # Parked, not lost: readable by key while it waits in the spool.
         if exc.entry is not None:
             await pipeline.written(record, exc.entry, uploaded=False)
-        raise exc.error from exc
-    except SpoolError as exc:
-        logger.error("spool failure for s3://%s/%s: %s", bucket, record.key, exc)  # noqa: TRY400  the cause is in the message
-        if isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.ENOSPC:
-            raise SlowDown("The local spool's disk is full.", headers=RETRY_SOON) from exc
-        raise InternalError("The object could not be stored; please retry.") from exc
+        raise
     await pipeline.written(record, entry, uploaded=durability == "upload")
     return entry
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote
-from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 from starlette.responses import Response
@@ -30,7 +29,7 @@ from s3batchd.forward.passthrough import Call, forward, read_small_body
 from s3batchd.handlers.get import http_date
 from s3batchd.handlers.owners import Owner, Owners
 from s3batchd.s3.api import ACCEPTED_VALUES, UNSUPPORTED_HEADERS
-from s3batchd.s3.xml import local_name
+from s3batchd.s3.xml import local_name, parse
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -99,7 +98,7 @@ def tagging_header(tags: list[tuple[str, str]]) -> str:
 def parse_tagging(body: bytes) -> list[tuple[str, str]]:
     """The tag set of a PutObjectTagging document, checked as S3 checks it (MalformedXML,
     InvalidTag)."""
-    root = _parse(body)
+    root = parse(body)
     tag_sets = [node for node in root if local_name(node.tag) == "TagSet"]
     if local_name(root.tag) != "Tagging" or len(tag_sets) != 1:
         raise MalformedXML()
@@ -231,7 +230,7 @@ def canned_acl(value: str) -> str:
 async def _policy_acl(call: Call, body: bytes) -> str:
     """The canned ACL an AccessControlPolicy document amounts to: ``private`` when every
     grant is FULL_CONTROL to the owner; anything else is NotImplemented, naming the grant."""
-    root = _parse(body)
+    root = parse(body)
     if local_name(root.tag) != "AccessControlPolicy":
         raise MalformedXML()
     owner_id, _ = await object_owner(call)
@@ -324,13 +323,6 @@ async def get_attributes(call: Call, entry: CatalogEntry) -> Response:
 
 async def _update(pipeline: Pipeline, entry: CatalogEntry, headers: dict[str, str]) -> None:
     await pipeline.update(entry.bucket, entry.record, headers)
-
-
-def _parse(body: bytes) -> ElementTree.Element:
-    try:
-        return ElementTree.fromstring(body)  # noqa: S314  no entities are expanded by expat here
-    except ElementTree.ParseError as exc:
-        raise MalformedXML() from exc
 
 
 def _xml(document: str, headers: dict[str, str] | None = None) -> Response:

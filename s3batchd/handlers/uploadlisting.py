@@ -9,12 +9,12 @@ from xml.sax.saxutils import escape
 
 from starlette.responses import Response
 
-from s3batchd.errors import InvalidArgument, MalformedXML
+from s3batchd.errors import InvalidArgument
 from s3batchd.forward.passthrough import Call, forward, send_upstream
 from s3batchd.forward.proxy import read_all
 from s3batchd.handlers.heldupload import S3_NS, open_upload, upload_store, xml_response
 from s3batchd.index import iso_time
-from s3batchd.s3.xml import local_name
+from s3batchd.s3.xml import local_name, parse
 
 __all__ = ["list_multipart_uploads", "list_parts"]
 
@@ -90,7 +90,7 @@ async def list_multipart_uploads(call: Call) -> Response:
         data = await read_all(answer)
         if answer.status_code != 200:
             return Response(data, status_code=answer.status_code, media_type="application/xml")
-        root = _parse_listing(data)
+        root = parse(data, "The bucket's upload listing could not be parsed.")
         entries.extend(_their_uploads(root, moved))
         paging, prefixes = _their_paging(root, moved)
     entries.sort(key=lambda entry: (entry[0], entry[1]))
@@ -129,13 +129,6 @@ def _upload_xml(key: str, upload_id: str, initiated: str) -> str:
         f"<Upload><Key>{escape(key)}</Key><UploadId>{escape(upload_id)}</UploadId>"
         f"<StorageClass>STANDARD</StorageClass><Initiated>{initiated}</Initiated></Upload>"
     )
-
-
-def _parse_listing(data: bytes) -> ElementTree.Element:
-    try:
-        return ElementTree.fromstring(data)  # noqa: S314  expat expands no entities
-    except ElementTree.ParseError as exc:
-        raise MalformedXML("The bucket's upload listing could not be parsed.") from exc
 
 
 def _their_uploads(

@@ -21,6 +21,7 @@ from s3batchd.clock import write_time
 from s3batchd.constants import MAX_USER_METADATA_BYTES
 from s3batchd.errors import (
     BadDigest,
+    ClientDisconnectedError,
     EntityTooLarge,
     IncompleteBody,
     InvalidArgument,
@@ -327,10 +328,6 @@ def build_record(request: PutRequest, digests: Digests, size: int) -> ObjectReco
         checksums=checksums,
         mtime=write_time(),
     )
-
-
-class ClientDisconnectedError(IncompleteBody):
-    """The client went away before sending the whole body."""
 
 
 async def _read(

@@ -1,6 +1,7 @@
 """The HTTP front: the S3 listener's ASGI app (``S3Front``) and the Starlette app behind it.
 
-Errors become S3 XML in exactly one place, ``render_s3_error``. Every response carries
+Errors become S3 XML in exactly one place, ``render_s3_error``; which S3 error answers a
+domain error is decided by errormap.py. Every response carries
 ``x-amz-request-id``. The lifespan owns the pipeline: on shutdown (after uvicorn stopped
 accepting and in-flight requests finished) open batches are sealed and uploaded.
 """
@@ -28,7 +29,6 @@ from s3batchd.batching.pipeline import Pipeline
 from s3batchd.config import Settings
 from s3batchd.errors import (
     RETRY_SOON,
-    InternalError,
     S3Error,
     SlowDown,
     StartupError,
@@ -41,6 +41,7 @@ from s3batchd.index import WriterId
 from s3batchd.s3.addressing import authority_of
 from s3batchd.s3.auth import Authenticator
 from s3batchd.s3.stall import BodyPace
+from s3batchd.server.errormap import answer_of, s3_error_of
 from s3batchd.server.looplag import LoopLagMonitor
 from s3batchd.server.metrics import Metrics
 from s3batchd.spool.uploads import UploadStore
@@ -142,9 +143,13 @@ async def s3_endpoint(request: Request) -> Response:
     except S3Error:
         raise
     except Exception as exc:
-        # Never a traceback on the wire: log it, answer InternalError (clients retry it).
-        logger.exception("unexpected error serving %s %s", request.method, request.url.path)
-        raise InternalError() from exc
+        answer = answer_of(exc)  # a domain error: errormap.py says how it is answered
+        if answer is None:
+            # Never a traceback on the wire: log it, answer InternalError (clients retry it).
+            logger.exception("unexpected error serving %s %s", request.method, request.url.path)
+        elif answer.logged:
+            logger.error("%s %s: %s", request.method, request.url.path, exc)  # noqa: TRY400  the cause is in the message
+        raise s3_error_of(exc) from exc
     finally:
         state.active_requests -= 1
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from s3batchd.concurrency import run_in
-from s3batchd.errors import S3BatchdError
+from s3batchd.errors import LookupFailedError
 from s3batchd.upload.upstream import ACCESS_DENIED_CODES, code_of
 
 if TYPE_CHECKING:
@@ -61,10 +61,6 @@ SSE_BUCKET_KEY = "x-amz-server-side-encryption-bucket-key-enabled"
 ENCRYPTION_HEADERS = (SSE, SSE_KMS_KEY, SSE_BUCKET_KEY)
 #: Weakest first.
 _STRENGTH = ("", "AES256", "aws:kms", "aws:kms:dsse")
-
-
-class LookupFailedError(S3BatchdError):
-    """A bucket's configuration could not be read (other than AccessDenied)."""
 
 
 @dataclass(frozen=True, slots=True)

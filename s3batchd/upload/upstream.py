@@ -1,32 +1,26 @@
-"""The boto3 client for the real bucket, and how its failures are classified."""
+"""The boto3 client for the real bucket, and how its failures are classified: ``failure_of``
+(one classification of an upstream call's failure) and ``failure_reason`` (what an S3
+refusal means), used by the uploads, the probe, ``check-config``, reads through the daemon
+and the HeadBucket check."""
 
 from __future__ import annotations
 
 import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from botocore.auth import AUTH_TYPE_MAPS, S3SigV4Auth
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionClosedError,
     ConnectionError,
-    EndpointConnectionError,
     HTTPClientError,
     NoCredentialsError,
-    ReadTimeoutError,
 )
 
-from s3batchd.errors import (
-    RETRY_SOON,
-    NoUpstreamCredentials,
-    S3Error,
-    ServiceUnavailable,
-    UploadError,
-)
+from s3batchd.errors import UploadError, UpstreamFailed
 from s3batchd.upload.credentials import NoCredentialsYetError, upstream_session
 
 if TYPE_CHECKING:
@@ -109,22 +103,31 @@ class ProbeResult:
     """What is wrong; None when S3 answered as expected."""
 
 
+#: What a GET of a key that does not exist may answer when the endpoint, the bucket and the
+#: credentials are fine (AccessDenied: no s3:ListBucket; "404"/"403": an answer without body).
+PROBE_ANSWERS = frozenset({"NoSuchKey", "AccessDenied", "404", "403"})
+
+
 def check(client: S3Client, bucket: str, prefix: str) -> ProbeResult:
     """One cheap authenticated request to ``bucket``. A GET of a key that does not exist
     needs only s3:GetObject: NoSuchKey (or AccessDenied without s3:ListBucket) proves the
     endpoint, the bucket and the credentials."""
     try:
         client.get_object(Bucket=bucket, Key=f"{prefix}.s3batchd-probe")
-    except ClientError as exc:
-        code = code_of(exc)
-        if code in ("NoSuchKey", "AccessDenied", "404", "403"):
+    except Exception as exc:
+        failure = failure_of(exc)
+        if failure.kind == "unexpected":
+            raise
+        if failure.kind == "no_credentials":
+            return ProbeResult(
+                up=False, problem=f"s3://{bucket}: no upstream credentials found (yet)"
+            )
+        if failure.kind != "refused":
+            return ProbeResult(up=False, problem=f"s3://{bucket}: unreachable: {exc}")
+        if failure.code in PROBE_ANSWERS:
             return ProbeResult(up=True, problem=None)
-        problem = f"s3://{bucket}: {code or status_of(exc)}: {exc}"
-        return ProbeResult(up=status_of(exc) < 500, problem=problem)
-    except NoCredentialsError:
-        return ProbeResult(up=False, problem=f"s3://{bucket}: no upstream credentials found (yet)")
-    except (BotoCoreError, OSError) as exc:
-        return ProbeResult(up=False, problem=f"s3://{bucket}: unreachable: {exc}")
+        problem = f"s3://{bucket}: {failure.code or failure.status}: {exc}"
+        return ProbeResult(up=failure.status < 500, problem=problem)
     return ProbeResult(up=True, problem=None)
 
 
@@ -143,19 +146,20 @@ def code_of(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def as_s3_error(exc: ClientError | BotoCoreError) -> S3Error:
+def upstream_failed(exc: ClientError | BotoCoreError) -> UpstreamFailed:
     """A failed call of the daemon's own client on a client's behalf (a read of an uploaded
-    object), as the client's answer: the bucket's refusal as the bucket gave it, 503 when
-    the bucket could not be reached or there are no credentials (clients retry 503)."""
-    if isinstance(exc, NoCredentialsYetError):
-        return NoUpstreamCredentials(headers=RETRY_SOON)
-    if isinstance(exc, BotoCoreError):
-        return ServiceUnavailable(headers=RETRY_SOON)
-    error = S3Error(str(exc.response.get("Error", {}).get("Message", "")) or None)
-    error.code = code_of(exc) or "InternalError"
-    status = status_of(exc)
-    error.status_code = status if status >= 400 else 502
-    return error
+    object), as a domain error: server/errormap.py answers the bucket's refusal as the
+    bucket gave it, and 503 when the bucket could not be reached or there are no
+    credentials (clients retry 503)."""
+    failure = failure_of(exc)
+    return UpstreamFailed(
+        failure.message,
+        code=failure.code,
+        status=failure.status,
+        # The daemon's own chain found none yet; botocore's plain NoCredentialsError (never
+        # raised by the daemon's clients) was answered as an unreachable bucket, and still is.
+        no_credentials=isinstance(exc, NoCredentialsYetError),
+    )
 
 
 #: S3 error codes of a refusal by the bucket's (or the account's) policy.
@@ -195,34 +199,73 @@ def failure_reason(code: str, status: int) -> str:
     return "other"
 
 
+FailureKind = Literal["refused", "no_credentials", "network", "transport", "unexpected"]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamFailure:
+    """One failed upstream call as the daemon reads it: the one classification behind the
+    uploads (``classify``), the probe and ``check-config`` (``check``), reads on a client's
+    behalf (``upstream_failed``) and, through ``failure_reason``, the HeadBucket check
+    (forward/buckets.py)."""
+
+    kind: FailureKind
+    """``refused``: S3 answered with an error; ``no_credentials``: the daemon has none (yet);
+    ``network``: no connection or no answer; ``transport``: another failure below HTTP;
+    ``unexpected``: not a failure of the call (a bug)."""
+    code: str = ""
+    """S3's error code (``refused``), else the exception's class name."""
+    status: int = 0
+    """HTTP status (``refused``), else 0."""
+    message: str = ""
+    """S3's error message (``refused``)."""
+
+    @property
+    def reason(self) -> str:
+        """Which of ``errors.FAILURE_REASONS`` it is."""
+        if self.kind == "refused":
+            return failure_reason(self.code, self.status)
+        return "network" if self.kind == "network" else "other"
+
+    @property
+    def retriable(self) -> bool:
+        """Whether trying again can help by itself."""
+        if self.kind != "refused":
+            return True
+        return self.status >= 500 or self.status == 429 or self.code in RETRIABLE_CODES
+
+
+#: botocore's connection failures (and the socket's own, raised past it).
+_NETWORK = (ConnectionError, HTTPClientError, builtins.ConnectionError, TimeoutError)
+
+
+def failure_of(exc: BaseException) -> UpstreamFailure:
+    """The classification of a boto3 call's exception."""
+    if isinstance(exc, ClientError):
+        message = str(exc.response.get("Error", {}).get("Message", ""))
+        return UpstreamFailure("refused", code_of(exc), status_of(exc), message)
+    name = type(exc).__name__
+    if isinstance(exc, NoCredentialsError):
+        return UpstreamFailure("no_credentials", name)
+    if isinstance(exc, _NETWORK):
+        return UpstreamFailure("network", name)
+    if isinstance(exc, (BotoCoreError, OSError)):
+        return UpstreamFailure("transport", name)
+    return UpstreamFailure("unexpected")
+
+
 def classify(exc: Exception, action: str) -> UploadError:
     """Wrap a boto3 failure in an UploadError that says whether a retry can help and which of
     ``errors.FAILURE_REASONS`` it is."""
     if isinstance(exc, UploadError):
         return exc
-    if isinstance(exc, ClientError):
-        code, status = code_of(exc), status_of(exc)
-        retriable = status >= 500 or status == 429 or code in RETRIABLE_CODES
-        return UploadError(
-            f"{action}: {code or status}: {exc}",
-            retriable=retriable,
-            code=code,
-            reason=failure_reason(code, status),
-        )
-    # botocore's connection failures (and the socket's own, raised past it).
-    network = (ConnectionError, HTTPClientError, builtins.ConnectionError, TimeoutError)
-    if isinstance(exc, network):
-        return UploadError(
-            f"{action}: {exc}", retriable=True, code=type(exc).__name__, reason="network"
-        )
-    transient = (
-        ConnectionError,
-        ConnectionClosedError,
-        EndpointConnectionError,
-        ReadTimeoutError,
-        BotoCoreError,
-        OSError,
+    failure = failure_of(exc)
+    if failure.kind == "refused":
+        message = f"{action}: {failure.code or failure.status}: {exc}"
+    elif failure.kind == "unexpected":
+        message = f"{action}: unexpected {type(exc).__name__}: {exc}"
+    else:
+        message = f"{action}: {exc}"
+    return UploadError(
+        message, retriable=failure.retriable, code=failure.code, reason=failure.reason
     )
-    if isinstance(exc, transient):
-        return UploadError(f"{action}: {exc}", retriable=True, code=type(exc).__name__)
-    return UploadError(f"{action}: unexpected {type(exc).__name__}: {exc}", retriable=True)
