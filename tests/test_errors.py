@@ -174,6 +174,7 @@ NEVER_ANSWERED = {
     errors.StartupError,  # start-up only
     errors.UploadError,  # the uploader retries or parks; writers meet UploadRefused
     errors.LookupFailedError,  # bucketmodes.py keeps the last answer meanwhile
+    errors.IndexFormatError,  # indexes are parsed by the reader, reindex and background tasks
     ReaderError,  # the reader library's, for its callers
 }
 
