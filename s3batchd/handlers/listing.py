@@ -32,7 +32,6 @@ from s3batchd.errors import MalformedXML
 from s3batchd.forward.passthrough import Call, forward
 from s3batchd.forward.proxy import read_all
 from s3batchd.handlers.get import ListItem, ListQuery, common_prefix, list_xml, parse_list_query
-from s3batchd.handlers.owners import Owners
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +57,7 @@ async def list_objects_merged(call: Call) -> Response:
         return await forward(call)
     mine = catalog_page(catalog, bucket, query, hidden=hidden)
     if query.fetch_owner and any(not item.prefix for item in mine.items):
-        owners: Owners = call.request.app.state.owners
-        owner = await owners.of(call, bucket)
+        owner = await call.daemon.owners.of(call, bucket)
         mine = _Page([replace(item, owner=owner) for item in mine.items], mine.truncated)
     theirs = await _upstream_page(call, query, hidden) if allowed else _Page([], truncated=False)
     if isinstance(theirs, Response):

@@ -88,8 +88,7 @@ Handler = Callable[[Call], Awaitable[Response]]
 
 
 def _store(call: Call) -> UploadStore:
-    store: UploadStore = call.request.app.state.uploads
-    return store
+    return call.daemon.uploads
 
 
 def _held(call: Call) -> Upload | None:

@@ -259,9 +259,8 @@ async def object_owner(call: Call, entry: CatalogEntry) -> tuple[str, str]:
     for the objects the daemon writes: the owner of its batch tar once that is uploaded
     (asked once per bucket), before that the bucket's owner (the owner of every object of a
     bucket that enforces bucket ownership, S3's default)."""
-    state = call.request.app.state
     bucket = call.target.bucket
-    owners: dict[str, tuple[str, str]] = getattr(state, "tar_owners", {})
+    owners = call.daemon.tar_owners
     if bucket in owners:
         return owners[bucket]
     if not entry.uploaded:
@@ -271,20 +270,17 @@ async def object_owner(call: Call, entry: CatalogEntry) -> tuple[str, str]:
         pipeline, lambda: pipeline.client.get_object_acl(Bucket=bucket, Key=entry.tar_key)
     )
     owners[bucket] = _owner_of(answer)
-    state.tar_owners = owners
     return owners[bucket]
 
 
 async def bucket_owner_of(call: Call) -> tuple[str, str]:
     """The canonical id and display name of the bucket's owner, asked once per bucket."""
-    state = call.request.app.state
     bucket = call.target.bucket
-    owners: dict[str, tuple[str, str]] = getattr(state, "bucket_owners", {})
+    owners = call.daemon.bucket_owners
     if bucket not in owners:
         pipeline = call.pipeline
         answer = await _ask(pipeline, lambda: pipeline.client.get_bucket_acl(Bucket=bucket))
         owners[bucket] = _owner_of(answer)
-        state.bucket_owners = owners
     return owners[bucket]
 
 
