@@ -7,6 +7,7 @@ accepting and in-flight requests finished) open batches are sealed and uploaded.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -26,6 +27,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from s3batchd.batching.pipeline import Pipeline
+from s3batchd.concurrency import Pool, Threads
 from s3batchd.config import Settings
 from s3batchd.errors import (
     RETRY_SOON,
@@ -244,8 +246,13 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # One credential lookup for the process: the uploads' client and the forwarder.
         credentials = upstream_credentials()
+        # The process's thread pools: made here, shut down last (concurrency.py).
+        threads = Threads({Pool.UPLOAD: settings.upload.concurrency})
+        threads.install(asyncio.get_running_loop())
         try:
-            pipeline = Pipeline(settings, client=client, writer=writer, credentials=credentials)
+            pipeline = Pipeline(
+                settings, client=client, writer=writer, credentials=credentials, threads=threads
+            )
             pipeline.on_uploaded = metrics.observe_upload
             metrics.watch(pipeline)
             await pipeline.start()
@@ -253,11 +260,15 @@ def create_app(
             # Printed as one line by the CLI (cli.serve_on); server.DrainingServer keeps
             # uvicorn from logging it as a traceback.
             state.startup_error = exc
+            threads.close()
+            raise
+        except BaseException:
+            threads.close()
             raise
         lag = LoopLagMonitor(metrics.loop_lag, interval_s=settings.metrics.loop_lag_interval_s)
         if settings.metrics.loop_lag_interval_s > 0:
             lag.start()
-        forwarder = Forwarder(settings.upstream, credentials)
+        forwarder = Forwarder(settings.upstream, credentials, threads=threads)
         buckets = BucketCheck(
             partial(head_bucket, forwarder, timeout_s=settings.upstream.bucket_check_timeout_s),
             ttl_s=settings.upstream.bucket_check_ttl_s,
@@ -265,7 +276,9 @@ def create_app(
             on_answer=lambda answer: metrics.bucket_checks.labels(answer.value).inc(),
         )
         bucket_modes = BucketModes(
-            partial(look_up, pipeline.client), refresh_s=settings.batch.bucket_modes_refresh_s
+            partial(look_up, pipeline.client),
+            threads=threads,
+            refresh_s=settings.batch.bucket_modes_refresh_s,
         )
         pipeline.bucket_missing = buckets.missing
         if spools:
@@ -273,6 +286,7 @@ def create_app(
         uploads = UploadStore(
             spools[0] if spools else settings.spool.dir,
             sync=settings.spool.durability != "none",
+            threads=threads,
         )
         state.daemon = Daemon(
             settings=settings,
@@ -293,8 +307,8 @@ def create_app(
             await forwarder.aclose()
             await bucket_modes.close()
             await pipeline.close()
-            uploads.close()
             await lag.stop()
+            threads.close()
 
     app = Starlette(lifespan=lifespan)  # HTTP goes through S3Front
     app.state.s3batchd = state
