@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterable
+
+    import httpx
     from prometheus_client import Counter
 
     from s3batchd.batching.pipeline import Pipeline
     from s3batchd.config import Settings
     from s3batchd.forward.buckets import BucketCheck
     from s3batchd.forward.passthrough import Call
-    from s3batchd.forward.proxy import Forwarder
+    from s3batchd.forward.proxy import Query
     from s3batchd.s3.auth import Authenticator
     from s3batchd.s3.stall import BodyPace
     from s3batchd.spool.uploads import UploadStore
@@ -29,6 +32,29 @@ if TYPE_CHECKING:
 
 Owner = tuple[str, str]
 """``(ID, DisplayName)`` of an S3 owner."""
+
+
+class Upstream(Protocol):
+    """The way to the bucket as handlers use it: ``forward/proxy.Forwarder`` (re-signed,
+    streamed), or a fake in handler tests (tests/test_handlers_forwarding.py)."""
+
+    async def send(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        query: Query,
+        headers: dict[str, str],
+        body: bytes | AsyncIterable[bytes] = b"",
+        length: int | None = None,
+        payload_hash: str = ...,
+        *,
+        timeout_s: float | None = None,
+    ) -> httpx.Response:
+        """Send one request to the bucket; the answer is open (streaming) until closed."""
+
+    async def aclose(self) -> None:
+        """Close the connections to the bucket."""
 
 
 class OwnerLookup(Protocol):
@@ -46,7 +72,7 @@ class Daemon:
     settings: Settings
     pipeline: Pipeline
     """The batcher, the uploader and the catalog."""
-    forwarder: Forwarder
+    forwarder: Upstream
     """The way to the bucket (re-signed, streamed)."""
     buckets: BucketCheck
     """Which buckets exist upstream (cached HeadBucket)."""

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from s3batchd.constants import HEADER_PREFIX, MAX_SINGLE_PUT_BYTES
 from s3batchd.errors import AccessDenied
-from s3batchd.forward.proxy import Forwarder, Query, forward_headers, relay, unless_client_leaves
+from s3batchd.forward.proxy import Query, forward_headers, relay, unless_client_leaves
 from s3batchd.forward.reframe import STREAMING_UNSIGNED_TRAILER, framed_length, reframe
 from s3batchd.s3.api import (
     Digests,
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from s3batchd.batching.pipeline import Pipeline
     from s3batchd.config import Settings
-    from s3batchd.forward.daemon import Daemon
+    from s3batchd.forward.daemon import Daemon, Upstream
     from s3batchd.s3.sigv4 import AuthContext
     from s3batchd.upload.bucketmodes import BucketModes
 
@@ -76,7 +76,7 @@ class Call:
         return self.daemon.bucket_modes
 
     @property
-    def forwarder(self) -> Forwarder:
+    def forwarder(self) -> Upstream:
         """The way to the bucket."""
         return self.daemon.forwarder
 
