@@ -36,7 +36,7 @@ Owner = tuple[str, str]
 
 class Upstream(Protocol):
     """The way to the bucket as handlers use it: ``forward/proxy.Forwarder`` (re-signed,
-    streamed), or a fake in handler tests (tests/test_handlers_forwarding.py)."""
+    streamed), or a fake in handler tests (tests/test_handlers_dispatch.py)."""
 
     async def send(
         self,

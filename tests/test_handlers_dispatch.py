@@ -1,7 +1,8 @@
-"""Handlers with typed fakes: dispatch and the forwarding handlers driven through
-``dispatch.serve`` with a ``Daemon`` whose way to the bucket is a fake ``Upstream`` (it records
-what it is asked and answers from memory), no uvicorn, no S3. The end-to-end suites check the
-same paths against SeaweedFS."""
+"""Handlers with typed fakes: dispatch, the forwarding handlers and a batched PUT read back,
+driven through ``dispatch.serve`` with a ``Daemon`` whose way to the bucket is a fake
+``Upstream`` (it records what it is asked and answers from memory), a real spool in a
+temporary directory, no uvicorn, no S3. The end-to-end suites check the same paths against
+SeaweedFS."""
 
 from __future__ import annotations
 
@@ -131,7 +132,7 @@ def make_daemon(
     )
 
 
-def scope_of(method: str, path: str, query: bytes = b"") -> Scope:
+def scope_of(method: str, path: str, query: bytes = b"", body: bytes = b"") -> Scope:
     return {
         "type": "http",
         "http_version": "1.1",
@@ -141,23 +142,26 @@ def scope_of(method: str, path: str, query: bytes = b"") -> Scope:
         "raw_path": path.encode(),
         "query_string": query,
         "root_path": "",
-        "headers": [(b"host", b"127.0.0.1:9000")],
+        "headers": [(b"host", b"127.0.0.1:9000")]
+        + ([(b"content-length", str(len(body)).encode())] if body else []),
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 9000),
         "state": {},
     }
 
 
-async def answer(daemon: Daemon, method: str, path: str, query: bytes = b"") -> tuple[int, bytes]:
+async def answer(
+    daemon: Daemon, method: str, path: str, query: bytes = b"", body: bytes = b""
+) -> tuple[int, bytes]:
     """Serve one request as the S3 front would; the status and body sent to the client."""
-    scope = scope_of(method, path, query)
+    scope = scope_of(method, path, query, body)
     received: list[bool] = []
 
     async def receive() -> Message:
         if received:  # the body was read: the client stays connected
             await asyncio.Event().wait()
         received.append(True)
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
     response = await serve(daemon, Request(scope, receive), "0123456789ABCDEF")
     sent: list[Message] = []
@@ -229,3 +233,22 @@ def test_a_refused_bucket_change_keeps_what_the_daemon_knew(
 
     asyncio.run(scenario())
     assert lookups.heads == ["bkt"]
+
+
+def test_a_put_is_batched_and_read_back_without_the_bucket(
+    tmp_path: Path, threads: Threads
+) -> None:
+    bucket = FakeBucket(status=500)  # any request that reached the bucket would fail
+    lookups = Lookups()
+    daemon = make_daemon(tmp_path, bucket, lookups, threads, spool={"durability": "none"})
+
+    async def scenario() -> tuple[int, int, bytes]:
+        put, _ = await answer(daemon, "PUT", "/bkt/batched/key", body=b"batched bytes")
+        status, body = await answer(daemon, "GET", "/bkt/batched/key")
+        await daemon.bucket_modes.close()
+        await daemon.pipeline.batcher.close()
+        return put, status, body
+
+    assert asyncio.run(scenario()) == (200, 200, b"batched bytes")
+    assert bucket.sent == []
+    assert lookups.heads == ["bkt"]  # the bucket's existence, asked once (HeadBucket)
