@@ -27,7 +27,7 @@ from pathlib import Path
 from starlette.types import Message, Scope
 
 from s3batchd.config import Settings
-from s3batchd.server.app import S3Front, create_app
+from s3batchd.server.app import S3Front, create_app, state_of
 
 
 def _settings(spool: Path, durability: str) -> Settings:
@@ -94,7 +94,9 @@ async def _run(puts: int, size: int, durability: str, *, repeat: int, profile: b
                     await front(_scope(n, size), receive, send)
                 # Nothing above waits, so the loop never ran the catalog's timed flush: its
                 # SQLite writes are part of a PUT's cost, counted here.
-                app.state.pipeline.catalog.flush()
+                daemon = state_of(app).daemon
+                assert daemon is not None
+                daemon.pipeline.catalog.flush()
                 rounds.append(time.process_time() - started)
             if profiler is not None:
                 profiler.disable()

@@ -20,6 +20,7 @@ from pathlib import Path
 import boto3
 
 from bench.servers import BUCKET
+from s3batchd.concurrency import Pool, Threads
 from s3batchd.config import UploadConfig, UpstreamConfig
 from s3batchd.records import SealedBatch
 from s3batchd.spool.files import recover
@@ -95,7 +96,8 @@ async def _compare(
 ) -> UploadComparison:
     config = UploadConfig()
     client = make_client(UpstreamConfig(endpoint_url=endpoint_url), config)
-    uploader = Uploader(ThreadSteps(client, config), config=config)
+    threads = Threads({Pool.UPLOAD: config.concurrency})
+    uploader = Uploader(ThreadSteps(client, config), config=config, threads=threads)
     plain = boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1")
     await uploader.start()
     ours: list[float] = []
@@ -120,6 +122,7 @@ async def _compare(
             theirs.append(time.perf_counter() - started)
     finally:
         await uploader.close(30)
+        threads.close()
     requests = sum(uploader.stats.snapshot().values())
     return UploadComparison(
         tar_bytes=source.size,

@@ -421,6 +421,7 @@ def _fetch_in_order(
         for span in spans:
             yield _fetch_span(client, span, stats)
         return
+    # A pool of its own: a client library runs without the daemon's Threads (concurrency.py).
     pool = ThreadPoolExecutor(
         max_workers=min(max_concurrency, len(spans)), thread_name_prefix="s3batchd-reader"
     )

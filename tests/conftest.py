@@ -23,6 +23,7 @@ from starlette.applications import Starlette
 from s3batchd.batching.pipeline import Pipeline
 from s3batchd.cli.seaweed import LocalS3, start_local_s3
 from s3batchd.config import Settings
+from s3batchd.server.app import AppState, state_of
 from s3batchd.server.serve import DrainingServer, build_server
 from tests.postgres import LocalPostgres, start_local_postgres
 from tests.sections import daemon_sections
@@ -109,6 +110,11 @@ class Daemon:
     app: Starlette
 
     @property
+    def state(self) -> AppState:
+        """What the daemon's listeners share (settings, metrics, requests in flight...)."""
+        return state_of(self.app)
+
+    @property
     def url(self) -> str:
         """Endpoint URL for clients."""
         return f"http://127.0.0.1:{self.settings.server.port}"
@@ -165,7 +171,9 @@ def start_daemon(
             assert thread.is_alive(), "daemon failed to start"
             assert time.monotonic() < deadline, "daemon did not start in 30 s"
             time.sleep(0.02)
-        daemon = Daemon(settings, server, thread, app.state.pipeline, app)
+        pipeline = state_of(app).pipeline
+        assert pipeline is not None, "started without a pipeline"
+        daemon = Daemon(settings, server, thread, pipeline, app)
         # A finalizer of the test item added now runs before those of the fixtures set up
         # so far (pytest runs them last in, first out).
         request.node.addfinalizer(lambda: daemon.stop() if daemon.thread.is_alive() else None)

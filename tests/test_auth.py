@@ -6,6 +6,7 @@ import hashlib
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,10 +134,10 @@ def test_signed_streaming_uploads_from_restic(signed: Daemon, s3: S3Client) -> N
     ]
     assert len(puts) >= 5
     port = signed.settings.server.port
-    authenticator = signed.app.state.authenticator
+    authenticator = signed.state.authenticator
     for record in puts:
         stamp = datetime.strptime(str(record.header("x-amz-date")), "%Y%m%dT%H%M%SZ")
-        authenticator.clock = lambda stamp=stamp: stamp.replace(tzinfo=UTC)
+        authenticator.clock = partial(stamp.replace, tzinfo=UTC)
         answer = send_raw(port, record.raw)  # Host 127.0.0.1:9123, exactly as signed
         assert answer.status == 200, answer.body
         assert answer.headers["etag"] == f'"{record.md5_hex}"'
@@ -166,7 +167,7 @@ def test_signed_requests_allow_a_non_loopback_listener(tmp_path: Path) -> None:
 
 
 def test_clock_skew_is_refused(signed: Daemon, bucket: str) -> None:
-    signed.app.state.authenticator.clock = lambda: datetime.now(tz=UTC) + timedelta(minutes=20)
+    signed.state.authenticator.clock = lambda: datetime.now(tz=UTC) + timedelta(minutes=20)
     app = client(signed, "app", "app-secret")
     assert code(lambda: app.put_object(Bucket=bucket, Key="k", Body=b"x")) == (
         403,

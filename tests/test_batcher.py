@@ -8,12 +8,15 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 import pytest
 
 from s3batchd.batching.batcher import INLINE_APPEND_BYTES, Batcher
+from s3batchd.concurrency import Threads
 from s3batchd.config import BatchConfig, Durability
 from s3batchd.constants import KB, TAR_END
 from s3batchd.errors import DiskFull, Draining, S3BatchdError, SlowDown, SpoolError
@@ -21,9 +24,13 @@ from s3batchd.index import WriterId, is_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
 from s3batchd.s3.body import BodyBuffer
 from s3batchd.server.errormap import s3_error_of
+from s3batchd.spool.disk import SpoolDisk
 from s3batchd.spool.files import Recovery, SpoolFile, recover, scan
 from s3batchd.spool.tarmember import encode_header, padded
 from tests.test_readiness import read_only
+
+THREADS = Threads()
+"""Thread pools shared by this module's tests (concurrency.py)."""
 
 pytestmark = pytest.mark.anyio
 
@@ -64,18 +71,34 @@ class FakeSink:
         return [batch.reason for batch in self.batches]
 
 
+@dataclass
+class RecordedDisk:
+    """The batcher's disk in a test (a ``SpoolDisk`` per batch, spool/disk.py): real spool
+    files whose every sync (fdatasync) is recorded as the file position it covered, after
+    ``before_sync`` (a slow or held disk)."""
+
+    syncs: list[int] = field(default_factory=list)
+    before_sync: Callable[[], object] = lambda: None
+
+    def open(self, directory: Path, *, bucket: str, batch_id: str, prefix: str) -> SpoolDisk:
+        spool = _RecordedSpool.create(directory, bucket=bucket, batch_id=batch_id, prefix=prefix)
+        assert isinstance(spool, _RecordedSpool)
+        spool.disk = self
+        return spool
+
+
+class _RecordedSpool(SpoolFile):
+    disk: RecordedDisk
+
+    def sync(self) -> None:
+        self.disk.before_sync()
+        self.disk.syncs.append(self.position)
+        super().sync()
+
+
 @pytest.fixture
-def sync_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Every SpoolFile.sync (fdatasync), recorded as the file position it covered."""
-    calls: list[int] = []
-    original = SpoolFile.sync
-
-    def counting(self: SpoolFile) -> None:
-        calls.append(self.position)
-        original(self)
-
-    monkeypatch.setattr(SpoolFile, "sync", counting)
-    return calls
+def disk() -> RecordedDisk:
+    return RecordedDisk()
 
 
 def make_batcher(
@@ -86,6 +109,7 @@ def make_batcher(
     linger_ms: int = LONG,
     max_records: int = 10_000,
     max_bytes: int = 64 * 1024 * KB,
+    disk: RecordedDisk | None = None,
 ) -> Batcher:
     return Batcher(
         spool_dir=tmp_path / "spool",
@@ -94,6 +118,8 @@ def make_batcher(
         prefix="p/",
         writer=WriterId(host="test", instance="0001"),
         sink=sink,
+        threads=THREADS,
+        open_spool=SpoolFile.create if disk is None else disk.open,
     )
 
 
@@ -198,21 +224,13 @@ async def test_max_records_seals_at_once(tmp_path: Path) -> None:
         await batcher.close()
 
 
-async def test_a_seal_does_not_hold_up_the_buckets_next_records(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_seal_does_not_hold_up_the_buckets_next_records(tmp_path: Path) -> None:
     # The seal's fdatasync (of the whole tar) waits until the test lets it go; meanwhile the
     # bucket's next records go into a new batch and are acknowledged.
     release = threading.Event()
-    original = SpoolFile.sync
-
-    def held(self: SpoolFile) -> None:
-        release.wait(30)
-        original(self)
-
-    monkeypatch.setattr(SpoolFile, "sync", held)
+    disk = RecordedDisk(before_sync=lambda: release.wait(30))
     sink = FakeSink()
-    batcher = make_batcher(tmp_path, sink, durability="none", max_records=2)
+    batcher = make_batcher(tmp_path, sink, durability="none", max_records=2, disk=disk)
     try:
         first = [await put(batcher, f"k{i}", b"x", tmp_path) for i in range(2)]
         with anyio.fail_after(10):  # a hang guard: without the change the next add waits
@@ -327,20 +345,13 @@ async def test_an_oversize_record_gets_a_batch_of_its_own(tmp_path: Path) -> Non
     assert_holds(alone, entry, huge)
 
 
-async def test_concurrent_adds_share_fdatasyncs(
-    tmp_path: Path, sync_calls: list[int], monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_concurrent_adds_share_fdatasyncs(tmp_path: Path, disk: RecordedDisk) -> None:
     # A disk where fdatasync takes milliseconds and an append microseconds, as on real
     # hardware (this VM's fdatasync can be as fast as an append, which hides the effect).
-    real_fdatasync = os.fdatasync
-
-    def slow_fdatasync(fd: int) -> None:
-        time.sleep(0.02)
-        real_fdatasync(fd)
-
-    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    disk.before_sync = lambda: time.sleep(0.02)
+    sync_calls = disk.syncs
     sink = FakeSink()
-    batcher = make_batcher(tmp_path, sink, durability="fsync")
+    batcher = make_batcher(tmp_path, sink, durability="fsync", disk=disk)
     count = 200
     entries: dict[int, SpoolEntry] = {}
 
@@ -370,11 +381,10 @@ async def test_concurrent_adds_share_fdatasyncs(
     assert sorted(keys_in(batch)) == [f"obj/{i:03d}" for i in range(count)]
 
 
-async def test_durability_none_does_not_sync_per_record(
-    tmp_path: Path, sync_calls: list[int]
-) -> None:
+async def test_durability_none_does_not_sync_per_record(tmp_path: Path, disk: RecordedDisk) -> None:
+    sync_calls = disk.syncs
     sink = FakeSink()
-    batcher = make_batcher(tmp_path, sink, durability="none")
+    batcher = make_batcher(tmp_path, sink, durability="none", disk=disk)
     try:
         for i in range(50):
             await put(batcher, f"k{i}", b"x" * i, tmp_path)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 from botocore.exceptions import ClientError
 
+from s3batchd.concurrency import Threads
 from s3batchd.errors import LookupFailedError
 from s3batchd.upload.bucketmodes import (
     BucketMode,
@@ -28,6 +29,9 @@ from s3batchd.upload.bucketmodes import (
 from tests.batches import indexed_objects, indexes
 from tests.conftest import Daemon, DaemonFactory, wait_for
 from tests.faultproxy import FaultProxy
+
+THREADS = Threads()
+"""Thread pools shared by this module's tests (concurrency.py)."""
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -235,7 +239,7 @@ async def _concurrent_first_lookups_share_one_request() -> None:
     lookup = _FakeLookup()
     lookup.modes["b"] = BucketMode(versioning="Enabled")
     lookup.release.clear()
-    async with BucketModes(lookup, refresh_s=300) as modes:
+    async with BucketModes(lookup, threads=THREADS, refresh_s=300) as modes:
         waiting = [asyncio.ensure_future(modes.get("b")) for _ in range(20)]
         await asyncio.sleep(0)
         lookup.release.set()
@@ -251,7 +255,7 @@ def test_an_invalidated_bucket_is_looked_up_again() -> None:
 
 async def _an_invalidated_bucket_is_looked_up_again() -> None:
     lookup = _FakeLookup()
-    async with BucketModes(lookup, refresh_s=300) as modes:
+    async with BucketModes(lookup, threads=THREADS, refresh_s=300) as modes:
         assert not (await modes.get("b")).object_lock
         lookup.modes["b"] = BucketMode(object_lock=True)
         assert not (await modes.get("b")).object_lock  # cached
@@ -268,7 +272,7 @@ async def _a_failed_lookup_keeps_the_last_known_mode() -> None:
     """Every use of a stale entry starts a refresh (one at a time); failed ones keep it."""
     lookup = _FakeLookup()
     lookup.modes["b"] = BucketMode(versioning="Enabled")
-    async with BucketModes(lookup, refresh_s=1e-9) as modes:
+    async with BucketModes(lookup, threads=THREADS, refresh_s=1e-9) as modes:
         assert (await modes.get("b")).versioning == "Enabled"
         lookup.modes["b"] = LookupFailedError("unreachable")
         for _ in range(3000):  # until two refreshes failed
@@ -288,7 +292,7 @@ def test_the_cache_is_bounded() -> None:
 
 async def _the_cache_is_bounded() -> None:
     lookup = _FakeLookup()
-    async with BucketModes(lookup, refresh_s=300, capacity=2) as modes:
+    async with BucketModes(lookup, threads=THREADS, refresh_s=300, capacity=2) as modes:
         for bucket in ("a", "b", "c", "a"):
             await modes.get(bucket)
     assert lookup.calls == ["a", "b", "c", "a"]
@@ -363,7 +367,7 @@ async def _first_lookup_without_an_answer() -> None:
     lookup = _FakeLookup()
     lookup.modes["b"] = BucketMode(object_lock=True)
     lookup.release.clear()
-    async with BucketModes(lookup, refresh_s=300, first_wait_s=0.01) as modes:
+    async with BucketModes(lookup, threads=THREADS, refresh_s=300, first_wait_s=0.01) as modes:
         assert await modes.get("b") == BucketMode(known=False)
         assert await modes.get("b") == BucketMode(known=False)
         lookup.release.set()

@@ -17,6 +17,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from s3batchd.cli.seaweed import LocalS3
+from s3batchd.concurrency import Threads
 from s3batchd.config import UpstreamConfig
 from s3batchd.errors import NoSuchBucket
 from s3batchd.forward.buckets import BucketCheck, head_bucket
@@ -275,7 +276,9 @@ def test_the_check_has_one_overall_deadline() -> None:
     listener, thread = _trickling_server(stop)
     port = listener.getsockname()[1]
     forwarder = Forwarder(
-        UpstreamConfig(endpoint_url=f"http://127.0.0.1:{port}"), Credentials("key", "secret")
+        UpstreamConfig(endpoint_url=f"http://127.0.0.1:{port}"),
+        Credentials("key", "secret"),
+        threads=Threads(),
     )
 
     async def scenario() -> int | None:

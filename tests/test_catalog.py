@@ -17,11 +17,15 @@ from hypothesis import strategies as st
 
 from s3batchd.catalog.store import CORRUPT_KEPT, Catalog, CatalogWrite
 from s3batchd.catalog.writer import CatalogWriter
+from s3batchd.concurrency import Threads
 from s3batchd.errors import DiskFull
 from s3batchd.handlers.get import ListQuery, common_prefix
 from s3batchd.handlers.listing import catalog_page, local_scan
 from s3batchd.index import IndexEntry
 from s3batchd.records import EMPTY_MD5, ObjectRecord
+
+THREADS = Threads()
+"""Thread pools shared by this module's tests (concurrency.py)."""
 
 
 def _open_and_write(path: str, key: str, start: Barrier) -> None:
@@ -101,7 +105,7 @@ def test_writer_commits_concurrent_puts_in_groups_visible_to_other_processes(
     path = tmp_path / "catalog.sqlite3"
 
     async def main() -> int:
-        writer = CatalogWriter(Catalog(path))
+        writer = CatalogWriter(Catalog(path), threads=THREADS)
         reader = Catalog(path)  # another worker's connection
         seen: list[bool] = []
 
@@ -126,7 +130,7 @@ def test_writer_retries_what_failed_while_another_process_held_the_lock(tmp_path
     path = tmp_path / "catalog.sqlite3"
 
     async def main() -> None:
-        writer = CatalogWriter(Catalog(path, busy_timeout_s=0.1))
+        writer = CatalogWriter(Catalog(path, busy_timeout_s=0.1), threads=THREADS)
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
         await writer.put(_write("k"))  # answered: the object is stored, the catalog a cache

@@ -21,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from s3batchd.catalog.store import Catalog
+from s3batchd.concurrency import Threads
 from s3batchd.config import UpstreamConfig
 from s3batchd.errors import BadDigest, ServiceUnavailable
 from s3batchd.forward.proxy import Forwarder
@@ -35,6 +36,9 @@ from s3batchd.s3.checksums import b64, new_hasher
 from s3batchd.s3.operations import operation_of
 from s3batchd.spool.tarmember import decode_record, encode_header
 from s3batchd.spool.uploads import Part, UploadStore
+
+THREADS = Threads()
+"""Thread pools shared by this module's tests (concurrency.py)."""
 
 
 @pytest.mark.parametrize(
@@ -185,20 +189,23 @@ def test_tombstones_and_multipart_etags_travel_through_tar_and_index() -> None:
 
 
 def test_held_upload_and_parts_survive_a_new_store(tmp_path: Path) -> None:
-    store = UploadStore(tmp_path, sync=True)
+    store = UploadStore(tmp_path, sync=True, threads=THREADS)
     upload = store.create("b", "k", {"content-type": "x/y"}, checksum_algorithm="crc32")
     body = BodyBuffer(memory_limit=10, spill_dir=tmp_path)
     body.write(b"part one")
     store.write_part(upload, Part(1, 8, "a" * 32, "AAAAAA==", 1.0), body)
-    again = UploadStore(tmp_path, sync=True).get(upload.upload_id, "b", "k")
+    again = UploadStore(tmp_path, sync=True, threads=THREADS).get(upload.upload_id, "b", "k")
     assert again is not None
     assert again.headers == {"content-type": "x/y"}
     assert again.parts[1].size == 8
-    assert UploadStore(tmp_path, sync=True).read_part(again, 1) == b"part one"
-    assert UploadStore(tmp_path, sync=True).get(upload.upload_id, "b", "other") is None
-    assert UploadStore(tmp_path, sync=True).get("../../etc", "b", "k") is None
+    assert UploadStore(tmp_path, sync=True, threads=THREADS).read_part(again, 1) == b"part one"
+    assert (
+        UploadStore(tmp_path, sync=True, threads=THREADS).get(upload.upload_id, "b", "other")
+        is None
+    )
+    assert UploadStore(tmp_path, sync=True, threads=THREADS).get("../../etc", "b", "k") is None
     store.remove(upload)
-    assert UploadStore(tmp_path, sync=True).get(upload.upload_id, "b", "k") is None
+    assert UploadStore(tmp_path, sync=True, threads=THREADS).get(upload.upload_id, "b", "k") is None
 
 
 def test_index_from_fragments_is_byte_identical_to_the_index_from_entries() -> None:
@@ -251,7 +258,7 @@ def test_forwarder_refreshes_temporary_credentials_off_the_event_loop() -> None:
     async def main() -> None:
         # Temporary credentials (IRSA, instance roles) that expired; nothing listens on port 9.
         upstream = UpstreamConfig(endpoint_url="http://127.0.0.1:9", connect_timeout_s=1)
-        forwarder = Forwarder(upstream, _expired_credentials(refresh))
+        forwarder = Forwarder(upstream, _expired_credentials(refresh), threads=THREADS)
         with pytest.raises(ServiceUnavailable):
             await forwarder.send("GET", "b", "k", [], {})
         assert len(threads) == 1
@@ -267,7 +274,9 @@ def test_forwarder_answers_503_when_credentials_cannot_be_refreshed() -> None:
 
     async def main() -> None:
         forwarder = Forwarder(
-            UpstreamConfig(endpoint_url="http://127.0.0.1:9"), _expired_credentials(refresh)
+            UpstreamConfig(endpoint_url="http://127.0.0.1:9"),
+            _expired_credentials(refresh),
+            threads=THREADS,
         )
         with pytest.raises(ServiceUnavailable, match="credentials could not be refreshed"):
             await forwarder.send("GET", "b", "k", [], {})
@@ -297,7 +306,7 @@ def test_complete_document_gets_the_bucket_etags_of_parts_the_daemon_sent() -> N
 
 
 def test_upload_directories_left_without_a_record_are_swept(tmp_path: Path) -> None:
-    store = UploadStore(tmp_path, sync=False)
+    store = UploadStore(tmp_path, sync=False, threads=THREADS)
     old, fresh = store.root / ("a" * 32), store.root / ("b" * 32)
     for directory in (old, fresh):
         directory.mkdir(parents=True)

@@ -134,7 +134,7 @@ def test_too_many_requests_get_slowdown(start_daemon: DaemonFactory, bucket: str
     port = daemon.settings.server.port
     client = daemon.client(retries={"total_max_attempts": 1})
     with _stall(port, bucket, "a") as first, _stall(port, bucket, "b") as second:
-        wait_for(lambda: daemon.app.state.active_requests == 2, timeout=5)
+        wait_for(lambda: daemon.state.active_requests == 2, timeout=5)
         with pytest.raises(ClientError) as caught:
             client.put_object(Bucket=bucket, Key="c", Body=b"refused")
         meta = caught.value.response["ResponseMetadata"]

@@ -6,8 +6,12 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from s3batchd.cli.seaweed import LocalS3
+from s3batchd.concurrency import Threads
 from s3batchd.config import UpstreamConfig
 from s3batchd.upload.prober import Prober, RecentBuckets
+
+THREADS = Threads()
+"""Thread pools shared by this module's tests (concurrency.py)."""
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -62,7 +66,7 @@ def test_a_round_that_fails_does_not_stop_the_probe(s3_server: LocalS3, bucket: 
             noted.append(up)
             answered.set()
 
-        prober = Prober(config, client, note=note)
+        prober = Prober(config, client, note=note, threads=THREADS)
         prober.start()
         try:
             async with asyncio.timeout(30):

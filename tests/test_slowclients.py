@@ -48,7 +48,7 @@ def _whole_answer(sock: socket.socket) -> bytes:
 
 def _sample(daemon: Daemon, name: str, **labels: str) -> float | None:
     """One sample of the daemon's /metrics."""
-    registry = daemon.app.state.metrics.registry
+    registry = daemon.state.metrics.registry
     value: float | None = registry.get_sample_value(name, labels)
     return value
 
@@ -110,7 +110,7 @@ def test_connections_all_busy_are_still_refused(start_daemon: DaemonFactory, buc
             sock = socket.create_connection(("127.0.0.1", port), timeout=10)
             busy.append(sock)
             sock.sendall(_head(bucket, f"busy/{number}", 100) + b"x")
-        wait_for(lambda: daemon.app.state.active_requests == limit - 1, timeout=10)
+        wait_for(lambda: daemon.state.active_requests == limit - 1, timeout=10)
         client = daemon.client(retries={"total_max_attempts": 1})
         with pytest.raises(ClientError) as caught:
             client.put_object(Bucket=bucket, Key="refused", Body=b"x")

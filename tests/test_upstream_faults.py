@@ -182,7 +182,7 @@ def _send(port: int, request: bytes) -> socket.socket:
 
 def _finished(daemon: Daemon, status: str | None = None) -> float:
     """Requests the daemon is done with (answered, or given up when the client left)."""
-    metrics: Metrics = daemon.app.state.metrics
+    metrics: Metrics = daemon.state.metrics
     return sum(
         sample.value
         for metric in metrics.requests.collect()
@@ -223,7 +223,7 @@ def test_clients_hanging_up_while_the_bucket_is_slow_do_not_break_forwarding(
         wait_for(lambda: _finished(daemon) == (wave + 1) * slots, timeout=30)  # noqa: B023
     assert proxy.decisions["slow"] == 2 * slots
     assert _finished(daemon, "499") == 2 * slots
-    assert daemon.app.state.active_requests == 0
+    assert daemon.state.active_requests == 0
     # Clients that hang up straight after sending, before or while the daemon forwards.
     with ThreadPoolExecutor(50) as pool:
         list(pool.map(lambda _: _hang_up_after_sending(port, request), range(300)))

@@ -25,12 +25,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from s3batchd.concurrency import run_sync
+from s3batchd.concurrency import Pool, Threads, run_sync
 from s3batchd.config import BatchConfig, Durability
 from s3batchd.constants import KB, TAR_END
 from s3batchd.errors import (
@@ -46,6 +45,7 @@ from s3batchd.index import WriterId, new_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
 from s3batchd.s3.body import BodyBuffer
 from s3batchd.spool.commit import GroupCommitter
+from s3batchd.spool.disk import OpenSpool, SpoolDisk
 from s3batchd.spool.files import Recovery, SpoolFile, reseal_stranded
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,6 @@ logger = logging.getLogger(__name__)
 #: Bodies up to this size held in memory are appended on the event loop (a page-cache copy
 #: of a few KiB is cheaper than a thread hand-off); larger ones are appended in a thread.
 INLINE_APPEND_BYTES = 256 * KB
-#: Spool files synced at once (each runs its group commit's syncs on one of these threads).
-COMMIT_THREADS = 8
 #: Seconds before a failed seal is tried again; the pause doubles up to STRANDED_RETRY_MAX_S.
 STRANDED_RETRY_FIRST_S = 0.5
 STRANDED_RETRY_MAX_S = 30.0
@@ -73,7 +71,7 @@ class BatchSink(Protocol):
 
 @dataclass(eq=False)
 class _OpenBatch:
-    spool: SpoolFile
+    spool: SpoolDisk
     committer: GroupCommitter
     uploaded: asyncio.Future[None]
     """Resolved when the batch and its index are in the bucket (durability ``upload``)."""
@@ -115,8 +113,12 @@ class Batcher:
         prefix: str,
         writer: WriterId,
         sink: BatchSink,
+        threads: Threads,
+        open_spool: OpenSpool = SpoolFile.create,
     ) -> None:
+        """``open_spool``: how a batch's spool file is created (spool/disk.py)."""
         self._spool_dir = spool_dir
+        self._open_spool = open_spool
         self._durability = durability
         self._config = config
         self._prefix = prefix
@@ -133,8 +135,9 @@ class Batcher:
         self.sealed_by_reason: dict[str, int] = {}
         self.stranded: dict[str, Stranded] = {}
         """Batches whose seal failed and is being retried, by id."""
-        self._commit_threads = ThreadPoolExecutor(COMMIT_THREADS, "s3batchd-commit")
-        """Where the spool files' group commits run (commit.py)."""
+        self._commit_threads = threads.executor(Pool.COMMIT)
+        """Where the spool files' group commits run (commit.py): spool files synced at once
+        (each runs its syncs on one of these threads)."""
 
     async def add(
         self,
@@ -220,7 +223,7 @@ class Batcher:
         logger.error("spool %s failed; kept its %d durable records", spool.path, sealed.records)
         await self._sink.submit(sealed)
 
-    def _strand(self, spool: SpoolFile, exc: BaseException) -> None:
+    def _strand(self, spool: SpoolDisk, exc: BaseException) -> None:
         stranded = Stranded(spool.batch_id, spool.path, spool.bucket, spool.position, str(exc))
         self.stranded[spool.batch_id] = stranded
         self._spawn(self._retry_seal(stranded))
@@ -285,7 +288,7 @@ class Batcher:
         self._seq += 1
         batch_id = new_batch_id(self._writer, self._seq)
         spool = await run_sync(
-            SpoolFile.create,
+            self._open_spool,
             self._spool_dir / state.name,
             bucket=state.name,
             batch_id=batch_id,
@@ -424,7 +427,6 @@ class Batcher:
         for task in list(self._tasks):
             task.cancel()  # linger timers' tasks (the seals have ended)
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._commit_threads.shutdown(wait=False)  # idle: every seal has ended
 
     @property
     def open_batches(self) -> int:

@@ -10,7 +10,6 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -31,7 +30,7 @@ from s3batchd.catalog.store import (
 )
 from s3batchd.catalog.writer import BUSY_TIMEOUT_S, CatalogWriter
 from s3batchd.clock import observe, write_time
-from s3batchd.concurrency import run_sync
+from s3batchd.concurrency import Pool, Threads, run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import (
     CatalogUnavailable,
@@ -61,6 +60,8 @@ from s3batchd.upload.uploader import Uploader
 from s3batchd.upload.upstream import make_client
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from botocore.credentials import Credentials
     from mypy_boto3_s3 import S3Client
 
@@ -91,10 +92,13 @@ class Pipeline:
         client: S3Client | None = None,
         writer: WriterId | None = None,
         credentials: Credentials | None = None,
+        threads: Threads,
     ) -> None:
         """``client``: uploads on threads with it (tests); else a client of ``credentials``
-        (default: ``upstream_credentials()``), in threads or child processes as configured."""
+        (default: ``upstream_credentials()``), in threads or child processes as configured.
+        ``threads``: the process's thread pools (concurrency.py), closed by its owner."""
         self.settings = settings
+        self.threads = threads
         self.writer = writer or WriterId.generate()
         self.client = client or make_client(settings.upstream, settings.upload, credentials)
         steps: UploadSteps = (
@@ -102,7 +106,7 @@ class Pipeline:
             if settings.upload.child_processes and client is None
             else ThreadSteps(self.client, settings.upload, self.parts_at_once)
         )
-        self.uploader = Uploader(steps, config=settings.upload)
+        self.uploader = Uploader(steps, config=settings.upload, threads=threads)
         self.batcher = Batcher(
             spool_dir=settings.spool.dir,
             durability=settings.spool.durability,
@@ -110,6 +114,7 @@ class Pipeline:
             prefix=settings.upstream.prefix,
             writer=self.writer,
             sink=self,
+            threads=threads,
         )
         self.uploader.on_uploaded = self._uploaded
         self.uploader.note_upstream = self.note_upstream
@@ -129,7 +134,7 @@ class Pipeline:
         # wait for their rows' group commit (single process: rows are queued, and every read
         # flushes the queue first).
         self.catalog_writer = (
-            CatalogWriter(Catalog(path, busy_timeout_s=BUSY_TIMEOUT_S))
+            CatalogWriter(Catalog(path, busy_timeout_s=BUSY_TIMEOUT_S), threads=threads)
             if settings.server.workers > 1
             else None
         )
@@ -154,9 +159,6 @@ class Pipeline:
         """Every worker's spool, this process's first (reads of batches not yet uploaded)."""
         self._expired_at = 0.0
         self._flush_scheduled = False
-        self._catalog_thread = ThreadPoolExecutor(1, "s3batchd-catalog")
-        """Catalog writes that no request waits for: the rows of a batch going to the
-        uploader, uploaded batches, expiry, WAL checkpoints."""
         self._catalog_thread_closed = False
         self.on_uploaded: Callable[[SealedBatch, float], None] | None = None
         """Told of every uploaded batch and how long it took (the metrics' histograms)."""
@@ -181,8 +183,14 @@ class Pipeline:
             credentials,
             timeout_s=settings.upstream.probe_timeout_s,
         )
-        self.prober = Prober(settings.upstream, probe_client, note=self.note_upstream)
-        self.read_executor = ThreadPoolExecutor(4, "s3batchd-read")
+        self.prober = Prober(
+            settings.upstream, probe_client, note=self.note_upstream, threads=threads
+        )
+
+    @property
+    def read_executor(self) -> Executor:
+        """Where reads of batched objects and owner lookups block (``Pool.READ``)."""
+        return self.threads.executor(Pool.READ)
 
     def parts_at_once(self) -> int:
         """Parts of a multipart batch sent side by side by the daemon's upload threads (asked
@@ -237,10 +245,11 @@ class Pipeline:
         self.catalog.checkpoint()
 
     def _in_catalog_thread(self, work: Callable[[], object], failure: str) -> asyncio.Future[None]:
-        """Run ``work`` on the catalog's thread, in submission order; once that thread is shut
-        down (closing), not at all. A failure is logged there, never raised: the catalog is a
-        cache rebuilt from the spool, so it fails no request (and an object whose row is
-        missing is read from the bucket)."""
+        """Run ``work`` on the catalog's thread (``Pool.CATALOG``: catalog writes that no
+        request waits for: the rows of a batch going to the uploader, uploaded batches,
+        expiry, WAL checkpoints), in submission order; once closing, not at all. A failure
+        is logged there, never raised: the catalog is a cache rebuilt from the spool, so it
+        fails no request (and an object whose row is missing is read from the bucket)."""
         loop = asyncio.get_running_loop()
         if self._catalog_thread_closed:
             skipped: asyncio.Future[None] = loop.create_future()
@@ -253,7 +262,7 @@ class Pipeline:
             except Exception:
                 logger.exception(failure)
 
-        return loop.run_in_executor(self._catalog_thread, run)
+        return loop.run_in_executor(self.threads.executor(Pool.CATALOG), run)
 
     async def submit(self, batch: SealedBatch) -> None:
         """A sealed batch goes to the uploader once the catalog holds its objects (the local
@@ -536,7 +545,6 @@ class Pipeline:
         True if nothing was left in the spool."""
         await self.drain()
         await self.prober.close()
-        self.read_executor.shutdown(wait=False, cancel_futures=True)
         remaining = max(0.0, (self._deadline or 0) - time.monotonic())
         uploaded = await self.uploader.close(remaining)
         # Exit 0 promises an empty spool (an emptyDir may be deleted next): check the disk.
@@ -548,13 +556,13 @@ class Pipeline:
         )
         if self.catalog_writer is not None:
             await self.catalog_writer.close()
+        await self._in_catalog_thread(lambda: None, "catalog")  # its queued work done (FIFO)
         if self.shared is not None:
             # Uploaded batches' rows: within what is left of the drain timeout, at least one
             # PostgreSQL timeout (anything left is in the bucket's indexes for reindex).
             left = max(0.0, (self._deadline or 0) - time.monotonic())
             await self.shared.close(max(left, self.settings.catalog.postgres_timeout_s))
         self._catalog_thread_closed = True
-        await run_sync(self._catalog_thread.shutdown, wait=True)  # its queued work done
         self.catalog.close()
         logger.info("shutdown: done (%s)", "all uploaded" if self.drained else "batches kept")
         return self.drained

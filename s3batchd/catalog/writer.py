@@ -15,10 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 
 from s3batchd.catalog.store import FLUSH_DELAY_S, Catalog, CatalogWrite, retained
-from s3batchd.concurrency import run_in
+from s3batchd.concurrency import Pool, Threads
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +28,9 @@ BUSY_TIMEOUT_S = 2.0
 class CatalogWriter:
     """Commits one worker's catalog writes in groups, through a connection of its own."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, *, threads: Threads) -> None:
         self._catalog = catalog
-        self._executor = ThreadPoolExecutor(1, "s3batchd-catalog")
+        self._threads = threads
         self._queued: list[CatalogWrite] = []
         self._failed: list[CatalogWrite] = []
         self._sequence = 0
@@ -66,7 +65,8 @@ class CatalogWriter:
         self._closed = True
         if self._retry is not None:
             self._retry.cancel()
-        self._executor.shutdown(wait=True)
+        if self._inflight is not None:  # a retry's transaction: done before the connection closes
+            await asyncio.gather(self._inflight, return_exceptions=True)
         self._catalog.close()
 
     async def _wait(self, sequence: int) -> None:
@@ -85,7 +85,7 @@ class CatalogWriter:
         target = self._sequence
         self._failed, self._queued = [], []
         try:
-            await run_in(self._executor, lambda: self._catalog.put_all(writes))
+            await self._threads.run(Pool.CATALOG_WRITER, self._catalog.put_all, writes)
             self.transactions += 1
         except (sqlite3.Error, OSError, RuntimeError):
             logger.exception("catalog write failed (%d objects, retried)", len(writes))

@@ -26,6 +26,7 @@ from s3batchd.cli.status import render as render_status
 from s3batchd.config import Settings, is_loopback, load_settings, unknown_variables
 from s3batchd.errors import ConfigError, S3BatchdError, StartupError
 from s3batchd.logs import setup_logging
+from s3batchd.server.app import state_of
 from s3batchd.server.serve import bind_sockets, build_server
 from s3batchd.server.workeradmin import Peers
 from s3batchd.server.workers import adopt_orphans, run_workers
@@ -201,7 +202,7 @@ def serve_on(
             sock.close()
     if not server.started:
         return _start_failed(app)
-    pipeline = getattr(app.state, "pipeline", None)
+    pipeline = state_of(app).pipeline
     if pipeline is not None and pipeline.drained is False:
         return EXIT_BATCHES_KEPT
     return 0
@@ -210,7 +211,7 @@ def serve_on(
 def _start_failed(app: Starlette) -> int:
     """Exit status 1; a ``StartupError`` raised in the lifespan (the pipeline's start) printed
     as the one line a pre-flight failure is (server.DrainingServer kept uvicorn quiet)."""
-    error = getattr(app.state, "startup_error", None)
+    error = state_of(app).startup_error
     if error is not None:
         click.echo(f"Error: {error}", err=True)
     return EXIT_START_FAILED

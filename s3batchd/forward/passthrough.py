@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from s3batchd.constants import HEADER_PREFIX, MAX_SINGLE_PUT_BYTES
 from s3batchd.errors import AccessDenied
-from s3batchd.forward.proxy import Forwarder, Query, forward_headers, relay, unless_client_leaves
+from s3batchd.forward.proxy import Query, forward_headers, relay, unless_client_leaves
 from s3batchd.forward.reframe import STREAMING_UNSIGNED_TRAILER, framed_length, reframe
 from s3batchd.s3.addressing import Target
 from s3batchd.s3.api import (
@@ -37,43 +37,48 @@ if TYPE_CHECKING:
 
     from s3batchd.batching.pipeline import Pipeline
     from s3batchd.config import Settings
+    from s3batchd.forward.daemon import Daemon, Upstream
     from s3batchd.s3.signing import AuthContext
     from s3batchd.upload.bucketmodes import BucketModes
 
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One client request as the handlers see it."""
+    """One client request as the handlers see it: its context, parsed once by
+    ``handlers/dispatch.serve``, and the daemon that serves it (passed in, not looked up)."""
 
     request: Request
     target: Target
+    """The bucket, the key and the query, addressing resolved."""
     headers: dict[str, str]
+    """Lower-cased names; repeated headers joined with commas."""
     operation: str
+    """The S3 operation name (``s3/operations.py``)."""
     context: AuthContext | None
+    """What the signature verified (None without authentication)."""
+    daemon: Daemon
+    request_id: str
+    """``x-amz-request-id`` of the answer."""
 
     @property
     def settings(self) -> Settings:
         """The daemon's settings."""
-        settings: Settings = self.request.app.state.settings
-        return settings
+        return self.daemon.settings
 
     @property
     def pipeline(self) -> Pipeline:
         """The daemon's batcher, uploader and catalog."""
-        pipeline: Pipeline = self.request.app.state.pipeline
-        return pipeline
+        return self.daemon.pipeline
 
     @property
     def bucket_modes(self) -> BucketModes:
         """Each bucket's versioning, object lock and default encryption."""
-        modes: BucketModes = self.request.app.state.bucket_modes
-        return modes
+        return self.daemon.bucket_modes
 
     @property
-    def forwarder(self) -> Forwarder:
+    def forwarder(self) -> Upstream:
         """The way to the bucket."""
-        forwarder: Forwarder = self.request.app.state.forwarder
-        return forwarder
+        return self.daemon.forwarder
 
     @property
     def head(self) -> bool:
@@ -153,7 +158,7 @@ async def send_upstream(
         call.request.receive,
         digests,
         max_bytes=put.declared_size,
-        pace=call.request.app.state.body_pace,
+        pace=call.daemon.body_pace,
         verifier=chunk_verifier(call.context),
     )
     counted = _Counted(pieces)
@@ -221,7 +226,7 @@ async def receive_body(
         max_bytes=max_bytes,
         memory_limit=settings.limits.memory_buffer_bytes if memory_limit is None else memory_limit,
         spill_dir=call.pipeline.spill_dir,
-        pace=call.request.app.state.body_pace,
+        pace=call.daemon.body_pace,
         verifier=chunk_verifier(call.context),
     )
 

@@ -23,6 +23,7 @@ from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import BotoCoreError
 from starlette.responses import Response, StreamingResponse
 
+from s3batchd.concurrency import Pool, Threads
 from s3batchd.config import UpstreamConfig
 from s3batchd.errors import (
     RETRY_SOON,
@@ -83,7 +84,10 @@ class _Signer(S3SigV4Auth):
 class Forwarder:
     """An HTTP client for the bucket's endpoint that signs as the daemon."""
 
-    def __init__(self, upstream: UpstreamConfig, credentials: Credentials | None = None) -> None:
+    def __init__(
+        self, upstream: UpstreamConfig, credentials: Credentials | None = None, *, threads: Threads
+    ) -> None:
+        self._threads = threads
         self._region = upstream.region
         self._style = upstream.addressing_style
         self._endpoint = upstream.endpoint_url.rstrip("/")
@@ -176,7 +180,7 @@ class Forwarder:
         credentials = self._credentials
         try:
             if _may_block(credentials):
-                return await asyncio.to_thread(credentials.get_frozen_credentials)
+                return await self._threads.run(Pool.CREDENTIALS, credentials.get_frozen_credentials)
             return credentials.get_frozen_credentials()
         except NoCredentialsYetError as exc:
             raise NoUpstreamCredentials(headers=RETRY_SOON) from exc

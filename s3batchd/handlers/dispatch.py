@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from s3batchd.errors import NotImplementedS3
-from s3batchd.forward.buckets import BucketCheck
+from s3batchd.forward.daemon import Daemon
 from s3batchd.forward.passthrough import Call, forward, read_small_body, send_upstream
 from s3batchd.forward.proxy import read_all, relay_read
 from s3batchd.handlers.copy import copy_object, parse_copy_source
@@ -34,7 +34,6 @@ from s3batchd.handlers.subresources import object_subresource
 from s3batchd.handlers.uploadlisting import list_multipart_uploads
 from s3batchd.s3.addressing import check_bucket, check_host, check_key, parse_target
 from s3batchd.s3.api import SUBRESOURCES
-from s3batchd.s3.auth import Authenticator
 from s3batchd.s3.operations import operation_of
 from s3batchd.s3.xml import local_name, parse, parse_or_none
 
@@ -53,17 +52,17 @@ def request_headers(scope: Scope) -> dict[str, str]:
     return headers
 
 
-async def serve(request: Request) -> Response:
-    """Authenticate a request and hand it to its operation's handler."""
-    state = request.app.state
-    server = state.settings.server
+async def serve(daemon: Daemon, request: Request, request_id: str) -> Response:
+    """Parse and authenticate a request once, then hand its context (``Call``, with the
+    ``daemon``) to its operation's handler."""
+    server = daemon.settings.server
     headers = request_headers(request.scope)
     check_host(headers.get("host"), server.allowed_hosts, server.virtual_host_domains)
     authority = request.scope["state"].get("authority")
     if authority is not None:  # absolute-form target: its host is held to the same list
         check_host(authority, server.allowed_hosts, server.virtual_host_domains)
     target = parse_target(request.scope, headers, server.virtual_host_domains)
-    authenticator: Authenticator = state.authenticator
+    authenticator = daemon.authenticator
     context = authenticator.verify(request.scope, target.bucket, target.key, target.virtual)
     operation = operation_of(request.method, target, headers)
     request.state.operation = operation
@@ -74,7 +73,7 @@ async def serve(request: Request) -> Response:
     if "x-amz-copy-source" in headers:
         source_bucket, source_key, _ = parse_copy_source(headers["x-amz-copy-source"])
         authenticator.check_allowed(context, source_bucket, source_key)
-    call = Call(request, target, headers, operation, context)
+    call = Call(request, target, headers, operation, context, daemon, request_id)
     handler = HANDLERS.get(operation, forward)
     return await handler(call)
 
@@ -199,8 +198,7 @@ async def configure_bucket(call: Call) -> Response:
     response = await forward(call)
     bucket_wide = call.operation in ("CreateBucket", "DeleteBucket")
     if response.status_code < 300 and bucket_wide:
-        buckets: BucketCheck = call.request.app.state.buckets
-        buckets.forget(call.target.bucket)
+        call.daemon.buckets.forget(call.target.bucket)
     if response.status_code < 300 and (bucket_wide or MODE_SUBRESOURCES & call.target.query.keys()):
         call.bucket_modes.invalidate(call.target.bucket)
     return response

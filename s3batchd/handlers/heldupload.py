@@ -30,7 +30,7 @@ XML_HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
 
 def upload_store(call: Call) -> UploadStore:
     """The client multipart uploads the daemon holds."""
-    store: UploadStore = call.request.app.state.uploads
+    store: UploadStore = call.daemon.uploads
     return store
 
 

@@ -33,7 +33,6 @@ from s3batchd.config import UpstreamConfig
 from s3batchd.forward.passthrough import Call, forward
 from s3batchd.forward.proxy import read_all
 from s3batchd.handlers.get import ListItem, ListQuery, common_prefix, list_xml, parse_list_query
-from s3batchd.handlers.owners import Owners
 from s3batchd.s3.xml import parse
 
 
@@ -67,8 +66,7 @@ async def list_objects_merged(call: Call) -> Response:
     else:
         mine = await _with_shared(catalog, shared, bucket, query, hidden)
     if query.fetch_owner and any(not item.prefix for item in mine.items):
-        owners: Owners = call.request.app.state.owners
-        owner = await owners.of(call, bucket)
+        owner = await call.daemon.owners.of(call, bucket)
         mine = _Page([replace(item, owner=owner) for item in mine.items], mine.truncated)
     theirs = await _upstream_page(call, query, hidden) if allowed else _Page([], truncated=False)
     if isinstance(theirs, Response):

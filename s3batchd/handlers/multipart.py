@@ -19,12 +19,11 @@ import base64
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from functools import partial
 from xml.sax.saxutils import escape
 
 from starlette.responses import Response
 
-from s3batchd.concurrency import run_in
+from s3batchd.concurrency import Pool
 from s3batchd.constants import HEADER_PREFIX, MAX_PART_BYTES
 from s3batchd.errors import EntityTooLarge, InvalidArgument, S3Error
 from s3batchd.forward.passthrough import Call, forward, receive_body, send_upstream, streamed
@@ -173,9 +172,9 @@ async def _keep_part(
         else:
             if upload.size + part.size > call.settings.limits.max_object_bytes:
                 raise EntityTooLarge("The parts exceed limits.max_object_bytes.")
-            held = await run_in(store.executor, store.held_bytes)  # a directory scan
+            held = await store.threads.run(Pool.PARTS, store.held_bytes)  # a directory scan
             check_quota(call.pipeline, part.size + held)
-            await run_in(store.executor, partial(store.write_part, upload, part, body))
+            await store.threads.run(Pool.PARTS, store.write_part, upload, part, body)
             etag = f'"{part.md5_hex}"'
     headers = {}
     if part.checksum:

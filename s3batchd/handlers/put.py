@@ -21,7 +21,6 @@ from s3batchd.errors import (
     SlowDown,
     UploadRefused,
 )
-from s3batchd.forward.buckets import BucketCheck
 from s3batchd.forward.passthrough import Call, send_buffer, send_upstream
 from s3batchd.forward.proxy import relay
 from s3batchd.handlers.get import etag_matches
@@ -75,7 +74,7 @@ async def put_object(call: Call) -> Response:
     if pipeline.draining:
         raise Draining
     check_quota(pipeline, put.declared_size or 0)
-    buckets: BucketCheck = call.request.app.state.buckets
+    buckets = call.daemon.buckets
     if not buckets.accepts(call.target.bucket):  # not known to exist: may wait for HeadBucket
         await buckets.require(call.target.bucket)
     check_refusals(pipeline, call.target.bucket)
@@ -85,11 +84,11 @@ async def put_object(call: Call) -> Response:
         max_bytes=limit if put.declared_size is None else settings.limits.max_object_bytes,
         memory_limit=settings.limits.memory_buffer_bytes,
         spill_dir=pipeline.spill_dir,
-        pace=call.request.app.state.body_pace,
+        pace=call.daemon.body_pace,
         verifier=chunk_verifier(call.context),
     )
     call.request.state.body_consumed = True
-    call.request.app.state.metrics.received_bytes.inc(body.size)
+    call.daemon.received_bytes.inc(body.size)
     if can_forward and body.size >= threshold:
         # A body of unknown size that grew past the threshold: verified, then forwarded.
         try:
@@ -109,7 +108,7 @@ async def put_object(call: Call) -> Response:
 async def require_bucket(call: Call) -> None:
     """404 NoSuchBucket, before anything is read or spooled, when the upstream says the
     request's bucket does not exist (buckets.py: cached, one HeadBucket per bucket)."""
-    buckets: BucketCheck = call.request.app.state.buckets
+    buckets = call.daemon.buckets
     if not buckets.accepts(call.target.bucket):
         await buckets.require(call.target.bucket)
 

@@ -27,7 +27,7 @@ from s3batchd.errors import (
 )
 from s3batchd.forward.passthrough import Call, forward, read_small_body
 from s3batchd.handlers.get import http_date
-from s3batchd.handlers.owners import Owner, Owners
+from s3batchd.handlers.owners import Owner
 from s3batchd.s3.api import ACCEPTED_VALUES, UNSUPPORTED_HEADERS
 from s3batchd.s3.xml import local_name, parse
 
@@ -254,14 +254,12 @@ async def _policy_acl(call: Call, body: bytes) -> str:
 
 async def object_owner(call: Call) -> Owner:
     """The owner of the batched objects of the call's bucket (``owners.Owners.of``)."""
-    owners: Owners = call.request.app.state.owners
-    return _known(await owners.of(call, call.target.bucket))
+    return _known(await call.daemon.owners.of(call, call.target.bucket))
 
 
 async def bucket_owner_of(call: Call) -> Owner:
     """The owner of the call's bucket (``owners.Owners.of_bucket``)."""
-    owners: Owners = call.request.app.state.owners
-    return _known(await owners.of_bucket(call, call.target.bucket))
+    return _known(await call.daemon.owners.of_bucket(call, call.target.bucket))
 
 
 def _known(owner: Owner | None) -> Owner:

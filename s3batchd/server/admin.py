@@ -15,12 +15,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from s3batchd.batching.pipeline import Pipeline
+from s3batchd.server.app import state_of
 from s3batchd.server.parkedadmin import ROUTES as PARKED_ROUTES
 from s3batchd.server.workeradmin import WORKER_SCOPE, Peers, all_workers_metrics, all_workers_ready
 
 
 def _pipeline(request: Request) -> Pipeline | None:
-    return getattr(request.app.state, "pipeline", None)
+    return state_of(request.app).pipeline
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -38,7 +39,7 @@ async def readyz(request: Request) -> JSONResponse:
     pipeline = _pipeline(request)
     reasons = ["starting"] if pipeline is None else await pipeline.not_ready_reasons()
     warnings = [] if pipeline is None else pipeline.warnings()
-    peers: Peers | None = request.app.state.admin_peers
+    peers = state_of(request.app).admin_peers
     if peers is not None and request.query_params.get("scope") != WORKER_SCOPE:
         reasons, warnings = await all_workers_ready(peers, reasons, warnings)
     body: dict[str, object] = (
@@ -56,8 +57,8 @@ async def metrics(request: Request) -> Response:
     pipeline = _pipeline(request)
     if pipeline is not None:
         await pipeline.not_ready_reasons()
-    own = generate_latest(request.app.state.metrics.registry)
-    peers: Peers | None = request.app.state.admin_peers
+    own = generate_latest(state_of(request.app).metrics.registry)
+    peers = state_of(request.app).admin_peers
     if peers is not None and request.query_params.get("scope") != WORKER_SCOPE:
         own = await all_workers_metrics(peers, own)
     return Response(own, media_type=CONTENT_TYPE_LATEST)
@@ -70,7 +71,7 @@ def create_admin_app(state_from: Starlette, *, peers: Peers | None = None) -> St
     routes += PARKED_ROUTES
     app = Starlette(routes=routes)
     app.state = state_from.state
-    app.state.admin_peers = peers
+    state_of(app).admin_peers = peers
     return app
 
 

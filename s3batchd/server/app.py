@@ -8,11 +8,13 @@ accepting and in-flight requests finished) open batches are sealed and uploaded.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,14 +28,17 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from s3batchd.batching.pipeline import Pipeline
+from s3batchd.concurrency import Pool, Threads
 from s3batchd.config import Settings
 from s3batchd.errors import (
     RETRY_SOON,
     S3Error,
+    ServiceUnavailable,
     SlowDown,
     StartupError,
 )
 from s3batchd.forward.buckets import BucketCheck, head_bucket
+from s3batchd.forward.daemon import Daemon
 from s3batchd.forward.proxy import Forwarder
 from s3batchd.handlers.dispatch import serve
 from s3batchd.handlers.owners import Owners
@@ -44,6 +49,7 @@ from s3batchd.s3.stall import BodyPace
 from s3batchd.server.errormap import answer_of, s3_error_of
 from s3batchd.server.looplag import LoopLagMonitor
 from s3batchd.server.metrics import Metrics
+from s3batchd.server.workeradmin import Peers
 from s3batchd.spool.uploads import UploadStore
 from s3batchd.upload.bucketmodes import BucketModes, look_up
 from s3batchd.upload.credentials import upstream_credentials
@@ -65,7 +71,8 @@ class S3Front:
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
-        self.metrics: Metrics = app.state.metrics
+        self.state = state_of(app)
+        self.metrics = self.state.metrics
         self._counted: dict[tuple[str, int], Counter] = {}
         """The request counter's child per operation and status (``labels()`` per request
         showed in the profile)."""
@@ -83,7 +90,7 @@ class S3Front:
         state["request_id"] = request_id
         request = Request(scope, receive)
         try:
-            response = await s3_endpoint(request)
+            response = await s3_endpoint(self.state, request, request_id)
         except S3Error as exc:
             response = render_s3_error(request, exc)
         raw = response.raw_headers
@@ -132,14 +139,16 @@ def _to_origin_form(scope: Scope) -> str:
     return authority
 
 
-async def s3_endpoint(request: Request) -> Response:
+async def s3_endpoint(state: AppState, request: Request, request_id: str) -> Response:
     """Every S3 request (dispatch.py decides who serves it)."""
-    state = request.app.state
+    daemon = state.daemon
+    if daemon is None:  # uvicorn takes requests only after the lifespan started it
+        raise ServiceUnavailable("The daemon is starting.")
     if state.active_requests >= state.settings.server.max_concurrent_requests:
         raise SlowDown("Too many requests in flight.", headers=RETRY_SOON)
     state.active_requests += 1
     try:
-        return await serve(request)
+        return await serve(daemon, request, request_id)
     except S3Error:
         raise
     except Exception as exc:
@@ -188,6 +197,35 @@ def _body_unread(scope: Scope) -> bool:
     return False
 
 
+@dataclass(slots=True, kw_only=True)
+class AppState:
+    """What the S3 and admin listeners of one process share: the one object on the Starlette
+    app's ``state`` (``state_of``). ``daemon`` is None until the lifespan started the pipeline
+    (and after a failed start, which sets ``startup_error``)."""
+
+    settings: Settings
+    metrics: Metrics
+    authenticator: Authenticator
+    body_pace: BodyPace
+    active_requests: int = 0
+    """S3 requests in flight (``server.max_concurrent_requests``)."""
+    daemon: Daemon | None = None
+    startup_error: StartupError | None = None
+    admin_peers: Peers | None = None
+    """The other workers' admin listeners, when there are several workers."""
+
+    @property
+    def pipeline(self) -> Pipeline | None:
+        """The started daemon's pipeline, None before the start."""
+        return None if self.daemon is None else self.daemon.pipeline
+
+
+def state_of(app: Starlette) -> AppState:
+    """The ``AppState`` of an app made by ``create_app``."""
+    state: AppState = app.state.s3batchd
+    return state
+
+
 def create_app(
     settings: Settings,
     *,
@@ -198,64 +236,85 @@ def create_app(
     """The ASGI app of one daemon process (``spools``: every worker's spool directory, the
     shared one first, when ``server.workers`` > 1)."""
     metrics = Metrics(put_price_per_1000_usd=settings.metrics.put_price_per_1000_usd)
+    pace = BodyPace.of(
+        settings.server, on_timeout=lambda reason: metrics.body_timeouts.labels(reason).inc()
+    )
+    metrics.slow_bodies.set_function(lambda: pace.slow)
+    state = AppState(
+        settings=settings,
+        metrics=metrics,
+        authenticator=Authenticator(settings.auth),
+        body_pace=pace,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # One credential lookup for the process: the uploads' client and the forwarder.
         credentials = upstream_credentials()
+        # The process's thread pools: made here, shut down last (concurrency.py).
+        threads = Threads({Pool.UPLOAD: settings.upload.concurrency})
+        threads.install(asyncio.get_running_loop())
         try:
-            pipeline = Pipeline(settings, client=client, writer=writer, credentials=credentials)
+            pipeline = Pipeline(
+                settings, client=client, writer=writer, credentials=credentials, threads=threads
+            )
             pipeline.on_uploaded = metrics.observe_upload
             metrics.watch(pipeline)
             await pipeline.start()
         except StartupError as exc:
             # Printed as one line by the CLI (cli.serve_on); server.DrainingServer keeps
             # uvicorn from logging it as a traceback.
-            app.state.startup_error = exc
+            state.startup_error = exc
+            threads.close()
+            raise
+        except BaseException:
+            threads.close()
             raise
         lag = LoopLagMonitor(metrics.loop_lag, interval_s=settings.metrics.loop_lag_interval_s)
         if settings.metrics.loop_lag_interval_s > 0:
             lag.start()
-        app.state.pipeline = pipeline
-        app.state.forwarder = Forwarder(settings.upstream, credentials)
-        app.state.buckets = BucketCheck(
-            partial(
-                head_bucket,
-                app.state.forwarder,
-                timeout_s=settings.upstream.bucket_check_timeout_s,
-            ),
+        forwarder = Forwarder(settings.upstream, credentials, threads=threads)
+        buckets = BucketCheck(
+            partial(head_bucket, forwarder, timeout_s=settings.upstream.bucket_check_timeout_s),
             ttl_s=settings.upstream.bucket_check_ttl_s,
             missing_ttl_s=settings.upstream.bucket_missing_ttl_s,
             on_answer=lambda answer: metrics.bucket_checks.labels(answer.value).inc(),
         )
-        app.state.bucket_modes = BucketModes(
-            partial(look_up, pipeline.client), refresh_s=settings.batch.bucket_modes_refresh_s
+        bucket_modes = BucketModes(
+            partial(look_up, pipeline.client),
+            threads=threads,
+            refresh_s=settings.batch.bucket_modes_refresh_s,
         )
-        pipeline.bucket_missing = app.state.buckets.missing
-        app.state.owners = Owners()
+        pipeline.bucket_missing = buckets.missing
         if spools:
             pipeline.spools = (settings.spool.dir, *(d for d in spools if d != settings.spool.dir))
-        app.state.uploads = UploadStore(
+        uploads = UploadStore(
             spools[0] if spools else settings.spool.dir,
             sync=settings.spool.durability != "none",
+            threads=threads,
+        )
+        state.daemon = Daemon(
+            settings=settings,
+            pipeline=pipeline,
+            forwarder=forwarder,
+            buckets=buckets,
+            bucket_modes=bucket_modes,
+            uploads=uploads,
+            owners=Owners(),
+            authenticator=state.authenticator,
+            body_pace=pace,
+            received_bytes=metrics.received_bytes,
         )
         try:
             yield
         finally:
-            await app.state.buckets.close()
-            await app.state.forwarder.aclose()
-            await app.state.bucket_modes.close()
+            await buckets.close()
+            await forwarder.aclose()
+            await bucket_modes.close()
             await pipeline.close()
-            app.state.uploads.close()
             await lag.stop()
+            threads.close()
 
     app = Starlette(lifespan=lifespan)  # HTTP goes through S3Front
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.active_requests = 0
-    app.state.body_pace = pace = BodyPace.of(
-        settings.server, on_timeout=lambda reason: metrics.body_timeouts.labels(reason).inc()
-    )
-    metrics.slow_bodies.set_function(lambda: pace.slow)
-    app.state.authenticator = Authenticator(settings.auth)
+    app.state.s3batchd = state
     return app

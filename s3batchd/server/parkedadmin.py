@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from s3batchd.server.app import state_of
 from s3batchd.server.workeradmin import WORKER_SCOPE, Peers, ask_others
 
 if TYPE_CHECKING:
@@ -37,9 +38,16 @@ def _refusal(request: Request) -> JSONResponse | None:
         loopback = False
     if not loopback:
         return JSONResponse({"error": "parked batches are managed from loopback only"}, 403)
-    if getattr(request.app.state, "pipeline", None) is None:
+    if state_of(request.app).pipeline is None:
         return JSONResponse({"error": "starting"}, 503)
     return None
+
+
+def _started(request: Request) -> Pipeline:
+    """The pipeline of a started daemon (``_refusal`` answered 503 before the start)."""
+    pipeline = state_of(request.app).pipeline
+    assert pipeline is not None, "refused while starting"  # noqa: S101  programmer error
+    return pipeline
 
 
 def _not_json(request: Request) -> JSONResponse | None:
@@ -51,7 +59,7 @@ def _not_json(request: Request) -> JSONResponse | None:
 
 
 def _peers(request: Request) -> Peers | None:
-    peers: Peers | None = request.app.state.admin_peers
+    peers = state_of(request.app).admin_peers
     return None if request.query_params.get("scope") == WORKER_SCOPE else peers
 
 
@@ -77,7 +85,7 @@ async def list_parked(request: Request) -> JSONResponse:
     refusal = _refusal(request)
     if refusal is not None:
         return refusal
-    pipeline: Pipeline = request.app.state.pipeline
+    pipeline = _started(request)
     found = [
         {
             "bucket": parked.batch.bucket,
@@ -103,7 +111,7 @@ async def retry_parked(request: Request) -> JSONResponse:
     wanted = [str(i) for i in ids] if isinstance(ids, list) else []
     if not body.get("all") and not wanted:
         return JSONResponse({"error": 'give "batch_ids": [...] or "all": true'}, 400)
-    pipeline: Pipeline = request.app.state.pipeline
+    pipeline = _started(request)
     retried = pipeline.uploader.retry_parked(None if body.get("all") else wanted)
     for other in await _others(request, body):
         retried.extend(other.get("retried", []))
@@ -119,7 +127,7 @@ async def discard_parked(request: Request) -> JSONResponse:
     batch_id = body.get("batch_id")
     if not isinstance(batch_id, str) or not batch_id:
         return JSONResponse({"error": 'give "batch_id"'}, 400)
-    pipeline: Pipeline = request.app.state.pipeline
+    pipeline = _started(request)
     batch = await pipeline.discard_parked(batch_id)
     if batch is not None:
         return JSONResponse({"discarded": batch_id, "bucket": batch.bucket})

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp
 from s3batchd.batching.pipeline import Pipeline
 from s3batchd.config import Settings
 from s3batchd.server.admin import PortRouter, create_admin_app
-from s3batchd.server.app import S3Front, create_app
+from s3batchd.server.app import S3Front, create_app, state_of
 from s3batchd.server.protocol import protocol_with_timeout
 from s3batchd.server.workeradmin import Peers
 
@@ -39,7 +39,7 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """First signal: drain, then exit. Second signal: exit now."""
-        pipeline = getattr(self._app.state, "pipeline", None)
+        pipeline = state_of(self._app).pipeline
         if self._drain is not None or pipeline is None or not self.started:
             super().handle_exit(sig, frame)
             return
@@ -72,7 +72,7 @@ class _QuietStartupError(logging.Filter):
         self._app = app
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return getattr(self._app.state, "startup_error", None) is None
+        return state_of(self._app).startup_error is None
 
 
 def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -156,7 +156,7 @@ def build_server(
         limit_concurrency=settings.server.max_connections,
         http=protocol_with_timeout(
             settings.server.header_timeout_s,
-            idle_closed=app.state.metrics.idle_connections_closed,
+            idle_closed=state_of(app).metrics.idle_connections_closed,
         ),
         timeout_graceful_shutdown=max(1, int(settings.shutdown.drain_timeout_s)),
         lifespan="on",

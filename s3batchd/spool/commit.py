@@ -4,16 +4,16 @@ A request that appended up to position ``p`` waits until a sync that started aft
 has finished. While one fdatasync runs, new writers queue up; the next fdatasync covers them
 all. Acknowledging on a timer would not be durable (Vector's 500 ms window is the warning).
 
-A file's syncs run on one of the batcher's commit threads (``s3batchd-commit``), one after the
+A file's syncs run on one of the commit threads (``Pool.COMMIT``, concurrency.py), one after the
 other for as long as anyone waits: when a sync ends and writers are waiting, the next one starts
 at once on the same thread and covers everything written by then; the event loop only hears
 that a sync has ended and wakes the writers it covered. Started from the loop one by one on the
 shared thread pool instead, every sync took two hand-offs (loop to pool thread, back to the loop
 before the next could start), each waiting for a core under load: at about 1,900 PUT/s on two
 cores, p50 of PUTs with durability ``fsync`` was 2.4-2.6 ms that way and 1.7-1.8 ms this way
-(bench/README.md). The threads are a pool that lives as long as the batcher, so no thread is
+(bench/README.md). The threads are a pool that lives as long as the process, so no thread is
 started per batch. This is the one blocking call that does not go through
-``concurrency.run_sync``.
+``Threads.run``: it is handed the pool's executor.
 """
 
 from __future__ import annotations

@@ -23,12 +23,12 @@ import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from s3batchd.concurrency import Pool, Threads
 from s3batchd.s3.body import BodyBuffer
 from s3batchd.spool.files import fsync_dir
 
@@ -92,19 +92,15 @@ class Upload:
 class UploadStore:
     """The uploads directory of one spool (shared by every worker process)."""
 
-    def __init__(self, spool_dir: Path, *, sync: bool) -> None:
+    def __init__(self, spool_dir: Path, *, sync: bool, threads: Threads) -> None:
         self.root = spool_dir / UPLOADS_DIR
         self._sync = sync
         self._locks: dict[str, asyncio.Lock] = {}
         self._receiving: dict[str, int] = {}
         self._swept = 0.0
-        self.executor = ThreadPoolExecutor(2, "s3batchd-parts")
-        """Writes (and fdatasyncs) of held parts, off the event loop. Its own threads: the
-        default pool's also wait for other workers' upload locks."""
-
-    def close(self) -> None:
-        """Stop the part-writing threads (after the writes in progress)."""
-        self.executor.shutdown(wait=True)
+        self.threads = threads
+        """Writes (and fdatasyncs) of held parts run on ``Pool.PARTS``, waits for other
+        workers' upload locks on ``Pool.LOCKS`` (concurrency.py)."""
 
     def create(
         self,
@@ -154,7 +150,7 @@ class UploadStore:
                 yield None
                 return
             try:
-                await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+                await self.threads.run(Pool.LOCKS, fcntl.flock, fd, fcntl.LOCK_EX)
                 yield self._load(upload_id)
             finally:
                 os.close(fd)  # releases the flock

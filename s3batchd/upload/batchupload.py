@@ -233,6 +233,7 @@ class BatchUpload:
         try:
             # The pool starts a thread only when no idle one is left: as many as were ever
             # in flight at once.
+            # Parts fan out from this upload thread, not from the loop (concurrency.py).
             with ThreadPoolExecutor(self._config.part_concurrency, "s3batchd-part") as pool:
                 while True:
                     limit = max(1, min(self._parts_at_once(), self._config.part_concurrency))

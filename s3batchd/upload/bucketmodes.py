@@ -28,15 +28,13 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from s3batchd.concurrency import run_in
+from s3batchd.concurrency import Pool, Threads
 from s3batchd.errors import LookupFailedError
 from s3batchd.upload.upstream import ACCESS_DENIED_CODES, code_of
 
@@ -230,6 +228,7 @@ class BucketModes:
         self,
         lookup: Callable[[str], BucketMode],
         *,
+        threads: Threads,
         refresh_s: float,
         capacity: int = CAPACITY,
         first_wait_s: float = FIRST_LOOKUP_WAIT_S,
@@ -238,9 +237,9 @@ class BucketModes:
         self._refresh_s = refresh_s
         self._capacity = capacity
         self._first_wait_s = first_wait_s
-        # Its own threads: a lookup stalled on the network never holds up spool I/O, and
-        # close() leaves it behind without waiting.
-        self._executor = ThreadPoolExecutor(2, "s3batchd-bucketmodes")
+        # Its own threads (``Pool.LOOKUP``): a lookup stalled on the network never holds up
+        # spool I/O, and close() leaves it behind without waiting.
+        self._threads = threads
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._pending: dict[str, asyncio.Task[BucketMode]] = {}
         self._tasks: set[asyncio.Task[BucketMode]] = set()
@@ -298,7 +297,7 @@ class BucketModes:
     async def _look_up(self, bucket: str) -> BucketMode:
         epoch = self._epoch
         try:
-            mode = await run_in(self._executor, partial(self._lookup, bucket))
+            mode = await self._threads.run(Pool.LOOKUP, self._lookup, bucket)
             ttl = self._refresh_s
         except LookupFailedError as exc:
             old = self._entries.get(bucket)
@@ -326,7 +325,6 @@ class BucketModes:
 
     async def close(self) -> None:
         """Cancel the lookups still running (their waiters get CancelledError)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
         tasks = list(self._tasks)
         self._pending.clear()
         for task in tasks:

@@ -19,11 +19,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING
 
-from s3batchd.concurrency import run_in
+from s3batchd.concurrency import Pool, Threads
 from s3batchd.upload.upstream import ProbeResult, check
 
 if TYPE_CHECKING:
@@ -70,6 +69,7 @@ class Prober:
         client_factory: Callable[[], S3Client],
         *,
         note: Callable[[bool], None],
+        threads: Threads,
     ) -> None:
         """``client_factory``: the probe's client, made at the first round; ``note``: told
         after each round whether S3 answered."""
@@ -80,7 +80,7 @@ class Prober:
         self._client_factory = client_factory
         self._client: S3Client | None = None
         self._note = note
-        self._executor = ThreadPoolExecutor(1, "s3batchd-probe")
+        self._threads = threads
         self._task: asyncio.Task[None] | None = None
 
     def targets(self) -> list[str]:
@@ -93,7 +93,7 @@ class Prober:
         results: list[ProbeResult] = []
         for bucket in self.targets():
             probe = partial(check, await self._client_made(), bucket, self.config.prefix)
-            results.append(await run_in(self._executor, probe))
+            results.append(await self._threads.run(Pool.PROBE, probe))
         self.warnings = [_warning(result) for result in results if result.problem is not None]
         if results:
             self._note(any(result.up for result in results))
@@ -103,7 +103,7 @@ class Prober:
         """The probe's client, made at the first round with a bucket to check (on the probe's
         thread: it reads files, about 50 ms)."""
         if self._client is None:
-            self._client = await run_in(self._executor, self._client_factory)
+            self._client = await self._threads.run(Pool.PROBE, self._client_factory)
         return self._client
 
     def start(self) -> None:
@@ -131,7 +131,6 @@ class Prober:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _warning(result: ProbeResult) -> str:

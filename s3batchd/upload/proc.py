@@ -218,6 +218,7 @@ def _serve(connection: Connection) -> None:
     os.nice(upload.child_nice)  # the daemon's requests first when the cores are busy
     client = make_client(upstream, upload)
     send_lock = threading.Lock()
+    # A pool of its own: the child has no event loop and no Threads (concurrency.py).
     pool = ThreadPoolExecutor(upload.concurrency, "s3batchd-upload")
 
     def run(number: int, batch: SealedBatch, tar_done: bool) -> None:

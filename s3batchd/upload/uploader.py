@@ -18,11 +18,10 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from s3batchd.concurrency import run_in, run_sync
+from s3batchd.concurrency import Pool, Threads, run_sync
 from s3batchd.errors import UploadError
 from s3batchd.records import SealedBatch
 from s3batchd.spool.files import remove
@@ -60,11 +59,17 @@ class Uploader:
     that fails non-retriably is parked and tried again on a timer."""
 
     def __init__(
-        self, steps: UploadSteps, *, config: UploadConfig, seed: int | None = None
+        self,
+        steps: UploadSteps,
+        *,
+        config: UploadConfig,
+        threads: Threads,
+        seed: int | None = None,
     ) -> None:
+        """``threads``: its ``Pool.UPLOAD`` has ``config.concurrency`` threads."""
         self._config = config
         self._queue: asyncio.Queue[SealedBatch] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(config.concurrency, "s3batchd-upload")
+        self._threads = threads
         self.stats = UploadStats()
         self._steps = steps
         self._workers: list[asyncio.Task[None]] = []
@@ -162,7 +167,7 @@ class Uploader:
         started = time.monotonic()
         while True:
             try:
-                await run_in(self._executor, lambda: self._upload_once(batch))
+                await self._threads.run(Pool.UPLOAD, self._upload_once, batch)
             except Exception as exc:  # noqa: BLE001  any failure is retried or parked, never dropped
                 error = classify(exc, f"upload {batch.batch_id}")
                 self._note_failure(batch, error, attempt)
@@ -350,10 +355,9 @@ class Uploader:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
-        # First the steps: abandoning attempts in upload processes frees the threads waiting
-        # for them.
+        # Abandoning attempts in upload processes frees the threads waiting for them (the
+        # upload threads are shut down with the process's other pools: concurrency.py).
         self._steps.close(wait=drained)
-        self._executor.shutdown(wait=drained, cancel_futures=True)
         if not drained:
             logger.warning("%d batches not uploaded before shutdown; kept in the spool", left)
         return drained
