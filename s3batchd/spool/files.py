@@ -29,11 +29,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from s3batchd.s3.body import BodyBuffer, write_all
 from s3batchd.constants import TAR_END
 from s3batchd.errors import SpoolError, SpoolFailedError
 from s3batchd.index import IndexEntry, index_fragment, index_key, is_batch_id, tar_key
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
+from s3batchd.s3.body import BodyBuffer, write_all
 from s3batchd.spool.tarmember import decode_record, encode_header, member_name, padded
 
 logger = logging.getLogger(__name__)

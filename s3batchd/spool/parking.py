@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from s3batchd.s3.body import write_all
 from s3batchd.index import index_key, is_batch_id, render_index, tar_key
+from s3batchd.s3.body import write_all
 from s3batchd.spool.files import (
     PARKED_NEW_SUFFIX,
     PARKED_SUFFIX,
