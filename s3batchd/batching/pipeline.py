@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from s3batchd.batching.batcher import Batcher
 from s3batchd.batching.source import ObjectSource
+from s3batchd.catalog.follow import Follower
 from s3batchd.catalog.store import FLUSH_DELAY_S, Catalog, CatalogWrite, catalog_path
 from s3batchd.catalog.writer import BUSY_TIMEOUT_S, CatalogWriter
 from s3batchd.clock import observe, write_time
@@ -119,6 +120,19 @@ class Pipeline:
             if settings.server.workers > 1
             else None
         )
+        self.follower: Follower | None = None
+        """Learns other daemons' batches from the bucket (``catalog.follow``), through a
+        connection of its own (its transactions never hold the event loop's)."""
+        self._follow_catalog: Catalog | None = None
+        if settings.catalog.follow:
+            self._follow_catalog = Catalog(path, busy_timeout_s=BUSY_TIMEOUT_S)
+            self.follower = Follower(
+                self._follow_catalog,
+                self.client,
+                prefix=settings.upstream.prefix,
+                config=settings.catalog,
+                own_writer=str(self.writer),
+            )
         self.spill_dir = settings.spool.dir / TMP_DIR
         """Where received bodies larger than ``limits.memory_buffer_bytes`` wait."""
         self.spools: tuple[Path, ...] = (settings.spool.dir,)
@@ -237,6 +251,8 @@ class Pipeline:
             # memory; it is then rendered from the tar.
             batch = dataclasses.replace(batch, index_fragments=None)
         self.prober.buckets.written(batch.bucket)
+        if self.follower is not None:
+            self.follower.follow(batch.bucket, active=True)
         await self.uploader.submit(batch)
 
     async def recovered(self, recovery: Recovery) -> None:
@@ -392,6 +408,10 @@ class Pipeline:
         # the catalog (now holding the recovered batches too) already has.
         observe(self.catalog.newest_stamp())
         self.prober.start()
+        if self.follower is not None:
+            for batch in leftovers:
+                self.follower.follow(batch.bucket)
+            self.follower.start()
         logger.info(
             "s3batchd started: writer %s, spool %s (durability %s), %d batches recovered",
             self.writer,
@@ -454,6 +474,8 @@ class Pipeline:
         True if nothing was left in the spool."""
         await self.drain()
         await self.prober.close()
+        if self.follower is not None:
+            await self.follower.close()
         self.read_executor.shutdown(wait=False, cancel_futures=True)
         remaining = max(0.0, (self._deadline or 0) - time.monotonic())
         uploaded = await self.uploader.close(remaining)
@@ -469,6 +491,8 @@ class Pipeline:
         self._catalog_thread_closed = True
         await run_sync(self._catalog_thread.shutdown, wait=True)  # its queued work done
         self.catalog.close()
+        if self._follow_catalog is not None:
+            self._follow_catalog.close()
         logger.info("shutdown: done (%s)", "all uploaded" if self.drained else "batches kept")
         return self.drained
 
