@@ -33,10 +33,19 @@ BATCH = {"linger_ms": 200}
 
 
 def _daemon(
-    directory: Path, s3_server: LocalS3, upstream: dict[str, Any] | None = None
+    directory: Path,
+    s3_server: LocalS3,
+    upstream: dict[str, Any] | None = None,
+    catalog: dict[str, Any] | None = None,
 ) -> DaemonProcess:
     directory.mkdir(parents=True, exist_ok=True)
-    return DaemonProcess(directory, s3_server, catalog=FOLLOW, batch=BATCH, upstream=upstream or {})
+    return DaemonProcess(
+        directory,
+        s3_server,
+        catalog={**FOLLOW, **(catalog or {})},
+        batch=BATCH,
+        upstream=upstream or {},
+    )
 
 
 @pytest.fixture
@@ -153,6 +162,23 @@ def test_a_delete_through_one_daemon_hides_the_key_in_the_other(
     b.client().delete_object(Bucket=bucket, Key="gone")
     assert _status(b.client(), bucket, "gone") == 404
     wait_for(lambda: _status(a.client(), bucket, "gone") == 404, timeout=30)
+
+
+def test_a_delete_through_a_daemon_that_has_not_learned_the_key_yet_hides_it_everywhere(
+    tmp_path: Path, s3_server: LocalS3, bucket: str
+) -> None:
+    """B follows slowly: it has not learned A's key when the delete comes through it; its
+    tombstone is written all the same, and A learns it."""
+    slow = {"follow_interval_s": 600.0, "follow_idle_max_s": 600.0}
+    with (
+        _daemon(tmp_path / "a", s3_server) as a,
+        _daemon(tmp_path / "b", s3_server, catalog=slow) as b,
+    ):
+        assert b.client().list_objects_v2(Bucket=bucket)["KeyCount"] == 0  # B's one round
+        a.client().put_object(Bucket=bucket, Key="unseen", Body=b"B never learned me")
+        b.client().delete_object(Bucket=bucket, Key="unseen")
+        wait_for(lambda: _status(a.client(), bucket, "unseen") == 404, timeout=30)
+        assert _status(b.client(), bucket, "unseen") == 404
 
 
 def test_overwrites_through_both_daemons_resolve_to_the_later_write_in_both(

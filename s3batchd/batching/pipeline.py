@@ -271,12 +271,15 @@ class Pipeline:
         for batch in recovery.batches:
             await self.submit(batch)
 
-    async def hide(self, bucket: str, key: str) -> bool:
+    async def hide(self, bucket: str, key: str, *, known_only: bool = False) -> bool:
         """Stop serving the batched object of ``key`` (it was deleted, or overwritten in the
         bucket): a tombstone is appended to the bucket's batch, durable like a PUT, recorded
         in the catalog now and in the batch's index. False when nothing was batched under
-        ``key``."""
-        if self.catalog.get(bucket, key) is None:
+        ``key`` as far as this catalog knows; following the bucket (``catalog.follow``), the
+        tombstone is written all the same unless ``known_only``: another daemon may have
+        batched the key in a batch not learned yet, and every daemon learns the tombstone."""
+        known = self.catalog.get(bucket, key) is not None
+        if not known and (known_only or self.follower is None):
             return False
         record = ObjectRecord(key=key, size=0, md5_hex=EMPTY_MD5, mtime=write_time(), deleted=True)
         empty = BodyBuffer(memory_limit=0, spill_dir=self.spill_dir)
@@ -284,7 +287,7 @@ class Pipeline:
             bucket, record, empty, durability=self.settings.spool.durability
         )
         await self.written(record, entry, uploaded=False)
-        return True
+        return known
 
     async def update(self, bucket: str, current: ObjectRecord, headers: dict[str, str]) -> None:
         """Give the batched object ``current`` new tags and canned ACL (``headers``: its

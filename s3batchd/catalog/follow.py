@@ -87,6 +87,9 @@ class BucketFollow:
     bucket: str
     learned: dict[str, float] = field(default_factory=dict)
     """Index keys learned (or skipped for good) within the lookback, with their batch time."""
+    after: str = ""
+    """The key up to which every index listed has been learned (where a failed backfill
+    goes on)."""
     newest: float = 0.0
     """Batch time (Unix) of the newest index learned; 0: none yet."""
     newest_uploaded: float = 0.0
@@ -297,15 +300,17 @@ class Follower:
         """List and learn the indexes of ``state``'s bucket not learned yet; how many."""
         if backfill:
             since = time.time() - self._config.retention_s
-            logger.info(
-                "catalog follow: backfill of s3://%s/%s from %s",
-                state.bucket,
-                self._prefix,
-                _iso(since),
-            )
+            if not state.after:
+                logger.info(
+                    "catalog follow: backfill of s3://%s/%s from %s",
+                    state.bucket,
+                    self._prefix,
+                    _iso(since),
+                )
+            start_after = max(state.after, self._prefix + _key_floor(since))
         else:
             since = state.newest - self._config.follow_lookback_s
-        start_after = self._prefix + _key_floor(since) if since > 0 else ""
+            start_after = self._prefix + _key_floor(since) if since > 0 else ""
         learned = 0
         token: str | None = None
         progress_at = time.monotonic()
@@ -315,13 +320,15 @@ class Follower:
             for at in range(0, len(fresh), FETCH_AT_ONCE):
                 chunk = fresh[at : at + FETCH_AT_ONCE]
                 learned += await self._learn(state, chunk, backfill=backfill)
-                if backfill and time.monotonic() - progress_at >= PROGRESS_EVERY_S:
-                    progress_at = time.monotonic()
-                    _log_progress(state)
+                if backfill:
+                    state.after = chunk[-1].key
+                    if time.monotonic() - progress_at >= PROGRESS_EVERY_S:
+                        progress_at = time.monotonic()
+                        _log_progress(state)
+            self._prune(state)  # a backfill's keys are not all kept in memory
             token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
             if token is None:
                 break
-        self._prune(state)
         return learned
 
     async def _learn(self, state: BucketFollow, chunk: list[_Index], *, backfill: bool) -> int:
