@@ -245,6 +245,9 @@ def test_failing_follow_lists_fail_no_put_and_reads_recover(
             wait_for(lambda: _list_errors(b) > 0, timeout=60)
             # A key only the shared catalog could know: 503 SlowDown, not a NoSuchKey lie.
             assert _status(b.client(), bucket, "during") == 503
+            with pytest.raises(ClientError) as listing:  # it would miss keys
+                b.client().list_objects_v2(Bucket=bucket)
+            assert listing.value.response["Error"]["Code"] == "SlowDown"
             assert _read(b.client(), bucket, "before") is not None  # learned before: still read
             assert _ready(b)
             writer.join(120)

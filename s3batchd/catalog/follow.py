@@ -2,13 +2,12 @@
 
 Each daemon writes its batches' indexes under ``upstream.prefix`` with keys that sort by the
 time the batch was opened (``index.index_key``: ``<prefix>YYYY/MM/DD/<batch id>.index.json``).
-The ``Follower`` lists, per bucket the daemon serves, the keys after the newest index it
-learned (less ``catalog.follow_lookback_s``: an index is uploaded a little after its batch was
-opened, and another writer's may arrive after a newer one), GETs each new index and writes
-its rows (objects, tombstones, attribute updates) into the catalog through ``CatalogTarget``:
-the catalog already resolves the latest write of a key by write stamp, then batch id, in any
-order of arrival. The first round of a bucket is its backfill: every index of the last
-``catalog.retention_s``.
+The ``Follower`` lists, per bucket the daemon serves, the keys of batches opened since its previous
+round started (less ``catalog.follow_lookback_s``: an index is uploaded a little after its batch was
+opened, and another writer's may arrive after a newer one), GETs each new index and writes its rows
+(objects, tombstones, attribute updates) into the catalog through ``CatalogTarget``: the catalog
+already resolves the latest write of a key by write stamp, then batch id, in any order of arrival.
+The first round of a bucket is its backfill: every index of the last ``catalog.retention_s``.
 
 A bucket's catalog "answers" once its backfill finished and its last round succeeded: until
 then (or while rounds fail) a key missing from the catalog may be one it has not learned, and
@@ -58,6 +57,9 @@ FETCH_AT_ONCE = 8
 FIRST_ROUND_WAIT_S = 5.0
 #: Seconds between two backfill progress lines in the log.
 PROGRESS_EVERY_S = 10.0
+#: Rows per catalog transaction: a large index is written in several, so the SQLite write lock
+#: is never held long (the event loop's own catalog writes wait for it).
+WRITE_ROWS = 1000
 #: Failures of the follower's own machinery that end a round (retried at the next one).
 ROUND_ERRORS = (ClientError, BotoCoreError, OSError, sqlite3.Error)
 
@@ -74,10 +76,13 @@ class CatalogTarget(Protocol):
         *,
         uploaded: bool,
     ) -> None:
-        """Record every row of one batch (one transaction)."""
+        """Record rows of one batch (one transaction)."""
 
     def count(self) -> int:
         """Objects in the catalog."""
+
+    def known_batches(self, bucket: str, batch_ids: Iterable[str]) -> set[str]:
+        """Those of ``batch_ids`` whose rows the catalog already has."""
 
 
 @dataclass(slots=True)
@@ -133,6 +138,8 @@ class _Index:
     batch_id: str
     created: float
     uploaded: float
+    own: bool
+    """Written by this process (its rows are in the catalog already)."""
 
 
 class Follower:
@@ -309,14 +316,24 @@ class Follower:
                 )
             start_after = max(state.after, self._prefix + _key_floor(since))
         else:
-            since = state.newest - self._config.follow_lookback_s
-            start_after = self._prefix + _key_floor(since) if since > 0 else ""
+            # Every index opened since the previous round started (less the lookback: its
+            # upload comes later) is listed; earlier ones were listed by earlier rounds.
+            start_after = self._prefix + _key_floor(self._since(state))
         learned = 0
         token: str | None = None
         progress_at = time.monotonic()
         while True:
             page = await self._call(partial(self._list, state.bucket, start_after, token))
             fresh = [i for i in self._indexes(page) if i.key not in state.learned]
+            skip = {i.key for i in fresh if i.own}  # this process's: the catalog has them
+            if backfill and fresh:  # a catalog kept across a restart has most of them
+                ids = [i.batch_id for i in fresh if not i.own]
+                known = await self._call(partial(self._target.known_batches, state.bucket, ids))
+                skip.update(i.key for i in fresh if i.batch_id in known)
+            for index in fresh:
+                if index.key in skip:
+                    _mark(state, index)
+            fresh = [i for i in fresh if i.key not in skip]
             for at in range(0, len(fresh), FETCH_AT_ONCE):
                 chunk = fresh[at : at + FETCH_AT_ONCE]
                 learned += await self._learn(state, chunk, backfill=backfill)
@@ -330,6 +347,10 @@ class Follower:
             if token is None:
                 break
         return learned
+
+    def _since(self, state: BucketFollow) -> float:
+        """Batch time from which the next round lists."""
+        return max(state.newest, state.last_round) - self._config.follow_lookback_s
 
     async def _learn(self, state: BucketFollow, chunk: list[_Index], *, backfill: bool) -> int:
         """GET a few indexes at once and write each into the catalog, in key order."""
@@ -348,18 +369,16 @@ class Follower:
                     state.backfill_position = max(state.backfill_position, index.created)
                 elif self.on_learned is not None:
                     self.on_learned(max(0.0, time.time() - index.uploaded))
-            state.learned[index.key] = index.created
-            state.newest = max(state.newest, index.created)
-            state.newest_uploaded = max(state.newest_uploaded, index.uploaded)
+            _mark(state, index)
         return learned
 
     def _prune(self, state: BucketFollow) -> None:
         """Forget learned keys that the next round's listing no longer reaches."""
-        floor = state.newest - self._config.follow_lookback_s - 1
+        floor = self._since(state) - 1
         state.learned = {key: t for key, t in state.learned.items() if t >= floor}
 
     def _indexes(self, page: dict[str, Any]) -> list[_Index]:
-        """The index objects of a listing page that are another writer's batches."""
+        """The index objects of a listing page."""
         found = []
         for item in page.get("Contents", []):
             key: str = item["Key"]
@@ -370,9 +389,8 @@ class Follower:
                 continue
             created = batch_created(batch_id).timestamp()
             uploaded = item["LastModified"].timestamp()
-            if self._own and batch_id.split("Z-", 1)[1].rsplit("-", 1)[0] == self._own:
-                continue  # this process's own batch: the catalog has its rows already
-            found.append(_Index(key, batch_id, created, uploaded))
+            own = bool(self._own) and batch_id.split("Z-", 1)[1].rsplit("-", 1)[0] == self._own
+            found.append(_Index(key, batch_id, created, uploaded, own))
         return found
 
     async def _call(self, func: Callable[[], T]) -> T:
@@ -421,7 +439,10 @@ class Follower:
         """Write one index's rows; how many objects it has."""
         entries = batch.entries
         try:
-            self._target.put_many(bucket, batch.batch_id, batch.tar_key, entries, uploaded=True)
+            # In order (objects, then tombstones, then updates), each part idempotent.
+            for at in range(0, len(entries), WRITE_ROWS):
+                part = entries[at : at + WRITE_ROWS]
+                self._target.put_many(bucket, batch.batch_id, batch.tar_key, part, uploaded=True)
         except ROUND_ERRORS:
             self.errors["write"] += 1
             raise
@@ -434,6 +455,13 @@ def _parse(body: bytes) -> _Batch:
     if not isinstance(document, dict):
         raise TypeError("not a JSON object")
     return _Batch(document["batch_id"], document["tar"]["key"], entries_from_index(document))
+
+
+def _mark(state: BucketFollow, index: _Index) -> None:
+    """``index`` is learned (or need not be read)."""
+    state.learned[index.key] = index.created
+    state.newest = max(state.newest, index.created)
+    state.newest_uploaded = max(state.newest_uploaded, index.uploaded)
 
 
 def _key_floor(moment: float) -> str:

@@ -415,6 +415,22 @@ class Catalog:
             ]
         return max((float(stamp) for stamp in stamps if stamp is not None), default=0.0)
 
+    def known_batches(self, bucket: str, batch_ids: Iterable[str]) -> set[str]:
+        """Those of ``batch_ids`` of which the catalog holds an object (lookups in the
+        ``objects_batch`` index): a restart with the catalog kept need not read their
+        indexes again."""
+        with self._db_lock:
+            self.flush()
+            return {
+                batch_id
+                for batch_id in batch_ids
+                if self._db.execute(
+                    "SELECT 1 FROM objects WHERE batch_id = ? AND bucket = ? LIMIT 1",
+                    (batch_id, bucket),
+                ).fetchone()
+                is not None
+            }
+
     def count(self) -> int:
         """Rows in the catalog."""
         with self._db_lock:

@@ -114,7 +114,7 @@ def _follow_line(samples: Samples) -> str:
     )
     lag = samples.get("s3batchd_catalog_follow_lag_seconds", {})
     if lag:
-        line += f", newest index learned {min(lag.values()):.0f} s after its upload"
+        line += f", newest index learned uploaded {min(lag.values()):.0f} s ago"
     behind = _by(samples, "s3batchd_catalog_backfill_behind_seconds", "bucket")
     pending = sorted(bucket for bucket, value in done.items() if not value)
     if not pending:
