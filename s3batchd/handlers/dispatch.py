@@ -17,7 +17,7 @@ from starlette.types import Scope
 from s3batchd.errors import RETRY_SOON, MalformedXML, NotImplementedS3, SlowDown
 from s3batchd.forward.buckets import BucketCheck
 from s3batchd.forward.passthrough import Call, forward, read_small_body, send_upstream
-from s3batchd.forward.proxy import read_all, relay, relay_read
+from s3batchd.forward.proxy import read_all, relay, relay_read, unless_client_leaves
 from s3batchd.handlers.copy import copy_object, parse_copy_source
 from s3batchd.handlers.deletes import (
     add_errors,
@@ -118,7 +118,8 @@ async def forward_unless_missing(call: Call) -> Response:
     batch the catalog has not learned yet: NoSuchKey could be wrong). A missing bucket is
     still NoSuchBucket."""
     call.allow()
-    upstream = await send_upstream(call)
+    # As forward() does for a GET or HEAD: a client that hangs up frees its slot at once.
+    upstream = await unless_client_leaves(call.request.receive, send_upstream(call))
     if upstream.status_code != 404:
         return relay(upstream, head=call.head)
     if call.head:
