@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from s3batchd.catalog.follow import BucketFollow
 from s3batchd.config import SpoolConfig
 from s3batchd.server.metrics import Metrics
 
@@ -60,6 +61,20 @@ class FakeBatcher:
 
 
 @dataclass
+class FakeFollower:
+    """What ``metrics._FollowCollector`` reads from the catalog's follower (one bucket)."""
+
+    buckets: dict[str, BucketFollow] = field(
+        default_factory=lambda: {"b": BucketFollow("b", newest_uploaded=1.0, last_round=1.0)}
+    )
+    errors: Counter[str] = field(default_factory=lambda: Counter({"list": 1}))
+    indexes_learned: int = 3
+    rows: int = 300
+    retention_s: float = 3600.0
+    on_learned: Callable[[float], None] | None = None
+
+
+@dataclass
 class FakeSettings:
     spool: SpoolConfig
 
@@ -75,6 +90,7 @@ class FakePipeline:
     recovery_lost_objects: int = 0
     upstream_up: bool | None = True
     last_reasons: list[str] | None = field(default_factory=list)
+    follower: FakeFollower | None = field(default_factory=FakeFollower)
 
 
 @pytest.fixture(scope="module")
