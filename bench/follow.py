@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from bench.servers import BUCKET, DaemonSettings, Seaweed, Server, _spawn, clean_env, config_text
+from s3batchd.catalog.store import Catalog, catalog_path
 from s3batchd.cli.seaweed import free_ports
 from s3batchd.cli.status import fetch
 from s3batchd.index import IndexEntry, WriterId, index_key, new_batch_id, render_index, tar_key
@@ -91,14 +93,16 @@ def write_indexes(s3: S3Client, keys: int, per_index: int, span_s: float) -> flo
     return time.monotonic() - started
 
 
-def start_daemon(work: Path, endpoint: str, interval: float) -> tuple[Server, str, str]:
+def start_daemon(
+    work: Path, endpoint: str, interval: float, *, follow: bool = True
+) -> tuple[Server, str, str]:
     work.mkdir(parents=True, exist_ok=True)
     port, admin_port = free_ports(2)
     settings = DaemonSettings(upstream_url=endpoint)
     text = config_text(settings, port=port, admin_port=admin_port, spool=work / "spool")
     text += (
         f'\n[catalog]\nfollow_buckets = ["{BUCKET}"]\nfollow_interval_s = {interval}\n'
-        f"follow_idle_max_s = {interval}\n"
+        f"follow_idle_max_s = {interval}\nfollow = {str(follow).lower()}\n"
     )
     config = work / "s3batchd.toml"
     config.write_text(text)
@@ -124,15 +128,78 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=2000)
     parser.add_argument("--lag-samples", type=int, default=5)
     parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument(
+        "--lookup-rows",
+        type=int,
+        default=0,
+        help="instead: HEAD latency with a catalog of this many rows filled directly "
+        "(and with 1,000 rows, for comparison)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="s3batchd-follow-") as tmp:
         work = Path(tmp)
         weed = Seaweed.start(work / "weed")
         try:
-            results = run(work, weed.endpoint_url, args)
+            if args.lookup_rows:
+                results = lookups(work, weed.endpoint_url, args)
+            else:
+                results = run(work, weed.endpoint_url, args)
         finally:
             weed.kill()
     print(json.dumps(results, indent=2))
+
+
+def lookups(work: Path, endpoint: str, args: argparse.Namespace) -> dict[str, object]:
+    """HEAD latency through a daemon whose catalog holds 1,000 rows, then ``--lookup-rows``."""
+    results: dict[str, object] = {}
+    for rows in (1000, args.lookup_rows):
+        directory = work / f"lookup-{rows}"
+        began = time.monotonic()
+        fill_catalog(catalog_path(directory / "spool"), rows)
+        filled_s = time.monotonic() - began
+        server, url, _ = start_daemon(directory, endpoint, args.interval, follow=False)
+        try:
+            wait_answering(url)
+            results[str(rows)] = {
+                "fill_s": round(filled_s, 1),
+                **heads(client(url), rows, args.heads),
+            }
+        finally:
+            server.stop()
+    return results
+
+
+def fill_catalog(path: Path, rows: int) -> None:
+    """A catalog of ``rows`` uploaded objects ``key/<n>`` (1,000 per batch)."""
+    catalog = Catalog(path)
+    writer = WriterId(host="bench-writer", instance="0000abcd")
+    now = time.time()
+    try:
+        for first in range(0, rows, 1000):
+            batch_id = new_batch_id(writer, first // 1000, now)
+            entries = [
+                IndexEntry(
+                    record=ObjectRecord(key=f"key/{n:09d}", size=100, md5_hex=MD5, mtime=now),
+                    member=f"m{n}",
+                    offset=1636 * (n - first),
+                )
+                for n in range(first, min(rows, first + 1000))
+            ]
+            catalog.put_many(BUCKET, batch_id, tar_key(PREFIX, batch_id), entries, uploaded=True)
+    finally:
+        catalog.close()
+
+
+def wait_answering(url: str) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            client(url).list_buckets()
+        except (BotoCoreError, ClientError):
+            time.sleep(0.2)
+        else:
+            return
+    raise TimeoutError(f"{url} did not answer")
 
 
 def run(work: Path, endpoint: str, args: argparse.Namespace) -> dict[str, object]:
