@@ -243,19 +243,38 @@ class Follower:
         logger.error("catalog follow loop died", exc_info=self.died)
 
     async def _run(self) -> None:
+        """Start each bucket's round when it is due, side by side (a long backfill of one
+        bucket holds up no other); an unexpected error of a round ends the loop."""
         wake = self._wake
         if wake is None:  # start() sets it before the task
             return
-        while True:
-            now = time.monotonic()
-            for state in [s for s in self.buckets.values() if s.due <= now]:
-                await self._round(state)
-            wake.clear()
-            soonest = min((s.due for s in self.buckets.values()), default=now + 3600)
-            wait = max(0.0, soonest - time.monotonic())
-            if wait:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), wait)
+        running: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                now = time.monotonic()
+                for state in list(self.buckets.values()):
+                    if state.bucket not in running and state.due <= now:
+                        running[state.bucket] = asyncio.create_task(self._round(state))
+                wake.clear()
+                waiting = [s.due for s in self.buckets.values() if s.bucket not in running]
+                timeout = max(0.0, min(waiting, default=now + 3600) - time.monotonic())
+                woken = asyncio.ensure_future(wake.wait())
+                try:
+                    await asyncio.wait(
+                        [woken, *running.values()],
+                        timeout=timeout,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    woken.cancel()
+                for bucket, task in list(running.items()):
+                    if task.done():
+                        del running[bucket]
+                        task.result()
+        finally:
+            for task in running.values():
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
 
     async def _round(self, state: BucketFollow) -> None:
         """One round of ``state``'s bucket, then the reads waiting for it go on."""
