@@ -205,7 +205,8 @@ def test_overwrites_through_both_daemons_resolve_to_the_later_write_in_both(
 
 def _list_errors(daemon: DaemonProcess) -> float:
     samples = fetch(f"http://127.0.0.1:{daemon.admin_port}")[1]
-    return samples.get("s3batchd_catalog_errors_total", {}).get((("operation", "list"),), 0.0)
+    errors = samples.get("s3batchd_catalog_errors_total", {})
+    return errors.get((("backend", "sqlite"), ("operation", "list")), 0.0)
 
 
 def _ready(daemon: DaemonProcess) -> bool:

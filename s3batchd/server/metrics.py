@@ -143,18 +143,22 @@ class _FollowCollector(Collector):
         follower = self._follower
         now = time.time()
         states = sorted(follower.buckets.values(), key=lambda state: state.bucket)
-        yield GaugeMetricFamily(
+        # Labelled by backend like the PostgreSQL catalog's samples of the same names.
+        rows = GaugeMetricFamily(
             "s3batchd_catalog_rows",
-            "Objects in the catalog, as counted after the last follow round",
-            value=follower.rows,
+            "Objects in the catalog, by backend (sqlite: counted after the last follow round)",
+            labels=["backend"],
         )
+        rows.add_metric(["sqlite"], follower.rows)
+        yield rows
         errors = CounterMetricFamily(
             "s3batchd_catalog_errors",
-            "Failed calls of the catalog's follow loop, by operation (list, get, parse, write)",
-            labels=["operation"],
+            "Failed calls of the catalog, by backend and operation (sqlite: the follow loop's "
+            "list, get, parse, write)",
+            labels=["backend", "operation"],
         )
         for operation in ("list", "get", "parse", "write"):
-            errors.add_metric([operation], follower.errors.get(operation, 0))
+            errors.add_metric(["sqlite", operation], follower.errors.get(operation, 0))
         yield errors
         yield CounterMetricFamily(
             "s3batchd_catalog_follow_indexes",
