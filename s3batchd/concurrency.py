@@ -39,6 +39,9 @@ pool               threads                    why not shared
                                               one check at a time, by design
 ``credentials``    2                          refreshes of temporary upstream credentials
                                               (STS, instance metadata): HTTP calls
+``follow``         8                          the catalog's follow loop (upload/follow.py):
+                                              LISTs and GETs of other daemons' indexes, 8 in
+                                              flight, parsed and written to the catalog
 =================  =========================  ==============================================
 
 Pools that stay outside this module, on purpose: a multipart batch upload fans its parts out
@@ -77,6 +80,7 @@ class Pool(enum.StrEnum):
     LOOKUP = "lookup"
     PROBE = "probe"
     CREDENTIALS = "credentials"
+    FOLLOW = "follow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,7 @@ DEFAULTS: Mapping[Pool, PoolSpec] = {
     Pool.LOOKUP: PoolSpec(2, wait=False),
     Pool.PROBE: PoolSpec(1, wait=False),
     Pool.CREDENTIALS: PoolSpec(2, wait=False),
+    Pool.FOLLOW: PoolSpec(8, wait=False),
 }
 
 

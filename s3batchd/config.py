@@ -536,6 +536,38 @@ class CatalogConfig(Section):
     """Seconds an object stays readable by key through the daemon after it was written (7 days
     by default); afterwards GET and HEAD answer ``404 NoSuchKey``. Disk: one catalog row (about
     300 bytes plus its metadata) per object written in that time."""
+    follow: bool = True
+    """Follow the bucket: every ``follow_interval_s`` the daemon lists the index objects under
+    ``upstream.prefix`` that are new (``start-after`` the key of a batch opened
+    ``follow_lookback_s`` before the previous round) in each bucket it serves (written to, read
+    through it, or listed in ``follow_buckets``), and learns every batch of every writer (objects,
+    deletes and attribute updates) into its catalog: a key written through any daemon is readable
+    through this one about one interval after its batch is uploaded, and a daemon started with an
+    empty catalog (an ``emptyDir`` spool after a rollout) backfills the last ``retention_s`` in the
+    background. While a bucket's backfill runs, or its last follow round failed, a read the catalog
+    cannot answer (a key the bucket says is missing, a listing) gets ``503 SlowDown`` with
+    Retry-After instead of an answer that could be wrong. Cost: one LIST (PUT-class) per page of
+    1,000 keys per bucket per round, plus one GET per new index
+    (docs/operations.md#following-the-bucket-sqlite)."""
+    follow_interval_s: float = Field(default=30.0, gt=0)
+    """Seconds between two follow rounds of a bucket in which batches arrive: a batch of
+    another daemon is readable here about this long after its index is uploaded."""
+    follow_idle_max_s: float = Field(default=300.0, gt=0)
+    """An idle bucket (a round learned nothing new) is polled less often: the interval
+    doubles after each idle round, up to this many seconds (at least ``follow_interval_s``),
+    and goes back to ``follow_interval_s`` when a round learns a batch or this daemon
+    writes to the bucket. So after a quiet spell the first new batch of another daemon may
+    take up to this long to become readable here."""
+    follow_lookback_s: float = Field(default=120.0, ge=0)
+    """Each round lists the index keys of batches opened from this many seconds before the
+    previous round started (index keys sort by the time their batch was opened, not by when
+    it was uploaded; a writer's clock behind counts as well): a batch uploaded up to this
+    long after it was opened (linger, upload time, retries) is still found. One
+    uploaded later (after a long upstream outage) is learned at the next start with an empty
+    catalog or by ``s3batchd reindex``. Longer: more keys listed per round."""
+    follow_buckets: tuple[str, ...] = ()
+    """Buckets followed from the start, besides those this daemon writes to or reads through
+    (each of which is followed from its first request on). In the environment: a JSON list."""
 
     @model_validator(mode="after")
     def _dsn_for_postgres(self) -> CatalogConfig:

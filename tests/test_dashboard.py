@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from s3batchd.config import SpoolConfig
 from s3batchd.server.metrics import Metrics
+from s3batchd.upload.follow import BucketFollow
 
 if TYPE_CHECKING:
     from s3batchd.batching.pipeline import Pipeline
@@ -60,6 +61,20 @@ class FakeBatcher:
 
 
 @dataclass
+class FakeFollower:
+    """What ``metrics._FollowCollector`` reads from the catalog's follower (one bucket)."""
+
+    buckets: dict[str, BucketFollow] = field(
+        default_factory=lambda: {"b": BucketFollow("b", newest_uploaded=1.0, last_round=1.0)}
+    )
+    errors: Counter[str] = field(default_factory=lambda: Counter({"list": 1}))
+    indexes_learned: int = 3
+    rows: int = 300
+    retention_s: float = 3600.0
+    on_learned: Callable[[float], None] | None = None
+
+
+@dataclass
 class FakeSettings:
     spool: SpoolConfig
 
@@ -93,6 +108,7 @@ class FakePipeline:
     last_reasons: list[str] | None = field(default_factory=list)
     catalog_rows: int | None = 0
     shared: FakeShared | None = field(default_factory=FakeShared)
+    follower: FakeFollower | None = field(default_factory=FakeFollower)
 
 
 @pytest.fixture(scope="module")

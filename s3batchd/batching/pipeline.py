@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import sqlite3
 import time
@@ -26,7 +25,6 @@ from s3batchd.catalog.store import (
     CatalogWrite,
     catalog_path,
     count_rows,
-    entries_from_index,
 )
 from s3batchd.catalog.writer import BUSY_TIMEOUT_S, CatalogWriter
 from s3batchd.clock import observe, write_time
@@ -42,7 +40,7 @@ from s3batchd.errors import (
     UploadError,
     refusal_name,
 )
-from s3batchd.index import IndexEntry, WriterId, render_index
+from s3batchd.index import IndexEntry, WriterId, entries_from_index, parse_index, render_index
 from s3batchd.records import EMPTY_MD5, UPDATED_HEADERS, ObjectRecord, SealedBatch, SpoolEntry
 from s3batchd.s3.body import BodyBuffer
 from s3batchd.spool.files import (
@@ -54,6 +52,7 @@ from s3batchd.spool.files import (
     recover_all,
 )
 from s3batchd.upload.attempt import ThreadSteps, UploadSteps
+from s3batchd.upload.follow import Follower
 from s3batchd.upload.prober import Prober
 from s3batchd.upload.proc import ChildSteps
 from s3batchd.upload.uploader import Uploader
@@ -152,6 +151,21 @@ class Pipeline:
                 retention_s=settings.catalog.retention_s,
                 # This worker's spool: a batch is uploaded by the process that spooled it.
                 pending_path=settings.spool.dir / CATALOG_DIR / "postgres-pending.json",
+            )
+        self.follower: Follower | None = None
+        """Learns other daemons' batches from the bucket (``catalog.follow``), through a
+        connection of its own (its transactions never hold the event loop's)."""
+        self._follow_catalog: Catalog | None = None
+        # With the PostgreSQL catalog the fleet's batches are in it: nothing to follow.
+        if settings.catalog.follow and self.shared is None:
+            self._follow_catalog = Catalog(path, busy_timeout_s=BUSY_TIMEOUT_S)
+            self.follower = Follower(
+                self._follow_catalog,
+                self.client,
+                prefix=settings.upstream.prefix,
+                config=settings.catalog,
+                threads=threads,
+                own_writer=str(self.writer),
             )
         self.spill_dir = settings.spool.dir / TMP_DIR
         """Where received bodies larger than ``limits.memory_buffer_bytes`` wait."""
@@ -275,6 +289,8 @@ class Pipeline:
             # memory; it is then rendered from the tar.
             batch = dataclasses.replace(batch, index_fragments=None)
         self.prober.buckets.written(batch.bucket)
+        if self.follower is not None:
+            self.follower.follow(batch.bucket, active=True)
         await self.uploader.submit(batch)
 
     async def recovered(self, recovery: Recovery) -> None:
@@ -293,24 +309,31 @@ class Pipeline:
         for batch in recovery.batches:
             await self.submit(batch)
 
-    async def hide(self, bucket: str, key: str) -> bool:
+    async def hide(self, bucket: str, key: str, *, known_only: bool = False) -> bool:
         """Stop serving the batched object of ``key`` (it was deleted, or overwritten in the
         bucket): a tombstone is appended to the bucket's batch, durable like a PUT, recorded
         in the catalog now and in the batch's index. False when nothing was batched under
-        ``key``. With the PostgreSQL catalog unavailable, whether another daemon batched the
-        key is unknown: the tombstone is written anyway (it hides nothing if none was)."""
+        ``key`` as far as the catalogs know. In a fleet (``catalog.follow``, or the PostgreSQL
+        catalog) the tombstone is written all the same unless ``known_only``: another daemon
+        may have batched the key in a batch not learned or not uploaded yet, and every daemon
+        learns the tombstone (it hides nothing if none was)."""
         try:
-            if await self.lookup(bucket, key) is None:
-                return False
+            known = await self.lookup(bucket, key) is not None
         except CatalogUnavailable:
-            logger.info("s3://%s/%s: tombstone written, the catalog being unavailable", bucket, key)
+            known = False
+            logger.info(
+                "s3://%s/%s: the catalog is unavailable, the key may be batched", bucket, key
+            )
+        fleet = self.follower is not None or self.shared is not None
+        if not known and (known_only or not fleet):
+            return False
         record = ObjectRecord(key=key, size=0, md5_hex=EMPTY_MD5, mtime=write_time(), deleted=True)
         empty = BodyBuffer(memory_limit=0, spill_dir=self.spill_dir)
         entry = await self.batcher.add(
             bucket, record, empty, durability=self.settings.spool.durability
         )
         await self.written(record, entry, uploaded=False)
-        return True
+        return known
 
     async def update(self, bucket: str, current: ObjectRecord, headers: dict[str, str]) -> None:
         """Give the batched object ``current`` new tags and canned ACL (``headers``: its
@@ -401,13 +424,13 @@ class Pipeline:
                 tar_size=batch.size,
                 fragments=list(batch.index_fragments),
             )
-            return entries_from_index(json.loads(body))
+            return entries_from_index(parse_index(body, where=batch.index_key))
         return self._index_from_bucket(batch.bucket, batch.index_key)
 
     def _index_from_bucket(self, bucket: str, key: str) -> list[IndexEntry]:
         """The entries of the index object ``key``. Blocking."""
         body = self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        return entries_from_index(json.loads(body))
+        return entries_from_index(parse_index(body, where=f"s3://{bucket}/{key}"))
 
     async def lookup(self, bucket: str, key: str) -> CatalogEntry | None:
         """The batched object a read of ``key`` serves, or None (the bucket decides).
@@ -483,6 +506,10 @@ class Pipeline:
         if self.shared is not None:
             await self.shared.start(self._index_from_bucket)
         self.prober.start()
+        if self.follower is not None:
+            for batch in leftovers:
+                self.follower.follow(batch.bucket)
+            self.follower.start()
         logger.info(
             "s3batchd started: writer %s, spool %s (durability %s), %d batches recovered",
             self.writer,
@@ -545,6 +572,8 @@ class Pipeline:
         True if nothing was left in the spool."""
         await self.drain()
         await self.prober.close()
+        if self.follower is not None:
+            await self.follower.close()
         remaining = max(0.0, (self._deadline or 0) - time.monotonic())
         uploaded = await self.uploader.close(remaining)
         # Exit 0 promises an empty spool (an emptyDir may be deleted next): check the disk.
@@ -564,6 +593,8 @@ class Pipeline:
             await self.shared.close(max(left, self.settings.catalog.postgres_timeout_s))
         self._catalog_thread_closed = True
         self.catalog.close()
+        if self._follow_catalog is not None:
+            self._follow_catalog.close()
         logger.info("shutdown: done (%s)", "all uploaded" if self.drained else "batches kept")
         return self.drained
 

@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 from s3batchd.errors import DiskFull
 from s3batchd.index import IndexEntry
-from s3batchd.index import entries_from_index as entries_from_index  # moved to index.py
 from s3batchd.records import ObjectRecord, updated_headers
 
 logger = logging.getLogger(__name__)
@@ -443,6 +442,22 @@ class Catalog:
                 for table in ("objects", "tombstones", "updates")
             ]
         return max((float(stamp) for stamp in stamps if stamp is not None), default=0.0)
+
+    def known_batches(self, bucket: str, batch_ids: Iterable[str]) -> set[str]:
+        """Those of ``batch_ids`` of which the catalog holds an object (lookups in the
+        ``objects_batch`` index): a restart with the catalog kept need not read their
+        indexes again."""
+        with self._db_lock:
+            self.flush()
+            return {
+                batch_id
+                for batch_id in batch_ids
+                if self._db.execute(
+                    "SELECT 1 FROM objects WHERE batch_id = ? AND bucket = ? LIMIT 1",
+                    (batch_id, bucket),
+                ).fetchone()
+                is not None
+            }
 
     def count(self) -> int:
         """Rows in the catalog."""

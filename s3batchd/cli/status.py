@@ -99,7 +99,34 @@ def render(ready: dict[str, object], samples: Samples) -> str:
         _parked_line(samples),
         f"savings:   {_savings(samples)}",
     ]
+    if "s3batchd_catalog_rows" in samples:
+        lines.append(_follow_line(samples))
     return "\n".join(lines)
+
+
+def _follow_line(samples: Samples) -> str:
+    """The catalog and how far it follows the buckets (catalog.follow)."""
+    up = _by(samples, "s3batchd_catalog_follow_up", "bucket")
+    done = _by(samples, "s3batchd_catalog_backfill_done", "bucket")
+    line = (
+        f"catalog:   {_total(samples, 's3batchd_catalog_rows'):.0f} objects; following "
+        f"{len(up)} buckets, {sum(1 for v in up.values() if v)} up to date"
+    )
+    lag = samples.get("s3batchd_catalog_follow_lag_seconds", {})
+    if lag:
+        line += f", newest index learned uploaded {min(lag.values()):.0f} s ago"
+    behind = _by(samples, "s3batchd_catalog_backfill_behind_seconds", "bucket")
+    pending = sorted(bucket for bucket, value in done.items() if not value)
+    if not pending:
+        return line + ("; backfill done" if done else "")
+    indexes = _by(samples, "s3batchd_catalog_backfill_indexes", "bucket")
+    objects = _by(samples, "s3batchd_catalog_backfill_objects", "bucket")
+    progress = ", ".join(
+        f"{bucket} {indexes.get(bucket, 0):.0f} indexes, {objects.get(bucket, 0):.0f} objects, "
+        f"{behind.get(bucket, 0):.0f} s behind"
+        for bucket in pending
+    )
+    return line + f"; backfill running: {progress}"
 
 
 def _counts(counts: dict[str, float]) -> str:

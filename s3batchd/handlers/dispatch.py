@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
-from s3batchd.errors import NotImplementedS3
+from s3batchd.errors import RETRY_SOON, NotImplementedS3, SlowDown
 from s3batchd.forward.daemon import Daemon
 from s3batchd.forward.passthrough import Call, forward, read_small_body, send_upstream
-from s3batchd.forward.proxy import read_all, relay_read
+from s3batchd.forward.proxy import read_all, relay, relay_read, unless_client_leaves
 from s3batchd.handlers.copy import copy_object, parse_copy_source
 from s3batchd.handlers.deletes import (
     add_errors,
@@ -85,7 +85,9 @@ async def read_object(call: Call) -> Response:
     target = call.target
     entry = await pipeline.lookup(target.bucket, target.key)
     if entry is None:
-        return await forward(call)
+        if await catalog_answers(call):
+            return await forward(call)
+        return await forward_unless_missing(call)
     other = sorted(SUBRESOURCES.intersection(target.query))
     if other:
         raise NotImplementedS3(f"{call.request.method} ?{other[0]} of a batched object.")
@@ -93,6 +95,48 @@ async def read_object(call: Call) -> Response:
     return await get_object(
         source, entry, target.key, call.headers, head=call.head, query=target.query
     )
+
+
+async def catalog_answers(call: Call) -> bool:
+    """Whether the catalog knows every batched key of the bucket (always, unless it follows
+    the bucket and its backfill is not done or its last round failed: catalog.follow; a
+    bucket's first round is waited for a few seconds)."""
+    follower = call.pipeline.follower
+    return follower is None or await follower.settle(call.target.bucket)
+
+
+def _still_learning() -> SlowDown:
+    return SlowDown(
+        "This daemon's catalog is still learning the bucket's batches (catalog.follow); retry.",
+        headers=RETRY_SOON,
+    )
+
+
+async def forward_unless_missing(call: Call) -> Response:
+    """GetObject / HeadObject of a key the catalog does not have while it cannot answer for
+    the bucket: the bucket's object if it has one, else 503 SlowDown (the key may be in a
+    batch the catalog has not learned yet: NoSuchKey could be wrong). A missing bucket is
+    still NoSuchBucket."""
+    call.allow()
+    # As forward() does for a GET or HEAD: a client that hangs up frees its slot at once.
+    upstream = await unless_client_leaves(call.request.receive, send_upstream(call))
+    if upstream.status_code != 404:
+        return relay(upstream, head=call.head)
+    if call.head:
+        await upstream.aclose()
+        raise _still_learning()
+    data = await read_all(upstream)
+    if b"<Code>NoSuchBucket</Code>" in data:
+        return relay_read(upstream, data)
+    raise _still_learning()
+
+
+async def list_objects(call: Call) -> Response:
+    """ListObjects (v1/v2): the bucket's listing merged with the batched keys, once the
+    catalog can answer for the bucket (else 503 SlowDown: keys would be missing)."""
+    if not await catalog_answers(call):
+        raise _still_learning()
+    return await list_objects_merged(call)
 
 
 async def delete_object(call: Call) -> Response:
@@ -105,7 +149,7 @@ async def delete_object(call: Call) -> Response:
         headers = {name: value for name, value in call.headers.items() if name != "if-match"}
         call = dataclasses.replace(call, headers=headers)
     if not call.settings.passthrough.allows("DeleteObject"):
-        if await hide_batched(call, call.target.bucket, call.target.key):
+        if await hide_batched(call, call.target.bucket, call.target.key, known_only=True):
             return Response(status_code=204)
         return await forward(call)  # AccessDenied
     call.allow()
@@ -208,8 +252,8 @@ HANDLERS: dict[str, Handler] = {
     "PutObject": put_object,
     "GetObject": read_object,
     "HeadObject": read_object,
-    "ListObjects": list_objects_merged,
-    "ListObjectsV2": list_objects_merged,
+    "ListObjects": list_objects,
+    "ListObjectsV2": list_objects,
     "DeleteObject": delete_object,
     "DeleteObjects": delete_objects,
     "CopyObject": copy_object,

@@ -176,10 +176,11 @@ async def written_upstream(call: Call, upstream: httpx.Response) -> Response:
     return relay(upstream)
 
 
-async def hide_batched(call: Call, bucket: str, key: str) -> bool:
+async def hide_batched(call: Call, bucket: str, key: str, *, known_only: bool = False) -> bool:
     """A newer object (or a delete) of ``key`` went to the bucket: the batched one must no
-    longer be served. False if nothing was batched under ``key``."""
-    return await call.pipeline.hide(bucket, key)
+    longer be served (by any daemon following the bucket: ``Pipeline.hide``). False if
+    nothing was batched under ``key``."""
+    return await call.pipeline.hide(bucket, key, known_only=known_only)
 
 
 async def _conditions(

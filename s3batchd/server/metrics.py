@@ -22,6 +22,7 @@ from s3batchd.spool.files import QUARANTINE_DIR
 if TYPE_CHECKING:
     from s3batchd.batching.pipeline import Pipeline
     from s3batchd.records import SealedBatch
+    from s3batchd.upload.follow import Follower
 
 #: Upstream operations billed as PUT-class requests by S3.
 PUT_CLASS = frozenset(
@@ -110,6 +111,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.follow_delay = Histogram(
+            "s3batchd_catalog_follow_delay_seconds",
+            "Time from an index's upload (its LastModified) to the catalog learning it, for "
+            "indexes of other daemons learned by follow rounds (catalog.follow; not backfill)",
+            buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600),
+            registry=self.registry,
+        )
+
     def observe_upload(self, batch: SealedBatch, seconds: float) -> None:
         """A batch was uploaded in ``seconds``."""
         self.upload_latency.observe(seconds)
@@ -119,6 +128,81 @@ class Metrics:
     def watch(self, pipeline: Pipeline) -> None:
         """Read the pipeline's state at every scrape."""
         self.registry.register(_PipelineCollector(pipeline, self.price))
+        if pipeline.follower is not None:
+            pipeline.follower.on_learned = self.follow_delay.observe
+            self.registry.register(_FollowCollector(pipeline.follower))
+
+
+class _FollowCollector(Collector):
+    """The catalog's follow loop (catalog.follow), per followed bucket."""
+
+    def __init__(self, follower: Follower) -> None:
+        self._follower = follower
+
+    def collect(self) -> Iterator[Metric]:
+        follower = self._follower
+        now = time.time()
+        states = sorted(follower.buckets.values(), key=lambda state: state.bucket)
+        yield CounterMetricFamily(
+            "s3batchd_catalog_follow_indexes",
+            "Index objects of other daemons learned by following the buckets",
+            value=follower.indexes_learned,
+        )
+        families = {
+            "lag": GaugeMetricFamily(
+                "s3batchd_catalog_follow_lag_seconds",
+                "Age of the newest index learned (now minus its upload time), by bucket",
+                labels=["bucket"],
+            ),
+            "round": GaugeMetricFamily(
+                "s3batchd_catalog_follow_round_age_seconds",
+                "Seconds since the last successful follow round of the bucket started",
+                labels=["bucket"],
+            ),
+            "answers": GaugeMetricFamily(
+                "s3batchd_catalog_follow_up",
+                "1 if the catalog answers for the bucket (backfill done, last round "
+                "succeeded), else 0 (reads it cannot answer get 503 SlowDown)",
+                labels=["bucket"],
+            ),
+            "done": GaugeMetricFamily(
+                "s3batchd_catalog_backfill_done",
+                "1 once the bucket's backfill (every index of catalog.retention_s) finished",
+                labels=["bucket"],
+            ),
+            "indexes": GaugeMetricFamily(
+                "s3batchd_catalog_backfill_indexes",
+                "Index objects the bucket's backfill has learned",
+                labels=["bucket"],
+            ),
+            "objects": GaugeMetricFamily(
+                "s3batchd_catalog_backfill_objects",
+                "Objects the bucket's backfill has learned",
+                labels=["bucket"],
+            ),
+            "behind": GaugeMetricFamily(
+                "s3batchd_catalog_backfill_behind_seconds",
+                "How far the bucket's backfill still is from now (the batch time of the newest "
+                "index it read); 0 once done",
+                labels=["bucket"],
+            ),
+        }
+        for state in states:
+            label = [state.bucket]
+            if state.newest_uploaded:
+                families["lag"].add_metric(label, max(0.0, now - state.newest_uploaded))
+            if state.last_round:
+                families["round"].add_metric(label, max(0.0, now - state.last_round))
+            families["answers"].add_metric(label, int(state.answers))
+            families["done"].add_metric(label, int(state.backfilled))
+            families["indexes"].add_metric(label, state.backfill_indexes)
+            families["objects"].add_metric(label, state.backfill_objects)
+            behind = 0.0
+            if not state.backfilled:
+                since = state.backfill_position or now - follower.retention_s
+                behind = max(0.0, now - since)
+            families["behind"].add_metric(label, behind)
+        yield from families.values()
 
 
 class _PipelineCollector(Collector):
@@ -298,18 +382,25 @@ def _catalog(pipeline: Pipeline) -> Iterator[Metric]:
         "above)",
         labels=["backend"],
     )
+    follower = pipeline.follower
     if pipeline.catalog_rows is not None:
         rows.add_metric(["sqlite"], pipeline.catalog_rows)
+    elif follower is not None:
+        rows.add_metric(["sqlite"], follower.rows)
     shared = pipeline.shared
     if shared is not None and shared.catalog.rows is not None:
         rows.add_metric(["postgres"], shared.catalog.rows)
     yield rows
     errors = CounterMetricFamily(
         "s3batchd_catalog_errors",
-        "Failed calls to the PostgreSQL catalog, by operation (read, list, write, expire, "
-        "count, migrate): reads answered 503 SlowDown, writes retried",
+        "Failed calls of the catalog, by backend and operation: postgres (read, list, write, "
+        "expire, count, migrate: reads answered 503 SlowDown, writes retried) and sqlite (the "
+        "follow loop's list, get, parse, write)",
         labels=["backend", "operation"],
     )
+    if follower is not None:
+        for operation in ("list", "get", "parse", "write"):
+            errors.add_metric(["sqlite", operation], follower.errors.get(operation, 0))
     if shared is not None:
         for operation in ("read", "list", "write", "expire", "count", "migrate"):
             errors.add_metric(["postgres", operation], shared.catalog.errors.get(operation, 0))

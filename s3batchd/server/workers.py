@@ -60,7 +60,11 @@ def worker_settings(settings: Settings, index: int) -> Settings:
         update={"dir": worker_spool(base, index), "max_bytes": settings.spool.max_bytes // workers}
     )
     catalog = settings.catalog.model_copy(
-        update={"path": settings.catalog.path or str(catalog_path(base))}
+        update={
+            "path": settings.catalog.path or str(catalog_path(base)),
+            # The catalog is shared: worker 0 alone follows the bucket into it.
+            "follow": settings.catalog.follow and index == 0,
+        }
     )
     return settings.model_copy(update={"spool": spool, "catalog": catalog})
 
