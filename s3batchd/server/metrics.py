@@ -377,16 +377,16 @@ def _catalog(pipeline: Pipeline) -> Iterator[Metric]:
     catalog's failures (``catalog.backend = "postgres"``)."""
     rows = GaugeMetricFamily(
         "s3batchd_catalog_rows",
-        "Objects in the catalog, by backend: sqlite (this daemon's own, counted at each expiry "
-        "round) and postgres (the fleet's, exact below a million rows, the planner's estimate "
+        "Objects in the catalog, by backend: sqlite (this daemon's file, counted after each "
+        "follow round, else at each expiry round) and postgres (the fleet's, exact below a million rows, the planner's estimate "
         "above)",
         labels=["backend"],
     )
     follower = pipeline.follower
-    if pipeline.catalog_rows is not None:
-        rows.add_metric(["sqlite"], pipeline.catalog_rows)
-    elif follower is not None:
+    if follower is not None:  # counted after every follow round: the freshest count
         rows.add_metric(["sqlite"], follower.rows)
+    elif pipeline.catalog_rows is not None:
+        rows.add_metric(["sqlite"], pipeline.catalog_rows)
     shared = pipeline.shared
     if shared is not None and shared.catalog.rows is not None:
         rows.add_metric(["postgres"], shared.catalog.rows)
