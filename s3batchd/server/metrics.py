@@ -378,8 +378,8 @@ def _catalog(pipeline: Pipeline) -> Iterator[Metric]:
     rows = GaugeMetricFamily(
         "s3batchd_catalog_rows",
         "Objects in the catalog, by backend: sqlite (this daemon's file, counted after each "
-        "follow round, else at each expiry round) and postgres (the fleet's, exact below a million rows, the planner's estimate "
-        "above)",
+        "follow round, else at each expiry round) and postgres (the fleet's, exact below a "
+        "million rows, the planner's estimate above)",
         labels=["backend"],
     )
     follower = pipeline.follower
