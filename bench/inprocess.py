@@ -26,6 +26,7 @@ from pathlib import Path
 
 from starlette.types import Message, Scope
 
+from bench.targets import INPROCESS_US_PER_PUT, TARGET_SIZE
 from s3batchd.app import S3Front, create_app
 from s3batchd.config import Settings
 
@@ -128,6 +129,9 @@ def main() -> None:
         f"{statistics.median(rounds):.1f}) of {args.puts} PUTs of {args.size} bytes, "
         f"durability {args.durability}"
     )
+    if args.size == TARGET_SIZE and args.durability == "none":
+        verdict = "pass" if min(rounds) <= INPROCESS_US_PER_PUT else "FAIL"
+        print(f"target (issue #22): at most {INPROCESS_US_PER_PUT:g} us per PUT: {verdict}")
 
 
 if __name__ == "__main__":
