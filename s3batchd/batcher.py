@@ -171,6 +171,54 @@ class Batcher:
                 raise UploadRefused(exc.error, entry) from None
         return entry
 
+    def append_now(
+        self, bucket: str, record: ObjectRecord, data: bytes, durability: Durability
+    ) -> tuple[SpoolEntry, asyncio.Future[None] | None] | None:
+        """Append a small object held in memory to its bucket's open batch at once, on the
+        event loop, as Kafka producers append to a batch (aiokafka's ``MessageBatch.append``
+        returns a future, or None when the batch is full). Returns where it landed and the
+        group commit's future to await before acknowledging (None: durability ``none``, or
+        already durable); None when it cannot be appended here: no batch is open, the
+        bucket's lock is held (a batch being opened or a large append in a thread), the
+        record would take the batch past ``max_bytes``, or ``durability`` is ``upload``.
+        The caller then takes ``add()``. Nothing here awaits, so no other writer can touch
+        the file meanwhile: no lock is taken.
+
+        Raises:
+            SpoolError: the append failed (the file was rolled back).
+            SpoolFailedError: an earlier sync of the file failed.
+        """
+        state = self._buckets.get(bucket)
+        if (
+            state is None
+            or state.lock.locked()
+            or durability == "upload"
+            or record.size > INLINE_APPEND_BYTES
+        ):
+            return None
+        batch = state.current
+        if batch is None or batch.spool.size_with(record) > self._config.max_bytes:
+            return None
+        spool = batch.spool
+        entry = spool.append_bytes(record, data)
+        committer = batch.committer
+        committer.written = spool.position
+        reason = self._full_reason(batch)
+        if reason is not None:
+            self._seal(state, reason)
+        if durability == "none":
+            return entry, None
+        return entry, committer.durable_future(entry.end)
+
+    async def abandon(self, entry: SpoolEntry) -> None:
+        """A sync of the batch ``entry`` went to failed (``append_now``'s future raised
+        SpoolFailedError): the file takes nothing more, what was durable is kept
+        (``add()`` does this itself)."""
+        state = self._buckets.get(entry.bucket)
+        batch = state.current if state is not None else None
+        if state is not None and batch is not None and batch.spool.batch_id == entry.batch_id:
+            await self._abandon(state, batch)
+
     def mark_uploaded(self, batch_id: str) -> None:
         """The uploader's report that a batch and its index are in the bucket."""
         future = self._uploaded.pop(batch_id, None)
@@ -305,7 +353,7 @@ class Batcher:
         self, batch: _OpenBatch, record: ObjectRecord, body: BodyBuffer
     ) -> SpoolEntry:
         if body.in_memory and record.size <= INLINE_APPEND_BYTES:
-            entry = batch.spool.append(record, body)
+            entry = batch.spool.append_bytes(record, body.getvalue())
         else:
             entry = await run_sync(batch.spool.append, record, body)
         batch.committer.written = batch.spool.position

@@ -133,7 +133,10 @@ def _decode_path(raw_path: bytes) -> str:
         raise InvalidArgument("Object keys must be valid UTF-8.") from exc
 
 
+@functools.lru_cache(maxsize=256)
 def _virtual_bucket(host: str, domains: tuple[str, ...]) -> str | None:
+    """The bucket a virtual-hosted Host names (None: path-style). Remembered per Host, as
+    ``_check_named_host`` remembers it: a client sends the same one every time."""
     name = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else ""
     for domain in domains:
         if name.endswith("." + domain):
@@ -180,8 +183,10 @@ def _check_named_host(host: str, allowed: tuple[str, ...], domains: tuple[str, .
     raise InvalidRequest(f"Host {name!r} is not served here (server.allowed_hosts).")
 
 
+@functools.lru_cache(maxsize=256)
 def check_bucket(bucket: str) -> None:
-    """S3 bucket naming rules (3-63 chars of a-z 0-9 . -, not an IP address)."""
+    """S3 bucket naming rules (3-63 chars of a-z 0-9 . -, not an IP address). A valid name
+    is remembered (a daemon serves few buckets; a refusal raises, and is not)."""
     if not _BUCKET.match(bucket) or ".." in bucket or _IPV4.match(bucket):
         raise InvalidBucketName(f"The specified bucket is not valid: {bucket!r}")
 
@@ -351,11 +356,15 @@ def stored_headers_of(headers: dict[str, str]) -> dict[str, str]:
     return stored
 
 
+#: The request header of each checksum algorithm.
+_CHECKSUM_HEADERS = tuple((algorithm, f"x-amz-checksum-{algorithm}") for algorithm in ALGORITHMS)
+
+
 def _parse_digests(request: PutRequest, headers: dict[str, str]) -> None:
     if "content-md5" in headers:
         request.content_md5 = decode_content_md5(headers["content-md5"])
-    for algorithm in ALGORITHMS:
-        value = headers.get(f"x-amz-checksum-{algorithm}")
+    for algorithm, name in _CHECKSUM_HEADERS:
+        value = headers.get(name)
         if value is not None:
             request.checksums[algorithm] = decode_checksum(algorithm, value)
     sdk_algorithm = headers.get("x-amz-sdk-checksum-algorithm", "").lower()
@@ -445,11 +454,39 @@ async def _read(
     verifier: ChunkVerifier | None,
 ) -> Digests:
     digests = Digests(request)
-    async for piece in iter_body(
-        request, receive, digests, max_bytes=max_bytes, pace=pace, verifier=verifier
-    ):
-        body.write(piece)
-    return digests
+    if request.aws_chunked:
+        async for piece in iter_body(
+            request, receive, digests, max_bytes=max_bytes, pace=pace, verifier=verifier
+        ):
+            body.write(piece)
+        return digests
+    # A plain body: ``iter_body``'s loop without the async generator between ``receive`` and
+    # the buffer (a small PUT's body is one message: the generator's frames cost more).
+    size = 0
+    watch = StallWatch(pace.timeout_s, pace=pace, declared=request.declared_size)
+    try:
+        while True:
+            watch.waiting()
+            try:
+                message = await receive()
+            except asyncio.CancelledError as exc:
+                if watch.timed_out():
+                    raise RequestTimeout() from exc
+                raise
+            chunk: bytes = message.get("body", b"")
+            watch.arrived(len(chunk))
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnectedError()
+            if chunk:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise EntityTooLarge(f"Your upload exceeds the limit of {max_bytes} bytes.")
+                digests.update(chunk)
+                body.write(bytes(chunk))
+            if not message.get("more_body", False):
+                return digests
+    finally:
+        watch.close()
 
 
 async def iter_body(
