@@ -27,9 +27,10 @@ install: $(STAMP) $(S3FS_STAMP)  ## create .venv with the daemon, SeaweedFS, aws
 run: $(STAMP)  ## the daemon in front of an embedded local SeaweedFS; writes .local/env.sh (Ctrl-C to stop)
 	$(BIN)/s3batchd dev --data-dir .local
 
-lint: $(STAMP)
+lint: $(STAMP)  ## format, lint, and the import layers of docs/architecture.md (import-linter)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -13,7 +13,7 @@ import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
 from s3batchd.config import ServerConfig, ShutdownConfig
-from s3batchd.protocol import protocol_with_timeout
+from s3batchd.server.protocol import protocol_with_timeout
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -42,7 +42,7 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 
 def config(port: int) -> uvicorn.Config:
-    """uvicorn settings as in ``s3batchd.server.build_server``, with the daemon's defaults."""
+    """uvicorn settings as in ``s3batchd.server.serve.build_server``, with the daemon's defaults."""
     server, shutdown = ServerConfig(), ShutdownConfig()
     return uvicorn.Config(
         app,

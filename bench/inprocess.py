@@ -27,8 +27,8 @@ from pathlib import Path
 from starlette.types import Message, Scope
 
 from bench.targets import INPROCESS_US_PER_PUT, TARGET_SIZE
-from s3batchd.app import S3Front, create_app
 from s3batchd.config import Settings
+from s3batchd.server.app import S3Front, create_app
 
 
 def _settings(spool: Path, durability: str) -> Settings:

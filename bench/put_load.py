@@ -21,7 +21,7 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
-from s3batchd.seaweed import free_ports, start_local_s3
+from s3batchd.cli.seaweed import free_ports, start_local_s3
 
 
 def main() -> None:

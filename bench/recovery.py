@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench import loadgen
 from bench.servers import BUCKET, Daemon, DaemonSettings
-from s3batchd.seaweed import free_ports
+from s3batchd.cli.seaweed import free_ports
 
 #: Bytes per spooled object besides its data: PAX header block + PAX data + ustar header.
 MEMBER_OVERHEAD = 1536

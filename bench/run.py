@@ -108,7 +108,7 @@ def _cpu_model() -> str:
 def describe(args: argparse.Namespace) -> dict[str, str]:
     """The setup block of the report."""
     from s3batchd import __version__
-    from s3batchd.seaweed import weed_binary
+    from s3batchd.cli.seaweed import weed_binary
 
     source = os.environ.get("BENCH_SOURCE", "the working tree as it was at each start")
     return {

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from s3batchd.seaweed import free_ports, s3_port, weed_mini_args, weed_ports
+from s3batchd.cli.seaweed import free_ports, s3_port, weed_mini_args, weed_ports
 
 BUCKET = "bench"
 MIB = 1024 * 1024

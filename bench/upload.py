@@ -1,4 +1,5 @@
-"""Upload throughput of a sealed batch: s3batchd's own uploader (``s3batchd.uploader.Uploader``
+"""Upload throughput of a sealed batch: s3batchd's own uploader
+(``s3batchd.upload.uploader.Uploader``
 with the daemon's boto3 client and default ``[upload]`` settings: CRC32 of the file, multipart
 above 16 MiB with 8 MiB parts 8 at a time, then the index) against boto3's ``upload_file`` of
 the same tar (default TransferConfig) to the same SeaweedFS. Runs alternate, after one
@@ -21,9 +22,9 @@ import boto3
 from bench.servers import BUCKET
 from s3batchd.config import UploadConfig, UpstreamConfig
 from s3batchd.records import SealedBatch
-from s3batchd.spool import recover
-from s3batchd.uploader import ThreadSteps, Uploader
-from s3batchd.upstream import make_client
+from s3batchd.spool.files import recover
+from s3batchd.upload.uploader import ThreadSteps, Uploader
+from s3batchd.upload.upstream import make_client
 
 PREFIX = "bench-upload/"
 

@@ -1,4 +1,4 @@
-from s3batchd.cli import main
+from s3batchd.cli.main import main
 
 if __name__ == "__main__":
     main()

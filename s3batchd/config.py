@@ -295,7 +295,7 @@ class UploadConfig(Section):
     connections. The boto3 client keeps up to ``concurrency`` x ``part_concurrency`` + 4
     connections."""
     child_processes: bool = False
-    """Upload from a child process (``python -m s3batchd.uploadproc``, started at the first
+    """Upload from a child process (``python -m s3batchd.upload.proc``, started at the first
     upload, with its own boto3 client from these settings and the daemon's environment)
     instead of threads of the daemon's process. In the daemon's process an upload's Python
     work shares the requests' interpreter: at half of peak load on two cores, with durability

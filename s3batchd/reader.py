@@ -48,9 +48,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from s3batchd.checksums import ALGORITHMS, Hasher, decode_checksum, new_hasher
 from s3batchd.constants import HEADER_PREFIX, INDEX_FORMAT, INDEX_VERSION, MB
 from s3batchd.errors import InvalidDigest, S3BatchdError
+from s3batchd.s3.checksums import ALGORITHMS, Hasher, decode_checksum, new_hasher
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

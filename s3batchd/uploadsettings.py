@@ -1,6 +1,6 @@
 """The settings an upload needs, as plain frozen dataclasses.
 
-The upload process (``s3batchd.uploadproc``) gets its settings as these instead of the
+The upload process (``s3batchd.upload.proc``) gets its settings as these instead of the
 pydantic models of ``s3batchd.config``: the process then never imports pydantic, whose models
 and core take about 12 MiB of its memory beside boto3 (bench/README.md). The functions both
 processes share (``upstream.make_client``, ``uploader.run_attempt``, ``logs.setup_logging``)

@@ -17,10 +17,10 @@ import pytest
 from botocore.config import Config
 from starlette.applications import Starlette
 
+from s3batchd.batching.pipeline import Pipeline
+from s3batchd.cli.seaweed import LocalS3, start_local_s3
 from s3batchd.config import Settings
-from s3batchd.pipeline import Pipeline
-from s3batchd.seaweed import LocalS3, start_local_s3
-from s3batchd.server import DrainingServer, build_server
+from s3batchd.server.serve import DrainingServer, build_server
 from tests.sections import daemon_sections
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.config import Config
 
-from s3batchd.seaweed import LocalS3
+from s3batchd.cli.seaweed import LocalS3
 from tests.conftest import ChecksumMode
 from tests.sections import daemon_sections
 

@@ -23,7 +23,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 
-from s3batchd.seaweed import free_ports
+from s3batchd.cli.seaweed import free_ports
 
 
 @dataclass

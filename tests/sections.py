@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from s3batchd.seaweed import LocalS3, free_ports
+from s3batchd.cli.seaweed import LocalS3, free_ports
 
 
 def daemon_sections(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from botocore.exceptions import ClientError
 
-from s3batchd.seaweed import LocalS3, start_local_s3
+from s3batchd.cli.seaweed import LocalS3, start_local_s3
 from tests.batches import indexed_objects
 from tests.conftest import Daemon, DaemonFactory, wait_for
 from tests.daemon_process import DaemonProcess

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from s3batchd.allocator import ARENA_ENV, ARENAS, child_env
-from s3batchd.seaweed import LocalS3
+from s3batchd.cli.seaweed import LocalS3
 from tests.batches import indexed_objects
 from tests.conftest import wait_for
 from tests.daemon_process import DaemonProcess

@@ -152,7 +152,7 @@ def test_signed_streaming_uploads_from_restic(signed: Daemon, s3: S3Client) -> N
 def test_signed_requests_allow_a_non_loopback_listener(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from s3batchd.cli import main
+    from s3batchd.cli.main import main
 
     env = {
         "S3BATCHD_SERVER__HOST": "0.0.0.0",

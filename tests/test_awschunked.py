@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3batchd.awschunked import AwsChunkedDecoder
-from s3batchd.checksums import b64, new_hasher
 from s3batchd.errors import IncompleteBody, InvalidRequest
+from s3batchd.s3.awschunked import AwsChunkedDecoder
+from s3batchd.s3.checksums import b64, new_hasher
 
 WIRE = Path("/work/shared/wire")
 SIG_A = "d0c6490fefc058560addd7e722c31a5162f43eb44b747277753928f21fbb5265"

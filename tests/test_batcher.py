@@ -13,15 +13,15 @@ from pathlib import Path
 import anyio
 import pytest
 
-from s3batchd.batcher import INLINE_APPEND_BYTES, Batcher
-from s3batchd.body import BodyBuffer
+from s3batchd.batching.batcher import INLINE_APPEND_BYTES, Batcher
 from s3batchd.config import BatchConfig, Durability
 from s3batchd.constants import KB, TAR_END
 from s3batchd.errors import SlowDown, SpoolError
 from s3batchd.index import WriterId, is_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
-from s3batchd.spool import Recovery, SpoolFile, recover, scan
-from s3batchd.tarmember import encode_header, padded
+from s3batchd.s3.body import BodyBuffer
+from s3batchd.spool.files import Recovery, SpoolFile, recover, scan
+from s3batchd.spool.tarmember import encode_header, padded
 from tests.test_readiness import read_only
 
 pytestmark = pytest.mark.anyio

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 from botocore.exceptions import ClientError
 
-from s3batchd.bucketmodes import (
+from s3batchd.upload.bucketmodes import (
     BucketMode,
     BucketModes,
     Encryption,
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import PutObjectOutputTypeDef
 
-    from s3batchd.seaweed import LocalS3
+    from s3batchd.cli.seaweed import LocalS3
 
 
 def _batched(answer: PutObjectOutputTypeDef) -> bool:
@@ -394,7 +394,7 @@ def test_configuration_reads_denied_leave_the_bucket_plain(
     daemon = start_daemon(upstream={"endpoint_url": proxy.url})
     bucket = _versioned_bucket(s3)
     proxy.set("error", status=403, code="AccessDenied", only_method="GET")
-    with caplog.at_level(logging.WARNING, logger="s3batchd.bucketmodes"):
+    with caplog.at_level(logging.WARNING, logger="s3batchd.upload.bucketmodes"):
         answer = daemon.client().put_object(Bucket=bucket, Key="k", Body=b"x")
     proxy.set("pass")
     assert _batched(answer)

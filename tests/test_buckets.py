@@ -16,11 +16,11 @@ import pytest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from s3batchd.buckets import BucketCheck, head_bucket
+from s3batchd.cli.seaweed import LocalS3
 from s3batchd.config import UpstreamConfig
 from s3batchd.errors import NoSuchBucket
-from s3batchd.proxy import Forwarder
-from s3batchd.seaweed import LocalS3
+from s3batchd.forward.buckets import BucketCheck, head_bucket
+from s3batchd.forward.proxy import Forwarder
 from tests.conftest import Daemon, DaemonFactory, wait_for
 from tests.faultproxy import FaultProxy
 from tests.wire import send_raw

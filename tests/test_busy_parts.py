@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from s3batchd.cli.seaweed import LocalS3
 from s3batchd.constants import MB
-from s3batchd.seaweed import LocalS3
 from tests.batches import indexed_objects
 from tests.conftest import Daemon, DaemonFactory, wait_for
 from tests.faultproxy import FaultProxy

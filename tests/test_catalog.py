@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3batchd.catalog import CORRUPT_KEPT, Catalog, CatalogWrite
-from s3batchd.catalogwriter import CatalogWriter
+from s3batchd.catalog.store import CORRUPT_KEPT, Catalog, CatalogWrite
+from s3batchd.catalog.writer import CatalogWriter
+from s3batchd.handlers.get import ListQuery, common_prefix
+from s3batchd.handlers.listing import catalog_page
 from s3batchd.index import IndexEntry
-from s3batchd.listing import catalog_page
-from s3batchd.objects import ListQuery, common_prefix
 from s3batchd.records import EMPTY_MD5, ObjectRecord
 
 

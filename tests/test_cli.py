@@ -14,11 +14,11 @@ from click.testing import CliRunner
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-from s3batchd.cli import main
+from s3batchd.cli.main import main
+from s3batchd.cli.seaweed import LocalS3
+from s3batchd.cli.status import Samples
+from s3batchd.cli.status import render as render_status
 from s3batchd.constants import MB
-from s3batchd.seaweed import LocalS3
-from s3batchd.status import Samples
-from s3batchd.status import render as render_status
 from tests.batches import indexed_objects
 from tests.conftest import Daemon, DaemonFactory, wait_for
 

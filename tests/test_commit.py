@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import anyio
 import pytest
 
-from s3batchd.commit import GroupCommitter
 from s3batchd.errors import SpoolFailedError
+from s3batchd.spool.commit import GroupCommitter
 
 pytestmark = pytest.mark.anyio
 

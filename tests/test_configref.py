@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from s3batchd.config import LimitsConfig, ServerConfig, SpoolConfig, UpstreamConfig
-from s3batchd.configref import (
+from s3batchd.cli.configref import (
     COMMAND,
     describe_default,
     describe_type,
@@ -19,6 +18,7 @@ from s3batchd.configref import (
     render,
     section_models,
 )
+from s3batchd.config import LimitsConfig, ServerConfig, SpoolConfig, UpstreamConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "configuration.md"
@@ -101,7 +101,7 @@ def test_environment_variable_names() -> None:
 
 def test_module_prints_the_reference() -> None:
     answer = subprocess.run(
-        [sys.executable, "-m", "s3batchd.configref"],
+        [sys.executable, "-m", "s3batchd.cli.configref"],
         capture_output=True,
         text=True,
         check=True,

@@ -26,7 +26,7 @@ from tests.conftest import wait_for
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-    from s3batchd.seaweed import LocalS3
+    from s3batchd.cli.seaweed import LocalS3
     from tests.conftest import Daemon, DaemonFactory
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from s3batchd.seaweed import LocalS3
+from s3batchd.cli.seaweed import LocalS3
 from tests.batches import Location, fetch, indexes, keys
 from tests.daemon_process import DaemonProcess
 

@@ -11,8 +11,8 @@ import pytest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, NoCredentialsError
 
-from s3batchd.credentials import LateCredentials, upstream_credentials
-from s3batchd.seaweed import LocalS3
+from s3batchd.cli.seaweed import LocalS3
+from s3batchd.upload.credentials import LateCredentials, upstream_credentials
 from tests.batches import indexed_objects
 from tests.conftest import DaemonFactory, wait_for
 from tests.test_admin import get_json

@@ -15,10 +15,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from s3batchd.config import SpoolConfig
-from s3batchd.metrics import Metrics
+from s3batchd.server.metrics import Metrics
 
 if TYPE_CHECKING:
-    from s3batchd.pipeline import Pipeline
+    from s3batchd.batching.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "s3batchd-dashboard.json"

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 
-from s3batchd.cli import EXIT_BATCHES_KEPT
+from s3batchd.cli.main import EXIT_BATCHES_KEPT
 from s3batchd.config import Settings, is_loopback, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""What ``make run`` leaves for a second shell (s3batchd/devenv.py), and the client-side
+"""What ``make run`` leaves for a second shell (s3batchd/cli/devenv.py), and the client-side
 commands with and without it: the daemon's catalog and endpoint, never AWS by default, never
 a ``./spool`` of their own."""
 
@@ -11,11 +11,11 @@ import pytest
 from botocore.credentials import Credentials
 from click.testing import CliRunner
 
-from s3batchd.catalog import Catalog, catalog_path
-from s3batchd.cli import main
+from s3batchd.catalog.store import Catalog, catalog_path
+from s3batchd.cli.devenv import DevEnvironment, env_script, write_config, write_env
+from s3batchd.cli.main import main
 from s3batchd.config import Settings, load_settings
-from s3batchd.devenv import DevEnvironment, env_script, write_config, write_env
-from s3batchd.upstream import make_client
+from s3batchd.upload.upstream import make_client
 
 #: No credentials anywhere and no instance metadata: nothing can leave 127.0.0.1.
 OFFLINE = {

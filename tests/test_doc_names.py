@@ -11,6 +11,7 @@ fails here until the documents follow, and names other parts add are known witho
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from s3batchd import errors
-from s3batchd.cli import main
+from s3batchd.cli.main import main
 from s3batchd.config import Settings
 from tests.conftest import Daemon, wait_for
 
@@ -122,16 +123,24 @@ def unknown_settings(text: str, sections: dict[str, set[str]]) -> set[str]:
 
 
 def module_attribute(module: str, name: str) -> bool:
-    """``spool.recover``-like words: a function of the module s3batchd/<section>.py."""
+    """``spool.recover``-like words: a function of the module s3batchd/<section>.py, or of a
+    module of the package s3batchd/<section>/ (or that module itself: ``upload.upstream``)."""
     try:
-        return hasattr(importlib.import_module(f"s3batchd.{module}"), name)
+        found = importlib.import_module(f"s3batchd.{module}")
     except ImportError:
         return False
+    if hasattr(found, name):
+        return True
+    modules = [info.name for info in pkgutil.iter_modules(getattr(found, "__path__", []))]
+    return name in modules or any(
+        hasattr(importlib.import_module(f"s3batchd.{module}.{sub}"), name) for sub in modules
+    )
 
 
 def text_is_file_name(name: str) -> bool:
     """``batch.tar``-like words: a section name followed by a file extension, not a key."""
-    return name.rsplit(".", 1)[1] in {"tar", "json", "toml", "py", "md", "yaml", "service"}
+    extensions = {"tar", "json", "toml", "py", "md", "yaml", "service", "sqlite3"}
+    return name.rsplit(".", 1)[1] in extensions
 
 
 def without_comments(code: str) -> str:

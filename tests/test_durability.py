@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from botocore.exceptions import ClientError
 
+from s3batchd.cli.seaweed import LocalS3, free_ports
 from s3batchd.constants import KB, MB
-from s3batchd.seaweed import LocalS3, free_ports
 from tests.batches import Location, fetch, indexed_objects
 from tests.conftest import DaemonFactory, wait_for
 from tests.daemon_process import DaemonProcess

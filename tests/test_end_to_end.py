@@ -18,7 +18,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from s3batchd.seaweed import LocalS3
+from s3batchd.cli.seaweed import LocalS3
 from tests.awscli import aws
 from tests.batches import Location, fetch, indexed_objects, indexes, keys
 from tests.conftest import CHECKSUM_MODES, ChecksumMode, Daemon, DaemonFactory, wait_for

@@ -20,21 +20,21 @@ from botocore.exceptions import NoCredentialsError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from s3batchd.awschunked import AwsChunkedDecoder
-from s3batchd.body import BodyBuffer
-from s3batchd.catalog import Catalog, entries_from_index
-from s3batchd.checksums import b64, new_hasher
+from s3batchd.catalog.store import Catalog, entries_from_index
 from s3batchd.config import UpstreamConfig
 from s3batchd.errors import BadDigest, ServiceUnavailable
+from s3batchd.forward.proxy import Forwarder
+from s3batchd.forward.reframe import framed_length, reframe
+from s3batchd.handlers.multipart import bucket_part_etags
 from s3batchd.index import IndexEntry, index_fragment, render_index
-from s3batchd.multipart import bucket_part_etags
-from s3batchd.operations import operation_of
-from s3batchd.proxy import Forwarder
 from s3batchd.records import EMPTY_MD5, ObjectRecord
-from s3batchd.reframe import framed_length, reframe
-from s3batchd.s3api import Target
-from s3batchd.tarmember import decode_record, encode_header
-from s3batchd.uploads import Part, UploadStore
+from s3batchd.s3.api import Target
+from s3batchd.s3.awschunked import AwsChunkedDecoder
+from s3batchd.s3.body import BodyBuffer
+from s3batchd.s3.checksums import b64, new_hasher
+from s3batchd.s3.operations import operation_of
+from s3batchd.spool.tarmember import decode_record, encode_header
+from s3batchd.spool.uploads import Part, UploadStore
 
 
 @pytest.mark.parametrize(

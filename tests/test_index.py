@@ -12,10 +12,10 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from s3batchd.catalog import Catalog, entries_from_index
+from s3batchd.catalog.store import Catalog, entries_from_index
 from s3batchd.index import IndexEntry, _object, index_fragment, iso_time, iso_utc, render_index
 from s3batchd.records import EMPTY_MD5, ObjectRecord
-from s3batchd.tarmember import decode_record, encode_header
+from s3batchd.spool.tarmember import decode_record, encode_header
 from tests.batches import index_validator
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from s3batchd.looplag import LoopLagMonitor
+from s3batchd.server.looplag import LoopLagMonitor
 
 pytestmark = pytest.mark.anyio
 

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from botocore.exceptions import ClientError
 
-from s3batchd import clock, objects
-from s3batchd.catalog import CatalogEntry
+from s3batchd import clock
+from s3batchd.catalog.store import CatalogEntry
+from s3batchd.cli.seaweed import LocalS3
+from s3batchd.handlers import get as objects
 from s3batchd.records import ObjectRecord
-from s3batchd.seaweed import LocalS3
 from tests.awscli import aws
 from tests.batches import indexed_objects
 from tests.conftest import Daemon, DaemonFactory, wait_for

@@ -25,22 +25,22 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
-from s3batchd.cli import EXIT_BATCHES_KEPT, main
+from s3batchd.cli.main import EXIT_BATCHES_KEPT, main
+from s3batchd.cli.seaweed import LocalS3, start_local_s3
+from s3batchd.cli.status import Samples, fetch
 from s3batchd.config import UploadConfig
 from s3batchd.constants import MB
 from s3batchd.errors import FAILURE_REASONS, ConflictError, UploadError
-from s3batchd.metrics import OTHER_BUCKETS, PARKED_BUCKET_LABELS, parked_by_bucket
-from s3batchd.parking import parks, retry_wait_s
-from s3batchd.seaweed import LocalS3, start_local_s3
-from s3batchd.status import Samples, fetch
-from s3batchd.upstream import classify, failure_reason
+from s3batchd.server.metrics import OTHER_BUCKETS, PARKED_BUCKET_LABELS, parked_by_bucket
+from s3batchd.spool.parking import parks, retry_wait_s
+from s3batchd.upload.upstream import classify, failure_reason
 from tests.conftest import wait_for
 from tests.daemon_process import DaemonProcess
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-    from s3batchd.pipeline import Pipeline
+    from s3batchd.batching.pipeline import Pipeline
 
 DAEMON_KEY, DAEMON_SECRET = "parking-daemon", "parking-daemon-secret"
 DAEMON_ENV = {"AWS_ACCESS_KEY_ID": DAEMON_KEY, "AWS_SECRET_ACCESS_KEY": DAEMON_SECRET}

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
         CopySourceTypeDef,
     )
 
-    from s3batchd.seaweed import LocalS3
+    from s3batchd.cli.seaweed import LocalS3
 
 MiB = 1024 * 1024
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from s3batchd.cli.seaweed import LocalS3
 from s3batchd.config import UpstreamConfig
-from s3batchd.prober import Prober, RecentBuckets
-from s3batchd.seaweed import LocalS3
+from s3batchd.upload.prober import Prober, RecentBuckets
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

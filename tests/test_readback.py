@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from click.testing import CliRunner
 
-from s3batchd.cli import main
+from s3batchd.cli.main import main
+from s3batchd.cli.seaweed import LocalS3
 from s3batchd.reader import Location, get
-from s3batchd.seaweed import LocalS3
 from tests.batches import indexed_objects
 from tests.conftest import DaemonFactory, wait_for
 

@@ -18,14 +18,14 @@ import pytest
 from click.testing import CliRunner, Result
 
 from s3batchd import reader
-from s3batchd.checksums import ALGORITHMS, new_hasher
+from s3batchd.cli.read import PROGRESS_MIN_OBJECTS, extract, ls
+from s3batchd.cli.seaweed import LocalS3
 from s3batchd.constants import INDEX_VERSION
 from s3batchd.errors import S3BatchdError
 from s3batchd.index import IndexEntry, WriterId, new_batch_id, render_index, tar_key
-from s3batchd.readcli import PROGRESS_MIN_OBJECTS, extract, ls
 from s3batchd.reader import IntegrityError, Location, ReadStats
 from s3batchd.records import ObjectRecord
-from s3batchd.seaweed import LocalS3
+from s3batchd.s3.checksums import ALGORITHMS, new_hasher
 from tests.batches import INDEX_SCHEMA, index_validator, indexed_objects, indexes
 from tests.conftest import CHECKSUM_MODES, ChecksumMode, Daemon, DaemonFactory, wait_for
 

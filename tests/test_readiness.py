@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from s3batchd import pipeline as pipeline_module
-from s3batchd.seaweed import LocalS3, free_ports
+from s3batchd.batching import pipeline as pipeline_module
+from s3batchd.cli.seaweed import LocalS3, free_ports
 from tests.batches import indexed_objects
 from tests.conftest import DaemonFactory, wait_for
 from tests.daemon_process import DaemonProcess

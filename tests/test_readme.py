@@ -49,7 +49,7 @@ from pathlib import Path
 
 import pytest
 
-from s3batchd.seaweed import free_ports
+from s3batchd.cli.seaweed import free_ports
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,7 +25,6 @@ from botocore.credentials import Credentials as BotoCredentials
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3batchd.awschunked import AwsChunkedDecoder
 from s3batchd.errors import (
     AccessDenied,
     AuthorizationHeaderMalformed,
@@ -38,7 +37,8 @@ from s3batchd.errors import (
     S3Error,
     SignatureDoesNotMatch,
 )
-from s3batchd.sigv4 import (
+from s3batchd.s3.awschunked import AwsChunkedDecoder
+from s3batchd.s3.sigv4 import (
     AuthContext,
     ChunkVerifier,
     Credentials,

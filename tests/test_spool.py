@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from s3batchd import spool as spool_module
-from s3batchd.body import BodyBuffer
 from s3batchd.constants import TAR_BLOCK, TAR_END
 from s3batchd.errors import SpoolError, SpoolFailedError
 from s3batchd.index import index_key, tar_key
 from s3batchd.records import ObjectRecord, SpoolEntry
-from s3batchd.spool import (
+from s3batchd.s3.body import BodyBuffer
+from s3batchd.spool import files as spool_module
+from s3batchd.spool.files import (
     QUARANTINE_DIR,
     TMP_DIR,
     SpoolFile,
@@ -28,7 +28,7 @@ from s3batchd.spool import (
     remove,
     scan,
 )
-from s3batchd.tarmember import decode_record, padded
+from s3batchd.spool.tarmember import decode_record, padded
 
 BUCKET = "bucket"
 PREFIX = "pre/"
@@ -243,7 +243,7 @@ def test_scan_of_a_sealed_tar_stops_at_the_end_marker(tmp_path: Path) -> None:
 @pytest.fixture
 def quiet_spool_log(caplog: pytest.LogCaptureFixture) -> None:
     """Recovery logs every truncation; thousands of records only slow the loop down."""
-    caplog.set_level(logging.CRITICAL, logger="s3batchd.spool")
+    caplog.set_level(logging.CRITICAL, logger="s3batchd.spool.files")
 
 
 @pytest.mark.usefixtures("quiet_spool_log")
@@ -633,7 +633,7 @@ def test_a_truncated_sealed_tar_is_cut_to_its_last_complete_member(
     with path.open("r+b") as f:
         f.truncate(cut)
     survivors = 3 if inside in ("padding", "end-marker") else 2
-    caplog.set_level(logging.INFO, logger="s3batchd.spool")
+    caplog.set_level(logging.INFO, logger="s3batchd.spool.files")
 
     recovery = recover_all(tmp_path, prefix=PREFIX)
 

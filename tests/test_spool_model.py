@@ -17,11 +17,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from s3batchd.body import BodyBuffer
 from s3batchd.constants import MB
 from s3batchd.index import WriterId, new_batch_id
 from s3batchd.records import ObjectRecord
-from s3batchd.spool import SpoolFile, recover, scan
+from s3batchd.s3.body import BodyBuffer
+from s3batchd.spool.files import SpoolFile, recover, scan
 
 BUCKET = "model"
 WRITER = WriterId.generate("model")

@@ -7,7 +7,7 @@ from collections.abc import Coroutine
 
 import pytest
 
-from s3batchd.stall import BodyPace, StallWatch
+from s3batchd.s3.stall import BodyPace, StallWatch
 
 
 async def _wait_piece(watch: StallWatch, arrives_after_s: float) -> str:

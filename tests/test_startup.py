@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from s3batchd.cli import EXIT_BATCHES_KEPT, EXIT_CONFIG, EXIT_START_FAILED
-from s3batchd.seaweed import free_ports
+from s3batchd.cli.main import EXIT_BATCHES_KEPT, EXIT_CONFIG, EXIT_START_FAILED
+from s3batchd.cli.seaweed import free_ports
 from tests.conftest import DaemonFactory
 
 S3BATCHD = str(Path(sys.executable).parent / "s3batchd")

@@ -13,10 +13,10 @@ import pytest
 from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
-from s3batchd.catalog import catalog_path
-from s3batchd.cli import main
+from s3batchd.catalog.store import catalog_path
+from s3batchd.cli.main import main
 from s3batchd.errors import InvalidTag, MalformedXML
-from s3batchd.subresources import parse_tagging, tagging_header, tags_of
+from s3batchd.handlers.subresources import parse_tagging, tagging_header, tags_of
 from tests.batches import indexes
 from tests.conftest import Daemon, DaemonFactory, wait_for
 from tests.daemon_process import DaemonProcess
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.literals import ObjectAttributesType, ObjectCannedACLType
     from mypy_boto3_s3.type_defs import TaggingTypeDef, TagTypeDef
 
-    from s3batchd.seaweed import LocalS3
+    from s3batchd.cli.seaweed import LocalS3
 
 ALL_ATTRIBUTES: list[ObjectAttributesType] = [
     "ETag",

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3batchd.body import BodyBuffer
 from s3batchd.constants import TAR_BLOCK, TAR_END
 from s3batchd.records import ObjectRecord
-from s3batchd.spool import SpoolFile
-from s3batchd.tarmember import (
+from s3batchd.s3.body import BodyBuffer
+from s3batchd.spool.files import SpoolFile
+from s3batchd.spool.tarmember import (
     SYNTHETIC_DIR,
     _encode_with_tarfile,
     _pax_records,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from s3batchd.config import UploadConfig
 from s3batchd.constants import GB, MAX_PART_BYTES, MAX_PARTS, MB, MIN_PART_BYTES
-from s3batchd.uploader import backoff_s, needs_multipart, part_size
+from s3batchd.upload.uploader import backoff_s, needs_multipart, part_size
 
 TB = 1024 * GB
 

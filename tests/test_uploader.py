@@ -11,20 +11,20 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from s3batchd.body import BodyBuffer
 from s3batchd.config import Settings, UploadConfig
 from s3batchd.constants import MB
 from s3batchd.errors import ConflictError
 from s3batchd.index import WriterId, new_batch_id
 from s3batchd.records import ObjectRecord, SealedBatch
-from s3batchd.spool import SpoolFile
-from s3batchd.uploader import BatchUpload, FileSection, UploadStats
-from s3batchd.upstream import make_client
+from s3batchd.s3.body import BodyBuffer
+from s3batchd.spool.files import SpoolFile
+from s3batchd.upload.uploader import BatchUpload, FileSection, UploadStats
+from s3batchd.upload.upstream import make_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-    from s3batchd.seaweed import LocalS3
+    from s3batchd.cli.seaweed import LocalS3
 
 
 def sealed_batch(directory: Path, bucket: str, bodies: list[bytes]) -> SealedBatch:

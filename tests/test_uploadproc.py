@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from s3batchd.cli.seaweed import LocalS3
 from s3batchd.errors import ConflictError, UploadError
-from s3batchd.seaweed import LocalS3
 from tests.batches import indexed_objects
 from tests.conftest import DaemonFactory, wait_for
 from tests.daemon_process import alive, children
@@ -51,7 +51,7 @@ def upload_processes(parents: Collection[int] = ()) -> list[int]:
         pid
         for parent in parents or (os.getpid(),)
         for pid in children(parent)
-        if "s3batchd.uploadproc" in _cmdline(pid) and alive(pid)
+        if "s3batchd.upload.proc" in _cmdline(pid) and alive(pid)
     ]
 
 
@@ -103,7 +103,7 @@ def test_a_killed_upload_process_fails_only_its_attempt(
     bucket: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # PUTs only: the bucket's configuration (GETs, s3batchd.bucketmodes) is read first.
+    # PUTs only: the bucket's configuration (GETs, s3batchd.upload.bucketmodes) is read first.
     proxy.set("blackhole", only_method="PUT")
     daemon = start_daemon(
         upstream={"endpoint_url": proxy.url, "read_timeout_s": 60},

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from botocore.exceptions import ClientError
 
-from s3batchd.seaweed import LocalS3, start_local_s3
+from s3batchd.cli.seaweed import LocalS3, start_local_s3
 from tests.batches import Location, fetch, indexed_objects, indexes, keys
 from tests.conftest import Daemon, DaemonFactory, wait_for
 from tests.faultproxy import FaultProxy
@@ -23,7 +23,7 @@ from tests.faultproxy import FaultProxy
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-    from s3batchd.metrics import Metrics
+    from s3batchd.server.metrics import Metrics
 
 
 def _port(server: LocalS3) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from s3batchd.metrics import Metrics
-from s3batchd.workeradmin import Peers, merge
+from s3batchd.server.metrics import Metrics
+from s3batchd.server.workeradmin import Peers, merge
 
 
 def test_merge_labels_every_sample_with_its_worker() -> None:

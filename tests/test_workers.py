@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from s3batchd.workers import RESTART_LIMIT
+from s3batchd.server.workers import RESTART_LIMIT
 from tests.batches import indexed_objects
 from tests.conftest import wait_for
 from tests.daemon_process import DaemonProcess
@@ -24,7 +24,7 @@ from tests.test_uploadproc import upload_processes
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-    from s3batchd.seaweed import LocalS3
+    from s3batchd.cli.seaweed import LocalS3
 
 
 def _writer(tar_url: str) -> str:

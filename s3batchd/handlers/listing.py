@@ -1,0 +1,212 @@
+"""ListObjects / ListObjectsV2 through the daemon: the bucket's own listing merged with the
+keys the daemon batched (which the bucket only holds inside tars).
+
+Pagination is by key: a page asks the bucket for the keys after the cursor (``start-after``)
+and merges them with the catalog's; the continuation token (v2) or marker (v1) is the last key
+or common prefix returned. A common prefix as cursor is skipped on the next page, on both
+sides, so the keys under it are not listed again. Where the catalog has nothing under the
+prefix (and no batch object is to be hidden), the bucket's answer is relayed unchanged, and so
+is every later page of that listing (its continuation token is the bucket's, not the
+daemon's); a listing that has the daemon's token stays with the daemon. Owners (v1, and v2
+with ``fetch-owner=true``) are the bucket's for its objects and ``owners.py``'s for batched
+ones.
+
+The daemon's own batch objects (tars and indexes under ``upstream.prefix``) are left out of
+listings that do not ask for that prefix, unless ``upstream.list_batch_objects`` is set: an
+``aws s3 sync s3://bucket/ dir`` through the daemon must not download every batch. They are
+contiguous in key order, so a page of the bucket's listing that ends among them is followed by
+one request for the keys after them (never one request per page of them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from urllib.parse import unquote_plus
+from xml.etree import ElementTree
+
+from starlette.responses import Response
+
+from s3batchd.catalog.store import Catalog
+from s3batchd.config import UpstreamConfig
+from s3batchd.errors import MalformedXML
+from s3batchd.forward.passthrough import Call, forward
+from s3batchd.forward.proxy import read_all
+from s3batchd.handlers.get import ListItem, ListQuery, common_prefix, list_xml, parse_list_query
+from s3batchd.handlers.owners import Owners
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    items: list[ListItem]
+    truncated: bool
+
+
+async def list_objects_merged(call: Call) -> Response:
+    """ListObjects (v1) and ListObjectsV2."""
+    query = parse_list_query(call.target.query)
+    if query.foreign_token:
+        return await forward(call)  # a listing the bucket began: only it can go on
+    pipeline = call.pipeline
+    bucket = call.target.bucket
+    catalog = pipeline.catalog
+    allowed = call.settings.passthrough.allows(call.operation)
+    hidden = hidden_prefix(call.settings.upstream, query.prefix)
+    # A token of the daemon's (query.token, not foreign) means the daemon began this listing:
+    # only it can go on, even when no batched key is left under the prefix.
+    relayable = not query.token and not hidden
+    if allowed and relayable and next(catalog.iter_keys(bucket, query.prefix, ""), None) is None:
+        return await forward(call)
+    mine = catalog_page(catalog, bucket, query, hidden=hidden)
+    if query.fetch_owner and any(not item.prefix for item in mine.items):
+        owners: Owners = call.request.app.state.owners
+        owner = await owners.of(call, bucket)
+        mine = _Page([replace(item, owner=owner) for item in mine.items], mine.truncated)
+    theirs = await _upstream_page(call, query, hidden) if allowed else _Page([], truncated=False)
+    if isinstance(theirs, Response):
+        return theirs
+    merged: dict[str, ListItem] = {item.name: item for item in theirs.items}
+    merged.update({item.name: item for item in mine.items})  # the batched object is newer
+    names = sorted(merged)
+    # Neither side may be listed past what was fetched of it: beyond, the other side's
+    # elements are not known yet.
+    bounds = [side.items[-1].name for side in (mine, theirs) if side.truncated and side.items]
+    if bounds:
+        names = [name for name in names if name <= min(bounds)]
+    page = names[: query.max_keys]
+    truncated = query.max_keys > 0 and (
+        len(names) > len(page) or mine.truncated or theirs.truncated
+    )
+    items = [merged[name] for name in page]
+    return Response(list_xml(bucket, query, items, truncated), media_type="application/xml")
+
+
+#: Appended to a prefix: sorts after the keys that start with it (all but those continuing
+#: with U+10FFFF itself, which the loop below then passes over one by one).
+_AFTER_ALL = "\U0010ffff"
+
+
+def hidden_prefix(upstream: UpstreamConfig, prefix: str) -> str:
+    """The key prefix a listing of ``prefix`` leaves out: the daemon's batch objects
+    (``upstream.prefix``), unless the listing asks for them (its prefix starts with
+    ``upstream.prefix``), cannot reach them, or ``upstream.list_batch_objects`` is set; ""
+    when nothing is left out. An empty ``upstream.prefix`` hides nothing."""
+    batches = upstream.prefix
+    if upstream.list_batch_objects or not batches or prefix.startswith(batches):
+        return ""
+    return batches if batches.startswith(prefix) else ""
+
+
+def catalog_page(catalog: Catalog, bucket: str, query: ListQuery, *, hidden: str = "") -> _Page:
+    """Up to ``max_keys + 1`` listing items of the batched keys, rolled up by the delimiter,
+    none under ``hidden``. The keys under a common prefix (or ``hidden``) are skipped with a
+    new range scan, not read one by one: a top-level listing of a million keys under
+    ``logs/`` is one item, not a million rows read on the event loop."""
+    items: list[ListItem] = []
+    after = query.after
+    rolled = query.delimiter and after.startswith(query.prefix)
+    if rolled and common_prefix(after, query.prefix, query.delimiter) == after:
+        after += _AFTER_ALL  # continuing after a rolled-up prefix: none of its keys again
+    while True:
+        resume = None
+        for entry in catalog.iter_keys(bucket, query.prefix, after):
+            key = entry.record.key
+            if hidden and key.startswith(hidden):
+                resume = max(hidden + _AFTER_ALL, key)  # on after the hidden keys
+                break
+            common = common_prefix(key, query.prefix, query.delimiter)
+            if common is not None:
+                if common == query.after or (items and items[-1].name == common):
+                    continue
+                items.append(ListItem(common, prefix=True))
+                resume = common + _AFTER_ALL
+            else:
+                items.append(ListItem.of_record(entry.record))
+            if len(items) > query.max_keys:
+                return _Page(items[: query.max_keys + 1], truncated=True)
+            if resume is not None:
+                break  # skip the prefix's other keys with one new range scan, not one by one
+        if resume is None:
+            return _Page(items, truncated=False)
+        after = resume
+
+
+async def _upstream_page(call: Call, query: ListQuery, hidden: str) -> _Page | Response:
+    """Up to ``max_keys + 1`` listing items of the bucket after ``query.after``, none under
+    ``hidden``: a page that ends among those is continued after them (one request more)."""
+    page = await _fetch(call, query, query.after)
+    if isinstance(page, Response) or not hidden:
+        return page
+    items = [item for item in page.items if not item.name.startswith(hidden)]
+    ended_hidden = page.truncated and page.items and page.items[-1].name.startswith(hidden)
+    if not ended_hidden or len(items) > query.max_keys:
+        return _Page(items, page.truncated)
+    rest = await _fetch(call, query, max(page.items[-1].name, hidden + _AFTER_ALL))
+    if isinstance(rest, Response):
+        return rest
+    items += [item for item in rest.items if not item.name.startswith(hidden)]
+    return _Page(items, rest.truncated)
+
+
+async def _fetch(call: Call, query: ListQuery, after: str) -> _Page | Response:
+    """One ListObjectsV2 page of the bucket after ``after``."""
+    parameters = [
+        ("list-type", "2"),
+        ("encoding-type", "url"),
+        ("max-keys", str(query.max_keys + 1)),
+        ("prefix", query.prefix),
+    ]
+    if query.delimiter:
+        parameters.append(("delimiter", query.delimiter))
+    if query.fetch_owner:
+        parameters.append(("fetch-owner", "true"))
+    if after:
+        parameters.append(("start-after", after))
+    upstream = await call.forwarder.send("GET", call.target.bucket, "", parameters, {})
+    body = await read_all(upstream)
+    if upstream.status_code != 200:
+        headers = {k: v for k, v in upstream.headers.items() if k.lower() == "content-type"}
+        return Response(body, status_code=upstream.status_code, headers=headers)
+    return _parse(body, query)
+
+
+def _owner(node: ElementTree.Element, ns: str) -> tuple[str, str] | None:
+    owner = node.find(f"{ns}Owner")
+    if owner is None:
+        return None
+    return owner.findtext(f"{ns}ID") or "", owner.findtext(f"{ns}DisplayName") or ""
+
+
+def _parse(body: bytes, query: ListQuery) -> _Page:
+    try:
+        root = ElementTree.fromstring(body)  # noqa: S314  expat expands no entities
+    except ElementTree.ParseError as exc:
+        raise MalformedXML("The bucket's listing could not be parsed.") from exc
+    ns = root.tag.partition("}")[0] + "}" if root.tag.startswith("{") else ""
+    encoded = (root.findtext(f"{ns}EncodingType") or "").lower() == "url"
+
+    def name(text: str | None) -> str:
+        return unquote_plus(text or "") if encoded else text or ""
+
+    items: list[ListItem] = []
+    for node in root:
+        tag = node.tag[len(ns) :]
+        if tag == "Contents":
+            items.append(
+                ListItem(
+                    name(node.findtext(f"{ns}Key")),
+                    last_modified=node.findtext(f"{ns}LastModified") or "",
+                    etag=node.findtext(f"{ns}ETag") or "",
+                    size=int(node.findtext(f"{ns}Size") or 0),
+                    storage_class=node.findtext(f"{ns}StorageClass") or "STANDARD",
+                    owner=_owner(node, ns),
+                )
+            )
+        elif tag == "CommonPrefixes":
+            prefix = name(node.findtext(f"{ns}Prefix"))
+            if prefix != query.after:
+                items.append(ListItem(prefix, prefix=True))
+    items.sort(key=lambda item: item.name)
+    truncated = (root.findtext(f"{ns}IsTruncated") or "").lower() == "true"
+    if len(items) > query.max_keys:
+        items, truncated = items[: query.max_keys + 1], True
+    return _Page(items, truncated)

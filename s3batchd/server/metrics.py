@@ -1,0 +1,287 @@
+"""Prometheus metrics, served on the admin listener at ``/metrics``.
+
+Request metrics are counted as requests pass; pipeline state (batches, uploads, spool, savings)
+is read from the components at scrape time, so nothing on the hot path keeps a second copy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from s3batchd.errors import FAILURE_REASONS
+from s3batchd.index import batch_created
+from s3batchd.spool.files import QUARANTINE_DIR
+
+if TYPE_CHECKING:
+    from s3batchd.batching.pipeline import Pipeline
+    from s3batchd.records import SealedBatch
+
+#: Upstream operations billed as PUT-class requests by S3.
+PUT_CLASS = frozenset(
+    {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"}
+)
+#: Buckets labelled one by one in the parked-batch gauges: those with the most parked batches;
+#: the others are summed under ``bucket="_other"`` (no bucket name starts with ``_``), so the
+#: number of series stays bounded however many buckets have parked batches.
+PARKED_BUCKET_LABELS = 10
+OTHER_BUCKETS = "_other"
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """Every metric of one daemon process, in its own registry."""
+
+    def __init__(self, *, put_price_per_1000_usd: float) -> None:
+        self.registry = CollectorRegistry()
+        self.price = put_price_per_1000_usd
+        self.requests = Counter(
+            "s3batchd_requests",
+            "S3 requests answered, by operation (PutObject, GetObject, ...) and HTTP status",
+            ["operation", "status"],
+            registry=self.registry,
+        )
+        self.received_bytes = Counter(
+            "s3batchd_received_bytes", "Decoded object bytes accepted", registry=self.registry
+        )
+        self.bucket_checks = Counter(
+            "s3batchd_bucket_checks",
+            "HeadBucket checks before writes to a bucket, by answer: exists, denied (403: "
+            "accepted), missing (writes get NoSuchBucket), unreachable (accepted)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.ack_latency = Histogram(
+            "s3batchd_ack_latency_seconds",
+            "Time from request to acknowledged PutObject",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upload_latency = Histogram(
+            "s3batchd_upload_seconds",
+            "Time to upload a batch (tar and index, retries included)",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.loop_lag = Histogram(
+            "s3batchd_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every metrics.loop_lag_interval_s: while "
+            "it is late, every request of the process waits (the floor under the latency tail)",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
+            registry=self.registry,
+        )
+        self.batch_records = Histogram(
+            "s3batchd_batch_records",
+            "Objects per uploaded batch",
+            buckets=(1, 10, 100, 1000, 10_000, 100_000),
+            registry=self.registry,
+        )
+        self.batch_bytes = Histogram(
+            "s3batchd_batch_bytes",
+            "Tar bytes per uploaded batch",
+            buckets=(64 * 1024, 1 << 20, 8 << 20, 64 << 20, 512 << 20, 5 << 30),
+            registry=self.registry,
+        )
+        self.body_timeouts = Counter(
+            "s3batchd_body_timeouts",
+            "Request bodies answered 400 RequestTimeout, by reason: stalled (one wait over "
+            "server.body_timeout_s), deadline (too slow for server.body_min_rate_bytes_s), "
+            "slow_share (fell behind that rate with every slow slot taken)",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("stalled", "deadline", "slow_share"):
+            self.body_timeouts.labels(reason)
+        self.slow_bodies = Gauge(
+            "s3batchd_slow_bodies",
+            "Request bodies behind server.body_min_rate_bytes_s now, each holding one of the "
+            "slow slots (1 - server.progressing_reserve of server.max_concurrent_requests)",
+            registry=self.registry,
+        )
+        self.idle_connections_closed = Counter(
+            "s3batchd_idle_connections_closed",
+            "Idle connections closed to make room for new ones at server.max_connections",
+            registry=self.registry,
+        )
+
+    def observe_upload(self, batch: SealedBatch, seconds: float) -> None:
+        """A batch was uploaded in ``seconds``."""
+        self.upload_latency.observe(seconds)
+        self.batch_records.observe(batch.records)
+        self.batch_bytes.observe(batch.size)
+
+    def watch(self, pipeline: Pipeline) -> None:
+        """Read the pipeline's state at every scrape."""
+        self.registry.register(_PipelineCollector(pipeline, self.price))
+
+
+class _PipelineCollector(Collector):
+    def __init__(self, pipeline: Pipeline, price: float) -> None:
+        self._pipeline = pipeline
+        self._price = price
+
+    def collect(self) -> Iterator[Metric]:
+        pipeline = self._pipeline
+        stats = pipeline.uploader.stats
+        sealed = CounterMetricFamily(
+            "s3batchd_batches_sealed", "Batches sealed, by reason", labels=["reason"]
+        )
+        for reason, count in sorted(pipeline.batcher.sealed_by_reason.items()):
+            sealed.add_metric([reason], count)
+        yield sealed
+        upstream = CounterMetricFamily(
+            "s3batchd_upstream_requests",
+            "Requests sent to S3, by operation and outcome",
+            labels=["operation", "outcome"],
+        )
+        requests = stats.snapshot()
+        for (operation, outcome), count in sorted(requests.items()):
+            upstream.add_metric([operation, outcome], count)
+        yield upstream
+        yield CounterMetricFamily(
+            "s3batchd_upload_retries",
+            "Failed upload attempts that were retried",
+            value=stats.retries,
+        )
+        yield CounterMetricFamily(
+            "s3batchd_batches_uploaded",
+            "Batches whose tar and index are in the bucket",
+            value=stats.batches,
+        )
+        yield CounterMetricFamily(
+            "s3batchd_records_uploaded", "Objects in uploaded batches", value=stats.records
+        )
+        yield CounterMetricFamily(
+            "s3batchd_bytes_uploaded", "Tar bytes uploaded", value=stats.bytes
+        )
+        failures = CounterMetricFamily(
+            "s3batchd_upload_failures",
+            "Failed upload attempts, by reason (" + ", ".join(FAILURE_REASONS) + ")",
+            labels=["reason"],
+        )
+        failed = stats.failure_counts()
+        for reason in FAILURE_REASONS:
+            failures.add_metric([reason], failed.get(reason, 0))
+        yield failures
+        yield from self._spool(pipeline)
+        yield from _parked(pipeline)
+        yield from self._savings(stats.records, requests)
+        yield CounterMetricFamily(
+            "s3batchd_recovery_lost_objects",
+            "Acknowledged objects whose bytes start-up recovery did not find (cut or damaged)",
+            value=pipeline.recovery_lost_objects,
+        )
+        yield from self._health(pipeline)
+
+    def _spool(self, pipeline: Pipeline) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "s3batchd_spool_bytes",
+            "Bytes in the spool (open and sealed batches)",
+            value=pipeline.spool_bytes,
+        )
+        yield GaugeMetricFamily(
+            "s3batchd_spool_quota_bytes", "spool.max_bytes", value=pipeline.settings.spool.max_bytes
+        )
+        yield GaugeMetricFamily(
+            "s3batchd_open_batches",
+            "Batches accepting records",
+            value=pipeline.batcher.open_batches,
+        )
+        yield GaugeMetricFamily(
+            "s3batchd_pending_batches",
+            "Sealed batches waiting for upload",
+            value=pipeline.uploader.pending,
+        )
+        ids = [*pipeline.batcher.open_batch_ids, *pipeline.uploader.pending_batch_ids]
+        oldest = min((batch_created(i).timestamp() for i in ids), default=time.time())
+        yield GaugeMetricFamily(
+            "s3batchd_spool_oldest_record_age_seconds",
+            "Age of the oldest batch not yet uploaded",
+            value=max(0.0, time.time() - oldest),
+        )
+        quarantine = pipeline.settings.spool.dir / QUARANTINE_DIR
+        count = sum(1 for _ in quarantine.iterdir()) if quarantine.is_dir() else 0
+        yield GaugeMetricFamily(
+            "s3batchd_quarantined_files",
+            "Spool files recovery could not read (kept for an operator)",
+            value=count,
+        )
+
+    def _savings(self, records: int, requests: dict[tuple[str, str], int]) -> Iterator[Metric]:
+        issued = sum(n for (op, outcome), n in requests.items() if op in PUT_CLASS)
+        avoided = records - issued
+        yield GaugeMetricFamily(
+            "s3batchd_put_requests_avoided",
+            "Upstream PUT-class requests avoided: objects uploaded minus PUT-class requests "
+            "issued for them (tar, parts, index, retries)",
+            value=avoided,
+        )
+        yield GaugeMetricFamily(
+            "s3batchd_estimated_savings_usd",
+            "put_requests_avoided x metrics.put_price_per_1000_usd / 1000",
+            value=avoided * self._price / 1000,
+        )
+
+    def _health(self, pipeline: Pipeline) -> Iterator[Metric]:
+        if pipeline.last_reasons is not None:
+            yield GaugeMetricFamily(
+                "s3batchd_ready",
+                "1 if this process can take writes (/readyz?scope=worker is 200), else 0",
+                value=int(not pipeline.last_reasons),
+            )
+        yield GaugeMetricFamily(
+            "s3batchd_stranded_batches",
+            "Batches whose seal failed, kept as .open files and sealed again until it works "
+            "(/readyz fails meanwhile)",
+            value=len(pipeline.batcher.stranded),
+        )
+        if pipeline.upstream_up is not None:  # absent until a probe or an upload says
+            yield GaugeMetricFamily(
+                "s3batchd_upstream_up",
+                "1 if the last upstream probe round or upload attempt reached S3, else 0 "
+                "(a retriable failure: refused or timed-out connection, 5xx, throttling)",
+                value=int(pipeline.upstream_up),
+            )
+
+
+def parked_by_bucket(pipeline: Pipeline) -> tuple[Tally[str], Tally[str]]:
+    """Parked batches and their bytes per bucket label: the ``PARKED_BUCKET_LABELS`` buckets
+    with the most parked batches by name, the rest as ``OTHER_BUCKETS``."""
+    batches: Tally[str] = Tally()
+    sizes: Tally[str] = Tally()
+    for parked in pipeline.uploader.parked:
+        batches[parked.batch.bucket] += 1
+        sizes[parked.batch.bucket] += parked.batch.size
+    ranked = sorted(batches, key=lambda bucket: (-batches[bucket], bucket))
+    labelled = set(ranked[:PARKED_BUCKET_LABELS])
+    label_batches: Tally[str] = Tally()
+    label_bytes: Tally[str] = Tally()
+    for bucket in ranked:
+        label = bucket if bucket in labelled else OTHER_BUCKETS
+        label_batches[label] += batches[bucket]
+        label_bytes[label] += sizes[bucket]
+    return label_batches, label_bytes
+
+
+def _parked(pipeline: Pipeline) -> Iterator[Metric]:
+    batches, sizes = parked_by_bucket(pipeline)
+    count = GaugeMetricFamily(
+        "s3batchd_parked_batches",
+        "Batches whose upload failed non-retriably, kept in the spool and tried again later, by "
+        f"bucket (the {PARKED_BUCKET_LABELS} with the most; the others as {OTHER_BUCKETS})",
+        labels=["bucket"],
+    )
+    size = GaugeMetricFamily(
+        "s3batchd_parked_bytes", "Tar bytes of the parked batches, by bucket", labels=["bucket"]
+    )
+    for label in sorted(batches):
+        count.add_metric([label], batches[label])
+        size.add_metric([label], sizes[label])
+    yield count
+    yield size
