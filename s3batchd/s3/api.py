@@ -388,8 +388,10 @@ class Digests:
 
     def __init__(self, request: PutRequest) -> None:
         self.md5 = hashlib.md5(usedforsecurity=False)
-        algorithms = set(request.checksums) | {name[15:] for name in request.trailer_names}
-        self.hashers: dict[str, Hasher] = {name: new_hasher(name) for name in algorithms}
+        self.hashers: dict[str, Hasher] = {}
+        if request.checksums or request.trailer_names:  # most PUTs announce none
+            algorithms = set(request.checksums) | {name[15:] for name in request.trailer_names}
+            self.hashers = {name: new_hasher(name) for name in algorithms}
         self.sha256 = hashlib.sha256() if request.payload_sha256 else None
 
     def update(self, data: bytes | memoryview) -> None:
