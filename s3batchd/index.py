@@ -135,7 +135,7 @@ def index_fragment(entry: Placed) -> bytes:
         return _TOMBSTONE_MARK + _dumps(_tombstone(entry))
     if entry.record.update_of is not None:
         return _UPDATE_MARK + _dumps(_update(entry, entry.record.update_of))
-    return _object_json(entry)
+    return _dumps(_object(entry))
 
 
 #: json.dumps with arguments other than the defaults builds an encoder per call; one per PUT
@@ -147,33 +147,7 @@ def _dumps(value: object) -> bytes:
     return _ENCODER.encode(value).encode()
 
 
-#: A JSON string literal as ``_ENCODER`` writes one (the C function it calls).
-_string = json.encoder.encode_basestring_ascii
-
-
-def _map(values: dict[str, str]) -> str:
-    return _ENCODER.encode(values) if values else "{}"
-
-
-def _object_json(entry: Placed) -> bytes:
-    """``_dumps(_object(entry))``, byte for byte (tests/test_index.py checks it), written
-    directly: the fields are known, so no dict is built and only the string values go
-    through the encoder's escaping (one per PUT, on the event loop)."""
-    record = entry.record
-    text = (
-        f'{{"key":{_string(record.key)},"member":{_string(entry.member)},'
-        f'"offset":{entry.offset},"length":{record.size},"etag":{_string(record.etag)},'
-        f'"content_type":{_string(record.content_type)},"metadata":{_map(record.metadata)},'
-        f'"headers":{_map(record.headers)},"checksums":{_map(record.checksums)},'
-        f'"last_modified":"{iso_time(record.mtime)}"'
-    )
-    if record.multipart_etag:
-        text += f',"md5":{_string(record.md5_hex)}'
-    return (text + "}").encode()
-
-
 def _object(entry: Placed) -> dict[str, object]:
-    """An object's entry in the index (the shape ``_object_json`` writes)."""
     record = entry.record
     out: dict[str, object] = {
         "key": record.key,
