@@ -16,15 +16,27 @@ from bench.procstat import MIB
 from bench.profile import Profile
 from bench.recovery import Recovery
 from bench.sustained import Sustained
-from bench.targets import CEILING, FSYNC, LABELS, NONE, SEAWEED
+from bench.targets import (
+    CEILING,
+    CPU_US_PER_PUT,
+    FSYNC,
+    LABELS,
+    MEMORY_MIB,
+    NONE,
+    P99_MS_AT_HALF,
+    SEAWEED,
+    SHARE_OF_CEILING,
+    TARGET_CONNECTIONS,
+    TARGET_SIZE,
+    TIMES_SEAWEED,
+    UPLOAD_SHARE,
+)
 from bench.upload import UploadComparison
 
 #: Label suffix of s3batchd measured with ``upload.child_processes``.
 CHILD_NOTE = ", upload.child_processes"
 
-TARGET_SIZE = 4096
-TARGET_CONNECTIONS = 32
-RSS_LIMIT_BYTES = 150 * MIB
+RSS_LIMIT_BYTES = MEMORY_MIB * MIB
 
 
 @dataclass
@@ -138,7 +150,7 @@ def _targets(results: Results) -> list[str]:
     ceiling = results.point(CEILING, size, conns)
     direct = results.point(SEAWEED, size, conns)
     rows = []
-    for target, share in ((NONE, 0.5), (FSYNC, 0.4)):
+    for target, share in SHARE_OF_CEILING.items():
         point = results.point(target, size, conns)
         vs_ceiling = point.throughput / ceiling.throughput if point and ceiling else None
         vs_direct = point.throughput / direct.throughput if point and direct else None
@@ -154,11 +166,22 @@ def _targets(results: Results) -> list[str]:
             _check(
                 f"{target}: PUT/s ÷ SeaweedFS direct",
                 vs_direct,
-                "≥ 3",
-                None if vs_direct is None else vs_direct >= 3,
+                f"≥ {TIMES_SEAWEED:g}",
+                None if vs_direct is None else vs_direct >= TIMES_SEAWEED,
             )
         )
-    for (target, limit), child in itertools.product(((NONE, 5.0), (FSYNC, 10.0)), (False, True)):
+        limit_us = CPU_US_PER_PUT.get(target)
+        if limit_us is not None:
+            cpu_us = point.cpu_s_per_1000 * 1000 if point else None
+            rows.append(
+                _check(
+                    f"{target}: server CPU µs per PUT",
+                    cpu_us,
+                    f"≤ {limit_us:g} µs",
+                    None if cpu_us is None else cpu_us <= limit_us,
+                )
+            )
+    for (target, limit), child in itertools.product(P99_MS_AT_HALF.items(), (False, True)):
         paced = next(
             (p for p in results.paced if p.target == target and p.child_processes == child), None
         )
@@ -186,7 +209,7 @@ def _targets(results: Results) -> list[str]:
             "s3batchd peak memory MiB: PSS of its processes summed (every point and the "
             "sustained run)",
             peak,
-            "≤ 150 MiB",
+            f"≤ {MEMORY_MIB} MiB",
             None if peak is None else peak * MIB <= RSS_LIMIT_BYTES,
         )
     )
@@ -203,8 +226,8 @@ def _targets(results: Results) -> list[str]:
         _check(
             "sealed-batch upload ÷ boto3 upload_file",
             upload.ratio if upload else None,
-            "≥ 0.8",
-            None if upload is None else upload.ratio >= 0.8,
+            f"≥ {UPLOAD_SHARE}",
+            None if upload is None else upload.ratio >= UPLOAD_SHARE,
         )
     )
     return [
@@ -303,9 +326,10 @@ def _upload(results: Results) -> list[str]:
         f"{statistics.median(up.boto3_s):.3f} | {up.boto3_mib_s:.0f} | - "
         f"| {_runs(up.boto3_s)} |",
         "",
-        f"Ratio {up.ratio:.2f} (target ≥ 0.8), of the medians. On this machine the times of both "
-        "clients fall in two groups a factor of 2 or more apart (SeaweedFS and the shared disk), "
-        "so the median of few runs can land in either group: every run is listed.",
+        f"Ratio {up.ratio:.2f} (target ≥ {UPLOAD_SHARE}), of the medians. On this machine the "
+        "times of both clients fall in two groups a factor of 2 or more apart (SeaweedFS and "
+        "the shared disk), so the median of few runs can land in either group: every run is "
+        "listed.",
         "",
     ]
 

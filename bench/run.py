@@ -37,9 +37,9 @@ from bench import (
     sustained,
     upload,
 )
-from bench.report import TARGET_CONNECTIONS, TARGET_SIZE, Results
+from bench.report import Results
 from bench.servers import Daemon, DaemonSettings, Seaweed
-from bench.targets import ALL, FSYNC, NONE, running
+from bench.targets import ALL, FSYNC, NONE, TARGET_CONNECTIONS, TARGET_SIZE, running
 
 logger = logging.getLogger("bench")
 PHASES = ("matrix", "paced", "profile", "recovery", "upload", "sustained")

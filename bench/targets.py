@@ -1,7 +1,12 @@
-"""The four configurations compared in one run, started the same way for every point.
+"""The four configurations compared in one run, started the same way for every point, and the
+goals the report checks them against.
 
 (a) ``ceiling``: do-nothing ASGI app; (b) ``none`` and (c) ``fsync``: s3batchd with that
 durability; (d) ``seaweedfs``: the same PUTs sent directly to SeaweedFS.
+
+The goals are those of issue #22 (which replaced issue #8's 0.5x / 0.4x the ceiling and 3x
+SeaweedFS): ratios and costs measured in one run with one generator, never timed assertions
+in tests.
 """
 
 from __future__ import annotations
@@ -24,6 +29,25 @@ LABELS = {
     FSYNC: "(c) s3batchd fsync",
     SEAWEED: "(d) SeaweedFS direct",
 }
+
+#: Where the goals apply: 4 KiB PUTs over 32 connections, one worker.
+TARGET_SIZE = 4096
+TARGET_CONNECTIONS = 32
+#: PUT/s of s3batchd at least this share of the do-nothing ceiling's, by durability.
+SHARE_OF_CEILING = {NONE: 0.30, FSYNC: 0.25}
+#: PUT/s of s3batchd (either durability) at least this many times SeaweedFS direct's.
+TIMES_SEAWEED = 2.5
+#: Server CPU per PUT at most (microseconds: user + system of the daemon's processes).
+CPU_US_PER_PUT = {NONE: 110.0}
+#: p99 at half of the peak throughput at most (milliseconds), by durability.
+P99_MS_AT_HALF = {NONE: 5.0, FSYNC: 10.0}
+#: Peak memory of the daemon's processes at most (PSS summed, MiB); and flat over the
+#: sustained run (``bench.sustained``).
+MEMORY_MIB = 150
+#: ``bench.inprocess``: the daemon's CPU per 4 KiB PUT without HTTP at most (microseconds).
+INPROCESS_US_PER_PUT = 60.0
+#: Sealed-batch upload at least this share of boto3 ``upload_file``'s MiB/s (issue #8).
+UPLOAD_SHARE = 0.8
 
 
 @dataclass

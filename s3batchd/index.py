@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from s3batchd.constants import INDEX_FORMAT, INDEX_VERSION
 from s3batchd.errors import IndexFormatError
-from s3batchd.records import EMPTY_MD5, ObjectRecord, updated_headers
+from s3batchd.records import EMPTY_MD5, ObjectRecord, Placed, updated_headers
 
 T = TypeVar("T")
 
@@ -143,7 +143,7 @@ _TOMBSTONE_MARK = b"T"
 _UPDATE_MARK = b"U"
 
 
-def index_fragment(entry: IndexEntry) -> bytes:
+def index_fragment(entry: Placed) -> bytes:
     """One member's part of the index: its ``objects`` entry, or its ``tombstones`` or
     ``updates`` entry behind a marker."""
     if entry.record.deleted:
@@ -171,7 +171,7 @@ def _dumps(value: object) -> bytes:
     return _ENCODER.encode(value).encode()
 
 
-def _object(entry: IndexEntry) -> dict[str, object]:
+def _object(entry: Placed) -> dict[str, object]:
     record = entry.record
     out: dict[str, object] = {
         "key": record.key,
@@ -190,7 +190,7 @@ def _object(entry: IndexEntry) -> dict[str, object]:
     return out
 
 
-def _tombstone(entry: IndexEntry) -> dict[str, object]:
+def _tombstone(entry: Placed) -> dict[str, object]:
     record = entry.record
     return {
         "key": record.key,
@@ -199,7 +199,7 @@ def _tombstone(entry: IndexEntry) -> dict[str, object]:
     }
 
 
-def _update(entry: IndexEntry, update_of: float) -> dict[str, object]:
+def _update(entry: Placed, update_of: float) -> dict[str, object]:
     record = entry.record
     return {
         "key": record.key,

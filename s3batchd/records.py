@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 #: MD5 of no bytes (a tombstone's data).
 EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
@@ -63,9 +64,30 @@ class ObjectRecord:
         return f'"{self.multipart_etag or self.md5_hex}"'
 
 
+class Placed(Protocol):
+    """An object and where its member is in a batch's tar: what its part of the index and its
+    catalog row are rendered from (a ``SpoolEntry`` as it is appended, an ``IndexEntry`` read
+    back from a tar or an index)."""
+
+    @property
+    def record(self) -> ObjectRecord:
+        """The object."""
+
+    @property
+    def member(self) -> str:
+        """Tar member name."""
+
+    @property
+    def offset(self) -> int:
+        """Offset of the object's data (not its header) inside the tar."""
+
+
 @dataclass(frozen=True, slots=True)
 class SpoolEntry:
-    """Where one record landed in a batch."""
+    """One object as stored: the record and where it landed in a batch. The one description
+    of a written object: its PAX records (``tarmember.encode_header``), its part of the index
+    (``index.index_fragment``), its catalog row (``catalog.Catalog.put``) and the PutObject
+    answer's headers are each rendered from it in one place."""
 
     bucket: str
     batch_id: str
@@ -78,6 +100,8 @@ class SpoolEntry:
     length: int
     end: int
     """Spool file position after the member (its padding included)."""
+    record: ObjectRecord
+    """The object's attributes."""
 
     @property
     def byte_range(self) -> str | None:

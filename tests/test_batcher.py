@@ -567,3 +567,89 @@ async def test_a_writer_waiting_for_the_upload_of_a_stranded_batch_gets_it(
     assert entry.batch_id == sink.batches[0].batch_id
     body.close()
     await batcher.close()
+
+
+async def test_append_now_appends_in_memory_without_awaiting_once_a_batch_is_open(
+    tmp_path: Path, sync_calls: list[int]
+) -> None:
+    sink = FakeSink()
+    batcher = make_batcher(tmp_path, sink, durability="none")
+    try:
+        record = make_record("k0", b"zero")
+        assert batcher.append_now("bkt", record, b"zero", "none") is None  # no batch open yet
+        first = await put(batcher, "k1", b"one", tmp_path)  # add() opens it
+        record = make_record("k2", b"two")
+        appended = batcher.append_now("bkt", record, b"two", "none")
+        assert appended is not None
+        entry, durable = appended
+        assert durable is None  # durability none: nothing to wait for
+        assert entry.record is record
+        header = len(encode_header(record, "k2"))
+        assert (entry.batch_id, entry.offset) == (first.batch_id, first.end + header)
+        assert sync_calls == []
+        # durability upload and bodies above the inline limit take add()
+        assert batcher.append_now("bkt", record, b"two", "upload") is None
+        big = make_record("big", bytes(INLINE_APPEND_BYTES + 1))
+        assert batcher.append_now("bkt", big, bytes(INLINE_APPEND_BYTES + 1), "none") is None
+        await batcher.flush()
+        (batch,) = sink.batches
+        assert keys_in(batch) == ["k1", "k2"]
+        assert_holds(batch, entry, b"two")
+    finally:
+        await batcher.close()
+
+
+async def test_append_now_refuses_a_record_that_would_pass_max_bytes(tmp_path: Path) -> None:
+    sink = FakeSink()
+    batcher = make_batcher(tmp_path, sink, durability="none", max_bytes=8 * KB)
+    try:
+        await put(batcher, "k1", bytes(KB), tmp_path)
+        data = bytes(6 * KB)
+        assert batcher.append_now("bkt", make_record("k2", data), data, "none") is None
+        assert len(batcher.open_batch_ids) == 1  # the open batch was left as it was
+    finally:
+        await batcher.close()
+
+
+async def test_append_now_returns_the_group_commits_future(
+    tmp_path: Path, sync_calls: list[int]
+) -> None:
+    sink = FakeSink()
+    batcher = make_batcher(tmp_path, sink, durability="fsync")
+    try:
+        await put(batcher, "k1", b"one", tmp_path)
+        appended = batcher.append_now("bkt", make_record("k2", b"two"), b"two", "fsync")
+        assert appended is not None
+        entry, durable = appended
+        assert durable is not None
+        await durable
+        assert sync_calls and sync_calls[-1] >= entry.end  # a sync covered the append
+    finally:
+        await batcher.close()
+
+
+async def test_a_failed_sync_after_append_now_keeps_what_was_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = FakeSink()
+    batcher = make_batcher(tmp_path, sink, durability="fsync")
+    try:
+        await put(batcher, "k1", b"one", tmp_path)  # synced
+        monkeypatch.setattr(os, "fdatasync", _failing_fdatasync)
+        appended = batcher.append_now("bkt", make_record("k2", b"two"), b"two", "fsync")
+        assert appended is not None
+        entry, durable = appended
+        assert durable is not None
+        with pytest.raises(SpoolError):
+            await durable
+        monkeypatch.undo()
+        await batcher.abandon(entry)
+        await sink.wait_for(1)
+        assert keys_in(sink.batches[0]) == ["k1"]  # k2 was never acknowledged
+        assert batcher.open_batch_ids == []
+    finally:
+        await batcher.close()
+
+
+def _failing_fdatasync(fd: int) -> None:
+    raise OSError(errno.EIO, "injected")

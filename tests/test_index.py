@@ -323,7 +323,8 @@ def test_one_byte_range_for_the_response_header_and_the_reader() -> None:
     assert byte_range(1536, 10) == "bytes=1536-1545"
     assert byte_range(1536, 1) == "bytes=1536-1536"
     assert byte_range(1536, 0) is None
-    spooled = SpoolEntry("b", BATCH_ID, "t.tar", "m", offset=512, length=3, end=1536)
+    record = ObjectRecord(key="k", size=3, md5_hex="0" * 32, mtime=1.0)
+    spooled = SpoolEntry("b", BATCH_ID, "t.tar", "m", offset=512, length=3, end=1536, record=record)
     assert spooled.byte_range == "bytes=512-514"
 
 

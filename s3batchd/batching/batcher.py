@@ -174,6 +174,69 @@ class Batcher:
                 raise UploadRefused(exc.bucket, exc.reason, entry) from None
         return entry
 
+    def append_now(
+        self, bucket: str, record: ObjectRecord, data: bytes, durability: Durability
+    ) -> tuple[SpoolEntry, asyncio.Future[None] | None] | None:
+        """Append a small object held in memory to its bucket's open batch at once, on the
+        event loop, as Kafka producers append to a batch (aiokafka's ``MessageBatch.append``
+        returns a future, or None when the batch is full). Returns where it landed and the
+        group commit's future to await before acknowledging (None: durability ``none``, or
+        already durable); None when it cannot be appended here: no batch is open, the
+        bucket's lock is held (a batch being opened or a large append in a thread), the
+        record would take the batch past ``max_bytes``, or ``durability`` is ``upload``.
+        The caller then takes ``add()``. Nothing here awaits, so no other writer can touch
+        the file meanwhile: no lock is taken.
+
+        Raises:
+            SpoolError: the append failed (the file was rolled back; DiskFull when the file
+                system was full).
+            SpoolFailedError: an earlier sync of the file failed.
+        """
+        state = self._buckets.get(bucket)
+        if (
+            state is None
+            or self._closed
+            or state.lock.locked()
+            or durability == "upload"
+            or record.size > INLINE_APPEND_BYTES
+        ):
+            return None
+        batch = state.current
+        if batch is None or batch.spool.size_with(record) > self._config.max_bytes:
+            return None
+        spool = batch.spool
+        try:
+            entry = spool.append_bytes(record, data)
+        except SpoolError as exc:
+            raise with_disk_full(exc)  # noqa: B904  chained by with_disk_full
+        committer = batch.committer
+        committer.written = spool.position
+        reason = self._full_reason(batch)
+        if reason is not None:
+            self._seal(state, reason)
+        if durability == "none":
+            return entry, None
+        return entry, committer.durable_future(entry.end)
+
+    async def settle(self, entry: SpoolEntry, durable: asyncio.Future[None]) -> None:
+        """Wait for ``append_now``'s group-commit future: when its sync failed, the batch
+        takes nothing more (what was durable is kept) and the failure is raised, a full file
+        system as DiskFull, as ``add()`` does."""
+        try:
+            await durable
+        except SpoolFailedError as exc:
+            await self.abandon(entry)
+            raise with_disk_full(exc)  # noqa: B904  chained by with_disk_full
+
+    async def abandon(self, entry: SpoolEntry) -> None:
+        """A sync of the batch ``entry`` went to failed (``append_now``'s future raised
+        SpoolFailedError): the file takes nothing more, what was durable is kept
+        (``add()`` does this itself)."""
+        state = self._buckets.get(entry.bucket)
+        batch = state.current if state is not None else None
+        if state is not None and batch is not None and batch.spool.batch_id == entry.batch_id:
+            await self._abandon(state, batch)
+
     def mark_uploaded(self, batch_id: str) -> None:
         """The uploader's report that a batch and its index are in the bucket."""
         future = self._uploaded.pop(batch_id, None)
@@ -310,7 +373,7 @@ class Batcher:
     ) -> SpoolEntry:
         try:
             if body.in_memory and record.size <= INLINE_APPEND_BYTES:
-                entry = batch.spool.append(record, body)
+                entry = batch.spool.append_bytes(record, body.getvalue())
             else:
                 entry = await run_sync(batch.spool.append, record, body)
         except SpoolError as exc:

@@ -219,22 +219,24 @@ class Pipeline:
             return upload.busy_part_concurrency
         return upload.part_concurrency
 
-    async def written(self, record: ObjectRecord, entry: SpoolEntry, *, uploaded: bool) -> None:
+    async def written(self, entry: SpoolEntry, *, uploaded: bool) -> None:
         """A PUT about to be acknowledged: make it readable by key through the daemon. The
         catalog is a cache rebuilt from the spool, so its failure is logged, never turned into
         an error for an object that is already stored."""
-        index_entry = IndexEntry(record=record, member=entry.member, offset=entry.offset)
         if self.catalog_writer is not None:
-            write = CatalogWrite(entry.bucket, entry.batch_id, entry.tar_key, index_entry, uploaded)
+            write = CatalogWrite(entry.bucket, entry.batch_id, entry.tar_key, entry, uploaded)
             await self.catalog_writer.put(write)
             return
+        self.queue_row(entry, uploaded=uploaded)
+
+    def queue_row(self, entry: SpoolEntry, *, uploaded: bool) -> None:
+        """``written`` in a single process (no other worker reads the catalog): the row is
+        queued, flushed within ``FLUSH_DELAY_S`` and before any read, without a coroutine."""
         try:
-            self.catalog.put(
-                entry.bucket, entry.batch_id, entry.tar_key, index_entry, uploaded=uploaded
-            )
+            self.catalog.put(entry.bucket, entry.batch_id, entry.tar_key, entry, uploaded=uploaded)
         except sqlite3.Error:
-            logger.exception("catalog write failed for s3://%s/%s", entry.bucket, record.key)
-        if self.catalog.pending and not self._flush_scheduled:
+            logger.exception("catalog write failed for s3://%s/%s", entry.bucket, entry.record.key)
+        if not self._flush_scheduled and self.catalog.pending:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self.flush_catalog)
 
@@ -332,7 +334,7 @@ class Pipeline:
         entry = await self.batcher.add(
             bucket, record, empty, durability=self.settings.spool.durability
         )
-        await self.written(record, entry, uploaded=False)
+        await self.written(entry, uploaded=False)
         return known
 
     async def update(self, bucket: str, current: ObjectRecord, headers: dict[str, str]) -> None:
@@ -352,7 +354,7 @@ class Pipeline:
         entry = await self.batcher.add(
             bucket, record, empty, durability=self.settings.spool.durability
         )
-        await self.written(record, entry, uploaded=False)
+        await self.written(entry, uploaded=False)
 
     async def discard_parked(self, batch_id: str) -> SealedBatch | None:
         """Delete a parked batch for good (``s3batchd parked discard``) and forget its objects

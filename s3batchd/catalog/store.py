@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from s3batchd.errors import DiskFull
 from s3batchd.index import IndexEntry
-from s3batchd.records import ObjectRecord, updated_headers
+from s3batchd.records import ObjectRecord, Placed, updated_headers
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -151,7 +151,7 @@ class CatalogWrite:
     bucket: str
     batch_id: str
     tar_key: str
-    entry: IndexEntry
+    entry: Placed
     uploaded: bool
 
 
@@ -225,7 +225,7 @@ class Catalog:
             self._db.close()
 
     def put(
-        self, bucket: str, batch_id: str, tar_key: str, entry: IndexEntry, *, uploaded: bool
+        self, bucket: str, batch_id: str, tar_key: str, entry: Placed, *, uploaded: bool
     ) -> None:
         """Record an object (ignored if the catalog already has a newer one for the key, or a
         newer tombstone), or a tombstone (hiding older objects of the key).
@@ -287,7 +287,7 @@ class Catalog:
             self._pending = retained(rows + self._pending)
 
     def _apply(
-        self, bucket: str, batch_id: str, tar_key: str, entry: IndexEntry, *, uploaded: bool
+        self, bucket: str, batch_id: str, tar_key: str, entry: Placed, *, uploaded: bool
     ) -> None:
         record = entry.record
         if record.deleted:
@@ -582,7 +582,7 @@ def _json(values: dict[str, str]) -> str:
 
 
 def _row(
-    bucket: str, batch_id: str, tar_key: str, entry: IndexEntry, *, uploaded: bool
+    bucket: str, batch_id: str, tar_key: str, entry: Placed, *, uploaded: bool
 ) -> tuple[Any, ...]:
     record = entry.record
     return (

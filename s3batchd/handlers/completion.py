@@ -244,9 +244,12 @@ async def _complete_here(
     store.save(upload)
     store.drop_parts(upload)
     location = {
-        k: v
-        for k, v in put_response_headers(record, entry).items()
-        if k.startswith(HEADER_PREFIX) or k in ENCRYPTION_HEADERS
+        name: value.decode("latin-1")
+        for name, value in (
+            (raw_name.decode("latin-1"), raw_value)
+            for raw_name, raw_value in put_response_headers(entry)
+        )
+        if name.startswith(HEADER_PREFIX) or name in ENCRYPTION_HEADERS
     }
     return xml_response(xml, location)
 

@@ -26,6 +26,9 @@ from s3batchd.forward.proxy import relay
 from s3batchd.handlers.get import etag_matches
 from s3batchd.records import ObjectRecord, SpoolEntry
 from s3batchd.s3.api import (
+    ACCEPTED_VALUES,
+    SSE_C_KEY_HEADERS,
+    UNSUPPORTED_HEADERS,
     PutRequest,
     build_record,
     check_sse_c,
@@ -44,19 +47,33 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+#: Headers that take a PutObject off the plain path (each checked by ``check_sse_c``,
+#: ``unbatchable`` and ``decide``): one set test when none is present, as in most PUTs.
+_SPECIAL_HEADERS = frozenset(
+    (*UNSUPPORTED_HEADERS, *ACCEPTED_VALUES, *SSE_C_KEY_HEADERS, *ENCRYPTION_HEADERS)
+)
+
+
 async def put_object(call: Call) -> Response:
-    """PutObject."""
-    settings = call.settings
-    pipeline = call.pipeline
+    """PutObject. A small body is read, verified and appended to its bucket's open batch
+    without any other await (``Batcher.append_now``); with durability ``fsync`` the request
+    then awaits the group commit's one future."""
+    daemon = call.daemon
+    settings = daemon.settings
+    pipeline = daemon.pipeline
     headers = call.headers
-    check_sse_c(headers)
+    bucket = call.target.bucket
     can_forward = settings.passthrough.allows("PutObject")
-    reason = unbatchable(headers)
-    if reason is not None:
-        headers, reason = await _conditions(pipeline, call, reason)
+    reason = None
+    if not _SPECIAL_HEADERS.isdisjoint(headers):
+        check_sse_c(headers)
+        reason = unbatchable(headers)
+        if reason is not None:
+            headers, reason = await _conditions(pipeline, call, reason)
     encryption: dict[str, str] = {}
     if reason is None:
-        mode = await call.bucket_modes.get(call.target.bucket)
+        modes = daemon.bucket_modes
+        mode = modes.cached(bucket) or await modes.get(bucket)
         reason, encryption = decide(
             mode, headers, versioned_buckets=settings.batch.versioned_buckets
         )
@@ -64,9 +81,11 @@ async def put_object(call: Call) -> Response:
         if not can_forward:
             raise NotImplementedS3(reason)
         return await forward_write(call)
-    limit = MAX_SINGLE_PUT_BYTES if can_forward else settings.limits.max_object_bytes
+    limits = settings.limits
+    limit = MAX_SINGLE_PUT_BYTES if can_forward else limits.max_object_bytes
     put = parse_put(call.target, headers, max_bytes=limit)
-    put.stored_headers.update(encryption)
+    if encryption:
+        put.stored_headers.update(encryption)
     threshold = forward_threshold(settings)
     if can_forward and put.declared_size is not None and put.declared_size >= threshold:
         return await forward_write(call, put)
@@ -74,21 +93,21 @@ async def put_object(call: Call) -> Response:
     if pipeline.draining:
         raise Draining
     check_quota(pipeline, put.declared_size or 0)
-    buckets = call.daemon.buckets
-    if not buckets.accepts(call.target.bucket):  # not known to exist: may wait for HeadBucket
-        await buckets.require(call.target.bucket)
-    check_refusals(pipeline, call.target.bucket)
+    buckets = daemon.buckets
+    if not buckets.accepts(bucket):  # not known to exist: may wait for HeadBucket
+        await buckets.require(bucket)
+    check_refusals(pipeline, bucket)
     body, digests = await read_body(
         put,
         call.request.receive,
-        max_bytes=limit if put.declared_size is None else settings.limits.max_object_bytes,
-        memory_limit=settings.limits.memory_buffer_bytes,
+        max_bytes=limit if put.declared_size is None else limits.max_object_bytes,
+        memory_limit=limits.memory_buffer_bytes,
         spill_dir=pipeline.spill_dir,
-        pace=call.daemon.body_pace,
+        pace=daemon.body_pace,
         verifier=chunk_verifier(call.context),
     )
     call.request.state.body_consumed = True
-    call.daemon.received_bytes.inc(body.size)
+    daemon.received_bytes.inc(body.size)
     if can_forward and body.size >= threshold:
         # A body of unknown size that grew past the threshold: verified, then forwarded.
         try:
@@ -136,23 +155,50 @@ async def store(
 ) -> Response:
     """Append a verified object to its bucket's batch; the PutObject answer."""
     entry = await append(call, pipeline, record, body, durability)
-    return Response(status_code=200, headers=put_response_headers(record, entry))
+    return Stored(put_response_headers(entry))
 
 
 async def append(
     call: Call, pipeline: Pipeline, record: ObjectRecord, body: BodyBuffer, durability: Durability
 ) -> SpoolEntry:
-    """Append a verified object to its bucket's batch and make it readable by key."""
+    """Append a verified object to its bucket's batch and make it readable by key: at once
+    when it is small and in memory (``Batcher.append_now``; then at most the group commit's
+    future is awaited), else through ``Batcher.add``."""
     bucket = call.target.bucket
+    batcher = pipeline.batcher
     try:
-        entry = await pipeline.batcher.add(bucket, record, body, durability=durability)
+        appended = (
+            batcher.append_now(bucket, record, body.getvalue(), durability)
+            if body.in_memory
+            else None
+        )
+        if appended is None:
+            entry = await batcher.add(bucket, record, body, durability=durability)
+        else:
+            entry, durable = appended
+            if durable is not None:
+                await batcher.settle(entry, durable)
     except UploadRefused as exc:
         # Parked, not lost: readable by key while it waits in the spool.
         if exc.entry is not None:
-            await pipeline.written(record, exc.entry, uploaded=False)
+            await pipeline.written(exc.entry, uploaded=False)
         raise
-    await pipeline.written(record, entry, uploaded=durability == "upload")
+    if pipeline.catalog_writer is None:
+        pipeline.queue_row(entry, uploaded=durability == "upload")
+    else:
+        await pipeline.written(entry, uploaded=durability == "upload")
     return entry
+
+
+class Stored(Response):
+    """The answer to a stored PutObject: 200, no body, headers already rendered as the raw
+    pairs the server sends (no header dict converted)."""
+
+    def __init__(self, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = b""
+        self.raw_headers = raw_headers
 
 
 async def forward_write(call: Call, put: PutRequest | None = None) -> Response:
@@ -247,19 +293,35 @@ def requested_durability(headers: dict[str, str], default: Durability) -> Durabi
     return max(asked, default, key=DURABILITY_ORDER.index)
 
 
-def put_response_headers(record: ObjectRecord, entry: SpoolEntry) -> dict[str, str]:
-    """ETag, checksum echo and the ``x-s3batchd-*`` location of a stored object."""
-    headers = {
-        "ETag": record.etag,
-        f"{HEADER_PREFIX}tar": f"s3://{entry.bucket}/{entry.tar_key}",
-        f"{HEADER_PREFIX}offset": str(entry.offset),
-        f"{HEADER_PREFIX}length": str(entry.length),
-    }
-    if entry.byte_range is not None:
-        headers[f"{HEADER_PREFIX}range"] = entry.byte_range
-    for algorithm, value in record.checksums.items():
-        headers[f"x-amz-checksum-{algorithm}"] = value
+_TAR = f"{HEADER_PREFIX}tar".encode()
+_OFFSET = f"{HEADER_PREFIX}offset".encode()
+_LENGTH = f"{HEADER_PREFIX}length".encode()
+_RANGE = f"{HEADER_PREFIX}range".encode()
+_CHECKSUM_TYPE = (b"x-amz-checksum-type", b"FULL_OBJECT")
+_NO_BODY = (b"content-length", b"0")
+
+
+def put_response_headers(entry: SpoolEntry) -> list[tuple[bytes, bytes]]:
+    """ETag, checksum echo, encryption and the ``x-s3batchd-*`` location of a stored object,
+    as raw header pairs (lower-case names), ending with ``Content-Length: 0``."""
+    record = entry.record
+    headers = [
+        (b"etag", record.etag.encode("latin-1")),
+        (_TAR, f"s3://{entry.bucket}/{entry.tar_key}".encode("latin-1")),
+        (_OFFSET, b"%d" % entry.offset),
+        (_LENGTH, b"%d" % entry.length),
+    ]
+    byte_range = entry.byte_range
+    if byte_range is not None:
+        headers.append((_RANGE, byte_range.encode()))
     if record.checksums:
-        headers["x-amz-checksum-type"] = "FULL_OBJECT"
-    headers.update({n: record.headers[n] for n in ENCRYPTION_HEADERS if n in record.headers})
+        for algorithm, value in record.checksums.items():
+            headers.append((f"x-amz-checksum-{algorithm}".encode(), value.encode("latin-1")))
+        headers.append(_CHECKSUM_TYPE)
+    stored = record.headers
+    if stored:
+        for name in ENCRYPTION_HEADERS:
+            if name in stored:
+                headers.append((name.encode(), stored[name].encode("latin-1")))
+    headers.append(_NO_BODY)
     return headers

@@ -60,7 +60,10 @@ def _decode_path(raw_path: bytes) -> str:
         raise InvalidArgument("Object keys must be valid UTF-8.") from exc
 
 
+@functools.lru_cache(maxsize=256)
 def _virtual_bucket(host: str, domains: tuple[str, ...]) -> str | None:
+    """The bucket a virtual-hosted Host names (None: path-style). Remembered per Host, as
+    ``_check_named_host`` remembers it: a client sends the same one every time."""
     name = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else ""
     for domain in domains:
         if name.endswith("." + domain):
@@ -107,8 +110,10 @@ def _check_named_host(host: str, allowed: tuple[str, ...], domains: tuple[str, .
     raise InvalidRequest(f"Host {name!r} is not served here (server.allowed_hosts).")
 
 
+@functools.lru_cache(maxsize=256)
 def check_bucket(bucket: str) -> None:
-    """S3 bucket naming rules (3-63 chars of a-z 0-9 . -, not an IP address)."""
+    """S3 bucket naming rules (3-63 chars of a-z 0-9 . -, not an IP address). A valid name
+    is remembered (a daemon serves few buckets; a refusal raises, and is not)."""
     if not _BUCKET.match(bucket) or ".." in bucket or _IPV4.match(bucket):
         raise InvalidBucketName(f"The specified bucket is not valid: {bucket!r}")
 

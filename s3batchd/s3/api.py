@@ -250,11 +250,15 @@ def stored_headers_of(headers: dict[str, str]) -> dict[str, str]:
     return stored
 
 
+#: The request header of each checksum algorithm.
+_CHECKSUM_HEADERS = tuple((algorithm, f"x-amz-checksum-{algorithm}") for algorithm in ALGORITHMS)
+
+
 def _parse_digests(request: PutRequest, headers: dict[str, str]) -> None:
     if "content-md5" in headers:
         request.content_md5 = decode_content_md5(headers["content-md5"])
-    for algorithm in ALGORITHMS:
-        value = headers.get(f"x-amz-checksum-{algorithm}")
+    for algorithm, name in _CHECKSUM_HEADERS:
+        value = headers.get(name)
         if value is not None:
             request.checksums[algorithm] = decode_checksum(algorithm, value)
     sdk_algorithm = headers.get("x-amz-sdk-checksum-algorithm", "").lower()
@@ -278,8 +282,10 @@ class Digests:
 
     def __init__(self, request: PutRequest) -> None:
         self.md5 = hashlib.md5(usedforsecurity=False)
-        algorithms = set(request.checksums) | {name[15:] for name in request.trailer_names}
-        self.hashers: dict[str, Hasher] = {name: new_hasher(name) for name in algorithms}
+        self.hashers: dict[str, Hasher] = {}
+        if request.checksums or request.trailer_names:  # most PUTs announce none
+            algorithms = set(request.checksums) | {name[15:] for name in request.trailer_names}
+            self.hashers = {name: new_hasher(name) for name in algorithms}
         self.sha256 = hashlib.sha256() if request.payload_sha256 else None
 
     def update(self, data: bytes | memoryview) -> None:
@@ -340,11 +346,39 @@ async def _read(
     verifier: ChunkVerifier | None,
 ) -> Digests:
     digests = Digests(request)
-    async for piece in iter_body(
-        request, receive, digests, max_bytes=max_bytes, pace=pace, verifier=verifier
-    ):
-        body.write(piece)
-    return digests
+    if request.aws_chunked:
+        async for piece in iter_body(
+            request, receive, digests, max_bytes=max_bytes, pace=pace, verifier=verifier
+        ):
+            body.write(piece)
+        return digests
+    # A plain body: ``iter_body``'s loop without the async generator between ``receive`` and
+    # the buffer (a small PUT's body is one message: the generator's frames cost more).
+    size = 0
+    watch = StallWatch(pace.timeout_s, pace=pace, declared=request.declared_size)
+    try:
+        while True:
+            watch.waiting()
+            try:
+                message = await receive()
+            except asyncio.CancelledError as exc:
+                if watch.timed_out():
+                    raise RequestTimeout() from exc
+                raise
+            chunk: bytes = message.get("body", b"")
+            watch.arrived(len(chunk))
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnectedError()
+            if chunk:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise EntityTooLarge(f"Your upload exceeds the limit of {max_bytes} bytes.")
+                digests.update(chunk)
+                body.write(bytes(chunk))
+            if not message.get("more_body", False):
+                return digests
+    finally:
+        watch.close()
 
 
 async def iter_body(

@@ -110,6 +110,10 @@ def operation_of(method: str, target: Target, headers: dict[str, str]) -> str:
         return "ListBuckets"
     if not target.key:
         return _bucket_operation(method, query)
+    if not query:  # most requests: no sub-resource to look for
+        if method == "PUT":
+            return "CopyObject" if "x-amz-copy-source" in headers else "PutObject"
+        return _PLAIN_OBJECT.get(method) or f"{_verb(method)}ObjectSubresource"
     if method == "PUT" and "partNumber" in query and "uploadId" in query:
         return "UploadPartCopy" if "x-amz-copy-source" in headers else "UploadPart"
     for parameter, name in _OBJECT_SUBRESOURCES.get(method, {}).items():
@@ -119,9 +123,10 @@ def operation_of(method: str, target: Target, headers: dict[str, str]) -> str:
         return f"{_verb(method)}ObjectSubresource"
     if method == "PUT":
         return "CopyObject" if "x-amz-copy-source" in headers else "PutObject"
-    return {"GET": "GetObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}.get(
-        method, f"{_verb(method)}ObjectSubresource"
-    )
+    return _PLAIN_OBJECT.get(method) or f"{_verb(method)}ObjectSubresource"
+
+
+_PLAIN_OBJECT = {"GET": "GetObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}
 
 
 def _bucket_operation(method: str, query: dict[str, str]) -> str:

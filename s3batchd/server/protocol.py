@@ -166,6 +166,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         for other in closing:
             del self._idle[other]
             other.transport.close()
+            # It no longer counts against the limit: uvicorn forgets it in connection_lost,
+            # which uvloop calls only in a later loop iteration, after the new connection's
+            # first request may have been checked against the limit (and refused).
+            self.connections.discard(other)
         if closing:
             logger.debug("%d connections open: closed %d idle", len(self.connections), len(closing))
             if self.idle_closed is not None:

@@ -56,8 +56,21 @@ class GroupCommitter:
     async def wait_durable(self, position: int) -> None:
         """Return once everything up to ``position`` is durable; raise if a sync failed.
         Cancelling one waiter (client gone) leaves the others and the syncs alone."""
+        future = self.durable_future(position)
+        if future is not None:
+            await future
+
+    def durable_future(self, position: int) -> asyncio.Future[None] | None:
+        """The future resolved once everything up to ``position`` is durable (its exception:
+        a sync failed), a sync started for it if none runs; None when it already is.
+        Synchronous, so a writer that appended without awaiting awaits exactly this one
+        future (cancelling it, client gone, leaves the others and the syncs alone).
+
+        Raises:
+            SpoolFailedError: an earlier sync of the file failed.
+        """
         if self.durable >= position:
-            return
+            return None
         if self._error is not None:
             raise self._error
         loop = asyncio.get_running_loop()
@@ -72,7 +85,7 @@ class GroupCommitter:
             except RuntimeError:  # the batcher has shut its commit threads down
                 self._stop()
                 raise
-        await future
+        return future
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         """On a commit thread: sync while a writer waits for more than the last sync covered."""

@@ -30,6 +30,10 @@ class SpoolDisk(Protocol):
     def append(self, record: ObjectRecord, body: BodyBuffer) -> SpoolEntry:
         """Write one member (rolled back and SpoolError on failure)."""
 
+    def append_bytes(self, record: ObjectRecord, data: bytes) -> SpoolEntry:
+        """Write one member held in memory in one write (rolled back and SpoolError on
+        failure)."""
+
     def size_with(self, record: ObjectRecord) -> int:
         """The file's size once ``record`` is appended and the end marker written."""
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from s3batchd.constants import TAR_END
+from s3batchd.constants import TAR_BLOCK, TAR_END
 from s3batchd.errors import SpoolError, SpoolFailedError
 from s3batchd.index import IndexEntry, index_fragment, index_key, is_batch_id, tar_key
 from s3batchd.records import ObjectRecord, SealedBatch, SpoolEntry
@@ -92,36 +92,46 @@ class SpoolFile:
         return cls(path=path, bucket=bucket, batch_id=batch_id, prefix=prefix, fd=fd)
 
     def append(self, record: ObjectRecord, body: BodyBuffer) -> SpoolEntry:
-        """Write one member; on failure roll the file back to where it was and raise SpoolError."""
+        """Write one member whose body is streamed from ``body`` (large or spilled); on
+        failure roll the file back to where it was and raise SpoolError."""
         if self.failed:
             raise SpoolFailedError(f"{self.path} failed earlier and takes no more writes")
         name, header = self._header_for(record)
         start = self.position
-        pad = _PADDING[: padded(record.size) - record.size]
         try:
-            if body.in_memory:  # one write for header, data and padding
-                write_all(self._fd, b"".join((header, *body.chunks(), pad)))
-            else:
-                write_all(self._fd, header)
-                body.write_to(self._fd)
-                write_all(self._fd, pad)
+            write_all(self._fd, header)
+            body.write_to(self._fd)
+            write_all(self._fd, _PADDING[: -record.size % TAR_BLOCK])
         except OSError as exc:
             self._roll_back(start)
             raise SpoolError(f"cannot append to {self.path}: {exc}") from exc
-        self.position = start + len(header) + padded(record.size)
+        return self._appended(record, name, start, len(header))
+
+    def append_bytes(self, record: ObjectRecord, data: bytes) -> SpoolEntry:
+        """Write one member held in memory: header, data and padding in one write. On
+        failure roll the file back to where it was and raise SpoolError."""
+        if self.failed:
+            raise SpoolFailedError(f"{self.path} failed earlier and takes no more writes")
+        name, header = self._header_for(record)
+        start = self.position
+        try:
+            write_all(self._fd, b"".join((header, data, _PADDING[: -record.size % TAR_BLOCK])))
+        except OSError as exc:
+            self._roll_back(start)
+            raise SpoolError(f"cannot append to {self.path}: {exc}") from exc
+        return self._appended(record, name, start, len(header))
+
+    def _appended(self, record: ObjectRecord, name: str, start: int, header: int) -> SpoolEntry:
+        """Account for the member just written; where it landed (its index part kept)."""
+        offset = start + header
+        self.position = end = offset + padded(record.size)
         self.records += 1
-        self._ends.append(self.position)
-        member = IndexEntry(record=record, member=name, offset=start + len(header))
-        self._fragments.append(index_fragment(member))
-        return SpoolEntry(
-            bucket=self.bucket,
-            batch_id=self.batch_id,
-            tar_key=self.tar_key,
-            member=name,
-            offset=start + len(header),
-            length=record.size,
-            end=self.position,
+        self._ends.append(end)
+        entry = SpoolEntry(
+            self.bucket, self.batch_id, self.tar_key, name, offset, record.size, end, record
         )
+        self._fragments.append(index_fragment(entry))
+        return entry
 
     def _roll_back(self, start: int) -> None:
         try:

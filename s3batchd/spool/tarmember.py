@@ -176,9 +176,12 @@ def _pax_records(record: ObjectRecord) -> dict[str, str]:
         pax[_DELETED] = "1"
     if record.update_of is not None:
         pax[_UPDATE_OF] = repr(record.update_of)
-    pax.update(_prefixed(_META, record.metadata))
-    pax.update(_prefixed(_HEADER, record.headers))
-    pax.update(_prefixed(_CHECKSUM, record.checksums))
+    if record.metadata:  # most objects have none of these three
+        pax.update(_prefixed(_META, record.metadata))
+    if record.headers:
+        pax.update(_prefixed(_HEADER, record.headers))
+    if record.checksums:
+        pax.update(_prefixed(_CHECKSUM, record.checksums))
     return pax
 
 

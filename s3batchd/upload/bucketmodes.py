@@ -249,9 +249,18 @@ class BucketModes:
 
     async def get(self, bucket: str) -> BucketMode:
         """The bucket's mode (an upstream lookup only on a miss)."""
+        mode = self.cached(bucket)
+        if mode is None:
+            return await self._first(bucket)
+        return mode
+
+    def cached(self, bucket: str) -> BucketMode | None:
+        """The bucket's mode if it was looked up before (a stale one is refreshed in the
+        background, as ``get`` does), without a coroutine: the hot path of a PUT. None:
+        ``get`` looks it up."""
         entry = self._entries.get(bucket)
         if entry is None:
-            return await self._first(bucket)
+            return None
         self._entries.move_to_end(bucket)
         if time.monotonic() >= entry.expires:
             self._refresh(bucket)
