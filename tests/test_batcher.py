@@ -570,10 +570,11 @@ async def test_a_writer_waiting_for_the_upload_of_a_stranded_batch_gets_it(
 
 
 async def test_append_now_appends_in_memory_without_awaiting_once_a_batch_is_open(
-    tmp_path: Path, sync_calls: list[int]
+    tmp_path: Path, disk: RecordedDisk
 ) -> None:
     sink = FakeSink()
-    batcher = make_batcher(tmp_path, sink, durability="none")
+    sync_calls = disk.syncs
+    batcher = make_batcher(tmp_path, sink, durability="none", disk=disk)
     try:
         record = make_record("k0", b"zero")
         assert batcher.append_now("bkt", record, b"zero", "none") is None  # no batch open yet
@@ -612,10 +613,11 @@ async def test_append_now_refuses_a_record_that_would_pass_max_bytes(tmp_path: P
 
 
 async def test_append_now_returns_the_group_commits_future(
-    tmp_path: Path, sync_calls: list[int]
+    tmp_path: Path, disk: RecordedDisk
 ) -> None:
     sink = FakeSink()
-    batcher = make_batcher(tmp_path, sink, durability="fsync")
+    sync_calls = disk.syncs
+    batcher = make_batcher(tmp_path, sink, durability="fsync", disk=disk)
     try:
         await put(batcher, "k1", b"one", tmp_path)
         appended = batcher.append_now("bkt", make_record("k2", b"two"), b"two", "fsync")
