@@ -534,8 +534,11 @@ def _check_length(path: Path) -> None:
         return
     if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
         return  # empty (new), or not a database at all: SQLite says so
-    wal = path.with_name(path.name + "-wal")
-    if wal.exists() and wal.stat().st_size > 0:
+    try:
+        wal_size = path.with_name(path.name + "-wal").stat().st_size
+    except FileNotFoundError:  # none, or another worker's checkpoint just removed it
+        wal_size = 0
+    if wal_size > 0:
         # A crash during a checkpoint can leave page 1 (with the new count) written before
         # the pages past the end: the WAL still has them and SQLite replays it on open.
         return
