@@ -548,7 +548,8 @@ class CatalogConfig(Section):
     cannot answer (a key the bucket says is missing, a listing) gets ``503 SlowDown`` with
     Retry-After instead of an answer that could be wrong. Cost: one LIST (PUT-class) per page of
     1,000 keys per bucket per round, plus one GET per new index
-    (docs/operations.md#following-the-bucket-sqlite)."""
+    (docs/operations.md#following-the-bucket-sqlite). With ``backend = "postgres"`` there is
+    nothing to follow (every daemon writes its batches into the shared catalog): ignored."""
     follow_interval_s: float = Field(default=30.0, gt=0)
     """Seconds between two follow rounds of a bucket in which batches arrive: a batch of
     another daemon is readable here about this long after its index is uploaded."""
