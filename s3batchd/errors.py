@@ -12,6 +12,8 @@ S3BatchdError                      root of everything the daemon raises on purpo
 │   └── ConflictError              the key exists upstream and holds another object
 ├── UploadRefused(error, entry)    a batch that ``upload``-durability writers wait for was parked
 ├── CatalogUnavailable             the shared catalog (PostgreSQL) failed or is out of reach
+├── CompactionError                a compaction pass cannot run (no conditional writes upstream)
+│   └── LeaseHeld                  another compactor holds the bucket's compaction lease
 └── S3Error(code, status_code)     answered to the client as S3 XML (rendered in app.py only)
     ├── AccessDenied, InvalidBucketName, KeyTooLongError, InvalidArgument, InvalidRequest
     ├── SignatureDoesNotMatch, InvalidAccessKeyId, RequestTimeTooSkewed (403)
@@ -68,6 +70,14 @@ class SpoolFailedError(SpoolError):
 class CatalogUnavailable(S3BatchdError):
     """The shared catalog (``catalog.backend = "postgres"``) could not be reached or failed a
     query. PUTs are still taken; a read that needs it answers ``503 SlowDown``."""
+
+
+class CompactionError(S3BatchdError):
+    """A compaction pass cannot run or was stopped (docs/compaction.md)."""
+
+
+class LeaseHeld(CompactionError):
+    """Another compactor holds the bucket's compaction lease (or took it over)."""
 
 
 #: Why an upload failed: the ``reason`` of an UploadError, the label values of
