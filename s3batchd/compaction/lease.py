@@ -78,6 +78,9 @@ class Lease:
     etag: str = ""
     found_writing: str = ""
     """The batch a previous holder was writing when its lease ended (``""``: none)."""
+    writing: str = ""
+    """The batch this holder is writing (kept in the lease until its index is written, even
+    through ``release`` after a failure: the next holder deletes the tar)."""
 
     @property
     def key(self) -> str:
@@ -111,12 +114,13 @@ class Lease:
         logger.info("compaction: lease of s3://%s taken over from %s", self.bucket, held)
 
     def renew(self, *, writing: str = "") -> None:
-        """Extend the lease (and say which batch is being written); ``LeaseHeld`` if it was
-        lost (expired and taken by another)."""
+        """Extend the lease and say which batch is being written (``""``: none, its index is
+        written); ``LeaseHeld`` if it was lost (expired and taken by another)."""
         if not self.etag:  # an empty If-Match would be no condition at all
             raise LeaseHeld(f"s3://{self.bucket}/{self.key}: not held")
         try:
             self.etag = self._put({"writing": writing} if writing else {}, IfMatch=self.etag)
+            self.writing = writing
         except ClientError as exc:
             if _lost_race(exc):
                 raise LeaseHeld(f"s3://{self.bucket}/{self.key}: lost") from exc
@@ -127,7 +131,8 @@ class Lease:
         if not self.etag:
             return
         try:
-            self._put({}, IfMatch=self.etag, expires=0.0)
+            unfinished = {"writing": self.writing} if self.writing else {}
+            self._put(unfinished, IfMatch=self.etag, expires=0.0)
         except ClientError as exc:
             if not _lost_race(exc):
                 raise

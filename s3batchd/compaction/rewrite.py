@@ -11,9 +11,8 @@ may name an object in another batch.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,14 +27,20 @@ from s3batchd.index import (
 )
 from s3batchd.reader import Location, ReadStats, get_many
 from s3batchd.spool.tarmember import encode_header, member_name, padded
+from s3batchd.upload.batchupload import (
+    INDEX_CONTENT_TYPE,
+    META_BATCH_ID,
+    META_TAR_CRC32,
+    TAR_CONTENT_TYPE,
+    crc32_header,
+)
+from s3batchd.upload.bucketmodes import tar_encryption
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 logger = logging.getLogger(__name__)
 
-#: Metadata both objects of a batch carry (as the uploader writes it).
-META_BATCH_ID = "s3batchd-batch-id"
 #: A tar ends with two zero blocks and is padded to whole records (``tarfile``'s RECORDSIZE).
 _RECORD = 20 * TAR_BLOCK
 
@@ -116,16 +121,29 @@ def write_batch(
         entries=placed,
         replaces=[source.batch_id for source in sources],
     )
-    metadata = {META_BATCH_ID: batch_id}
-    # The tar first: the index is the commit marker of its batch (docs/index-format.md).
-    client.put_object(Bucket=bucket, Key=new_tar, Body=tar, ContentMD5=_md5(tar), Metadata=metadata)
+    # As the uploader writes a batch: the tar encrypted as strongly as its most demanding
+    # member asked, the index (keys and metadata) as the tar; If-None-Match, as batch ids are
+    # unique; the tar first, the index being the batch's commit marker (docs/index-format.md).
+    encryption = tar_encryption(entry.record.headers for entry in placed)
+    crc = f"{zlib.crc32(tar):08x}"
+    client.put_object(
+        Bucket=bucket,
+        Key=new_tar,
+        Body=tar,
+        ContentType=TAR_CONTENT_TYPE,
+        Metadata={META_BATCH_ID: batch_id, META_TAR_CRC32: crc},
+        IfNoneMatch="*",
+        ChecksumCRC32=crc32_header(crc),
+        **encryption,
+    )
     client.put_object(
         Bucket=bucket,
         Key=index_key(prefix, batch_id),
         Body=index,
-        ContentMD5=_md5(index),
-        ContentType="application/json",
-        Metadata=metadata,
+        ContentType=INDEX_CONTENT_TYPE,
+        Metadata={META_BATCH_ID: batch_id},
+        IfNoneMatch="*",
+        **encryption,
     )
     logger.info(
         "compaction: batch %s written (%d objects, %d bytes) replacing %s",
@@ -143,7 +161,3 @@ def delete_batch(client: S3Client, *, bucket: str, tar: str, index: str) -> None
     client.delete_object(Bucket=bucket, Key=tar)
     client.delete_object(Bucket=bucket, Key=index)
     logger.info("compaction: replaced batch %s deleted", index)
-
-
-def _md5(body: bytes) -> str:
-    return base64.b64encode(hashlib.md5(body).digest()).decode()  # noqa: S324  Content-MD5
