@@ -36,6 +36,8 @@ class Mode:
     faults: int | None = None
     only_method: str | None = None
     """Apply the fault only to requests with this method (others pass)."""
+    only_target: str | None = None
+    """Apply the fault only to requests whose target (path and query) contains this."""
     delay_s: float = 0.0
     """How long ``slow`` waits before forwarding."""
 
@@ -108,10 +110,14 @@ class FaultProxy:
             self._loop.run_until_complete(self._server.wait_closed())
         self._loop.close()
 
-    def _decide(self, method: str) -> Mode:
+    def _decide(self, method: str, target: str = "") -> Mode:
         with self._lock:
             mode = self.mode
-            if mode.name == "pass" or (mode.only_method and mode.only_method != method):
+            if (
+                mode.name == "pass"
+                or (mode.only_method and mode.only_method != method)
+                or (mode.only_target and mode.only_target not in target)
+            ):
                 self.decisions["pass"] += 1
                 return Mode()
             if mode.faults is not None:
@@ -130,12 +136,17 @@ class FaultProxy:
                 if request is None:
                     return
                 method = request.split(b" ", 1)[0].decode()
-                self.request_lines.append(request.split(b"\r\n", 1)[0].decode())
+                line = request.split(b"\r\n", 1)[0].decode()
+                self.request_lines.append(line)
                 part = b"partNumber=" in request.split(b"\r\n", 1)[0]
                 self.parts_in_flight += part
                 self.most_parts_in_flight = max(self.most_parts_in_flight, self.parts_in_flight)
                 try:
-                    kept = await self._handle(self._decide(method), request, writer)
+                    kept = await self._handle(
+                        self._decide(method, line.split(" ")[1] if " " in line else ""),
+                        request,
+                        writer,
+                    )
                 finally:
                     self.parts_in_flight -= part
                 if not kept:

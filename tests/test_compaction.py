@@ -5,7 +5,12 @@ after the grace period nothing of a deleted object is left in the bucket."""
 from __future__ import annotations
 
 import math
+import os
 import secrets
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -21,9 +26,12 @@ from s3batchd.index import index_key, tar_key
 from s3batchd.reader import iter_batch
 from tests.batches import indexes, keys
 from tests.conftest import Daemon, DaemonFactory, wait_for
+from tests.faultproxy import FaultProxy
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from s3batchd.cli.seaweed import LocalS3
 
 PREFIX = "s3batchd/"
 
@@ -56,10 +64,23 @@ def _batch_keys(s3: S3Client, bucket: str) -> set[str]:
     return {k for k in keys(s3, bucket) if k.startswith(PREFIX) and k.endswith((".tar", ".json"))}
 
 
-def test_compact_erases_deleted_objects_and_moves_the_live_ones(
-    start_daemon: DaemonFactory, s3: S3Client, bucket: str
-) -> None:
-    daemon = start_daemon()
+@dataclass
+class Written:
+    """Objects written through a daemon, 60 % of each batch's deleted."""
+
+    token: str
+    bodies: dict[str, bytes]
+    etags: dict[str, str]
+    deleted: set[str]
+    old_batches: dict[str, str]
+    """Tar key by batch id of the batches that held the objects."""
+
+    def markers(self) -> list[bytes]:
+        """The unique markers of the deleted objects' bodies."""
+        return [f"marker-{int(key[2:]):04d}-{self.token}".encode() for key in self.deleted]
+
+
+def _write_and_delete(daemon: Daemon, s3: S3Client, bucket: str) -> Written:
     client = daemon.client()
     token = secrets.token_hex(4)
     bodies = {f"k/{n:03d}": _body(n, token) for n in range(20)}
@@ -80,6 +101,21 @@ def test_compact_erases_deleted_objects_and_moves_the_live_ones(
     for key in deleted:
         client.delete_object(Bucket=bucket, Key=key)
     wait_for(lambda: sum(len(d.get("tombstones", [])) for d in indexes(s3, bucket)) == len(deleted))
+    return Written(token, bodies, etags, deleted, old_batches)
+
+
+def test_compact_erases_deleted_objects_and_moves_the_live_ones(
+    start_daemon: DaemonFactory, s3: S3Client, bucket: str
+) -> None:
+    daemon = start_daemon()
+    client = daemon.client()
+    written = _write_and_delete(daemon, s3, bucket)
+    bodies, etags, deleted, old_batches = (
+        written.bodies,
+        written.etags,
+        written.deleted,
+        written.old_batches,
+    )
     live = sorted(set(bodies) - deleted)
 
     # 11 kB dead save 0.0000003 USD a month: two PUTs (0.00001 USD) do not pay for that.
@@ -110,7 +146,7 @@ def test_compact_erases_deleted_objects_and_moves_the_live_ones(
                 s3.head_object(Bucket=bucket, Key=gone)
 
     # Nothing in the bucket holds a deleted object's marker any more.
-    markers = [f"marker-{int(key[2:]):04d}-{token}".encode() for key in deleted]
+    markers = written.markers()
     for key in keys(s3, bucket):
         stored = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert not [m for m in markers if m in stored], key
@@ -199,3 +235,83 @@ def test_a_pass_deletes_the_tar_of_a_holder_that_died_before_its_index(
     assert report.orphans == [batch_id]
     with pytest.raises(ClientError):
         s3.head_object(Bucket=bucket, Key=orphan)
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "step"),
+    [
+        ("PUT", ".index.json", "after the new tar, before its index"),
+        ("DELETE", ".tar", "after the new index, before the deletes"),
+        ("DELETE", ".index.json", "during the deletes: an old tar gone, its index not"),
+    ],
+)
+def test_a_compactor_killed_at_each_step_converges_on_the_next_pass(
+    start_daemon: DaemonFactory,
+    s3: S3Client,
+    bucket: str,
+    s3_server: LocalS3,
+    method: str,
+    target: str,
+    step: str,
+) -> None:
+    daemon = start_daemon()
+    written = _write_and_delete(daemon, s3, bucket)
+    live = set(written.bodies) - written.deleted
+    proxy = FaultProxy(int(s3_server.endpoint_url.rsplit(":", 1)[1])).start()
+    try:
+        # The request of that step is never answered: the command is killed while it waits.
+        proxy.set("blackhole", only_method=method, only_target=target)
+        env = {
+            **os.environ,
+            **_env(daemon, erase_within_s="0", grace_s="0", payback_days="10000000"),
+            "S3BATCHD_UPSTREAM__ENDPOINT_URL": proxy.url,
+            "S3BATCHD_COMPACTION__LEASE_S": "0.001",  # the next pass need not wait for it
+        }
+        command = [sys.executable, "-m", "s3batchd", "compact", "--bucket", bucket]
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            wait_for(
+                lambda: any(
+                    line.startswith(f"{method} ") and target in line.split(" ")[1]
+                    for line in proxy.request_lines
+                ),
+                timeout=60,
+            )
+        finally:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(30)
+    finally:
+        proxy.stop()
+
+    rules: dict[str, float] = {"erase_within_s": 0, "grace_s": 0, "payback_days": 1e7}
+    again = Compactor(s3, bucket, _settings(daemon, **rules, lease_s=0.001)).run()
+    assert again.survey is not None, step
+    # Killed before its index: the new tar is not a batch and goes; after it: the new batch
+    # stands, and the next pass only deletes what it replaces.
+    assert len(again.orphans) == (method == "PUT"), step
+    assert len(again.written) == (method == "PUT"), step
+    # Converged: no replaced batch left, no tar without its index, every live key exactly once
+    # across the indexes with its bytes, and nothing of a deleted object anywhere.
+    names = keys(s3, bucket)
+    tars = {k.removesuffix(".tar") for k in names if k.endswith(".tar")}
+    assert tars == {k.removesuffix(".index.json") for k in names if k.endswith(".index.json")}
+    assert survey_keys(s3, bucket) == sorted(live), step
+    assert (
+        Compactor(s3, bucket, _settings(daemon, erase_within_s=0, grace_s=0))
+        .run(dry_run=True)
+        .chosen
+        == []
+    ), step
+    for key in names:
+        stored = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert not [m for m in written.markers() if m in stored], (step, key)
+
+
+def survey_keys(s3: S3Client, bucket: str) -> list[str]:
+    """The keys of every object in every index of the bucket, with their bytes checked."""
+    found = []
+    for document in indexes(s3, bucket):
+        found += [entry["key"] for entry, _ in iter_batch(s3, bucket, document["tar"]["key"])]
+    return sorted(found)
