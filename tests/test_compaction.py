@@ -125,6 +125,7 @@ def test_compact_erases_deleted_objects_and_moves_the_live_ones(
     untouched = _batch_keys(s3, bucket)
     dry = _invoke(env, "compact", "--bucket", bucket, "--dry-run")
     assert f"rewrite (would): {len(old_batches)} batches (erase 0, dead {len(old_batches)})" in dry
+    assert "oldest unerased delete or overwrite: " in dry
     before = _batch_keys(s3, bucket)
     assert before == untouched  # a dry run writes nothing
     first = _invoke(env, "compact", "--bucket", bucket)
@@ -140,6 +141,8 @@ def test_compact_erases_deleted_objects_and_moves_the_live_ones(
     second = _invoke({**env, "S3BATCHD_COMPACTION__GRACE_S": "0"}, "compact", "--bucket", bucket)
     assert f"deleted (did): {len(old_batches)} replaced batches" in second
     assert "rewrite (did): 0 batches" in second  # idempotent: nothing more to do
+    assert "dead 0 bytes in 0 objects" in second
+    assert "oldest unerased" not in second
     for batch_id, old_tar in old_batches.items():
         for gone in (old_tar, index_key(PREFIX, batch_id)):
             with pytest.raises(ClientError):

@@ -53,8 +53,12 @@ def summary(report: PassReport) -> list[str]:
         lines.append(
             f"batches: {len(found.batches)} current, {len(found.replaced)} replaced; "
             f"live {found.live_bytes} bytes, dead {found.dead_bytes} bytes "
-            f"in {found.dead_objects} objects"
+            f"in {found.dead_objects} objects ({report.dead_per_month_usd:.6f} USD per month)"
         )
+        if report.oldest_death_age_s is not None:
+            lines.append(
+                f"oldest unerased delete or overwrite: {report.oldest_death_age_s:.0f} s ago"
+            )
     reasons = [c.reason for c in report.chosen]
     lines.append(
         f"rewrite ({verb}): {len(report.chosen)} batches (erase {reasons.count('erase')}, "

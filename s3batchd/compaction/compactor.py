@@ -73,6 +73,10 @@ class PassReport:
         default_factory=lambda: {"GET": 0, "PUT": 0, "LIST": 0, "DELETE": 0}
     )
     saved_per_month_usd: float = 0.0
+    dead_per_month_usd: float = 0.0
+    """What the dead bytes of the current batches cost to store per month."""
+    oldest_death_age_s: float | None = None
+    """Seconds since the longest-dead object still in the bucket died (None: none)."""
 
     @property
     def live_bytes(self) -> int:
@@ -159,8 +163,12 @@ class Compactor:
         now = time.time()
         found = survey(self._listed(report))
         report.survey = found
+        oldest = found.oldest_death()
+        report.oldest_death_age_s = None if oldest is None else max(now - oldest, 0.0)
         self._delete_due(report, found, now)
         rules = rules_of(self.settings)
+        dead = sum(batch.dead_footprint for batch in found.batches)
+        report.dead_per_month_usd = monthly_storage_usd(dead, rules.prices)
         pending = {replaced.by for replaced in found.replaced}
         for batch in found.batches:
             reason = None if batch.batch_id in pending else should_rewrite(batch, rules, now)
@@ -177,8 +185,8 @@ class Compactor:
             if self.settings.compaction.grace_s == 0:
                 for chosen in group:
                     self._delete(report, chosen.batch.listed.document["tar"]["key"], chosen)
-        if lease is None:  # dry run: the new tars would hold the live bytes and headers
-            saved = sum(c.batch.dead_bytes for c in report.chosen)
+        if lease is None:  # dry run: the new tars would drop the dead members
+            saved = sum(c.batch.dead_footprint for c in report.chosen)
         report.saved_per_month_usd = monthly_storage_usd(max(saved, 0), rules.prices)
 
     def _listed(self, report: PassReport) -> list[Listed]:

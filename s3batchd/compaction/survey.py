@@ -22,6 +22,11 @@ from s3batchd.index import parse_time, replaced_batches
 #: coalesced spans: ``reader.DEFAULT_MAX_SPAN`` is 8 MiB; one GET at least).
 SPAN_BYTES = 8 * 1024 * 1024
 GB = 1_000_000_000
+#: Tar bytes of one member besides its padded data: a PAX header block, its records and the
+#: ustar header (docs/index-format.md: 1,536 with a short key and little metadata). With small
+#: objects they are most of a tar: the storage a rewrite saves counts them.
+MEMBER_HEADERS = 1536
+_BLOCK = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,8 @@ class BatchState:
     live_bytes: int = 0
     dead_bytes: int = 0
     dead_objects: int = 0
+    dead_footprint: int = 0
+    """Tar bytes of the dead objects: padded data plus ``MEMBER_HEADERS`` each."""
     oldest_death: float | None = None
     """Unix time the longest-dead object of the batch died (deleted or overwritten)."""
 
@@ -138,7 +145,8 @@ def monthly_storage_usd(size: int, prices: Prices) -> float:
 
 
 def should_rewrite(batch: BatchState, rules: Rules, now: float) -> str | None:
-    """Why ``batch`` is rewritten (``"erase"``, ``"dead"``), or None."""
+    """Why ``batch`` is rewritten (``"erase"``, ``"dead"``), or None. The ratio is of object
+    bytes; the storage saved counts the dead members' tar headers too."""
     if batch.dead_objects == 0:
         return None
     if (
@@ -151,7 +159,7 @@ def should_rewrite(batch: BatchState, rules: Rules, now: float) -> str | None:
         return None
     gets, puts = requests_for(batch)
     cost = gets * rules.prices.get_per_1000 / 1000 + puts * rules.prices.put_per_1000 / 1000
-    saved = monthly_storage_usd(batch.dead_bytes, rules.prices) * rules.payback_days / 30
+    saved = monthly_storage_usd(batch.dead_footprint, rules.prices) * rules.payback_days / 30
     return "dead" if saved >= cost else None
 
 
@@ -199,6 +207,7 @@ def _classify(batches: list[BatchState]) -> None:
             died = parse_time(min(deaths))
             batch.dead_bytes += entry["length"]
             batch.dead_objects += 1
+            batch.dead_footprint += -(-entry["length"] // _BLOCK) * _BLOCK + MEMBER_HEADERS
             if batch.oldest_death is None or died < batch.oldest_death:
                 batch.oldest_death = died
     for batch in batches:
