@@ -573,8 +573,9 @@ class CompactionConfig(Section):
     without the dead bytes (``s3batchd compact``; docs/compaction.md)."""
 
     enabled: bool = False
-    """Run a compaction pass in the daemon every ``interval_s``. Not built yet: ``true`` is
-    refused at start; run ``s3batchd compact`` on a schedule (docs/compaction.md)."""
+    """Run a compaction pass in the daemon every ``interval_s`` over each bucket its catalog
+    knows (with ``server.workers`` > 1, in every worker: the lease lets one at a time in).
+    ``false``: run ``s3batchd compact`` on a schedule instead (docs/compaction.md)."""
     interval_s: float = Field(default=3600.0, gt=0)
     """Seconds between two compaction passes in the daemon (``enabled = true``)."""
     min_dead_ratio: float = Field(default=0.3, gt=0, le=1)
@@ -603,17 +604,6 @@ class CompactionConfig(Section):
     get_price_per_1000_usd: float = Field(default=0.0004, ge=0)
     """Price of 1,000 GET requests in USD (AWS S3 Standard: 0.0004): the ranged reads of
     the live members of a rewritten batch."""
-
-    @model_validator(mode="after")
-    def _no_loop_yet(self) -> CompactionConfig:
-        # Refused rather than ignored: a setting that silently does nothing would break the
-        # erasure promise of docs/compaction.md.
-        if self.enabled:
-            raise ValueError(
-                "compaction.enabled = true: the in-daemon pass is not built yet; "
-                "run s3batchd compact --bucket NAME on a schedule"
-            )
-        return self
 
 
 class Settings(BaseSettings):

@@ -318,3 +318,40 @@ def survey_keys(s3: S3Client, bucket: str) -> list[str]:
     for document in indexes(s3, bucket):
         found += [entry["key"] for entry, _ in iter_batch(s3, bucket, document["tar"]["key"])]
     return sorted(found)
+
+
+def test_the_daemon_compacts_with_compaction_enabled_and_follows_the_moved_keys(
+    start_daemon: DaemonFactory, s3: S3Client, bucket: str
+) -> None:
+    daemon = start_daemon(
+        compaction={
+            "enabled": True,
+            "interval_s": 0.5,
+            "erase_within_s": 0,
+            "grace_s": 0,
+            "payback_days": 1e7,
+        }
+    )
+    written = _write_and_delete(daemon, s3, bucket)
+
+    def erased() -> bool:
+        for key in keys(s3, bucket):
+            try:
+                stored = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            except s3.exceptions.NoSuchKey:
+                continue  # deleted by the daemon's pass since the listing
+            if [m for m in written.markers() if m in stored]:
+                return False
+        return True
+
+    wait_for(erased, timeout=60)
+    # Passes run while the objects are written and deleted: one or more compacted batches.
+    assert {d["version"] for d in indexes(s3, bucket) if d["objects"]} == {2}
+    client = daemon.client()
+    for key in set(written.bodies) - written.deleted:  # no reindex: the daemon's own pass
+        got = client.get_object(Bucket=bucket, Key=key)
+        assert got["Body"].read() == written.bodies[key], key
+        assert got["ETag"] == written.etags[key], key
+    for key in written.deleted:
+        with pytest.raises(ClientError):
+            client.get_object(Bucket=bucket, Key=key)

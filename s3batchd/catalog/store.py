@@ -483,6 +483,13 @@ class Catalog:
             ]
         return max((float(stamp) for stamp in stamps if stamp is not None), default=0.0)
 
+    def buckets(self) -> list[str]:
+        """The buckets the catalog has objects of (the in-daemon compaction's passes)."""
+        with self._db_lock:
+            self.flush()
+            rows = self._db.execute("SELECT DISTINCT bucket FROM objects ORDER BY bucket")
+            return [str(row[0]) for row in rows.fetchall()]
+
     def count(self) -> int:
         """Rows in the catalog."""
         with self._db_lock:

@@ -121,9 +121,15 @@ class Compactor:
         return self.settings.upstream.prefix
 
     def run(
-        self, *, dry_run: bool = False, progress: Callable[[int], None] | None = None
+        self,
+        *,
+        dry_run: bool = False,
+        progress: Callable[[int], None] | None = None,
+        on_written: Callable[[Written], None] | None = None,
     ) -> PassReport:
-        """One pass; ``progress`` is called with the objects of each batch rewritten.
+        """One pass; ``progress`` is called with the objects of each batch rewritten,
+        ``on_written`` with each new batch once its index is written, before any batch it
+        replaces is deleted (the daemon's catalog learns the new places there).
 
         Raises:
             LeaseHeld: another compactor holds the lease.
@@ -131,7 +137,7 @@ class Compactor:
         """
         report = PassReport(dry_run=dry_run)
         if dry_run:  # reads only: no lease, no probe object
-            self._pass(report, None, progress)
+            self._pass(report, None, progress, None)
             return report
         verify_conditional_writes(self.client, self.bucket, self.prefix)
         report.requests["PUT"] += 2
@@ -146,7 +152,7 @@ class Compactor:
         lease.take()
         report.requests["PUT"] += 1
         try:
-            self._pass(report, lease, progress)
+            self._pass(report, lease, progress, on_written)
         finally:
             lease.release()
             report.requests["PUT"] += 1
@@ -157,6 +163,7 @@ class Compactor:
         report: PassReport,
         lease: Lease | None,
         progress: Callable[[int], None] | None,
+        on_written: Callable[[Written], None] | None,
     ) -> None:
         if lease is not None and lease.found_writing:
             self._finish_orphan(report, lease.found_writing)
@@ -179,6 +186,8 @@ class Compactor:
             if lease is None:
                 continue
             written = self._rewrite(report, lease, group)
+            if on_written is not None:
+                on_written(written)
             saved -= written.tar_size
             if progress is not None:
                 progress(written.objects)

@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from s3batchd.batching.pipeline import Pipeline
+from s3batchd.compaction.loop import CompactionLoop
 from s3batchd.config import Settings
 from s3batchd.errors import (
     RETRY_SOON,
@@ -208,6 +209,14 @@ def create_app(
             # uvicorn from logging it as a traceback.
             app.state.startup_error = exc
             raise
+        compaction = CompactionLoop(
+            settings,
+            pipeline.client,
+            pipeline.catalog,
+            shared=lambda: None if pipeline.shared is None else pipeline.shared.catalog,
+        )
+        if settings.compaction.enabled:
+            compaction.start()
         lag = LoopLagMonitor(metrics.loop_lag, interval_s=settings.metrics.loop_lag_interval_s)
         if settings.metrics.loop_lag_interval_s > 0:
             lag.start()
@@ -237,6 +246,7 @@ def create_app(
         try:
             yield
         finally:
+            await compaction.close()
             await app.state.buckets.close()
             await app.state.forwarder.aclose()
             await app.state.bucket_modes.close()
