@@ -39,6 +39,9 @@ pool               threads                    why not shared
                                               one check at a time, by design
 ``credentials``    2                          refreshes of temporary upstream credentials
                                               (STS, instance metadata): HTTP calls
+``compaction``     1                          the daemon's compaction passes
+                                              (compaction/loop.py): minutes-long, blocking,
+                                              one bucket at a time
 ``follow``         8                          the catalog's follow loop (upload/follow.py):
                                               LISTs and GETs of other daemons' indexes, 8 in
                                               flight, parsed and written to the catalog
@@ -47,8 +50,9 @@ pool               threads                    why not shared
 Pools that stay outside this module, on purpose: a multipart batch upload fans its parts out
 on a pool of ``upload.part_concurrency`` threads made inside its upload thread (the loop never
 sees it; upload/uploader.py), the child upload process has its own pool (upload/proc.py: a
-separate process, no event loop), and the client-side reader library (reader.py) runs without
-a daemon.
+separate process, no event loop), the client-side reader library (reader.py) runs without
+a daemon, and a compaction pass reads the bucket's indexes on a pool made inside the pass's
+own thread (compaction/compactor.py; the pass is blocking from start to end).
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class Pool(enum.StrEnum):
     PROBE = "probe"
     CREDENTIALS = "credentials"
     FOLLOW = "follow"
+    COMPACTION = "compaction"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +114,7 @@ DEFAULTS: Mapping[Pool, PoolSpec] = {
     Pool.PROBE: PoolSpec(1, wait=False),
     Pool.CREDENTIALS: PoolSpec(2, wait=False),
     Pool.FOLLOW: PoolSpec(8, wait=False),
+    Pool.COMPACTION: PoolSpec(1, wait=False),
 }
 
 

@@ -601,6 +601,44 @@ class LogConfig(Section):
     per line with ``time``, ``level``, ``logger``, ``message`` (and ``exception``)."""
 
 
+class CompactionConfig(Section):
+    """Compaction: batches whose objects were mostly deleted or overwritten are rewritten
+    without the dead bytes (``s3batchd compact``; docs/compaction.md)."""
+
+    enabled: bool = False
+    """Run a compaction pass in the daemon every ``interval_s`` over each bucket its catalog
+    knows (with ``server.workers`` > 1, in every worker: the lease lets one at a time in).
+    ``false``: run ``s3batchd compact`` on a schedule instead (docs/compaction.md)."""
+    interval_s: float = Field(default=3600.0, gt=0)
+    """Seconds between two compaction passes in the daemon (``enabled = true``)."""
+    min_dead_ratio: float = Field(default=0.3, gt=0, le=1)
+    """A batch is rewritten once this share of its object bytes is dead (deleted, or
+    overwritten by a later write of the key), and the storage saved over ``payback_days``
+    pays for the requests of the rewrite. SeaweedFS vacuums volumes at 0.3."""
+    payback_days: float = Field(default=30.0, gt=0)
+    """Days of saved storage that must pay for a rewrite's requests (the GETs of the live
+    members, the PUTs of the new tar and index)."""
+    erase_within_s: float = Field(default=86400.0, ge=0)
+    """A batch holding bytes of an object deleted or overwritten longer ago than this is
+    rewritten whatever its dead share: the bytes of a deleted object are gone from the bucket
+    within ``erase_within_s + grace_s`` of the delete (plus the time between two passes).
+    0 turns the deadline off."""
+    grace_s: float = Field(default=3600.0, ge=0)
+    """Seconds a replaced batch's tar and index stay after its compacted batch's index is
+    written: readers holding an old range (a PUT response's headers, an old index, a daemon
+    whose catalog has not moved the key yet) keep working until then. A later pass deletes
+    them."""
+    lease_s: float = Field(default=600.0, gt=0)
+    """Seconds the compaction lease (an object under ``upstream.prefix`` written with
+    conditional requests) is held without renewal before another compactor may take it."""
+    storage_price_per_gb_month_usd: float = Field(default=0.023, ge=0)
+    """Price of one GB stored for a month in USD (AWS S3 Standard: 0.023): the saving side of
+    the ``payback_days`` rule. PUT prices: ``metrics.put_price_per_1000_usd``."""
+    get_price_per_1000_usd: float = Field(default=0.0004, ge=0)
+    """Price of 1,000 GET requests in USD (AWS S3 Standard: 0.0004): the ranged reads of
+    the live members of a rewritten batch."""
+
+
 class Settings(BaseSettings):
     """All of s3batchd's settings."""
 
@@ -624,6 +662,7 @@ class Settings(BaseSettings):
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     passthrough: PassthroughConfig = PassthroughConfig()
+    compaction: CompactionConfig = CompactionConfig()
 
     @classmethod
     def settings_customise_sources(

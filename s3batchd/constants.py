@@ -30,3 +30,5 @@ PAX_PREFIX = "SCHILY.xattr.user.s3batchd."
 
 INDEX_FORMAT = "s3batchd.index"
 INDEX_VERSION = 1
+#: The index version of a batch written by compaction (``replaces``: docs/index-format.md).
+INDEX_VERSION_COMPACTED = 2

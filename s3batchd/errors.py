@@ -37,6 +37,8 @@ S3BatchdError                      root of everything the daemon raises on purpo
 │   ├── NotABatchError             not an s3batchd batch this reader understands
 │   ├── FetchError                 an S3 request failed (the boto3 exception is the cause)
 │   └── IntegrityError             bytes read do not match the length, ETag or a checksum
+├── CompactionError                a compaction pass cannot run (no conditional writes upstream)
+│   └── LeaseHeld                  another compactor holds the bucket's compaction lease
 └── S3Error(code, status_code)     answered to the client as S3 XML, as it is
     ├── AccessDenied (403), InvalidBucketName (400), KeyTooLongError (400)
     ├── InvalidArgument, InvalidRequest, InvalidTag, MalformedXML (400)
@@ -133,6 +135,14 @@ class Draining(S3BatchdError):
 
     def __init__(self, message: str = "The daemon is shutting down.") -> None:
         super().__init__(message)
+
+
+class CompactionError(S3BatchdError):
+    """A compaction pass cannot run or was stopped (docs/compaction.md)."""
+
+
+class LeaseHeld(CompactionError):
+    """Another compactor holds the bucket's compaction lease (or took it over)."""
 
 
 #: Why an upload failed: the ``reason`` of an UploadError, the label values of

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from s3batchd.constants import INDEX_FORMAT, INDEX_VERSION
+from s3batchd.constants import INDEX_FORMAT, INDEX_VERSION, INDEX_VERSION_COMPACTED
 from s3batchd.errors import IndexFormatError
 from s3batchd.records import EMPTY_MD5, ObjectRecord, Placed, updated_headers
 
@@ -106,8 +106,13 @@ def render_index(
     tar_size: int,
     entries: list[IndexEntry] | None = None,
     fragments: list[bytes] | None = None,
+    replaces: list[str] | None = None,
 ) -> bytes:
     """The index JSON of one batch (deterministic: a retry writes the same bytes).
+
+    ``replaces``: the batch ids a compacted batch takes the place of; the index is then version
+    2 (``INDEX_VERSION_COMPACTED``), every other batch's stays version 1 so that readers of
+    version 1 keep reading what the daemon writes.
 
     ``fragments``: the members already rendered by ``index_fragment`` (the spool does that as
     it appends, so a large index is not encoded in one go, holding the GIL for tens of
@@ -116,12 +121,14 @@ def render_index(
     writer = batch_id.split("Z-", 1)[1].rsplit("-", 1)[0]
     head = {
         "format": INDEX_FORMAT,
-        "version": INDEX_VERSION,
+        "version": INDEX_VERSION if replaces is None else INDEX_VERSION_COMPACTED,
         "batch_id": batch_id,
         "created_at": iso_utc(batch_created(batch_id)),
         "writer": writer,
         "tar": {"bucket": bucket, "key": tar_key, "size": tar_size},
     }
+    if replaces is not None:
+        head["replaces"] = sorted(replaces)
     if fragments is None:
         fragments = [index_fragment(entry) for entry in entries or ()]
     marks = (_TOMBSTONE_MARK, _UPDATE_MARK)
@@ -269,9 +276,10 @@ def check_index(document: object, *, where: str = "the document") -> dict[str, A
     if not isinstance(document, dict) or document.get("format") != INDEX_FORMAT:
         raise IndexFormatError(f"{where} is not an s3batchd index")
     version = document.get("version")
-    if version != INDEX_VERSION or not _is_int(version):
+    if version not in KNOWN_VERSIONS or not _is_int(version):
         raise IndexFormatError(
-            f"{where} has index version {version!r}; this s3batchd knows version {INDEX_VERSION}"
+            f"{where} has index version {version!r}; this s3batchd knows versions "
+            f"{INDEX_VERSION} and {INDEX_VERSION_COMPACTED}"
         )
     _need(document, "batch_id", str, where)
     _need_time(document, "created_at", where)
@@ -280,6 +288,8 @@ def check_index(document: object, *, where: str = "the document") -> dict[str, A
     _need(tar, "bucket", str, f"{where}: tar")
     _need(tar, "key", str, f"{where}: tar")
     _need_size(tar, "size", f"{where}: tar")
+    if version == INDEX_VERSION_COMPACTED:
+        _check_replaces(document, where)
     for n, item in enumerate(_list(document, "objects", where, required=True)):
         check_object(item, where=f"{where}: objects[{n}]")
     for n, item in enumerate(_list(document, "tombstones", where)):
@@ -295,6 +305,31 @@ def check_index(document: object, *, where: str = "the document") -> dict[str, A
         _need_time(item, "updated_at", place)
         _need_texts(item, "headers", place)
     return document
+
+
+#: Index versions ``parse_index`` accepts: 1, and 2 (a compacted batch, with ``replaces``).
+KNOWN_VERSIONS = (INDEX_VERSION, INDEX_VERSION_COMPACTED)
+
+
+def _check_replaces(document: Mapping[str, Any], where: str) -> None:
+    if "replaces" not in document:
+        raise IndexFormatError(f"{where} has index version 2 without replaces")
+    replaced = _need(document, "replaces", list, where)
+    if not replaced:
+        raise IndexFormatError(f"{where}: replaces is empty")
+    for n, batch_id in enumerate(replaced):
+        if not isinstance(batch_id, str) or not is_batch_id(batch_id):
+            raise IndexFormatError(f"{where}: replaces[{n}] is {batch_id!r:.100}, not a batch id")
+    if document["batch_id"] in replaced:
+        raise IndexFormatError(f"{where}: replaces names the batch itself")
+
+
+def replaced_batches(document: Mapping[str, Any]) -> list[str]:
+    """The batch ids a checked index replaces (none for version 1)."""
+    if document["version"] != INDEX_VERSION_COMPACTED:
+        return []
+    replaced: list[str] = document["replaces"]
+    return replaced
 
 
 def check_object(entry: object, *, where: str = "the index entry") -> dict[str, Any]:

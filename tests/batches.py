@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 INDEX_SCHEMA = Path(__file__).resolve().parent.parent / "docs" / "index.schema.json"
+#: The schema of version 2 (a compacted batch, with ``replaces``).
+INDEX_SCHEMA_V2 = INDEX_SCHEMA.with_name("index.schema.v2.json")
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,11 @@ def keys(s3: S3Client, bucket: str) -> list[str]:
 
 
 @cache
-def index_validator() -> Draft202012Validator:
-    """A validator for docs/index.schema.json (formats such as date-time checked too)."""
-    schema = json.loads(INDEX_SCHEMA.read_text(encoding="utf-8"))
+def index_validator(version: int = 1) -> Draft202012Validator:
+    """A validator for docs/index.schema.json (formats such as date-time checked too), or for
+    docs/index.schema.v2.json with ``version=2``."""
+    path = INDEX_SCHEMA_V2 if version == 2 else INDEX_SCHEMA
+    schema = json.loads(path.read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
@@ -72,7 +76,7 @@ def indexes(s3: S3Client, bucket: str) -> list[dict[str, Any]]:
         if key.endswith(".index.json"):
             body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
             document = json.loads(body)
-            index_validator().validate(document)
+            index_validator(document.get("version", 1)).validate(document)
             documents.append(document)
     return documents
 

@@ -348,3 +348,61 @@ def test_writes_stamped_alike_are_ordered_by_batch_id_in_any_order_of_arrival(
         found = catalog.get("b", "k")
         assert found is not None and found.batch_id == writes[1][0], order
         catalog.close()
+
+
+def test_a_compacted_index_moves_the_same_write_and_never_outranks_a_newer_one(
+    tmp_path: Path,
+) -> None:
+    from s3batchd.index import parse_index, render_index
+
+    old, other = (
+        "20270115T000000000Z-host-0123abcd-000001",
+        "20270115T000000500Z-host-0123abcd-000009",
+    )
+    new = "20270116T000000000Z-compactor-0123abcd-000001"
+    catalog = Catalog(tmp_path / "catalog.sqlite3")
+    # The daemon's own rows carry exact stamps; the index gives them to the millisecond.
+    kept = ObjectRecord(key="kept", size=3, md5_hex="a" * 32, mtime=1_800_000_000.123456)
+    newer = ObjectRecord(key="newer", size=3, md5_hex="b" * 32, mtime=1_800_000_000.5)
+    catalog.put_many("b", old, "old.tar", [IndexEntry(kept, "kept", 1536)], uploaded=True)
+    catalog.put_many("b", old, "old.tar", [IndexEntry(newer, "newer", 3584)], uploaded=True)
+    rewritten = ObjectRecord(key="newer", size=3, md5_hex="b" * 32, mtime=1_800_000_000.5)
+    later = ObjectRecord(key="newer", size=4, md5_hex="c" * 32, mtime=1_800_000_001.0)
+    catalog.put_many("b", other, "other.tar", [IndexEntry(later, "newer", 512)], uploaded=True)
+    moved = ObjectRecord(key="kept", size=3, md5_hex="a" * 32, mtime=1_800_000_000.123)
+    document = parse_index(
+        render_index(
+            bucket="b",
+            batch_id=new,
+            tar_key="new.tar",
+            tar_size=8192,
+            entries=[IndexEntry(moved, "kept", 1536), IndexEntry(rewritten, "newer", 3584)],
+            replaces=[old],
+        )
+    )
+    catalog.put_index("b", document)
+    entry = catalog.get("b", "kept")
+    assert entry is not None
+    assert (entry.batch_id, entry.tar_key, entry.offset) == (new, "new.tar", 1536)
+    assert entry.record.mtime == kept.mtime  # the same write: its stamp stays
+    assert entry.record.etag == kept.etag
+    assert entry.uploaded
+    # The older write of "newer" the compactor rewrote does not outrank the later one.
+    entry = catalog.get("b", "newer")
+    assert entry is not None
+    assert (entry.batch_id, entry.record.md5_hex) == (other, "c" * 32)
+    # The old index read again (reindex in listing order, a follow loop late) moves nothing back.
+    old_document = parse_index(
+        render_index(
+            bucket="b",
+            batch_id=old,
+            tar_key="old.tar",
+            tar_size=8192,
+            entries=[IndexEntry(moved, "kept", 1536)],
+        )
+    )
+    catalog.put_index("b", old_document)
+    entry = catalog.get("b", "kept")
+    assert entry is not None
+    assert entry.batch_id == new
+    catalog.close()

@@ -287,3 +287,18 @@ def test_environment_variables_that_name_no_setting() -> None:
         "S3BATCHD_SERVER_PORT matches no setting (did you mean S3BATCHD_SERVER__PORT?)",
         "S3BATCHD_XYZZY matches no setting",
     ]
+
+
+def test_compaction_settings_have_the_issue_defaults() -> None:
+    from s3batchd.config import CompactionConfig
+
+    config = CompactionConfig()
+    assert (config.enabled, config.min_dead_ratio, config.erase_within_s, config.grace_s) == (
+        False,
+        0.3,
+        86400.0,
+        3600.0,
+    )
+    assert CompactionConfig(enabled=True).enabled
+    with pytest.raises(ValueError, match="min_dead_ratio"):
+        CompactionConfig(min_dead_ratio=0)

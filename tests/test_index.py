@@ -28,6 +28,7 @@ from s3batchd.index import (
     parse_index,
     parse_time,
     render_index,
+    replaced_batches,
     updated_objects,
 )
 from s3batchd.records import EMPTY_MD5, ObjectRecord, SpoolEntry, byte_range
@@ -336,3 +337,62 @@ def test_fragment_object_is_the_objects_entry_of_a_fragment() -> None:
     update = ObjectRecord(key="k", size=0, md5_hex=EMPTY_MD5, mtime=3.0, update_of=1.0)
     assert fragment_object(index_fragment(IndexEntry(gone, "k", 0))) is None
     assert fragment_object(index_fragment(IndexEntry(update, "k", 0))) is None
+
+
+OLD_BATCHES = [
+    "20270115T000000000Z-host-0123abcd-000001",
+    "20270115T000001000Z-host-0123abcd-000002",
+]
+
+
+def _compacted(entries: list[IndexEntry], replaces: list[str]) -> bytes:
+    return render_index(
+        bucket="bucket",
+        batch_id=BATCH_ID,
+        tar_key=f"p/2027/01/15/{BATCH_ID}.tar",
+        tar_size=8192,
+        entries=entries,
+        replaces=replaces,
+    )
+
+
+def test_a_compacted_batch_has_an_index_of_version_2_listing_what_it_replaces() -> None:
+    record = ObjectRecord(key="k", size=1, md5_hex="0" * 32, mtime=1.0)
+    plain = parse_index(_index([IndexEntry(record, "k", 1536)]))
+    assert plain["version"] == 1
+    assert "replaces" not in plain
+    assert replaced_batches(plain) == []
+    document = parse_index(_compacted([IndexEntry(record, "k", 1536)], OLD_BATCHES[::-1]))
+    assert document["version"] == 2
+    assert document["replaces"] == OLD_BATCHES  # sorted: deterministic bytes
+    assert replaced_batches(document) == OLD_BATCHES
+    index_validator(2).validate(document)
+    assert not index_validator(1).is_valid(document)
+    # Everything of version 1 holds in version 2: the entries are read alike.
+    assert entries_from_index(document) == entries_from_index(plain)
+    # All members dead, no tombstone: an index with no entries but what it replaces.
+    index_validator(2).validate(parse_index(_compacted([], OLD_BATCHES)))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (..., "index version 2 without replaces"),
+        ([], "replaces is empty"),
+        ("x", "replaces is 'x', not a list"),
+        (["nope"], "replaces[0] is 'nope', not a batch id"),
+        ([BATCH_ID], "replaces names the batch itself"),
+    ],
+)
+def test_parse_index_refuses_a_version_2_index_with_bad_replaces(
+    value: object, message: str
+) -> None:
+    record = ObjectRecord(key="k", size=1, md5_hex="0" * 32, mtime=1.0)
+    document = parse_index(_compacted([IndexEntry(record, "k", 1536)], OLD_BATCHES))
+    malformed = _malformed(document, ["replaces"], value)
+    with pytest.raises(IndexFormatError, match=re.escape(message)):
+        parse_index(malformed)
+    if message != "replaces names the batch itself":  # beyond what a schema can say
+        assert not index_validator(2).is_valid(json.loads(malformed))
+    with pytest.raises(IndexFormatError, match="index version 3"):
+        parse_index(_malformed(document, ["version"], 3))

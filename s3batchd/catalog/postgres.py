@@ -36,7 +36,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from s3batchd.catalog.store import CatalogEntry
 from s3batchd.errors import CatalogUnavailable
-from s3batchd.index import IndexEntry
+from s3batchd.index import IndexEntry, entries_from_index, replaced_batches
 from s3batchd.records import ObjectRecord, updated_headers
 
 logger = logging.getLogger(__name__)
@@ -175,6 +175,17 @@ updates AS (
 )
 SELECT (SELECT count(*) FROM objects), (SELECT count(*) FROM tombstones),
        (SELECT count(*) FROM buried), (SELECT count(*) FROM updates)
+"""
+#: The rows of the same writes in the batches a compacted batch replaces, moved to it (as
+#: ``store._MOVE``: stamps compared to the millisecond, the row keeps stamp, ETag, attributes).
+_MOVE = """
+UPDATE s3batchd_objects o SET batch_id = %(batch_id)s, tar_key = %(tar_key)s,
+    member = r.member, "offset" = r."offset"
+FROM unnest(%(key)s::bytea[], %(member)s::text[], %(offset)s::bigint[], %(mtime)s::float8[])
+    AS r (key, member, "offset", mtime)
+WHERE o.bucket = %(bucket)s AND o.key = r.key AND o.batch_id = ANY(%(replaces)s::text[])
+AND round(o.mtime * 1000000)::bigint / 1000 = round(r.mtime * 1000000)::bigint / 1000
+RETURNING 1
 """
 #: Exact counts below this many rows, the planner's estimate above (a count(*) of ten
 #: million rows reads them all).
@@ -323,6 +334,31 @@ class PostgresCatalog:
         rows = await self._query("write", _PUT_BATCH, params)
         written, buried, deleted, updates = (int(value) for value in rows[0])
         return written, buried, deleted, updates
+
+    async def put_index(self, bucket: str, document: dict[str, Any]) -> list[IndexEntry]:
+        """Record a checked index document as ``put_batch`` does, after moving the rows of the
+        batches a compacted batch (version 2) replaces to it; the entries recorded. What
+        ``s3batchd reindex`` calls for each index (``store.Catalog.put_index`` is the SQLite
+        one). Two statements, each idempotent: a retry after a failure between them is safe."""
+        batch_id: str = document["batch_id"]
+        tar_key: str = document["tar"]["key"]
+        entries = entries_from_index(document)
+        replaced = replaced_batches(document)
+        if replaced:
+            objects = [e for e in entries if not e.record.deleted and e.record.update_of is None]
+            params: dict[str, Any] = {
+                "bucket": bucket,
+                "batch_id": batch_id,
+                "tar_key": tar_key,
+                "replaces": replaced,
+                "key": [_key(e.record.key) for e in objects],
+                "member": [e.member for e in objects],
+                "offset": [e.offset for e in objects],
+                "mtime": [e.record.mtime for e in objects],
+            }
+            await self._query("write", _MOVE, params)
+        await self.put_batch(bucket, batch_id, tar_key, entries)
+        return entries
 
     async def expire(self, older_than: float, limit: int = 2000) -> int:
         """Delete up to ``limit`` objects (and as many tombstones and updates) stamped before

@@ -53,10 +53,29 @@ def newest(
     if not candidates:
         return None
     best = max(candidates, key=lambda entry: (entry.record.mtime, entry.batch_id))
+    other = shared.visible()
+    if local is not None and other is not None and moved(local, other):
+        best = other  # compacted: the own row still names the replaced batch
     deletes = [stamp for stamp in (local_tombstone, shared.tombstone) if stamp is not None]
     if deletes and max(deletes) >= best.record.mtime:
         return None
     return best
+
+
+def moved(own: CatalogEntry, shared: CatalogEntry) -> bool:
+    """Whether ``shared`` is the same write as ``own`` rewritten by compaction into a later
+    batch (docs/compaction.md): same key and ETag, stamps equal to the millisecond (an index
+    gives them so, the spool exactly), a larger batch id."""
+    return (
+        shared.batch_id > own.batch_id
+        and shared.record.key == own.record.key
+        and shared.record.etag == own.record.etag
+        and _millis(shared.record.mtime) == _millis(own.record.mtime)
+    )
+
+
+def _millis(stamp: float) -> int:
+    return round(stamp * 1_000_000) // 1000
 
 
 @dataclass(frozen=True, slots=True)

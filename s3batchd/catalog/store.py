@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from s3batchd.errors import DiskFull
-from s3batchd.index import IndexEntry
+from s3batchd.index import IndexEntry, entries_from_index, replaced_batches
 from s3batchd.records import ObjectRecord, Placed, updated_headers
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,15 @@ WHERE excluded.mtime > updates.mtime
 #: names its object by the object's stamp to the millisecond: an index gives stamps truncated
 #: to milliseconds (``index.iso_time``), the spool exactly, and a catalog may hold one from
 #: each. (Whole microseconds first, as iso_time rounds them: an integer below 2**53.)
+#: A compacted batch (index version 2) holds the same write of a key at a new place: the row of
+#: that write in a batch it replaces moves there. The write stamps are compared to the
+#: millisecond (the index truncates them, the spool gives them exactly, as in ``_SELECT``); the
+#: row keeps its stamp, ETag and attributes, so a move is never taken for a newer write.
+_MOVE = """
+UPDATE objects SET batch_id = ?, tar_key = ?, member = ?, offset = ?, uploaded = 1
+WHERE bucket = ? AND key = ? AND batch_id IN (SELECT value FROM json_each(?))
+AND CAST(round(mtime * 1000000) AS INTEGER) / 1000 = CAST(round(? * 1000000) AS INTEGER) / 1000
+"""
 _SELECT = """
 SELECT o.*, u.headers FROM objects o LEFT JOIN updates u
 ON u.bucket = o.bucket AND u.key = o.key
@@ -325,6 +334,40 @@ class Catalog:
                         uploaded=write.uploaded,
                     )
 
+    def put_index(self, bucket: str, document: dict[str, Any]) -> list[IndexEntry]:
+        """Record a checked index document (``index.parse_index``) of ``bucket``, in one
+        transaction: its objects, tombstones and attribute updates as ``put_many`` does, and
+        for a compacted batch (version 2, ``replaces``) the rows of the replaced batches' same
+        writes moved to it first. What ``s3batchd reindex`` and a follow loop call for each
+        index they read; returns the entries recorded."""
+        batch_id: str = document["batch_id"]
+        tar_key: str = document["tar"]["key"]
+        entries = entries_from_index(document)
+        replaced = json.dumps(replaced_batches(document))
+        with self._db_lock:
+            self.flush()
+            with self._transaction():
+                if replaced != "[]":
+                    for entry in entries:
+                        if entry.record.deleted or entry.record.update_of is not None:
+                            continue
+                        self._db.execute(
+                            _MOVE,
+                            (
+                                batch_id,
+                                tar_key,
+                                entry.member,
+                                entry.offset,
+                                bucket,
+                                entry.record.key,
+                                replaced,
+                                entry.record.mtime,
+                            ),
+                        )
+                for entry in entries:
+                    self._apply(bucket, batch_id, tar_key, entry, uploaded=True)
+        return entries
+
     def replace_batch(
         self, bucket: str, batch_id: str, tar_key: str, entries: Iterable[IndexEntry]
     ) -> list[str]:
@@ -458,6 +501,13 @@ class Catalog:
                 ).fetchone()
                 is not None
             }
+
+    def buckets(self) -> list[str]:
+        """The buckets the catalog has objects of (the in-daemon compaction's passes)."""
+        with self._db_lock:
+            self.flush()
+            rows = self._db.execute("SELECT DISTINCT bucket FROM objects ORDER BY bucket")
+            return [str(row[0]) for row in rows.fetchall()]
 
     def count(self) -> int:
         """Rows in the catalog."""

@@ -24,7 +24,7 @@ from s3batchd.cli.options import (
 from s3batchd.config import Settings
 from s3batchd.errors import CatalogUnavailable, CorruptObject
 from s3batchd.handlers.get import read_local
-from s3batchd.index import INDEX_SUFFIX, IndexEntry, entries_from_index
+from s3batchd.index import INDEX_SUFFIX, IndexEntry
 from s3batchd.reader import Location, ReaderError, get, load_index, parse_s3_url
 
 if TYPE_CHECKING:
@@ -154,11 +154,7 @@ def reindex_command(url: str, config_path: Path | None, endpoint_url: str | None
     try:
         with click.progressbar(keys, label="reading indexes", file=sys.stderr) as progress:
             for key in progress:
-                document = load_index(client, bucket, key)
-                entries = entries_from_index(document)
-                catalog.put_many(
-                    bucket, document["batch_id"], document["tar"]["key"], entries, uploaded=True
-                )
+                entries = catalog.put_index(bucket, load_index(client, bucket, key))
                 objects += _objects(entries)
     except ReaderError as exc:
         raise click.ClickException(f"cannot reindex {url}: {exc}") from exc
@@ -182,11 +178,7 @@ async def _reindex_shared(
         await catalog.migrate()
         with click.progressbar(keys, label="reading indexes", file=sys.stderr) as progress:
             for key in progress:
-                document = load_index(client, bucket, key)
-                entries = entries_from_index(document)
-                await catalog.put_batch(
-                    bucket, document["batch_id"], document["tar"]["key"], entries
-                )
+                entries = await catalog.put_index(bucket, load_index(client, bucket, key))
                 objects += _objects(entries)
     except (ReaderError, CatalogUnavailable) as exc:
         raise click.ClickException(f"cannot reindex s3://{bucket}: {exc}") from exc

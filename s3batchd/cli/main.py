@@ -15,6 +15,7 @@ import click
 from s3batchd import __version__
 from s3batchd.allocator import limit_arenas
 from s3batchd.cli.catalog import catalog_group, get_command, reindex_command
+from s3batchd.cli.compact import compact_command
 from s3batchd.cli.devenv import DevEnvironment, write_config, write_env
 from s3batchd.cli.options import config_option
 from s3batchd.cli.parked import parked
@@ -283,3 +284,4 @@ main.add_command(catalog_group)
 main.add_command(ls)
 main.add_command(extract)
 main.add_command(parked)
+main.add_command(compact_command)

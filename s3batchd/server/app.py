@@ -28,6 +28,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from s3batchd.batching.pipeline import Pipeline
+from s3batchd.compaction.loop import CompactionLoop
 from s3batchd.concurrency import Pool, Threads
 from s3batchd.config import Settings
 from s3batchd.errors import (
@@ -270,6 +271,15 @@ def create_app(
         except BaseException:
             threads.close()
             raise
+        compaction = CompactionLoop(
+            settings,
+            pipeline.client,
+            pipeline.catalog,
+            threads=threads,
+            shared=lambda: None if pipeline.shared is None else pipeline.shared.catalog,
+        )
+        if settings.compaction.enabled:
+            compaction.start()
         lag = LoopLagMonitor(metrics.loop_lag, interval_s=settings.metrics.loop_lag_interval_s)
         if settings.metrics.loop_lag_interval_s > 0:
             lag.start()
@@ -308,6 +318,7 @@ def create_app(
         try:
             yield
         finally:
+            await compaction.close()
             await buckets.close()
             await forwarder.aclose()
             await bucket_modes.close()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sqlite3
 import time
@@ -33,7 +32,15 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from botocore.exceptions import BotoCoreError, ClientError
 
 from s3batchd.concurrency import Pool, Threads
-from s3batchd.index import IndexEntry, batch_created, entries_from_index, is_batch_id
+from s3batchd.errors import IndexFormatError
+from s3batchd.index import (
+    IndexEntry,
+    batch_created,
+    entries_from_index,
+    is_batch_id,
+    parse_index,
+    replaced_batches,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -75,6 +82,10 @@ class CatalogTarget(Protocol):
         uploaded: bool,
     ) -> None:
         """Record rows of one batch (one transaction)."""
+
+    def put_index(self, bucket: str, document: dict[str, Any]) -> list[IndexEntry]:
+        """Record a whole checked index in one transaction, moving the keys of the batches a
+        compacted one (format version 2) replaces."""
 
     def count(self) -> int:
         """Objects in the catalog."""
@@ -128,6 +139,8 @@ class _Batch:
     batch_id: str
     tar_key: str
     entries: list[IndexEntry]
+    document: dict[str, Any]
+    """The checked index (a compacted batch's moves its keys: ``put_index``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,8 +458,8 @@ class Follower:
             self.errors["get"] += 1
             raise
         try:
-            return _parse(body)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return _parse(body, key)
+        except IndexFormatError as exc:
             self.errors["parse"] += 1
             logger.error(  # noqa: TRY400  one line: the bucket's data, not a bug here
                 "catalog follow: s3://%s/%s is not a valid index: %s", bucket, key, exc
@@ -457,6 +470,11 @@ class Follower:
         """Write one index's rows; how many objects it has."""
         entries = batch.entries
         try:
+            if replaced_batches(batch.document):  # a compacted batch: its keys move to it
+                self._target.put_index(bucket, batch.document)
+                return sum(
+                    1 for e in entries if not e.record.deleted and e.record.update_of is None
+                )
             # In order (objects, then tombstones, then updates), each part idempotent.
             for at in range(0, len(entries), WRITE_ROWS):
                 part = entries[at : at + WRITE_ROWS]
@@ -467,12 +485,13 @@ class Follower:
         return sum(1 for e in entries if not e.record.deleted and e.record.update_of is None)
 
 
-def _parse(body: bytes) -> _Batch:
-    """The rows of an index document (docs/index-format.md)."""
-    document = json.loads(body)
-    if not isinstance(document, dict):
-        raise TypeError("not a JSON object")
-    return _Batch(document["batch_id"], document["tar"]["key"], entries_from_index(document))
+def _parse(body: bytes, key: str) -> _Batch:
+    """The rows of an index document (docs/index-format.md), checked as every reader of the
+    format checks it (``index.parse_index``: versions 1 and 2)."""
+    document = parse_index(body, where=key)
+    return _Batch(
+        document["batch_id"], document["tar"]["key"], entries_from_index(document), document
+    )
 
 
 def _mark(state: BucketFollow, index: _Index) -> None:

@@ -1,0 +1,294 @@
+"""One compaction pass over a bucket (``s3batchd compact``): take the lease, finish what an
+earlier pass left (a tar whose index was never written, replaced batches past their grace
+period), survey the indexes, rewrite the batches the rules choose, release the lease.
+
+Crash-safe and idempotent: the index of the new batch is its commit marker. Before it exists
+the old batches are authoritative (a new tar without an index is deleted by the next pass,
+named in the lease as ``writing``); once it exists the new batch is (the old ones are
+``replaced``, left out of every later survey, and deleted after ``compaction.grace_s``, tar
+before index). A batch whose own replaced batches are not deleted yet is not rewritten again,
+so a ``replaces`` list never has to be carried from one compacted batch to the next.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import ClientError
+
+from s3batchd.compaction.lease import Lease, verify_conditional_writes
+from s3batchd.compaction.rewrite import Source, Written, delete_batch, write_batch
+from s3batchd.compaction.survey import (
+    BatchState,
+    Listed,
+    Prices,
+    Rules,
+    Survey,
+    monthly_storage_usd,
+    should_rewrite,
+    survey,
+)
+from s3batchd.index import INDEX_SUFFIX, WriterId, index_key, new_batch_id, tar_key
+from s3batchd.reader import ReadStats, load_index
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectTypeDef
+
+    from s3batchd.config import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Index GETs in flight while surveying.
+_SURVEY_THREADS = 8
+
+
+@dataclass(slots=True)
+class Chosen:
+    """A batch the rules chose, and why (``erase`` or ``dead``)."""
+
+    batch: BatchState
+    reason: str
+
+
+@dataclass(slots=True)
+class PassReport:
+    """What a pass found and did (or, with ``dry_run``, would do)."""
+
+    dry_run: bool
+    survey: Survey | None = None
+    chosen: list[Chosen] = field(default_factory=list)
+    written: list[Written] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    """Replaced batches deleted (dry run: due for deletion)."""
+    orphans: list[str] = field(default_factory=list)
+    """Tars of compacted batches an earlier pass never finished, deleted."""
+    requests: dict[str, int] = field(
+        default_factory=lambda: {"GET": 0, "PUT": 0, "LIST": 0, "DELETE": 0}
+    )
+    saved_per_month_usd: float = 0.0
+    dead_per_month_usd: float = 0.0
+    """What the dead bytes of the current batches cost to store per month."""
+    oldest_death_age_s: float | None = None
+    """Seconds since the longest-dead object still in the bucket died (None: none)."""
+
+    @property
+    def live_bytes(self) -> int:
+        """Live object bytes in the chosen batches (rewritten)."""
+        return sum(c.batch.live_bytes for c in self.chosen)
+
+    @property
+    def dead_bytes(self) -> int:
+        """Dead object bytes in the chosen batches (dropped)."""
+        return sum(c.batch.dead_bytes for c in self.chosen)
+
+
+def rules_of(settings: Settings) -> Rules:
+    """The rewrite rules of ``settings``."""
+    config = settings.compaction
+    prices = Prices(
+        storage_gb_month=config.storage_price_per_gb_month_usd,
+        get_per_1000=config.get_price_per_1000_usd,
+        put_per_1000=settings.metrics.put_price_per_1000_usd,
+    )
+    return Rules(
+        min_dead_ratio=config.min_dead_ratio,
+        payback_days=config.payback_days,
+        erase_within_s=config.erase_within_s,
+        prices=prices,
+    )
+
+
+@dataclass
+class Compactor:
+    """Runs passes over one bucket with one client and the daemon's settings."""
+
+    client: S3Client
+    bucket: str
+    settings: Settings
+    writer: WriterId = field(default_factory=lambda: WriterId.generate("compactor"))
+    _sequence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    @property
+    def prefix(self) -> str:
+        """Where the batches are (``upstream.prefix``)."""
+        return self.settings.upstream.prefix
+
+    def run(
+        self,
+        *,
+        dry_run: bool = False,
+        progress: Callable[[int], None] | None = None,
+        on_written: Callable[[Written], None] | None = None,
+    ) -> PassReport:
+        """One pass; ``progress`` is called with the objects of each batch rewritten,
+        ``on_written`` with each new batch once its index is written, before any batch it
+        replaces is deleted (the daemon's catalog learns the new places there).
+
+        Raises:
+            LeaseHeld: another compactor holds the lease.
+            CompactionError: the upstream does not honour conditional writes.
+        """
+        report = PassReport(dry_run=dry_run)
+        if dry_run:  # reads only: no lease, no probe object
+            self._pass(report, None, progress, None)
+            return report
+        verify_conditional_writes(self.client, self.bucket, self.prefix)
+        report.requests["PUT"] += 2
+        report.requests["DELETE"] += 1
+        lease = Lease(
+            self.client,
+            self.bucket,
+            self.prefix,
+            owner=str(self.writer),
+            duration_s=self.settings.compaction.lease_s,
+        )
+        lease.take()
+        report.requests["PUT"] += 1
+        try:
+            self._pass(report, lease, progress, on_written)
+        finally:
+            lease.release()
+            report.requests["PUT"] += 1
+        return report
+
+    def _pass(
+        self,
+        report: PassReport,
+        lease: Lease | None,
+        progress: Callable[[int], None] | None,
+        on_written: Callable[[Written], None] | None,
+    ) -> None:
+        if lease is not None and lease.found_writing:
+            self._finish_orphan(report, lease.found_writing)
+        now = time.time()
+        found = survey(self._listed(report))
+        report.survey = found
+        oldest = found.oldest_death()
+        report.oldest_death_age_s = None if oldest is None else max(now - oldest, 0.0)
+        self._delete_due(report, found, now)
+        rules = rules_of(self.settings)
+        dead = sum(batch.dead_footprint for batch in found.batches)
+        report.dead_per_month_usd = monthly_storage_usd(dead, rules.prices)
+        pending = {replaced.by for replaced in found.replaced}
+        for batch in found.batches:
+            reason = None if batch.batch_id in pending else should_rewrite(batch, rules, now)
+            if reason is not None:
+                report.chosen.append(Chosen(batch, reason))
+        saved = sum(c.batch.tar_size for c in report.chosen)
+        for group in self._groups(report.chosen):
+            if lease is None:
+                continue
+            written = self._rewrite(report, lease, group)
+            if on_written is not None:
+                on_written(written)
+            saved -= written.tar_size
+            if progress is not None:
+                progress(written.objects)
+            if self.settings.compaction.grace_s == 0:
+                for chosen in group:
+                    self._delete(report, chosen.batch.listed.document["tar"]["key"], chosen)
+        if lease is None:  # dry run: the new tars would drop the dead members
+            saved = sum(c.batch.dead_footprint for c in report.chosen)
+        report.saved_per_month_usd = monthly_storage_usd(max(saved, 0), rules.prices)
+
+    def _listed(self, report: PassReport) -> list[Listed]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix
+        )
+        items = []
+        for page in pages:
+            report.requests["LIST"] += 1
+            items += [i for i in page.get("Contents", []) if i["Key"].endswith(INDEX_SUFFIX)]
+        stats = ReadStats()
+
+        def load(item: ObjectTypeDef) -> Listed:
+            key = item["Key"]
+            document = load_index(self.client, self.bucket, key, stats=stats)
+            return Listed(key, item["LastModified"].timestamp(), document)
+
+        with ThreadPoolExecutor(_SURVEY_THREADS, thread_name_prefix="compaction") as pool:
+            listed = list(pool.map(load, items))
+        report.requests["GET"] += stats.requests
+        return listed
+
+    def _finish_orphan(self, report: PassReport, batch_id: str) -> None:
+        """A previous holder died while writing ``batch_id``: without its index the tar is
+        not a batch; delete it (with its index the batch is committed: nothing to do)."""
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=index_key(self.prefix, batch_id))
+        except ClientError:
+            self.client.delete_object(Bucket=self.bucket, Key=tar_key(self.prefix, batch_id))
+            report.requests["DELETE"] += 1
+            report.orphans.append(batch_id)
+            logger.info("compaction: unfinished batch %s deleted", batch_id)
+        report.requests["GET"] += 1
+
+    def _delete_due(self, report: PassReport, found: Survey, now: float) -> None:
+        grace = self.settings.compaction.grace_s
+        for replaced in found.replaced:
+            if replaced.since > now - grace:
+                continue
+            if not report.dry_run:
+                delete_batch(
+                    self.client,
+                    bucket=self.bucket,
+                    tar=replaced.tar_key,
+                    index=replaced.index_key,
+                )
+                report.requests["DELETE"] += 2
+            report.deleted.append(replaced.batch_id)
+
+    def _delete(self, report: PassReport, tar: str, chosen: Chosen) -> None:
+        delete_batch(self.client, bucket=self.bucket, tar=tar, index=chosen.batch.listed.key)
+        report.requests["DELETE"] += 2
+        report.deleted.append(chosen.batch.batch_id)
+
+    def _groups(self, chosen: list[Chosen]) -> list[list[Chosen]]:
+        """The chosen batches in groups whose live bytes fit one batch (``batch.max_bytes``):
+        several small batches become one."""
+        limit = self.settings.batch.max_bytes
+        groups: list[list[Chosen]] = []
+        size = 0
+        for item in chosen:
+            if not groups or size + item.batch.live_bytes > limit:
+                groups.append([])
+                size = 0
+            groups[-1].append(item)
+            size += item.batch.live_bytes
+        return groups
+
+    def _rewrite(self, report: PassReport, lease: Lease, group: list[Chosen]) -> Written:
+        batch_id = new_batch_id(self.writer, next(self._sequence))
+        lease.renew(writing=batch_id)  # a crash before the index: the next holder cleans up
+        report.requests["PUT"] += 1
+        sources = [
+            Source(
+                c.batch.batch_id,
+                c.batch.listed.document["tar"]["key"],
+                c.batch.live,
+                c.batch.listed.document,
+            )
+            for c in group
+        ]
+        stats = ReadStats()
+        written = write_batch(
+            self.client,
+            bucket=self.bucket,
+            prefix=self.prefix,
+            batch_id=batch_id,
+            sources=sources,
+            stats=stats,
+        )
+        report.requests["GET"] += written.get_requests
+        report.requests["PUT"] += written.put_requests
+        report.written.append(written)
+        lease.renew()
+        report.requests["PUT"] += 1
+        return written
