@@ -19,8 +19,8 @@ from s3batchd.catalog.store import CORRUPT_KEPT, Catalog, CatalogWrite
 from s3batchd.catalog.writer import CatalogWriter
 from s3batchd.concurrency import Threads
 from s3batchd.errors import DiskFull
-from s3batchd.handlers.get import ListQuery, common_prefix
 from s3batchd.handlers.listing import catalog_page, local_scan
+from s3batchd.handlers.listpage import ListQuery, common_prefix
 from s3batchd.index import IndexEntry
 from s3batchd.records import EMPTY_MD5, ObjectRecord
 

@@ -32,7 +32,13 @@ from s3batchd.catalog.store import Catalog, CatalogEntry
 from s3batchd.config import UpstreamConfig
 from s3batchd.forward.passthrough import Call, forward
 from s3batchd.forward.proxy import read_all
-from s3batchd.handlers.get import ListItem, ListQuery, common_prefix, list_xml, parse_list_query
+from s3batchd.handlers.listpage import (
+    ListItem,
+    ListQuery,
+    common_prefix,
+    list_xml,
+    parse_list_query,
+)
 from s3batchd.s3.xml import parse
 
 
