@@ -175,6 +175,7 @@ NEVER_ANSWERED = {
     errors.UploadError,  # the uploader retries or parks; writers meet UploadRefused
     errors.LookupFailedError,  # bucketmodes.py keeps the last answer meanwhile
     errors.IndexFormatError,  # indexes are parsed by the reader, reindex and background tasks
+    errors.CompactionError,  # compaction passes run in the background or from the CLI
     ReaderError,  # the reader library's, for its callers
 }
 

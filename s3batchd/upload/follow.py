@@ -65,6 +65,10 @@ PROGRESS_EVERY_S = 10.0
 #: Rows per catalog transaction: a large index is written in several, so the SQLite write lock
 #: is never held long (the event loop's own catalog writes wait for it).
 WRITE_ROWS = 1000
+#: Seconds before a failed round is tried again (at most ``follow_interval_s``): while the
+#: last round of a bucket failed, reads its catalog cannot answer get 503 SlowDown, so the
+#: follower finds out soon that the bucket answers again (one failed LIST costs little).
+RETRY_FAILED_S = 5.0
 #: Failures of the follower's own machinery that end a round (retried at the next one).
 ROUND_ERRORS = (ClientError, BotoCoreError, OSError, sqlite3.Error)
 
@@ -310,7 +314,8 @@ class Follower:
             if state.error is None:
                 logger.warning("catalog follow of s3://%s failed: %s", state.bucket, exc)
             state.error = str(exc)
-            state.due = time.monotonic() + self._config.follow_interval_s
+            # Reads the catalog cannot answer get 503 until a round works: tried again soon.
+            state.due = time.monotonic() + min(self._config.follow_interval_s, RETRY_FAILED_S)
             return
         if state.error is not None:
             logger.info("catalog follow of s3://%s works again", state.bucket)
