@@ -65,7 +65,7 @@ async def serve(daemon: Daemon, request: Request, request_id: str) -> Response:
     authenticator = daemon.authenticator
     context = authenticator.verify(request.scope, target.bucket, target.key, target.virtual)
     operation = operation_of(request.method, target, headers)
-    request.state.operation = operation
+    request.scope["state"]["operation"] = operation
     if target.bucket:
         check_bucket(target.bucket)
     if target.key:

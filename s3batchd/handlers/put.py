@@ -106,7 +106,7 @@ async def put_object(call: Call) -> Response:
         pace=daemon.body_pace,
         verifier=chunk_verifier(call.context),
     )
-    call.request.state.body_consumed = True
+    call.request.scope["state"]["body_consumed"] = True
     daemon.received_bytes.inc(body.size)
     if can_forward and body.size >= threshold:
         # A body of unknown size that grew past the threshold: verified, then forwarded.

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote
 from xml.sax.saxutils import escape
 
-from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -43,6 +42,7 @@ from s3batchd.forward.daemon import Daemon
 from s3batchd.forward.proxy import Forwarder
 from s3batchd.handlers.dispatch import serve
 from s3batchd.handlers.owners import Owners
+from s3batchd.handlers.put import Stored
 from s3batchd.index import WriterId
 from s3batchd.s3.addressing import authority_of
 from s3batchd.s3.auth import Authenticator
@@ -74,9 +74,10 @@ class S3Front:
         self.app = app
         self.state = state_of(app)
         self.metrics = self.state.metrics
-        self._counted: dict[tuple[str, int], Counter] = {}
-        """The request counter's child per operation and status (``labels()`` per request
-        showed in the profile)."""
+        self._counted: dict[tuple[str, int], Callable[[], None]] = {}
+        """The request counter's child's ``inc`` per operation and status (``labels()`` per
+        request showed in the profile)."""
+        self._ack_observe = self.metrics.ack_latency.observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,30 +96,48 @@ class S3Front:
         except S3Error as exc:
             response = render_s3_error(request, exc)
         raw = response.raw_headers
-        present = {name for name, _ in raw}
-        if b"x-amz-request-id" not in present:
-            raw.append((b"x-amz-request-id", request_id.encode()))
-        if b"server" not in present:
-            raw.append((b"server", b"s3batchd"))
-        if _body_unread(scope) and b"connection" not in present:
-            # uvicorn would read the unsent body of an Expect: 100-continue request as the
-            # next request on this connection (notes/wire.md §8): close it.
-            raw.append((b"connection", b"close"))
         status = response.status_code
         operation = state.get("operation", scope["method"])
         try:
-            await response(scope, receive, send)
+            if type(response) is Stored:
+                # A stored PutObject: its headers are the daemon's own (no request id, server
+                # or connection among them) and its body was read; two messages, as
+                # Response.__call__ would send them, without the header scan.
+                raw.append((b"x-amz-request-id", request_id.encode()))
+                raw.append(_SERVER)
+                await send({"type": "http.response.start", "status": 200, "headers": raw})
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                _complete_headers(raw, request_id, scope)
+                await response(scope, receive, send)
         finally:
-            counter = self._counted.get((operation, status))
-            if counter is None:
-                counter = self.metrics.requests.labels(operation, str(status))
-                self._counted[(operation, status)] = counter
-            counter.inc()
-            if operation == "PutObject" and status == 200:
-                self.metrics.ack_latency.observe(time.perf_counter() - started)
+            count = self._counted.get((operation, status))
+            if count is None:
+                count = self.metrics.requests.labels(operation, str(status)).inc
+                self._counted[(operation, status)] = count
+            count()
+            if status == 200 and operation == "PutObject":
+                self._ack_observe(time.perf_counter() - started)
         if logger.isEnabledFor(logging.DEBUG):
             # The path only: a query string may carry a presigned signature.
             logger.debug("%s %s %s -> %d", request_id, scope["method"], scope["path"], status)
+
+
+_SERVER = (b"server", b"s3batchd")
+
+
+def _complete_headers(raw: list[tuple[bytes, bytes]], request_id: str, scope: Scope) -> None:
+    """Add what every answer the daemon gives carries, unless the response has it:
+    ``x-amz-request-id``, ``Server``, and ``Connection: close`` when the body was not read."""
+    present = {name for name, _ in raw}
+    if b"x-amz-request-id" not in present:
+        raw.append((b"x-amz-request-id", request_id.encode()))
+    if b"server" not in present:
+        raw.append(_SERVER)
+    if _body_unread(scope) and b"connection" not in present:
+        # uvicorn would read the unsent body of an Expect: 100-continue request as the
+        # next request on this connection (notes/wire.md §8): close it.
+        raw.append((b"connection", b"close"))
 
 
 def new_request_id() -> str:

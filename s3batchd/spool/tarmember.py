@@ -112,9 +112,10 @@ def _pax_line(keyword: str, value: str) -> str:
     digits and the UTF-8 bytes of the rest)."""
     line = f" {keyword}={value}\n"
     size = len(line) if line.isascii() else len(line.encode("utf-8"))
-    total = size + len(str(size))
-    if len(str(total)) != len(str(size)):
-        total = size + len(str(total))
+    digits = len(str(size))
+    total = size + digits
+    if total >= 10**digits:  # the length's own digits carried it to one digit more
+        total += 1
     return f"{total}{line}"
 
 
