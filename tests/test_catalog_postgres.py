@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import psycopg
@@ -14,10 +15,12 @@ from psycopg import sql
 
 from s3batchd.catalog.postgres import SCHEMA_VERSION, PostgresCatalog, SharedAnswer
 from s3batchd.catalog.shared import newest
-from s3batchd.catalog.store import CatalogEntry
+from s3batchd.catalog.store import Catalog, CatalogEntry
 from s3batchd.cli.main import main
 from s3batchd.cli.seaweed import LocalS3, free_ports
 from s3batchd.errors import CatalogUnavailable
+from s3batchd.handlers.get import ListQuery
+from s3batchd.handlers.listing import _with_shared as listing_with_shared
 from s3batchd.index import IndexEntry
 from s3batchd.records import EMPTY_MD5, ObjectRecord
 from tests.conftest import DaemonFactory
@@ -302,3 +305,49 @@ def test_a_read_serves_the_later_write_of_either_catalog() -> None:
     assert newest(own, 9.0, SharedAnswer(None, None)) is own
     assert newest(None, None, SharedAnswer(other, 10.5)) is None
     assert newest(None, None, SharedAnswer(None, None)) is None
+
+
+def test_writes_in_one_millisecond_through_two_daemons_resolve_alike_on_both() -> None:
+    """A writes at .1234, B at .1237 (the same millisecond): PostgreSQL holds B's row at the
+    index's millisecond; each daemon holds its own write exactly. Both serve B's (the larger
+    batch id), and a delete through B in that millisecond hides A's write on A too."""
+    a_id, b_id = "20261207T000000Z-aaaa-000001", "20261207T000000Z-bbbb-000001"
+    a_own, b_own = _entry(a_id, 1765000000.1234), _entry(b_id, 1765000000.1237)
+    in_postgres = _entry(b_id, 1765000000.123)
+    via_a = newest(a_own, None, SharedAnswer(in_postgres, None))
+    via_b = newest(b_own, None, SharedAnswer(in_postgres, None))
+    assert via_a is not None and via_a.batch_id == b_id
+    assert via_b is not None and via_b.batch_id == b_id
+    assert newest(a_own, None, SharedAnswer(None, 1765000000.123)) is None
+    assert SharedAnswer(_entry(a_id, 1765000000.1234), 1765000000.123).visible() is None
+
+
+def test_a_listing_merges_both_catalogs_by_millisecond_and_batch_id(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    """The listing serves the write a read serves: B's (PostgreSQL, milliseconds, larger
+    batch id) over A's own exact write in the same millisecond, whose LastModified string is
+    the same (the old merge let the own item win that tie)."""
+    a_id, b_id = "20261207T000000Z-aaaa-000001", "20261207T000000Z-bbbb-000001"
+    own = Catalog(tmp_path / "catalog.sqlite3")
+    mine = ObjectRecord(key="k", size=1, md5_hex="0" * 32, mtime=1765000000.1234)
+    own.put_many("b", a_id, "tar-a", [IndexEntry(mine, "m/k", 512)], uploaded=True)
+    query = ListQuery(
+        v2=True,
+        prefix="",
+        delimiter="",
+        max_keys=10,
+        after="",
+        url_encoded=False,
+        token=None,
+        start_after="",
+        marker="",
+    )
+
+    async def work(catalog: PostgresCatalog) -> list[int]:
+        await catalog.put_batch("b", b_id, "tar-b", [obj("k", 1765000000.123, b"yy")])
+        page = await listing_with_shared(own, catalog, "b", query, "")
+        return [item.size for item in page.items]
+
+    assert run(postgres_dsn, work) == [2]  # B's size, not A's 1
+    own.close()

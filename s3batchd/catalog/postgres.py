@@ -34,7 +34,7 @@ import psycopg
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from s3batchd.catalog.store import CatalogEntry
+from s3batchd.catalog.store import CatalogEntry, stamp_ms
 from s3batchd.errors import CatalogUnavailable
 from s3batchd.index import IndexEntry
 from s3batchd.records import ObjectRecord, updated_headers
@@ -194,7 +194,9 @@ class SharedAnswer:
         """The object unless a tombstone at or after it hides it."""
         if self.entry is None:
             return None
-        if self.tombstone is not None and self.tombstone >= self.entry.record.mtime:
+        if self.tombstone is not None and stamp_ms(self.tombstone) >= stamp_ms(
+            self.entry.record.mtime
+        ):
             return None
         return self.entry
 

@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 
 from s3batchd.catalog.postgres import PostgresCatalog, SharedAnswer
-from s3batchd.catalog.store import CatalogEntry
+from s3batchd.catalog.store import CatalogEntry, stamp_ms
 from s3batchd.concurrency import run_sync
 from s3batchd.errors import CatalogUnavailable
 from s3batchd.index import IndexEntry
@@ -47,14 +47,16 @@ def newest(
     local: CatalogEntry | None, local_tombstone: float | None, shared: SharedAnswer
 ) -> CatalogEntry | None:
     """The object a read serves: the later of the daemon's own and the shared catalog's (by
-    write stamp, then batch id; the own one when both are the same write), unless a delete
-    at or after it, known to either, hides it."""
+    write stamp to the millisecond, then batch id; the own one when both are the same write),
+    unless a delete at or after it (to the millisecond), known to either, hides it. The own
+    stamps are exact, the shared ones are the index's milliseconds: compared exactly, two
+    writes in one millisecond through two daemons would resolve differently on each."""
     candidates = [entry for entry in (local, shared.visible()) if entry is not None]
     if not candidates:
         return None
-    best = max(candidates, key=lambda entry: (entry.record.mtime, entry.batch_id))
-    deletes = [stamp for stamp in (local_tombstone, shared.tombstone) if stamp is not None]
-    if deletes and max(deletes) >= best.record.mtime:
+    best = max(candidates, key=lambda entry: (stamp_ms(entry.record.mtime), entry.batch_id))
+    deletes = [stamp_ms(s) for s in (local_tombstone, shared.tombstone) if s is not None]
+    if deletes and max(deletes) >= stamp_ms(best.record.mtime):
         return None
     return best
 

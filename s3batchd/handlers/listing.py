@@ -28,7 +28,7 @@ from xml.etree import ElementTree
 from starlette.responses import Response
 
 from s3batchd.catalog.postgres import PostgresCatalog
-from s3batchd.catalog.store import Catalog, CatalogEntry
+from s3batchd.catalog.store import Catalog, CatalogEntry, stamp_ms
 from s3batchd.config import UpstreamConfig
 from s3batchd.forward.passthrough import Call, forward
 from s3batchd.forward.proxy import read_all
@@ -128,7 +128,7 @@ def shared_scan(shared: PostgresCatalog, local: Catalog, bucket: str, prefix: st
             rows = await shared.page(bucket, prefix, after, _SHARED_PAGE_ROWS)
             for entry in rows:
                 deleted = local.tombstone(bucket, entry.record.key)
-                if deleted is None or deleted < entry.record.mtime:
+                if deleted is None or stamp_ms(deleted) < stamp_ms(entry.record.mtime):
                     yield entry
             if len(rows) < _SHARED_PAGE_ROWS:
                 return
@@ -159,7 +159,12 @@ async def _unhidden(
     entries: list[CatalogEntry], shared: PostgresCatalog, bucket: str
 ) -> list[CatalogEntry]:
     deletes = await shared.tombstones(bucket, [entry.record.key for entry in entries])
-    return [entry for entry in entries if deletes.get(entry.record.key, -1.0) < entry.record.mtime]
+    return [
+        entry
+        for entry in entries
+        if entry.record.key not in deletes
+        or stamp_ms(deletes[entry.record.key]) < stamp_ms(entry.record.mtime)
+    ]
 
 
 async def _nothing_batched(
@@ -180,16 +185,19 @@ async def _with_shared(
 ) -> _Page:
     """The listing items of the batched keys of every daemon: this daemon's own (``mine``,
     read again without what other daemons deleted) merged with the fleet's catalog, the
-    later object of a key winning."""
+    later object of a key winning by (stamp to the millisecond, batch id), as ``newest``
+    decides for a read (the own one when both are the same write)."""
+    own_writes: dict[str, tuple[int, str]] = {}
+    fleet_writes: dict[str, tuple[int, str]] = {}
     own = unhidden_scan(local_scan(catalog, bucket, query.prefix), shared, bucket)
-    mine = await catalog_page(own, query, hidden=hidden)
-    fleet = await catalog_page(
-        shared_scan(shared, catalog, bucket, query.prefix), query, hidden=hidden
-    )
+    mine = await catalog_page(_noting(own, own_writes), query, hidden=hidden)
+    fleet_scan = shared_scan(shared, catalog, bucket, query.prefix)
+    fleet = await catalog_page(_noting(fleet_scan, fleet_writes), query, hidden=hidden)
     merged: dict[str, ListItem] = {item.name: item for item in fleet.items}
     for item in mine.items:
         other = merged.get(item.name)
-        if other is None or item.prefix or item.last_modified >= other.last_modified:
+        own_wins = other is None or item.prefix or other.prefix
+        if own_wins or own_writes[item.name] >= fleet_writes[item.name]:
             merged[item.name] = item
     names = sorted(merged, key=lambda name: name.encode("utf-8", "surrogatepass"))
     bounds = [side.items[-1].name for side in (mine, fleet) if side.truncated and side.items]
@@ -202,6 +210,17 @@ async def _with_shared(
         ]
     truncated = mine.truncated or fleet.truncated or len(names) > query.max_keys
     return _Page([merged[name] for name in names[: query.max_keys + 1]], truncated)
+
+
+def _noting(scan: Scan, writes: dict[str, tuple[int, str]]) -> Scan:
+    """``scan``, noting the (stamp to the millisecond, batch id) of each object in ``writes``."""
+
+    async def noted(after: str) -> AsyncIterator[CatalogEntry]:
+        async for entry in scan(after):
+            writes[entry.record.key] = (stamp_ms(entry.record.mtime), entry.batch_id)
+            yield entry
+
+    return noted
 
 
 async def catalog_page(scan: Scan, query: ListQuery, *, hidden: str = "") -> _Page:
