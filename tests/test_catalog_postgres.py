@@ -351,3 +351,49 @@ def test_a_listing_merges_both_catalogs_by_millisecond_and_batch_id(
 
     assert run(postgres_dsn, work) == [2]  # B's size, not A's 1
     own.close()
+
+
+class _CountingCatalog(PostgresCatalog):
+    """The real catalog, counting the rows its listing queries return."""
+
+    rows_read = 0
+
+    async def page(self, bucket: str, prefix: str, after: str, limit: int) -> list[CatalogEntry]:
+        rows = await super().page(bucket, prefix, after, limit)
+        self.rows_read += len(rows)
+        return rows
+
+
+def test_a_delimiter_listing_reads_few_rows_per_common_prefix(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    """A top-level listing of 40 prefixes of 300 keys each reads a few rows per prefix, not
+    a page of 256 after each (the listing resumes after every prefix)."""
+    own = Catalog(tmp_path / "catalog.sqlite3")
+    entries = [obj(f"{p:03d}/{i:04d}", 10.0) for p in range(40) for i in range(300)]
+    own.put_many("lb", "20261207T000000Z-aaaa-000001", "t", [entries[5]], uploaded=True)
+    query = ListQuery(
+        v2=True,
+        prefix="",
+        delimiter="/",
+        max_keys=1000,
+        after="",
+        url_encoded=False,
+        token=None,
+        start_after="",
+        marker="",
+    )
+
+    async def main() -> tuple[list[str], int]:
+        catalog = _CountingCatalog(postgres_dsn, timeout_s=5)
+        try:
+            await catalog.put_batch("lb", "20261207T000000Z-bbbb-000001", "t", entries)
+            page = await listing_with_shared(own, catalog, "lb", query, "")
+            return [item.name for item in page.items], catalog.rows_read
+        finally:
+            await catalog.close()
+
+    names, rows_read = asyncio.run(main())
+    assert names == [f"{p:03d}/" for p in range(40)]
+    assert rows_read <= 40 * 8, rows_read
+    own.close()

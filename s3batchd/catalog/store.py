@@ -410,6 +410,22 @@ class Catalog:
             ).fetchone()
         return None if row is None else float(row[0])
 
+    def tombstones(self, bucket: str, keys: list[str]) -> dict[str, float]:
+        """The stamp of the latest delete of each of ``keys`` this catalog knows (one query
+        per 500 keys)."""
+        found: dict[str, float] = {}
+        with self._db_lock:
+            self.flush()
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT key, mtime FROM tombstones WHERE bucket = ? AND key IN ({marks})",  # noqa: S608  placeholders only
+                    (bucket, *chunk),
+                )
+                found.update((key, float(mtime)) for key, mtime in rows)
+        return found
+
     def iter_keys(self, bucket: str, prefix: str, after: str) -> Iterator[CatalogEntry]:
         """Objects of ``bucket`` whose key starts with ``prefix`` and sorts after ``after``,
         in S3 order (UTF-8 byte order, which is SQLite's BINARY collation). Read in pages of

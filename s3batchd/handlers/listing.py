@@ -20,7 +20,7 @@ one request for the keys after them (never one request per page of them).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from urllib.parse import unquote_plus
 from xml.etree import ElementTree
@@ -105,8 +105,20 @@ def hidden_prefix(upstream: UpstreamConfig, prefix: str) -> str:
 
 #: The batched objects of a bucket under a listing's prefix after a key, in S3 order.
 Scan = Callable[[str], AsyncIterator[CatalogEntry]]
-#: Rows per query of the PostgreSQL catalog in a listing.
+#: Rows per query of the PostgreSQL catalog in a listing: the first query after a resume
+#: (``catalog_page`` resumes after every common prefix, and a prefix's first key is all it
+#: needs of it) asks for ``_SHARED_FIRST_ROWS``, each next one for twice as many, up to
+#: ``_SHARED_PAGE_ROWS``. With 256 rows at once a top-level listing of 1,000 prefixes read
+#: 256,000 rows to use 1,000 (9 s, 4.35 s of event-loop CPU).
+_SHARED_FIRST_ROWS = 4
 _SHARED_PAGE_ROWS = 256
+
+
+def _page_sizes() -> Iterator[int]:
+    size = _SHARED_FIRST_ROWS
+    while True:
+        yield size
+        size = min(size * 2, _SHARED_PAGE_ROWS)
 
 
 def local_scan(catalog: Catalog, bucket: str, prefix: str) -> Scan:
@@ -121,16 +133,15 @@ def local_scan(catalog: Catalog, bucket: str, prefix: str) -> Scan:
 
 def shared_scan(shared: PostgresCatalog, local: Catalog, bucket: str, prefix: str) -> Scan:
     """The fleet's catalog as a ``Scan``, without the objects this daemon's own deletes
-    hide (not in it until their batch is uploaded)."""
+    hide (not in it until their batch is uploaded; one lookup of them per page)."""
 
     async def scan(after: str) -> AsyncIterator[CatalogEntry]:
-        while True:
-            rows = await shared.page(bucket, prefix, after, _SHARED_PAGE_ROWS)
-            for entry in rows:
-                deleted = local.tombstone(bucket, entry.record.key)
-                if deleted is None or stamp_ms(deleted) < stamp_ms(entry.record.mtime):
-                    yield entry
-            if len(rows) < _SHARED_PAGE_ROWS:
+        for size in _page_sizes():
+            rows = await shared.page(bucket, prefix, after, size)
+            deletes = local.tombstones(bucket, [entry.record.key for entry in rows])
+            for entry in _not_deleted(rows, deletes):
+                yield entry
+            if len(rows) < size:
                 return
             after = rows[-1].record.key
 
@@ -139,16 +150,20 @@ def shared_scan(shared: PostgresCatalog, local: Catalog, bucket: str, prefix: st
 
 def unhidden_scan(scan: Scan, shared: PostgresCatalog, bucket: str) -> Scan:
     """``scan`` (the daemon's own catalog) without the objects a delete through another
-    daemon hides (one query of the fleet's tombstones per ``_SHARED_PAGE_ROWS`` objects)."""
+    daemon hides (one query of the fleet's tombstones per chunk of objects, the chunks
+    growing as ``shared_scan``'s pages)."""
 
     async def filtered(after: str) -> AsyncIterator[CatalogEntry]:
+        sizes = _page_sizes()
+        size = next(sizes)
         chunk: list[CatalogEntry] = []
         async for entry in scan(after):
             chunk.append(entry)
-            if len(chunk) >= _SHARED_PAGE_ROWS:
+            if len(chunk) >= size:
                 for kept in await _unhidden(chunk, shared, bucket):
                     yield kept
                 chunk = []
+                size = next(sizes)
         for kept in await _unhidden(chunk, shared, bucket):
             yield kept
 
@@ -158,7 +173,14 @@ def unhidden_scan(scan: Scan, shared: PostgresCatalog, bucket: str) -> Scan:
 async def _unhidden(
     entries: list[CatalogEntry], shared: PostgresCatalog, bucket: str
 ) -> list[CatalogEntry]:
+    if not entries:
+        return []
     deletes = await shared.tombstones(bucket, [entry.record.key for entry in entries])
+    return _not_deleted(entries, deletes)
+
+
+def _not_deleted(entries: list[CatalogEntry], deletes: dict[str, float]) -> list[CatalogEntry]:
+    """``entries`` but those a delete in ``deletes`` (stamps by key) hides."""
     return [
         entry
         for entry in entries
