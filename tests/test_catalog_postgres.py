@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -24,7 +26,7 @@ from s3batchd.handlers.listing import _with_shared as listing_with_shared
 from s3batchd.index import IndexEntry
 from s3batchd.records import EMPTY_MD5, ObjectRecord
 from tests.conftest import DaemonFactory
-from tests.postgres import LocalPostgres
+from tests.postgres import LocalPostgres, start_local_postgres
 
 T = TypeVar("T")
 
@@ -397,3 +399,55 @@ def test_a_delimiter_listing_reads_few_rows_per_common_prefix(
     assert names == [f"{p:03d}/" for p in range(40)]
     assert rows_read <= 40 * 8, rows_read
     own.close()
+
+
+def _signal(postmaster: int, number: int) -> None:
+    """Send ``number`` to a PostgreSQL server's postmaster and its backends."""
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    for pid in [postmaster, *map(int, children)]:
+        os.kill(pid, number)
+
+
+def test_a_stopped_server_fails_reads_before_it_resumes() -> None:
+    """A hung PostgreSQL (SIGSTOP): a read fails (CatalogUnavailable) at its deadline, not
+    once psycopg's cancel has drained the connection (14 s), and the next one at once while
+    the last failure is recent. The server is continued 12 s after it was stopped: both
+    failures come before that, and reads succeed again afterwards."""
+    server = start_local_postgres()
+    try:
+
+        async def main() -> list[str]:
+            catalog = PostgresCatalog(server.dsn(), timeout_s=2)
+            events: list[str] = []
+            resumed = asyncio.Event()
+            try:
+                await catalog.get("b", "k")
+                _signal(server.pid, signal.SIGSTOP)
+                asyncio.get_running_loop().call_later(12, resume, events, resumed)
+                for _ in range(2):
+                    with pytest.raises(CatalogUnavailable):
+                        await catalog.get("b", "k")
+                    events.append("failed")
+                await resumed.wait()
+                for _ in range(50):  # until the breaker lets a call through
+                    try:
+                        await catalog.get("b", "k")
+                    except CatalogUnavailable:
+                        await asyncio.sleep(0.5)
+                    else:
+                        events.append("read")
+                        break
+            finally:
+                _signal(server.pid, signal.SIGCONT)
+                await catalog.close()
+            return events
+
+        def resume(events: list[str], resumed: asyncio.Event) -> None:
+            _signal(server.pid, signal.SIGCONT)
+            events.append("resumed")
+            resumed.set()
+
+        assert asyncio.run(main()) == ["failed", "failed", "resumed", "read"]
+    finally:
+        _signal(server.pid, signal.SIGCONT)
+        server.remove()

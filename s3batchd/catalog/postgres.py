@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -176,6 +177,9 @@ updates AS (
 SELECT (SELECT count(*) FROM objects), (SELECT count(*) FROM tombstones),
        (SELECT count(*) FROM buried), (SELECT count(*) FROM updates)
 """
+#: Seconds during which calls fail at once after a call failed (not for a statement timeout
+#: or a missing table: those are the query's, not the server's).
+BREAKER_S = 1.0
 #: Exact counts below this many rows, the planner's estimate above (a count(*) of ten
 #: million rows reads them all).
 _EXACT_COUNT_BELOW = 1_000_000
@@ -225,9 +229,23 @@ class PostgresCatalog:
                 "connect_timeout": max(1, round(timeout_s)),
                 # A query stuck behind a lock or a slow disk answers 503 like an outage.
                 "options": f"-c statement_timeout={int(timeout_s * 1000)}",
+                # A server that stops answering (a hung host, a dropped route) is noticed by
+                # the kernel, not after the default two hours of TCP silence.
+                "keepalives": 1,
+                "keepalives_idle": max(1, round(timeout_s)),
+                "keepalives_interval": max(1, round(timeout_s)),
+                "keepalives_count": 3,
+                "tcp_user_timeout": int(timeout_s * 3000),
             },
+            # A connection left from before a restart of the server is found broken when it
+            # is taken, not by the request that uses it (a 503).
+            check=AsyncConnectionPool.check_connection,
             name="s3batchd-catalog",
         )
+        self._calls: set[asyncio.Task[list[TupleRow]]] = set()
+        """Queries given up at their deadline, finishing (or cancelled) in the background."""
+        self._closed_until = 0.0
+        """Until this time (monotonic) calls fail at once: the last one failed."""
         self._opened = False
         self._migrated = False
         self.errors: Counter[str] = Counter()
@@ -243,7 +261,9 @@ class PostgresCatalog:
             self._opened = True
 
     async def close(self) -> None:
-        """Close every connection."""
+        """Close every connection (the queries given up get ``timeout_s`` to end first)."""
+        if self._calls:
+            await asyncio.wait(set(self._calls), timeout=self.timeout_s)
         if self._opened:
             await self._pool.close()
             self._opened = False
@@ -359,18 +379,59 @@ class PostgresCatalog:
     async def _query(
         self, operation: str, statement: str, params: dict[str, Any]
     ) -> list[TupleRow]:
+        """Run ``statement``; fail within ``timeout_s`` whatever the server does.
+
+        The query runs in a task that the caller stops waiting for at the deadline: cancelling
+        a query psycopg waits for the server to confirm the cancel and drains the connection
+        (14 s with a SIGSTOPped server), so the task is cancelled and left to finish in the
+        background (``_calls``). After a failure calls fail at once for ``BREAKER_S``: the
+        requests of a busy daemon do not queue behind the small pool of a dead server."""
+        if time.monotonic() < self._closed_until:
+            self.errors[operation] += 1
+            raise CatalogUnavailable(
+                f"PostgreSQL catalog: {operation} not tried: the last call failed less than "
+                f"{BREAKER_S:g} s ago"
+            )
         if not self._migrated:
             await self.migrate()
+        task = asyncio.create_task(self._run(statement, params), name=f"s3batchd-pg-{operation}")
         try:
-            async with asyncio.timeout(self.timeout_s * 2):
-                async with self._pool.connection() as conn:
-                    cursor = await conn.execute(statement, params)
-                    return await cursor.fetchall()
-        except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
-            raise self._failed(operation, exc) from exc
+            done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
+        except asyncio.CancelledError:
+            self._abandon(task)
+            raise
+        if not done:
+            self._abandon(task)
+            exc: BaseException = TimeoutError(f"no answer within {self.timeout_s:g} s")
+            raise self._failed(operation, exc) from None
+        try:
+            return task.result()
+        except (psycopg.Error, PoolTimeout) as error:
+            raise self._failed(operation, error) from error
+
+    async def _run(self, statement: str, params: dict[str, Any]) -> list[TupleRow]:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(statement, params)
+            return await cursor.fetchall()
+
+    def _abandon(self, task: asyncio.Task[list[TupleRow]]) -> None:
+        """Cancel ``task`` and let it finish in the background, its outcome dropped."""
+        task.cancel()
+        self._calls.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[list[TupleRow]]) -> None:
+        self._calls.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("catalog: an abandoned query ended: %s", task.exception())
 
     def _failed(self, operation: str, exc: BaseException) -> CatalogUnavailable:
         self.errors[operation] += 1
+        query = operation != "migrate"  # migrations are not retried per request
+        if query and not isinstance(
+            exc, psycopg.errors.QueryCanceled | psycopg.errors.UndefinedTable
+        ):
+            self._closed_until = time.monotonic() + BREAKER_S  # the server, not this query
         if isinstance(exc, psycopg.errors.UndefinedTable):
             self._migrated = False  # dropped under us: created again by the next call
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
