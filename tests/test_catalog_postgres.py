@@ -23,10 +23,10 @@ from s3batchd.catalog.shared import PendingBatch, SharedWriter, newest
 from s3batchd.catalog.store import Catalog, CatalogEntry
 from s3batchd.cli.main import main
 from s3batchd.cli.seaweed import LocalS3, free_ports
-from s3batchd.errors import CatalogUnavailable
+from s3batchd.errors import CatalogRejected, CatalogUnavailable
 from s3batchd.handlers.get import ListQuery
 from s3batchd.handlers.listing import _with_shared as listing_with_shared
-from s3batchd.index import IndexEntry
+from s3batchd.index import IndexEntry, entries_from_index, parse_index
 from s3batchd.records import EMPTY_MD5, ObjectRecord
 from tests.conftest import DaemonFactory
 from tests.postgres import LocalPostgres, start_local_postgres
@@ -499,3 +499,45 @@ def test_a_failing_writer_queues_batch_names_not_their_fragments(tmp_path: Path)
     released, left = asyncio.run(main())
     assert released
     assert [batch.batch_id for batch in left] == ["batch0", "batch1", "batch2", "batch3"]
+
+
+def test_batches_a_retry_cannot_write_are_dropped_not_retried_forever(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    """An index that is gone or not an index, and rows PostgreSQL refuses, are dropped with
+    an error and counted; the batches behind them are written (they waited forever)."""
+
+    def gone() -> list[IndexEntry]:
+        raise CatalogRejected("s3://b/i0.json: NoSuchKey")
+
+    def garbled() -> list[IndexEntry]:
+        return entries_from_index(parse_index(b"{}", where="s3://b/i1.json"))
+
+    def refused() -> list[IndexEntry]:
+        return [obj("nul", 10.0, content_type="text/\x00")]
+
+    def good() -> list[IndexEntry]:
+        return [obj("good", 10.0)]
+
+    def unused(bucket: str, key: str) -> list[IndexEntry]:
+        raise AssertionError(key)
+
+    async def main() -> tuple[list[PendingBatch], int, bool]:
+        catalog = PostgresCatalog(postgres_dsn, timeout_s=2)
+        writer = SharedWriter(catalog, retention_s=3600, pending_path=tmp_path / "p")
+        await writer.start(unused)
+        for number, load in enumerate((gone, garbled, refused, good)):
+            batch = PendingBatch("b", f"batch{number}", f"t{number}.tar", f"i{number}.json")
+            writer.submit(batch, load)
+        left = await writer.close(timeout=30)
+        reader = PostgresCatalog(postgres_dsn, timeout_s=2)
+        try:
+            found = (await reader.get("b", "good")).visible() is not None
+        finally:
+            await reader.close()
+        return left, writer.dropped_batches, found
+
+    left, dropped, found = asyncio.run(main())
+    assert left == []
+    assert dropped == 3
+    assert found

@@ -31,7 +31,7 @@ from pathlib import Path
 from s3batchd.catalog.postgres import PostgresCatalog, SharedAnswer
 from s3batchd.catalog.store import CatalogEntry, stamp_ms
 from s3batchd.concurrency import run_sync
-from s3batchd.errors import CatalogUnavailable
+from s3batchd.errors import CatalogRejected, CatalogUnavailable, IndexFormatError
 from s3batchd.index import IndexEntry
 
 logger = logging.getLogger(__name__)
@@ -213,6 +213,12 @@ class SharedWriter:
                 continue
             try:
                 await self._write(self._queue[0])
+            except CatalogRejected as exc:
+                self._drop(self._queue.popleft(), exc)
+                if not self._queue:
+                    await self._forget_saved()
+                    self._idle.set()
+                continue
             except CatalogUnavailable as exc:
                 if not self.failing:  # later ones are queued from the bucket already
                     for item in self._queue:
@@ -234,9 +240,25 @@ class SharedWriter:
         if pending.entries is None:
             try:
                 pending.entries = await run_sync(pending.load)
-            except Exception as exc:  # reading the index again is retried, whatever failed
+            except CatalogRejected:
+                raise
+            except IndexFormatError as exc:
+                raise CatalogRejected(f"index of {batch.batch_id}: {exc}") from exc
+            except Exception as exc:  # reading the index again is retried, whatever else failed
                 raise CatalogUnavailable(f"index of {batch.batch_id}: {exc}") from exc
         await self.catalog.put_batch(batch.bucket, batch.batch_id, batch.tar_key, pending.entries)
+
+    def _drop(self, item: _Pending, exc: CatalogRejected) -> None:
+        """Give up ``item``: a retry would fail the same way, and would hold up every batch
+        behind it."""
+        self.dropped_batches += 1
+        logger.error(
+            "catalog: batch %s of s3://%s dropped, not written to PostgreSQL: %s (once fixed, "
+            "s3batchd reindex writes it)",
+            item.batch.batch_id,
+            item.batch.bucket,
+            exc,
+        )
 
     def _from_bucket(self, item: _Pending) -> None:
         """Let ``item`` hold its batch's name only: its entries are read from its index
