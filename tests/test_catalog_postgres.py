@@ -18,8 +18,9 @@ import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
+from s3batchd.catalog import postgres as postgres_module
 from s3batchd.catalog.postgres import SCHEMA_VERSION, PostgresCatalog, SharedAnswer
-from s3batchd.catalog.shared import PendingBatch, SharedWriter, newest
+from s3batchd.catalog.shared import PendingBatch, SharedWriter, load_pending, newest
 from s3batchd.catalog.store import Catalog, CatalogEntry
 from s3batchd.cli.main import main
 from s3batchd.cli.seaweed import LocalS3, free_ports
@@ -541,3 +542,34 @@ def test_batches_a_retry_cannot_write_are_dropped_not_retried_forever(
     assert left == []
     assert dropped == 3
     assert found
+
+
+def test_a_prefix_page_scans_only_its_range_with_a_generic_plan(postgres_dsn: str) -> None:
+    """psycopg prepares a statement after 5 runs and PostgreSQL then may use a generic plan:
+    the prefix listing's upper bound must be in its index condition, not a filter (with
+    ``(high IS NULL OR key < high)`` the scan read every row after the prefix)."""
+    run(postgres_dsn, lambda catalog: catalog.migrate())
+    statement = postgres_module._PAGE_UNDER
+    for name, number in (("bucket", 1), ("after", 2), ("low", 3), ("high", 4), ("limit", 5)):
+        statement = statement.replace(f"%({name})s", f"${number}")
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        connection.execute(f"PREPARE page (text, bytea, bytea, bytea, int) AS {statement}")
+        connection.execute("SET plan_cache_mode = force_generic_plan")
+        plan = "\n".join(
+            row[0]
+            for row in connection.execute(
+                "EXPLAIN EXECUTE page('b', ''::bytea, 'a/'::bytea, 'a0'::bytea, 256)"
+            )
+        )
+    conditions = [line for line in plan.splitlines() if "Index Cond" in line]
+    assert any("key < $4" in line for line in conditions), plan
+
+
+def test_a_corrupt_pending_list_is_moved_aside_and_the_writer_starts(tmp_path: Path) -> None:
+    """A torn ``postgres-pending.json`` crash-looped the start; it is moved aside, logged."""
+    for number, text in enumerate(("{not json", '[{"bucket": "b"}]', "7")):
+        path = tmp_path / f"pending-{number}.json"
+        path.write_text(text)
+        assert load_pending(path) == []
+        assert not path.exists()
+        assert path.with_name(path.name + ".corrupt").read_text() == text

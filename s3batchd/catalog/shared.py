@@ -91,12 +91,25 @@ def save_pending(path: Path, batches: list[PendingBatch]) -> None:
 
 
 def load_pending(path: Path) -> list[PendingBatch]:
-    """The batches ``save_pending`` named in ``path`` (none when there is no file)."""
+    """The batches ``save_pending`` named in ``path`` (none when there is no file). A file
+    that does not name batches (a torn disk, a hand edit) is moved aside to ``path.corrupt``
+    with an error: the daemon starts, and ``s3batchd reindex`` writes what it named."""
     try:
         document = json.loads(path.read_text())
+        return [PendingBatch(**item) for item in document]
     except FileNotFoundError:
         return []
-    return [PendingBatch(**item) for item in document]
+    except (ValueError, TypeError) as exc:  # not JSON, or not a list of batches
+        aside = path.with_name(path.name + ".corrupt")
+        path.replace(aside)
+        logger.error(  # noqa: TRY400  the message says it all: no traceback
+            "catalog: %s names no batches (%s): moved to %s; s3batchd reindex writes the "
+            "batches it named",
+            path,
+            exc,
+            aside,
+        )
+        return []
 
 
 @dataclass
