@@ -573,3 +573,18 @@ def test_a_corrupt_pending_list_is_moved_aside_and_the_writer_starts(tmp_path: P
         assert load_pending(path) == []
         assert not path.exists()
         assert path.with_name(path.name + ".corrupt").read_text() == text
+
+
+def test_the_get_command_reads_the_postgres_catalog(
+    start_daemon: DaemonFactory, postgres_dsn: str, s3_server: LocalS3, bucket: str
+) -> None:
+    """``s3batchd get`` on a host whose own catalog never saw the key (another daemon wrote
+    it) finds it in PostgreSQL; it read the SQLite catalog only."""
+    daemon = start_daemon(catalog={"backend": "postgres", "dsn": postgres_dsn})
+    daemon.client().put_object(Bucket=bucket, Key="elsewhere/k", Body=b"from another host")
+    daemon.stop()  # drained: uploaded, and the rows written
+    result = CliRunner().invoke(
+        main, ["get", f"s3://{bucket}/elsewhere/k"], env=cli_env(s3_server, postgres_dsn)
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes == b"from another host"
