@@ -42,9 +42,12 @@ class WriteClock:
         return stamp
 
     def observe(self, stamp: float) -> None:
-        """Make every later stamp larger than ``stamp`` (one read back from storage)."""
+        """Make every later stamp larger than ``stamp`` (one read back from storage), and in a
+        later millisecond: catalogs compare stamps to the millisecond (an index's precision),
+        so a write after a restart with the clock behind must not tie with one before it."""
         with self._lock:
-            self._last = max(self._last, stamp)
+            millisecond = round(stamp * 1_000_000) // 1000  # as catalog.store.stamp_ms
+            self._last = max(self._last, (millisecond + 1) / 1000 - TICK_S)
 
 
 #: The process's clock (every daemon of the process shares it: it only ever moves ahead).

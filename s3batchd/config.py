@@ -519,7 +519,9 @@ class CatalogConfig(Section):
     readiness is not affected (docs/operations.md, "A fleet")."""
     dsn: SecretStr = SecretStr("")
     """libpq connection URI of the PostgreSQL catalog (``backend = "postgres"``), e.g.
-    ``postgresql://s3batchd@db.internal:5432/s3batchd?sslmode=verify-full``. Keep the
+    ``postgresql://s3batchd@db.internal:5432/s3batchd?sslmode=verify-full&sslrootcert=system``
+    (``sslrootcert=system``: the system CAs; without it libpq wants
+    ``~/.postgresql/root.crt``). Keep the
     password out of the file: libpq reads ``PGPASSWORD`` (or ``PGPASSFILE``) from the
     environment, or pass the whole URI as ``S3BATCHD_CATALOG__DSN`` (e.g. from a Kubernetes
     Secret). Never logged. The schema is created or migrated at start (``s3batchd catalog

@@ -30,7 +30,8 @@ S3BatchdError                      root of everything the daemon raises on purpo
 │   └── ConflictError              the key exists upstream and holds another object
 ├── IndexFormatError               a document is not a batch index of a version s3batchd knows
 ├── CatalogUnavailable             the shared catalog (PostgreSQL) failed or is out of reach:
-│                                  503 SlowDown for a read that needs it
+│   │                              503 SlowDown for a read that needs it
+│   └── CatalogRejected            a batch a retry cannot write (index gone, rows refused): dropped
 ├── LookupFailedError              a bucket's configuration could not be read (bucketmodes.py)
 ├── ReaderError                    the reader library's (defined in reader.py, its public API)
 │   ├── NotFoundError              the tar or index key does not exist
@@ -105,6 +106,12 @@ class SpoolFailedError(SpoolError):
 class CatalogUnavailable(S3BatchdError):
     """The shared catalog (``catalog.backend = "postgres"``) could not be reached or failed a
     query. PUTs are still taken; a read that needs it answers ``503 SlowDown``."""
+
+
+class CatalogRejected(CatalogUnavailable):
+    """The shared catalog refused a batch for a reason a retry does not change: its index is
+    gone from the bucket or is not an index, or PostgreSQL rejected its rows (a data or
+    integrity error). The batch is dropped from the writer's queue, with an error log."""
 
 
 class DiskFull(SpoolError):

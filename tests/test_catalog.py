@@ -406,3 +406,35 @@ def test_a_compacted_index_moves_the_same_write_and_never_outranks_a_newer_one(
     assert entry is not None
     assert entry.batch_id == new
     catalog.close()
+
+
+def test_own_exact_stamps_and_learned_index_stamps_compare_to_the_millisecond(
+    tmp_path: Path,
+) -> None:
+    """A daemon's own write is stamped exactly, one it learns from another daemon's index to
+    the millisecond: in one millisecond the larger batch id wins and a delete hides the
+    object, in any order of arrival, as PostgreSQL and every other daemon decide."""
+    own_id, learned_id = "20261207T000000Z-aaaa-000001", "20261207T000000Z-bbbb-000001"
+    for number, order in enumerate(((0, 1), (1, 0))):
+        catalog = Catalog(tmp_path / f"catalog-{number}.sqlite3")
+        writes = [(own_id, 1765000000.1234, False), (learned_id, 1765000000.123, True)]
+        for index in order:
+            batch_id, mtime, uploaded = writes[index]
+            record = ObjectRecord(key="k", size=1, md5_hex=EMPTY_MD5, mtime=mtime)
+            catalog.put_many(
+                "b", batch_id, "tar", [IndexEntry(record, "k", 512)], uploaded=uploaded
+            )
+        found = catalog.get("b", "k")
+        assert found is not None and found.batch_id == learned_id, order
+        catalog.close()
+    for number, delete_first in enumerate((True, False)):
+        catalog = Catalog(tmp_path / f"deleted-{number}.sqlite3")
+        own = ObjectRecord(key="k", size=1, md5_hex=EMPTY_MD5, mtime=1765000000.1237)
+        gone = ObjectRecord(key="k", size=0, md5_hex=EMPTY_MD5, mtime=1765000000.123, deleted=True)
+        steps = [(learned_id, gone, True), (own_id, own, False)]
+        for batch_id, record, uploaded in steps if delete_first else steps[::-1]:
+            catalog.put_many(
+                "b", batch_id, "tar", [IndexEntry(record, "k", 512)], uploaded=uploaded
+            )
+        assert catalog.get("b", "k") is None, delete_first
+        catalog.close()

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import secrets
+import signal
+import weakref
 from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
 from typing import TypeVar
 
 import psycopg
@@ -12,16 +18,19 @@ import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
+from s3batchd.catalog import postgres as postgres_module
 from s3batchd.catalog.postgres import SCHEMA_VERSION, PostgresCatalog, SharedAnswer
-from s3batchd.catalog.shared import newest
-from s3batchd.catalog.store import CatalogEntry
+from s3batchd.catalog.shared import PendingBatch, SharedWriter, load_pending, newest
+from s3batchd.catalog.store import Catalog, CatalogEntry
 from s3batchd.cli.main import main
 from s3batchd.cli.seaweed import LocalS3, free_ports
-from s3batchd.errors import CatalogUnavailable
-from s3batchd.index import IndexEntry
+from s3batchd.errors import CatalogRejected, CatalogUnavailable
+from s3batchd.handlers.listing import _with_shared as listing_with_shared
+from s3batchd.handlers.listpage import ListQuery
+from s3batchd.index import IndexEntry, entries_from_index, parse_index
 from s3batchd.records import EMPTY_MD5, ObjectRecord
 from tests.conftest import DaemonFactory
-from tests.postgres import LocalPostgres
+from tests.postgres import LocalPostgres, start_local_postgres
 
 T = TypeVar("T")
 
@@ -302,3 +311,280 @@ def test_a_read_serves_the_later_write_of_either_catalog() -> None:
     assert newest(own, 9.0, SharedAnswer(None, None)) is own
     assert newest(None, None, SharedAnswer(other, 10.5)) is None
     assert newest(None, None, SharedAnswer(None, None)) is None
+
+
+def test_writes_in_one_millisecond_through_two_daemons_resolve_alike_on_both() -> None:
+    """A writes at .1234, B at .1237 (the same millisecond): PostgreSQL holds B's row at the
+    index's millisecond; each daemon holds its own write exactly. Both serve B's (the larger
+    batch id), and a delete through B in that millisecond hides A's write on A too."""
+    a_id, b_id = "20261207T000000Z-aaaa-000001", "20261207T000000Z-bbbb-000001"
+    a_own, b_own = _entry(a_id, 1765000000.1234), _entry(b_id, 1765000000.1237)
+    in_postgres = _entry(b_id, 1765000000.123)
+    via_a = newest(a_own, None, SharedAnswer(in_postgres, None))
+    via_b = newest(b_own, None, SharedAnswer(in_postgres, None))
+    assert via_a is not None and via_a.batch_id == b_id
+    assert via_b is not None and via_b.batch_id == b_id
+    assert newest(a_own, None, SharedAnswer(None, 1765000000.123)) is None
+    assert SharedAnswer(_entry(a_id, 1765000000.1234), 1765000000.123).visible() is None
+
+
+def test_a_listing_merges_both_catalogs_by_millisecond_and_batch_id(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    """The listing serves the write a read serves: B's (PostgreSQL, milliseconds, larger
+    batch id) over A's own exact write in the same millisecond, whose LastModified string is
+    the same (the old merge let the own item win that tie)."""
+    a_id, b_id = "20261207T000000Z-aaaa-000001", "20261207T000000Z-bbbb-000001"
+    own = Catalog(tmp_path / "catalog.sqlite3")
+    mine = ObjectRecord(key="k", size=1, md5_hex="0" * 32, mtime=1765000000.1234)
+    own.put_many("b", a_id, "tar-a", [IndexEntry(mine, "m/k", 512)], uploaded=True)
+    query = ListQuery(
+        v2=True,
+        prefix="",
+        delimiter="",
+        max_keys=10,
+        after="",
+        url_encoded=False,
+        token=None,
+        start_after="",
+        marker="",
+    )
+
+    async def work(catalog: PostgresCatalog) -> list[int]:
+        await catalog.put_batch("b", b_id, "tar-b", [obj("k", 1765000000.123, b"yy")])
+        page = await listing_with_shared(own, catalog, "b", query, "")
+        return [item.size for item in page.items]
+
+    assert run(postgres_dsn, work) == [2]  # B's size, not A's 1
+    own.close()
+
+
+class _CountingCatalog(PostgresCatalog):
+    """The real catalog, counting the rows its listing queries return."""
+
+    rows_read = 0
+
+    async def page(self, bucket: str, prefix: str, after: str, limit: int) -> list[CatalogEntry]:
+        rows = await super().page(bucket, prefix, after, limit)
+        self.rows_read += len(rows)
+        return rows
+
+
+def test_a_delimiter_listing_reads_few_rows_per_common_prefix(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    """A top-level listing of 40 prefixes of 300 keys each reads a few rows per prefix, not
+    a page of 256 after each (the listing resumes after every prefix)."""
+    own = Catalog(tmp_path / "catalog.sqlite3")
+    entries = [obj(f"{p:03d}/{i:04d}", 10.0) for p in range(40) for i in range(300)]
+    own.put_many("lb", "20261207T000000Z-aaaa-000001", "t", [entries[5]], uploaded=True)
+    query = ListQuery(
+        v2=True,
+        prefix="",
+        delimiter="/",
+        max_keys=1000,
+        after="",
+        url_encoded=False,
+        token=None,
+        start_after="",
+        marker="",
+    )
+
+    async def main() -> tuple[list[str], int]:
+        catalog = _CountingCatalog(postgres_dsn, timeout_s=5)
+        try:
+            await catalog.put_batch("lb", "20261207T000000Z-bbbb-000001", "t", entries)
+            page = await listing_with_shared(own, catalog, "lb", query, "")
+            return [item.name for item in page.items], catalog.rows_read
+        finally:
+            await catalog.close()
+
+    names, rows_read = asyncio.run(main())
+    assert names == [f"{p:03d}/" for p in range(40)]
+    assert rows_read <= 40 * 8, rows_read
+    own.close()
+
+
+def _signal(postmaster: int, number: int) -> None:
+    """Send ``number`` to a PostgreSQL server's postmaster and its backends."""
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    for pid in [postmaster, *map(int, children)]:
+        os.kill(pid, number)
+
+
+def test_a_stopped_server_fails_reads_before_it_resumes() -> None:
+    """A hung PostgreSQL (SIGSTOP): a read fails (CatalogUnavailable) at its deadline, not
+    once psycopg's cancel has drained the connection (14 s), and the next one at once while
+    the last failure is recent. The server is continued 12 s after it was stopped: both
+    failures come before that, and reads succeed again afterwards."""
+    server = start_local_postgres()
+    try:
+
+        async def main() -> list[str]:
+            catalog = PostgresCatalog(server.dsn(), timeout_s=2)
+            events: list[str] = []
+            resumed = asyncio.Event()
+            try:
+                await catalog.get("b", "k")
+                _signal(server.pid, signal.SIGSTOP)
+                asyncio.get_running_loop().call_later(12, resume, events, resumed)
+                for _ in range(2):
+                    with pytest.raises(CatalogUnavailable):
+                        await catalog.get("b", "k")
+                    events.append("failed")
+                await resumed.wait()
+                for _ in range(50):  # until the breaker lets a call through
+                    try:
+                        await catalog.get("b", "k")
+                    except CatalogUnavailable:
+                        await asyncio.sleep(0.5)
+                    else:
+                        events.append("read")
+                        break
+            finally:
+                _signal(server.pid, signal.SIGCONT)
+                await catalog.close()
+            return events
+
+        def resume(events: list[str], resumed: asyncio.Event) -> None:
+            _signal(server.pid, signal.SIGCONT)
+            events.append("resumed")
+            resumed.set()
+
+        assert asyncio.run(main()) == ["failed", "failed", "resumed", "read"]
+    finally:
+        _signal(server.pid, signal.SIGCONT)
+        server.remove()
+
+
+class _Fragments:
+    """Stands for a sealed batch's index fragments, which the batcher keeps in memory."""
+
+
+def test_a_failing_writer_queues_batch_names_not_their_fragments(tmp_path: Path) -> None:
+    """While PostgreSQL fails, the batches waiting hold their names only (bucket, batch id,
+    tar and index keys): each held its SealedBatch with the index fragments (~1 GB/h at
+    1,000 PUT/s). Their entries are read back from the index objects in their turn."""
+    dsn = f"postgresql://nobody:x@127.0.0.1:{free_ports(1)[0]}/none"
+    read_back: list[str] = []
+
+    def load_index(bucket: str, key: str) -> list[IndexEntry]:
+        read_back.append(key)
+        return [obj("k", 10.0)]
+
+    def from_memory(fragments: _Fragments) -> list[IndexEntry]:
+        return [obj("k", 10.0)]
+
+    async def main() -> tuple[bool, list[PendingBatch]]:
+        writer = SharedWriter(
+            PostgresCatalog(dsn, timeout_s=0.5), retention_s=3600, pending_path=tmp_path / "p"
+        )
+        await writer.start(load_index)
+        fragments = _Fragments()
+        alive = weakref.ref(fragments)
+        for number in range(3):
+            batch = PendingBatch("b", f"batch{number}", f"t{number}.tar", f"i{number}.json")
+            writer.submit(batch, partial(from_memory, fragments))
+        del fragments
+        for _ in range(100):
+            if writer.failing:
+                break
+            await asyncio.sleep(0.1)
+        writer.submit(
+            PendingBatch("b", "batch3", "t3.tar", "i3.json"), partial(from_memory, _Fragments())
+        )
+        gc.collect()
+        released = alive() is None
+        return released, await writer.close()
+
+    released, left = asyncio.run(main())
+    assert released
+    assert [batch.batch_id for batch in left] == ["batch0", "batch1", "batch2", "batch3"]
+
+
+def test_batches_a_retry_cannot_write_are_dropped_not_retried_forever(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    """An index that is gone or not an index, and rows PostgreSQL refuses, are dropped with
+    an error and counted; the batches behind them are written (they waited forever)."""
+
+    def gone() -> list[IndexEntry]:
+        raise CatalogRejected("s3://b/i0.json: NoSuchKey")
+
+    def garbled() -> list[IndexEntry]:
+        return entries_from_index(parse_index(b"{}", where="s3://b/i1.json"))
+
+    def refused() -> list[IndexEntry]:
+        return [obj("nul", 10.0, content_type="text/\x00")]
+
+    def good() -> list[IndexEntry]:
+        return [obj("good", 10.0)]
+
+    def unused(bucket: str, key: str) -> list[IndexEntry]:
+        raise AssertionError(key)
+
+    async def main() -> tuple[list[PendingBatch], int, bool]:
+        catalog = PostgresCatalog(postgres_dsn, timeout_s=2)
+        writer = SharedWriter(catalog, retention_s=3600, pending_path=tmp_path / "p")
+        await writer.start(unused)
+        for number, load in enumerate((gone, garbled, refused, good)):
+            batch = PendingBatch("b", f"batch{number}", f"t{number}.tar", f"i{number}.json")
+            writer.submit(batch, load)
+        left = await writer.close(timeout=30)
+        reader = PostgresCatalog(postgres_dsn, timeout_s=2)
+        try:
+            found = (await reader.get("b", "good")).visible() is not None
+        finally:
+            await reader.close()
+        return left, writer.dropped_batches, found
+
+    left, dropped, found = asyncio.run(main())
+    assert left == []
+    assert dropped == 3
+    assert found
+
+
+def test_a_prefix_page_scans_only_its_range_with_a_generic_plan(postgres_dsn: str) -> None:
+    """psycopg prepares a statement after 5 runs and PostgreSQL then may use a generic plan:
+    the prefix listing's upper bound must be in its index condition, not a filter (with
+    ``(high IS NULL OR key < high)`` the scan read every row after the prefix)."""
+    run(postgres_dsn, lambda catalog: catalog.migrate())
+    statement = postgres_module._PAGE_UNDER
+    for name, number in (("bucket", 1), ("after", 2), ("low", 3), ("high", 4), ("limit", 5)):
+        statement = statement.replace(f"%({name})s", f"${number}")
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        connection.execute(f"PREPARE page (text, bytea, bytea, bytea, int) AS {statement}")
+        connection.execute("SET plan_cache_mode = force_generic_plan")
+        plan = "\n".join(
+            row[0]
+            for row in connection.execute(
+                "EXPLAIN EXECUTE page('b', ''::bytea, 'a/'::bytea, 'a0'::bytea, 256)"
+            )
+        )
+    conditions = [line for line in plan.splitlines() if "Index Cond" in line]
+    assert any("key < $4" in line for line in conditions), plan
+
+
+def test_a_corrupt_pending_list_is_moved_aside_and_the_writer_starts(tmp_path: Path) -> None:
+    """A torn ``postgres-pending.json`` crash-looped the start; it is moved aside, logged."""
+    for number, text in enumerate(("{not json", '[{"bucket": "b"}]', "7")):
+        path = tmp_path / f"pending-{number}.json"
+        path.write_text(text)
+        assert load_pending(path) == []
+        assert not path.exists()
+        assert path.with_name(path.name + ".corrupt").read_text() == text
+
+
+def test_the_get_command_reads_the_postgres_catalog(
+    start_daemon: DaemonFactory, postgres_dsn: str, s3_server: LocalS3, bucket: str
+) -> None:
+    """``s3batchd get`` on a host whose own catalog never saw the key (another daemon wrote
+    it) finds it in PostgreSQL; it read the SQLite catalog only."""
+    daemon = start_daemon(catalog={"backend": "postgres", "dsn": postgres_dsn})
+    daemon.client().put_object(Bucket=bucket, Key="elsewhere/k", Body=b"from another host")
+    daemon.stop()  # drained: uploaded, and the rows written
+    result = CliRunner().invoke(
+        main, ["get", f"s3://{bucket}/elsewhere/k"], env=cli_env(s3_server, postgres_dsn)
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes == b"from another host"

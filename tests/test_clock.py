@@ -49,3 +49,13 @@ def test_stamps_from_many_threads_are_all_distinct(monkeypatch: pytest.MonkeyPat
     every = [stamp for out in taken for stamp in out]
     assert len(set(every)) == len(every) == 8000
     assert all(out == sorted(out) and len(set(out)) == len(out) for out in taken)
+
+
+def test_observe_moves_later_stamps_to_a_later_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Catalogs compare stamps to the millisecond (an index's precision): a write after a
+    restart with the clock behind lands in a later millisecond than the stored one, not in
+    the same one (where the batch ids, which follow the wall clock, would decide)."""
+    monkeypatch.setattr(clock, "wall", lambda: 1_800_000_000.0)
+    stamps = WriteClock()
+    stamps.observe(1_800_000_100.1234)
+    assert round(stamps.now() * 1_000_000) // 1000 == 1_800_000_100_124

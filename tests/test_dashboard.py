@@ -93,6 +93,7 @@ class FakeShared:
 
     catalog: FakeSharedCatalog = field(default_factory=FakeSharedCatalog)
     pending: int = 0
+    dropped_batches: int = 0
 
 
 @dataclass

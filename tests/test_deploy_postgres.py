@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import kubernetes_validate  # type: ignore[import-untyped]  # ships no type information
+import psycopg
 import pytest
 
 from s3batchd.config import load_settings
@@ -17,6 +18,7 @@ from s3batchd.errors import ConfigError
 from tests.test_deploy import (
     KUBERNETES,
     KUBERNETES_VERSIONS,
+    ROOT,
     Doc,
     deployment,
     dockerfile_env,
@@ -133,3 +135,14 @@ def test_egress_to_the_database_port() -> None:
     assert policy["policyTypes"] == ["Egress"]
     ports = {(p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"]}
     assert ports == {("TCP", 5432)}
+
+
+def test_the_example_dsn_verifies_the_server_against_a_ca_libpq_can_find() -> None:
+    """sslmode=verify-full without sslrootcert makes libpq read ~/.postgresql/root.crt, which
+    the image does not have: every connection would fail. ``system`` needs libpq 16+."""
+    text = (ROOT / "deploy/kubernetes/postgres/secret.yaml").read_text()
+    dsn = next(line.split("dsn:", 1)[1].strip() for line in text.splitlines() if "dsn:" in line)
+    options = psycopg.conninfo.conninfo_to_dict(dsn)
+    assert options["sslmode"] == "verify-full"
+    assert options.get("sslrootcert") == "system"
+    assert psycopg.pq.version() >= 160000

@@ -13,6 +13,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from botocore.exceptions import ClientError
+
 from s3batchd.batching.batcher import Batcher
 from s3batchd.batching.source import ObjectSource
 from s3batchd.catalog.postgres import PostgresCatalog
@@ -31,6 +33,7 @@ from s3batchd.clock import observe, write_time
 from s3batchd.concurrency import Pool, Threads, run_sync
 from s3batchd.config import Settings
 from s3batchd.errors import (
+    CatalogRejected,
     CatalogUnavailable,
     DiskFull,
     NotStored,
@@ -430,8 +433,18 @@ class Pipeline:
         return self._index_from_bucket(batch.bucket, batch.index_key)
 
     def _index_from_bucket(self, bucket: str, key: str) -> list[IndexEntry]:
-        """The entries of the index object ``key``. Blocking."""
-        body = self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        """The entries of the index object ``key``. Blocking.
+
+        Raises:
+            CatalogRejected: the index or its bucket is gone (a retry does not bring it).
+        """
+        try:
+            body = self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "NoSuchBucket", "404"):
+                raise CatalogRejected(f"s3://{bucket}/{key}: {code}") from exc
+            raise
         return entries_from_index(parse_index(body, where=f"s3://{bucket}/{key}"))
 
     async def lookup(self, bucket: str, key: str) -> CatalogEntry | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,8 +35,8 @@ import psycopg
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from s3batchd.catalog.store import CatalogEntry
-from s3batchd.errors import CatalogUnavailable
+from s3batchd.catalog.store import CatalogEntry, stamp_ms
+from s3batchd.errors import CatalogRejected, CatalogUnavailable
 from s3batchd.index import IndexEntry, entries_from_index, replaced_batches
 from s3batchd.records import ObjectRecord, updated_headers
 
@@ -109,8 +110,7 @@ _PAGE = f"""
 SELECT {_COLUMNS}
 FROM s3batchd_objects o
 {_UPDATE_JOIN}
-WHERE o.bucket = %(bucket)s AND o.key > %(after)s AND o.key >= %(low)s
-  AND (%(high)s::bytea IS NULL OR o.key < %(high)s)
+WHERE o.bucket = %(bucket)s AND o.key > %(after)s AND o.key >= %(low)s {{high}}
   AND NOT EXISTS (
     SELECT 1 FROM s3batchd_tombstones t
     WHERE t.bucket = o.bucket AND t.key = o.key AND t.mtime >= o.mtime
@@ -118,6 +118,10 @@ WHERE o.bucket = %(bucket)s AND o.key > %(after)s AND o.key >= %(low)s
 ORDER BY o.key
 LIMIT %(limit)s
 """  # noqa: S608  constants only
+#: Two texts, with and without an upper bound: one text with ``(%(high)s IS NULL OR key <
+#: %(high)s)`` gets a generic plan that bounds the range scan by nothing (1M rows read).
+_PAGE_UNDER = _PAGE.format(high="AND o.key < %(high)s")
+_PAGE_ALL = _PAGE.format(high="")
 _TOMBSTONES = """
 SELECT key, mtime FROM s3batchd_tombstones WHERE bucket = %(bucket)s AND key = ANY(%(keys)s)
 """
@@ -187,9 +191,21 @@ WHERE o.bucket = %(bucket)s AND o.key = r.key AND o.batch_id = ANY(%(replaces)s:
 AND round(o.mtime * 1000000)::bigint / 1000 = round(r.mtime * 1000000)::bigint / 1000
 RETURNING 1
 """
-#: Exact counts below this many rows, the planner's estimate above (a count(*) of ten
-#: million rows reads them all).
-_EXACT_COUNT_BELOW = 1_000_000
+#: Seconds during which calls fail at once after a call failed (not for a statement timeout
+#: or a missing table: those are the query's, not the server's).
+BREAKER_S = 1.0
+#: Seconds a batch's write may take, server side and waited for: a batch of 50,000 rows took
+#: 4.1 s on an idle server, over the reads' ``timeout_s`` (2 s), and would never be written.
+WRITE_TIMEOUT_S = 60.0
+#: SQLSTATE classes of errors a retry does not cure (data exceptions, integrity violations,
+#: syntax or access rule violations, program limits), but for the codes below.
+_PERMANENT_CLASSES = ("22", "23", "42", "54")
+#: Codes in those classes that an operator or the next migration cures: a dropped table, a
+#: missing grant.
+_TRANSIENT_CODES = ("42P01", "42501")
+#: Exact counts below this many rows, the planner's estimate above: each daemon counts
+#: every ``MAINTENANCE_INTERVAL_S`` (60 s), and a count(*) reads every row.
+_EXACT_COUNT_BELOW = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +221,9 @@ class SharedAnswer:
         """The object unless a tombstone at or after it hides it."""
         if self.entry is None:
             return None
-        if self.tombstone is not None and self.tombstone >= self.entry.record.mtime:
+        if self.tombstone is not None and stamp_ms(self.tombstone) >= stamp_ms(
+            self.entry.record.mtime
+        ):
             return None
         return self.entry
 
@@ -234,9 +252,23 @@ class PostgresCatalog:
                 "connect_timeout": max(1, round(timeout_s)),
                 # A query stuck behind a lock or a slow disk answers 503 like an outage.
                 "options": f"-c statement_timeout={int(timeout_s * 1000)}",
+                # A server that stops answering (a hung host, a dropped route) is noticed by
+                # the kernel, not after the default two hours of TCP silence.
+                "keepalives": 1,
+                "keepalives_idle": max(1, round(timeout_s)),
+                "keepalives_interval": max(1, round(timeout_s)),
+                "keepalives_count": 3,
+                "tcp_user_timeout": int(timeout_s * 3000),
             },
+            # A connection left from before a restart of the server is found broken when it
+            # is taken, not by the request that uses it (a 503).
+            check=AsyncConnectionPool.check_connection,
             name="s3batchd-catalog",
         )
+        self._calls: set[asyncio.Task[list[TupleRow]]] = set()
+        """Queries given up at their deadline, finishing (or cancelled) in the background."""
+        self._closed_until = 0.0
+        """Until this time (monotonic) calls fail at once: the last one failed."""
         self._opened = False
         self._migrated = False
         self.errors: Counter[str] = Counter()
@@ -252,7 +284,9 @@ class PostgresCatalog:
             self._opened = True
 
     async def close(self) -> None:
-        """Close every connection."""
+        """Close every connection (the queries given up get ``timeout_s`` to end first)."""
+        if self._calls:
+            await asyncio.wait(set(self._calls), timeout=self.timeout_s)
         if self._opened:
             await self._pool.close()
             self._opened = False
@@ -307,14 +341,10 @@ class PostgresCatalog:
         """Up to ``limit`` visible objects of ``bucket`` under ``prefix`` after ``after``, in
         S3 order."""
         low = _key(prefix)
-        params = {
-            "bucket": bucket,
-            "after": _key(after),
-            "low": low,
-            "high": _successor(low),
-            "limit": limit,
-        }
-        return [_entry(bucket, row) for row in await self._query("list", _PAGE, params)]
+        high = _successor(low)
+        params = {"bucket": bucket, "after": _key(after), "low": low, "high": high, "limit": limit}
+        statement = _PAGE_ALL if high is None else _PAGE_UNDER
+        return [_entry(bucket, row) for row in await self._query("list", statement, params)]
 
     async def tombstones(self, bucket: str, keys: Iterable[str]) -> dict[str, float]:
         """The latest delete stamp of each of ``keys`` that has one."""
@@ -331,7 +361,7 @@ class PostgresCatalog:
         returns (objects written, tombstones written, objects deleted, updates written)."""
         params: dict[str, Any] = {"bucket": bucket, "batch_id": batch_id, "tar_key": tar_key}
         params.update(_columns(_latest_per_key(entries)))
-        rows = await self._query("write", _PUT_BATCH, params)
+        rows = await self._query("write", _PUT_BATCH, params, timeout_s=WRITE_TIMEOUT_S)
         written, buried, deleted, updates = (int(value) for value in rows[0])
         return written, buried, deleted, updates
 
@@ -391,24 +421,96 @@ class PostgresCatalog:
         return estimate
 
     async def _query(
-        self, operation: str, statement: str, params: dict[str, Any]
+        self,
+        operation: str,
+        statement: str,
+        params: dict[str, Any],
+        *,
+        timeout_s: float | None = None,
     ) -> list[TupleRow]:
+        """Run ``statement``; fail within ``timeout_s`` (the catalog's unless given: then the
+        statement's own timeout is set too, for its transaction) whatever the server does.
+
+        The query runs in a task that the caller stops waiting for at the deadline: cancelling
+        a query psycopg waits for the server to confirm the cancel and drains the connection
+        (14 s with a SIGSTOPped server), so the task is cancelled and left to finish in the
+        background (``_calls``). After a failure calls fail at once for ``BREAKER_S``: the
+        requests of a busy daemon do not queue behind the small pool of a dead server."""
+        if time.monotonic() < self._closed_until:
+            self.errors[operation] += 1
+            raise CatalogUnavailable(
+                f"PostgreSQL catalog: {operation} not tried: the last call failed less than "
+                f"{BREAKER_S:g} s ago"
+            )
         if not self._migrated:
             await self.migrate()
+        deadline = self.timeout_s if timeout_s is None else timeout_s
+        task = asyncio.create_task(
+            self._run(statement, params, timeout_s), name=f"s3batchd-pg-{operation}"
+        )
         try:
-            async with asyncio.timeout(self.timeout_s * 2):
-                async with self._pool.connection() as conn:
-                    cursor = await conn.execute(statement, params)
-                    return await cursor.fetchall()
-        except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
-            raise self._failed(operation, exc) from exc
+            done, _ = await asyncio.wait({task}, timeout=deadline)
+        except asyncio.CancelledError:
+            self._abandon(task)
+            raise
+        if not done:
+            self._abandon(task)
+            exc: BaseException = TimeoutError(f"no answer within {deadline:g} s")
+            raise self._failed(operation, exc) from None
+        try:
+            return task.result()
+        except (psycopg.Error, PoolTimeout) as error:
+            raise self._failed(operation, error) from error
+
+    async def _run(
+        self, statement: str, params: dict[str, Any], timeout_s: float | None
+    ) -> list[TupleRow]:
+        async with self._pool.connection() as conn:
+            if timeout_s is None:
+                cursor = await conn.execute(statement, params)
+                return await cursor.fetchall()
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT set_config('statement_timeout', %s, true)",
+                    (f"{int(timeout_s * 1000)}",),
+                )
+                cursor = await conn.execute(statement, params)
+                return await cursor.fetchall()
+
+    def _abandon(self, task: asyncio.Task[list[TupleRow]]) -> None:
+        """Cancel ``task`` and let it finish in the background, its outcome dropped."""
+        task.cancel()
+        self._calls.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[list[TupleRow]]) -> None:
+        self._calls.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("catalog: an abandoned query ended: %s", task.exception())
 
     def _failed(self, operation: str, exc: BaseException) -> CatalogUnavailable:
         self.errors[operation] += 1
+        query = operation != "migrate"  # migrations are not retried per request
+        quiet = psycopg.errors.QueryCanceled | psycopg.errors.UndefinedTable
+        if query and not isinstance(exc, quiet) and not permanent(exc):
+            self._closed_until = time.monotonic() + BREAKER_S  # the server, not this query
         if isinstance(exc, psycopg.errors.UndefinedTable):
             self._migrated = False  # dropped under us: created again by the next call
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if permanent(exc):
+            return CatalogRejected(f"PostgreSQL catalog: {operation} rejected: {message}")
         return CatalogUnavailable(f"PostgreSQL catalog: {operation} failed: {message}")
+
+
+def permanent(exc: BaseException) -> bool:
+    """Whether PostgreSQL refused a statement for a reason a retry does not change (by
+    SQLSTATE): not a connection, timeout, lock, resource or shutdown error."""
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+        return True  # also when psycopg refuses a value itself (a NUL in a text)
+    code = getattr(exc, "sqlstate", None)
+    if not isinstance(exc, psycopg.Error) or not code:
+        return False
+    return code[:2] in _PERMANENT_CLASSES and code not in _TRANSIENT_CODES
 
 
 def _key(key: str) -> bytes:
@@ -442,7 +544,9 @@ def _latest_per_key(entries: Iterable[IndexEntry]) -> list[IndexEntry]:
         kept = latest.get(slot)
         if kept is None or record.mtime >= kept.record.mtime:
             latest[slot] = entry
-    return list(latest.values())
+    # In key order: two batches written at once lock their common keys' rows in the same
+    # order, and do not deadlock.
+    return sorted(latest.values(), key=lambda entry: _key(entry.record.key))
 
 
 def _columns(entries: list[IndexEntry]) -> dict[str, list[Any]]:

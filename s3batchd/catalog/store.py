@@ -83,12 +83,18 @@ CREATE INDEX IF NOT EXISTS updates_mtime ON updates (mtime);
 #: Columns added after the first release, for catalogs created before them.
 _MIGRATIONS = {"etag": "ALTER TABLE objects ADD COLUMN etag TEXT NOT NULL DEFAULT ''"}
 
-_UPSERT = """
+#: A write stamp to the millisecond, as SQL: an index gives stamps to the millisecond
+#: (``index.iso_time``), the spool exactly, and a catalog holds both (its own writes and those
+#: it learns from indexes). Every comparison of stamps is of these (``stamp_ms``), so a key
+#: resolves alike on every daemon. Whole microseconds first, as iso_time rounds them.
+_MS = "(CAST(round({} * 1000000) AS INTEGER) / 1000)"
+_UPSERT = f"""
 INSERT INTO objects (bucket, key, batch_id, tar_key, member, offset, length, md5, content_type,
                      metadata, headers, checksums, mtime, uploaded, etag)
 SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
 WHERE NOT EXISTS (
-    SELECT 1 FROM tombstones t WHERE t.bucket = ?1 AND t.key = ?2 AND t.mtime >= ?13
+    SELECT 1 FROM tombstones t
+    WHERE t.bucket = ?1 AND t.key = ?2 AND {_MS.format("t.mtime")} >= {_MS.format("?13")}
 )
 ON CONFLICT (bucket, key) DO UPDATE SET
     batch_id = excluded.batch_id, tar_key = excluded.tar_key, member = excluded.member,
@@ -96,16 +102,21 @@ ON CONFLICT (bucket, key) DO UPDATE SET
     content_type = excluded.content_type, metadata = excluded.metadata,
     headers = excluded.headers, checksums = excluded.checksums, mtime = excluded.mtime,
     uploaded = excluded.uploaded, etag = excluded.etag
-WHERE excluded.mtime > objects.mtime
-   OR (excluded.mtime = objects.mtime AND excluded.batch_id >= objects.batch_id)
-"""
-#: A tombstone hides every object of its key written at or before it, in any order of arrival.
-_TOMBSTONE = """
+WHERE {_MS.format("excluded.mtime")} > {_MS.format("objects.mtime")}
+   OR ({_MS.format("excluded.mtime")} = {_MS.format("objects.mtime")}
+       AND excluded.batch_id >= objects.batch_id)
+"""  # noqa: S608  constants only
+#: A tombstone hides every object of its key written at or before it (to the millisecond),
+#: in any order of arrival.
+_TOMBSTONE = f"""
 INSERT INTO tombstones (bucket, key, mtime) VALUES (?, ?, ?)
 ON CONFLICT (bucket, key) DO UPDATE SET mtime = excluded.mtime
-WHERE excluded.mtime > tombstones.mtime
-"""
-_BURY = "DELETE FROM objects WHERE bucket = ? AND key = ? AND mtime <= ?"
+WHERE {_MS.format("excluded.mtime")} > {_MS.format("tombstones.mtime")}
+"""  # noqa: S608  constants only
+_BURY = (
+    "DELETE FROM objects WHERE bucket = ? AND key = ? "  # noqa: S608  constants only
+    f"AND {_MS.format('mtime')} <= {_MS.format('?3')}"
+)
 #: The latest attribute update of a key (PutObjectTagging, PutObjectAcl...), in any order of
 #: arrival. It applies to the object it names (by write stamp) only: a newer PUT of the key
 #: has no tags or ACL but its own.
@@ -162,6 +173,15 @@ class CatalogWrite:
     tar_key: str
     entry: Placed
     uploaded: bool
+
+
+def stamp_ms(mtime: float) -> int:
+    """A write stamp (Unix seconds) to the millisecond, as an index gives it
+    (``index.iso_time``: whole microseconds first, then cut). The latest write of a key is
+    the largest (``stamp_ms``, batch id), and a delete hides what is not stamped after it,
+    in every catalog and on every daemon: a daemon's own exact stamps are compared at the
+    precision of the stamps it learns from others."""
+    return round(mtime * 1_000_000) // 1000
 
 
 def retained(writes: list[T]) -> list[T]:
@@ -432,6 +452,22 @@ class Catalog:
                 "SELECT mtime FROM tombstones WHERE bucket = ? AND key = ?", (bucket, key)
             ).fetchone()
         return None if row is None else float(row[0])
+
+    def tombstones(self, bucket: str, keys: list[str]) -> dict[str, float]:
+        """The stamp of the latest delete of each of ``keys`` this catalog knows (one query
+        per 500 keys)."""
+        found: dict[str, float] = {}
+        with self._db_lock:
+            self.flush()
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT key, mtime FROM tombstones WHERE bucket = ? AND key IN ({marks})",  # noqa: S608  placeholders only
+                    (bucket, *chunk),
+                )
+                found.update((key, float(mtime)) for key, mtime in rows)
+        return found
 
     def iter_keys(self, bucket: str, prefix: str, after: str) -> Iterator[CatalogEntry]:
         """Objects of ``bucket`` whose key starts with ``prefix`` and sorts after ``after``,

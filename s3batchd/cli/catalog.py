@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import click
 from botocore.exceptions import BotoCoreError, ClientError
 
-from s3batchd.catalog.postgres import SCHEMA_VERSION, PostgresCatalog
+from s3batchd.catalog.postgres import SCHEMA_VERSION, PostgresCatalog, SharedAnswer
+from s3batchd.catalog.shared import newest
 from s3batchd.catalog.store import Catalog, CatalogEntry, catalog_path
 from s3batchd.cli.options import (
     CONFIG_OPTION,
@@ -66,21 +67,32 @@ _POINT_AT_DAEMON = "point S3BATCHD_CONFIG (or --config) at the daemon's settings
 def get_command(
     url: str, output: Path | None, config_path: Path | None, endpoint_url: str | None
 ) -> None:
-    """Fetch one object by key through the local catalog (one ranged GET of its tar)."""
+    """Fetch one object by key through the local catalog, and the PostgreSQL one with
+    ``catalog.backend = "postgres"`` (one ranged GET of its tar)."""
     bucket, key = _bucket_and_key(url)
     settings = settings_or_exit(config_path)
     path = _catalog_path(settings)
+    shared = settings.catalog.backend == "postgres"
     looked = f"looked in the catalog {path}, endpoint {endpoint(settings, endpoint_url) or 'none'}"
-    if not path.is_file():
+    if not path.is_file() and not shared:
         raise click.ClickException(
             f"{url} is not in the catalog: there is none at {path} ({_POINT_AT_DAEMON}, "
             "or run `s3batchd reindex s3://BUCKET/PREFIX` with catalog.path set)"
         )
-    catalog = Catalog(path)
-    try:
-        entry = catalog.get(bucket, key)
-    finally:
-        catalog.close()
+    entry, deleted = None, None
+    if path.is_file():
+        catalog = Catalog(path)
+        try:
+            entry, deleted = catalog.get(bucket, key), catalog.tombstone(bucket, key)
+        finally:
+            catalog.close()
+    if shared:
+        looked += " and the PostgreSQL catalog"
+        try:
+            answer = asyncio.run(_shared_get(settings, bucket, key))
+        except CatalogUnavailable as exc:
+            raise click.ClickException(f"cannot look {url} up: {exc}") from exc
+        entry = newest(entry, deleted, answer)
     if entry is None:
         raise click.ClickException(
             f"{url} is not in the catalog ({looked}): written by another host, or older than "
@@ -185,6 +197,14 @@ async def _reindex_shared(
     finally:
         await catalog.close()
     return objects
+
+
+async def _shared_get(settings: Settings, bucket: str, key: str) -> SharedAnswer:
+    catalog = _postgres(settings)
+    try:
+        return await catalog.get(bucket, key)
+    finally:
+        await catalog.close()
 
 
 def _postgres(settings: Settings) -> PostgresCatalog:

@@ -20,7 +20,7 @@ one request for the keys after them (never one request per page of them).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from urllib.parse import unquote_plus
 from xml.etree import ElementTree
@@ -28,7 +28,7 @@ from xml.etree import ElementTree
 from starlette.responses import Response
 
 from s3batchd.catalog.postgres import PostgresCatalog
-from s3batchd.catalog.store import Catalog, CatalogEntry
+from s3batchd.catalog.store import Catalog, CatalogEntry, stamp_ms
 from s3batchd.config import UpstreamConfig
 from s3batchd.forward.passthrough import Call, forward
 from s3batchd.forward.proxy import read_all
@@ -111,8 +111,20 @@ def hidden_prefix(upstream: UpstreamConfig, prefix: str) -> str:
 
 #: The batched objects of a bucket under a listing's prefix after a key, in S3 order.
 Scan = Callable[[str], AsyncIterator[CatalogEntry]]
-#: Rows per query of the PostgreSQL catalog in a listing.
+#: Rows per query of the PostgreSQL catalog in a listing: the first query after a resume
+#: (``catalog_page`` resumes after every common prefix, and a prefix's first key is all it
+#: needs of it) asks for ``_SHARED_FIRST_ROWS``, each next one for twice as many, up to
+#: ``_SHARED_PAGE_ROWS``. With 256 rows at once a top-level listing of 1,000 prefixes read
+#: 256,000 rows to use 1,000 (9 s, 4.35 s of event-loop CPU).
+_SHARED_FIRST_ROWS = 4
 _SHARED_PAGE_ROWS = 256
+
+
+def _page_sizes() -> Iterator[int]:
+    size = _SHARED_FIRST_ROWS
+    while True:
+        yield size
+        size = min(size * 2, _SHARED_PAGE_ROWS)
 
 
 def local_scan(catalog: Catalog, bucket: str, prefix: str) -> Scan:
@@ -127,16 +139,15 @@ def local_scan(catalog: Catalog, bucket: str, prefix: str) -> Scan:
 
 def shared_scan(shared: PostgresCatalog, local: Catalog, bucket: str, prefix: str) -> Scan:
     """The fleet's catalog as a ``Scan``, without the objects this daemon's own deletes
-    hide (not in it until their batch is uploaded)."""
+    hide (not in it until their batch is uploaded; one lookup of them per page)."""
 
     async def scan(after: str) -> AsyncIterator[CatalogEntry]:
-        while True:
-            rows = await shared.page(bucket, prefix, after, _SHARED_PAGE_ROWS)
-            for entry in rows:
-                deleted = local.tombstone(bucket, entry.record.key)
-                if deleted is None or deleted < entry.record.mtime:
-                    yield entry
-            if len(rows) < _SHARED_PAGE_ROWS:
+        for size in _page_sizes():
+            rows = await shared.page(bucket, prefix, after, size)
+            deletes = local.tombstones(bucket, [entry.record.key for entry in rows])
+            for entry in _not_deleted(rows, deletes):
+                yield entry
+            if len(rows) < size:
                 return
             after = rows[-1].record.key
 
@@ -145,16 +156,20 @@ def shared_scan(shared: PostgresCatalog, local: Catalog, bucket: str, prefix: st
 
 def unhidden_scan(scan: Scan, shared: PostgresCatalog, bucket: str) -> Scan:
     """``scan`` (the daemon's own catalog) without the objects a delete through another
-    daemon hides (one query of the fleet's tombstones per ``_SHARED_PAGE_ROWS`` objects)."""
+    daemon hides (one query of the fleet's tombstones per chunk of objects, the chunks
+    growing as ``shared_scan``'s pages)."""
 
     async def filtered(after: str) -> AsyncIterator[CatalogEntry]:
+        sizes = _page_sizes()
+        size = next(sizes)
         chunk: list[CatalogEntry] = []
         async for entry in scan(after):
             chunk.append(entry)
-            if len(chunk) >= _SHARED_PAGE_ROWS:
+            if len(chunk) >= size:
                 for kept in await _unhidden(chunk, shared, bucket):
                     yield kept
                 chunk = []
+                size = next(sizes)
         for kept in await _unhidden(chunk, shared, bucket):
             yield kept
 
@@ -164,8 +179,20 @@ def unhidden_scan(scan: Scan, shared: PostgresCatalog, bucket: str) -> Scan:
 async def _unhidden(
     entries: list[CatalogEntry], shared: PostgresCatalog, bucket: str
 ) -> list[CatalogEntry]:
+    if not entries:
+        return []
     deletes = await shared.tombstones(bucket, [entry.record.key for entry in entries])
-    return [entry for entry in entries if deletes.get(entry.record.key, -1.0) < entry.record.mtime]
+    return _not_deleted(entries, deletes)
+
+
+def _not_deleted(entries: list[CatalogEntry], deletes: dict[str, float]) -> list[CatalogEntry]:
+    """``entries`` but those a delete in ``deletes`` (stamps by key) hides."""
+    return [
+        entry
+        for entry in entries
+        if entry.record.key not in deletes
+        or stamp_ms(deletes[entry.record.key]) < stamp_ms(entry.record.mtime)
+    ]
 
 
 async def _nothing_batched(
@@ -186,16 +213,19 @@ async def _with_shared(
 ) -> _Page:
     """The listing items of the batched keys of every daemon: this daemon's own (``mine``,
     read again without what other daemons deleted) merged with the fleet's catalog, the
-    later object of a key winning."""
+    later object of a key winning by (stamp to the millisecond, batch id), as ``newest``
+    decides for a read (the own one when both are the same write)."""
+    own_writes: dict[str, tuple[int, str]] = {}
+    fleet_writes: dict[str, tuple[int, str]] = {}
     own = unhidden_scan(local_scan(catalog, bucket, query.prefix), shared, bucket)
-    mine = await catalog_page(own, query, hidden=hidden)
-    fleet = await catalog_page(
-        shared_scan(shared, catalog, bucket, query.prefix), query, hidden=hidden
-    )
+    mine = await catalog_page(_noting(own, own_writes), query, hidden=hidden)
+    fleet_scan = shared_scan(shared, catalog, bucket, query.prefix)
+    fleet = await catalog_page(_noting(fleet_scan, fleet_writes), query, hidden=hidden)
     merged: dict[str, ListItem] = {item.name: item for item in fleet.items}
     for item in mine.items:
         other = merged.get(item.name)
-        if other is None or item.prefix or item.last_modified >= other.last_modified:
+        own_wins = other is None or item.prefix or other.prefix
+        if own_wins or own_writes[item.name] >= fleet_writes[item.name]:
             merged[item.name] = item
     names = sorted(merged, key=lambda name: name.encode("utf-8", "surrogatepass"))
     bounds = [side.items[-1].name for side in (mine, fleet) if side.truncated and side.items]
@@ -208,6 +238,17 @@ async def _with_shared(
         ]
     truncated = mine.truncated or fleet.truncated or len(names) > query.max_keys
     return _Page([merged[name] for name in names[: query.max_keys + 1]], truncated)
+
+
+def _noting(scan: Scan, writes: dict[str, tuple[int, str]]) -> Scan:
+    """``scan``, noting the (stamp to the millisecond, batch id) of each object in ``writes``."""
+
+    async def noted(after: str) -> AsyncIterator[CatalogEntry]:
+        async for entry in scan(after):
+            writes[entry.record.key] = (stamp_ms(entry.record.mtime), entry.batch_id)
+            yield entry
+
+    return noted
 
 
 async def catalog_page(scan: Scan, query: ListQuery, *, hidden: str = "") -> _Page:

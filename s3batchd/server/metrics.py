@@ -411,3 +411,10 @@ def _catalog(pipeline: Pipeline) -> Iterator[Metric]:
         "fails; 0 with catalog.backend = sqlite)",
         value=0 if shared is None else shared.pending,
     )
+    yield CounterMetricFamily(
+        "s3batchd_catalog_dropped_batches",
+        "Uploaded batches given up by the PostgreSQL catalog's writer: refused for good (index "
+        "gone or invalid, rows rejected) or beyond the queue's bound (s3batchd reindex writes "
+        "them; 0 with catalog.backend = sqlite)",
+        value=0 if shared is None else shared.dropped_batches,
+    )
