@@ -367,11 +367,12 @@ class Catalog:
         with self._db_lock:
             self.flush()
             with self._transaction():
+                moved: set[int] = set()
                 if replaced != "[]":
-                    for entry in entries:
+                    for number, entry in enumerate(entries):
                         if entry.record.deleted or entry.record.update_of is not None:
                             continue
-                        self._db.execute(
+                        cursor = self._db.execute(
                             _MOVE,
                             (
                                 batch_id,
@@ -384,8 +385,13 @@ class Catalog:
                                 entry.record.mtime,
                             ),
                         )
-                for entry in entries:
-                    self._apply(bucket, batch_id, tar_key, entry, uploaded=True)
+                        if cursor.rowcount:
+                            moved.add(number)
+                # A moved row is the same write, already at its new place: its exact stamp
+                # stays (the index gives it to the millisecond).
+                for number, entry in enumerate(entries):
+                    if number not in moved:
+                        self._apply(bucket, batch_id, tar_key, entry, uploaded=True)
         return entries
 
     def replace_batch(
