@@ -14,15 +14,14 @@ from click.testing import CliRunner
 
 from s3batchd.cli.main import main
 from s3batchd.cli.seaweed import LocalS3
-from tests.batches import indexes
+from tests.batches import indexes, keys
 from tests.conftest import wait_for
+from tests.daemon_process import DaemonProcess
 from tests.test_fleet_postgres import readable, scrape
-from tests.test_follow import _daemon
+from tests.test_follow import BATCH, FOLLOW, _daemon
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-    from tests.daemon_process import DaemonProcess
 
 
 def _learned(daemon: DaemonProcess) -> float:
@@ -92,3 +91,65 @@ def test_following_daemons_read_every_moved_key_at_its_new_place_without_reindex
             for key in deleted:
                 with pytest.raises(ClientError):
                     client.get_object(Bucket=bucket, Key=key)
+
+
+def test_a_following_daemon_reads_every_live_key_throughout_the_in_daemon_compaction(
+    tmp_path: Path, s3_server: LocalS3, s3: S3Client, bucket: str
+) -> None:
+    # A compacts in the daemon; grace_s is longer than B's follow rounds (0.3 s, at most 0.6 s
+    # when idle), the condition docs/compaction.md sets for reads through other daemons.
+    compaction = {
+        "enabled": True,
+        "interval_s": 0.5,
+        "erase_within_s": 0,
+        "payback_days": 1e7,
+        "grace_s": 5,
+    }
+    (tmp_path / "a").mkdir()
+    a = DaemonProcess(
+        tmp_path / "a",
+        s3_server,
+        catalog=FOLLOW,
+        batch=BATCH,
+        compaction=compaction,
+    )
+    with a, _daemon(tmp_path / "b", s3_server) as b:
+        writer, reader = a.client(), b.client()
+        bodies = {f"g/{n:02d}": f"daemon body {n} ".encode() * (20 + n) for n in range(10)}
+        etags = {
+            key: writer.put_object(Bucket=bucket, Key=key, Body=body)["ETag"]
+            for key, body in bodies.items()
+        }
+        wait_for(lambda: sum(len(d["objects"]) for d in indexes(s3, bucket)) == len(bodies))
+        old_tars = {d["tar"]["key"] for d in indexes(s3, bucket)}
+        live = sorted(bodies)[6:]
+        for key in live:
+            wait_for(lambda key=key: readable(reader, bucket, key))  # type: ignore[misc]
+        for key in sorted(bodies)[:6]:
+            writer.delete_object(Bucket=bucket, Key=key)
+
+        def compacted() -> bool:
+            present = set(keys(s3, bucket))
+            versions = {d["version"] for d in indexes(s3, bucket) if d["objects"]}
+            return versions == {2} and not old_tars & present
+
+        # Every live key read through B, again and again, until the old batches are gone.
+        failures: list[str] = []
+        rounds = 0
+        while not compacted():
+            rounds += 1
+            assert rounds < 2000, "the old batches were not deleted"
+            for key in live:
+                try:
+                    got = reader.get_object(Bucket=bucket, Key=key)
+                except ClientError as exc:
+                    failures.append(f"{key}: {exc}")
+                    continue
+                if got["Body"].read() != bodies[key] or got["ETag"] != etags[key]:
+                    failures.append(f"{key}: other bytes")
+        assert failures == []
+        for client in (reader, writer):
+            for key in live:
+                got = client.get_object(Bucket=bucket, Key=key)
+                assert got["Body"].read() == bodies[key], key
+                assert got["ETag"] == etags[key], key
