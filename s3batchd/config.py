@@ -609,7 +609,8 @@ class CompactionConfig(Section):
 
     enabled: bool = False
     """Run a compaction pass in the daemon every ``interval_s`` over each bucket its catalog
-    knows (with ``server.workers`` > 1, in every worker: the lease lets one at a time in).
+    knows (with ``server.workers`` > 1, in worker 0 only; the lease lets one compactor of the
+    fleet in at a time).
     ``false``: run ``s3batchd compact`` on a schedule instead (docs/compaction.md)."""
     interval_s: float = Field(default=3600.0, gt=0)
     """Seconds between two compaction passes in the daemon (``enabled = true``)."""

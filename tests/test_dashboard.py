@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from s3batchd.compaction.stats import CompactionStats
 from s3batchd.config import SpoolConfig
 from s3batchd.server.metrics import Metrics
 from s3batchd.upload.follow import BucketFollow
@@ -130,6 +131,7 @@ def exposed_names(spool_dir: Path) -> set[str]:
     metrics = Metrics(put_price_per_1000_usd=0.005)
     spool = SpoolConfig(dir=spool_dir)
     metrics.watch(cast("Pipeline", FakePipeline(settings=FakeSettings(spool=spool))))
+    metrics.watch_compaction(CompactionStats(), erase_deadline_s=90_000.0)
     metrics.requests.labels("PutObject", "200").inc()
     text = generate_latest(metrics.registry).decode()
     names: set[str] = set()

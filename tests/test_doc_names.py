@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from s3batchd import errors
 from s3batchd.cli.main import main
 from s3batchd.config import Settings
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, DaemonFactory, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = sorted(
@@ -221,6 +221,12 @@ def exposed_metrics(daemon: Daemon) -> set[str]:
             for family in text_string_to_metric_families(answer.read().decode())
             for suffix in METRIC_SUFFIXES
         }
+
+
+@pytest.fixture
+def daemon(start_daemon: DaemonFactory) -> Daemon:
+    """A daemon exposing every family: compaction's too (compaction.enabled; no pass runs)."""
+    return start_daemon(compaction={"enabled": True})
 
 
 def test_documents_name_only_exposed_metrics(

@@ -298,3 +298,31 @@ def test_each_worker_uploads_from_its_own_child_and_ctrl_c_drains_them(
         assert daemon.process.wait(60) == 0
     assert indexed_objects(s3, bucket) == 60
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+
+
+def test_only_worker_0_runs_compaction_passes(
+    tmp_path: Path, s3_server: LocalS3, bucket: str
+) -> None:
+    daemon = DaemonProcess(
+        tmp_path,
+        s3_server,
+        server={"workers": 2},
+        batch={"linger_ms": 200},
+        compaction={"enabled": True, "interval_s": 0.3, "erase_within_s": 0},
+    )
+    with daemon:
+        wait_for(lambda: daemon.log().count("Application startup complete") == 2)
+        assert len(_put_on_fresh_connections(daemon.port, bucket, "c", 40)) == 2
+
+        def passes() -> dict[tuple[str, str], float]:
+            return {
+                (dict(labels).get("worker", "-"), dict(labels)["result"]): value
+                for (name, labels), value in _scrape(daemon.admin_port).items()
+                if name == "s3batchd_compaction_passes_total"
+            }
+
+        wait_for(lambda: passes().get(("0", "done"), 0) >= 3)
+        # Worker 1 runs none: it has no compaction metrics, and worker 0 never met its lease.
+        assert {worker for worker, _ in passes()} == {"0"}
+        assert passes()[("0", "skipped")] == 0
+        assert daemon.terminate() == 0

@@ -9,6 +9,8 @@ from collections import defaultdict
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from s3batchd.compaction.stats import PASS_RESULTS
+
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 
 
@@ -101,7 +103,32 @@ def render(ready: dict[str, object], samples: Samples) -> str:
     ]
     if "s3batchd_catalog_rows" in samples:
         lines.append(_follow_line(samples))
+    if "s3batchd_compaction_passes_total" in samples:  # compaction.enabled
+        lines.append(_compaction_line(samples))
     return "\n".join(lines)
+
+
+def _compaction_line(samples: Samples) -> str:
+    """The daemon's compaction passes: what they did, what dead bytes are left."""
+    passes = _by(samples, "s3batchd_compaction_passes_total", "result")
+    done = ", ".join(f"{result} {passes.get(result, 0):.0f}" for result in PASS_RESULTS)
+    requests = _total(samples, "s3batchd_compaction_requests_total")
+    line = (
+        f"compaction: passes {done}; "
+        f"{_total(samples, 's3batchd_compaction_batches_rewritten_total'):.0f} batches "
+        f"rewritten ({_size(_total(samples, 's3batchd_compaction_bytes_rewritten_total'))}), "
+        f"{requests:.0f} requests"
+    )
+    dead = _by(samples, "s3batchd_compaction_dead_bytes", "bucket")
+    if not dead:
+        return line + "; no pass done yet"
+    objects = _total(samples, "s3batchd_compaction_dead_objects")
+    cost = _total(samples, "s3batchd_compaction_dead_cost_usd_month")
+    oldest = _largest(samples, "s3batchd_compaction_oldest_unerased_delete_seconds")
+    return (
+        line + f"; dead: {objects:.0f} objects, {_size(sum(dead.values()))} in "
+        f"{len(dead)} buckets, about ${cost:.4f} a month; oldest unerased delete {oldest:.0f} s"
+    )
 
 
 def _follow_line(samples: Samples) -> str:

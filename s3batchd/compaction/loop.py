@@ -15,8 +15,9 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from s3batchd.compaction.compactor import Compactor
+from s3batchd.compaction.compactor import Compactor, rules_of
 from s3batchd.compaction.rewrite import Written
+from s3batchd.compaction.stats import CompactionStats
 from s3batchd.concurrency import Pool, Threads
 from s3batchd.errors import LeaseHeld
 from s3batchd.reader import load_index
@@ -51,8 +52,8 @@ class CompactionLoop:
         self._shared = shared
         self._compactors: dict[str, Compactor] = {}
         self._task: asyncio.Task[None] | None = None
-        self.passes = 0
-        """Passes run (one per bucket and interval)."""
+        self.stats = CompactionStats()
+        """What the passes found and did (``/metrics``, ``s3batchd status``)."""
 
     def start(self) -> None:
         """Start the loop (the first pass after one interval)."""
@@ -95,12 +96,13 @@ class CompactionLoop:
             report = await self._threads.run(Pool.COMPACTION, compactor.run, on_written=learn)
         except LeaseHeld as exc:
             logger.info("compaction of s3://%s skipped: %s", bucket, exc)
+            self.stats.not_done("skipped")
             return
         except Exception:
             logger.exception("compaction of s3://%s failed", bucket)
+            self.stats.not_done("failed")
             return
-        finally:
-            self.passes += 1
+        self.stats.record(bucket, report, rules_of(self._settings).prices)
         logger.info(
             "compaction of s3://%s: %d batches rewritten into %d, %d replaced deleted",
             bucket,

@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
-from s3batchd.errors import RETRY_SOON, NotImplementedS3, SlowDown
+from s3batchd.catalog.store import CatalogEntry
+from s3batchd.errors import RETRY_SOON, NotImplementedS3, SlowDown, UpstreamFailed
 from s3batchd.forward.daemon import Daemon
 from s3batchd.forward.passthrough import Call, forward, read_small_body, send_upstream
 from s3batchd.forward.proxy import read_all, relay, relay_read, unless_client_leaves
@@ -38,6 +39,8 @@ from s3batchd.s3.operations import operation_of
 from s3batchd.s3.xml import local_name, parse, parse_or_none
 
 logger = logging.getLogger(__name__)
+#: Follow rounds a read waits for when the tar its catalog names is gone (``_moved``).
+MOVED_ROUNDS = 2
 
 Handler = Callable[[Call], Awaitable[Response]]
 
@@ -92,9 +95,50 @@ async def read_object(call: Call) -> Response:
     if other:
         raise NotImplementedS3(f"{call.request.method} ?{other[0]} of a batched object.")
     source = pipeline.object_source()
+    try:
+        return await get_object(
+            source, entry, target.key, call.headers, head=call.head, query=target.query
+        )
+    except UpstreamFailed as exc:
+        if exc.code != "NoSuchKey" or pipeline.follower is None:
+            raise
+        # The tar the catalog names is gone: compaction may have moved the key after its
+        # grace period, before this daemon's follow rounds learned the new batch.
+        moved = await _moved(call, entry)
+        if moved is None:
+            raise
+    if moved.deleted:
+        return await forward(call)
     return await get_object(
-        source, entry, target.key, call.headers, head=call.head, query=target.query
+        source, moved.entry, target.key, call.headers, head=call.head, query=target.query
     )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Moved:
+    entry: CatalogEntry | None
+    """None: the key was deleted meanwhile."""
+
+    @property
+    def deleted(self) -> bool:
+        return self.entry is None
+
+
+async def _moved(call: Call, entry: CatalogEntry) -> _Moved | None:
+    """Where ``entry``'s key is after follow rounds of its bucket run now (a running round
+    may have listed before the compacted index was written: one more after it), or None when
+    the catalog still names the missing tar."""
+    follower = call.pipeline.follower
+    if follower is None:
+        return None
+    for _ in range(MOVED_ROUNDS):
+        await follower.catch_up(call.target.bucket)
+        found = await call.pipeline.lookup(call.target.bucket, call.target.key)
+        if found is None or found.tar_key != entry.tar_key:
+            where = "deleted" if found is None else f"moved to {found.tar_key}"
+            logger.info("s3://%s/%s: %s", call.target.bucket, call.target.key, where)
+            return _Moved(found)
+    return None
 
 
 async def catalog_answers(call: Call) -> bool:

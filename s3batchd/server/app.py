@@ -298,6 +298,10 @@ def create_app(
             shared=lambda: None if pipeline.shared is None else pipeline.shared.catalog,
         )
         if settings.compaction.enabled:
+            config = settings.compaction
+            promise = config.erase_within_s + config.interval_s + config.grace_s
+            deadline = promise if config.erase_within_s else None
+            metrics.watch_compaction(compaction.stats, erase_deadline_s=deadline)
             compaction.start()
         lag = LoopLagMonitor(metrics.loop_lag, interval_s=settings.metrics.loop_lag_interval_s)
         if settings.metrics.loop_lag_interval_s > 0:

@@ -15,12 +15,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from s3batchd.compaction.stats import OPERATIONS, PASS_RESULTS
 from s3batchd.errors import FAILURE_REASONS
 from s3batchd.index import batch_created
 from s3batchd.spool.files import QUARANTINE_DIR
 
 if TYPE_CHECKING:
     from s3batchd.batching.pipeline import Pipeline
+    from s3batchd.compaction.stats import CompactionStats
     from s3batchd.records import SealedBatch
     from s3batchd.upload.follow import Follower
 
@@ -131,6 +133,96 @@ class Metrics:
         if pipeline.follower is not None:
             pipeline.follower.on_learned = self.follow_delay.observe
             self.registry.register(_FollowCollector(pipeline.follower))
+
+    def watch_compaction(self, stats: CompactionStats, *, erase_deadline_s: float | None) -> None:
+        """Read the compaction passes' stats at every scrape (``compaction.enabled``);
+        ``erase_deadline_s``: ``erase_within_s + interval_s + grace_s`` (the erasure promise),
+        None when the deadline is off."""
+        self.registry.register(_CompactionCollector(stats, erase_deadline_s))
+
+
+class _CompactionCollector(Collector):
+    """The daemon's compaction passes (compaction.enabled; docs/compaction.md): per bucket
+    what the last pass left, counters since start. Buckets appear after their first pass."""
+
+    def __init__(self, stats: CompactionStats, erase_deadline_s: float | None) -> None:
+        self._stats = stats
+        self._deadline = erase_deadline_s
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        now = time.time()
+        passes = CounterMetricFamily(
+            "s3batchd_compaction_passes",
+            "Compaction passes over a bucket, by result: done, skipped (another compactor held "
+            "the lease), failed (logged)",
+            labels=["result"],
+        )
+        for result in PASS_RESULTS:
+            passes.add_metric([result], stats.passes.get(result, 0))
+        yield passes
+        yield CounterMetricFamily(
+            "s3batchd_compaction_batches_rewritten",
+            "Batches compaction rewrote without their dead objects",
+            value=stats.batches_rewritten,
+        )
+        yield CounterMetricFamily(
+            "s3batchd_compaction_bytes_rewritten",
+            "Tar bytes of the batches compaction wrote",
+            value=stats.bytes_rewritten,
+        )
+        requests = CounterMetricFamily(
+            "s3batchd_compaction_requests",
+            "Requests compaction passes sent to S3 (lease, indexes, live members, new batches, "
+            "deletes), by operation: GET, PUT, LIST, DELETE",
+            labels=["operation"],
+        )
+        for operation in OPERATIONS:
+            requests.add_metric([operation], stats.requests.get(operation, 0))
+        yield requests
+        families = {
+            "bytes": GaugeMetricFamily(
+                "s3batchd_compaction_dead_bytes",
+                "Object bytes deleted or overwritten still in the bucket's batches after the "
+                "last pass (replaced batches waiting for compaction.grace_s left out), by bucket",
+                labels=["bucket"],
+            ),
+            "objects": GaugeMetricFamily(
+                "s3batchd_compaction_dead_objects",
+                "Objects deleted or overwritten still in the bucket's batches after the last "
+                "pass, by bucket",
+                labels=["bucket"],
+            ),
+            "cost": GaugeMetricFamily(
+                "s3batchd_compaction_dead_cost_usd_month",
+                "What storing those dead members costs per month in USD "
+                "(compaction.storage_price_per_gb_month_usd), by bucket",
+                labels=["bucket"],
+            ),
+            "oldest": GaugeMetricFamily(
+                "s3batchd_compaction_oldest_unerased_delete_seconds",
+                "Seconds since the longest-dead object still in those batches was deleted or "
+                "overwritten (0 when none), by bucket; over "
+                "s3batchd_compaction_erase_deadline_seconds the erase promise is broken",
+                labels=["bucket"],
+            ),
+        }
+        for bucket, dead in sorted(stats.buckets.items()):
+            label = [bucket]
+            families["bytes"].add_metric(label, dead.dead_bytes)
+            families["objects"].add_metric(label, dead.dead_objects)
+            families["cost"].add_metric(label, dead.dead_cost_usd_month)
+            died = dead.oldest_death
+            families["oldest"].add_metric(label, 0.0 if died is None else max(0.0, now - died))
+        yield from families.values()
+        if self._deadline is not None:
+            yield GaugeMetricFamily(
+                "s3batchd_compaction_erase_deadline_seconds",
+                "compaction.erase_within_s + compaction.interval_s + compaction.grace_s: a "
+                "deleted object's bytes are gone from the bucket within this (absent when "
+                "erase_within_s = 0)",
+                value=self._deadline,
+            )
 
 
 class _FollowCollector(Collector):

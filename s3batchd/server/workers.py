@@ -66,7 +66,14 @@ def worker_settings(settings: Settings, index: int) -> Settings:
             "follow": settings.catalog.follow and index == 0,
         }
     )
-    return settings.model_copy(update={"spool": spool, "catalog": catalog})
+    # Compaction's passes take a lease per bucket: worker 0 alone runs them (as it alone
+    # follows), so the other workers neither wait on the lease nor spend its requests.
+    compaction = settings.compaction.model_copy(
+        update={"enabled": settings.compaction.enabled and index == 0}
+    )
+    return settings.model_copy(
+        update={"spool": spool, "catalog": catalog, "compaction": compaction}
+    )
 
 
 def all_spools(settings: Settings, base: Path) -> tuple[Path, ...]:

@@ -234,6 +234,20 @@ class Follower:
             await asyncio.wait_for(waiter, wait_s)
         return state.answers
 
+    async def catch_up(self, bucket: str, wait_s: float = FIRST_ROUND_WAIT_S) -> None:
+        """Run a round of ``bucket`` now (or let the running one end) and wait up to
+        ``wait_s`` for its end: a read found the tar its catalog names gone, and a compacted
+        batch may have moved the key (docs/compaction.md)."""
+        state = self.buckets.get(bucket)
+        if state is None or self._task is None or self._wake is None:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        state.waiters.append(waiter)
+        state.due = time.monotonic()
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiter, wait_s)
+
     def start(self) -> None:
         """Start the loop (idempotent)."""
         if self._task is not None:
