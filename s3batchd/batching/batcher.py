@@ -17,6 +17,10 @@ A seal that fails (the spool directory briefly read-only, a full disk) leaves th
 start-up recovery would, again and again with a growing pause, until it succeeds; then it goes
 to the sink. While a batch is stranded ``stranded`` lists it (readiness fails, and the
 ``s3batchd_stranded_batches`` gauge counts it).
+
+Why one module above 400 lines: the open batches, their seal triggers, the group commit's
+waiters and the inline append (``append_now``) share one per-bucket state and lock; the inline
+append must see it without a layer of calls in between (it is the PutObject path).
 """
 
 from __future__ import annotations

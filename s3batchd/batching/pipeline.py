@@ -1,5 +1,10 @@
 """The write pipeline behind the HTTP front: recovery, batcher and uploader, started and
-closed together (the app's lifespan owns one)."""
+closed together (the app's lifespan owns one).
+
+Why one module above 400 lines: it is the composition root of the write side (recovery,
+batcher, uploader, both catalogs, parking, readiness checks); its methods are short delegations
+between those parts, which split modules would have to pass around.
+"""
 
 from __future__ import annotations
 

@@ -18,6 +18,9 @@ and prefix listings as range scans. The schema is versioned (``s3batchd_schema``
 or migrated under an advisory lock at start or by ``s3batchd catalog migrate``. Expired rows
 are deleted in bounded batches (``FOR UPDATE SKIP LOCKED``: daemons expiring at once do not
 wait for each other).
+
+Why one module above 400 lines: its SQL (schema, migrations, the latest-write statements) sits
+beside the code that binds their parameters; they change together.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ Rows expire after ``catalog.retention_s``. The catalog is an index of the spool 
 index objects, never the only copy: it is rebuilt from recovered batches at start and from
 index objects by ``s3batchd reindex``. A catalog file found corrupt when opened is moved aside
 (``catalog.sqlite3.corrupt-<time>``) and a new one created.
+
+Why one module above 400 lines: the SQLite schema, its statements and the latest-write rules
+they encode (upserts, tombstones, attribute updates, compaction's moves) change together.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
 the body (aws-chunked decoded, stalls detected) and ``verify_body`` checks it against the
 declared digests and length. Everything that is wrong raises an ``S3Error``; the server renders
 it. What a request addresses (bucket, key, Host) is :mod:`s3batchd.s3.addressing`.
+
+Why one module above 400 lines: the PutObject header rules and the body decoding fill and read
+the same ``PutRequest``; split, each half would reach into the other's fields.
 """
 
 from __future__ import annotations

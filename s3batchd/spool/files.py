@@ -15,6 +15,9 @@ Internal directories start with ``_``, which no bucket name can.
 
 Methods here block; the batcher calls them inline for small appends and through a thread
 otherwise. One SpoolFile is only ever used by one task at a time (the batcher's bucket lock).
+
+Why one module above 400 lines: writing, sealing and recovering a spool tar are the two sides
+of one format; recovery must accept exactly what ``append`` writes, so they are read together.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ A bucket's catalog "answers" once its backfill finished and its last round succe
 then (or while rounds fail) a key missing from the catalog may be one it has not learned, and
 the read handlers answer ``503 SlowDown`` rather than ``NoSuchKey``. Failures never reach
 writes: they are logged, counted in ``errors`` and retried at the next round.
+
+Why one module above 400 lines: one loop and the per-bucket state it keeps (position, backfill
+progress, errors) that the metrics, ``s3batchd status`` and the read handlers read.
 """
 
 from __future__ import annotations
