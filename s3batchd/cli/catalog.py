@@ -184,7 +184,7 @@ async def _reindex_shared(
 ) -> int:
     """Write every index of ``keys`` into the PostgreSQL catalog (one statement each);
     the objects written."""
-    catalog = _postgres(settings)
+    catalog = postgres_catalog(settings)
     objects = 0
     try:
         await catalog.migrate()
@@ -200,14 +200,15 @@ async def _reindex_shared(
 
 
 async def _shared_get(settings: Settings, bucket: str, key: str) -> SharedAnswer:
-    catalog = _postgres(settings)
+    catalog = postgres_catalog(settings)
     try:
         return await catalog.get(bucket, key)
     finally:
         await catalog.close()
 
 
-def _postgres(settings: Settings) -> PostgresCatalog:
+def postgres_catalog(settings: Settings) -> PostgresCatalog:
+    """The fleet's catalog of ``settings`` (``catalog.backend = "postgres"``)."""
     return PostgresCatalog(
         settings.catalog.dsn.get_secret_value(), timeout_s=settings.catalog.postgres_timeout_s
     )
@@ -228,7 +229,7 @@ def migrate_command(config_path: Path | None) -> None:
         return
 
     async def migrate() -> int:
-        catalog = _postgres(settings)
+        catalog = postgres_catalog(settings)
         try:
             return await catalog.migrate()
         finally:

@@ -3,16 +3,27 @@ its indexes alone (the daemon need not run), printing what it would do or did.""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from botocore.exceptions import BotoCoreError, ClientError
 
+from s3batchd.cli.catalog import postgres_catalog
 from s3batchd.cli.options import CONFIG_OPTION, ENDPOINT_OPTION, cli_client, settings_or_exit
 from s3batchd.compaction.compactor import Compactor, PassReport
-from s3batchd.errors import CompactionError
-from s3batchd.reader import ReaderError
+from s3batchd.compaction.rewrite import Written
+from s3batchd.errors import CatalogUnavailable, CompactionError
+from s3batchd.reader import ReaderError, load_index
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from mypy_boto3_s3 import S3Client
+
+    from s3batchd.config import Settings
 
 
 @click.command("compact")
@@ -37,11 +48,36 @@ def compact_command(
                 bar.length = (bar.length or 0) + objects
                 bar.update(objects)
 
-            report = compactor.run(dry_run=dry_run, progress=advance)
-    except (CompactionError, ReaderError, ClientError, BotoCoreError) as exc:
+            if settings.catalog.backend == "postgres" and not dry_run:
+                report = asyncio.run(_with_fleet_catalog(settings, compactor, client, advance))
+            else:
+                report = compactor.run(dry_run=dry_run, progress=advance)
+    except (CompactionError, ReaderError, ClientError, BotoCoreError, CatalogUnavailable) as exc:
         raise click.ClickException(f"compact s3://{bucket}: {exc}") from exc
     for line in summary(report):
         click.echo(line)
+
+
+async def _with_fleet_catalog(
+    settings: Settings, compactor: Compactor, client: S3Client, progress: Callable[[int], None]
+) -> PassReport:
+    """A pass with ``catalog.backend = "postgres"``: every batch it writes goes into the
+    fleet's catalog before any batch it replaces is deleted, as the daemon's own pass does
+    (no daemon follows the bucket in that mode: without this, reads of the moved keys would
+    fail once the old batches are gone)."""
+    catalog = postgres_catalog(settings)
+    loop = asyncio.get_running_loop()
+    bucket = compactor.bucket
+
+    def learn(written: Written) -> None:  # on the pass's thread
+        document = load_index(client, bucket, written.tar_key)
+        asyncio.run_coroutine_threadsafe(catalog.put_index(bucket, document), loop).result()
+
+    try:
+        await catalog.migrate()
+        return await asyncio.to_thread(compactor.run, progress=progress, on_written=learn)
+    finally:
+        await catalog.close()
 
 
 def summary(report: PassReport) -> list[str]:
