@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from starlette.types import Receive
+from starlette.types import Message, Receive
 
 from s3batchd.clock import write_time
 from s3batchd.constants import MAX_USER_METADATA_BYTES
@@ -361,17 +361,8 @@ async def _read(
     watch = StallWatch(pace.timeout_s, pace=pace, declared=request.declared_size)
     try:
         while True:
-            watch.waiting()
-            try:
-                message = await receive()
-            except asyncio.CancelledError as exc:
-                if watch.timed_out():
-                    raise RequestTimeout() from exc
-                raise
+            message = await _next_message(receive, watch)
             chunk: bytes = message.get("body", b"")
-            watch.arrived(len(chunk))
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnectedError()
             if chunk:
                 size += len(chunk)
                 if size > max_bytes:
@@ -402,17 +393,8 @@ async def iter_body(
     watch = StallWatch(pace.timeout_s, pace=pace, declared=request.declared_size, received=received)
     try:
         while True:
-            watch.waiting()
-            try:
-                message = await receive()
-            except asyncio.CancelledError as exc:
-                if watch.timed_out():
-                    raise RequestTimeout() from exc
-                raise
+            message = await _next_message(receive, watch)
             chunk: bytes = message.get("body", b"")
-            watch.arrived(len(chunk))
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnectedError()
             pieces = decoder.feed(chunk) if decoder is not None else [chunk]
             for piece in pieces:
                 size += len(piece)
@@ -427,6 +409,22 @@ async def iter_body(
     if decoder is not None:
         decoder.finish()
         request.checksums.update(_trailer_checksums(request, decoder.trailers))
+
+
+async def _next_message(receive: Receive, watch: StallWatch) -> Message:
+    """The next message of a request body, its bytes counted by ``watch``: RequestTimeout when
+    the watch ends the wait (too slow), ClientDisconnectedError when the client went away."""
+    watch.waiting()
+    try:
+        message = await receive()
+    except asyncio.CancelledError as exc:
+        if watch.timed_out():
+            raise RequestTimeout() from exc
+        raise
+    watch.arrived(len(message.get("body", b"")))
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnectedError()
+    return message
 
 
 def _trailer_checksums(request: PutRequest, trailers: dict[str, str]) -> dict[str, bytes]:

@@ -37,6 +37,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from s3batchd.concurrency import Pool, Threads
 from s3batchd.errors import IndexFormatError
 from s3batchd.index import (
+    INDEX_SUFFIX,
     IndexEntry,
     batch_created,
     entries_from_index,
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-INDEX_SUFFIX = ".index.json"
 #: Index GETs in flight at once per follower (a backfill of many small indexes is bound by
 #: round trips, not bytes).
 FETCH_AT_ONCE = 8
