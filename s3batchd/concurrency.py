@@ -52,7 +52,8 @@ on a pool of ``upload.part_concurrency`` threads made inside its upload thread (
 sees it; upload/uploader.py), the child upload process has its own pool (upload/proc.py: a
 separate process, no event loop), the client-side reader library (reader.py) runs without
 a daemon, and a compaction pass reads the bucket's indexes on a pool made inside the pass's
-own thread (compaction/compactor.py; the pass is blocking from start to end).
+own thread (compaction/compactor.py; the pass is blocking from start to end), as it reads live
+objects (the reader library's pool) and uploads a new tar's parts (upload/batchupload.py).
 """
 
 from __future__ import annotations

@@ -145,7 +145,8 @@ class SpoolConfig(Section):
 
     dir: Path = Path("./spool")
     """Directory of the local tar spool: one sub-directory of batch files per target bucket,
-    plus ``_tmp/`` (large request bodies being received), ``_quarantine/`` (files recovery
+    plus ``_tmp/`` (large request bodies being received, a compaction pass's new tar while it is
+    built), ``_quarantine/`` (files recovery
     could not read) and ``_catalog/`` (unless ``catalog.path`` is set); no bucket name starts
     with ``_`` (docs/architecture.md#spool-directory-layout). A relative path is relative to the
     daemon's working directory. Disk: up to ``max_bytes`` plus one batch, the large request
