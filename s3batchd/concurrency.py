@@ -44,7 +44,9 @@ pool               threads                    why not shared
                                               one bucket at a time
 ``follow``         8                          the catalog's follow loop (upload/follow.py):
                                               LISTs and GETs of other daemons' indexes, 8 in
-                                              flight, parsed and written to the catalog
+                                              flight, parsed and written to the catalog; and
+                                              a read's search for the compacted index of a
+                                              batch gone (upload/relocate.py), the same work
 =================  =========================  ==============================================
 
 Pools that stay outside this module, on purpose: a multipart batch upload fans its parts out
