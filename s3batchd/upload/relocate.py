@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 #: Missing batches whose search is remembered (a search costs LISTs: never one per read).
 REMEMBERED = 10_000
+#: Failures of a search that a later read may not meet: it is forgotten and run again then.
+SEARCH_ERRORS = (ClientError, BotoCoreError, OSError, IndexFormatError, sqlite3.Error)
 
 
 class IndexTarget(Protocol):
@@ -81,42 +84,47 @@ class Relocator:
         self._prefix = prefix
         self._lookback_s = lookback_s
         self._threads = threads
-        self._searches: OrderedDict[tuple[str, str], asyncio.Future[int]] = OrderedDict()
+        self._searches: OrderedDict[tuple[str, str], asyncio.Task[int]] = OrderedDict()
+        """Searches by (bucket, missing batch): running, or done with their answer."""
         self.searches = 0
         """Searches run (each costs LISTs and GETs)."""
 
     async def relocate(self, bucket: str, batch_id: str) -> int:
         """Record every compacted index that replaces ``batch_id`` of ``bucket`` (directly or
-        through another compacted batch); how many. The first call for a batch searches, the
-        others get its answer."""
-        found = self._searches.get((bucket, batch_id))
-        if found is None:
-            found = asyncio.get_running_loop().create_future()
-            self._searches[bucket, batch_id] = found
+        through another compacted batch); how many. The first call for a batch starts the
+        search, every call gets its answer (a reader that leaves does not stop it)."""
+        search = self._searches.get((bucket, batch_id))
+        if search is None:
+            search = asyncio.get_running_loop().create_task(
+                self._run(bucket, batch_id), name=f"relocate {bucket} {batch_id}"
+            )
+            self._searches[bucket, batch_id] = search
             while len(self._searches) > REMEMBERED:
                 self._searches.popitem(last=False)
-            try:
-                found.set_result(
-                    await self._threads.run(Pool.FOLLOW, self._search, bucket, batch_id)
-                )
-            except (ClientError, BotoCoreError, OSError, IndexFormatError) as exc:
-                del self._searches[bucket, batch_id]  # the next read searches again
-                logger.warning(
-                    "no new place found for the keys of missing batch %s of s3://%s: %s",
-                    batch_id,
-                    bucket,
-                    exc,
-                )
-                found.set_result(0)
-                return 0
-            except BaseException as exc:
-                self._searches.pop((bucket, batch_id), None)
-                found.set_exception(exc)
-                raise
-        return await asyncio.shield(found)
+        return await asyncio.shield(search)
+
+    async def _run(self, bucket: str, batch_id: str) -> int:
+        """The search on a thread; a failure is forgotten (the next read searches again)."""
+        try:
+            return await self._threads.run(Pool.FOLLOW, self._search, bucket, batch_id)
+        except SEARCH_ERRORS as exc:
+            self._searches.pop((bucket, batch_id), None)
+            logger.warning(
+                "no new place found for the keys of missing batch %s of s3://%s: %s",
+                batch_id,
+                bucket,
+                exc,
+            )
+            return 0
+        except BaseException:
+            self._searches.pop((bucket, batch_id), None)
+            raise
 
     def close(self) -> None:
-        """Close the search's catalog connection (blocking)."""
+        """Stop the searches in progress and close the search's catalog connection."""
+        for search in self._searches.values():
+            search.cancel()
+        self._searches.clear()
         if self._catalog is not None:
             self._catalog.close()
             self._catalog = None
