@@ -11,6 +11,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tarfile
 import tracemalloc
 import zlib
 from typing import TYPE_CHECKING
@@ -18,8 +19,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 from s3batchd.compaction.compactor import Compactor
+from s3batchd.compaction.rewrite import write_tar
 from s3batchd.constants import MB
+from s3batchd.errors import CompactionError
+from s3batchd.index import IndexEntry
 from s3batchd.reader import IntegrityError, Location, ReadStats, iter_batch, iter_many
+from s3batchd.records import ObjectRecord
 from s3batchd.spool.files import TMP_DIR
 from s3batchd.spool.scratch import SCRATCH_PREFIX, ScratchTar, sweep
 from tests.batches import indexes
@@ -209,3 +214,29 @@ def test_iter_many_streams_an_object_longer_than_a_span_and_keeps_the_order(
     assert len(next(pieces)) == 1 * MB
     with pytest.raises(IntegrityError, match="MD5"):
         list(pieces)
+
+
+def test_write_tar_lays_out_a_tar_that_tarfile_reads_and_refuses_a_short_object(
+    tmp_path: Path,
+) -> None:
+    records = [
+        ObjectRecord(key=key, size=len(data), md5_hex=hashlib.md5(data).hexdigest(), mtime=1.0)
+        for key, data in (("a", b"x" * 700), ("b/../c", b""), ("d", b"yz"))
+    ]
+    tombstone = ObjectRecord(key="gone", size=0, md5_hex="0" * 32, mtime=2.0, deleted=True)
+    entries = [IndexEntry(record, record.key, 0) for record in [*records, tombstone]]
+    datas = [b"x" * 700, b"", b"yz"]
+    with ScratchTar.create(tmp_path, "20270115T000000000Z-compactor-0123abcd-000001") as out:
+        pieces = ((n, iter([data[:300], data[300:]])) for n, data in enumerate(datas))
+        placed = write_tar(out, entries, pieces)
+        assert out.size % (20 * 512) == 0
+        assert out.crc32 == f"{zlib.crc32(out.path.read_bytes()):08x}"
+        with tarfile.open(out.path) as archive:
+            members = archive.getmembers()
+            read = [archive.extractfile(m).read() for m in members[:3]]  # type: ignore[union-attr]
+        assert read == datas
+        assert [m.offset_data for m in members] == [entry.offset for entry in placed]
+    with ScratchTar.create(tmp_path, "20270115T000000000Z-compactor-0123abcd-000002") as out:
+        short = ((n, iter([data[:-1]])) for n, data in enumerate(datas))
+        with pytest.raises(CompactionError, match="699 bytes read, 700 expected"):
+            write_tar(out, entries, short)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from s3batchd.compaction.survey import SPAN_BYTES
 from s3batchd.constants import TAR_BLOCK
+from s3batchd.errors import CompactionError
 from s3batchd.index import (
     IndexEntry,
     entries_from_index,
@@ -105,7 +106,11 @@ def write_tar(
                 out.write(piece)
                 length += len(piece)
             pending = next(datas, None)
+        if length != entry.record.size:  # its header says the size: never a shifted member
+            raise CompactionError(f"{name}: {length} bytes read, {entry.record.size} expected")
         out.write(bytes(padded(length) - length))
+    if pending is not None:
+        raise CompactionError(f"object {pending[0]} read beyond the {len(entries)} entries")
     end = out.size + 2 * TAR_BLOCK
     out.write(bytes(2 * TAR_BLOCK + (-end % _RECORD)))
     return placed
