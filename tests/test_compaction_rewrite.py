@@ -17,7 +17,9 @@ import zlib
 from typing import TYPE_CHECKING
 
 import pytest
+from click.testing import CliRunner
 
+from s3batchd.cli.main import main
 from s3batchd.compaction.compactor import Compactor
 from s3batchd.compaction.rewrite import write_tar
 from s3batchd.constants import MB
@@ -27,9 +29,10 @@ from s3batchd.reader import IntegrityError, Location, ReadStats, iter_batch, ite
 from s3batchd.records import ObjectRecord
 from s3batchd.spool.files import TMP_DIR
 from s3batchd.spool.scratch import SCRATCH_PREFIX, ScratchTar, sweep
-from tests.batches import indexes
+from tests.batches import indexes, keys
 from tests.conftest import Daemon, DaemonFactory, wait_for
 from tests.faultproxy import FaultProxy
+from tests.test_compaction import _env, _write_and_delete
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -240,3 +243,24 @@ def test_write_tar_lays_out_a_tar_that_tarfile_reads_and_refuses_a_short_object(
         short = ((n, iter([data[:-1]])) for n, data in enumerate(datas))
         with pytest.raises(CompactionError, match="699 bytes read, 700 expected"):
             write_tar(out, entries, short)
+
+
+def test_the_command_says_when_it_cannot_build_the_new_tar_in_the_spool(
+    daemon: Daemon, s3: S3Client, bucket: str, tmp_path: Path
+) -> None:
+    written = _write_and_delete(daemon, s3, bucket)
+    not_a_directory = tmp_path / "spool-file"
+    not_a_directory.write_bytes(b"")
+    env = {
+        **_env(daemon, erase_within_s="0", payback_days="10000000"),
+        "S3BATCHD_SPOOL__DIR": str(not_a_directory),
+    }
+    result = CliRunner().invoke(main, ["compact", "--bucket", bucket], env=env)
+    assert result.exit_code == 1
+    assert f"compact s3://{bucket}: building the new tar in spool.dir's _tmp/: " in result.output
+    assert str(not_a_directory / TMP_DIR) in result.output
+    # Nothing written: the old batches are still the bucket's batches, and no tar went up.
+    documents = indexes(s3, bucket)
+    assert set(written.old_batches) <= {d["batch_id"] for d in documents}
+    assert [d for d in documents if d["version"] == 2] == []
+    assert len([k for k in keys(s3, bucket) if k.endswith(".tar")]) == len(documents)
