@@ -244,17 +244,21 @@ class Compactor:
         report.requests["GET"] += 1
 
     def _abort_uploads(self, report: PassReport, key: str) -> None:
-        """Abort every multipart upload open for exactly ``key``."""
-        answer = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
-        report.requests["LIST"] += 1
-        for upload in answer.get("Uploads", []):
-            if upload.get("Key") != key:
-                continue
-            self.client.abort_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
-            )
-            report.requests["DELETE"] += 1
-            logger.info("compaction: multipart upload of unfinished %s aborted", key)
+        """Abort every multipart upload open for exactly ``key``; an upstream that cannot
+        list or abort them leaves them to the bucket's lifecycle rules (logged)."""
+        try:
+            answer = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            report.requests["LIST"] += 1
+            for upload in answer.get("Uploads", []):
+                if upload.get("Key") != key:
+                    continue
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
+                )
+                report.requests["DELETE"] += 1
+                logger.info("compaction: multipart upload of unfinished %s aborted", key)
+        except ClientError as exc:
+            logger.warning("compaction: multipart uploads of %s not aborted: %s", key, exc)
 
     def _delete_due(self, report: PassReport, found: Survey, now: float) -> None:
         grace = self.settings.compaction.grace_s
