@@ -44,7 +44,9 @@ pool               threads                    why not shared
                                               one bucket at a time
 ``follow``         8                          the catalog's follow loop (upload/follow.py):
                                               LISTs and GETs of other daemons' indexes, 8 in
-                                              flight, parsed and written to the catalog
+                                              flight, parsed and written to the catalog; and
+                                              a read's search for the compacted index of a
+                                              batch gone (upload/relocate.py), the same work
 =================  =========================  ==============================================
 
 Pools that stay outside this module, on purpose: a multipart batch upload fans its parts out
@@ -52,7 +54,8 @@ on a pool of ``upload.part_concurrency`` threads made inside its upload thread (
 sees it; upload/uploader.py), the child upload process has its own pool (upload/proc.py: a
 separate process, no event loop), the client-side reader library (reader.py) runs without
 a daemon, and a compaction pass reads the bucket's indexes on a pool made inside the pass's
-own thread (compaction/compactor.py; the pass is blocking from start to end).
+own thread (compaction/compactor.py; the pass is blocking from start to end), as it reads live
+objects (the reader library's pool) and uploads a new tar's parts (upload/batchupload.py).
 """
 
 from __future__ import annotations

@@ -145,7 +145,8 @@ class SpoolConfig(Section):
 
     dir: Path = Path("./spool")
     """Directory of the local tar spool: one sub-directory of batch files per target bucket,
-    plus ``_tmp/`` (large request bodies being received), ``_quarantine/`` (files recovery
+    plus ``_tmp/`` (large request bodies being received, a compaction pass's new tar while it is
+    built), ``_quarantine/`` (files recovery
     could not read) and ``_catalog/`` (unless ``catalog.path`` is set); no bucket name starts
     with ``_`` (docs/architecture.md#spool-directory-layout). A relative path is relative to the
     daemon's working directory. Disk: up to ``max_bytes`` plus one batch, the large request
@@ -551,7 +552,9 @@ class CatalogConfig(Section):
     Retry-After instead of an answer that could be wrong. Cost: one LIST (PUT-class) per page of
     1,000 keys per bucket per round, plus one GET per new index
     (docs/operations.md#following-the-bucket-sqlite). With ``backend = "postgres"`` there is
-    nothing to follow (every daemon writes its batches into the shared catalog): ignored."""
+    nothing to follow (every daemon writes its batches into the shared catalog): ignored.
+    Following or not, a read that finds the tar its catalog names deleted by compaction looks
+    up the compacted batch that replaced it, once per such batch (docs/compaction.md)."""
     follow_interval_s: float = Field(default=30.0, gt=0)
     """Seconds between two follow rounds of a bucket in which batches arrive: a batch of
     another daemon is readable here about this long after its index is uploaded."""
@@ -567,7 +570,8 @@ class CatalogConfig(Section):
     it was uploaded; a writer's clock behind counts as well): a batch uploaded up to this
     long after it was opened (linger, upload time, retries) is still found. One
     uploaded later (after a long upstream outage) is learned at the next start with an empty
-    catalog or by ``s3batchd reindex``. Longer: more keys listed per round."""
+    catalog or by ``s3batchd reindex``. Longer: more keys listed per round. The search for the
+    compacted batch of a batch a read found deleted lists from that batch's time less this."""
     follow_buckets: tuple[str, ...] = ()
     """Buckets followed from the start, besides those this daemon writes to or reads through
     (each of which is followed from its first request on). In the environment: a JSON list."""

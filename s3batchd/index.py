@@ -31,6 +31,11 @@ _BATCH_ID = re.compile(
 )
 
 
+#: The host part of the writer id of every batch compaction writes (``compactor-<random>``):
+#: a reader tells a compacted batch's index from its key (upload/relocate.py).
+COMPACTOR_HOST = "compactor"
+
+
 @dataclass(frozen=True, slots=True)
 class WriterId:
     """Who wrote a batch: host (or pod) name plus a random id per process start."""

@@ -9,6 +9,8 @@ from s3batchd import reader
 location = reader.Location.from_headers(answer["ResponseMetadata"]["HTTPHeaders"])
 data = reader.get(s3, location)  # one ranged GET, length, MD5 and checksums verified
 many = reader.get_many(s3, locations)  # neighbouring ranges coalesced, fetched in parallel
+for position, pieces in reader.iter_many(s3, locations):  # the same, in bounded memory
+    ...
 for entry, data in reader.iter_batch(s3, bucket, tar_key):  # a whole batch, via its index
     ...
 reader.download(s3, bucket, tar_key, file)  # a whole tar, streamed (then Verifier per object)
@@ -31,7 +33,7 @@ Locations are trusted only as far as they go: the bucket and tar key come from t
 index copied or replicated to another bucket still reads from where it is now, not from the
 ``tar.bucket`` recorded in it).
 
-One module of about 600 lines, on purpose: it is the public library, imported whole as
+One module of about 700 lines, on purpose: it is the public library, imported whole as
 ``s3batchd.reader`` by applications (and the CLI) without the daemon; its parts (locations,
 verification, coalesced ranged reads, the index, whole-tar downloads) share the ranged GET and
 the S3-error mapping below. Should it grow, it becomes a package re-exporting these names.
@@ -44,7 +46,7 @@ import hashlib
 import re
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -82,6 +84,7 @@ __all__ = [
     "get_many",
     "index_key_for",
     "iter_batch",
+    "iter_many",
     "load_index",
     "locations",
     "parse_s3_url",
@@ -476,6 +479,81 @@ def get_many(
         for position, data in found:
             results[position] = data
     return [data if data is not None else b"" for data in results]
+
+
+def iter_many(
+    client: S3Client,
+    locations: Sequence[Location],
+    *,
+    max_concurrency: int = DEFAULT_CONCURRENCY,
+    max_gap: int = DEFAULT_MAX_GAP,
+    max_span: int = DEFAULT_MAX_SPAN,
+    stats: ReadStats | None = None,
+) -> Generator[tuple[int, Iterator[bytes]], None, None]:
+    """The objects at ``locations`` in the order given, as ``(position in locations, pieces
+    of its data)``, in bounded memory whatever their number and size.
+
+    Neighbouring objects are read together as :func:`get_many` reads them (ranges of at most
+    ``max_span`` bytes), at most ``max_concurrency`` ranges fetched ahead of the caller: each
+    such object comes verified, in one piece. An object longer than ``max_span`` is streamed
+    from a GET of its own in pieces of 1 MiB and verified as its last piece is read (its
+    IntegrityError comes after the pieces before it). Take every piece of an object before
+    the next object. Raises as :func:`get` does, when the failing object is reached.
+    """
+    _check_limits(max_concurrency, max_gap, max_span)
+    spans = _plan(enumerate(locations), max_gap, max_span)
+    start = 0
+    while start < len(spans):
+        if spans[start].end - spans[start].start > max_span:  # one object, too long to hold
+            yield from _stream_span(client, spans[start], stats)
+            start += 1
+            continue
+        end = start + 1
+        while end < len(spans) and spans[end].end - spans[end].start <= max_span:
+            end += 1
+        run = spans[start:end]
+        for found in _fetch_in_order(client, run, max_concurrency, stats, window=max_concurrency):
+            for position, data in found:
+                yield position, iter((data,))
+        start = end
+
+
+def _stream_span(
+    client: S3Client, span: _Span, stats: ReadStats | None
+) -> Iterator[tuple[int, Iterator[bytes]]]:
+    """The members of a span holding one object longer than a span may be: that object
+    streamed, the zero-length members beside it as they are."""
+    for position, location in span.members:
+        if location.length:
+            yield position, _stream(client, location, stats)
+            continue
+        verify(location, b"")
+        if stats is not None:
+            stats.add(objects=1)
+        yield position, iter((b"",))
+
+
+def _stream(client: S3Client, location: Location, stats: ReadStats | None) -> Iterator[bytes]:
+    """One object's data from a ranged GET, in pieces of at most 1 MiB, verified at its end."""
+    checker = Verifier(location)
+    try:
+        with _s3_errors(location.bucket, location.tar_key, location.byte_range):
+            answer = client.get_object(
+                Bucket=location.bucket,
+                Key=location.tar_key,
+                Range=f"bytes={location.offset}-{location.end - 1}",  # length > 0
+            )
+            for piece in answer["Body"].iter_chunks(_CHUNK):
+                checker.update(piece)
+                if stats is not None:
+                    stats.add(bytes_fetched=len(piece))
+                yield piece
+    finally:
+        if stats is not None:
+            stats.add(requests=1)
+    checker.check()
+    if stats is not None:
+        stats.add(objects=1)
 
 
 # --- whole batches ---------------------------------------------------------------------------

@@ -14,9 +14,8 @@ from jsonschema import Draft202012Validator
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+#: The one schema of the index, versions 1 and 2 (a compacted batch, with ``replaces``).
 INDEX_SCHEMA = Path(__file__).resolve().parent.parent / "docs" / "index.schema.json"
-#: The schema of version 2 (a compacted batch, with ``replaces``).
-INDEX_SCHEMA_V2 = INDEX_SCHEMA.with_name("index.schema.v2.json")
 
 
 @dataclass(frozen=True)
@@ -60,11 +59,10 @@ def keys(s3: S3Client, bucket: str) -> list[str]:
 
 
 @cache
-def index_validator(version: int = 1) -> Draft202012Validator:
-    """A validator for docs/index.schema.json (formats such as date-time checked too), or for
-    docs/index.schema.v2.json with ``version=2``."""
-    path = INDEX_SCHEMA_V2 if version == 2 else INDEX_SCHEMA
-    schema = json.loads(path.read_text(encoding="utf-8"))
+def index_validator() -> Draft202012Validator:
+    """A validator for docs/index.schema.json, every version (formats such as date-time
+    checked too)."""
+    schema = json.loads(INDEX_SCHEMA.read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
@@ -76,7 +74,7 @@ def indexes(s3: S3Client, bucket: str) -> list[dict[str, Any]]:
         if key.endswith(".index.json"):
             body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
             document = json.loads(body)
-            index_validator(document.get("version", 1)).validate(document)
+            index_validator().validate(document)
             documents.append(document)
     return documents
 

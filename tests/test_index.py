@@ -366,12 +366,31 @@ def test_a_compacted_batch_has_an_index_of_version_2_listing_what_it_replaces() 
     assert document["version"] == 2
     assert document["replaces"] == OLD_BATCHES  # sorted: deterministic bytes
     assert replaced_batches(document) == OLD_BATCHES
-    index_validator(2).validate(document)
-    assert not index_validator(1).is_valid(document)
+    index_validator().validate(document)
     # Everything of version 1 holds in version 2: the entries are read alike.
     assert entries_from_index(document) == entries_from_index(plain)
     # All members dead, no tombstone: an index with no entries but what it replaces.
-    index_validator(2).validate(parse_index(_compacted([], OLD_BATCHES)))
+    index_validator().validate(parse_index(_compacted([], OLD_BATCHES)))
+
+
+def test_one_schema_accepts_versions_1_and_2_each_with_its_own_fields() -> None:
+    record = ObjectRecord(key="k", size=1, md5_hex="0" * 32, mtime=1.0)
+    plain = parse_index(_index([IndexEntry(record, "k", 1536)]))
+    compacted = parse_index(_compacted([IndexEntry(record, "k", 1536)], OLD_BATCHES))
+    validator = index_validator()
+    assert validator.is_valid(plain)
+    assert validator.is_valid(compacted)
+    # Version 1 has no replaces; version 2 must have it.
+    assert not validator.is_valid({**plain, "replaces": OLD_BATCHES})
+    assert not validator.is_valid({**compacted, "version": 1})
+    without = {name: value for name, value in compacted.items() if name != "replaces"}
+    assert not validator.is_valid(without)
+    # An empty version 2 index is a rewrite of dead objects only; version 1 holds something.
+    assert validator.is_valid({**compacted, "objects": []})
+    assert not validator.is_valid({**plain, "objects": []})
+    for version in (0, 3, "1", 1.5, None):
+        assert not validator.is_valid({**plain, "version": version}), version
+        assert not validator.is_valid({**compacted, "version": version}), version
 
 
 @pytest.mark.parametrize(
@@ -393,6 +412,6 @@ def test_parse_index_refuses_a_version_2_index_with_bad_replaces(
     with pytest.raises(IndexFormatError, match=re.escape(message)):
         parse_index(malformed)
     if message != "replaces names the batch itself":  # beyond what a schema can say
-        assert not index_validator(2).is_valid(json.loads(malformed))
+        assert not index_validator().is_valid(json.loads(malformed))
     with pytest.raises(IndexFormatError, match="index version 3"):
         parse_index(_malformed(document, ["version"], 3))

@@ -21,7 +21,7 @@ from click.testing import CliRunner, Result
 from s3batchd import reader
 from s3batchd.cli.read import PROGRESS_MIN_OBJECTS, extract, ls
 from s3batchd.cli.seaweed import LocalS3
-from s3batchd.constants import INDEX_VERSION
+from s3batchd.constants import INDEX_VERSION, INDEX_VERSION_COMPACTED
 from s3batchd.errors import S3BatchdError
 from s3batchd.index import IndexEntry, WriterId, new_batch_id, render_index, tar_key
 from s3batchd.reader import IntegrityError, Location, ReadStats
@@ -453,8 +453,8 @@ def test_cli_extract_reports_a_corrupt_object(
 def test_index_schema_matches_render_index() -> None:
     schema = json.loads(INDEX_SCHEMA.read_text(encoding="utf-8"))
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert schema["$id"].endswith(f":{INDEX_VERSION}")
-    assert schema["properties"]["version"] == {"const": INDEX_VERSION}
+    assert schema["$id"] == "urn:s3batchd:schema:index"  # one schema, every version
+    assert schema["properties"]["version"] == {"enum": [INDEX_VERSION, INDEX_VERSION_COMPACTED]}
     batch_id = new_batch_id(WriterId.generate("Host_Name.example"), 7, now=1_800_000_000.0)
     record = ObjectRecord(
         key="ключ/../x",

@@ -63,6 +63,7 @@ from s3batchd.upload.attempt import ThreadSteps, UploadSteps
 from s3batchd.upload.follow import Follower
 from s3batchd.upload.prober import Prober
 from s3batchd.upload.proc import ChildSteps
+from s3batchd.upload.relocate import Relocator
 from s3batchd.upload.uploader import Uploader
 from s3batchd.upload.upstream import make_client
 
@@ -175,6 +176,15 @@ class Pipeline:
                 threads=threads,
                 own_writer=str(self.writer),
             )
+        self.relocator = Relocator(
+            lambda: Catalog(path, busy_timeout_s=BUSY_TIMEOUT_S),
+            self.client,
+            prefix=settings.upstream.prefix,
+            lookback_s=settings.catalog.follow_lookback_s,
+            threads=threads,
+        )
+        """Finds where compaction moved the keys of a batch a read found gone (with or
+        without ``catalog.follow``), through a connection of its own."""
         self.spill_dir = settings.spool.dir / TMP_DIR
         """Where received bodies larger than ``limits.memory_buffer_bytes`` wait."""
         self.spools: tuple[Path, ...] = (settings.spool.dir,)
@@ -615,6 +625,7 @@ class Pipeline:
         self.catalog.close()
         if self._follow_catalog is not None:
             self._follow_catalog.close()
+        self.relocator.close()
         logger.info("shutdown: done (%s)", "all uploaded" if self.drained else "batches kept")
         return self.drained
 

@@ -54,6 +54,10 @@ def compact_command(
                 report = compactor.run(dry_run=dry_run, progress=advance)
     except (CompactionError, ReaderError, ClientError, BotoCoreError, CatalogUnavailable) as exc:
         raise click.ClickException(f"compact s3://{bucket}: {exc}") from exc
+    except OSError as exc:  # the new tar is built on disk (spool/scratch.py)
+        raise click.ClickException(
+            f"compact s3://{bucket}: building the new tar in spool.dir's _tmp/: {exc}"
+        ) from exc
     for line in summary(report):
         click.echo(line)
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
@@ -34,8 +35,10 @@ from s3batchd.compaction.survey import (
     should_rewrite,
     survey,
 )
-from s3batchd.index import INDEX_SUFFIX, WriterId, index_key, new_batch_id, tar_key
+from s3batchd.index import COMPACTOR_HOST, INDEX_SUFFIX, WriterId, index_key, new_batch_id, tar_key
 from s3batchd.reader import ReadStats, load_index
+from s3batchd.spool.files import TMP_DIR
+from s3batchd.spool.scratch import sweep
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -112,13 +115,18 @@ class Compactor:
     client: S3Client
     bucket: str
     settings: Settings
-    writer: WriterId = field(default_factory=lambda: WriterId.generate("compactor"))
+    writer: WriterId = field(default_factory=lambda: WriterId.generate(COMPACTOR_HOST))
     _sequence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
     def prefix(self) -> str:
         """Where the batches are (``upstream.prefix``)."""
         return self.settings.upstream.prefix
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Where new tars are built: the spool's ``_tmp/`` (``spool/scratch.py``)."""
+        return self.settings.spool.dir / TMP_DIR
 
     def run(
         self,
@@ -165,6 +173,8 @@ class Compactor:
         progress: Callable[[int], None] | None,
         on_written: Callable[[Written], None] | None,
     ) -> None:
+        if lease is not None:
+            sweep(self.tmp_dir)  # the scratch tars of compactors killed on this host
         if lease is not None and lease.found_writing:
             self._finish_orphan(report, lease.found_writing)
         now = time.time()
@@ -220,15 +230,35 @@ class Compactor:
 
     def _finish_orphan(self, report: PassReport, batch_id: str) -> None:
         """A previous holder died while writing ``batch_id``: without its index the tar is
-        not a batch; delete it (with its index the batch is committed: nothing to do)."""
+        not a batch; delete it, and abort the multipart upload of it the holder left open
+        (with its index the batch is committed: nothing to do)."""
         try:
             self.client.head_object(Bucket=self.bucket, Key=index_key(self.prefix, batch_id))
         except ClientError:
-            self.client.delete_object(Bucket=self.bucket, Key=tar_key(self.prefix, batch_id))
+            orphan = tar_key(self.prefix, batch_id)
+            self._abort_uploads(report, orphan)
+            self.client.delete_object(Bucket=self.bucket, Key=orphan)
             report.requests["DELETE"] += 1
             report.orphans.append(batch_id)
             logger.info("compaction: unfinished batch %s deleted", batch_id)
         report.requests["GET"] += 1
+
+    def _abort_uploads(self, report: PassReport, key: str) -> None:
+        """Abort every multipart upload open for exactly ``key``; an upstream that cannot
+        list or abort them leaves them to the bucket's lifecycle rules (logged)."""
+        try:
+            answer = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            report.requests["LIST"] += 1
+            for upload in answer.get("Uploads", []):
+                if upload.get("Key") != key:
+                    continue
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
+                )
+                report.requests["DELETE"] += 1
+                logger.info("compaction: multipart upload of unfinished %s aborted", key)
+        except ClientError as exc:
+            logger.warning("compaction: multipart uploads of %s not aborted: %s", key, exc)
 
     def _delete_due(self, report: PassReport, found: Survey, now: float) -> None:
         grace = self.settings.compaction.grace_s
@@ -285,6 +315,8 @@ class Compactor:
             batch_id=batch_id,
             sources=sources,
             stats=stats,
+            tmp_dir=self.tmp_dir,
+            upload=self.settings.upload,
         )
         report.requests["GET"] += written.get_requests
         report.requests["PUT"] += written.put_requests

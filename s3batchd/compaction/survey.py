@@ -18,9 +18,9 @@ from typing import Any
 
 from s3batchd.index import parse_time, replaced_batches
 
-#: What a GET of live members costs in requests per this many bytes (the reader library's
-#: coalesced spans: ``reader.DEFAULT_MAX_SPAN`` is 8 MiB; one GET at least).
-SPAN_BYTES = 8 * 1024 * 1024
+#: What a GET of live members costs in requests per this many bytes: the longest range a
+#: rewrite reads with one GET (``rewrite.write_batch``; one GET at least).
+SPAN_BYTES = 4 * 1024 * 1024
 GB = 1_000_000_000
 #: Tar bytes of one member besides its padded data: a PAX header block, its records and the
 #: ustar header (docs/index-format.md: 1,536 with a short key and little metadata). With small

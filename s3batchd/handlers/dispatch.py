@@ -100,10 +100,11 @@ async def read_object(call: Call) -> Response:
             source, entry, target.key, call.headers, head=call.head, query=target.query
         )
     except UpstreamFailed as exc:
-        if exc.code != "NoSuchKey" or pipeline.follower is None:
+        if exc.code != "NoSuchKey":
             raise
         # The tar the catalog names is gone: compaction may have moved the key after its
-        # grace period, before this daemon's follow rounds learned the new batch.
+        # grace period, before this daemon's follow rounds (if it follows) learned the new
+        # batch.
         moved = await _moved(call, entry)
         if moved is None:
             raise
@@ -126,19 +127,30 @@ class _Moved:
 
 async def _moved(call: Call, entry: CatalogEntry) -> _Moved | None:
     """Where ``entry``'s key is after follow rounds of its bucket run now (a running round
-    may have listed before the compacted index was written: one more after it), or None when
+    may have listed before the compacted index was written: one more after it), else after a
+    search for the compacted index that replaces its batch (``upload/relocate.py``, once per
+    missing batch; a daemon that does not follow the bucket goes there at once), or None when
     the catalog still names the missing tar."""
-    follower = call.pipeline.follower
-    if follower is None:
-        return None
-    for _ in range(MOVED_ROUNDS):
-        await follower.catch_up(call.target.bucket)
-        found = await call.pipeline.lookup(call.target.bucket, call.target.key)
-        if found is None or found.tar_key != entry.tar_key:
-            where = "deleted" if found is None else f"moved to {found.tar_key}"
-            logger.info("s3://%s/%s: %s", call.target.bucket, call.target.key, where)
-            return _Moved(found)
+    pipeline = call.pipeline
+    bucket, key = call.target.bucket, call.target.key
+    follower = pipeline.follower
+    if follower is not None:
+        for _ in range(MOVED_ROUNDS):
+            await follower.catch_up(bucket)
+            found = await pipeline.lookup(bucket, key)
+            if found is None or found.tar_key != entry.tar_key:
+                return _logged(call, _Moved(found))
+    await pipeline.relocator.relocate(bucket, entry.batch_id)
+    found = await pipeline.lookup(bucket, key)
+    if found is None or found.tar_key != entry.tar_key:
+        return _logged(call, _Moved(found))
     return None
+
+
+def _logged(call: Call, moved: _Moved) -> _Moved:
+    where = "deleted" if moved.entry is None else f"moved to {moved.entry.tar_key}"
+    logger.info("s3://%s/%s: %s", call.target.bucket, call.target.key, where)
+    return moved
 
 
 async def catalog_answers(call: Call) -> bool:

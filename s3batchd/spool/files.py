@@ -9,7 +9,8 @@ Layout under ``spool.dir``::
                                    (``parking``)
     _quarantine/               files recovery could not read, kept for an operator, and
                                ``<bucket>--<id>.<offset>.cut``: bytes it dropped from a batch
-    _tmp/                      large request bodies while they are being received
+    _tmp/                      large request bodies while they are being received, and
+                               compaction's new tars while they are built (``scratch``)
 
 Internal directories start with ``_``, which no bucket name can.
 

@@ -134,10 +134,12 @@ class BatchUpload:
         self._stats = stats
         self._parts_at_once = parts_at_once or (lambda: config.part_concurrency)
 
-    def tar(self, batch: SealedBatch) -> None:
+    def tar(self, batch: SealedBatch, *, crc32: str | None = None) -> None:
         """Upload the tar under its key, unless an earlier attempt already did; encrypted as
-        strongly as its most demanding member asked (bucketmodes.tar_encryption)."""
-        metadata = {META_BATCH_ID: batch.batch_id, META_TAR_CRC32: file_crc32(batch.path)}
+        strongly as its most demanding member asked (bucketmodes.tar_encryption). ``crc32``:
+        the tar's (8 hex digits) when its writer computed it, else it is read from the file."""
+        crc = crc32 if crc32 is not None else file_crc32(batch.path)
+        metadata = {META_BATCH_ID: batch.batch_id, META_TAR_CRC32: crc}
         encryption = tar_encryption(encrypted_members(batch))
         if needs_multipart(batch.size, self._config):
             self._multipart(batch, metadata, encryption)

@@ -367,11 +367,11 @@ class Follower:
                     self._prefix,
                     _iso(since),
                 )
-            start_after = max(state.after, self._prefix + _key_floor(since))
+            start_after = max(state.after, self._prefix + key_floor(since))
         else:
             # Every index opened since the previous round started (less the lookback: its
             # upload comes later) is listed; earlier ones were listed by earlier rounds.
-            start_after = self._prefix + _key_floor(self._since(state))
+            start_after = self._prefix + key_floor(self._since(state))
         learned = 0
         token: str | None = None
         progress_at = time.monotonic()
@@ -523,7 +523,7 @@ def _mark(state: BucketFollow, index: _Index) -> None:
     state.newest_uploaded = max(state.newest_uploaded, index.uploaded)
 
 
-def _key_floor(moment: float) -> str:
+def key_floor(moment: float) -> str:
     """The start of the index keys of batches opened at ``moment`` (under the prefix)."""
     when = datetime.fromtimestamp(moment, tz=UTC)
     stamp = when.strftime("%Y%m%dT%H%M%S") + f"{when.microsecond // 1000:03d}"
