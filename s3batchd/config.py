@@ -633,7 +633,9 @@ class CompactionConfig(Section):
     them."""
     lease_s: float = Field(default=600.0, gt=0)
     """Seconds the compaction lease (an object under ``upstream.prefix`` written with
-    conditional requests) is held without renewal before another compactor may take it."""
+    conditional requests) is held without renewal before another compactor may take it.
+    Unused with ``catalog.backend = "postgres"``: the lease is then a PostgreSQL advisory lock,
+    which ends with its holder's session (docs/compaction.md)."""
     storage_price_per_gb_month_usd: float = Field(default=0.023, ge=0)
     """Price of one GB stored for a month in USD (AWS S3 Standard: 0.023): the saving side of
     the ``payback_days`` rule. PUT prices: ``metrics.put_price_per_1000_usd``."""

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
-from s3batchd.compaction.lease import Lease, verify_conditional_writes
+from s3batchd.compaction.lease import CompactionLease, Lease, verify_conditional_writes
+from s3batchd.compaction.pglease import AdvisoryLease
 from s3batchd.compaction.rewrite import Source, Written, delete_batch, write_batch
 from s3batchd.compaction.survey import (
     BatchState,
@@ -134,34 +135,48 @@ class Compactor:
         Raises:
             LeaseHeld: another compactor holds the lease.
             CompactionError: the upstream does not honour conditional writes.
+            CatalogUnavailable: the PostgreSQL lock could not be asked for.
         """
         report = PassReport(dry_run=dry_run)
         if dry_run:  # reads only: no lease, no probe object
             self._pass(report, None, progress, None)
             return report
+        lease = self._lease(report)
+        lease.take()
+        try:
+            self._pass(report, lease, progress, on_written)
+        finally:
+            lease.release()
+            report.requests["PUT"] += lease.puts
+        return report
+
+    def _lease(self, report: PassReport) -> CompactionLease:
+        """The PostgreSQL advisory lock with ``catalog.backend = "postgres"``, else the lease
+        object, once the upstream has shown it honours the conditional writes it needs."""
+        catalog = self.settings.catalog
+        if catalog.backend == "postgres":
+            return AdvisoryLease(
+                catalog.dsn.get_secret_value(),
+                self.bucket,
+                self.prefix,
+                owner=str(self.writer),
+                timeout_s=catalog.postgres_timeout_s,
+            )
         verify_conditional_writes(self.client, self.bucket, self.prefix)
         report.requests["PUT"] += 2
         report.requests["DELETE"] += 1
-        lease = Lease(
+        return Lease(
             self.client,
             self.bucket,
             self.prefix,
             owner=str(self.writer),
             duration_s=self.settings.compaction.lease_s,
         )
-        lease.take()
-        report.requests["PUT"] += 1
-        try:
-            self._pass(report, lease, progress, on_written)
-        finally:
-            lease.release()
-            report.requests["PUT"] += 1
-        return report
 
     def _pass(
         self,
         report: PassReport,
-        lease: Lease | None,
+        lease: CompactionLease | None,
         progress: Callable[[int], None] | None,
         on_written: Callable[[Written], None] | None,
     ) -> None:
@@ -264,10 +279,9 @@ class Compactor:
             size += item.batch.live_bytes
         return groups
 
-    def _rewrite(self, report: PassReport, lease: Lease, group: list[Chosen]) -> Written:
+    def _rewrite(self, report: PassReport, lease: CompactionLease, group: list[Chosen]) -> Written:
         batch_id = new_batch_id(self.writer, next(self._sequence))
         lease.renew(writing=batch_id)  # a crash before the index: the next holder cleans up
-        report.requests["PUT"] += 1
         sources = [
             Source(
                 c.batch.batch_id,
@@ -290,5 +304,4 @@ class Compactor:
         report.requests["PUT"] += written.put_requests
         report.written.append(written)
         lease.renew()
-        report.requests["PUT"] += 1
         return written
