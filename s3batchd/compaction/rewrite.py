@@ -6,7 +6,8 @@ period is over.
 
 The tombstones and attribute updates of the replaced batches travel into the new batch too: a
 tombstone may hide an older write of its key in a batch that is not rewritten, and an update
-may name an object in another batch.
+may name an object in another batch; but those that hide or name nothing any more are dropped
+(``travelling``, decided by compaction/tombstones.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from s3batchd.upload.bucketmodes import tar_encryption
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from s3batchd.compaction.tombstones import Travelling
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +97,11 @@ def write_batch(
     batch_id: str,
     sources: Sequence[Source],
     stats: ReadStats,
+    travelling: Travelling | None = None,
 ) -> Written:
     """Read the live objects of ``sources``, upload the compacted batch ``batch_id`` (tar,
-    then index) and return it. Raises the reader's errors and botocore's."""
+    then index) and return it, with the tombstones and updates of ``travelling`` (None: all
+    of the sources'). Raises the reader's errors and botocore's."""
     locations = [
         Location.from_index_entry(bucket, source.tar_key, entry)
         for source in sources
@@ -110,6 +115,8 @@ def write_batch(
         "tombstones": [t for s in sources for t in s.document.get("tombstones", ())],
         "updates": [u for s in sources for u in s.document.get("updates", ())],
     }
+    if travelling is not None:
+        carried.update(tombstones=travelling.tombstones, updates=travelling.updates)
     entries = entries_from_index(carried)
     tar, placed = build_tar(entries, datas)
     new_tar = tar_key(prefix, batch_id)
