@@ -250,3 +250,22 @@ def test_the_daemons_pass_in_postgres_mode_waits_for_the_lock_then_compacts(
         for key in deleted:
             with pytest.raises(ClientError):
                 client.get_object(Bucket=bucket, Key=key)
+
+
+def test_a_rollback_to_schema_version_1_migrates_again_keeping_the_compaction_table(
+    postgres_dsn: str,
+) -> None:
+    dsn = _migrated(postgres_dsn)
+    lease = AdvisoryLease(dsn, "b", PREFIX, owner="first", timeout_s=2.0)
+    lease.take()
+    lease.renew(writing="20270115T000000000Z-compactor-0123abcd-000001")
+    lease.release()
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute("UPDATE s3batchd_schema SET version = 1")  # the rollback
+    _migrated(dsn)  # the release after it: migration 2 again, the table kept
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        assert connection.execute("SELECT version FROM s3batchd_schema").fetchall() == [(2,)]
+    again = AdvisoryLease(dsn, "b", PREFIX, owner="again", timeout_s=2.0)
+    again.take()
+    assert again.found_writing == "20270115T000000000Z-compactor-0123abcd-000001"
+    again.release()

@@ -91,9 +91,10 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # The compaction lease's state (compaction/pglease.py): who last held a bucket prefix's
     # advisory lock, and the batch it was writing (its tar is deleted by the next holder
-    # unless its index was written). The lock itself is PostgreSQL's, not a row.
+    # unless its index was written). The lock itself is PostgreSQL's, not a row. IF NOT
+    # EXISTS: a rollback sets the version back to 1 and leaves the table (docs/operations.md).
     """
-    CREATE TABLE s3batchd_compaction (
+    CREATE TABLE IF NOT EXISTS s3batchd_compaction (
         bucket text NOT NULL,
         prefix text NOT NULL,
         owner text NOT NULL DEFAULT '',
