@@ -5,8 +5,9 @@ session-level advisory lock of the fleet's database instead of an object in the 
 (``lock_key``), taken on a connection of its own that the pass keeps for its whole length and
 closes at the end. PostgreSQL releases the lock when that session ends, however it ends: a
 compactor killed with ``kill -9`` (or whose host died) loses it as soon as its server notices
-the closed connection (at once on a kill: the kernel closes the socket; a vanished host within
-the TCP keepalive of the connection, a few ``catalog.postgres_timeout_s``), not after an expiry
+the closed connection (at once on a kill: the kernel closes the socket; a vanished host when
+the server's TCP keepalive on the session gives up, which the session sets to about four
+``catalog.postgres_timeout_s``: the server's default is hours), not after an expiry
 the next compactor must wait out. A refused lock raises ``LeaseHeld`` naming the holder as far
 as PostgreSQL tells (its pid, ``application_name`` and client address from ``pg_locks`` and
 ``pg_stat_activity``, and the owner the holder wrote in ``s3batchd_compaction``).
@@ -133,7 +134,12 @@ class AdvisoryLease:
                 autocommit=True,
                 application_name=f"s3batchd compaction {self.owner}"[:63],
                 connect_timeout=seconds,
-                options=f"-c statement_timeout={int(self.timeout_s * 1000)}",
+                # The server's keepalive decides when a vanished holder's lock ends.
+                options=(
+                    f"-c statement_timeout={int(self.timeout_s * 1000)} "
+                    f"-c tcp_keepalives_idle={seconds} -c tcp_keepalives_interval={seconds} "
+                    "-c tcp_keepalives_count=3"
+                ),
                 keepalives=1,
                 keepalives_idle=seconds,
                 keepalives_interval=seconds,
