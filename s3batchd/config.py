@@ -643,7 +643,8 @@ class CompactionConfig(Section):
     batch is uploaded, which a down upstream or a parked batch can hold back: one held back
     longer than this whose objects were deleted meanwhile would make them readable again.
     Keep it above the longest time a batch may wait in a spool (30 days by default). 0: never
-    drop one (tombstones are carried into every compacted batch for ever)."""
+    drop one for that (only a later tombstone of its key carried into the same compacted batch
+    replaces one), and no batch is deleted for having nothing left to carry."""
     storage_price_per_gb_month_usd: float = Field(default=0.023, ge=0)
     """Price of one GB stored for a month in USD (AWS S3 Standard: 0.023): the saving side of
     the ``payback_days`` rule. PUT prices: ``metrics.put_price_per_1000_usd``."""
