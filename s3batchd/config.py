@@ -637,7 +637,18 @@ class CompactionConfig(Section):
     them."""
     lease_s: float = Field(default=600.0, gt=0)
     """Seconds the compaction lease (an object under ``upstream.prefix`` written with
-    conditional requests) is held without renewal before another compactor may take it."""
+    conditional requests) is held without renewal before another compactor may take it.
+    Unused with ``catalog.backend = "postgres"``: the lease is then a PostgreSQL advisory lock,
+    which ends with its holder's session (docs/compaction.md)."""
+    tombstone_horizon_s: float = Field(default=30 * 86400, ge=0)
+    """Seconds after a delete its tombstone may be dropped by a pass, once no write of its key
+    stamped before it is left in the bucket (docs/compaction.md, "Dropping tombstones"); the
+    same for an attribute update whose object is gone. A write reaches the bucket when its
+    batch is uploaded, which a down upstream or a parked batch can hold back: one held back
+    longer than this whose objects were deleted meanwhile would make them readable again.
+    Keep it above the longest time a batch may wait in a spool (30 days by default). 0: never
+    drop one for that (only a later tombstone of its key carried into the same compacted batch
+    replaces one), and no batch is deleted for having nothing left to carry."""
     storage_price_per_gb_month_usd: float = Field(default=0.023, ge=0)
     """Price of one GB stored for a month in USD (AWS S3 Standard: 0.023): the saving side of
     the ``payback_days`` rule. PUT prices: ``metrics.put_price_per_1000_usd``."""

@@ -15,7 +15,8 @@ deleted key); an attribute update applies to the object it names by stamp to the
 Keys are ``bytea`` (their UTF-8 bytes): S3 orders keys by UTF-8 bytes, which is ``bytea``
 order whatever the database's collation, and the primary key (bucket, key) serves both lookups
 and prefix listings as range scans. The schema is versioned (``s3batchd_schema``) and created
-or migrated under an advisory lock at start or by ``s3batchd catalog migrate``. Expired rows
+or migrated under an advisory lock at start or by ``s3batchd catalog migrate``; version 2 adds
+``s3batchd_compaction``, the state of the compaction lease (compaction/pglease.py). Expired rows
 are deleted in bounded batches (``FOR UPDATE SKIP LOCKED``: daemons expiring at once do not
 wait for each other).
 
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 #: The schema this code reads and writes. A database at a newer version was migrated by a
 #: newer daemon: this one refuses to use it rather than write rows it does not understand.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Any constant: the advisory lock that serialises migrations of daemons starting together.
 _MIGRATION_LOCK = 0x53336263
 #: Statements that bring the schema from version N (index) to N + 1.
@@ -87,6 +88,19 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (bucket, key)
     );
     CREATE INDEX s3batchd_updates_mtime ON s3batchd_updates (mtime);
+    """,
+    # The compaction lease's state (compaction/pglease.py): who last held a bucket prefix's
+    # advisory lock, and the batch it was writing (its tar is deleted by the next holder
+    # unless its index was written). The lock itself is PostgreSQL's, not a row. IF NOT
+    # EXISTS: a rollback sets the version back to 1 and leaves the table (docs/operations.md).
+    """
+    CREATE TABLE IF NOT EXISTS s3batchd_compaction (
+        bucket text NOT NULL,
+        prefix text NOT NULL,
+        owner text NOT NULL DEFAULT '',
+        writing text NOT NULL DEFAULT '',
+        PRIMARY KEY (bucket, prefix)
+    );
     """,
 )
 TABLES = ("s3batchd_objects", "s3batchd_tombstones", "s3batchd_updates")

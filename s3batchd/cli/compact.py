@@ -106,6 +106,12 @@ def summary(report: PassReport) -> list[str]:
         f"live {report.live_bytes} bytes rewritten, dead {report.dead_bytes} bytes dropped"
     )
     lines.append(f"deleted ({verb}): {len(report.deleted)} replaced batches")
+    if report.tombstones_dropped or report.updates_dropped or report.emptied:
+        lines.append(
+            f"dropped ({verb}): {report.tombstones_dropped} tombstones and "
+            f"{report.updates_dropped} attribute updates hiding or naming nothing; "
+            f"{len(report.emptied)} batches of nothing else deleted"
+        )
     if report.orphans:
         lines.append(f"unfinished batches deleted: {', '.join(report.orphans)}")
     spent = ", ".join(f"{n} {name}" for name, n in report.requests.items())

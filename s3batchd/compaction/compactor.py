@@ -1,6 +1,8 @@
 """One compaction pass over a bucket (``s3batchd compact``): take the lease, finish what an
 earlier pass left (a tar whose index was never written, replaced batches past their grace
-period), survey the indexes, rewrite the batches the rules choose, release the lease.
+period), survey the indexes, delete the batches with nothing left to carry and rewrite the
+batches the rules choose (with the tombstones and updates that still hide or name something:
+compaction/tombstones.py), release the lease.
 
 Crash-safe and idempotent: the index of the new batch is its commit marker. Before it exists
 the old batches are authoritative (a new tar without an index is deleted by the next pass,
@@ -23,7 +25,8 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
-from s3batchd.compaction.lease import Lease, verify_conditional_writes
+from s3batchd.compaction.lease import CompactionLease, Lease, verify_conditional_writes
+from s3batchd.compaction.pglease import AdvisoryLease
 from s3batchd.compaction.rewrite import Source, Written, delete_batch, write_batch
 from s3batchd.compaction.survey import (
     BatchState,
@@ -35,6 +38,7 @@ from s3batchd.compaction.survey import (
     should_rewrite,
     survey,
 )
+from s3batchd.compaction.tombstones import BucketView, Travelling
 from s3batchd.index import COMPACTOR_HOST, INDEX_SUFFIX, WriterId, index_key, new_batch_id, tar_key
 from s3batchd.reader import ReadStats, load_index
 from s3batchd.spool.files import TMP_DIR
@@ -72,6 +76,14 @@ class PassReport:
     """Replaced batches deleted (dry run: due for deletion)."""
     orphans: list[str] = field(default_factory=list)
     """Tars of compacted batches an earlier pass never finished, deleted."""
+    emptied: list[str] = field(default_factory=list)
+    """Batches of dead objects and droppable tombstones and updates only, deleted outright
+    (dry run: due for deletion; compaction/tombstones.py)."""
+    tombstones_dropped: int = 0
+    """Tombstones of the rewritten batches not carried into the new ones (dry run: would be),
+    those of ``emptied`` batches included."""
+    updates_dropped: int = 0
+    """Attribute updates likewise."""
     requests: dict[str, int] = field(
         default_factory=lambda: {"GET": 0, "PUT": 0, "LIST": 0, "DELETE": 0}
     )
@@ -142,34 +154,48 @@ class Compactor:
         Raises:
             LeaseHeld: another compactor holds the lease.
             CompactionError: the upstream does not honour conditional writes.
+            CatalogUnavailable: the PostgreSQL lock could not be asked for.
         """
         report = PassReport(dry_run=dry_run)
         if dry_run:  # reads only: no lease, no probe object
             self._pass(report, None, progress, None)
             return report
+        lease = self._lease(report)
+        lease.take()
+        try:
+            self._pass(report, lease, progress, on_written)
+        finally:
+            lease.release()
+            report.requests["PUT"] += lease.puts
+        return report
+
+    def _lease(self, report: PassReport) -> CompactionLease:
+        """The PostgreSQL advisory lock with ``catalog.backend = "postgres"``, else the lease
+        object, once the upstream has shown it honours the conditional writes it needs."""
+        catalog = self.settings.catalog
+        if catalog.backend == "postgres":
+            return AdvisoryLease(
+                catalog.dsn.get_secret_value(),
+                self.bucket,
+                self.prefix,
+                owner=str(self.writer),
+                timeout_s=catalog.postgres_timeout_s,
+            )
         verify_conditional_writes(self.client, self.bucket, self.prefix)
         report.requests["PUT"] += 2
         report.requests["DELETE"] += 1
-        lease = Lease(
+        return Lease(
             self.client,
             self.bucket,
             self.prefix,
             owner=str(self.writer),
             duration_s=self.settings.compaction.lease_s,
         )
-        lease.take()
-        report.requests["PUT"] += 1
-        try:
-            self._pass(report, lease, progress, on_written)
-        finally:
-            lease.release()
-            report.requests["PUT"] += 1
-        return report
 
     def _pass(
         self,
         report: PassReport,
-        lease: Lease | None,
+        lease: CompactionLease | None,
         progress: Callable[[int], None] | None,
         on_written: Callable[[Written], None] | None,
     ) -> None:
@@ -178,7 +204,11 @@ class Compactor:
         if lease is not None and lease.found_writing:
             self._finish_orphan(report, lease.found_writing)
         now = time.time()
-        found = survey(self._listed(report))
+        listed = self._listed(report)
+        found = survey(listed)
+        view = BucketView.of(
+            listed, horizon_s=self.settings.compaction.tombstone_horizon_s, now=now
+        )
         report.survey = found
         oldest = found.oldest_death()
         report.oldest_death_age_s = None if oldest is None else max(now - oldest, 0.0)
@@ -186,16 +216,17 @@ class Compactor:
         rules = rules_of(self.settings)
         dead = sum(batch.dead_footprint for batch in found.batches)
         report.dead_per_month_usd = monthly_storage_usd(dead, rules.prices)
-        pending = {replaced.by for replaced in found.replaced}
-        for batch in found.batches:
-            reason = None if batch.batch_id in pending else should_rewrite(batch, rules, now)
-            if reason is not None:
-                report.chosen.append(Chosen(batch, reason))
-        saved = sum(c.batch.tar_size for c in report.chosen)
+        emptied = self._choose(report, found, view, rules, now)
+        emptied_bytes = self._delete_emptied(report, emptied, dry_run=lease is None)
+        saved = sum(c.batch.tar_size for c in report.chosen) + emptied_bytes
         for group in self._groups(report.chosen):
+            documents = [c.batch.listed.document for c in group]
+            travelling = view.travelling(documents, [e for c in group for e in c.batch.live])
+            report.tombstones_dropped += travelling.tombstones_dropped
+            report.updates_dropped += travelling.updates_dropped
             if lease is None:
                 continue
-            written = self._rewrite(report, lease, group)
+            written = self._rewrite(report, lease, group, travelling)
             if on_written is not None:
                 on_written(written)
             saved -= written.tar_size
@@ -205,8 +236,26 @@ class Compactor:
                 for chosen in group:
                     self._delete(report, chosen.batch.listed.document["tar"]["key"], chosen)
         if lease is None:  # dry run: the new tars would drop the dead members
-            saved = sum(c.batch.dead_footprint for c in report.chosen)
+            saved = sum(c.batch.dead_footprint for c in report.chosen) + emptied_bytes
         report.saved_per_month_usd = monthly_storage_usd(max(saved, 0), rules.prices)
+
+    def _choose(
+        self, report: PassReport, found: Survey, view: BucketView, rules: Rules, now: float
+    ) -> list[BatchState]:
+        """Put the batches to rewrite in ``report.chosen``; return those to delete outright
+        (``BucketView.emptied``). A batch whose replaced batches are still there is left."""
+        pending = {replaced.by for replaced in found.replaced}
+        emptied: list[BatchState] = []
+        for batch in found.batches:
+            if batch.batch_id in pending:
+                continue
+            if view.emptied(batch, grace_s=self.settings.compaction.grace_s):
+                emptied.append(batch)
+                continue
+            reason = should_rewrite(batch, rules, now)
+            if reason is not None:
+                report.chosen.append(Chosen(batch, reason))
+        return emptied
 
     def _listed(self, report: PassReport) -> list[Listed]:
         pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -275,6 +324,24 @@ class Compactor:
                 report.requests["DELETE"] += 2
             report.deleted.append(replaced.batch_id)
 
+    def _delete_emptied(
+        self, report: PassReport, batches: list[BatchState], *, dry_run: bool
+    ) -> int:
+        """Delete (``dry_run``: count) the batches with nothing left to carry; their tar
+        bytes."""
+        for batch in batches:
+            document = batch.listed.document
+            report.tombstones_dropped += len(document.get("tombstones", ()))
+            report.updates_dropped += len(document.get("updates", ()))
+            report.emptied.append(batch.batch_id)
+            if dry_run:
+                continue
+            delete_batch(
+                self.client, bucket=self.bucket, tar=document["tar"]["key"], index=batch.listed.key
+            )
+            report.requests["DELETE"] += 2
+        return sum(batch.tar_size for batch in batches)
+
     def _delete(self, report: PassReport, tar: str, chosen: Chosen) -> None:
         delete_batch(self.client, bucket=self.bucket, tar=tar, index=chosen.batch.listed.key)
         report.requests["DELETE"] += 2
@@ -294,10 +361,15 @@ class Compactor:
             size += item.batch.live_bytes
         return groups
 
-    def _rewrite(self, report: PassReport, lease: Lease, group: list[Chosen]) -> Written:
+    def _rewrite(
+        self,
+        report: PassReport,
+        lease: CompactionLease,
+        group: list[Chosen],
+        travelling: Travelling,
+    ) -> Written:
         batch_id = new_batch_id(self.writer, next(self._sequence))
         lease.renew(writing=batch_id)  # a crash before the index: the next holder cleans up
-        report.requests["PUT"] += 1
         sources = [
             Source(
                 c.batch.batch_id,
@@ -317,10 +389,10 @@ class Compactor:
             stats=stats,
             tmp_dir=self.tmp_dir,
             upload=self.settings.upload,
+            travelling=travelling,
         )
         report.requests["GET"] += written.get_requests
         report.requests["PUT"] += written.put_requests
         report.written.append(written)
         lease.renew()
-        report.requests["PUT"] += 1
         return written

@@ -11,6 +11,10 @@ between the new tar and its index leaves that tar, which the next holder deletes
 
 An upstream that ignores the conditions would let two holders in: ``verify_conditional_writes``
 checks at start that a second ``If-None-Match: *`` write of an object is refused.
+
+``CompactionLease`` is what a pass needs of a lease; ``Lease`` (here) is the lease object, used
+with the SQLite catalog, and ``pglease.AdvisoryLease`` a PostgreSQL advisory lock, used with
+``catalog.backend = "postgres"`` (docs/compaction.md, "Two compactors at once").
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import ClientError
 
@@ -66,6 +70,28 @@ def verify_conditional_writes(client: S3Client, bucket: str, prefix: str) -> Non
         client.delete_object(Bucket=bucket, Key=key)
 
 
+class CompactionLease(Protocol):
+    """A compaction lease as a pass uses it: ``take`` it (``LeaseHeld`` when another holds
+    it), ``renew`` it before and after each new batch, naming the batch being written,
+    ``release`` it at the end."""
+
+    found_writing: str
+    """The batch a previous holder was writing when its lease ended (``""``: none)."""
+    writing: str
+    """The batch this holder is writing (``""``: none)."""
+    puts: int
+    """S3 PUT requests the lease spent so far."""
+
+    def take(self) -> None:
+        """Take the lease or raise ``LeaseHeld``."""
+
+    def renew(self, *, writing: str = "") -> None:
+        """Say which batch is being written; ``LeaseHeld`` if the lease was lost."""
+
+    def release(self) -> None:
+        """Give the lease up."""
+
+
 @dataclass(slots=True)
 class Lease:
     """The compaction lease of one bucket, as held by this process."""
@@ -81,6 +107,8 @@ class Lease:
     writing: str = ""
     """The batch this holder is writing (kept in the lease until its index is written, even
     through ``release`` after a failure: the next holder deletes the tar)."""
+    puts: int = 0
+    """PUTs of the lease object sent (each try of a conditional write counts)."""
 
     @property
     def key(self) -> str:
@@ -147,6 +175,7 @@ class Lease:
             "expires": time.time() + self.duration_s if expires is None else expires,
             **fields,
         }
+        self.puts += 1
         answer = self.client.put_object(
             Bucket=self.bucket,
             Key=self.key,

@@ -6,7 +6,8 @@ period is over.
 
 The tombstones and attribute updates of the replaced batches travel into the new batch too: a
 tombstone may hide an older write of its key in a batch that is not rewritten, and an update
-may name an object in another batch.
+may name an object in another batch; but those that hide or name nothing any more are dropped
+(``travelling``, decided by compaction/tombstones.py).
 
 Memory stays bounded whatever the size of the batches: the live objects are read in ranges of
 at most ``READ_SPAN`` bytes, ``READ_AHEAD`` of them ahead of the writing (longer objects
@@ -52,6 +53,7 @@ from s3batchd.upload.stats import UploadStats
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+    from s3batchd.compaction.tombstones import Travelling
     from s3batchd.config import UploadConfig
 
 logger = logging.getLogger(__name__)
@@ -126,11 +128,13 @@ def write_batch(
     stats: ReadStats,
     tmp_dir: Path,
     upload: UploadConfig,
+    travelling: Travelling | None = None,
 ) -> Written:
     """Read the live objects of ``sources``, upload the compacted batch ``batch_id`` (tar,
-    then index) and return it. The tar is built in ``tmp_dir`` (the spool's ``_tmp/``) and
-    uploaded with the ``upload`` settings. Raises the reader's errors, botocore's, and
-    OSError from the scratch file."""
+    then index) and return it, with the tombstones and updates of ``travelling`` (None: all
+    of the sources'). The tar is built in ``tmp_dir`` (the spool's ``_tmp/``) and uploaded
+    with the ``upload`` settings. Raises the reader's errors, botocore's, and OSError from
+    the scratch file."""
     locations = [
         Location.from_index_entry(bucket, source.tar_key, entry)
         for source in sources
@@ -141,6 +145,8 @@ def write_batch(
         "tombstones": [t for s in sources for t in s.document.get("tombstones", ())],
         "updates": [u for s in sources for u in s.document.get("updates", ())],
     }
+    if travelling is not None:
+        carried.update(tombstones=travelling.tombstones, updates=travelling.updates)
     entries = entries_from_index(carried)
     new_tar = tar_key(prefix, batch_id)
     before = stats.requests

@@ -6,7 +6,8 @@ the larger batch id, then the later place in its batch) is the current write; a 
 every object of its key written at or before it. Every other object is dead, since the moment
 the next write of its key or the first tombstone after it came. Batches a compacted batch
 ``replaces`` are left out: their live objects are in that batch already; their tar and index
-wait for ``compaction.grace_s`` and are then deleted.
+wait for ``compaction.grace_s`` and are then deleted. Which tombstones may go is
+compaction/tombstones.py's (the same ordering, by write stamp).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class BatchState:
     """Tar bytes of the dead objects: padded data plus ``MEMBER_HEADERS`` each."""
     oldest_death: float | None = None
     """Unix time the longest-dead object of the batch died (deleted or overwritten)."""
+    last_death: float | None = None
+    """Unix time the last of its dead objects died."""
 
     @property
     def batch_id(self) -> str:
@@ -210,6 +213,8 @@ def _classify(batches: list[BatchState]) -> None:
             batch.dead_footprint += -(-entry["length"] // _BLOCK) * _BLOCK + MEMBER_HEADERS
             if batch.oldest_death is None or died < batch.oldest_death:
                 batch.oldest_death = died
+            if batch.last_death is None or died > batch.last_death:
+                batch.last_death = died
     for batch in batches:
         # Tar order, as read: the live list was filled key by key.
         places = {id(entry): n for n, entry in enumerate(batch.listed.document["objects"])}
