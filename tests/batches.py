@@ -68,11 +68,16 @@ def index_validator() -> Draft202012Validator:
 
 
 def indexes(s3: S3Client, bucket: str) -> list[dict[str, Any]]:
-    """Every index document in the bucket, each validated against docs/index.schema.json."""
+    """Every index document in the bucket, each validated against docs/index.schema.json.
+    An index deleted between the listing and its GET (a compaction pass running meanwhile
+    removes replaced batches) is no longer in the bucket: skipped."""
     documents = []
     for key in keys(s3, bucket):
         if key.endswith(".index.json"):
-            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            try:
+                body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            except s3.exceptions.NoSuchKey:
+                continue
             document = json.loads(body)
             index_validator().validate(document)
             documents.append(document)
