@@ -21,9 +21,11 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IPV4 = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Target:
-    """What a request addresses."""
+    """What a request addresses (a value, never changed; not ``frozen``: one is built per
+    request, and a frozen dataclass's ``__init__`` costs five times as much,
+    records.ObjectRecord)."""
 
     bucket: str
     key: str
