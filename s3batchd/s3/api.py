@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +48,7 @@ from s3batchd.s3.checksums import (
     new_hasher,
 )
 from s3batchd.s3.chunkchain import ChunkVerifier
-from s3batchd.s3.stall import BodyPace, StallWatch
+from s3batchd.s3.stall import BodyPace, StallWatch, Suspended, step
 
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 #: Headers stored with the object (besides Content-Type and x-amz-meta-*).
@@ -366,10 +366,22 @@ async def _read(
     # A plain body: ``iter_body``'s loop without the async generator between ``receive`` and
     # the buffer (a small PUT's body is one message: the generator's frames cost more).
     size = 0
-    watch = StallWatch(pace.timeout_s, pace=pace, declared=request.declared_size)
+    watch: StallWatch | None = None  # armed at the body's first wait (stall.step)
     try:
         while True:
-            message = await _next_message(receive, watch)
+            if watch is not None:
+                message = await _next_message(receive(), watch)
+            else:
+                ready = step(receive())
+                if isinstance(ready, Suspended):
+                    watch = StallWatch(
+                        pace.timeout_s, pace=pace, declared=request.declared_size, received=size
+                    )
+                    message = await _next_message(ready, watch)
+                elif ready["type"] == "http.disconnect":
+                    raise ClientDisconnectedError()
+                else:
+                    message = ready
             chunk: bytes = message.get("body", b"")
             if chunk:
                 size += len(chunk)
@@ -380,7 +392,8 @@ async def _read(
             if not message.get("more_body", False):
                 return digests
     finally:
-        watch.close()
+        if watch is not None:
+            watch.close()
 
 
 async def iter_body(
@@ -401,7 +414,7 @@ async def iter_body(
     watch = StallWatch(pace.timeout_s, pace=pace, declared=request.declared_size, received=received)
     try:
         while True:
-            message = await _next_message(receive, watch)
+            message = await _next_message(receive(), watch)
             chunk: bytes = message.get("body", b"")
             pieces = decoder.feed(chunk) if decoder is not None else [chunk]
             for piece in pieces:
@@ -419,12 +432,13 @@ async def iter_body(
         request.checksums.update(_trailer_checksums(request, decoder.trailers))
 
 
-async def _next_message(receive: Receive, watch: StallWatch) -> Message:
-    """The next message of a request body, its bytes counted by ``watch``: RequestTimeout when
-    the watch ends the wait (too slow), ClientDisconnectedError when the client went away."""
+async def _next_message(pending: Awaitable[Message], watch: StallWatch) -> Message:
+    """The next message of a request body (``pending``: a ``receive()``), its bytes counted by
+    ``watch``: RequestTimeout when the watch ends the wait (too slow), ClientDisconnectedError
+    when the client went away."""
     watch.waiting()
     try:
-        message = await receive()
+        message = await pending
     except asyncio.CancelledError as exc:
         if watch.timed_out():
             raise RequestTimeout() from exc
