@@ -57,6 +57,8 @@ def parse_target(scope: Scope, headers: dict[str, str], domains: tuple[str, ...]
 
 def _decode_path(raw_path: bytes) -> str:
     try:
+        if b"%" not in raw_path:  # nothing to unquote (most keys): unquote_to_bytes is Python
+            return raw_path.decode("utf-8")
         return unquote_to_bytes(raw_path).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidArgument("Object keys must be valid UTF-8.") from exc
