@@ -63,7 +63,9 @@ def run(work: Path) -> dict[str, object]:
     seaweed = Seaweed.start(work / "seaweed")
     daemon = None
     try:
-        daemon = Daemon.start(work / "daemon", DaemonSettings(upstream_url=seaweed.url))
+        # The prefix the compactor below is given (its Settings default).
+        writer = DaemonSettings(upstream_url=seaweed.url, prefix="s3batchd/")
+        daemon = Daemon.start(work / "daemon", writer)
         client = _client(daemon.url)
         keys = [f"objects/{n:05d}" for n in range(OBJECTS)]
         with ThreadPoolExecutor(32) as pool:

@@ -98,7 +98,7 @@ def start_daemon(
 ) -> tuple[Server, str, str]:
     work.mkdir(parents=True, exist_ok=True)
     port, admin_port = free_ports(2)
-    settings = DaemonSettings(upstream_url=endpoint)
+    settings = DaemonSettings(upstream_url=endpoint, prefix=PREFIX)
     text = config_text(settings, port=port, admin_port=admin_port, spool=work / "spool")
     text += (
         f'\n[catalog]\nfollow_buckets = ["{BUCKET}"]\nfollow_interval_s = {interval}\n'

@@ -8,6 +8,14 @@ of a cProfile run.
 
     python -m bench.inprocess --puts 20000 --size 4096
 
+With ``--floor`` each PUT skips every layer above the batcher (``floor_put``): no request
+parsing, Host or bucket-name checks beyond the cached ones, no metadata, checksum, quota,
+durability or bucket-mode decisions, no stall watch, no errors; only the request id, the
+body's MD5, the record, ``Batcher.append_now`` (the tar member, the index part), the catalog
+row, the answer's headers and the request metrics. Not a path the daemon could take: the floor
+under what the daemon's own work costs with today's batcher, spool and catalog, to compare the
+full path and the target with (bench/README.md, session 13).
+
 Numbers from one run compare two commits on the same machine, not machines.
 """
 
@@ -16,6 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
+import hashlib
 import logging
 import os
 import pstats
@@ -23,13 +33,62 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import uvloop
-from starlette.types import Message, Scope
+from starlette.types import Message, Receive, Scope, Send
 
 from bench.targets import INPROCESS_US_PER_PUT, TARGET_SIZE
+from s3batchd.clock import write_time
 from s3batchd.config import Settings
-from s3batchd.server.app import S3Front, create_app, state_of
+from s3batchd.handlers.put import put_response_headers
+from s3batchd.records import ObjectRecord
+from s3batchd.s3.addressing import check_bucket, check_host, check_key
+from s3batchd.s3.api import DEFAULT_CONTENT_TYPE
+from s3batchd.server.app import S3Front, create_app, new_request_id, state_of
+
+
+async def floor_put(front: S3Front, scope: Scope, receive: Receive, send: Send) -> None:
+    """A PutObject with nothing above the batcher (``--floor``, module docstring); a PUT it
+    cannot append at once (no open batch yet) goes through the full path."""
+    daemon = front.state.daemon
+    assert daemon is not None
+    started = time.perf_counter()
+    request_id = new_request_id()
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+    server = daemon.settings.server
+    check_host(headers.get("host"), server.allowed_hosts, server.virtual_host_domains)
+    bucket, _, key = unquote(scope["path"])[1:].partition("/")
+    check_bucket(bucket)
+    check_key(key)
+    message = await receive()
+    body: bytes = message["body"]
+    record = ObjectRecord(
+        key=key,
+        size=len(body),
+        md5_hex=hashlib.md5(body, usedforsecurity=False).hexdigest(),
+        content_type=headers.get("content-type") or DEFAULT_CONTENT_TYPE,
+        mtime=write_time(),
+    )
+    pipeline = daemon.pipeline
+    appended = pipeline.batcher.append_now(bucket, record, body, "none")
+    if appended is None:
+
+        async def again() -> Message:
+            return message
+
+        await front(scope, again, send)
+        return
+    entry, _ = appended
+    pipeline.queue_row(entry, uploaded=False)
+    daemon.received_bytes.inc(len(body))
+    raw = put_response_headers(entry)
+    raw.append((b"x-amz-request-id", request_id.encode()))
+    raw.append((b"server", b"s3batchd"))
+    await send({"type": "http.response.start", "status": 200, "headers": raw})
+    await send({"type": "http.response.body", "body": b""})
+    front.metrics.requests.labels("PutObject", "200").inc()
+    front.metrics.ack_latency.observe(time.perf_counter() - started)
 
 
 def _settings(spool: Path, durability: str) -> Settings:
@@ -68,12 +127,15 @@ def _scope(n: int, size: int) -> Scope:
     }
 
 
-async def _run(puts: int, size: int, durability: str, *, repeat: int, profile: bool) -> list[float]:
+async def _run(
+    puts: int, size: int, durability: str, *, repeat: int, profile: bool, floor: bool
+) -> list[float]:
     body = os.urandom(size)
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app(_settings(Path(tmp), durability))
         front = S3Front(app)
         statuses: list[int] = []
+        put = functools.partial(floor_put, front) if floor else front
 
         async def send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -93,7 +155,7 @@ async def _run(puts: int, size: int, durability: str, *, repeat: int, profile: b
                 first = 200 + round_ * puts
                 started = time.process_time()
                 for n in range(first, first + puts):
-                    await front(_scope(n, size), receive, send)
+                    await put(_scope(n, size), receive, send)
                 # Nothing above waits, so the loop never ran the catalog's timed flush: its
                 # SQLite writes are part of a PUT's cost, counted here.
                 daemon = state_of(app).daemon
@@ -124,6 +186,11 @@ def main() -> None:
     parser.add_argument("--durability", choices=["none", "fsync"], default="none")
     parser.add_argument("--profile", action="store_true", help="print a cProfile summary")
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="skip every layer above the batcher (not a real path: the floor under it)",
+    )
+    parser.add_argument(
         "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="event loop to run on"
     )
     args = parser.parse_args()
@@ -131,14 +198,22 @@ def main() -> None:
     loop_factory = None if args.loop == "asyncio" else uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         rounds = runner.run(
-            _run(args.puts, args.size, args.durability, repeat=args.repeat, profile=args.profile)
+            _run(
+                args.puts,
+                args.size,
+                args.durability,
+                repeat=args.repeat,
+                profile=args.profile,
+                floor=args.floor,
+            )
         )
     print(
         f"{min(rounds):.1f} us CPU per PUT, fastest of {args.repeat} rounds (median "
         f"{statistics.median(rounds):.1f}) of {args.puts} PUTs of {args.size} bytes, "
         f"durability {args.durability}, {args.loop}"
+        + (", the floor (--floor: nothing above the batcher)" if args.floor else "")
     )
-    if args.size == TARGET_SIZE and args.durability == "none":
+    if args.size == TARGET_SIZE and args.durability == "none" and not args.floor:
         verdict = "pass" if min(rounds) <= INPROCESS_US_PER_PUT else "FAIL"
         print(f"target (issue #22): at most {INPROCESS_US_PER_PUT:g} us per PUT: {verdict}")
 

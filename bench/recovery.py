@@ -46,7 +46,11 @@ class Recovery:
 def scenarios() -> dict[str, DaemonSettings]:
     """Batch limits of each spool, all with an upstream that refuses connections."""
     (dead_port,) = free_ports(1)
-    dead = DaemonSettings(durability="none", upstream_url=f"http://127.0.0.1:{dead_port}")
+    dead = DaemonSettings(
+        durability="none",
+        upstream_url=f"http://127.0.0.1:{dead_port}",
+        prefix="s3batchd/recovery/",  # the same for the daemon that fills and the one that recovers
+    )
     one_batch = replace(dead, linger_ms=24 * 3600 * 1000, max_records=10_000_000, max_bytes=4 * GIB)
     return {"sealed": dead, "open": one_batch}
 

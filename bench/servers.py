@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -156,6 +158,10 @@ class DaemonSettings:
     """The event-loop lag monitor's interval: fine enough to count every stall of 5 ms."""
     child_processes: bool = False
     """``upload.child_processes``: batches uploaded from a child process."""
+    prefix: str = ""
+    """``upstream.prefix``; empty: one of its own per daemon started (``Daemon.start``), so
+    that a daemon does not follow (``catalog.follow``) and backfill into its catalog the
+    batches the points before it left in the shared bucket, which is not the cost of a PUT."""
 
 
 def config_text(settings: DaemonSettings, *, port: int, admin_port: int, spool: Path) -> str:
@@ -179,6 +185,7 @@ max_bytes = {settings.max_bytes}
 [upstream]
 endpoint_url = "{settings.upstream_url}"
 probe_interval_s = {settings.probe_interval_s}
+prefix = "{settings.prefix}"
 
 [upload]
 child_processes = {str(settings.child_processes).lower()}
@@ -206,6 +213,8 @@ class Daemon(Server):
         """Write its configuration, start it and wait until /healthz answers."""
         work_dir.mkdir(parents=True, exist_ok=True)
         port, admin_port = free_ports(2)
+        if not settings.prefix:
+            settings = dataclasses.replace(settings, prefix=f"s3batchd/{secrets.token_hex(4)}/")
         config = work_dir / "s3batchd.toml"
         spool_dir = spool or work_dir / "spool"
         config.write_text(config_text(settings, port=port, admin_port=admin_port, spool=spool_dir))

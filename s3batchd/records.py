@@ -29,9 +29,13 @@ def updated_headers(headers: dict[str, str], update: dict[str, str]) -> dict[str
     return kept
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ObjectRecord:
-    """One object as the client sent it, decoded and verified."""
+    """One object as the client sent it, decoded and verified. A value: never changed once
+    built (``dataclasses.replace`` makes a changed copy). Not ``frozen``, as ``SpoolEntry``
+    is not: a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``,
+    1.5-2 us per object on the PutObject path against 0.3 (bench/README.md, session 13).
+    Neither is hashable (the record holds dicts)."""
 
     key: str
     """The exact S3 key (percent-decoded once, never normalised)."""
@@ -82,9 +86,10 @@ class Placed(Protocol):
         """Offset of the object's data (not its header) inside the tar."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SpoolEntry:
-    """One object as stored: the record and where it landed in a batch. The one description
+    """One object as stored: the record and where it landed in a batch (a value, never
+    changed: see ``ObjectRecord`` for why it is not ``frozen``). The one description
     of a written object: its PAX records (``tarmember.encode_header``), its part of the index
     (``index.index_fragment``), its catalog row (``catalog.Catalog.put``) and the PutObject
     answer's headers are each rendered from it in one place."""

@@ -79,6 +79,9 @@ class RecordedDisk:
 
     syncs: list[int] = field(default_factory=list)
     before_sync: Callable[[], object] = lambda: None
+    failing: bool = False
+    """Whether fdatasync fails (EIO), as a dying disk's does: SpoolFile.sync's own handling
+    of the failure runs."""
 
     def open(self, directory: Path, *, bucket: str, batch_id: str, prefix: str) -> SpoolDisk:
         spool = _RecordedSpool.create(directory, bucket=bucket, batch_id=batch_id, prefix=prefix)
@@ -94,6 +97,11 @@ class _RecordedSpool(SpoolFile):
         self.disk.before_sync()
         self.disk.syncs.append(self.position)
         super().sync()
+
+    def _datasync(self) -> None:
+        if self.disk.failing:
+            raise OSError(errno.EIO, "injected")
+        super()._datasync()
 
 
 @pytest.fixture
@@ -631,27 +639,23 @@ async def test_append_now_returns_the_group_commits_future(
 
 
 async def test_a_failed_sync_after_append_now_keeps_what_was_durable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, disk: RecordedDisk
 ) -> None:
     sink = FakeSink()
-    batcher = make_batcher(tmp_path, sink, durability="fsync")
+    batcher = make_batcher(tmp_path, sink, durability="fsync", disk=disk)
     try:
         await put(batcher, "k1", b"one", tmp_path)  # synced
-        monkeypatch.setattr(os, "fdatasync", _failing_fdatasync)
+        disk.failing = True
         appended = batcher.append_now("bkt", make_record("k2", b"two"), b"two", "fsync")
         assert appended is not None
         entry, durable = appended
         assert durable is not None
         with pytest.raises(SpoolError):
             await durable
-        monkeypatch.undo()
+        disk.failing = False
         await batcher.abandon(entry)
         await sink.wait_for(1)
         assert keys_in(sink.batches[0]) == ["k1"]  # k2 was never acknowledged
         assert batcher.open_batch_ids == []
     finally:
         await batcher.close()
-
-
-def _failing_fdatasync(fd: int) -> None:
-    raise OSError(errno.EIO, "injected")

@@ -19,7 +19,6 @@ from s3batchd.catalog.store import Catalog
 from s3batchd.errors import IndexFormatError
 from s3batchd.index import (
     IndexEntry,
-    _object,
     entries_from_index,
     fragment_object,
     index_fragment,
@@ -71,6 +70,26 @@ _records = st.builds(
     mtime=st.floats(0, 4e9),
     multipart_etag=st.sampled_from(["", "0123456789abcdef0123456789abcdef-3"]),
 )
+
+
+def _object(entry: IndexEntry) -> dict[str, object]:
+    """An object's ``objects`` entry as docs/index-format.md lists its fields, in order."""
+    record = entry.record
+    out: dict[str, object] = {
+        "key": record.key,
+        "member": entry.member,
+        "offset": entry.offset,
+        "length": record.size,
+        "etag": record.etag,
+        "content_type": record.content_type,
+        "metadata": record.metadata,
+        "headers": record.headers,
+        "checksums": record.checksums,
+        "last_modified": iso_time(record.mtime),
+    }
+    if record.multipart_etag:
+        out["md5"] = record.md5_hex
+    return out
 
 
 @given(record=_records, member=_text, offset=st.integers(0, 2**40))

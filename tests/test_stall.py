@@ -7,7 +7,7 @@ from collections.abc import Coroutine
 
 import pytest
 
-from s3batchd.s3.stall import BodyPace, StallWatch
+from s3batchd.s3.stall import BodyPace, StallWatch, Suspended, step
 
 
 async def _wait_piece(watch: StallWatch, arrives_after_s: float) -> str:
@@ -164,3 +164,68 @@ def test_a_slow_body_that_keeps_the_minimum_rate_is_read_to_its_end() -> None:
         return got, pace.slow
 
     assert asyncio.run(read()) == ("complete", 0)
+
+
+def test_step_returns_the_result_of_an_awaitable_that_does_not_suspend() -> None:
+    async def ready() -> dict[str, object]:
+        return {"type": "http.request", "body": b"here"}
+
+    async def main() -> object:
+        return step(ready())
+
+    assert asyncio.run(main()) == {"type": "http.request", "body": b"here"}
+
+
+def test_a_suspended_step_resumes_where_it_stopped() -> None:
+    async def later() -> str:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+        return "arrived"
+
+    async def main() -> str:
+        first = step(later())
+        assert isinstance(first, Suspended)
+        return await first
+
+    assert asyncio.run(main()) == "arrived"
+
+
+def test_a_cancellation_while_suspended_reaches_the_awaitable() -> None:
+    seen: list[str] = []
+
+    async def never() -> str:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            seen.append("cancelled inside")
+            raise
+        return "arrived"
+
+    async def reader() -> str:
+        first = step(never())
+        assert isinstance(first, Suspended)
+        return await first
+
+    async def main() -> None:
+        task = asyncio.ensure_future(reader())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert seen == ["cancelled inside"]
+
+
+def test_an_exception_while_suspended_comes_out_of_the_await() -> None:
+    async def failing() -> str:
+        await asyncio.sleep(0.01)
+        raise ConnectionResetError("gone")
+
+    async def main() -> str:
+        first = step(failing())
+        assert isinstance(first, Suspended)
+        return await first
+
+    with pytest.raises(ConnectionResetError, match="gone"):
+        asyncio.run(main())

@@ -42,10 +42,12 @@ if TYPE_CHECKING:
     from s3batchd.upload.bucketmodes import BucketModes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
     """One client request as the handlers see it: its context, parsed once by
-    ``handlers/dispatch.serve``, and the daemon that serves it (passed in, not looked up)."""
+    ``handlers/dispatch.serve``, and the daemon that serves it (passed in, not looked up).
+    A value, never changed (``dataclasses.replace`` makes a changed copy); not ``frozen``,
+    one being built per request (records.ObjectRecord says why)."""
 
     request: Request
     target: Target

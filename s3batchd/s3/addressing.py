@@ -21,9 +21,11 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IPV4 = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Target:
-    """What a request addresses."""
+    """What a request addresses (a value, never changed; not ``frozen``: one is built per
+    request, and a frozen dataclass's ``__init__`` costs five times as much,
+    records.ObjectRecord)."""
 
     bucket: str
     key: str
@@ -55,6 +57,8 @@ def parse_target(scope: Scope, headers: dict[str, str], domains: tuple[str, ...]
 
 def _decode_path(raw_path: bytes) -> str:
     try:
+        if b"%" not in raw_path:  # nothing to unquote (most keys): unquote_to_bytes is Python
+            return raw_path.decode("utf-8")
         return unquote_to_bytes(raw_path).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidArgument("Object keys must be valid UTF-8.") from exc

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +48,7 @@ from s3batchd.s3.checksums import (
     new_hasher,
 )
 from s3batchd.s3.chunkchain import ChunkVerifier
-from s3batchd.s3.stall import BodyPace, StallWatch
+from s3batchd.s3.stall import BodyPace, StallWatch, Suspended, step
 
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 #: Headers stored with the object (besides Content-Type and x-amz-meta-*).
@@ -91,6 +91,7 @@ SUBRESOURCES = frozenset(
         "website",
     }
 )
+_STORED = frozenset(STORED_HEADERS)
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
 
 
@@ -141,8 +142,8 @@ def parse_body(target: Target, headers: dict[str, str], *, max_bytes: int) -> Pu
         declared_size=declared,
     )
     _parse_digests(request, headers)
-    presigned = target.query.get("X-Amz-Content-Sha256", "")
-    if request.payload_sha256 is None and _SHA256_HEX.match(presigned):
+    presigned = target.query.get("X-Amz-Content-Sha256", "") if target.query else ""
+    if request.payload_sha256 is None and presigned and _SHA256_HEX.match(presigned):
         # A presigned URL may sign the payload hash as a query parameter: checked the same way.
         request.payload_sha256 = presigned.lower()
     return request
@@ -209,10 +210,14 @@ def unbatchable(headers: dict[str, str]) -> str | None:
 
 def _is_aws_chunked(headers: dict[str, str]) -> bool:
     sha = headers.get("x-amz-content-sha256", "")
-    encodings = [part.strip().lower() for part in headers.get("content-encoding", "").split(",")]
     if sha.startswith("STREAMING-AWS4-ECDSA"):
         raise NotImplementedS3("SigV4a streaming payloads are not supported.")
-    return sha.startswith("STREAMING-") or "aws-chunked" in encodings
+    if sha.startswith("STREAMING-"):
+        return True
+    encoding = headers.get("content-encoding")
+    return encoding is not None and "aws-chunked" in (
+        part.strip().lower() for part in encoding.split(",")
+    )
 
 
 def _declared_size(headers: dict[str, str], *, aws_chunked: bool) -> int | None:
@@ -240,6 +245,8 @@ def metadata_of(headers: dict[str, str]) -> dict[str, str]:
 
 
 def stored_headers_of(headers: dict[str, str]) -> dict[str, str]:
+    if _STORED.isdisjoint(headers):  # most PUTs: one set test, not nine lookups
+        return {}
     stored = {name: headers[name] for name in STORED_HEADERS if name in headers}
     if "content-encoding" in stored:
         tokens = [t.strip() for t in stored["content-encoding"].split(",")]
@@ -267,14 +274,15 @@ def _parse_digests(request: PutRequest, headers: dict[str, str]) -> None:
     sdk_algorithm = headers.get("x-amz-sdk-checksum-algorithm", "").lower()
     if sdk_algorithm and sdk_algorithm not in ALGORITHMS:
         raise InvalidRequest(f"Unsupported checksum algorithm: {sdk_algorithm}")
-    trailer = headers.get("x-amz-trailer", "")
-    names = tuple(name.strip().lower() for name in trailer.split(",") if name.strip())
-    for name in names:
-        if not name.startswith("x-amz-checksum-") or name[15:] not in ALGORITHMS:
-            raise InvalidRequest(f"Unsupported trailer: {name}")
-    if names and not request.aws_chunked:
-        raise InvalidRequest("x-amz-trailer requires an aws-chunked body.")
-    request.trailer_names = names
+    trailer = headers.get("x-amz-trailer")
+    if trailer is not None:
+        names = tuple(name.strip().lower() for name in trailer.split(",") if name.strip())
+        for name in names:
+            if not name.startswith("x-amz-checksum-") or name[15:] not in ALGORITHMS:
+                raise InvalidRequest(f"Unsupported trailer: {name}")
+        if names and not request.aws_chunked:
+            raise InvalidRequest("x-amz-trailer requires an aws-chunked body.")
+        request.trailer_names = names
     sha = headers.get("x-amz-content-sha256", "")
     if _SHA256_HEX.match(sha):
         request.payload_sha256 = sha.lower()
@@ -358,10 +366,22 @@ async def _read(
     # A plain body: ``iter_body``'s loop without the async generator between ``receive`` and
     # the buffer (a small PUT's body is one message: the generator's frames cost more).
     size = 0
-    watch = StallWatch(pace.timeout_s, pace=pace, declared=request.declared_size)
+    watch: StallWatch | None = None  # armed at the body's first wait (stall.step)
     try:
         while True:
-            message = await _next_message(receive, watch)
+            if watch is not None:
+                message = await _next_message(receive(), watch)
+            else:
+                ready = step(receive())
+                if isinstance(ready, Suspended):
+                    watch = StallWatch(
+                        pace.timeout_s, pace=pace, declared=request.declared_size, received=size
+                    )
+                    message = await _next_message(ready, watch)
+                elif ready["type"] == "http.disconnect":
+                    raise ClientDisconnectedError()
+                else:
+                    message = ready
             chunk: bytes = message.get("body", b"")
             if chunk:
                 size += len(chunk)
@@ -372,7 +392,8 @@ async def _read(
             if not message.get("more_body", False):
                 return digests
     finally:
-        watch.close()
+        if watch is not None:
+            watch.close()
 
 
 async def iter_body(
@@ -393,7 +414,7 @@ async def iter_body(
     watch = StallWatch(pace.timeout_s, pace=pace, declared=request.declared_size, received=received)
     try:
         while True:
-            message = await _next_message(receive, watch)
+            message = await _next_message(receive(), watch)
             chunk: bytes = message.get("body", b"")
             pieces = decoder.feed(chunk) if decoder is not None else [chunk]
             for piece in pieces:
@@ -411,12 +432,13 @@ async def iter_body(
         request.checksums.update(_trailer_checksums(request, decoder.trailers))
 
 
-async def _next_message(receive: Receive, watch: StallWatch) -> Message:
-    """The next message of a request body, its bytes counted by ``watch``: RequestTimeout when
-    the watch ends the wait (too slow), ClientDisconnectedError when the client went away."""
+async def _next_message(pending: Awaitable[Message], watch: StallWatch) -> Message:
+    """The next message of a request body (``pending``: a ``receive()``), its bytes counted by
+    ``watch``: RequestTimeout when the watch ends the wait (too slow), ClientDisconnectedError
+    when the client went away."""
     watch.waiting()
     try:
-        message = await receive()
+        message = await pending
     except asyncio.CancelledError as exc:
         if watch.timed_out():
             raise RequestTimeout() from exc
