@@ -116,3 +116,46 @@ def test_a_key_compacted_twice_is_found_when_no_index_names_its_batch_any_more(
         with pytest.raises(ClientError) as caught:
             client.get_object(Bucket=bucket, Key=key)
         assert caught.value.response["Error"]["Code"] == "NoSuchKey"
+
+
+def test_a_copy_whose_batched_source_was_moved_copies_it_from_its_new_place(
+    start_daemon: DaemonFactory, s3: S3Client, bucket: str
+) -> None:
+    daemon = start_daemon(catalog={"follow": False})
+    written = _write_and_delete(daemon, s3, bucket)
+    live = sorted(set(written.bodies) - written.deleted)
+    env = _env(daemon, erase_within_s="0", grace_s="0", payback_days="10000000")
+    _invoke(env, "compact", "--bucket", bucket)  # the batches the catalog names are gone
+    client = daemon.client()
+
+    source = live[0]
+    client.copy_object(Bucket=bucket, Key="copied", CopySource={"Bucket": bucket, "Key": source})
+    got = client.get_object(Bucket=bucket, Key="copied")
+    assert got["Body"].read() == written.bodies[source]
+    assert got["ETag"] == written.etags[source]
+
+    other = live[1]
+    upload = client.create_multipart_upload(Bucket=bucket, Key="assembled")["UploadId"]
+    part = client.upload_part_copy(
+        Bucket=bucket,
+        Key="assembled",
+        UploadId=upload,
+        PartNumber=1,
+        CopySource={"Bucket": bucket, "Key": other},
+    )
+    client.complete_multipart_upload(
+        Bucket=bucket,
+        Key="assembled",
+        UploadId=upload,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["CopyPartResult"]["ETag"]}]},
+    )
+    assert (
+        client.get_object(Bucket=bucket, Key="assembled")["Body"].read() == (written.bodies[other])
+    )
+
+    deleted = sorted(written.deleted)[0]
+    with pytest.raises(ClientError) as caught:
+        client.copy_object(
+            Bucket=bucket, Key="nothing", CopySource={"Bucket": bucket, "Key": deleted}
+        )
+    assert caught.value.response["Error"]["Code"] == "NoSuchKey"

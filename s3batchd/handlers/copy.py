@@ -22,8 +22,10 @@ from s3batchd.errors import (
     InvalidArgument,
     InvalidRange,
     InvalidRequest,
+    NoSuchKey,
     NotImplementedS3,
     PreconditionFailed,
+    UpstreamFailed,
 )
 from s3batchd.forward.passthrough import Call, send_upstream
 from s3batchd.forward.proxy import forward_headers, read_all, relay_read
@@ -32,6 +34,7 @@ from s3batchd.handlers.get import (
     http_date,
     read_bytes,
 )
+from s3batchd.handlers.moved import moved
 from s3batchd.handlers.put import (
     check_refusals,
     hide_batched,
@@ -114,7 +117,18 @@ async def read_source(call: Call, entry: CatalogEntry, byte_range: str | None) -
     size = entry.record.size
     span = copy_range(byte_range, size) if byte_range is not None else None
     first, last = span if span is not None else (0, size - 1)
-    data = await read_bytes(source, entry, first, last)
+    try:
+        data = await read_bytes(source, entry, first, last)
+    except UpstreamFailed as exc:
+        if exc.code != "NoSuchKey":
+            raise
+        # The source's tar is gone: compaction may have moved it (handlers/moved.py).
+        now = await moved(call.pipeline, entry.bucket, entry.record.key, entry)
+        if now is None:
+            raise
+        if now.entry is None:
+            raise NoSuchKey() from exc  # deleted meanwhile, as S3 answers a missing source
+        data = await read_bytes(source, now.entry, first, last)
     if (
         span is None
         and hashlib.md5(data, usedforsecurity=False).hexdigest() != entry.record.md5_hex

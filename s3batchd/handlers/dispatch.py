@@ -13,7 +13,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
-from s3batchd.catalog.store import CatalogEntry
 from s3batchd.errors import RETRY_SOON, NotImplementedS3, SlowDown, UpstreamFailed
 from s3batchd.forward.daemon import Daemon
 from s3batchd.forward.passthrough import Call, forward, read_small_body, send_upstream
@@ -28,6 +27,7 @@ from s3batchd.handlers.deletes import (
 )
 from s3batchd.handlers.get import get_object
 from s3batchd.handlers.listing import list_objects_merged
+from s3batchd.handlers.moved import moved
 from s3batchd.handlers.multipart import MULTIPART_HANDLERS
 from s3batchd.handlers.put import hide_batched, put_object, written_upstream
 from s3batchd.handlers.subresources import OPERATIONS as SUBRESOURCE_OPERATIONS
@@ -39,8 +39,6 @@ from s3batchd.s3.operations import operation_of
 from s3batchd.s3.xml import local_name, parse, parse_or_none
 
 logger = logging.getLogger(__name__)
-#: Follow rounds a read waits for when the tar its catalog names is gone (``_moved``).
-MOVED_ROUNDS = 2
 
 Handler = Callable[[Call], Awaitable[Response]]
 
@@ -105,52 +103,14 @@ async def read_object(call: Call) -> Response:
         # The tar the catalog names is gone: compaction may have moved the key after its
         # grace period, before this daemon's follow rounds (if it follows) learned the new
         # batch.
-        moved = await _moved(call, entry)
-        if moved is None:
+        now = await moved(pipeline, target.bucket, target.key, entry)
+        if now is None:
             raise
-    if moved.deleted:
+    if now.entry is None:  # deleted meanwhile
         return await forward(call)
     return await get_object(
-        source, moved.entry, target.key, call.headers, head=call.head, query=target.query
+        source, now.entry, target.key, call.headers, head=call.head, query=target.query
     )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Moved:
-    entry: CatalogEntry | None
-    """None: the key was deleted meanwhile."""
-
-    @property
-    def deleted(self) -> bool:
-        return self.entry is None
-
-
-async def _moved(call: Call, entry: CatalogEntry) -> _Moved | None:
-    """Where ``entry``'s key is after follow rounds of its bucket run now (a running round
-    may have listed before the compacted index was written: one more after it), else after a
-    search for the compacted index that replaces its batch (``upload/relocate.py``, once per
-    missing batch; a daemon that does not follow the bucket goes there at once), or None when
-    the catalog still names the missing tar."""
-    pipeline = call.pipeline
-    bucket, key = call.target.bucket, call.target.key
-    follower = pipeline.follower
-    if follower is not None:
-        for _ in range(MOVED_ROUNDS):
-            await follower.catch_up(bucket)
-            found = await pipeline.lookup(bucket, key)
-            if found is None or found.tar_key != entry.tar_key:
-                return _logged(call, _Moved(found))
-    await pipeline.relocator.relocate(bucket, entry.batch_id)
-    found = await pipeline.lookup(bucket, key)
-    if found is None or found.tar_key != entry.tar_key:
-        return _logged(call, _Moved(found))
-    return None
-
-
-def _logged(call: Call, moved: _Moved) -> _Moved:
-    where = "deleted" if moved.entry is None else f"moved to {moved.entry.tar_key}"
-    logger.info("s3://%s/%s: %s", call.target.bucket, call.target.key, where)
-    return moved
 
 
 async def catalog_answers(call: Call) -> bool:
