@@ -212,12 +212,12 @@ class Compactor:
         report.survey = found
         oldest = found.oldest_death()
         report.oldest_death_age_s = None if oldest is None else max(now - oldest, 0.0)
-        self._delete_due(report, found, now)
+        self._delete_due(report, lease, found, now)
         rules = rules_of(self.settings)
         dead = sum(batch.dead_footprint for batch in found.batches)
         report.dead_per_month_usd = monthly_storage_usd(dead, rules.prices)
         emptied = self._choose(report, found, view, rules, now)
-        emptied_bytes = self._delete_emptied(report, emptied, dry_run=lease is None)
+        emptied_bytes = self._delete_emptied(report, lease, emptied)
         saved = sum(c.batch.tar_size for c in report.chosen) + emptied_bytes
         for group in self._groups(report.chosen):
             documents = [c.batch.listed.document for c in group]
@@ -234,7 +234,7 @@ class Compactor:
                 progress(written.objects)
             if self.settings.compaction.grace_s == 0:
                 for chosen in group:
-                    self._delete(report, chosen.batch.listed.document["tar"]["key"], chosen)
+                    self._delete(report, lease, chosen)
         if lease is None:  # dry run: the new tars would drop the dead members
             saved = sum(c.batch.dead_footprint for c in report.chosen) + emptied_bytes
         report.saved_per_month_usd = monthly_storage_usd(max(saved, 0), rules.prices)
@@ -309,12 +309,15 @@ class Compactor:
         except ClientError as exc:
             logger.warning("compaction: multipart uploads of %s not aborted: %s", key, exc)
 
-    def _delete_due(self, report: PassReport, found: Survey, now: float) -> None:
+    def _delete_due(
+        self, report: PassReport, lease: CompactionLease | None, found: Survey, now: float
+    ) -> None:
         grace = self.settings.compaction.grace_s
         for replaced in found.replaced:
             if replaced.since > now - grace:
                 continue
-            if not report.dry_run:
+            if lease is not None:
+                lease.prove()  # a holder that lost the lease deletes nothing more
                 delete_batch(
                     self.client,
                     bucket=self.bucket,
@@ -325,24 +328,27 @@ class Compactor:
             report.deleted.append(replaced.batch_id)
 
     def _delete_emptied(
-        self, report: PassReport, batches: list[BatchState], *, dry_run: bool
+        self, report: PassReport, lease: CompactionLease | None, batches: list[BatchState]
     ) -> int:
-        """Delete (``dry_run``: count) the batches with nothing left to carry; their tar
-        bytes."""
+        """Delete (no lease, a dry run: count) the batches with nothing left to carry; their
+        tar bytes."""
         for batch in batches:
             document = batch.listed.document
             report.tombstones_dropped += len(document.get("tombstones", ()))
             report.updates_dropped += len(document.get("updates", ()))
             report.emptied.append(batch.batch_id)
-            if dry_run:
+            if lease is None:
                 continue
+            lease.prove()
             delete_batch(
                 self.client, bucket=self.bucket, tar=document["tar"]["key"], index=batch.listed.key
             )
             report.requests["DELETE"] += 2
         return sum(batch.tar_size for batch in batches)
 
-    def _delete(self, report: PassReport, tar: str, chosen: Chosen) -> None:
+    def _delete(self, report: PassReport, lease: CompactionLease, chosen: Chosen) -> None:
+        lease.prove()
+        tar = chosen.batch.listed.document["tar"]["key"]
         delete_batch(self.client, bucket=self.bucket, tar=tar, index=chosen.batch.listed.key)
         report.requests["DELETE"] += 2
         report.deleted.append(chosen.batch.batch_id)
@@ -390,6 +396,9 @@ class Compactor:
             tmp_dir=self.tmp_dir,
             upload=self.settings.upload,
             travelling=travelling,
+            # The proof, immediately before the commit marker: had the lease ended during the
+            # tar, its next holder may have deleted the tar as unfinished (docs/compaction.md).
+            before_index=lambda: lease.renew(writing=batch_id),
         )
         report.requests["GET"] += written.get_requests
         report.requests["PUT"] += written.put_requests

@@ -86,7 +86,13 @@ class CompactionLease(Protocol):
         """Take the lease or raise ``LeaseHeld``."""
 
     def renew(self, *, writing: str = "") -> None:
-        """Say which batch is being written; ``LeaseHeld`` if the lease was lost."""
+        """Say which batch is being written; ``LeaseHeld`` if the lease was lost. A
+        successful renewal proves the lease held: a holder renews immediately before
+        writing an index."""
+
+    def prove(self) -> None:
+        """``LeaseHeld`` unless the lease is still held, long enough for one more request
+        (renewing it when needed); called before every delete of a batch."""
 
     def release(self) -> None:
         """Give the lease up."""
@@ -109,6 +115,9 @@ class Lease:
     through ``release`` after a failure: the next holder deletes the tar)."""
     puts: int = 0
     """PUTs of the lease object sent (each try of a conditional write counts)."""
+    renewed: float = 0.0
+    """``time.monotonic()`` when the last successful write of the lease was sent: it holds
+    until ``duration_s`` after that, by the clock of whoever would take it over."""
 
     @property
     def key(self) -> str:
@@ -117,8 +126,10 @@ class Lease:
 
     def take(self) -> None:
         """Take the lease, or raise ``LeaseHeld`` naming its holder."""
+        sent = time.monotonic()
         try:
             self.etag = self._put({}, IfNoneMatch="*")
+            self.renewed = sent
         except ClientError as exc:
             if not _lost_race(exc):
                 raise
@@ -132,8 +143,10 @@ class Lease:
                 f"s3://{self.bucket}/{self.key}: held by {held.get('owner')} until "
                 f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(held['expires']))}"
             )
+        sent = time.monotonic()
         try:
             self.etag = self._put({}, IfMatch=answer["ETag"])
+            self.renewed = sent
         except ClientError as exc:
             if _lost_race(exc):
                 raise LeaseHeld(f"s3://{self.bucket}/{self.key}: taken by another") from exc
@@ -146,13 +159,24 @@ class Lease:
         written); ``LeaseHeld`` if it was lost (expired and taken by another)."""
         if not self.etag:  # an empty If-Match would be no condition at all
             raise LeaseHeld(f"s3://{self.bucket}/{self.key}: not held")
+        sent = time.monotonic()
         try:
             self.etag = self._put({"writing": writing} if writing else {}, IfMatch=self.etag)
             self.writing = writing
+            self.renewed = sent
         except ClientError as exc:
             if _lost_race(exc):
                 raise LeaseHeld(f"s3://{self.bucket}/{self.key}: lost") from exc
             raise
+
+    def prove(self) -> None:
+        """``LeaseHeld`` unless the lease is held for at least two thirds of ``duration_s``
+        more: renewed (a conditional PUT) once a third of it has passed since the last
+        renewal, else nothing sent."""
+        if not self.etag:
+            raise LeaseHeld(f"s3://{self.bucket}/{self.key}: not held")
+        if time.monotonic() - self.renewed >= self.duration_s / 3:
+            self.renew(writing=self.writing)
 
     def release(self) -> None:
         """Give the lease up (it expires at once; the object stays for the next taker)."""
