@@ -6,8 +6,9 @@ the batch named, no index, and deleted the tar as an orphan (and rewrote the sam
 deleting them with ``grace_s = 0``); the first holder then wrote its index, naming objects in
 a tar that no longer exists. The first holder is held up here between its tar and its index by
 a botocore event handler on its own client (the requests are real, to SeaweedFS), while its
-lease ends (the lease object's ``expires`` passes; the advisory lock's session is terminated by
-the server) and a second compactor runs a whole pass."""
+lease ends (the lease object is written expired, as a holder stopped longer than ``lease_s``
+leaves it; the advisory lock's session is terminated by the server) and a second compactor
+runs a whole pass. And a tar upload longer than ``lease_s`` keeps the lease renewed."""
 
 from __future__ import annotations
 
@@ -70,8 +71,12 @@ def test_a_holder_whose_lease_expired_during_its_tar_writes_no_index(
     second: list[Any] = []
 
     def expire_and_compact() -> None:
-        lease = json.loads(s3.get_object(Bucket=bucket, Key=lease_key(PREFIX))["Body"].read())
-        time.sleep(max(lease["expires"] - time.time(), 0) + 0.1)  # the lease ends meanwhile
+        # The holder stands still past its lease (a stopped process: its heartbeat too), as
+        # its lease object says once its expiry is past.
+        key = lease_key(PREFIX)
+        lease = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        lease["expires"] = time.time() - 1
+        s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(lease).encode())
         second.append(Compactor(s3, bucket, _settings(daemon, **RULES)).run())
 
     seen = _after_new_tar(slow, expire_and_compact)
@@ -123,4 +128,33 @@ def test_a_holder_whose_lock_session_died_during_its_tar_writes_no_index(
     again = Compactor(s3, bucket, _pg_settings(daemon, dsn)).run()
     assert again.orphans == []
     assert again.written == []
+    _converged(s3, bucket, live)
+
+
+def test_a_tar_upload_longer_than_the_lease_keeps_it_renewed(
+    start_daemon: DaemonFactory, s3: S3Client, s3_server: LocalS3, bucket: str
+) -> None:
+    daemon: Daemon = start_daemon()
+    written = _write_and_delete(daemon, s3, bucket)
+    live = set(written.bodies) - written.deleted
+    slow = s3_server.client()
+    first = Compactor(slow, bucket, _settings(daemon, **RULES, lease_s=3.0))
+    outcomes: list[str] = []
+
+    def outlast_the_lease() -> None:
+        taken = json.loads(s3.get_object(Bucket=bucket, Key=lease_key(PREFIX))["Body"].read())
+        time.sleep(max(taken["expires"] - time.time(), 0) + 0.5)  # past the renewal before
+        try:
+            Compactor(s3, bucket, _settings(daemon, **RULES)).run()
+        except LeaseHeld:
+            outcomes.append("lease held")
+        else:
+            outcomes.append("second compactor ran")
+
+    seen = _after_new_tar(slow, outlast_the_lease)
+    report = first.run()
+    assert len(seen) == 1
+    assert outcomes == ["lease held"]
+    assert len(report.written) == 1
+    assert report.orphans == []
     _converged(s3, bucket, live)

@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
-from s3batchd.compaction.lease import CompactionLease, Lease, verify_conditional_writes
+from s3batchd.compaction.lease import (
+    CompactionLease,
+    Heartbeat,
+    Lease,
+    verify_conditional_writes,
+)
 from s3batchd.compaction.pglease import AdvisoryLease
 from s3batchd.compaction.rewrite import Source, Written, delete_batch, write_batch
 from s3batchd.compaction.survey import (
@@ -386,20 +391,28 @@ class Compactor:
             for c in group
         ]
         stats = ReadStats()
-        written = write_batch(
-            self.client,
-            bucket=self.bucket,
-            prefix=self.prefix,
-            batch_id=batch_id,
-            sources=sources,
-            stats=stats,
-            tmp_dir=self.tmp_dir,
-            upload=self.settings.upload,
-            travelling=travelling,
-            # The proof, immediately before the commit marker: had the lease ended during the
-            # tar, its next holder may have deleted the tar as unfinished (docs/compaction.md).
-            before_index=lambda: lease.renew(writing=batch_id),
-        )
+        # Renewed every third of lease_s while the tar is read and uploaded (minutes, perhaps).
+        heartbeat = Heartbeat(lease, self.settings.compaction.lease_s / 3)
+
+        def prove() -> None:
+            # Immediately before the commit marker: had the lease ended during the tar, its
+            # next holder may have deleted the tar as unfinished (docs/compaction.md).
+            heartbeat.stop()
+            lease.renew(writing=batch_id)
+
+        with heartbeat:
+            written = write_batch(
+                self.client,
+                bucket=self.bucket,
+                prefix=self.prefix,
+                batch_id=batch_id,
+                sources=sources,
+                stats=stats,
+                tmp_dir=self.tmp_dir,
+                upload=self.settings.upload,
+                travelling=travelling,
+                before_index=prove,
+            )
         report.requests["GET"] += written.get_requests
         report.requests["PUT"] += written.put_requests
         report.written.append(written)

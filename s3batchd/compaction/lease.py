@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -209,3 +210,44 @@ class Lease:
         )
         etag: str = answer["ETag"]
         return etag
+
+
+class Heartbeat:
+    """Renews a lease every ``interval_s`` from a thread of its own while one long step of the
+    holder runs (a new tar read and uploaded), so that a healthy slow write keeps the lease:
+    the holder calls the lease from no other thread meanwhile, and ``stop`` (joining the
+    thread) comes before its own next call. A renewal refused (``LeaseHeld``) ends the
+    heartbeat; the holder's next renewal fails the same way. Another failure is logged and the
+    next beat renews again."""
+
+    def __init__(self, lease: CompactionLease, interval_s: float) -> None:
+        self.lease = lease
+        self.interval_s = interval_s
+        self.beats = 0
+        """Renewals sent."""
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="compaction-lease", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop renewing; returns once no renewal is in flight."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval_s):
+            self.beats += 1
+            try:
+                self.lease.renew(writing=self.lease.writing)
+            except LeaseHeld:
+                logger.warning("compaction: lease lost while writing %s", self.lease.writing)
+                return
+            except Exception:
+                logger.exception("compaction: lease not renewed while writing")
