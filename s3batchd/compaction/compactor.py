@@ -109,6 +109,12 @@ class PassReport:
         return sum(c.batch.dead_bytes for c in self.chosen)
 
 
+def _absent(exc: ClientError) -> bool:
+    """Whether a HEAD failed because the object is not there."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status == 404 or exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey")
+
+
 def rules_of(settings: Settings) -> Rules:
     """The rewrite rules of ``settings``."""
     config = settings.compaction
@@ -207,7 +213,7 @@ class Compactor:
         if lease is not None:
             sweep(self.tmp_dir)  # the scratch tars of compactors killed on this host
         if lease is not None and lease.found_writing:
-            self._finish_orphan(report, lease.found_writing)
+            self._finish_orphan(report, lease, lease.found_writing)
         now = time.time()
         listed = self._listed(report)
         found = survey(listed)
@@ -282,20 +288,28 @@ class Compactor:
         report.requests["GET"] += stats.requests
         return listed
 
-    def _finish_orphan(self, report: PassReport, batch_id: str) -> None:
+    def _finish_orphan(self, report: PassReport, lease: CompactionLease, batch_id: str) -> None:
         """A previous holder died while writing ``batch_id``: without its index the tar is
         not a batch; delete it, and abort the multipart upload of it the holder left open
-        (with its index the batch is committed: nothing to do)."""
+        (with its index the batch is committed: nothing to do). Only an index known absent
+        (404) makes the tar an orphan: on another failure of the lookup the batch stays
+        named in the lease for the next pass, and the error is raised."""
+        report.requests["GET"] += 1
         try:
             self.client.head_object(Bucket=self.bucket, Key=index_key(self.prefix, batch_id))
-        except ClientError:
+        except ClientError as exc:
+            if not _absent(exc):
+                try:
+                    lease.renew(writing=batch_id)
+                except Exception:
+                    logger.exception("compaction: %s no longer named in the lease", batch_id)
+                raise
             orphan = tar_key(self.prefix, batch_id)
             self._abort_uploads(report, orphan)
             self.client.delete_object(Bucket=self.bucket, Key=orphan)
             report.requests["DELETE"] += 1
             report.orphans.append(batch_id)
             logger.info("compaction: unfinished batch %s deleted", batch_id)
-        report.requests["GET"] += 1
 
     def _abort_uploads(self, report: PassReport, key: str) -> None:
         """Abort every multipart upload open for exactly ``key``; an upstream that cannot

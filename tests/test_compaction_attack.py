@@ -1,0 +1,76 @@
+"""Compaction attacked where it used to give: each test here failed on the code before its fix.
+
+- A holder that died between a new batch's index and the renewal clearing ``writing`` leaves
+  the batch named in the lease; the next holder looks for its index to tell an unfinished tar
+  from a committed batch, and must delete the tar only when the index is *absent* (404), never
+  on another failure of that lookup (a 503, a 403): the tar of a committed batch, whose index
+  replaces batches the next passes delete, would be gone.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from s3batchd.compaction.compactor import Compactor
+from s3batchd.compaction.lease import Lease, lease_key
+from s3batchd.index import tar_key
+from tests.conftest import Daemon, DaemonFactory
+from tests.faultproxy import FaultProxy
+from tests.test_compaction import PREFIX, _settings, _write_and_delete, survey_keys
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from s3batchd.cli.seaweed import LocalS3
+
+RULES: dict[str, Any] = {"erase_within_s": 0, "payback_days": 1e7}
+
+
+def _through(proxy: FaultProxy, server: LocalS3) -> S3Client:
+    client: S3Client = boto3.client(
+        "s3",
+        endpoint_url=proxy.url,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+    )
+    return client
+
+
+def test_a_failed_lookup_of_the_index_never_deletes_a_committed_batch(
+    start_daemon: DaemonFactory, s3: S3Client, s3_server: LocalS3, bucket: str
+) -> None:
+    daemon: Daemon = start_daemon()
+    written = _write_and_delete(daemon, s3, bucket)
+    live = set(written.bodies) - written.deleted
+    # A pass commits a new batch (the old ones stay for their grace period)...
+    committed = Compactor(s3, bucket, _settings(daemon, **RULES, grace_s=3600)).run()
+    assert len(committed.written) == 1
+    batch_id = committed.written[0].batch_id
+    # ...and its holder died before the renewal that clears ``writing``.
+    dead = Lease(s3, bucket, PREFIX, owner="dead", duration_s=-1)  # expired at once
+    dead.take()
+    dead.renew(writing=batch_id)
+
+    proxy = FaultProxy(int(s3_server.endpoint_url.rsplit(":", 1)[1])).start()
+    try:
+        proxy.set("error", status=503, code="SlowDown", only_method="HEAD")
+        with pytest.raises(ClientError):
+            Compactor(_through(proxy, s3_server), bucket, _settings(daemon, **RULES)).run()
+    finally:
+        proxy.stop()
+    s3.head_object(Bucket=bucket, Key=tar_key(PREFIX, batch_id))  # still there
+    lease = json.loads(s3.get_object(Bucket=bucket, Key=lease_key(PREFIX))["Body"].read())
+    assert lease["writing"] == batch_id  # still named for the next pass
+    # The next pass, the lookup answered, finds the batch committed: nothing deleted.
+    again = Compactor(s3, bucket, _settings(daemon, **RULES, grace_s=0)).run()
+    assert again.orphans == []
+    assert sorted(again.deleted) == sorted(written.old_batches)
+    assert survey_keys(s3, bucket) == sorted(live)
