@@ -1,10 +1,14 @@
-"""Compaction attacked where it used to give: each test here failed on the code before its fix.
+"""Compaction attacked: the ways it gave (each such test failed on the code before its fix)
+and the ways it held.
 
 - A holder that died between a new batch's index and the renewal clearing ``writing`` leaves
   the batch named in the lease; the next holder looks for its index to tell an unfinished tar
   from a committed batch, and must delete the tar only when the index is *absent* (404), never
   on another failure of that lookup (a 503, a 403): the tar of a committed batch, whose index
   replaces batches the next passes delete, would be gone.
+- (held) A key overwritten and another deleted through the daemon while a pass carries their
+  old copies into a new batch: the new version and the delete win, through the daemon and in
+  the indexes, and the next pass drops the moved copies.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from botocore.exceptions import ClientError
 from s3batchd.compaction.compactor import Compactor
 from s3batchd.compaction.lease import Lease, lease_key
 from s3batchd.index import tar_key
-from tests.conftest import Daemon, DaemonFactory
+from tests.batches import indexes
+from tests.conftest import Daemon, DaemonFactory, wait_for
 from tests.faultproxy import FaultProxy
 from tests.test_compaction import PREFIX, _settings, _write_and_delete, survey_keys
+from tests.test_compaction_fence import _after_new_tar
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -74,3 +80,54 @@ def test_a_failed_lookup_of_the_index_never_deletes_a_committed_batch(
     assert again.orphans == []
     assert sorted(again.deleted) == sorted(written.old_batches)
     assert survey_keys(s3, bucket) == sorted(live)
+
+
+def test_an_overwrite_and_a_delete_during_a_pass_win_over_the_moved_copies(
+    start_daemon: DaemonFactory, s3: S3Client, s3_server: LocalS3, bucket: str
+) -> None:
+    daemon: Daemon = start_daemon()
+    written = _write_and_delete(daemon, s3, bucket)
+    live = sorted(set(written.bodies) - written.deleted)
+    overwritten, deleted = live[0], live[1]
+    client = daemon.client()
+    slow = s3_server.client()
+    uploaded: list[str] = []
+    before = {d["batch_id"] for d in indexes(s3, bucket)}
+
+    def write_meanwhile() -> None:
+        # Between the new tar and its index: the pass carries the old copies of both keys.
+        client.put_object(Bucket=bucket, Key=overwritten, Body=b"the new version")
+        client.delete_object(Bucket=bucket, Key=deleted)
+        wait_for(lambda: {overwritten, deleted} <= _uploaded_keys(s3, bucket, before))
+        uploaded.append("both")
+
+    _after_new_tar(slow, write_meanwhile)
+    report = Compactor(slow, bucket, _settings(daemon, **RULES, grace_s=0)).run()
+    assert uploaded == ["both"]
+    assert len(report.written) == 1
+    new = report.written[0].batch_id
+    carried = next(d for d in indexes(s3, bucket) if d["batch_id"] == new)["objects"]
+    assert {overwritten, deleted} <= {e["key"] for e in carried}  # the old copies moved
+    assert client.get_object(Bucket=bucket, Key=overwritten)["Body"].read() == b"the new version"
+    with pytest.raises(ClientError, match="NoSuchKey"):
+        client.get_object(Bucket=bucket, Key=deleted)
+    # The indexes alone say the same: the moved copies are dead, and the next pass drops them.
+    dry = Compactor(s3, bucket, _settings(daemon, **RULES, grace_s=0)).run(dry_run=True)
+    assert dry.survey is not None
+    assert dry.survey.dead_objects == 2
+    Compactor(s3, bucket, _settings(daemon, **RULES, grace_s=0, min_dead_ratio=0.01)).run()
+    assert survey_keys(s3, bucket) == sorted(set(live) - {deleted})
+    for key in set(live) - {overwritten, deleted}:
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == written.bodies[key]
+
+
+def _uploaded_keys(s3: S3Client, bucket: str, before: set[str]) -> set[str]:
+    """Keys written or deleted in the batches of daemons (not compactors) in the bucket but
+    those of ``before``."""
+    found: set[str] = set()
+    for document in indexes(s3, bucket):
+        if "compactor-" in document["batch_id"] or document["batch_id"] in before:
+            continue
+        found |= {e["key"] for e in document["objects"]}
+        found |= {t["key"] for t in document.get("tombstones", ())}
+    return found
