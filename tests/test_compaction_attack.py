@@ -6,6 +6,9 @@ and the ways it held.
   from a committed batch, and must delete the tar only when the index is *absent* (404), never
   on another failure of that lookup (a 503, a 403): the tar of a committed batch, whose index
   replaces batches the next passes delete, would be gone.
+- A pass killed between a new index and the catalogs' ``put_index`` of it: the pass that
+  deletes the batches it replaces, once their grace period is over, must put it first, or the
+  fleet's PostgreSQL catalog names tars that are gone.
 - (held) A key overwritten and another deleted through the daemon while a pass carries their
   old copies into a new batch: the new version and the delete win, through the daemon and in
   the indexes, and the next pass drops the moved copies.
@@ -14,21 +17,28 @@ and the ways it held.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import psycopg
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from click.testing import CliRunner
 
+from s3batchd.cli.main import main
 from s3batchd.compaction.compactor import Compactor
 from s3batchd.compaction.lease import Lease, lease_key
+from s3batchd.config import load_settings
 from s3batchd.index import tar_key
 from tests.batches import indexes
 from tests.conftest import Daemon, DaemonFactory, wait_for
 from tests.faultproxy import FaultProxy
+from tests.postgres import LocalPostgres
 from tests.test_compaction import PREFIX, _settings, _write_and_delete, survey_keys
 from tests.test_compaction_fence import _after_new_tar
+from tests.test_fleet_postgres import fleet_daemon
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -131,3 +141,57 @@ def _uploaded_keys(s3: S3Client, bucket: str, before: set[str]) -> set[str]:
         found |= {e["key"] for e in document["objects"]}
         found |= {t["key"] for t in document.get("tombstones", ())}
     return found
+
+
+def test_a_batch_committed_by_a_pass_that_died_before_the_fleet_catalog_learned_it(
+    tmp_path: Path,
+    s3_server: LocalS3,
+    s3: S3Client,
+    postgres_dsn: str,
+    postgres_server: LocalPostgres,
+    bucket: str,
+) -> None:
+    # A pass dies between its new index and the fleet catalog's put_index of it; a later pass
+    # deletes the replaced batches once their grace period is over: the fleet's catalog must
+    # learn the new batch before that, or every daemon reads a tar that is gone.
+    env = {
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "S3BATCHD_COMPACTION__ERASE_WITHIN_S": "0",
+        "S3BATCHD_COMPACTION__PAYBACK_DAYS": "10000000",
+        "S3BATCHD_COMPACTION__GRACE_S": "0",
+    }
+    with fleet_daemon(tmp_path / "a", s3_server, postgres_dsn) as a:
+        client = a.client()
+        bodies = {f"h/{n:02d}": f"fleet body {n} ".encode() * (20 + n) for n in range(10)}
+        for key, body in bodies.items():
+            client.put_object(Bucket=bucket, Key=key, Body=body)
+        wait_for(lambda: sum(len(d["objects"]) for d in indexes(s3, bucket)) == len(bodies))
+        deleted = sorted(bodies)[:6]
+        for key in deleted:
+            client.delete_object(Bucket=bucket, Key=key)
+        wait_for(lambda: sum(len(d.get("tombstones", [])) for d in indexes(s3, bucket)) == 6)
+
+        settings = load_settings(a.config_path)
+        rules = settings.compaction.model_copy(update={**RULES, "grace_s": 3600})
+        died = Compactor(s3, bucket, settings.model_copy(update={"compaction": rules}))
+
+        def killed(written: Any) -> None:
+            raise RuntimeError("killed before the fleet catalog learned the batch")
+
+        with pytest.raises(RuntimeError):
+            died.run(on_written=killed)
+        config = ["--config", str(a.config_path)]
+        result = CliRunner().invoke(main, ["compact", "--bucket", bucket, *config], env=env)
+        assert result.exit_code == 0, result.output
+        assert "deleted (did): 0 replaced" not in result.output
+    # The fleet's catalog names the tar each live key is in now, never one that is gone.
+    tars = {document["tar"]["key"] for document in indexes(s3, bucket)}
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        for key in sorted(bodies)[6:]:
+            row = connection.execute(
+                "SELECT tar_key FROM s3batchd_objects WHERE bucket = %s AND key = %s",
+                (bucket, key.encode()),
+            ).fetchone()
+            assert row is not None, key
+            assert row[0] in tars, key

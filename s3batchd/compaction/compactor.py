@@ -160,7 +160,9 @@ class Compactor:
     ) -> PassReport:
         """One pass; ``progress`` is called with the objects of each batch rewritten,
         ``on_written`` with each new batch once its index is written, before any batch it
-        replaces is deleted (the daemon's catalog learns the new places there).
+        replaces is deleted (the daemon's catalog learns the new places there), and with each
+        compacted batch of an earlier pass before the batches it replaces are deleted (that
+        pass may have died before its ``on_written``; only its id and tar are given then).
 
         Raises:
             LeaseHeld: another compactor holds the lease.
@@ -223,7 +225,7 @@ class Compactor:
         report.survey = found
         oldest = found.oldest_death()
         report.oldest_death_age_s = None if oldest is None else max(now - oldest, 0.0)
-        self._delete_due(report, lease, found, now)
+        self._delete_due(report, lease, found, now, listed, on_written)
         rules = rules_of(self.settings)
         dead = sum(batch.dead_footprint for batch in found.batches)
         report.dead_per_month_usd = monthly_storage_usd(dead, rules.prices)
@@ -329,12 +331,29 @@ class Compactor:
             logger.warning("compaction: multipart uploads of %s not aborted: %s", key, exc)
 
     def _delete_due(
-        self, report: PassReport, lease: CompactionLease | None, found: Survey, now: float
+        self,
+        report: PassReport,
+        lease: CompactionLease | None,
+        found: Survey,
+        now: float,
+        listed: list[Listed],
+        on_written: Callable[[Written], None] | None,
     ) -> None:
+        """Delete the replaced batches whose grace period is over. Each compacted batch that
+        replaces them goes to ``on_written`` first (again): the pass that wrote it may have
+        died between its index and ``on_written``, and the catalogs must name it before the
+        batches it replaces are gone."""
         grace = self.settings.compaction.grace_s
+        documents = {item.document["batch_id"]: item.document for item in listed}
+        learnt: set[str] = set()
         for replaced in found.replaced:
             if replaced.since > now - grace:
                 continue
+            if lease is not None and on_written is not None and replaced.by not in learnt:
+                document = documents[replaced.by]
+                tar = document["tar"]
+                on_written(Written(replaced.by, tar["key"], tar["size"], 0, 0, 0))
+                learnt.add(replaced.by)
             if lease is not None:
                 lease.prove()  # a holder that lost the lease deletes nothing more
                 delete_batch(
