@@ -9,6 +9,9 @@ and the ways it held.
 - A pass killed between a new index and the catalogs' ``put_index`` of it: the pass that
   deletes the batches it replaces, once their grace period is over, must put it first, or the
   fleet's PostgreSQL catalog names tars that are gone.
+- The next holder dies too before it has deleted an unfinished tar: the tar stays named for
+  the one after (it was forgotten, and with it copies of objects that may be deleted later:
+  the erasure promise broken), in both kinds of lease.
 - (held) A key overwritten and another deleted through the daemon while a pass carries their
   old copies into a new batch: the new version and the delete win, through the daemon and in
   the indexes, and the next pass drops the moved copies.
@@ -30,6 +33,7 @@ from click.testing import CliRunner
 from s3batchd.cli.main import main
 from s3batchd.compaction.compactor import Compactor
 from s3batchd.compaction.lease import Lease, lease_key
+from s3batchd.compaction.pglease import AdvisoryLease
 from s3batchd.config import load_settings
 from s3batchd.index import tar_key
 from tests.batches import indexes
@@ -38,6 +42,7 @@ from tests.faultproxy import FaultProxy
 from tests.postgres import LocalPostgres
 from tests.test_compaction import PREFIX, _settings, _write_and_delete, survey_keys
 from tests.test_compaction_fence import _after_new_tar
+from tests.test_compaction_pglease import _migrated, _pg_settings
 from tests.test_fleet_postgres import fleet_daemon
 
 if TYPE_CHECKING:
@@ -201,3 +206,49 @@ def test_a_batch_committed_by_a_pass_that_died_before_the_fleet_catalog_learned_
             ).fetchone()
             assert row is not None, key
             assert row[0] in tars, key
+
+
+def test_an_unfinished_tar_stays_named_through_a_holder_that_died_before_deleting_it(
+    s3: S3Client, bucket: str, daemon: Daemon
+) -> None:
+    # The first holder died writing a batch; the next took the lease and died too, before it
+    # deleted that tar. Forgotten, the tar (copies of objects that may be deleted later) would
+    # stay for ever, past the erasure promise.
+    dead = Lease(s3, bucket, PREFIX, owner="dead", duration_s=-1)  # expired at once
+    dead.take()
+    batch_id = "20270115T000000000Z-compactor-0123abcd-000001"
+    dead.renew(writing=batch_id)
+    orphan = tar_key(PREFIX, batch_id)
+    s3.put_object(Bucket=bucket, Key=orphan, Body=b"\0" * 10240)
+    Lease(s3, bucket, PREFIX, owner="died too", duration_s=-1).take()  # and never released
+    report = Compactor(s3, bucket, daemon.settings).run()
+    assert report.orphans == [batch_id]
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key=orphan)
+    lease = json.loads(s3.get_object(Bucket=bucket, Key=lease_key(PREFIX))["Body"].read())
+    assert "writing" not in lease  # finished: no longer named
+
+
+def test_an_unfinished_tar_stays_named_through_a_lock_holder_that_died_before_deleting_it(
+    s3: S3Client, bucket: str, daemon: Daemon, postgres_dsn: str
+) -> None:
+    dsn = _migrated(postgres_dsn)
+    dead = AdvisoryLease(dsn, bucket, PREFIX, owner="dead", timeout_s=2.0)
+    dead.take()
+    batch_id = "20270115T000000000Z-compactor-0123abcd-000002"
+    dead.renew(writing=batch_id)
+    dead._drop()  # the session ends without a word: the lock goes with it
+    orphan = tar_key(PREFIX, batch_id)
+    s3.put_object(Bucket=bucket, Key=orphan, Body=b"\0" * 10240)
+    second = AdvisoryLease(dsn, bucket, PREFIX, owner="died too", timeout_s=2.0)
+    second.take()
+    assert second.found_writing == batch_id
+    second._drop()
+    report = Compactor(s3, bucket, _pg_settings(daemon, dsn)).run()
+    assert report.orphans == [batch_id]
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key=orphan)
+    third = AdvisoryLease(dsn, bucket, PREFIX, owner="third", timeout_s=2.0)
+    third.take()
+    assert third.found_writing == ""  # finished: no longer named
+    third.release()

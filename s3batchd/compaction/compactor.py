@@ -215,7 +215,8 @@ class Compactor:
         if lease is not None:
             sweep(self.tmp_dir)  # the scratch tars of compactors killed on this host
         if lease is not None and lease.found_writing:
-            self._finish_orphan(report, lease, lease.found_writing)
+            self._finish_orphan(report, lease.found_writing)
+            lease.renew()  # finished: named no more
         now = time.time()
         listed = self._listed(report)
         found = survey(listed)
@@ -290,21 +291,17 @@ class Compactor:
         report.requests["GET"] += stats.requests
         return listed
 
-    def _finish_orphan(self, report: PassReport, lease: CompactionLease, batch_id: str) -> None:
+    def _finish_orphan(self, report: PassReport, batch_id: str) -> None:
         """A previous holder died while writing ``batch_id``: without its index the tar is
         not a batch; delete it, and abort the multipart upload of it the holder left open
         (with its index the batch is committed: nothing to do). Only an index known absent
-        (404) makes the tar an orphan: on another failure of the lookup the batch stays
-        named in the lease for the next pass, and the error is raised."""
+        (404) makes the tar an orphan: on another failure of the lookup the error is raised
+        (the batch stays named in the lease for the next pass)."""
         report.requests["GET"] += 1
         try:
             self.client.head_object(Bucket=self.bucket, Key=index_key(self.prefix, batch_id))
         except ClientError as exc:
             if not _absent(exc):
-                try:
-                    lease.renew(writing=batch_id)
-                except Exception:
-                    logger.exception("compaction: %s no longer named in the lease", batch_id)
                 raise
             orphan = tar_key(self.prefix, batch_id)
             self._abort_uploads(report, orphan)

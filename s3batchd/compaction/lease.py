@@ -77,7 +77,8 @@ class CompactionLease(Protocol):
     ``release`` it at the end."""
 
     found_writing: str
-    """The batch a previous holder was writing when its lease ended (``""``: none)."""
+    """The batch a previous holder was writing when its lease ended (``""``: none); it stays
+    named (``writing``) until the holder's next renewal."""
     writing: str
     """The batch this holder is writing (``""``: none)."""
     puts: int
@@ -144,15 +145,18 @@ class Lease:
                 f"s3://{self.bucket}/{self.key}: held by {held.get('owner')} until "
                 f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(held['expires']))}"
             )
+        # The batch the last holder was writing stays named until this holder has finished
+        # it (it may die first too).
+        found = str(held.get("writing", ""))
         sent = time.monotonic()
         try:
-            self.etag = self._put({}, IfMatch=answer["ETag"])
+            self.etag = self._put({"writing": found} if found else {}, IfMatch=answer["ETag"])
             self.renewed = sent
         except ClientError as exc:
             if _lost_race(exc):
                 raise LeaseHeld(f"s3://{self.bucket}/{self.key}: taken by another") from exc
             raise
-        self.found_writing = str(held.get("writing", ""))
+        self.found_writing = self.writing = found
         logger.info("compaction: lease of s3://%s taken over from %s", self.bucket, held)
 
     def renew(self, *, writing: str = "") -> None:

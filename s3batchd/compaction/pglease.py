@@ -43,7 +43,7 @@ WITH old AS (
 )
 INSERT INTO s3batchd_compaction AS cur (bucket, prefix, owner, writing)
 VALUES (%(bucket)s, %(prefix)s, %(owner)s, '')
-ON CONFLICT (bucket, prefix) DO UPDATE SET owner = excluded.owner, writing = ''
+ON CONFLICT (bucket, prefix) DO UPDATE SET owner = excluded.owner
 RETURNING (SELECT writing FROM old)
 """
 #: Sets ``writing`` only while this very session holds the lock (no row updated: it does
@@ -130,7 +130,8 @@ class AdvisoryLease:
             connection.close()
             raise LeaseHeld(f"{self.name}: held by {holder or 'another session'}")
         self._connection = connection
-        self.found_writing = found
+        # Still named in the row until this holder has finished it (it may die first too).
+        self.found_writing = self.writing = found
         if found:
             logger.info("compaction: %s taken; the last holder was writing %s", self.name, found)
 
