@@ -10,6 +10,11 @@ named in the lease as ``writing``); once it exists the new batch is (the old one
 ``replaced``, left out of every later survey, and deleted after ``compaction.grace_s``, tar
 before index). A batch whose own replaced batches are not deleted yet is not rewritten again,
 so a ``replaces`` list never has to be carried from one compacted batch to the next.
+
+A holder that lost its lease writes no index and deletes nothing: it proves the lease
+immediately before each index (a renewal) and before each delete (``CompactionLease.prove``),
+and keeps it renewed while a tar is written (``lease.Heartbeat``); docs/compaction.md, "A
+holder that lost its lease".
 """
 
 from __future__ import annotations
