@@ -138,7 +138,7 @@ def test_a_tar_upload_longer_than_the_lease_keeps_it_renewed(
     written = _write_and_delete(daemon, s3, bucket)
     live = set(written.bodies) - written.deleted
     slow = s3_server.client()
-    first = Compactor(slow, bucket, _settings(daemon, **RULES, lease_s=3.0))
+    first = Compactor(slow, bucket, _settings(daemon, **RULES, lease_s=6.0))
     outcomes: list[str] = []
 
     def outlast_the_lease() -> None:
