@@ -10,6 +10,11 @@ named in the lease as ``writing``); once it exists the new batch is (the old one
 ``replaced``, left out of every later survey, and deleted after ``compaction.grace_s``, tar
 before index). A batch whose own replaced batches are not deleted yet is not rewritten again,
 so a ``replaces`` list never has to be carried from one compacted batch to the next.
+
+A holder that lost its lease writes no index and deletes nothing: it proves the lease
+immediately before each index (a renewal) and before each delete (``CompactionLease.prove``),
+and keeps it renewed while a tar is written (``lease.Heartbeat``); docs/compaction.md, "A
+holder that lost its lease".
 """
 
 from __future__ import annotations
@@ -25,7 +30,12 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
-from s3batchd.compaction.lease import CompactionLease, Lease, verify_conditional_writes
+from s3batchd.compaction.lease import (
+    CompactionLease,
+    Heartbeat,
+    Lease,
+    verify_conditional_writes,
+)
 from s3batchd.compaction.pglease import AdvisoryLease
 from s3batchd.compaction.rewrite import Source, Written, delete_batch, write_batch
 from s3batchd.compaction.survey import (
@@ -104,6 +114,12 @@ class PassReport:
         return sum(c.batch.dead_bytes for c in self.chosen)
 
 
+def _absent(exc: ClientError) -> bool:
+    """Whether a HEAD failed because the object is not there."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status == 404 or exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey")
+
+
 def rules_of(settings: Settings) -> Rules:
     """The rewrite rules of ``settings``."""
     config = settings.compaction
@@ -149,7 +165,9 @@ class Compactor:
     ) -> PassReport:
         """One pass; ``progress`` is called with the objects of each batch rewritten,
         ``on_written`` with each new batch once its index is written, before any batch it
-        replaces is deleted (the daemon's catalog learns the new places there).
+        replaces is deleted (the daemon's catalog learns the new places there), and with each
+        compacted batch of an earlier pass before the batches it replaces are deleted (that
+        pass may have died before its ``on_written``; only its id and tar are given then).
 
         Raises:
             LeaseHeld: another compactor holds the lease.
@@ -203,6 +221,7 @@ class Compactor:
             sweep(self.tmp_dir)  # the scratch tars of compactors killed on this host
         if lease is not None and lease.found_writing:
             self._finish_orphan(report, lease.found_writing)
+            lease.renew()  # finished: named no more
         now = time.time()
         listed = self._listed(report)
         found = survey(listed)
@@ -212,12 +231,12 @@ class Compactor:
         report.survey = found
         oldest = found.oldest_death()
         report.oldest_death_age_s = None if oldest is None else max(now - oldest, 0.0)
-        self._delete_due(report, found, now)
+        self._delete_due(report, lease, found, now, listed, on_written)
         rules = rules_of(self.settings)
         dead = sum(batch.dead_footprint for batch in found.batches)
         report.dead_per_month_usd = monthly_storage_usd(dead, rules.prices)
         emptied = self._choose(report, found, view, rules, now)
-        emptied_bytes = self._delete_emptied(report, emptied, dry_run=lease is None)
+        emptied_bytes = self._delete_emptied(report, lease, emptied)
         saved = sum(c.batch.tar_size for c in report.chosen) + emptied_bytes
         for group in self._groups(report.chosen):
             documents = [c.batch.listed.document for c in group]
@@ -234,7 +253,7 @@ class Compactor:
                 progress(written.objects)
             if self.settings.compaction.grace_s == 0:
                 for chosen in group:
-                    self._delete(report, chosen.batch.listed.document["tar"]["key"], chosen)
+                    self._delete(report, lease, chosen)
         if lease is None:  # dry run: the new tars would drop the dead members
             saved = sum(c.batch.dead_footprint for c in report.chosen) + emptied_bytes
         report.saved_per_month_usd = monthly_storage_usd(max(saved, 0), rules.prices)
@@ -280,17 +299,21 @@ class Compactor:
     def _finish_orphan(self, report: PassReport, batch_id: str) -> None:
         """A previous holder died while writing ``batch_id``: without its index the tar is
         not a batch; delete it, and abort the multipart upload of it the holder left open
-        (with its index the batch is committed: nothing to do)."""
+        (with its index the batch is committed: nothing to do). Only an index known absent
+        (404) makes the tar an orphan: on another failure of the lookup the error is raised
+        (the batch stays named in the lease for the next pass)."""
+        report.requests["GET"] += 1
         try:
             self.client.head_object(Bucket=self.bucket, Key=index_key(self.prefix, batch_id))
-        except ClientError:
+        except ClientError as exc:
+            if not _absent(exc):
+                raise
             orphan = tar_key(self.prefix, batch_id)
             self._abort_uploads(report, orphan)
             self.client.delete_object(Bucket=self.bucket, Key=orphan)
             report.requests["DELETE"] += 1
             report.orphans.append(batch_id)
             logger.info("compaction: unfinished batch %s deleted", batch_id)
-        report.requests["GET"] += 1
 
     def _abort_uploads(self, report: PassReport, key: str) -> None:
         """Abort every multipart upload open for exactly ``key``; an upstream that cannot
@@ -309,12 +332,32 @@ class Compactor:
         except ClientError as exc:
             logger.warning("compaction: multipart uploads of %s not aborted: %s", key, exc)
 
-    def _delete_due(self, report: PassReport, found: Survey, now: float) -> None:
+    def _delete_due(
+        self,
+        report: PassReport,
+        lease: CompactionLease | None,
+        found: Survey,
+        now: float,
+        listed: list[Listed],
+        on_written: Callable[[Written], None] | None,
+    ) -> None:
+        """Delete the replaced batches whose grace period is over. Each compacted batch that
+        replaces them goes to ``on_written`` first (again): the pass that wrote it may have
+        died between its index and ``on_written``, and the catalogs must name it before the
+        batches it replaces are gone."""
         grace = self.settings.compaction.grace_s
+        documents = {item.document["batch_id"]: item.document for item in listed}
+        learnt: set[str] = set()
         for replaced in found.replaced:
             if replaced.since > now - grace:
                 continue
-            if not report.dry_run:
+            if lease is not None and on_written is not None and replaced.by not in learnt:
+                document = documents[replaced.by]
+                tar = document["tar"]
+                on_written(Written(replaced.by, tar["key"], tar["size"], 0, 0, 0))
+                learnt.add(replaced.by)
+            if lease is not None:
+                lease.prove()  # a holder that lost the lease deletes nothing more
                 delete_batch(
                     self.client,
                     bucket=self.bucket,
@@ -325,24 +368,27 @@ class Compactor:
             report.deleted.append(replaced.batch_id)
 
     def _delete_emptied(
-        self, report: PassReport, batches: list[BatchState], *, dry_run: bool
+        self, report: PassReport, lease: CompactionLease | None, batches: list[BatchState]
     ) -> int:
-        """Delete (``dry_run``: count) the batches with nothing left to carry; their tar
-        bytes."""
+        """Delete (no lease, a dry run: count) the batches with nothing left to carry; their
+        tar bytes."""
         for batch in batches:
             document = batch.listed.document
             report.tombstones_dropped += len(document.get("tombstones", ()))
             report.updates_dropped += len(document.get("updates", ()))
             report.emptied.append(batch.batch_id)
-            if dry_run:
+            if lease is None:
                 continue
+            lease.prove()
             delete_batch(
                 self.client, bucket=self.bucket, tar=document["tar"]["key"], index=batch.listed.key
             )
             report.requests["DELETE"] += 2
         return sum(batch.tar_size for batch in batches)
 
-    def _delete(self, report: PassReport, tar: str, chosen: Chosen) -> None:
+    def _delete(self, report: PassReport, lease: CompactionLease, chosen: Chosen) -> None:
+        lease.prove()
+        tar = chosen.batch.listed.document["tar"]["key"]
         delete_batch(self.client, bucket=self.bucket, tar=tar, index=chosen.batch.listed.key)
         report.requests["DELETE"] += 2
         report.deleted.append(chosen.batch.batch_id)
@@ -380,17 +426,28 @@ class Compactor:
             for c in group
         ]
         stats = ReadStats()
-        written = write_batch(
-            self.client,
-            bucket=self.bucket,
-            prefix=self.prefix,
-            batch_id=batch_id,
-            sources=sources,
-            stats=stats,
-            tmp_dir=self.tmp_dir,
-            upload=self.settings.upload,
-            travelling=travelling,
-        )
+        # Renewed every third of lease_s while the tar is read and uploaded (minutes, perhaps).
+        heartbeat = Heartbeat(lease, self.settings.compaction.lease_s / 3)
+
+        def prove() -> None:
+            # Immediately before the commit marker: had the lease ended during the tar, its
+            # next holder may have deleted the tar as unfinished (docs/compaction.md).
+            heartbeat.stop()
+            lease.renew(writing=batch_id)
+
+        with heartbeat:
+            written = write_batch(
+                self.client,
+                bucket=self.bucket,
+                prefix=self.prefix,
+                batch_id=batch_id,
+                sources=sources,
+                stats=stats,
+                tmp_dir=self.tmp_dir,
+                upload=self.settings.upload,
+                travelling=travelling,
+                before_index=prove,
+            )
         report.requests["GET"] += written.get_requests
         report.requests["PUT"] += written.put_requests
         report.written.append(written)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -76,7 +77,8 @@ class CompactionLease(Protocol):
     ``release`` it at the end."""
 
     found_writing: str
-    """The batch a previous holder was writing when its lease ended (``""``: none)."""
+    """The batch a previous holder was writing when its lease ended (``""``: none); it stays
+    named (``writing``) until the holder's next renewal."""
     writing: str
     """The batch this holder is writing (``""``: none)."""
     puts: int
@@ -86,7 +88,13 @@ class CompactionLease(Protocol):
         """Take the lease or raise ``LeaseHeld``."""
 
     def renew(self, *, writing: str = "") -> None:
-        """Say which batch is being written; ``LeaseHeld`` if the lease was lost."""
+        """Say which batch is being written; ``LeaseHeld`` if the lease was lost. A
+        successful renewal proves the lease held: a holder renews immediately before
+        writing an index."""
+
+    def prove(self) -> None:
+        """``LeaseHeld`` unless the lease is still held, long enough for one more request
+        (renewing it when needed); called before every delete of a batch."""
 
     def release(self) -> None:
         """Give the lease up."""
@@ -109,6 +117,9 @@ class Lease:
     through ``release`` after a failure: the next holder deletes the tar)."""
     puts: int = 0
     """PUTs of the lease object sent (each try of a conditional write counts)."""
+    renewed: float = 0.0
+    """``time.monotonic()`` when the last successful write of the lease was sent: it holds
+    until ``duration_s`` after that, by the clock of whoever would take it over."""
 
     @property
     def key(self) -> str:
@@ -117,8 +128,10 @@ class Lease:
 
     def take(self) -> None:
         """Take the lease, or raise ``LeaseHeld`` naming its holder."""
+        sent = time.monotonic()
         try:
             self.etag = self._put({}, IfNoneMatch="*")
+            self.renewed = sent
         except ClientError as exc:
             if not _lost_race(exc):
                 raise
@@ -132,13 +145,18 @@ class Lease:
                 f"s3://{self.bucket}/{self.key}: held by {held.get('owner')} until "
                 f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(held['expires']))}"
             )
+        # The batch the last holder was writing stays named until this holder has finished
+        # it (it may die first too).
+        found = str(held.get("writing", ""))
+        sent = time.monotonic()
         try:
-            self.etag = self._put({}, IfMatch=answer["ETag"])
+            self.etag = self._put({"writing": found} if found else {}, IfMatch=answer["ETag"])
+            self.renewed = sent
         except ClientError as exc:
             if _lost_race(exc):
                 raise LeaseHeld(f"s3://{self.bucket}/{self.key}: taken by another") from exc
             raise
-        self.found_writing = str(held.get("writing", ""))
+        self.found_writing = self.writing = found
         logger.info("compaction: lease of s3://%s taken over from %s", self.bucket, held)
 
     def renew(self, *, writing: str = "") -> None:
@@ -146,13 +164,24 @@ class Lease:
         written); ``LeaseHeld`` if it was lost (expired and taken by another)."""
         if not self.etag:  # an empty If-Match would be no condition at all
             raise LeaseHeld(f"s3://{self.bucket}/{self.key}: not held")
+        sent = time.monotonic()
         try:
             self.etag = self._put({"writing": writing} if writing else {}, IfMatch=self.etag)
             self.writing = writing
+            self.renewed = sent
         except ClientError as exc:
             if _lost_race(exc):
                 raise LeaseHeld(f"s3://{self.bucket}/{self.key}: lost") from exc
             raise
+
+    def prove(self) -> None:
+        """``LeaseHeld`` unless the lease is held for at least two thirds of ``duration_s``
+        more: renewed (a conditional PUT) once a third of it has passed since the last
+        renewal, else nothing sent."""
+        if not self.etag:
+            raise LeaseHeld(f"s3://{self.bucket}/{self.key}: not held")
+        if time.monotonic() - self.renewed >= self.duration_s / 3:
+            self.renew(writing=self.writing)
 
     def release(self) -> None:
         """Give the lease up (it expires at once; the object stays for the next taker)."""
@@ -185,3 +214,44 @@ class Lease:
         )
         etag: str = answer["ETag"]
         return etag
+
+
+class Heartbeat:
+    """Renews a lease every ``interval_s`` from a thread of its own while one long step of the
+    holder runs (a new tar read and uploaded), so that a healthy slow write keeps the lease:
+    the holder calls the lease from no other thread meanwhile, and ``stop`` (joining the
+    thread) comes before its own next call. A renewal refused (``LeaseHeld``) ends the
+    heartbeat; the holder's next renewal fails the same way. Another failure is logged and the
+    next beat renews again."""
+
+    def __init__(self, lease: CompactionLease, interval_s: float) -> None:
+        self.lease = lease
+        self.interval_s = interval_s
+        self.beats = 0
+        """Renewals sent."""
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="compaction-lease", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop renewing; returns once no renewal is in flight."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval_s):
+            self.beats += 1
+            try:
+                self.lease.renew(writing=self.lease.writing)
+            except LeaseHeld:
+                logger.warning("compaction: lease lost while writing %s", self.lease.writing)
+                return
+            except Exception:
+                logger.exception("compaction: lease not renewed while writing")

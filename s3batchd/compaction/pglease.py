@@ -43,12 +43,20 @@ WITH old AS (
 )
 INSERT INTO s3batchd_compaction AS cur (bucket, prefix, owner, writing)
 VALUES (%(bucket)s, %(prefix)s, %(owner)s, '')
-ON CONFLICT (bucket, prefix) DO UPDATE SET owner = excluded.owner, writing = ''
+ON CONFLICT (bucket, prefix) DO UPDATE SET owner = excluded.owner
 RETURNING (SELECT writing FROM old)
 """
+#: Sets ``writing`` only while this very session holds the lock (no row updated: it does
+#: not); the proof a holder gives before writing an index or deleting a batch.
 _WRITING = """
 UPDATE s3batchd_compaction SET writing = %(writing)s
 WHERE bucket = %(bucket)s AND prefix = %(prefix)s
+  AND EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND pid = pg_backend_pid()
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND classid::bigint = %(high)s AND objid::bigint = %(low)s
+  )
 """
 #: The session holding a bigint advisory lock: its high and low halves are the lock's
 #: ``classid`` and ``objid``, ``objsubid`` 1 (the one-argument form).
@@ -122,7 +130,8 @@ class AdvisoryLease:
             connection.close()
             raise LeaseHeld(f"{self.name}: held by {holder or 'another session'}")
         self._connection = connection
-        self.found_writing = found
+        # Still named in the row until this holder has finished it (it may die first too).
+        self.found_writing = self.writing = found
         if found:
             logger.info("compaction: %s taken; the last holder was writing %s", self.name, found)
 
@@ -159,17 +168,34 @@ class AdvisoryLease:
         return None, str(found[0] or "") if found is not None else ""
 
     def renew(self, *, writing: str = "") -> None:
-        """Say which batch is being written (``""``: none, its index is written); ``LeaseHeld``
-        if the lock's session is gone (another compactor may hold it now)."""
+        """Say which batch is being written (``""``: none, its index is written), on the
+        lock's own session and only while that session holds the lock; ``LeaseHeld`` if the
+        session is gone or holds it no more (another compactor may hold it now)."""
         if self._connection is None:
             raise LeaseHeld(f"{self.name}: not held")
-        params = {"bucket": self.bucket, "prefix": self.prefix, "writing": writing}
+        key = lock_key(self.bucket, self.prefix) & 0xFFFF_FFFF_FFFF_FFFF
+        params = {
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+            "writing": writing,
+            "high": key >> 32,
+            "low": key & 0xFFFF_FFFF,
+        }
         try:
-            self._connection.execute(_WRITING, params)
+            updated = self._connection.execute(_WRITING, params).rowcount
         except psycopg.Error as exc:
             self._drop()
             raise LeaseHeld(f"{self.name}: lost ({_first_line(exc)})") from exc
+        if updated != 1:
+            self._drop()
+            raise LeaseHeld(f"{self.name}: lost (the session no longer holds the lock)")
         self.writing = writing
+
+    def prove(self) -> None:
+        """``LeaseHeld`` unless the lock's session is alive and still holds the lock: a
+        round trip on that session before each delete (the lock may go with the session at
+        any moment, and another take it at once)."""
+        self.renew(writing=self.writing)
 
     def release(self) -> None:
         """Unlock and close the session (a batch still being written stays in the row)."""

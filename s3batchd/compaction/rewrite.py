@@ -21,7 +21,7 @@ ends; one left by a killed process is removed by the next pass (``scratch.sweep`
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,12 +129,18 @@ def write_batch(
     tmp_dir: Path,
     upload: UploadConfig,
     travelling: Travelling | None = None,
+    before_index: Callable[[], None] | None = None,
 ) -> Written:
     """Read the live objects of ``sources``, upload the compacted batch ``batch_id`` (tar,
     then index) and return it, with the tombstones and updates of ``travelling`` (None: all
     of the sources'). The tar is built in ``tmp_dir`` (the spool's ``_tmp/``) and uploaded
     with the ``upload`` settings. Raises the reader's errors, botocore's, and OSError from
-    the scratch file."""
+    the scratch file.
+
+    ``before_index`` is called between the tar and the index: the holder of the lease proves
+    it still holds it there (``LeaseHeld`` if not). Whatever it raises, no index is written
+    and the new tar is deleted: nothing names it, and no other writer uses its batch id
+    (the lease's next holder may have cleaned up before the tar was complete)."""
     locations = [
         Location.from_index_entry(bucket, source.tar_key, entry)
         for source in sources
@@ -185,6 +191,12 @@ def write_batch(
         fragments=list(fragments),
         replaces=[source.batch_id for source in sources],
     )
+    if before_index is not None:
+        try:
+            before_index()
+        except BaseException:
+            _delete_unfinished(client, bucket, new_tar)
+            raise
     # The index (keys and metadata) encrypted as the tar, written after it: the batch's commit
     # marker (docs/index-format.md).
     encryption = tar_encryption(entry.record.headers for entry in placed)
@@ -207,6 +219,17 @@ def write_batch(
     puts = sum(n for (operation, _), n in uploads.requests.items() if operation != "HeadObject")
     heads = sum(n for (operation, _), n in uploads.requests.items() if operation == "HeadObject")
     return Written(batch_id, new_tar, sealed.size, len(locations), gets + heads, puts + 1)
+
+
+def _delete_unfinished(client: S3Client, bucket: str, key: str) -> None:
+    """Delete the tar of a batch whose index will not be written (a failed delete is logged:
+    the tar is then left, named by no index)."""
+    try:
+        client.delete_object(Bucket=bucket, Key=key)
+    except Exception:
+        logger.exception("compaction: unfinished tar %s not deleted", key)
+    else:
+        logger.warning("compaction: lease lost before the index of %s: tar deleted", key)
 
 
 def delete_batch(client: S3Client, *, bucket: str, tar: str, index: str) -> None:
