@@ -13,12 +13,29 @@ holds (``observe``), so a restart with the clock behind cannot go back either. B
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
 #: The smallest step between two stamps: a Unix time near 2^31 still has 0.24 us resolution
 #: as a float, so the next stamp is always a different, larger number.
 TICK_S = 1e-6
+_US = 1_000_000
+
+
+def stamp_ms(stamp: float) -> int:
+    """A write stamp (Unix seconds) to the millisecond, as an index gives it
+    (``index.iso_time``, which is this): the fraction of the second to whole microseconds
+    (half to even, as ``datetime`` rounds), then cut. The latest write of a key is the largest
+    (``stamp_ms``, batch id), and a delete hides what is not stamped after it, in every catalog
+    and on every daemon: a daemon's own exact stamps are compared at the precision of the
+    stamps it learns from others. Computed from the fraction (``math.modf``, exact), never
+    from ``stamp * 1e6``: that product is rounded to 0.25 us near 2^31 s, and put 13 stamps in
+    100,000 in the next millisecond from the one their index gave (a moved key's row then
+    stayed at its deleted tar). The catalogs' SQL computes it the same way
+    (``catalog.store.MS_SQL``, ``catalog.postgres``)."""
+    fraction, whole = math.modf(stamp)
+    return (int(whole) * _US + round(fraction * _US)) // 1000
 
 
 def wall() -> float:
@@ -27,27 +44,28 @@ def wall() -> float:
 
 
 class WriteClock:
-    """Stamps that never go backwards (thread-safe)."""
+    """Stamps that never go backwards (thread-safe), each a whole number of microseconds (as
+    near as a float holds it: within 0.12 us), so that no stamp sits on a half microsecond
+    where two ways of rounding it could disagree."""
 
     def __init__(self) -> None:
-        self._last = 0.0
+        self._last_us = 0
         self._lock = threading.Lock()
 
     def now(self) -> float:
         """The stamp of a write happening now."""
-        current = wall()
+        current = round(wall() * _US)
         with self._lock:
-            stamp = max(current, self._last + TICK_S)
-            self._last = stamp
-        return stamp
+            stamp = max(current, self._last_us + 1)
+            self._last_us = stamp
+        return stamp / _US
 
     def observe(self, stamp: float) -> None:
         """Make every later stamp larger than ``stamp`` (one read back from storage), and in a
         later millisecond: catalogs compare stamps to the millisecond (an index's precision),
         so a write after a restart with the clock behind must not tie with one before it."""
         with self._lock:
-            millisecond = round(stamp * 1_000_000) // 1000  # as catalog.store.stamp_ms
-            self._last = max(self._last, (millisecond + 1) / 1000 - TICK_S)
+            self._last_us = max(self._last_us, (stamp_ms(stamp) + 1) * 1000 - 1)
 
 
 #: The process's clock (every daemon of the process shares it: it only ever moves ahead).

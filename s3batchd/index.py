@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 import secrets
 import socket
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from s3batchd.clock import stamp_ms
 from s3batchd.constants import INDEX_FORMAT, INDEX_VERSION, INDEX_VERSION_COMPACTED
 from s3batchd.errors import IndexFormatError
 from s3batchd.records import EMPTY_MD5, ObjectRecord, Placed, updated_headers
@@ -234,16 +234,12 @@ def iso_utc(moment: datetime) -> str:
 def iso_time(timestamp: float) -> str:
     """A Unix time as S3 lists ``LastModified`` (ISO 8601 UTC, milliseconds, Z), as the index
     gives it too: ``iso_utc(datetime.fromtimestamp(timestamp, tz=UTC))``, with the date and
-    time of day formatted once per second (a datetime per PUT showed in the profile)."""
+    time of day formatted once per second (a datetime per PUT showed in the profile). The
+    milliseconds are ``clock.stamp_ms``'s, which every catalog compares stamps by."""
     if timestamp < 0:
         return iso_utc(datetime.fromtimestamp(timestamp, tz=UTC))
-    # fromtimestamp's own rounding: the fraction to whole microseconds, half to even.
-    fraction, whole = math.modf(timestamp)
-    micros = round(fraction * 1e6)
-    if micros >= 1_000_000:
-        whole += 1
-        micros -= 1_000_000
-    return f"{_second(int(whole))}.{micros // 1000:03d}Z"
+    total = stamp_ms(timestamp)
+    return f"{_second(total // 1000)}.{total % 1000:03d}Z"
 
 
 @functools.lru_cache(maxsize=64)

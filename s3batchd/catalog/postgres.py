@@ -39,7 +39,8 @@ import psycopg
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from s3batchd.catalog.store import CatalogEntry, stamp_ms
+from s3batchd.catalog.store import CatalogEntry
+from s3batchd.clock import stamp_ms
 from s3batchd.errors import CatalogRejected, CatalogUnavailable
 from s3batchd.index import IndexEntry, entries_from_index, replaced_batches
 from s3batchd.records import ObjectRecord, updated_headers
@@ -109,11 +110,20 @@ _COLUMNS = (
     'o.key, o.batch_id, o.tar_key, o.member, o."offset", o.length, o.md5, o.content_type, '
     "o.metadata, o.headers, o.checksums, o.mtime, o.etag, u.headers"
 )
+#: ``clock.stamp_ms`` of a stamp ``{0}`` in PostgreSQL: the fraction of the second (exact) to
+#: whole microseconds, half to even, then cut (as ``store._MS`` in SQLite; not
+#: ``round(x * 1000000)``, a product rounded to 0.25 us).
+_MS = (
+    "((floor({0})::bigint * 1000000 + trunc(({0} - floor({0})) * 1000000)::bigint"
+    " + (CASE WHEN ({0} - floor({0})) * 1000000 - trunc(({0} - floor({0})) * 1000000) > 0.5"
+    " OR (({0} - floor({0})) * 1000000 - trunc(({0} - floor({0})) * 1000000) = 0.5"
+    " AND mod(trunc(({0} - floor({0})) * 1000000)::bigint, 2) = 1) THEN 1 ELSE 0 END)) / 1000)"
+)
 #: An update names its object by the object's stamp to the millisecond (index stamps are
-#: milliseconds): whole microseconds first, as ``index.iso_time`` rounds them.
-_UPDATE_JOIN = """
+#: milliseconds), as ``index.iso_time`` gives it.
+_UPDATE_JOIN = f"""
 LEFT JOIN s3batchd_updates u ON u.bucket = o.bucket AND u.key = o.key
-AND floor(round(u.object_mtime * 1000000) / 1000) = floor(round(o.mtime * 1000000) / 1000)
+AND {_MS.format("u.object_mtime")} = {_MS.format("o.mtime")}
 """
 #: One row whatever exists: the object (NULLs when none) and the key's tombstone stamp.
 _GET = f"""
@@ -199,15 +209,15 @@ SELECT (SELECT count(*) FROM objects), (SELECT count(*) FROM tombstones),
 """
 #: The rows of the same writes in the batches a compacted batch replaces, moved to it (as
 #: ``store._MOVE``: stamps compared to the millisecond, the row keeps stamp, ETag, attributes).
-_MOVE = """
+_MOVE = f"""
 UPDATE s3batchd_objects o SET batch_id = %(batch_id)s, tar_key = %(tar_key)s,
     member = r.member, "offset" = r."offset"
 FROM unnest(%(key)s::bytea[], %(member)s::text[], %(offset)s::bigint[], %(mtime)s::float8[])
     AS r (key, member, "offset", mtime)
 WHERE o.bucket = %(bucket)s AND o.key = r.key AND o.batch_id = ANY(%(replaces)s::text[])
-AND round(o.mtime * 1000000)::bigint / 1000 = round(r.mtime * 1000000)::bigint / 1000
+AND {_MS.format("o.mtime")} = {_MS.format("r.mtime")}
 RETURNING 1
-"""
+"""  # noqa: S608  constants only
 #: Seconds during which calls fail at once after a call failed (not for a statement timeout
 #: or a missing table: those are the query's, not the server's).
 BREAKER_S = 1.0

@@ -29,7 +29,8 @@ from functools import partial
 from pathlib import Path
 
 from s3batchd.catalog.postgres import PostgresCatalog, SharedAnswer
-from s3batchd.catalog.store import CatalogEntry, stamp_ms
+from s3batchd.catalog.store import CatalogEntry
+from s3batchd.clock import stamp_ms
 from s3batchd.concurrency import run_sync
 from s3batchd.errors import CatalogRejected, CatalogUnavailable, IndexFormatError
 from s3batchd.index import IndexEntry

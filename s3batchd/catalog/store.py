@@ -90,7 +90,18 @@ _MIGRATIONS = {"etag": "ALTER TABLE objects ADD COLUMN etag TEXT NOT NULL DEFAUL
 #: (``index.iso_time``), the spool exactly, and a catalog holds both (its own writes and those
 #: it learns from indexes). Every comparison of stamps is of these (``stamp_ms``), so a key
 #: resolves alike on every daemon. Whole microseconds first, as iso_time rounds them.
-_MS = "(CAST(round({} * 1000000) AS INTEGER) / 1000)"
+_MS = (
+    "(CAST({0} AS INTEGER) * 1000000 + CAST(({0} - CAST({0} AS INTEGER)) * 1000000 AS INTEGER)"
+    " + (CASE WHEN ({0} - CAST({0} AS INTEGER)) * 1000000"
+    " - CAST(({0} - CAST({0} AS INTEGER)) * 1000000 AS INTEGER) > 0.5"
+    " OR (({0} - CAST({0} AS INTEGER)) * 1000000"
+    " - CAST(({0} - CAST({0} AS INTEGER)) * 1000000 AS INTEGER) = 0.5"
+    " AND CAST(({0} - CAST({0} AS INTEGER)) * 1000000 AS INTEGER) % 2 = 1)"
+    " THEN 1 ELSE 0 END)) / 1000"
+)
+"""``clock.stamp_ms`` of a stamp column or parameter ``{0}``, in SQLite: the fraction of the
+second (exact) to whole microseconds, half to even, then cut (never ``round(x * 1000000)``: a
+product rounded to 0.25 us, and SQLite rounds halves away from zero)."""
 _UPSERT = f"""
 INSERT INTO objects (bucket, key, batch_id, tar_key, member, offset, length, md5, content_type,
                      metadata, headers, checksums, mtime, uploaded, etag)
@@ -137,17 +148,16 @@ WHERE excluded.mtime > updates.mtime
 #: that write in a batch it replaces moves there. The write stamps are compared to the
 #: millisecond (the index truncates them, the spool gives them exactly, as in ``_SELECT``); the
 #: row keeps its stamp, ETag and attributes, so a move is never taken for a newer write.
-_MOVE = """
-UPDATE objects SET batch_id = ?, tar_key = ?, member = ?, offset = ?, uploaded = 1
-WHERE bucket = ? AND key = ? AND batch_id IN (SELECT value FROM json_each(?))
-AND CAST(round(mtime * 1000000) AS INTEGER) / 1000 = CAST(round(? * 1000000) AS INTEGER) / 1000
-"""
-_SELECT = """
+_MOVE = f"""
+UPDATE objects SET batch_id = ?1, tar_key = ?2, member = ?3, offset = ?4, uploaded = 1
+WHERE bucket = ?5 AND key = ?6 AND batch_id IN (SELECT value FROM json_each(?7))
+AND {_MS.format("mtime")} = {_MS.format("?8")}
+"""  # noqa: S608  constants only
+_SELECT = f"""
 SELECT o.*, u.headers FROM objects o LEFT JOIN updates u
 ON u.bucket = o.bucket AND u.key = o.key
-AND CAST(round(u.object_mtime * 1000000) AS INTEGER) / 1000
-  = CAST(round(o.mtime * 1000000) AS INTEGER) / 1000
-"""
+AND {_MS.format("u.object_mtime")} = {_MS.format("o.mtime")}
+"""  # noqa: S608  constants only
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,15 +186,6 @@ class CatalogWrite:
     tar_key: str
     entry: Placed
     uploaded: bool
-
-
-def stamp_ms(mtime: float) -> int:
-    """A write stamp (Unix seconds) to the millisecond, as an index gives it
-    (``index.iso_time``: whole microseconds first, then cut). The latest write of a key is
-    the largest (``stamp_ms``, batch id), and a delete hides what is not stamped after it,
-    in every catalog and on every daemon: a daemon's own exact stamps are compared at the
-    precision of the stamps it learns from others."""
-    return round(mtime * 1_000_000) // 1000
 
 
 def retained(writes: list[T]) -> list[T]:

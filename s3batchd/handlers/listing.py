@@ -28,7 +28,8 @@ from xml.etree import ElementTree
 from starlette.responses import Response
 
 from s3batchd.catalog.postgres import PostgresCatalog
-from s3batchd.catalog.store import Catalog, CatalogEntry, stamp_ms
+from s3batchd.catalog.store import Catalog, CatalogEntry
+from s3batchd.clock import stamp_ms
 from s3batchd.config import UpstreamConfig
 from s3batchd.forward.passthrough import Call, forward
 from s3batchd.forward.proxy import read_all
