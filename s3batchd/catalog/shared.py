@@ -34,6 +34,7 @@ from s3batchd.clock import stamp_ms
 from s3batchd.concurrency import run_sync
 from s3batchd.errors import CatalogRejected, CatalogUnavailable, IndexFormatError
 from s3batchd.index import IndexEntry
+from s3batchd.tasks import log_death
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +183,9 @@ class SharedWriter:
             logger.info("catalog: %d batches left by the last run queued for PostgreSQL", len(left))
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="s3batchd-shared-catalog")
-            self._task.add_done_callback(self._died)
+            self._task.add_done_callback(
+                log_death(logger, "catalog: the PostgreSQL writer stopped")
+            )
 
     def submit(self, batch: PendingBatch, load: Callable[[], list[IndexEntry]]) -> None:
         """Queue an uploaded batch; ``load`` gives its index entries (kept while writes
@@ -326,8 +329,3 @@ class SharedWriter:
         if self.failing:
             logger.info("catalog: PostgreSQL writes resumed (%d batches waiting)", len(self._queue))
         self.failing = False
-
-    def _died(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        logger.error("catalog: the PostgreSQL writer stopped", exc_info=task.exception())

@@ -21,6 +21,7 @@ from s3batchd.compaction.stats import CompactionStats
 from s3batchd.concurrency import Pool, Threads
 from s3batchd.errors import LeaseHeld
 from s3batchd.reader import load_index
+from s3batchd.tasks import log_death
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -59,7 +60,7 @@ class CompactionLoop:
         """Start the loop (the first pass after one interval)."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="compaction")
-            self._task.add_done_callback(_died)
+            self._task.add_done_callback(log_death(logger, "compaction loop stopped"))
 
     async def close(self) -> None:
         """Stop the loop; a pass on its thread finishes its current request and is dropped
@@ -110,8 +111,3 @@ class CompactionLoop:
             len(report.written),
             len(report.deleted),
         )
-
-
-def _died(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("compaction loop stopped", exc_info=task.exception())

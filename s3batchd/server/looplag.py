@@ -16,6 +16,8 @@ import logging
 
 from prometheus_client import Histogram
 
+from s3batchd.tasks import log_death
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,7 +33,7 @@ class LoopLagMonitor:
         """Start watching the running loop (idempotent)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._watch())
-            self._task.add_done_callback(self._stopped)
+            self._task.add_done_callback(log_death(logger, "event-loop lag monitor stopped"))
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
@@ -39,10 +41,6 @@ class LoopLagMonitor:
             due = loop.time() + self._interval_s
             await asyncio.sleep(self._interval_s)
             self._histogram.observe(max(0.0, loop.time() - due))
-
-    def _stopped(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("event-loop lag monitor stopped", exc_info=task.exception())
 
     async def stop(self) -> None:
         """Stop watching."""

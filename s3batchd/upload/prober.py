@@ -23,6 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from s3batchd.concurrency import Pool, Threads
+from s3batchd.tasks import log_death
 from s3batchd.upload.upstream import ProbeResult, check
 
 if TYPE_CHECKING:
@@ -110,7 +111,9 @@ class Prober:
         """Start probing every ``probe_interval_s`` (idempotent; ``0``: never)."""
         if self._task is None and self.config.probe_interval_s > 0:
             self._task = asyncio.get_running_loop().create_task(self._forever())
-            self._task.add_done_callback(self._done)
+            self._task.add_done_callback(
+                log_death(logger, "upstream probe stopped", on_death=self._died)
+            )
 
     async def _forever(self) -> None:
         while True:
@@ -121,10 +124,8 @@ class Prober:
                 self.warnings = [f"upstream probe failed: {exc}"]
             await asyncio.sleep(self.config.probe_interval_s)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self.warnings = [f"upstream probe stopped: {task.exception()}"]
-            logger.error("upstream probe stopped", exc_info=task.exception())
+    def _died(self, exc: BaseException) -> None:
+        self.warnings = [f"upstream probe stopped: {exc}"]
 
     async def close(self) -> None:
         """Stop probing (idempotent)."""
