@@ -39,11 +39,10 @@ import psycopg
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from s3batchd.catalog.store import CatalogEntry
+from s3batchd.catalog.store import CatalogEntry, record_of_row
 from s3batchd.clock import stamp_ms
 from s3batchd.errors import CatalogRejected, CatalogUnavailable
 from s3batchd.index import IndexEntry, entries_from_index, replaced_batches
-from s3batchd.records import ObjectRecord, updated_headers
 
 logger = logging.getLogger(__name__)
 
@@ -634,19 +633,17 @@ def _entry(bucket: str, row: Any) -> CatalogEntry:
         etag,
         update,
     ) = row
-    stored = json.loads(headers)
-    if update is not None:
-        stored = updated_headers(stored, json.loads(update))
-    record = ObjectRecord(
-        key=_text(key),
-        size=int(length),
-        md5_hex=md5,
-        content_type=content_type,
-        metadata=json.loads(metadata),
-        headers=stored,
-        checksums=json.loads(checksums),
-        mtime=float(mtime),
-        multipart_etag=etag,
+    record = record_of_row(
+        _text(key),
+        int(length),
+        md5,
+        content_type,
+        metadata,
+        headers,
+        checksums,
+        float(mtime),
+        etag,
+        update,
     )
     # Rows are written once a batch's index is in the bucket: always read from there.
     return CatalogEntry(bucket, batch_id, tar_key, member, int(offset), record, uploaded=True)

@@ -722,10 +722,31 @@ def _entry(row: tuple[Any, ...]) -> CatalogEntry:
         etag,
         update,
     ) = row
+    record = record_of_row(
+        key, length, md5, content_type, metadata, headers, checksums, mtime, etag, update
+    )
+    return CatalogEntry(bucket, batch_id, tar_key, member, offset, record, bool(uploaded))
+
+
+def record_of_row(
+    key: str,
+    length: int,
+    md5: str,
+    content_type: str,
+    metadata: str,
+    headers: str,
+    checksums: str,
+    mtime: float,
+    etag: str,
+    update: str | None,
+) -> ObjectRecord:
+    """The object a catalog row describes, with its latest attribute update's headers
+    (``update``, JSON, None when none applies): the same columns in both backends (``_row``
+    writes them here; catalog/postgres.py reads its own through this too)."""
     stored = json.loads(headers)
     if update is not None:
         stored = updated_headers(stored, json.loads(update))
-    record = ObjectRecord(
+    return ObjectRecord(
         key=key,
         size=length,
         md5_hex=md5,
@@ -736,4 +757,3 @@ def _entry(row: tuple[Any, ...]) -> CatalogEntry:
         mtime=mtime,
         multipart_etag=etag,
     )
-    return CatalogEntry(bucket, batch_id, tar_key, member, offset, record, bool(uploaded))
