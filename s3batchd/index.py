@@ -65,6 +65,11 @@ def is_batch_id(text: str) -> bool:
     return _BATCH_ID.match(text) is not None
 
 
+def batch_writer(batch_id: str) -> str:
+    """The writer id (``<host>-<instance>``) in a batch id."""
+    return batch_id.split("Z-", 1)[1].rsplit("-", 1)[0]
+
+
 def batch_created(batch_id: str) -> datetime:
     """The creation time encoded in a batch id."""
     match = _BATCH_ID.match(batch_id)
@@ -77,6 +82,14 @@ def batch_created(batch_id: str) -> datetime:
 #: How the keys of a batch's tar and index end.
 TAR_SUFFIX = ".tar"
 INDEX_SUFFIX = ".index.json"
+
+
+def index_batch_id(key: str) -> str | None:
+    """The batch id of a batch's index object from its key (None: not one)."""
+    if not key.endswith(INDEX_SUFFIX):
+        return None
+    batch_id = key.rsplit("/", 1)[-1][: -len(INDEX_SUFFIX)]
+    return batch_id if is_batch_id(batch_id) else None
 
 
 def tar_key(prefix: str, batch_id: str) -> str:
@@ -123,7 +136,7 @@ def render_index(
     it appends, so a large index is not encoded in one go, holding the GIL for tens of
     milliseconds, when the batch is uploaded); else ``entries``. Both give the same bytes:
     JSON of a document is the JSON of its parts joined."""
-    writer = batch_id.split("Z-", 1)[1].rsplit("-", 1)[0]
+    writer = batch_writer(batch_id)
     head = {
         "format": INDEX_FORMAT,
         "version": INDEX_VERSION if replaces is None else INDEX_VERSION_COMPACTED,

@@ -37,11 +37,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from s3batchd.concurrency import Pool, Threads
 from s3batchd.errors import IndexFormatError
 from s3batchd.index import (
-    INDEX_SUFFIX,
     IndexEntry,
     batch_created,
+    batch_writer,
     entries_from_index,
-    is_batch_id,
+    index_batch_id,
     parse_index,
     replaced_batches,
 )
@@ -435,14 +435,12 @@ class Follower:
         found = []
         for item in page.get("Contents", []):
             key: str = item["Key"]
-            if not key.endswith(INDEX_SUFFIX):
-                continue
-            batch_id = key.rsplit("/", 1)[-1][: -len(INDEX_SUFFIX)]
-            if not is_batch_id(batch_id):
+            batch_id = index_batch_id(key)
+            if batch_id is None:
                 continue
             created = batch_created(batch_id).timestamp()
             uploaded = item["LastModified"].timestamp()
-            own = bool(self._own) and batch_id.split("Z-", 1)[1].rsplit("-", 1)[0] == self._own
+            own = bool(self._own) and batch_writer(batch_id) == self._own
             found.append(_Index(key, batch_id, created, uploaded, own))
         return found
 

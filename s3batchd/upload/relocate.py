@@ -33,9 +33,9 @@ from s3batchd.concurrency import Pool, Threads
 from s3batchd.errors import IndexFormatError
 from s3batchd.index import (
     COMPACTOR_HOST,
-    INDEX_SUFFIX,
     batch_created,
-    is_batch_id,
+    batch_writer,
+    index_batch_id,
     parse_index,
     replaced_batches,
 )
@@ -174,12 +174,8 @@ class Relocator:
     def _compacted(self, bucket: str, key: str) -> dict[str, Any] | None:
         """The index at ``key`` if it is a compactor's (None for any other key, or an index
         deleted meanwhile)."""
-        if not key.endswith(INDEX_SUFFIX):
-            return None
-        batch_id = key.rsplit("/", 1)[-1][: -len(INDEX_SUFFIX)]
-        if not is_batch_id(batch_id):
-            return None
-        if not batch_id.split("Z-", 1)[1].startswith(f"{COMPACTOR_HOST}-"):
+        batch_id = index_batch_id(key)
+        if batch_id is None or not batch_writer(batch_id).startswith(f"{COMPACTOR_HOST}-"):
             return None
         try:
             body = self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
