@@ -522,10 +522,16 @@ class PostgresCatalog:
             self._closed_until = time.monotonic() + BREAKER_S  # the server, not this query
         if isinstance(exc, psycopg.errors.UndefinedTable):
             self._migrated = False  # dropped under us: created again by the next call
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
         if permanent(exc):
             return CatalogRejected(f"PostgreSQL catalog: {operation} rejected: {message}")
         return CatalogUnavailable(f"PostgreSQL catalog: {operation} failed: {message}")
+
+
+def first_line(exc: BaseException) -> str:
+    """What PostgreSQL (or psycopg) said, its first line only (a message, not its context)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def permanent(exc: BaseException) -> bool:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from s3batchd.catalog.postgres import first_line
 from s3batchd.errors import CatalogUnavailable, LeaseHeld
 
 logger = logging.getLogger(__name__)
@@ -78,14 +79,19 @@ def lock_key(bucket: str, prefix: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def _lock_row(bucket: str, prefix: str) -> dict[str, object]:
+    """The parameters naming the lock's row in ``pg_locks`` (its key's high and low 32 bits are
+    ``classid`` and ``objid``) and the bucket's row in ``s3batchd_compaction``."""
+    key = lock_key(bucket, prefix) & 0xFFFF_FFFF_FFFF_FFFF
+    return {"bucket": bucket, "prefix": prefix, "high": key >> 32, "low": key & 0xFFFF_FFFF}
+
+
 def lock_holder(
     connection: psycopg.Connection[tuple[object, ...]], bucket: str, prefix: str
 ) -> str:
     """Who holds the lock of ``bucket``/``prefix``, as far as PostgreSQL tells (``""``: nobody).
     Another role's ``application_name`` and address are hidden without ``pg_read_all_stats``."""
-    key = lock_key(bucket, prefix) & 0xFFFF_FFFF_FFFF_FFFF
-    params = {"bucket": bucket, "prefix": prefix, "high": key >> 32, "low": key & 0xFFFF_FFFF}
-    row = connection.execute(_HOLDER, params).fetchone()
+    row = connection.execute(_HOLDER, _lock_row(bucket, prefix)).fetchone()
     if row is None:
         return ""
     pid, application, address, owner = row
@@ -125,7 +131,7 @@ class AdvisoryLease:
             holder, found = self._lock(connection)
         except psycopg.Error as exc:
             connection.close()
-            raise CatalogUnavailable(f"{self.name}: {_first_line(exc)}") from exc
+            raise CatalogUnavailable(f"{self.name}: {first_line(exc)}") from exc
         if holder is not None:
             connection.close()
             raise LeaseHeld(f"{self.name}: held by {holder or 'another session'}")
@@ -155,7 +161,7 @@ class AdvisoryLease:
                 keepalives_count=3,
             )
         except psycopg.Error as exc:
-            raise CatalogUnavailable(f"{self.name}: cannot connect: {_first_line(exc)}") from exc
+            raise CatalogUnavailable(f"{self.name}: cannot connect: {first_line(exc)}") from exc
 
     def _lock(self, connection: psycopg.Connection[tuple[object, ...]]) -> tuple[str | None, str]:
         """``(None, writing found)`` with the lock taken, else ``(its holder, "")``."""
@@ -173,19 +179,12 @@ class AdvisoryLease:
         session is gone or holds it no more (another compactor may hold it now)."""
         if self._connection is None:
             raise LeaseHeld(f"{self.name}: not held")
-        key = lock_key(self.bucket, self.prefix) & 0xFFFF_FFFF_FFFF_FFFF
-        params = {
-            "bucket": self.bucket,
-            "prefix": self.prefix,
-            "writing": writing,
-            "high": key >> 32,
-            "low": key & 0xFFFF_FFFF,
-        }
+        params = {**_lock_row(self.bucket, self.prefix), "writing": writing}
         try:
             updated = self._connection.execute(_WRITING, params).rowcount
         except psycopg.Error as exc:
             self._drop()
-            raise LeaseHeld(f"{self.name}: lost ({_first_line(exc)})") from exc
+            raise LeaseHeld(f"{self.name}: lost ({first_line(exc)})") from exc
         if updated != 1:
             self._drop()
             raise LeaseHeld(f"{self.name}: lost (the session no longer holds the lock)")
@@ -207,15 +206,10 @@ class AdvisoryLease:
                 "SELECT pg_advisory_unlock(%s)", (lock_key(self.bucket, self.prefix),)
             )
         except psycopg.Error as exc:  # the session is gone, and the lock with it
-            logger.warning("compaction: %s not unlocked: %s", self.name, _first_line(exc))
+            logger.warning("compaction: %s not unlocked: %s", self.name, first_line(exc))
         self._drop()
 
     def _drop(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
